@@ -1,0 +1,122 @@
+//! The event model shared by the watchdog, the samplers and the Python layer.
+//!
+//! Everything here is plain data with `serde` derives: the Python layer receives
+//! finished events as JSON and turns them into `loopguard.BlockEvent` objects.
+
+use serde::Serialize;
+
+/// One Python frame as captured from a thread's stack.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Frame {
+    /// `co_filename` of the frame's code object.
+    pub filename: String,
+    /// Line being executed (0 when unknown).
+    pub lineno: u32,
+    /// `co_name` (3.9/3.10) or `co_qualname` (3.11+) of the code object.
+    pub function: String,
+}
+
+/// Who held the GIL when a sample was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Gil {
+    /// The loop thread itself held the GIL (Python code or C code holding it).
+    Loop,
+    /// Nobody held the GIL (a syscall or a C call that released it).
+    Released,
+    /// Another thread held the GIL: the loop thread is starved.
+    Other,
+    /// Not known (the sampler cannot read the GIL state).
+    Unknown,
+}
+
+/// The thread that held the GIL while the loop was blocked, when it was not the loop thread.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Holder {
+    /// `threading.get_ident()` of the holder (its `pthread_t`), 0 when unknown.
+    pub thread_ident: u64,
+    /// The holder's Python stack, outermost frame first.
+    pub frames: Vec<Frame>,
+}
+
+/// One stack sample of a blocked loop thread.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Sample {
+    /// Nanoseconds from the start of the block to this sample.
+    pub offset_ns: u64,
+    /// How many consecutive samples had exactly this content (consecutive duplicates are folded).
+    pub count: u32,
+    /// The loop thread's Python stack, outermost frame first.
+    pub frames: Vec<Frame>,
+    /// GIL attribution at the time of the sample.
+    pub gil: Gil,
+    /// The GIL holder when `gil == Gil::Other`.
+    pub holder: Option<Holder>,
+    /// True when the stack was read by taking the GIL, so it may have been taken after the block.
+    pub late: bool,
+    /// Why the stack could not be read, if it could not.
+    pub error: Option<String>,
+    /// Name of the asyncio task that was running, when the sampler could tell.
+    pub task_name: Option<String>,
+}
+
+impl Sample {
+    /// A sample that carries only an error.
+    pub fn failed(offset_ns: u64, error: impl Into<String>) -> Sample {
+        Sample {
+            offset_ns,
+            count: 1,
+            frames: Vec::new(),
+            gil: Gil::Unknown,
+            holder: None,
+            late: false,
+            error: Some(error.into()),
+            task_name: None,
+        }
+    }
+
+    /// True when `other` has the same content (everything but offset and count).
+    pub fn same_content(&self, other: &Sample) -> bool {
+        self.frames == other.frames
+            && self.gil == other.gil
+            && self.holder == other.holder
+            && self.late == other.late
+            && self.error == other.error
+    }
+}
+
+/// A finished block: one stretch during which a loop did not get back to its selector.
+#[derive(Clone, Debug, Serialize)]
+pub struct BlockEvent {
+    /// Sequence number, unique per watchdog.
+    pub id: u64,
+    /// The registered loop's id.
+    pub loop_id: u64,
+    /// What kind of loop ("asyncio", "uvloop", ...), as given at registration.
+    pub loop_kind: String,
+    /// `threading.get_ident()` of the loop thread.
+    pub thread_ident: u64,
+    /// Name of the loop thread at registration.
+    pub thread_name: String,
+    /// The context (test id and phase) that was current when the block began.
+    pub context: String,
+    /// Start of the block, in watchdog clock nanoseconds.
+    pub start_ns: u64,
+    /// End of the block, in watchdog clock nanoseconds.
+    pub end_ns: u64,
+    /// `end_ns - start_ns`.
+    pub duration_ns: u64,
+    /// The detection threshold that was in force when the block was detected.
+    pub threshold_ns: u64,
+    /// True when the loop thread was waiting to get back from its selector (GIL starvation)
+    /// rather than running a callback.
+    pub starved: bool,
+    /// Nanoseconds from the start of the block to the first stack sample, if one was taken.
+    pub captured_after_ns: Option<u64>,
+    /// Whether the end time is exact (reported by the loop thread) or observed by the watchdog.
+    pub end_exact: bool,
+    /// The asyncio task that was running, when known.
+    pub task_name: Option<String>,
+    /// Stack samples taken while the block lasted, in order.
+    pub samples: Vec<Sample>,
+}

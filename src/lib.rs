@@ -1,0 +1,14 @@
+//! Native core of loopguard: a watchdog thread that notices blocked event loops and captures
+//! the blocked thread's Python stack while it is still blocked.
+//!
+//! The pure-Rust parts ([`watchdog`], [`event`], [`sampler`], [`reader`]) have no pyo3 types,
+//! so `cargo test` covers them without an interpreter. [`python`] is the thin pyo3 layer that
+//! exposes them as the private module `loopguard._native`.
+
+pub mod clock;
+pub mod event;
+pub mod reader;
+pub mod sampler;
+pub mod watchdog;
+
+mod python;

@@ -1,0 +1,358 @@
+//! The pyo3 layer: `loopguard._native`. Thin by design; the logic lives in the pure-Rust
+//! modules.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::clock::now_ns;
+use crate::event::{Frame, Gil, Sample};
+use crate::sampler::{Sampler, Target};
+use crate::watchdog::{LoopSlot, Watchdog};
+
+/// The process's watchdog, with the pid that started it (a forked child starts afresh).
+static WATCHDOG: Mutex<Option<(u32, Arc<Watchdog>)>> = Mutex::new(None);
+
+/// Loop objects by loop id, for samplers that take the GIL (to name the running task).
+/// Locked only by threads that hold the GIL, so it cannot deadlock with it.
+static LOOP_OBJECTS: Mutex<Option<HashMap<u64, Py<PyAny>>>> = Mutex::new(None);
+
+fn current() -> Option<Arc<Watchdog>> {
+    let guard = WATCHDOG.lock();
+    match &*guard {
+        Some((pid, wd)) if *pid == std::process::id() && wd.is_running() => Some(Arc::clone(wd)),
+        _ => None,
+    }
+}
+
+fn require() -> PyResult<Arc<Watchdog>> {
+    current().ok_or_else(|| PyRuntimeError::new_err("the loopguard watchdog is not running"))
+}
+
+/// Starts the watchdog if it is not running. `sampler` is "auto", "native" or "gil".
+/// Returns the name of the sampler in use.
+#[pyfunction]
+fn start(py: Python<'_>, threshold_ns: u64, sampler: &str) -> PyResult<String> {
+    if let Some(wd) = current() {
+        return Ok(wd.sampler_name().to_owned());
+    }
+    let choice = sampler.to_owned();
+    let wd = py
+        .allow_threads(move || Watchdog::start(threshold_ns, move || make_sampler(&choice)))
+        .map_err(PyRuntimeError::new_err)?;
+    let name = wd.sampler_name().to_owned();
+    *WATCHDOG.lock() = Some((std::process::id(), Arc::new(wd)));
+    Ok(name)
+}
+
+fn make_sampler(choice: &str) -> Result<Box<dyn Sampler>, String> {
+    match choice {
+        "gil" => Ok(Box::new(GilSampler)),
+        "auto" | "native" => match crate::reader::native_sampler() {
+            Ok(s) => Ok(s),
+            Err(e) if choice == "native" => Err(format!("the GIL-free stack reader is unavailable: {e}")),
+            Err(_) => Ok(Box::new(GilSampler)),
+        },
+        other => Err(format!(
+            "unknown sampler {other:?}: expected 'auto', 'native' or 'gil'"
+        )),
+    }
+}
+
+/// Stops the watchdog and waits for its thread. Safe to call repeatedly.
+#[pyfunction]
+fn stop(py: Python<'_>) {
+    let taken = WATCHDOG.lock().take();
+    if let Some((pid, wd)) = taken {
+        if pid == std::process::id() {
+            py.allow_threads(|| wd.stop());
+        }
+    }
+    LOOP_OBJECTS.lock().take();
+}
+
+/// In a forked child: forget the parent's watchdog (its thread does not exist here).
+#[pyfunction]
+fn after_fork_child() {
+    // The parent's watchdog cannot be stopped or joined from here; leak it.
+    if let Some(old) = WATCHDOG.lock().take() {
+        std::mem::forget(old);
+    }
+    if let Some(old) = LOOP_OBJECTS.lock().take() {
+        std::mem::forget(old);
+    }
+}
+
+/// True while the watchdog runs in this process.
+#[pyfunction]
+fn is_running() -> bool {
+    current().is_some()
+}
+
+/// Name of the sampler in use, or None.
+#[pyfunction]
+fn sampler_name() -> Option<String> {
+    current().map(|wd| wd.sampler_name().to_owned())
+}
+
+#[pyfunction]
+fn set_threshold(ns: u64) -> PyResult<()> {
+    require()?.set_threshold_ns(ns);
+    Ok(())
+}
+
+#[pyfunction]
+fn threshold() -> PyResult<u64> {
+    Ok(require()?.threshold_ns())
+}
+
+#[pyfunction]
+fn set_context(context: &str) -> PyResult<()> {
+    require()?.set_context(context);
+    Ok(())
+}
+
+/// Waits for the watchdog to handle everything sent so far, then returns the finished events
+/// as a JSON array.
+#[pyfunction]
+fn flush(py: Python<'_>, timeout_s: f64) -> PyResult<String> {
+    let Some(wd) = current() else {
+        return Ok("[]".into());
+    };
+    let timeout = (timeout_s.max(0.0) * 1e9) as u64;
+    let events = py.allow_threads(|| wd.flush(timeout));
+    serde_json::to_string(&events).map_err(|e| PyRuntimeError::new_err(e.to_string()))
+}
+
+/// The watchdog clock, in nanoseconds.
+#[pyfunction(name = "now_ns")]
+fn py_now_ns() -> u64 {
+    now_ns()
+}
+
+/// Registers the running loop `loop_obj` of the calling thread.
+#[pyfunction]
+#[pyo3(signature = (kind, thread_name, thread_ident, loop_obj=None))]
+fn register(
+    py: Python<'_>,
+    kind: &str,
+    thread_name: &str,
+    thread_ident: u64,
+    loop_obj: Option<Py<PyAny>>,
+) -> PyResult<Slot> {
+    let wd = require()?;
+    let (tstate, native_tid) = thread_identity(py);
+    let slot = wd.register(
+        kind,
+        thread_name,
+        Target {
+            loop_id: 0,
+            thread_ident,
+            tstate,
+            native_tid,
+        },
+    );
+    if let Some(obj) = loop_obj {
+        LOOP_OBJECTS
+            .lock()
+            .get_or_insert_with(HashMap::new)
+            .insert(slot.id, obj);
+    }
+    Ok(Slot { slot })
+}
+
+/// The calling thread's `PyThreadState*` and kernel thread id.
+fn thread_identity(_py: Python<'_>) -> (usize, i64) {
+    // SAFETY: the `Python` token proves this thread holds the GIL, so it has a current thread
+    // state and `PyThreadState_Get` returns it (it cannot fail). `gettid` has no preconditions.
+    unsafe {
+        let tstate = pyo3::ffi::PyThreadState_Get() as usize;
+        let tid = libc::gettid() as i64;
+        (tstate, tid)
+    }
+}
+
+/// A registered loop. The loop thread calls `busy`/`idle` (or uses a `SelectorProxy`) and
+/// `unregister` when the loop stops.
+#[pyclass(module = "loopguard._native", frozen)]
+struct Slot {
+    slot: Arc<LoopSlot>,
+}
+
+#[pymethods]
+impl Slot {
+    #[getter]
+    fn id(&self) -> u64 {
+        self.slot.id
+    }
+
+    fn busy(&self) {
+        self.slot.busy();
+    }
+
+    #[pyo3(signature = (timeout=None))]
+    fn idle(&self, timeout: Option<f64>) {
+        self.slot.idle(timeout.map(secs_to_ns));
+    }
+
+    fn unregister(&self, py: Python<'_>) {
+        self.slot.unregister();
+        if let Some(map) = LOOP_OBJECTS.lock().as_mut() {
+            if let Some(obj) = map.remove(&self.slot.id) {
+                drop(obj.into_bound(py));
+            }
+        }
+    }
+}
+
+fn secs_to_ns(s: f64) -> u64 {
+    if s.is_nan() || s <= 0.0 {
+        0
+    } else {
+        (s * 1e9).min(u64::MAX as f64 / 2.0) as u64
+    }
+}
+
+/// Wraps a `selectors` selector: marks the loop idle around each `select` call and caps the
+/// wait so that a loop starved of the GIL is noticed even when it waits for nothing.
+#[pyclass(module = "loopguard._native", frozen)]
+struct SelectorProxy {
+    inner: Py<PyAny>,
+    select_fn: Py<PyAny>,
+    slot: Arc<LoopSlot>,
+}
+
+#[pymethods]
+impl SelectorProxy {
+    #[new]
+    fn new(py: Python<'_>, inner: Py<PyAny>, slot: &Slot) -> PyResult<Self> {
+        let select_fn = inner.bind(py).getattr("select")?.unbind();
+        Ok(SelectorProxy {
+            inner,
+            select_fn,
+            slot: Arc::clone(&slot.slot),
+        })
+    }
+
+    #[pyo3(signature = (timeout=None))]
+    fn select(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<PyObject> {
+        // Cap the wait at half the threshold: the loop then comes back regularly, and one that
+        // does not come back within a threshold of its wake-up time is starved.
+        let cap = (self.slot.threshold_ns() / 2).max(1_000_000) as f64 / 1e9;
+        let wait = match timeout {
+            Some(t) if t < cap => t.max(0.0),
+            _ => cap,
+        };
+        self.slot.idle(Some(secs_to_ns(wait)));
+        let r = self.select_fn.call1(py, (wait,));
+        self.slot.busy();
+        r
+    }
+
+    #[getter]
+    fn inner(&self, py: Python<'_>) -> Py<PyAny> {
+        self.inner.clone_ref(py)
+    }
+
+    fn __getattr__(&self, py: Python<'_>, name: &str) -> PyResult<PyObject> {
+        Ok(self.inner.bind(py).getattr(name)?.unbind())
+    }
+}
+
+/// The fallback sampler: takes the GIL and reads `sys._current_frames()`. Late whenever C code
+/// holds the GIL, so its samples are marked `late`.
+struct GilSampler;
+
+impl Sampler for GilSampler {
+    fn sample(&mut self, target: &Target, offset_ns: u64) -> Sample {
+        // SAFETY: `Py_IsInitialized` only reads a flag and may be called at any time.
+        if unsafe { pyo3::ffi::Py_IsInitialized() } == 0 {
+            return Sample::failed(offset_ns, "the interpreter is shutting down");
+        }
+        Python::with_gil(|py| match gil_stack(py, target) {
+            Ok((frames, task_name)) => Sample {
+                offset_ns,
+                count: 1,
+                frames,
+                gil: Gil::Unknown,
+                holder: None,
+                late: true,
+                error: None,
+                task_name,
+            },
+            Err(e) => {
+                let mut s = Sample::failed(offset_ns, e.to_string());
+                s.late = true;
+                s
+            }
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "gil"
+    }
+}
+
+fn gil_stack(py: Python<'_>, target: &Target) -> PyResult<(Vec<Frame>, Option<String>)> {
+    let frames = py.import("sys")?.call_method0("_current_frames")?;
+    let frames = frames.downcast::<PyDict>()?;
+    let mut out = Vec::new();
+    if let Some(mut f) = frames.get_item(target.thread_ident)? {
+        while !f.is_none() && out.len() < 1000 {
+            let code = f.getattr("f_code")?;
+            let function = match code.getattr("co_qualname") {
+                Ok(q) => q.extract::<String>()?,
+                Err(_) => code.getattr("co_name")?.extract::<String>()?,
+            };
+            out.push(Frame {
+                filename: code.getattr("co_filename")?.extract()?,
+                lineno: f.getattr("f_lineno")?.extract::<Option<u32>>()?.unwrap_or(0),
+                function,
+            });
+            f = f.getattr("f_back")?;
+        }
+    }
+    out.reverse();
+    let loop_obj = LOOP_OBJECTS
+        .lock()
+        .as_ref()
+        .and_then(|m| m.get(&target.loop_id).map(|o| o.clone_ref(py)));
+    let task_name = match loop_obj {
+        Some(lo) => current_task_name(py, lo.bind(py)).unwrap_or(None),
+        None => None,
+    };
+    Ok((out, task_name))
+}
+
+fn current_task_name(py: Python<'_>, loop_obj: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
+    let task = py
+        .import("asyncio")?
+        .call_method1("current_task", (loop_obj,))?;
+    if task.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(task.call_method0("get_name")?.extract()?))
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(start, m)?)?;
+    m.add_function(wrap_pyfunction!(stop, m)?)?;
+    m.add_function(wrap_pyfunction!(after_fork_child, m)?)?;
+    m.add_function(wrap_pyfunction!(is_running, m)?)?;
+    m.add_function(wrap_pyfunction!(sampler_name, m)?)?;
+    m.add_function(wrap_pyfunction!(set_threshold, m)?)?;
+    m.add_function(wrap_pyfunction!(threshold, m)?)?;
+    m.add_function(wrap_pyfunction!(set_context, m)?)?;
+    m.add_function(wrap_pyfunction!(flush, m)?)?;
+    m.add_function(wrap_pyfunction!(py_now_ns, m)?)?;
+    m.add_function(wrap_pyfunction!(register, m)?)?;
+    m.add_class::<Slot>()?;
+    m.add_class::<SelectorProxy>()?;
+    crate::reader::python::add_to_module(m)?;
+    Ok(())
+}

@@ -1,0 +1,587 @@
+//! The watchdog: one thread per process that notices when a loop misses its deadline.
+//!
+//! # How a loop is watched
+//! Each registered loop owns a [`LoopSlot`]. The loop thread writes two atomics around its
+//! selector call: [`LoopSlot::idle`] just before the selector waits (with the time by which it
+//! expects to be back), [`LoopSlot::busy`] as soon as it is back. Nothing else happens on the
+//! loop thread, and it never waits for the watchdog.
+//!
+//! The watchdog thread sleeps until the earliest moment a loop could cross the threshold:
+//! `busy_since + threshold` for a busy loop, `wake_by + threshold` for a loop in its selector
+//! (a loop that does not come back from its selector in time is *starved*: it is waiting for
+//! the GIL). A loop that becomes busy after the watchdog went to sleep cannot cross its
+//! threshold before the watchdog's next wake-up, because the watchdog never sleeps longer than
+//! one threshold. So detection is late only by the OS wake-up latency.
+//!
+//! Once a block is detected the watchdog samples the loop thread's stack through a
+//! [`Sampler`] at once and then periodically until the loop beats again. The loop thread
+//! reports the exact end of every block longer than the threshold over a channel, so the
+//! duration is exact even though the watchdog only polls.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
+
+use crate::clock::{ms, now_ns};
+use crate::event::{BlockEvent, Sample};
+use crate::sampler::{Sampler, Target};
+
+/// Most distinct samples kept per block; later ones are folded into the last.
+const MAX_SAMPLES: usize = 200;
+/// How long the watchdog waits for the loop thread's exact end report before it closes a block
+/// with the time it observed the end itself.
+const END_GRACE_NS: u64 = ms(200);
+/// How many context switches are remembered to attribute blocks that began in the past.
+const CONTEXT_HISTORY: usize = 512;
+
+/// Settings and counters shared between the watchdog, the loop threads and the Python layer.
+#[derive(Debug)]
+pub struct Shared {
+    /// Blocks at least this long are detected and reported (nanoseconds).
+    threshold_ns: AtomicU64,
+    /// False once the watchdog has stopped; loop threads then stop sending.
+    running: AtomicBool,
+}
+
+impl Shared {
+    /// The detection threshold in nanoseconds.
+    #[inline]
+    pub fn threshold_ns(&self) -> u64 {
+        self.threshold_ns.load(Ordering::Relaxed)
+    }
+}
+
+/// The per-loop heartbeat cell, written by the loop thread and read by the watchdog.
+#[derive(Debug)]
+pub struct LoopSlot {
+    /// Unique id of this registration.
+    pub id: u64,
+    /// What kind of loop this is ("asyncio", "uvloop", ...).
+    pub kind: String,
+    /// Name of the loop thread at registration.
+    pub thread_name: String,
+    /// What the sampler needs to read the loop thread.
+    pub target: Target,
+    /// `(busy_since_ns << 1) | 1` while running callbacks, `(idle_since_ns << 1)` while in the
+    /// selector.
+    state: AtomicU64,
+    /// While idle: the time by which the selector call should have returned.
+    wake_by: AtomicU64,
+    shared: Arc<Shared>,
+    tx: Sender<Msg>,
+}
+
+impl LoopSlot {
+    /// Called by the loop thread when it is back from its selector.
+    #[inline]
+    pub fn busy(&self) {
+        let now = now_ns();
+        let prev = self.state.swap((now << 1) | 1, Ordering::AcqRel);
+        if prev & 1 == 0 {
+            // Back from the selector: late by more than the threshold means the loop thread
+            // could not get going again (it waited for the GIL).
+            let wake_by = self.wake_by.load(Ordering::Relaxed);
+            if wake_by != 0 && now > wake_by && now - wake_by >= self.shared.threshold_ns() {
+                self.report_end(wake_by, now, true);
+            }
+        }
+    }
+
+    /// Called by the loop thread just before its selector waits; `timeout_ns` is how long the
+    /// selector may wait (`None`: no limit).
+    #[inline]
+    pub fn idle(&self, timeout_ns: Option<u64>) {
+        let now = now_ns();
+        let wake_by = match timeout_ns {
+            Some(t) => now.saturating_add(t),
+            None => 0,
+        };
+        self.wake_by.store(wake_by, Ordering::Relaxed);
+        let prev = self.state.swap(now << 1, Ordering::AcqRel);
+        self.check_busy_end(prev, now);
+    }
+
+    /// Called by the loop thread when the loop stops running; closes any block in progress.
+    pub fn unregister(&self) {
+        let now = now_ns();
+        let prev = self.state.swap(now << 1, Ordering::AcqRel);
+        self.wake_by.store(0, Ordering::Relaxed);
+        self.check_busy_end(prev, now);
+        if self.shared.running.load(Ordering::Relaxed) {
+            let _ = self.tx.send(Msg::Unregister { id: self.id });
+        }
+    }
+
+    #[inline]
+    fn check_busy_end(&self, prev: u64, now: u64) {
+        if prev & 1 == 1 {
+            let start = prev >> 1;
+            if now.saturating_sub(start) >= self.shared.threshold_ns() {
+                self.report_end(start, now, false);
+            }
+        }
+    }
+
+    #[cold]
+    fn report_end(&self, start: u64, end: u64, starved: bool) {
+        if self.shared.running.load(Ordering::Relaxed) {
+            let _ = self.tx.send(Msg::End {
+                id: self.id,
+                start,
+                end,
+                starved,
+            });
+        }
+    }
+
+    /// The detection threshold in force.
+    #[inline]
+    pub fn threshold_ns(&self) -> u64 {
+        self.shared.threshold_ns()
+    }
+
+    /// Reads `(busy, since, wake_by)` consistently.
+    fn snapshot(&self) -> (bool, u64, u64) {
+        loop {
+            let s1 = self.state.load(Ordering::Acquire);
+            let w = self.wake_by.load(Ordering::Relaxed);
+            let s2 = self.state.load(Ordering::Acquire);
+            if s1 == s2 {
+                return (s1 & 1 == 1, s1 >> 1, w);
+            }
+        }
+    }
+}
+
+/// Messages to the watchdog thread.
+enum Msg {
+    Register(Arc<LoopSlot>),
+    Unregister {
+        id: u64,
+    },
+    End {
+        id: u64,
+        start: u64,
+        end: u64,
+        starved: bool,
+    },
+    Context {
+        at: u64,
+        context: Arc<str>,
+    },
+    Flush(Sender<()>),
+    Stop,
+}
+
+/// A block being watched.
+struct Block {
+    start: u64,
+    starved: bool,
+    threshold: u64,
+    context: Arc<str>,
+    samples: Vec<Sample>,
+    captured_after: Option<u64>,
+    next_sample: u64,
+    /// When the watchdog saw the loop beat again (if it did before the end report arrived).
+    seen_end: Option<u64>,
+}
+
+struct Watched {
+    slot: Arc<LoopSlot>,
+    block: Option<Block>,
+}
+
+/// A running watchdog. Dropping it does not stop the thread; call [`Watchdog::stop`].
+pub struct Watchdog {
+    shared: Arc<Shared>,
+    tx: Sender<Msg>,
+    events: Arc<Mutex<Vec<BlockEvent>>>,
+    next_id: AtomicU64,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    sampler_name: &'static str,
+}
+
+impl Watchdog {
+    /// Starts the watchdog thread with a sampler built on that thread by `make_sampler`.
+    ///
+    /// # Errors
+    /// Returns the thread-spawn error or the sampler's start-up error; the thread reports its
+    /// start-up over a channel before it begins watching, so a failure reaches the caller.
+    pub fn start<F>(threshold_ns: u64, make_sampler: F) -> Result<Watchdog, String>
+    where
+        F: FnOnce() -> Result<Box<dyn Sampler>, String> + Send + 'static,
+    {
+        let shared = Arc::new(Shared {
+            threshold_ns: AtomicU64::new(threshold_ns.max(1)),
+            running: AtomicBool::new(true),
+        });
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<&'static str, String>>(1);
+        let thread_shared = Arc::clone(&shared);
+        let thread_events = Arc::clone(&events);
+        let handle = std::thread::Builder::new()
+            .name("loopguard-watchdog".into())
+            .spawn(move || {
+                let sampler = match make_sampler() {
+                    Ok(s) => {
+                        let _ = ready_tx.send(Ok(s.name()));
+                        s
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                Runner::new(thread_shared, rx, thread_events, sampler).run();
+            })
+            .map_err(|e| format!("cannot start the loopguard watchdog thread: {e}"))?;
+        let sampler_name = match ready_rx.recv() {
+            Ok(Ok(name)) => name,
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = handle.join();
+                return Err("the loopguard watchdog thread died during start-up".into());
+            }
+        };
+        Ok(Watchdog {
+            shared,
+            tx,
+            events,
+            next_id: AtomicU64::new(1),
+            thread: Mutex::new(Some(handle)),
+            sampler_name,
+        })
+    }
+
+    /// The name of the sampler in use.
+    pub fn sampler_name(&self) -> &'static str {
+        self.sampler_name
+    }
+
+    /// Registers a loop; call from the loop thread when it starts running.
+    pub fn register(&self, kind: &str, thread_name: &str, target: Target) -> Arc<LoopSlot> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let slot = Arc::new(LoopSlot {
+            id,
+            kind: kind.to_owned(),
+            thread_name: thread_name.to_owned(),
+            target: Target {
+                loop_id: id,
+                ..target
+            },
+            state: AtomicU64::new((now_ns() << 1) | 1),
+            wake_by: AtomicU64::new(0),
+            shared: Arc::clone(&self.shared),
+            tx: self.tx.clone(),
+        });
+        if self.shared.running.load(Ordering::Relaxed) {
+            let _ = self.tx.send(Msg::Register(Arc::clone(&slot)));
+        }
+        slot
+    }
+
+    /// Sets the detection threshold.
+    pub fn set_threshold_ns(&self, ns: u64) {
+        self.shared.threshold_ns.store(ns.max(1), Ordering::Relaxed);
+    }
+
+    /// The detection threshold.
+    pub fn threshold_ns(&self) -> u64 {
+        self.shared.threshold_ns()
+    }
+
+    /// Records that `context` is current from now on.
+    pub fn set_context(&self, context: &str) {
+        let _ = self.tx.send(Msg::Context {
+            at: now_ns(),
+            context: Arc::from(context),
+        });
+    }
+
+    /// Waits (up to `timeout_ns`) until the watchdog has handled every message sent before this
+    /// call, then takes the finished events. Never call while holding a lock a loop thread needs
+    /// (the Python layer releases the GIL around it).
+    pub fn flush(&self, timeout_ns: u64) -> Vec<BlockEvent> {
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        if self.shared.running.load(Ordering::Relaxed) && self.tx.send(Msg::Flush(done_tx)).is_ok()
+        {
+            let _ = done_rx.recv_timeout(std::time::Duration::from_nanos(timeout_ns));
+        }
+        std::mem::take(&mut *self.events.lock())
+    }
+
+    /// Stops the watchdog thread and waits for it. Idempotent.
+    pub fn stop(&self) {
+        self.shared.running.store(false, Ordering::Relaxed);
+        let _ = self.tx.send(Msg::Stop);
+        if let Some(h) = self.thread.lock().take() {
+            let _ = h.join();
+        }
+    }
+
+    /// True until [`Watchdog::stop`] is called.
+    pub fn is_running(&self) -> bool {
+        self.shared.running.load(Ordering::Relaxed)
+    }
+}
+
+/// The watchdog thread's state. Owned by that thread alone: no locks but the event list.
+struct Runner {
+    shared: Arc<Shared>,
+    rx: Receiver<Msg>,
+    events: Arc<Mutex<Vec<BlockEvent>>>,
+    sampler: Box<dyn Sampler>,
+    loops: HashMap<u64, Watched>,
+    contexts: Vec<(u64, Arc<str>)>,
+    next_event: u64,
+}
+
+impl Runner {
+    fn new(
+        shared: Arc<Shared>,
+        rx: Receiver<Msg>,
+        events: Arc<Mutex<Vec<BlockEvent>>>,
+        sampler: Box<dyn Sampler>,
+    ) -> Runner {
+        Runner {
+            shared,
+            rx,
+            events,
+            sampler,
+            loops: HashMap::new(),
+            contexts: vec![(0, Arc::from(""))],
+            next_event: 1,
+        }
+    }
+
+    fn run(&mut self) {
+        loop {
+            let now = now_ns();
+            let wake_at = self.check(now);
+            let timeout = std::time::Duration::from_nanos(wake_at.saturating_sub(now_ns()));
+            match self.rx.recv_timeout(timeout) {
+                Ok(msg) => {
+                    if !self.handle(msg) {
+                        return;
+                    }
+                    // Drain whatever else is queued before checking again.
+                    while let Ok(msg) = self.rx.try_recv() {
+                        if !self.handle(msg) {
+                            return;
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    /// Handles one message; false means stop.
+    fn handle(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::Register(slot) => {
+                self.loops.insert(slot.id, Watched { slot, block: None });
+            }
+            Msg::Unregister { id } => {
+                if let Some(w) = self.loops.remove(&id) {
+                    if let Some(b) = w.block {
+                        // The exact end report (if any) was sent before the unregistration.
+                        let end = b.seen_end.unwrap_or_else(now_ns);
+                        self.finish(&w.slot, b, end, false);
+                    }
+                }
+            }
+            Msg::End {
+                id,
+                start,
+                end,
+                starved,
+            } => self.on_end(id, start, end, starved),
+            Msg::Context { at, context } => {
+                if self.contexts.len() >= CONTEXT_HISTORY {
+                    self.contexts.drain(..CONTEXT_HISTORY / 2);
+                }
+                self.contexts.push((at, context));
+            }
+            Msg::Flush(done) => {
+                // Blocks whose end was seen but not reported are closed now.
+                let now = now_ns();
+                self.close_stale(now, 0);
+                let _ = done.send(());
+            }
+            Msg::Stop => return false,
+        }
+        self.shared.running.load(Ordering::Relaxed)
+    }
+
+    fn context_at(&self, t: u64) -> Arc<str> {
+        let i = self.contexts.partition_point(|(at, _)| *at <= t);
+        Arc::clone(&self.contexts[i.saturating_sub(1)].1)
+    }
+
+    fn on_end(&mut self, id: u64, start: u64, end: u64, starved: bool) {
+        let Some(w) = self.loops.get_mut(&id) else {
+            return;
+        };
+        let slot = Arc::clone(&w.slot);
+        match w.block.take() {
+            Some(b) if b.start == start => self.finish(&slot, b, end, true),
+            other => {
+                // A block the watchdog did not see in time (it ended right at the threshold):
+                // report it without a stack.
+                w.block = other;
+                let threshold = self.shared.threshold_ns();
+                let b = Block {
+                    start,
+                    starved,
+                    threshold,
+                    context: self.context_at(start),
+                    samples: Vec::new(),
+                    captured_after: None,
+                    next_sample: 0,
+                    seen_end: None,
+                };
+                self.finish(&slot, b, end, true);
+            }
+        }
+    }
+
+    fn finish(&mut self, slot: &LoopSlot, b: Block, end: u64, exact: bool) {
+        let id = self.next_event;
+        self.next_event += 1;
+        let end = end.max(b.start);
+        let ev = BlockEvent {
+            id,
+            loop_id: slot.id,
+            loop_kind: slot.kind.clone(),
+            thread_ident: slot.target.thread_ident,
+            thread_name: slot.thread_name.clone(),
+            context: b.context.to_string(),
+            start_ns: b.start,
+            end_ns: end,
+            duration_ns: end - b.start,
+            threshold_ns: b.threshold,
+            starved: b.starved,
+            captured_after_ns: b.captured_after,
+            end_exact: exact,
+            task_name: b.samples.iter().find_map(|s| s.task_name.clone()),
+            samples: b.samples,
+        };
+        self.events.lock().push(ev);
+    }
+
+    /// Closes blocks whose end the watchdog saw more than `grace` ago without an end report.
+    fn close_stale(&mut self, now: u64, grace: u64) {
+        let stale: Vec<u64> = self
+            .loops
+            .iter()
+            .filter(|(_, w)| {
+                w.block
+                    .as_ref()
+                    .and_then(|b| b.seen_end)
+                    .is_some_and(|t| now.saturating_sub(t) >= grace)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            let w = self.loops.get_mut(&id).expect("present");
+            let b = w.block.take().expect("present");
+            let slot = Arc::clone(&w.slot);
+            let end = b.seen_end.unwrap_or(now);
+            self.finish(&slot, b, end, false);
+        }
+    }
+
+    /// Looks at every loop; samples blocked ones. Returns when to look again.
+    fn check(&mut self, now: u64) -> u64 {
+        let threshold = self.shared.threshold_ns();
+        let interval = sample_interval(threshold);
+        // Never sleep longer than one threshold (see the module docs).
+        let mut wake_at = now + threshold;
+        let mut stale = false;
+        for w in self.loops.values_mut() {
+            let (busy, since, wake_by) = w.slot.snapshot();
+            // The moment from which the loop counts as stuck, and whether it is starved.
+            let stuck_from = if busy {
+                Some((since, false))
+            } else if wake_by != 0 {
+                Some((wake_by, true))
+            } else {
+                None
+            };
+            if let Some(b) = w.block.as_mut() {
+                let still = stuck_from.is_some_and(|(s, st)| s == b.start && st == b.starved);
+                if still {
+                    if now >= b.next_sample {
+                        let s = self.sampler.sample(&w.slot.target, now - b.start);
+                        push_sample(&mut b.samples, s);
+                        b.next_sample = now_ns() + interval;
+                    }
+                    wake_at = wake_at.min(b.next_sample);
+                    continue;
+                }
+                if b.seen_end.is_none() {
+                    b.seen_end = Some(now);
+                }
+                stale = true;
+                wake_at = wake_at.min(now + END_GRACE_NS);
+                continue;
+            }
+            let Some((start, starved)) = stuck_from else {
+                continue;
+            };
+            let deadline = start.saturating_add(threshold);
+            if now < deadline {
+                wake_at = wake_at.min(deadline);
+                continue;
+            }
+            let t0 = now_ns();
+            let s = self.sampler.sample(&w.slot.target, t0.saturating_sub(start));
+            let mut samples = Vec::new();
+            push_sample(&mut samples, s);
+            let i = self.contexts.partition_point(|(at, _)| *at <= start);
+            let context = Arc::clone(&self.contexts[i.saturating_sub(1)].1);
+            let next_sample = now_ns() + interval;
+            w.block = Some(Block {
+                start,
+                starved,
+                threshold,
+                context,
+                samples,
+                captured_after: Some(t0.saturating_sub(start)),
+                next_sample,
+                seen_end: None,
+            });
+            wake_at = wake_at.min(next_sample);
+        }
+        if stale {
+            self.close_stale(now, END_GRACE_NS);
+        }
+        wake_at
+    }
+}
+
+/// How often a blocked loop is sampled after the first sample.
+pub fn sample_interval(threshold_ns: u64) -> u64 {
+    (threshold_ns / 5).clamp(ms(2), ms(50))
+}
+
+fn push_sample(samples: &mut Vec<Sample>, s: Sample) {
+    let full = samples.len() >= MAX_SAMPLES;
+    if let Some(last) = samples.last_mut() {
+        if full || last.same_content(&s) {
+            last.count += 1;
+            return;
+        }
+    }
+    samples.push(s);
+}
