@@ -11,6 +11,7 @@ use pyo3::types::PyDict;
 
 use crate::clock::now_ns;
 use crate::event::{Frame, Gil, Sample};
+use crate::reader::PyInfo;
 use crate::sampler::{Sampler, Target};
 use crate::watchdog::{LoopSlot, Watchdog};
 
@@ -41,18 +42,38 @@ fn start(py: Python<'_>, threshold_ns: u64, sampler: &str) -> PyResult<String> {
         return Ok(wd.sampler_name().to_owned());
     }
     let choice = sampler.to_owned();
+    let info = py_info(py)?;
     let wd = py
-        .allow_threads(move || Watchdog::start(threshold_ns, move || make_sampler(&choice)))
+        .allow_threads(move || Watchdog::start(threshold_ns, move || make_sampler(&choice, info)))
         .map_err(PyRuntimeError::new_err)?;
     let name = wd.sampler_name().to_owned();
     *WATCHDOG.lock() = Some((std::process::id(), Arc::new(wd)));
     Ok(name)
 }
 
-fn make_sampler(choice: &str) -> Result<Box<dyn Sampler>, String> {
+/// Facts about the running interpreter that the GIL-free reader depends on.
+pub fn py_info(py: Python<'_>) -> PyResult<PyInfo> {
+    let v = py.version_info();
+    let sys = py.import("sys")?;
+    let debug = sys.hasattr("gettotalrefcount")?;
+    let free_threaded = py
+        .import("sysconfig")?
+        .call_method1("get_config_var", ("Py_GIL_DISABLED",))?
+        .extract::<Option<i64>>()
+        .unwrap_or(None)
+        .unwrap_or(0)
+        != 0;
+    Ok(PyInfo {
+        version: (v.major, v.minor, v.patch),
+        debug,
+        free_threaded,
+    })
+}
+
+fn make_sampler(choice: &str, info: PyInfo) -> Result<Box<dyn Sampler>, String> {
     match choice {
         "gil" => Ok(Box::new(GilSampler)),
-        "auto" | "native" => match crate::reader::native_sampler() {
+        "auto" | "native" => match crate::reader::native_sampler(info) {
             Ok(s) => Ok(s),
             Err(e) if choice == "native" => Err(format!("the GIL-free stack reader is unavailable: {e}")),
             Err(_) => Ok(Box::new(GilSampler)),
@@ -354,5 +375,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Slot>()?;
     m.add_class::<SelectorProxy>()?;
     crate::reader::python::add_to_module(m)?;
+    crate::reader::gil::add_debug_functions(m)?;
     Ok(())
 }
