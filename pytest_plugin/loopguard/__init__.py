@@ -1,0 +1,47 @@
+"""loopguard: fail a test when it blocks the asyncio event loop, and name the line that did it.
+
+Use it as a pytest plugin (``pytest -p loopguard``) or, without the plugin, as a context
+manager or decorator::
+
+    with loopguard.guard(threshold="50ms"):
+        asyncio.run(main())
+
+The pytest hooks below are re-exported from :mod:`loopguard.plugin` so that ``-p loopguard``
+loads them.
+"""
+
+from ._events import BlockEvent, Frame, Sample
+from ._guard import LoopBlockedError, guard
+from .plugin import (
+    pytest_addoption,
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_report_header,
+    pytest_runtest_call,
+    pytest_runtest_makereport,
+    pytest_runtest_setup,
+    pytest_runtest_teardown,
+    pytest_terminal_summary,
+    pytest_unconfigure,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BlockEvent",
+    "Frame",
+    "LoopBlockedError",
+    "Sample",
+    "__version__",
+    "guard",
+    "pytest_addoption",
+    "pytest_collection_modifyitems",
+    "pytest_configure",
+    "pytest_report_header",
+    "pytest_runtest_call",
+    "pytest_runtest_makereport",
+    "pytest_runtest_setup",
+    "pytest_runtest_teardown",
+    "pytest_terminal_summary",
+    "pytest_unconfigure",
+]

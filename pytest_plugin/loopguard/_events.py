@@ -1,0 +1,351 @@
+"""Block events as users see them, and the report text that describes them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import linecache
+import os
+import site
+import sysconfig
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ._settings import format_duration
+
+__all__ = ["BlockEvent", "Frame", "Sample", "format_events", "is_user_file"]
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One Python frame: where a thread was."""
+
+    filename: str
+    lineno: int
+    function: str
+
+    def __str__(self) -> str:
+        return f"{display_path(self.filename)}:{self.lineno} in {self.function}"
+
+    @property
+    def source(self) -> str:
+        """The source line, stripped, or ``""`` when it cannot be read."""
+        return linecache.getline(self.filename, self.lineno).strip() if self.lineno else ""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One stack sample of a blocked loop thread."""
+
+    offset: float
+    """Seconds from the start of the block to this sample."""
+    count: int
+    """How many consecutive samples looked exactly like this one."""
+    stack: list[Frame]
+    """The loop thread's stack, outermost frame first."""
+    gil: str
+    """``"loop"``, ``"released"``, ``"other"`` or ``"unknown"``."""
+    gil_holder_ident: Optional[int]
+    gil_holder_stack: list[Frame]
+    late: bool
+    """True when the stack was read by taking the GIL (it may postdate the block)."""
+    error: Optional[str]
+    task_name: Optional[str]
+
+
+@dataclass
+class BlockEvent:
+    """One stretch during which an event loop did not get back to its selector.
+
+    ``duration``, ``threshold`` and ``captured_after`` are in seconds. ``stack`` is the loop
+    thread's Python stack (outermost first) in the sample that shows the dominant ``site``.
+    """
+
+    id: int
+    duration: float
+    threshold: float
+    thread_name: str
+    thread_ident: int
+    task_name: Optional[str]
+    captured_after: Optional[float]
+    starved: bool
+    loop_kind: str
+    test: Optional[str]
+    phase: Optional[str]
+    start_ns: int
+    end_ns: int
+    samples: list[Sample] = field(default_factory=list)
+    site: Optional[Frame] = None
+    """The user-code line that was running (the innermost frame outside libraries)."""
+    innermost: Optional[Frame] = None
+    """The innermost frame overall, when it differs from ``site``."""
+    stack: list[Frame] = field(default_factory=list)
+    gil: str = "unknown"
+    gil_holder_thread: Optional[str] = None
+    gil_holder_stack: list[Frame] = field(default_factory=list)
+    sites_changed: bool = False
+    """True when samples showed more than one call site (a block made of several calls)."""
+    late: bool = False
+    """True when the stack could only be read by taking the GIL, so it may have been late."""
+
+    @property
+    def context(self) -> Optional[str]:
+        return f"{self.test} ({self.phase})" if self.test else None
+
+    def summary(self) -> str:
+        kind = "starved of the GIL" if self.starved else "blocked"
+        return (
+            f"event loop {kind} for {format_duration(self.duration)} "
+            f"(threshold {format_duration(self.threshold)})"
+        )
+
+
+def _frames(raw: list[dict]) -> list[Frame]:
+    return [Frame(f["filename"], int(f["lineno"]), f["function"]) for f in raw]
+
+
+def _thread_name(ident: int) -> str:
+    t = threading._active.get(ident)  # type: ignore[attr-defined]
+    return t.name if t is not None else f"thread {ident:#x}"
+
+
+def events_from_json(text: str) -> list[BlockEvent]:
+    """Build events from the native watchdog's JSON."""
+    out = []
+    for raw in json.loads(text):
+        samples = []
+        for s in raw["samples"]:
+            holder = s.get("holder") or {}
+            samples.append(
+                Sample(
+                    offset=s["offset_ns"] / 1e9,
+                    count=s["count"],
+                    stack=_frames(s["frames"]),
+                    gil=s["gil"],
+                    gil_holder_ident=holder.get("thread_ident"),
+                    gil_holder_stack=_frames(holder.get("frames", [])),
+                    late=s["late"],
+                    error=s.get("error"),
+                    task_name=s.get("task_name"),
+                )
+            )
+        test, phase = _split_context(raw["context"])
+        ev = BlockEvent(
+            id=raw["id"],
+            duration=raw["duration_ns"] / 1e9,
+            threshold=raw["threshold_ns"] / 1e9,
+            thread_name=raw["thread_name"],
+            thread_ident=raw["thread_ident"],
+            task_name=raw.get("task_name"),
+            captured_after=(
+                raw["captured_after_ns"] / 1e9 if raw["captured_after_ns"] is not None else None
+            ),
+            starved=raw["starved"],
+            loop_kind=raw["loop_kind"],
+            test=test,
+            phase=phase,
+            start_ns=raw["start_ns"],
+            end_ns=raw["end_ns"],
+            samples=samples,
+        )
+        _analyse(ev)
+        out.append(ev)
+    return out
+
+
+CONTEXT_SEP = "\x1f"
+
+
+def make_context(test: str, phase: str) -> str:
+    return f"{phase}{CONTEXT_SEP}{test}"
+
+
+def _split_context(ctx: str) -> tuple[Optional[str], Optional[str]]:
+    if CONTEXT_SEP not in ctx:
+        return None, None
+    phase, test = ctx.split(CONTEXT_SEP, 1)
+    return test, phase
+
+
+# --- where is user code? -------------------------------------------------------------------
+
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _library_dirs() -> tuple[str, ...]:
+    dirs = set()
+    paths = sysconfig.get_paths()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        if paths.get(key):
+            dirs.add(os.path.realpath(paths[key]))
+    try:
+        for d in site.getsitepackages():
+            dirs.add(os.path.realpath(d))
+    except AttributeError:  # virtualenv's old site.py
+        pass
+    return tuple(sorted((d.rstrip(os.sep) + os.sep for d in dirs), key=len, reverse=True))
+
+
+_LIB_DIRS = _library_dirs()
+_user_cache: dict[str, bool] = {}
+
+
+def is_user_file(filename: str) -> bool:
+    """True for code of the project under test: not loopguard, the stdlib or site-packages."""
+    cached = _user_cache.get(filename)
+    if cached is not None:
+        return cached
+    if filename.startswith("<"):
+        result = False
+    else:
+        real = os.path.realpath(filename)
+        result = not (
+            real.startswith(_PKG_DIR)
+            or any(real.startswith(d) for d in _LIB_DIRS)
+            or f"{os.sep}site-packages{os.sep}" in real
+            or f"{os.sep}dist-packages{os.sep}" in real
+        )
+    _user_cache[filename] = result
+    return result
+
+
+def _site_of(stack: list[Frame]) -> Optional[Frame]:
+    for f in reversed(stack):
+        if is_user_file(f.filename):
+            return f
+    return stack[-1] if stack else None
+
+
+def _analyse(ev: BlockEvent) -> None:
+    """Pick the dominant call site, the stack to show and the GIL attribution."""
+    counts: Counter[Frame] = Counter()
+    first: dict[Frame, Sample] = {}
+    for s in ev.samples:
+        stack = s.gil_holder_stack if (ev.starved and s.gil_holder_stack) else s.stack
+        site_ = _site_of(stack)
+        if site_ is None:
+            continue
+        counts[site_] += s.count
+        first.setdefault(site_, s)
+    ev.late = bool(ev.samples) and all(s.late for s in ev.samples)
+    if not counts:
+        return
+    ev.sites_changed = len(counts) > 1
+    ev.site = max(counts, key=lambda f: counts[f])  # first-seen wins ties
+    s = first[ev.site]
+    ev.stack = s.stack
+    ev.gil = s.gil
+    if s.gil_holder_ident is not None and s.gil == "other":
+        ev.gil_holder_thread = _thread_name(s.gil_holder_ident)
+        ev.gil_holder_stack = s.gil_holder_stack
+    shown = ev.gil_holder_stack if (ev.starved and ev.gil_holder_stack) else ev.stack
+    if shown and shown[-1] != ev.site:
+        ev.innermost = shown[-1]
+
+
+# --- report text ---------------------------------------------------------------------------
+
+
+def display_path(filename: str) -> str:
+    try:
+        rel = os.path.relpath(filename)
+    except ValueError:
+        return filename
+    return filename if rel.startswith("..") else rel
+
+
+_GIL_TEXT = {
+    "loop": "GIL held by the loop thread",
+    "released": "GIL released (a system call or C code that releases it)",
+    "unknown": "GIL holder unknown",
+}
+
+
+def format_event(ev: BlockEvent, *, index: int = 0, total: int = 1) -> list[str]:
+    """The report for one event, as lines."""
+    head = f"loopguard: {ev.summary()}"
+    if total > 1:
+        head = f"loopguard: block {index + 1} of {total}: {ev.summary()}"
+    lines = [head, ""]
+    if ev.site is not None:
+        lines.append(f"    {ev.site}")
+        if ev.site.source:
+            lines.append(f"  >     {ev.site.source}")
+        if ev.innermost is not None:
+            lines.append(f"    blocked in {ev.innermost}, called from {ev.site}")
+    elif ev.captured_after is None:
+        lines.append(
+            "    (the block ended before its stack could be sampled; lower the threshold "
+            "to see where it was)"
+        )
+    else:
+        errors = {s.error for s in ev.samples if s.error}
+        lines.append(f"    (the stack could not be read: {'; '.join(sorted(errors)) or 'empty'})")
+    if ev.sites_changed:
+        lines.append("    (the stack changed during the block: it was made of several calls)")
+    lines.append("")
+    if ev.starved and ev.gil_holder_thread:
+        lines.append(
+            f"  the loop thread {ev.thread_name!r} was waiting for the GIL, held by thread "
+            f"{ev.gil_holder_thread!r}; its stack (most recent call last):"
+        )
+        lines.extend(_stack_lines(ev.gil_holder_stack))
+        lines.append("")
+    if ev.stack:
+        lines.append("  Python stack of the loop thread (most recent call last):")
+        lines.extend(_stack_lines(ev.stack))
+    detail = [f"loop thread {ev.thread_name!r}"]
+    if ev.task_name:
+        detail.append(f"task {ev.task_name!r}")
+    if ev.loop_kind != "asyncio":
+        detail.append(f"{ev.loop_kind} loop")
+    if ev.gil == "other" and ev.gil_holder_thread:
+        detail.append(f"GIL held by thread {ev.gil_holder_thread!r}")
+    elif ev.gil in _GIL_TEXT and ev.gil != "unknown":
+        detail.append(_GIL_TEXT[ev.gil])
+    if ev.captured_after is not None:
+        when = f"stack captured {format_duration(ev.captured_after)} after the block began"
+        if ev.late:
+            when += " (read with the GIL: it may show where the loop was after the block)"
+        detail.append(when)
+    lines.append("  " + ", ".join(detail))
+    return lines
+
+
+
+
+def _dispatch_index(stack: list[Frame]) -> int:
+    """Index just past the innermost frame where the event loop dispatched a callback."""
+    for i in range(len(stack) - 1, -1, -1):
+        f = stack[i]
+        if f.function.rsplit(".", 1)[-1] == "_run" and f.filename.endswith(
+            os.sep + os.path.join("asyncio", "events.py")
+        ):
+            return i + 1
+    return 0
+
+
+def _stack_lines(stack: list[Frame], limit: int = 30) -> list[str]:
+    lines = []
+    cut = _dispatch_index(stack)
+    if cut >= len(stack):
+        cut = 0
+    hidden = max(cut, len(stack) - limit)
+    shown = stack[hidden:]
+    if hidden:
+        lines.append(f"    ... {hidden} outer frames (test runner and event loop) not shown ...")
+    for f in shown:
+        lines.append(f'    File "{display_path(f.filename)}", line {f.lineno}, in {f.function}')
+        if f.source:
+            lines.append(f"      {f.source}")
+    return lines
+
+
+def format_events(events: list[BlockEvent]) -> str:
+    """The report for several events (a test's blocks)."""
+    chunks = []
+    for i, ev in enumerate(events):
+        chunks.append("\n".join(format_event(ev, index=i, total=len(events))))
+    return "\n\n".join(chunks)

@@ -1,0 +1,164 @@
+"""Process-wide runtime: the native watchdog, loop instrumentation and the event log.
+
+One watchdog serves every user in the process (the pytest plugin and any number of nested
+``guard()`` blocks). Each user *acquires* the runtime with the threshold it needs; the watchdog
+detects at the smallest of them and each user judges events against its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.base_events
+import atexit
+import itertools
+import os
+import threading
+from typing import Optional
+
+from . import _native
+from ._events import BlockEvent, events_from_json
+
+__all__ = ["Runtime", "runtime"]
+
+_FLUSH_TIMEOUT = 5.0
+
+
+class Runtime:
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._needs: dict[int, int] = {}
+        self._tokens = itertools.count(1)
+        self._patched = False
+        self._events: list[BlockEvent] = []
+        self._sampler: Optional[str] = None
+
+    # --- lifetime --------------------------------------------------------------------------
+
+    def acquire(self, threshold: float, sampler: str = "auto") -> int:
+        """Start watching with ``threshold`` seconds; returns a token for :meth:`release`.
+
+        Raises ``RuntimeError`` when the watchdog cannot start.
+        """
+        ns = max(1, int(threshold * 1e9))
+        with self._lock:
+            if not _native.is_running():
+                self._sampler = _native.start(ns, os.environ.get("LOOPGUARD_SAMPLER", sampler))
+            self._install()
+            token = next(self._tokens)
+            self._needs[token] = ns
+            self._apply()
+            return token
+
+    def update(self, token: int, threshold: float) -> None:
+        with self._lock:
+            if token in self._needs:
+                self._needs[token] = max(1, int(threshold * 1e9))
+                self._apply()
+
+    def release(self, token: int) -> None:
+        with self._lock:
+            self._needs.pop(token, None)
+            if not self._needs:
+                self._events.clear()
+            self._apply()
+
+    @property
+    def active(self) -> bool:
+        return bool(self._needs)
+
+    @property
+    def sampler(self) -> Optional[str]:
+        return _native.sampler_name()
+
+    def shutdown(self) -> None:
+        """Stop the watchdog (at exit, or when the last pytest session ends)."""
+        with self._lock:
+            self._needs.clear()
+            _native.stop()
+
+    def _apply(self) -> None:
+        if self._needs and _native.is_running():
+            _native.set_threshold(min(self._needs.values()))
+
+    # --- events ----------------------------------------------------------------------------
+
+    def set_context(self, context: str) -> None:
+        if _native.is_running():
+            _native.set_context(context)
+
+    def collect(self) -> list[BlockEvent]:
+        """Fetch finished events from the watchdog into the log; returns the new ones."""
+        new = events_from_json(_native.flush(_FLUSH_TIMEOUT))
+        with self._lock:
+            self._events.extend(new)
+        return new
+
+    def events_between(self, start_ns: int, end_ns: int) -> list[BlockEvent]:
+        with self._lock:
+            return [e for e in self._events if start_ns <= e.start_ns < end_ns]
+
+    def take_events(self, predicate) -> list[BlockEvent]:
+        """Remove and return logged events matching ``predicate``."""
+        with self._lock:
+            taken = [e for e in self._events if predicate(e)]
+            if taken:
+                ids = {e.id for e in taken}
+                self._events = [e for e in self._events if e.id not in ids]
+            return taken
+
+    def trim(self, keep_after_ns: int) -> None:
+        """Forget events that began before ``keep_after_ns`` (nobody can still claim them)."""
+        with self._lock:
+            self._events = [e for e in self._events if e.start_ns >= keep_after_ns]
+
+    # --- instrumentation -------------------------------------------------------------------
+
+    def _install(self) -> None:
+        if self._patched:
+            return
+        cls = asyncio.base_events.BaseEventLoop
+        original = cls.run_forever
+        rt = self
+
+        def run_forever(self):  # type: ignore[no-untyped-def]
+            if not rt._needs or self.is_running() or not _native.is_running():
+                return original(self)
+            return rt._run_guarded(self, original)
+
+        run_forever.__wrapped__ = original  # type: ignore[attr-defined]
+        run_forever.__doc__ = original.__doc__
+        run_forever.__qualname__ = original.__qualname__
+        run_forever._loopguard = True  # type: ignore[attr-defined]
+        cls.run_forever = run_forever  # type: ignore[method-assign]
+        self._patched = True
+
+    def _run_guarded(self, loop, original):  # type: ignore[no-untyped-def]
+        try:
+            slot = _native.register(
+                "asyncio", threading.current_thread().name, threading.get_ident(), loop
+            )
+        except RuntimeError:
+            return original(loop)
+        selector = getattr(loop, "_selector", None)
+        proxied = None
+        if selector is not None and hasattr(selector, "select"):
+            proxied = _native.SelectorProxy(selector, slot)
+            loop._selector = proxied
+        try:
+            return original(loop)
+        finally:
+            if proxied is not None and loop._selector is proxied:
+                loop._selector = selector
+            slot.unregister()
+
+
+runtime = Runtime()
+
+
+def _at_exit() -> None:
+    runtime.shutdown()
+
+
+atexit.register(_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_native.after_fork_child)

@@ -1,0 +1,54 @@
+"""Parsing and validation of loopguard settings (durations, modes, marker arguments)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+__all__ = ["SettingError", "format_duration", "parse_duration"]
+
+_DURATION = re.compile(
+    r"^\s*(?P<num>[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?)\s*(?P<unit>ms|s|us)?\s*$"
+)
+_UNITS = {None: 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
+
+DURATION_HELP = "a positive duration such as 100ms, 0.25s or 0.1 (seconds)"
+
+
+class SettingError(ValueError):
+    """An invalid setting value. The message names the setting, the value and its source."""
+
+
+def parse_duration(value: object, *, name: str, source: str) -> float:
+    """Parse ``value`` (``"100ms"``, ``"0.25s"``, ``"0.1"``, or a number of seconds) to seconds.
+
+    ``name`` is the setting as the user wrote it (``--loopguard-threshold``) and ``source``
+    where the value came from (``the command line``); both appear in the error.
+    """
+    seconds: float | None
+    if isinstance(value, bool):
+        seconds = None
+    elif isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        m = _DURATION.match(value)
+        seconds = float(m.group("num")) * _UNITS[m.group("unit")] if m else None
+    else:
+        seconds = None
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        raise SettingError(
+            f"invalid value for {name}: {value!r} (from {source}); expected {DURATION_HELP}"
+        )
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Human form of a duration: ``312 ms``, ``1.25 s``, ``0.4 ms``."""
+    ms = seconds * 1000.0
+    if ms >= 10_000:
+        return f"{seconds:.1f} s"
+    if ms >= 1000:
+        return f"{seconds:.2f} s"
+    if ms >= 10:
+        return f"{ms:.0f} ms"
+    return f"{ms:.1f} ms"

@@ -1,0 +1,311 @@
+"""The pytest plugin: ``pytest -p loopguard``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import pytest
+
+from ._events import BlockEvent, format_event, format_events, make_context
+from ._guard import DEFAULT_THRESHOLD
+from ._runtime import runtime
+from ._settings import DURATION_HELP, SettingError, format_duration, parse_duration
+
+__all__ = [
+    "pytest_addoption",
+    "pytest_collection_modifyitems",
+    "pytest_configure",
+    "pytest_report_header",
+    "pytest_runtest_call",
+    "pytest_runtest_makereport",
+    "pytest_runtest_setup",
+    "pytest_runtest_teardown",
+    "pytest_terminal_summary",
+    "pytest_unconfigure",
+]
+
+THRESHOLD_HELP = (
+    f"fail a test whose event loop is blocked for longer than this: {DURATION_HELP}; default 100ms"
+)
+SAMPLER_HELP = (
+    "how stacks are captured: auto (GIL-free where supported, else by taking the GIL), "
+    "native (GIL-free or fail) or gil"
+)
+SAMPLERS = ("auto", "native", "gil")
+MARKER = (
+    "loopguard(threshold=None, enabled=True): fail the test if an event loop is blocked for "
+    "longer than threshold (e.g. '50ms', 0.05); enabled=False turns loopguard off for the test"
+)
+_MARKER_ARGS = {"threshold", "enabled"}
+
+
+@dataclass
+class _Settings:
+    threshold: float
+    threshold_source: str
+    sampler: str
+
+
+@dataclass
+class _TestState:
+    threshold: float
+    enabled: bool
+    events: dict[str, list[BlockEvent]] = field(default_factory=dict)
+
+
+@dataclass
+class _State:
+    settings: _Settings
+    token: int
+    tests: dict[str, _TestState] = field(default_factory=dict)
+    all_events: list[BlockEvent] = field(default_factory=list)
+    failed_events: list[BlockEvent] = field(default_factory=list)
+
+
+_state_key = pytest.StashKey[_State]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("loopguard", "fail tests that block the asyncio event loop")
+    group.addoption(
+        "--loopguard-threshold",
+        dest="loopguard_threshold",
+        metavar="DURATION",
+        default=None,
+        help=THRESHOLD_HELP + " (env LOOPGUARD_THRESHOLD, ini loopguard_threshold)",
+    )
+    group.addoption(
+        "--loopguard-sampler",
+        dest="loopguard_sampler",
+        metavar="KIND",
+        default=None,
+        help=SAMPLER_HELP + " (env LOOPGUARD_SAMPLER)",
+    )
+    parser.addini("loopguard_threshold", THRESHOLD_HELP, default=None)
+
+
+def _settings(config: pytest.Config) -> _Settings:
+    candidates = [
+        (config.getoption("loopguard_threshold"), "--loopguard-threshold", "the command line"),
+        (os.environ.get("LOOPGUARD_THRESHOLD"), "LOOPGUARD_THRESHOLD", "the environment"),
+        (config.getini("loopguard_threshold"), "loopguard_threshold", _ini_source(config)),
+    ]
+    threshold, source = DEFAULT_THRESHOLD, "default"
+    for value, name, where in candidates:
+        # An empty ini value means "not set"; an empty CLI or env value is a mistake.
+        if value is None or (name == "loopguard_threshold" and not str(value).strip()):
+            continue
+        threshold, source = parse_duration(value, name=name, source=where), name
+        break
+    sampler = config.getoption("loopguard_sampler") or os.environ.get("LOOPGUARD_SAMPLER") or "auto"
+    if sampler not in SAMPLERS:
+        where = "the command line" if config.getoption("loopguard_sampler") else "the environment"
+        raise SettingError(
+            f"invalid value for --loopguard-sampler: {sampler!r} (from {where}); "
+            f"expected one of {', '.join(SAMPLERS)}"
+        )
+    return _Settings(threshold=threshold, threshold_source=source, sampler=sampler)
+
+
+def _ini_source(config: pytest.Config) -> str:
+    return f"the config file {config.inipath}" if config.inipath else "the config file"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER)
+    try:
+        settings = _settings(config)
+    except SettingError as e:
+        raise pytest.UsageError(f"loopguard: {e}") from None
+    try:
+        token = runtime.acquire(settings.threshold, settings.sampler)
+    except RuntimeError as e:
+        raise pytest.UsageError(f"loopguard: cannot start the watchdog: {e}") from None
+    config.stash[_state_key] = _State(settings=settings, token=token)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(_state_key, None)
+    if state is not None:
+        runtime.release(state.token)
+        del config.stash[_state_key]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    state = config.stash.get(_state_key, None)
+    if state is None:
+        return []
+    s = state.settings
+    sampler = runtime.sampler or "?"
+    how = (
+        "GIL-free stack capture"
+        if sampler == "native"
+        else "stacks read by taking the GIL (may be late)"
+    )
+    src = "" if s.threshold_source == "default" else f" (from {s.threshold_source})"
+    return [f"loopguard: threshold {format_duration(s.threshold)}{src}, {how}"]
+
+
+def _marker_settings(item: pytest.Item, default: float) -> tuple[float, bool]:
+    threshold, enabled = default, True
+    # Closest marker wins: iter_markers yields the function's own first.
+    for mark in reversed(list(item.iter_markers("loopguard"))):
+        if mark.args:
+            raise pytest.UsageError(
+                f"loopguard: {item.nodeid}: @pytest.mark.loopguard takes keyword arguments only "
+                f"(threshold=..., enabled=...), got positional {mark.args!r}"
+            )
+        unknown = set(mark.kwargs) - _MARKER_ARGS
+        if unknown:
+            raise pytest.UsageError(
+                f"loopguard: {item.nodeid}: unknown @pytest.mark.loopguard argument(s) "
+                f"{', '.join(sorted(unknown))}; expected {', '.join(sorted(_MARKER_ARGS))}"
+            )
+        if "threshold" in mark.kwargs:
+            try:
+                threshold = parse_duration(
+                    mark.kwargs["threshold"],
+                    name="threshold",
+                    source=f"@pytest.mark.loopguard on {item.nodeid}",
+                )
+            except SettingError as e:
+                raise pytest.UsageError(f"loopguard: {e}") from None
+        if "enabled" in mark.kwargs:
+            value = mark.kwargs["enabled"]
+            if not isinstance(value, bool):
+                raise pytest.UsageError(
+                    f"loopguard: invalid value for enabled: {value!r} (from "
+                    f"@pytest.mark.loopguard on {item.nodeid}); expected True or False"
+                )
+            enabled = value
+    return threshold, enabled
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    state = config.stash.get(_state_key, None)
+    if state is None:
+        return
+    for item in items:
+        threshold, enabled = _marker_settings(item, state.settings.threshold)
+        state.tests[item.nodeid] = _TestState(threshold=threshold, enabled=enabled)
+
+
+def _test_state(item: pytest.Item) -> Optional[tuple[_State, _TestState]]:
+    state = item.config.stash.get(_state_key, None)
+    if state is None:
+        return None
+    ts = state.tests.get(item.nodeid)
+    if ts is None:
+        threshold, enabled = _marker_settings(item, state.settings.threshold)
+        ts = state.tests[item.nodeid] = _TestState(threshold=threshold, enabled=enabled)
+    return state, ts
+
+
+def _enter_phase(item: pytest.Item, phase: str) -> None:
+    found = _test_state(item)
+    if found is None:
+        return
+    state, ts = found
+    if phase == "setup":
+        runtime.update(state.token, ts.threshold)
+    runtime.set_context(make_context(item.nodeid, phase))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> Any:
+    _enter_phase(item, "setup")
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    _enter_phase(item, "call")
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: Optional[pytest.Item]) -> Any:
+    _enter_phase(item, "teardown")
+    try:
+        return (yield)
+    finally:
+        runtime.set_context("")
+
+
+class _LoopguardRepr:
+    """A failure report that pytest prints like a traceback and summarises in one line."""
+
+    def __init__(self, events: list[BlockEvent]) -> None:
+        self.events = events
+        self.text = format_events(events)
+        first = events[0]
+        msg = f"loopguard: {first.summary()}"
+        if first.site is not None:
+            msg += f" at {first.site}"
+        if len(events) > 1:
+            msg += f" (and {len(events) - 1} more)"
+        self.reprcrash = _Crash(msg, first)
+
+    def toterminal(self, tw: Any) -> None:
+        for i, ev in enumerate(self.events):
+            if i:
+                tw.line("")
+            for j, line in enumerate(format_event(ev, index=i, total=len(self.events))):
+                if j == 0:
+                    tw.line(line, red=True, bold=True)
+                elif line.startswith("  >"):
+                    tw.line(line, bold=True)
+                else:
+                    tw.line(line)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class _Crash:
+    def __init__(self, message: str, ev: BlockEvent) -> None:
+        self.message = message
+        self.path = ev.site.filename if ev.site else ""
+        self.lineno = ev.site.lineno if ev.site else 0
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    found = _test_state(item)
+    if found is None:
+        return report
+    state, ts = found
+    runtime.collect()
+    ctx_events = runtime.take_events(lambda e: e.test == item.nodeid and e.phase == call.when)
+    if not ts.enabled:
+        return report
+    state.all_events.extend(ctx_events)
+    failing = [e for e in ctx_events if e.duration >= ts.threshold]
+    if not failing:
+        return report
+    ts.events[call.when] = failing
+    if report.skipped or hasattr(report, "wasxfail"):
+        return report
+    state.failed_events.extend(failing)
+    if report.passed:
+        report.outcome = "failed"
+        report.longrepr = _LoopguardRepr(failing)
+    else:
+        title = f"loopguard: blocked event loop ({call.when})"
+        report.sections.append((title, format_events(failing)))
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    state = config.stash.get(_state_key, None)
+    if state is None or not state.failed_events:
+        return
+    tr = terminalreporter
+    tr.section("loopguard: blocked event loops", sep="=", red=True)
+    for ev in state.failed_events:
+        where = str(ev.site) if ev.site else "unknown site"
+        tr.line(f"{format_duration(ev.duration):>9}  {where}  [{ev.test} ({ev.phase})]")
