@@ -27,6 +27,10 @@ from .plugin import (
 
 __version__ = "0.1.0"
 
+for _public in (BlockEvent, Frame, Sample, LoopBlockedError, guard):
+    _public.__module__ = __name__
+del _public
+
 __all__ = [
     "BlockEvent",
     "Frame",

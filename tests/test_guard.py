@@ -1,0 +1,124 @@
+"""``loopguard.guard()``: the context manager and decorator, used without the plugin."""
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+import loopguard
+
+
+def blocking_main(seconds):
+    async def main():
+        await asyncio.sleep(0)
+        time.sleep(seconds)  # guard-test-block
+
+    return main
+
+
+def test_guard_raises_with_events_describing_the_block():
+    with pytest.raises(loopguard.LoopBlockedError) as exc:
+        with loopguard.guard(threshold="100ms"):
+            asyncio.run(blocking_main(0.3)())
+    (ev,) = exc.value.events
+    assert 0.28 <= ev.duration <= 1.0
+    assert ev.threshold == pytest.approx(0.1)
+    assert ev.site.function.endswith("main")
+    assert ev.site.filename == __file__
+    assert "guard-test-block" in ev.site.source
+    assert ev.stack[-1] == ev.site
+    assert all(isinstance(f, loopguard.Frame) for f in ev.stack)
+    assert ev.thread_name == threading.current_thread().name
+    assert ev.task_name is None or ev.task_name.startswith("Task-")
+    assert ev.captured_after is not None
+    # Captured while the block lasted, not after it.
+    assert 0.1 <= ev.captured_after <= ev.duration
+    assert "event loop blocked for" in str(exc.value)
+
+
+def test_guard_passes_short_blocks():
+    with loopguard.guard(threshold="200ms") as g:
+        asyncio.run(blocking_main(0.02)())
+    assert g.events == []
+
+
+def test_guard_without_a_loop_does_nothing():
+    with loopguard.guard():
+        time.sleep(0.15)
+
+
+def test_guard_as_a_decorator():
+    @loopguard.guard(threshold=0.1)
+    def run():
+        asyncio.run(blocking_main(0.3)())
+
+    with pytest.raises(loopguard.LoopBlockedError):
+        run()
+    # Reusable: a second call is judged afresh.
+    with pytest.raises(loopguard.LoopBlockedError):
+        run()
+
+
+def test_nested_guards_judge_by_their_own_thresholds():
+    with pytest.raises(loopguard.LoopBlockedError) as outer:
+        with loopguard.guard(threshold="100ms"):
+            with loopguard.guard(threshold="1s") as inner:
+                asyncio.run(blocking_main(0.3)())
+            assert inner.events == []
+    assert len(outer.value.events) == 1
+
+
+def test_guard_blocks_outside_it_are_not_counted():
+    asyncio.run(blocking_main(0.2)())  # before: nobody watches
+    with loopguard.guard(threshold="100ms") as g:
+        asyncio.run(blocking_main(0.01)())
+    assert g.events == []
+
+
+def test_guard_does_not_mask_an_exception_from_the_block():
+    with pytest.raises(ZeroDivisionError):
+        with loopguard.guard(threshold="100ms"):
+            asyncio.run(blocking_main(0.2)())
+            1 / 0  # noqa: B018
+
+
+def test_invalid_threshold_names_the_argument():
+    with pytest.raises(ValueError, match=r"invalid value for threshold: 'fast' \(from loopguard"):
+        loopguard.guard(threshold="fast")
+
+
+def test_guard_in_an_autouse_fixture_without_the_plugin(pytester):
+    pytester.makeconftest(
+        """
+import pytest, loopguard
+
+@pytest.fixture(autouse=True)
+def no_blocking():
+    with loopguard.guard(threshold="100ms"):
+        yield
+"""
+    )
+    pytester.makepyfile(
+        test_it="""
+import asyncio, time
+
+def test_blocks():
+    async def main():
+        time.sleep(0.3)
+    asyncio.run(main())
+
+def test_fine():
+    asyncio.run(asyncio.sleep(0.01))
+"""
+    )
+    result = pytester.runpytest_subprocess()
+    # The test itself passed; the fixture's teardown reports the block.
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_blocks*",
+            "*loopguard.LoopBlockedError*",
+            "*test_it.py:5 in test_blocks*",
+        ]
+    )
