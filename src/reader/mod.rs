@@ -1,10 +1,26 @@
 //! GIL-free reader of CPython thread stacks.
+//!
+//! The watchdog thread reads the loop thread's frame chain straight from memory while the loop
+//! thread keeps running (or stays blocked), without the GIL and without any lock a Python
+//! thread could hold:
+//!
+//! * [`mem`] reads memory with `process_vm_readv` on our own pid, so a stale pointer is an
+//!   error, not a crash;
+//! * [`layout`] knows where the fields are in each supported version (3.9–3.13, release GIL
+//!   builds), chosen at run time so one abi3 build serves them all;
+//! * [`walk`] follows the chain with validation (type checks, bounded depth and sizes, two walks
+//!   that must agree) and caches decoded code objects;
+//! * [`lines`] decodes each version's line table.
 
-use crate::sampler::Sampler;
+use crate::event::{Gil, Sample};
+use crate::sampler::{Sampler, Target};
 
 pub mod gil;
+pub mod layout;
+pub mod lines;
 pub mod mem;
 pub mod python;
+pub mod walk;
 
 /// What the reader needs to know about the running interpreter (gathered with the GIL held).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,7 +33,101 @@ pub struct PyInfo {
     pub free_threaded: bool,
 }
 
+/// Builds a [`walk::Walker`] for the running interpreter.
+///
+/// # Errors
+/// Why the GIL-free reader cannot work here.
+pub fn walker(info: PyInfo) -> Result<walk::Walker, String> {
+    if cfg!(not(all(target_pointer_width = "64", target_os = "linux"))) {
+        return Err("the GIL-free reader supports 64-bit Linux only".into());
+    }
+    if info.debug {
+        return Err("this is a debug build of Python, whose object layouts differ".into());
+    }
+    if info.free_threaded {
+        return Err("this is a free-threaded build of Python, whose layouts differ".into());
+    }
+    let mem = mem::Memory::new().map_err(|e| e.to_string())?;
+    let layout = layout::Layout::for_running(&mem, (info.version.0, info.version.1))?;
+    walk::Walker::new(mem, layout)
+}
+
 /// The GIL-free sampler for the running interpreter, or why there is none.
-pub fn native_sampler(_info: PyInfo) -> Result<Box<dyn Sampler>, String> {
-    Err("not built yet".into())
+///
+/// # Errors
+/// Unsupported versions, debug and free-threaded builds, and `process_vm_readv` being
+/// unavailable.
+pub fn native_sampler(info: PyInfo) -> Result<Box<dyn Sampler>, String> {
+    Ok(Box::new(NativeSampler {
+        walker: walker(info)?,
+    }))
+}
+
+/// Samples a thread by walking its frames through [`walk::Walker`].
+pub struct NativeSampler {
+    walker: walk::Walker,
+}
+
+impl NativeSampler {
+    /// The walker (for the debug functions).
+    pub fn walker(&mut self) -> &mut walk::Walker {
+        &mut self.walker
+    }
+}
+
+impl Sampler for NativeSampler {
+    fn sample(&mut self, target: &Target, offset_ns: u64) -> Sample {
+        match self.walker.stack(target.tstate, target.thread_ident) {
+            Ok(frames) => Sample {
+                offset_ns,
+                count: 1,
+                frames,
+                gil: Gil::Unknown,
+                holder: None,
+                late: false,
+                error: None,
+                task_name: None,
+            },
+            Err(e) => Sample::failed(offset_ns, e),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "native"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsupported_builds_are_refused() {
+        let base = PyInfo {
+            version: (3, 11, 7),
+            debug: false,
+            free_threaded: false,
+        };
+        let e = native_sampler(PyInfo {
+            debug: true,
+            ..base
+        })
+        .err()
+        .unwrap();
+        assert!(e.contains("debug"), "{e}");
+        let e = native_sampler(PyInfo {
+            free_threaded: true,
+            ..base
+        })
+        .err()
+        .unwrap();
+        assert!(e.contains("free-threaded"), "{e}");
+        let e = native_sampler(PyInfo {
+            version: (3, 14, 0),
+            ..base
+        })
+        .err()
+        .unwrap();
+        assert!(e.contains("3.14"), "{e}");
+    }
 }

@@ -1,8 +1,219 @@
 //! Debug entry points of the reader for tests (`loopguard._native._reader_*`).
+//!
+//! They run the same code as the watchdog's sampler: code objects are read from memory through
+//! `process_vm_readv`, not through the C API, and stacks are read with the GIL released.
 
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use super::layout::LineFormat;
+use super::lines::{self, LineTable};
+use super::walk::Walker;
+use crate::event::Frame;
+
+/// A walker for the debug functions, with the pid that made it (a forked child makes its own).
+static WALKER: Mutex<Option<(u32, Walker)>> = Mutex::new(None);
+
+fn new_walker(py: Python<'_>) -> PyResult<Walker> {
+    let info = crate::python::py_info(py)?;
+    super::walker(info).map_err(PyRuntimeError::new_err)
+}
+
+/// Runs `f` with the shared walker. The lock is only ever taken by these debug functions, and
+/// never while waiting for the GIL.
+fn with_walker<R>(py: Python<'_>, f: impl FnOnce(&mut Walker) -> R) -> PyResult<R> {
+    let pid = std::process::id();
+    let mut guard = WALKER.lock();
+    if !matches!(&*guard, Some((p, _)) if *p == pid) {
+        *guard = Some((pid, new_walker(py)?));
+    }
+    match guard.as_mut() {
+        Some((_, w)) => Ok(f(w)),
+        None => Err(PyRuntimeError::new_err("no walker")),
+    }
+}
+
+fn frames_to_py(py: Python<'_>, frames: Vec<Frame>) -> PyResult<Bound<'_, PyList>> {
+    PyList::new(
+        py,
+        frames
+            .into_iter()
+            .map(|f| (f.filename, f.lineno, f.function)),
+    )
+}
+
+/// The calling thread's `PyThreadState*` as an int.
+#[pyfunction]
+fn _reader_current_tstate(py: Python<'_>) -> usize {
+    super::mem::current_thread_state(py)
+}
+
+/// Why the native sampler is unavailable here, or None when it is available.
+#[pyfunction]
+fn _reader_unavailable(py: Python<'_>) -> PyResult<Option<String>> {
+    let info = crate::python::py_info(py)?;
+    Ok(super::native_sampler(info).err())
+}
+
+/// Where the layout came from ("headers" or "_Py_DebugOffsets") and its version.
+#[pyfunction]
+fn _reader_layout(py: Python<'_>) -> PyResult<(String, (u8, u8))> {
+    with_walker(py, |w| (w.layout().source.to_owned(), w.layout().version))
+}
+
+/// `(co_filename, name, co_firstlineno, bytecode size)` of `code`, read from memory.
+#[pyfunction]
+fn _reader_code(py: Python<'_>, code: &Bound<'_, PyAny>) -> PyResult<(String, String, i32, u32)> {
+    let addr = code.as_ptr() as usize;
+    let info = with_walker(py, |w| w.code(addr))?.map_err(PyRuntimeError::new_err)?;
+    Ok((
+        info.filename.clone(),
+        info.function.clone(),
+        info.firstlineno,
+        info.code_bytes,
+    ))
+}
+
+/// The line table of `code` as decoded by the reader: on 3.9 `(offset, line)` line starts as
+/// `dis.findlinestarts` yields them; on 3.10+ `(start, end, line or None)` ranges as
+/// `co_lines()` yields them (not merged).
+#[pyfunction]
+fn _reader_lines(py: Python<'_>, code: &Bound<'_, PyAny>) -> PyResult<PyObject> {
+    let addr = code.as_ptr() as usize;
+    let (info, format) = with_walker(py, |w| (w.code(addr), w.layout().line_format))?;
+    let info = info.map_err(PyRuntimeError::new_err)?;
+    if format == LineFormat::Lnotab {
+        let starts = lines::lnotab_line_starts(&info.raw_table, info.firstlineno, info.code_bytes);
+        return Ok(PyList::new(py, starts)?.into_any().unbind());
+    }
+    match &info.lines {
+        LineTable::Ranges(r) => Ok(PyList::new(
+            py,
+            r.iter()
+                .map(|&(s, e, l)| (s, e, if l < 0 { None } else { Some(l) })),
+        )?
+        .into_any()
+        .unbind()),
+        LineTable::Starts { .. } => Err(PyRuntimeError::new_err("unexpected table kind")),
+    }
+}
+
+/// The line of byte offset `offset` of `code` as the reader computes it for a frame.
+#[pyfunction]
+fn _reader_line_for(py: Python<'_>, code: &Bound<'_, PyAny>, offset: i64) -> PyResult<Option<u32>> {
+    let addr = code.as_ptr() as usize;
+    let info = with_walker(py, |w| w.code(addr))?.map_err(PyRuntimeError::new_err)?;
+    Ok(info.lines.line_for(offset, info.firstlineno))
+}
+
+/// The stack of the thread whose `PyThreadState*` is `tstate`, read with the GIL released,
+/// outermost first, as `(filename, lineno, function)` tuples.
+#[pyfunction]
+#[pyo3(signature = (tstate, thread_ident=0))]
+fn _reader_stack<'py>(
+    py: Python<'py>,
+    tstate: usize,
+    thread_ident: u64,
+) -> PyResult<Bound<'py, PyList>> {
+    // Make the walker with the GIL, then walk without it.
+    with_walker(py, |_| ())?;
+    let r = py.allow_threads(|| {
+        let mut guard = WALKER.lock();
+        match guard.as_mut() {
+            Some((_, w)) => w.stack(tstate, thread_ident),
+            None => Err("no walker".into()),
+        }
+    });
+    frames_to_py(py, r.map_err(PyRuntimeError::new_err)?)
+}
+
+/// Samples a thread in a tight loop for `seconds` with the GIL released, like the watchdog
+/// does, and returns statistics: samples, errors (by message), distinct frames seen, and the
+/// distribution of per-sample cost in nanoseconds.
+#[pyfunction]
+#[pyo3(signature = (tstate, thread_ident, seconds, pause_us=0))]
+fn _reader_stress<'py>(
+    py: Python<'py>,
+    tstate: usize,
+    thread_ident: u64,
+    seconds: f64,
+    pause_us: u64,
+) -> PyResult<Bound<'py, PyDict>> {
+    let mut walker = new_walker(py)?;
+    let budget = Duration::from_secs_f64(seconds.max(0.0));
+    let (ok, errors, seen, mut cost, depths) = py.allow_threads(|| {
+        let mut ok = 0u64;
+        let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+        let mut seen: HashSet<(String, u32, String)> = HashSet::new();
+        let mut cost: Vec<u64> = Vec::new();
+        let mut depths: BTreeMap<usize, u64> = BTreeMap::new();
+        let start = Instant::now();
+        while start.elapsed() < budget {
+            let t0 = Instant::now();
+            let r = walker.stack(tstate, thread_ident);
+            cost.push(t0.elapsed().as_nanos() as u64);
+            match r {
+                Ok(frames) => {
+                    ok += 1;
+                    *depths.entry(frames.len()).or_default() += 1;
+                    for f in frames {
+                        if !seen.contains(&(f.filename.clone(), f.lineno, f.function.clone())) {
+                            seen.insert((f.filename, f.lineno, f.function));
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Group errors by their text without addresses.
+                    let key: String = e
+                        .split_whitespace()
+                        .map(|w| if w.starts_with("0x") { "ADDR" } else { w })
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    *errors.entry(key).or_default() += 1;
+                }
+            }
+            if pause_us > 0 {
+                std::thread::sleep(Duration::from_micros(pause_us));
+            }
+        }
+        (ok, errors, seen, cost, depths)
+    });
+    cost.sort_unstable();
+    let pct = |p: f64| -> u64 {
+        if cost.is_empty() {
+            0
+        } else {
+            cost[((cost.len() - 1) as f64 * p) as usize]
+        }
+    };
+    let d = PyDict::new(py);
+    d.set_item("samples", cost.len())?;
+    d.set_item("ok", ok)?;
+    d.set_item("errors", errors)?;
+    d.set_item("frames", seen.into_iter().collect::<Vec<_>>())?;
+    d.set_item("depths", depths)?;
+    d.set_item("p50_ns", pct(0.5))?;
+    d.set_item("p99_ns", pct(0.99))?;
+    d.set_item("max_ns", cost.last().copied().unwrap_or(0))?;
+    let total: u64 = cost.iter().sum();
+    d.set_item("mean_ns", if cost.is_empty() { 0 } else { total / cost.len() as u64 })?;
+    Ok(d)
+}
 
 /// Adds the reader's functions to `loopguard._native`.
-pub fn add_to_module(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+pub fn add_to_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_reader_current_tstate, m)?)?;
+    m.add_function(wrap_pyfunction!(_reader_unavailable, m)?)?;
+    m.add_function(wrap_pyfunction!(_reader_layout, m)?)?;
+    m.add_function(wrap_pyfunction!(_reader_code, m)?)?;
+    m.add_function(wrap_pyfunction!(_reader_lines, m)?)?;
+    m.add_function(wrap_pyfunction!(_reader_line_for, m)?)?;
+    m.add_function(wrap_pyfunction!(_reader_stack, m)?)?;
+    m.add_function(wrap_pyfunction!(_reader_stress, m)?)?;
     Ok(())
 }

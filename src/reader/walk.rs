@@ -1,0 +1,494 @@
+//! Walking a thread's frame chain through [`Memory`], validating as we go.
+//!
+//! Nothing here trusts a pointer: every object's type is compared with the address of its type
+//! object (from `dlsym`), sizes and depths are bounded, and a stack is only accepted when two
+//! walks in a row see the same chain of frames and code objects.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::layout::{FrameKind, Layout, LineFormat, OWNED_BY_CSTACK, OWNED_BY_GENERATOR};
+use super::lines::{self, LineTable};
+use super::mem::{symbol_address, Memory};
+use crate::event::Frame;
+
+/// Deepest stack walked; deeper stacks keep their innermost frames.
+pub const MAX_DEPTH: usize = 1024;
+/// Longest string read (characters).
+const MAX_STR_CHARS: usize = 4096;
+/// Largest line table or bytecode accepted (bytes).
+const MAX_TABLE_BYTES: usize = 1 << 22;
+/// Code objects remembered; the cache is cleared when it grows past this.
+const MAX_CACHED_CODES: usize = 8192;
+/// How often two walks are attempted before giving up on agreement.
+const WALK_ATTEMPTS: usize = 8;
+
+/// Frame shown (outermost) when a stack was cut at [`MAX_DEPTH`].
+pub fn truncated_marker() -> Frame {
+    Frame {
+        filename: "<loopguard>".into(),
+        lineno: 0,
+        function: format!("<more than {MAX_DEPTH} frames, outer ones not shown>"),
+    }
+}
+
+/// A decoded code object.
+#[derive(Debug)]
+pub struct CodeInfo {
+    /// `co_filename`.
+    pub filename: String,
+    /// `co_qualname` (3.11+) or `co_name`.
+    pub function: String,
+    /// `co_firstlineno`.
+    pub firstlineno: i32,
+    /// Size of the bytecode in bytes.
+    pub code_bytes: u32,
+    /// `_co_firsttraceable` in bytes (3.11+; 0 before).
+    pub first_traceable: u32,
+    /// The decoded line table.
+    pub lines: LineTable,
+    /// The raw line table bytes (kept for the test helpers).
+    pub raw_table: Vec<u8>,
+    /// What must still hold for a cached entry to describe the object at its address.
+    key: CodeKey,
+}
+
+/// Cheap identity of a code object: if all of these are unchanged, the object at that address is
+/// the one we decoded (its strings and table are immutable and owned by it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CodeKey {
+    firstlineno: i32,
+    filename: usize,
+    name: usize,
+    linetable: usize,
+    /// `ob_size` (3.11+) or the `co_code` pointer (3.9/3.10).
+    code: usize,
+}
+
+/// One frame as found by a walk, before decoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RawFrame {
+    frame: usize,
+    code: usize,
+    /// Byte offset of the current instruction (negative before the first one).
+    offset: i64,
+    /// `_PyInterpreterFrame.owner` (3.11+), 0 otherwise.
+    owner: u8,
+}
+
+/// Reads stacks of threads of this process.
+pub struct Walker {
+    mem: Memory,
+    layout: Layout,
+    code_type: usize,
+    frame_type: usize,
+    str_type: usize,
+    bytes_type: usize,
+    cache: HashMap<usize, Arc<CodeInfo>>,
+    buf: Vec<u8>,
+}
+
+fn type_address(name: &str) -> Result<usize, String> {
+    symbol_address(name).ok_or_else(|| format!("the symbol {name} is not exported"))
+}
+
+fn usize_at(b: &[u8], off: usize) -> usize {
+    b.get(off..off + 8)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, usize::from_ne_bytes)
+}
+
+fn i32_at(b: &[u8], off: usize) -> i32 {
+    b.get(off..off + 4)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, i32::from_ne_bytes)
+}
+
+impl Walker {
+    /// A walker for the running interpreter.
+    ///
+    /// # Errors
+    /// When a type object cannot be found.
+    pub fn new(mem: Memory, layout: Layout) -> Result<Walker, String> {
+        let frame_type = if layout.frame_kind == FrameKind::Object {
+            type_address("PyFrame_Type")?
+        } else {
+            0
+        };
+        Ok(Walker {
+            code_type: type_address("PyCode_Type")?,
+            frame_type,
+            str_type: type_address("PyUnicode_Type")?,
+            bytes_type: type_address("PyBytes_Type")?,
+            mem,
+            layout,
+            cache: HashMap::new(),
+            buf: Vec::with_capacity(256),
+        })
+    }
+
+    /// The layout in use.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Reads the stack of the thread whose `PyThreadState*` is `tstate`, outermost frame first.
+    /// `thread_ident` (when not 0) must match the thread state's `thread_id`.
+    ///
+    /// # Errors
+    /// Why no consistent stack could be read.
+    pub fn stack(&mut self, tstate: usize, thread_ident: u64) -> Result<Vec<Frame>, String> {
+        let mut last_err = String::new();
+        for _ in 0..WALK_ATTEMPTS {
+            match self.try_stack(tstate, thread_ident) {
+                Ok(frames) => return Ok(frames),
+                Err(e) => last_err = e,
+            }
+        }
+        Err(last_err)
+    }
+
+    fn try_stack(&mut self, tstate: usize, thread_ident: u64) -> Result<Vec<Frame>, String> {
+        let (first, truncated) = self.walk(tstate, thread_ident)?;
+        let mut codes: Vec<Arc<CodeInfo>> = Vec::with_capacity(first.len());
+        let mut seen: HashMap<usize, Arc<CodeInfo>> = HashMap::new();
+        for raw in &first {
+            let info = match seen.get(&raw.code) {
+                Some(i) => Arc::clone(i),
+                None => {
+                    let i = self.code(raw.code)?;
+                    seen.insert(raw.code, Arc::clone(&i));
+                    i
+                }
+            };
+            codes.push(info);
+        }
+        let (second, _) = self.walk(tstate, thread_ident)?;
+        let same_chain = first.len() == second.len()
+            && first
+                .iter()
+                .zip(&second)
+                .all(|(a, b)| a.frame == b.frame && a.code == b.code && a.owner == b.owner);
+        if !same_chain {
+            return Err("the stack changed while it was read".into());
+        }
+        let mut frames = Vec::with_capacity(second.len() + 1);
+        // Innermost first here; reversed at the end.
+        for (raw, info) in second.iter().zip(&codes) {
+            if raw.offset < -2 || raw.offset >= i64::from(info.code_bytes) {
+                return Err(format!(
+                    "instruction offset {} outside the code of {}",
+                    raw.offset, info.function
+                ));
+            }
+            if self.layout.frame_kind == FrameKind::Interpreter
+                && raw.owner != OWNED_BY_GENERATOR
+                && raw.offset < i64::from(info.first_traceable)
+            {
+                // An incomplete frame (it has not reached its first traceable instruction): not
+                // part of the Python-visible stack yet.
+                continue;
+            }
+            let lineno = info.lines.line_for(raw.offset, info.firstlineno).unwrap_or(0);
+            frames.push(Frame {
+                filename: info.filename.clone(),
+                lineno,
+                function: info.function.clone(),
+            });
+        }
+        if truncated {
+            frames.push(truncated_marker());
+        }
+        frames.reverse();
+        Ok(frames)
+    }
+
+    /// Walks the frame chain once, innermost first; `true` when cut at [`MAX_DEPTH`].
+    fn walk(&mut self, tstate: usize, thread_ident: u64) -> Result<(Vec<RawFrame>, bool), String> {
+        let l = &self.layout;
+        let mem = &self.mem;
+        let err = |what: &str, e: super::mem::MemError| format!("cannot read {what}: {e}");
+        if thread_ident != 0 {
+            let id = mem
+                .read_u64(tstate + l.ts_thread_id)
+                .map_err(|e| err("the thread state", e))?;
+            if id != thread_ident {
+                return Err("the thread state no longer belongs to the thread".into());
+            }
+        }
+        let mut frame = mem
+            .read_usize(tstate + l.ts_frame)
+            .map_err(|e| err("the thread state", e))?;
+        if let Some(cur) = l.cframe_current {
+            if frame != 0 {
+                frame = mem
+                    .read_usize(frame + cur)
+                    .map_err(|e| err("the C frame", e))?;
+            }
+        }
+        let mut out = Vec::new();
+        let buf = &mut self.buf;
+        buf.resize(l.frame_read, 0);
+        while frame != 0 {
+            if out.len() >= MAX_DEPTH {
+                return Ok((out, true));
+            }
+            mem.read_bytes(frame, buf).map_err(|e| err("a frame", e))?;
+            let code = usize_at(buf, l.f_code);
+            let next = usize_at(buf, l.f_back);
+            let raw = match l.frame_kind {
+                FrameKind::Object => {
+                    if usize_at(buf, l.ob_type) != self.frame_type {
+                        return Err(format!("object at {frame:#x} is not a frame"));
+                    }
+                    let lasti = i64::from(i32_at(buf, l.f_instr));
+                    let offset = if l.lasti_in_units && lasti >= 0 {
+                        lasti * 2
+                    } else {
+                        lasti
+                    };
+                    RawFrame {
+                        frame,
+                        code,
+                        offset,
+                        owner: 0,
+                    }
+                }
+                FrameKind::Interpreter => {
+                    let owner = l.f_owner.and_then(|o| buf.get(o).copied()).unwrap_or(0);
+                    if owner > 4 {
+                        return Err(format!("frame at {frame:#x} has a bad owner {owner}"));
+                    }
+                    if owner == OWNED_BY_CSTACK {
+                        // A C-stack shim frame (3.12+): never shown.
+                        frame = next;
+                        continue;
+                    }
+                    let instr = usize_at(buf, l.f_instr);
+                    let start = code.wrapping_add(l.co_code_adaptive.unwrap_or(0));
+                    let offset = (instr as i64).wrapping_sub(start as i64);
+                    if offset % 2 != 0 {
+                        return Err(format!("frame at {frame:#x} has a misaligned instruction"));
+                    }
+                    RawFrame {
+                        frame,
+                        code,
+                        offset,
+                        owner,
+                    }
+                }
+            };
+            if raw.code == 0 {
+                return Err(format!("frame at {frame:#x} has no code"));
+            }
+            out.push(raw);
+            frame = next;
+        }
+        Ok((out, false))
+    }
+
+    /// The decoded code object at `addr`, from the cache when it still describes that object.
+    ///
+    /// # Errors
+    /// When `addr` does not hold a readable, well-formed code object.
+    pub fn code(&mut self, addr: usize) -> Result<Arc<CodeInfo>, String> {
+        let l = &self.layout;
+        let mut head = vec![0u8; l.code_read];
+        self.mem
+            .read_bytes(addr, &mut head)
+            .map_err(|e| format!("cannot read a code object: {e}"))?;
+        if usize_at(&head, l.ob_type) != self.code_type {
+            return Err(format!("object at {addr:#x} is not a code object"));
+        }
+        let name_off = l.co_qualname.unwrap_or(l.co_name);
+        let key = CodeKey {
+            firstlineno: i32_at(&head, l.co_firstlineno),
+            filename: usize_at(&head, l.co_filename),
+            name: usize_at(&head, name_off),
+            linetable: usize_at(&head, l.co_linetable),
+            code: match l.co_code {
+                Some(off) => usize_at(&head, off),
+                None => usize_at(&head, l.ob_size),
+            },
+        };
+        if let Some(hit) = self.cache.get(&addr) {
+            if hit.key == key {
+                return Ok(Arc::clone(hit));
+            }
+        }
+        let code_bytes = match l.co_code {
+            Some(_) => {
+                let (_, n) = self.bytes_header(key.code, "co_code")?;
+                n
+            }
+            None => key.code.checked_mul(2).filter(|&n| n <= MAX_TABLE_BYTES).ok_or_else(
+                || format!("code object at {addr:#x} has an implausible size {}", key.code),
+            )?,
+        };
+        let first_traceable = match l.co_firsttraceable {
+            Some(off) => {
+                let units = i32_at(&head, off);
+                u32::try_from(units)
+                    .ok()
+                    .map(|u| u * 2)
+                    .filter(|&b| b as usize <= code_bytes)
+                    .ok_or_else(|| format!("code object at {addr:#x} is malformed"))?
+            }
+            None => 0,
+        };
+        let filename = self.string(key.filename, "co_filename")?;
+        let function = self.string(key.name, "the code name")?;
+        let (data, len) = self.bytes_header(key.linetable, "the line table")?;
+        let raw_table = self
+            .mem
+            .read_vec(data, len)
+            .map_err(|e| format!("cannot read the line table: {e}"))?;
+        let lines = match self.layout.line_format {
+            LineFormat::Lnotab => lines::decode_lnotab(&raw_table, key.firstlineno),
+            LineFormat::Linetable310 => lines::decode_linetable_310(&raw_table, key.firstlineno),
+            LineFormat::Locations => lines::decode_locations(&raw_table, key.firstlineno)
+                .ok_or_else(|| format!("the line table of {function} is malformed"))?,
+        };
+        let info = Arc::new(CodeInfo {
+            filename,
+            function,
+            firstlineno: key.firstlineno,
+            code_bytes: code_bytes as u32,
+            first_traceable,
+            lines,
+            raw_table,
+            key,
+        });
+        if self.cache.len() >= MAX_CACHED_CODES {
+            self.cache.clear();
+        }
+        self.cache.insert(addr, Arc::clone(&info));
+        Ok(info)
+    }
+
+    /// Checks that `addr` is a bytes object; returns the address of its data and its size.
+    fn bytes_header(&self, addr: usize, what: &str) -> Result<(usize, usize), String> {
+        let l = &self.layout;
+        let mut head = [0u8; 32];
+        let n = l.ob_size.max(l.ob_type) + 8;
+        self.mem
+            .read_bytes(addr, &mut head[..n.min(32)])
+            .map_err(|e| format!("cannot read {what}: {e}"))?;
+        if usize_at(&head, l.ob_type) != self.bytes_type {
+            return Err(format!("{what} is not a bytes object"));
+        }
+        let size = usize_at(&head, l.ob_size);
+        if size > MAX_TABLE_BYTES {
+            return Err(format!("{what} is implausibly large ({size} bytes)"));
+        }
+        Ok((addr + l.bytes_sval, size))
+    }
+
+    /// Reads a `str` object.
+    fn string(&self, addr: usize, what: &str) -> Result<String, String> {
+        let l = &self.layout;
+        let mut head = [0u8; 40];
+        let n = (l.str_state + 4).max(l.str_length + 8).max(l.ob_type + 8).min(40);
+        self.mem
+            .read_bytes(addr, &mut head[..n])
+            .map_err(|e| format!("cannot read {what}: {e}"))?;
+        if usize_at(&head, l.ob_type) != self.str_type {
+            return Err(format!("{what} is not a str"));
+        }
+        let state = i32_at(&head, l.str_state) as u32;
+        let len = usize_at(&head, l.str_length);
+        decode_str_header(state, len, l.str_has_ready)
+            .map_err(|e| format!("{what}: {e}"))
+            .and_then(|(kind, ascii)| {
+                let data = addr
+                    + if ascii {
+                        l.str_ascii_size
+                    } else {
+                        l.str_compact_size
+                    };
+                let raw = self
+                    .mem
+                    .read_vec(data, len * kind)
+                    .map_err(|e| format!("cannot read {what}: {e}"))?;
+                decode_str_data(&raw, kind).ok_or_else(|| format!("{what} is malformed"))
+            })
+    }
+}
+
+/// Checks a string's `state` bits and length; returns `(bytes per character, ascii)`.
+pub fn decode_str_header(state: u32, len: usize, has_ready: bool) -> Result<(usize, bool), String> {
+    use super::layout::{STATE_ASCII, STATE_COMPACT, STATE_KIND_MASK, STATE_KIND_SHIFT, STATE_READY};
+    if state & STATE_COMPACT == 0 {
+        return Err("not a compact string".into());
+    }
+    if has_ready && state & STATE_READY == 0 {
+        return Err("not a ready string".into());
+    }
+    let kind = ((state & STATE_KIND_MASK) >> STATE_KIND_SHIFT) as usize;
+    if !matches!(kind, 1 | 2 | 4) {
+        return Err(format!("bad string kind {kind}"));
+    }
+    let ascii = state & STATE_ASCII != 0;
+    if ascii && kind != 1 {
+        return Err("bad string kind for ASCII".into());
+    }
+    if len > MAX_STR_CHARS {
+        return Err(format!("implausibly long ({len} characters)"));
+    }
+    Ok((kind, ascii))
+}
+
+/// Decodes UCS1/UCS2/UCS4 character data (lone surrogates become U+FFFD).
+pub fn decode_str_data(raw: &[u8], kind: usize) -> Option<String> {
+    match kind {
+        1 => Some(raw.iter().map(|&b| char::from(b)).collect()),
+        2 => Some(
+            raw.chunks_exact(2)
+                .map(|c| {
+                    char::from_u32(u32::from(u16::from_ne_bytes([c[0], c[1]])))
+                        .unwrap_or(char::REPLACEMENT_CHARACTER)
+                })
+                .collect(),
+        ),
+        4 => raw
+            .chunks_exact(4)
+            .map(|c| {
+                let v = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+                if v > 0x10_ffff {
+                    None
+                } else {
+                    Some(char::from_u32(v).unwrap_or(char::REPLACEMENT_CHARACTER))
+                }
+            })
+            .collect(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn string_headers() {
+        // compact ascii ready kind 1
+        assert_eq!(decode_str_header(0x20 | 0x40 | 0x80 | 4, 3, true), Ok((1, true)));
+        assert_eq!(decode_str_header(0x20 | 0x40 | 4, 3, false), Ok((1, true)));
+        assert!(decode_str_header(0x20 | 0x40 | 4, 3, true).is_err());
+        assert_eq!(decode_str_header(0x20 | 0x80 | 8, 3, true), Ok((2, false)));
+        assert_eq!(decode_str_header(0x20 | 16, 3, false), Ok((4, false)));
+        assert!(decode_str_header(0x40 | 0x80 | 4, 3, true).is_err());
+        assert!(decode_str_header(0x20 | 12, 3, false).is_err());
+        assert!(decode_str_header(0x20 | 4, 1 << 20, false).is_err());
+    }
+
+    #[test]
+    fn string_data() {
+        assert_eq!(decode_str_data(b"caf\xe9", 1).unwrap(), "café");
+        let ucs2: Vec<u8> = "ĀΩ".encode_utf16().flat_map(u16::to_ne_bytes).collect();
+        assert_eq!(decode_str_data(&ucs2, 2).unwrap(), "ĀΩ");
+        let ucs4: Vec<u8> = "a😀".chars().flat_map(|c| (c as u32).to_ne_bytes()).collect();
+        assert_eq!(decode_str_data(&ucs4, 4).unwrap(), "a😀");
+        assert_eq!(decode_str_data(&0x0011_0000u32.to_ne_bytes(), 4), None);
+    }
+}
