@@ -290,7 +290,9 @@ impl Layout {
         let w = |i: usize| -> Result<usize, String> {
             let v = *words.get(i).ok_or("short _Py_DebugOffsets")?;
             if v >= 4096 {
-                return Err(format!("implausible offset {v} in _Py_DebugOffsets word {i}"));
+                return Err(format!(
+                    "implausible offset {v} in _Py_DebugOffsets word {i}"
+                ));
             }
             Ok(v as usize)
         };
@@ -335,9 +337,14 @@ impl Layout {
         self.str_ascii_size = ascii;
         // Read at least what the built-in layout reads, and enough for every field we use.
         let owner = w(33)?;
-        self.frame_read = [self.f_back + 8, self.f_code + 8, self.f_instr + 8, owner + 1]
-            .into_iter()
-            .fold(self.frame_read, usize::max);
+        self.frame_read = [
+            self.f_back + 8,
+            self.f_code + 8,
+            self.f_instr + 8,
+            owner + 1,
+        ]
+        .into_iter()
+        .fold(self.frame_read, usize::max);
         self.code_read = [
             self.co_filename,
             self.co_name,

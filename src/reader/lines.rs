@@ -225,7 +225,11 @@ mod tests {
         for (i, &(addr, line)) in starts.iter().enumerate() {
             let next = starts.get(i + 1).map_or(34, |s| s.0);
             for off in addr..next {
-                assert_eq!(t.line_for(i64::from(off), 1), Some(line as u32), "offset {off}");
+                assert_eq!(
+                    t.line_for(i64::from(off), 1),
+                    Some(line as u32),
+                    "offset {off}"
+                );
             }
         }
         assert_eq!(t.line_for(-1, 1), Some(1));
@@ -238,7 +242,14 @@ mod tests {
     fn linetable_310() {
         let table = [4u8, 1, 12, 1, 10, 1, 2, 1, 2, 1, 4, 255];
         let t = decode_linetable_310(&table, 1);
-        let lines = vec![(0, 4, 2), (4, 16, 3), (16, 26, 4), (26, 28, 5), (28, 30, 6), (30, 34, 5)];
+        let lines = vec![
+            (0, 4, 2),
+            (4, 16, 3),
+            (16, 26, 4),
+            (26, 28, 5),
+            (28, 30, 6),
+            (30, 34, 5),
+        ];
         assert_eq!(t, LineTable::Ranges(lines));
         assert_eq!(t.line_for(5, 1), Some(3));
         assert_eq!(t.line_for(34, 1), None);
@@ -250,7 +261,10 @@ mod tests {
         // An empty range (delta 0) is skipped; -128 means no line.
         let table = [0u8, 5, 2, 0, 2, 0x80, 2, 3];
         let t = decode_linetable_310(&table, 10);
-        assert_eq!(t, LineTable::Ranges(vec![(0, 2, 15), (2, 4, -1), (4, 6, 18)]));
+        assert_eq!(
+            t,
+            LineTable::Ranges(vec![(0, 2, 15), (2, 4, -1), (4, 6, 18)])
+        );
         assert_eq!(t.line_for(3, 10), None);
     }
 
@@ -259,8 +273,8 @@ mod tests {
     fn locations_311() {
         let table = [
             128u8, 0, 216, 8, 9, 128, 65, 221, 13, 18, 144, 49, 137, 88, 140, 88, 240, 0, 1, 5, 15,
-            240, 0, 1, 5, 15, 136, 1, 216, 8, 9, 136, 81, 137, 6, 136, 1, 136, 1, 216, 12, 13,
-            216, 12, 13, 240, 3, 1, 12, 15, 240, 0, 1, 5, 15,
+            240, 0, 1, 5, 15, 136, 1, 216, 8, 9, 136, 81, 137, 6, 136, 1, 136, 1, 216, 12, 13, 216,
+            12, 13, 240, 3, 1, 12, 15, 240, 0, 1, 5, 15,
         ];
         let t = decode_locations(&table, 1).unwrap();
         let lines = vec![
@@ -293,8 +307,8 @@ mod tests {
     fn locations_312_with_no_line() {
         let table = [
             128u8, 0, 216, 8, 9, 136, 65, 137, 5, 128, 65, 217, 7, 8, 216, 16, 17, 216, 16, 17,
-            240, 3, 1, 16, 19, 240, 0, 1, 9, 19, 240, 4, 3, 5, 14, 216, 8, 12, 224, 12, 13, 136,
-            1, 240, 8, 0, 12, 16, 248, 240, 9, 0, 13, 14, 137, 1, 250,
+            240, 3, 1, 16, 19, 240, 0, 1, 9, 19, 240, 4, 3, 5, 14, 216, 8, 12, 224, 12, 13, 136, 1,
+            240, 8, 0, 12, 16, 248, 240, 9, 0, 13, 14, 137, 1, 250,
         ];
         let LineTable::Ranges(r) = decode_locations(&table, 1).unwrap() else {
             panic!("ranges expected")
@@ -330,7 +344,10 @@ mod tests {
         // delta +3 (svarint 6), end line delta 0, columns; then a one-line form (code 12: +2).
         let table = [0xf8u8, 0xf1, 6, 0, 1, 2, 0xe0, 3, 4];
         let t = decode_locations(&table, 10).unwrap();
-        assert_eq!(t, LineTable::Ranges(vec![(0, 2, -1), (2, 6, 13), (6, 8, 15)]));
+        assert_eq!(
+            t,
+            LineTable::Ranges(vec![(0, 2, -1), (2, 6, 13), (6, 8, 15)])
+        );
         // Negative svarint: delta -3 (svarint 7) with no columns (code 13).
         let t = decode_locations(&[0xe8, 7], 10).unwrap();
         assert_eq!(t, LineTable::Ranges(vec![(0, 2, 7)]));

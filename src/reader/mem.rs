@@ -189,6 +189,9 @@ mod tests {
     fn bad_address_is_an_error_not_a_crash() {
         let m = Memory::new().unwrap();
         assert!(matches!(m.read_u64(8), Err(MemError::Fault(_))));
-        assert!(matches!(m.read_u64(usize::MAX - 16), Err(MemError::Fault(_))));
+        assert!(matches!(
+            m.read_u64(usize::MAX - 16),
+            Err(MemError::Fault(_))
+        ));
     }
 }

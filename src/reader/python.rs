@@ -201,7 +201,14 @@ fn _reader_stress<'py>(
     d.set_item("p99_ns", pct(0.99))?;
     d.set_item("max_ns", cost.last().copied().unwrap_or(0))?;
     let total: u64 = cost.iter().sum();
-    d.set_item("mean_ns", if cost.is_empty() { 0 } else { total / cost.len() as u64 })?;
+    d.set_item(
+        "mean_ns",
+        if cost.is_empty() {
+            0
+        } else {
+            total / cost.len() as u64
+        },
+    )?;
     Ok(d)
 }
 

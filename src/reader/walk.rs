@@ -189,7 +189,10 @@ impl Walker {
                 // part of the Python-visible stack yet.
                 continue;
             }
-            let lineno = info.lines.line_for(raw.offset, info.firstlineno).unwrap_or(0);
+            let lineno = info
+                .lines
+                .line_for(raw.offset, info.firstlineno)
+                .unwrap_or(0);
             frames.push(Frame {
                 filename: info.filename.clone(),
                 lineno,
@@ -321,9 +324,16 @@ impl Walker {
                 let (_, n) = self.bytes_header(key.code, "co_code")?;
                 n
             }
-            None => key.code.checked_mul(2).filter(|&n| n <= MAX_TABLE_BYTES).ok_or_else(
-                || format!("code object at {addr:#x} has an implausible size {}", key.code),
-            )?,
+            None => key
+                .code
+                .checked_mul(2)
+                .filter(|&n| n <= MAX_TABLE_BYTES)
+                .ok_or_else(|| {
+                    format!(
+                        "code object at {addr:#x} has an implausible size {}",
+                        key.code
+                    )
+                })?,
         };
         let first_traceable = match l.co_firsttraceable {
             Some(off) => {
@@ -388,7 +398,10 @@ impl Walker {
     fn string(&self, addr: usize, what: &str) -> Result<String, String> {
         let l = &self.layout;
         let mut head = [0u8; 40];
-        let n = (l.str_state + 4).max(l.str_length + 8).max(l.ob_type + 8).min(40);
+        let n = (l.str_state + 4)
+            .max(l.str_length + 8)
+            .max(l.ob_type + 8)
+            .min(40);
         self.mem
             .read_bytes(addr, &mut head[..n])
             .map_err(|e| format!("cannot read {what}: {e}"))?;
@@ -417,7 +430,9 @@ impl Walker {
 
 /// Checks a string's `state` bits and length; returns `(bytes per character, ascii)`.
 pub fn decode_str_header(state: u32, len: usize, has_ready: bool) -> Result<(usize, bool), String> {
-    use super::layout::{STATE_ASCII, STATE_COMPACT, STATE_KIND_MASK, STATE_KIND_SHIFT, STATE_READY};
+    use super::layout::{
+        STATE_ASCII, STATE_COMPACT, STATE_KIND_MASK, STATE_KIND_SHIFT, STATE_READY,
+    };
     if state & STATE_COMPACT == 0 {
         return Err("not a compact string".into());
     }
@@ -472,7 +487,10 @@ mod tests {
     #[test]
     fn string_headers() {
         // compact ascii ready kind 1
-        assert_eq!(decode_str_header(0x20 | 0x40 | 0x80 | 4, 3, true), Ok((1, true)));
+        assert_eq!(
+            decode_str_header(0x20 | 0x40 | 0x80 | 4, 3, true),
+            Ok((1, true))
+        );
         assert_eq!(decode_str_header(0x20 | 0x40 | 4, 3, false), Ok((1, true)));
         assert!(decode_str_header(0x20 | 0x40 | 4, 3, true).is_err());
         assert_eq!(decode_str_header(0x20 | 0x80 | 8, 3, true), Ok((2, false)));
@@ -487,7 +505,10 @@ mod tests {
         assert_eq!(decode_str_data(b"caf\xe9", 1).unwrap(), "café");
         let ucs2: Vec<u8> = "ĀΩ".encode_utf16().flat_map(u16::to_ne_bytes).collect();
         assert_eq!(decode_str_data(&ucs2, 2).unwrap(), "ĀΩ");
-        let ucs4: Vec<u8> = "a😀".chars().flat_map(|c| (c as u32).to_ne_bytes()).collect();
+        let ucs4: Vec<u8> = "a😀"
+            .chars()
+            .flat_map(|c| (c as u32).to_ne_bytes())
+            .collect();
         assert_eq!(decode_str_data(&ucs4, 4).unwrap(), "a😀");
         assert_eq!(decode_str_data(&0x0011_0000u32.to_ne_bytes(), 4), None);
     }
