@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::layout::{FrameKind, Layout, LineFormat, OWNED_BY_CSTACK, OWNED_BY_GENERATOR};
 use super::lines::{self, LineTable};
-use super::mem::{symbol_address, Memory};
+use super::mem::{symbol_address, MemError, Memory};
 use crate::event::Frame;
 
 /// Deepest stack walked; deeper stacks keep their innermost frames.
@@ -76,6 +76,65 @@ struct RawFrame {
     owner: u8,
 }
 
+/// Size of the pages read by [`Pages`]: mappings are page-aligned, so a page is either
+/// entirely readable or not at all.
+const PAGE: usize = 4096;
+/// Most pages one snapshot holds; reads beyond it go straight to memory.
+const MAX_PAGES: usize = 64;
+
+/// A snapshot of whole pages, taken on first use: one syscall serves every frame that lives in
+/// the same page (3.11+ frames sit next to each other on the thread's data stack; frame and code
+/// objects cluster in the allocator's pools). Cleared between the two walks of a sample.
+#[derive(Default)]
+struct Pages {
+    pages: Vec<(usize, Box<[u8; PAGE]>)>,
+    spare: Vec<Box<[u8; PAGE]>>,
+}
+
+impl Pages {
+    fn clear(&mut self) {
+        self.spare.extend(self.pages.drain(..).map(|(_, p)| p));
+    }
+
+    fn page(&mut self, mem: &Memory, base: usize) -> Result<Option<&[u8; PAGE]>, MemError> {
+        if let Some(i) = self.pages.iter().position(|(b, _)| *b == base) {
+            return Ok(Some(&self.pages[i].1));
+        }
+        if self.pages.len() >= MAX_PAGES {
+            return Ok(None);
+        }
+        let mut page = self.spare.pop().unwrap_or_else(|| Box::new([0u8; PAGE]));
+        mem.read_bytes(base, &mut page[..])?;
+        self.pages.push((base, page));
+        Ok(self.pages.last().map(|(_, p)| &**p))
+    }
+
+    /// Reads `out.len()` bytes at `addr` from the snapshot, taking pages as needed.
+    fn read(&mut self, mem: &Memory, addr: usize, out: &mut [u8]) -> Result<(), MemError> {
+        let mut done = 0;
+        while done < out.len() {
+            let at = addr.checked_add(done).ok_or(MemError::Fault(addr))?;
+            let base = at & !(PAGE - 1);
+            let off = at - base;
+            let n = (PAGE - off).min(out.len() - done);
+            match self.page(mem, base) {
+                Ok(Some(p)) => out[done..done + n].copy_from_slice(&p[off..off + n]),
+                Ok(None) => mem.read_bytes(at, &mut out[done..done + n])?,
+                // The page is not readable as a whole: the bytes we want decide.
+                Err(_) => mem.read_bytes(at, &mut out[done..done + n])?,
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn read_usize(&mut self, mem: &Memory, addr: usize) -> Result<usize, MemError> {
+        let mut b = [0u8; 8];
+        self.read(mem, addr, &mut b)?;
+        Ok(usize::from_ne_bytes(b))
+    }
+}
+
 /// Reads stacks of threads of this process.
 pub struct Walker {
     mem: Memory,
@@ -86,6 +145,7 @@ pub struct Walker {
     bytes_type: usize,
     cache: HashMap<usize, Arc<CodeInfo>>,
     buf: Vec<u8>,
+    pages: Pages,
 }
 
 fn type_address(name: &str) -> Result<usize, String> {
@@ -124,6 +184,7 @@ impl Walker {
             layout,
             cache: HashMap::new(),
             buf: Vec::with_capacity(256),
+            pages: Pages::default(),
         })
     }
 
@@ -149,6 +210,7 @@ impl Walker {
     }
 
     fn try_stack(&mut self, tstate: usize, thread_ident: u64) -> Result<Vec<Frame>, String> {
+        self.pages.clear();
         let (first, truncated) = self.walk(tstate, thread_ident)?;
         let mut codes: Vec<Arc<CodeInfo>> = Vec::with_capacity(first.len());
         let mut seen: HashMap<usize, Arc<CodeInfo>> = HashMap::new();
@@ -163,6 +225,8 @@ impl Walker {
             };
             codes.push(info);
         }
+        // The second walk reads memory afresh.
+        self.pages.clear();
         let (second, _) = self.walk(tstate, thread_ident)?;
         let same_chain = first.len() == second.len()
             && first
@@ -210,22 +274,23 @@ impl Walker {
     fn walk(&mut self, tstate: usize, thread_ident: u64) -> Result<(Vec<RawFrame>, bool), String> {
         let l = &self.layout;
         let mem = &self.mem;
-        let err = |what: &str, e: super::mem::MemError| format!("cannot read {what}: {e}");
+        let pages = &mut self.pages;
+        let err = |what: &str, e: MemError| format!("cannot read {what}: {e}");
         if thread_ident != 0 {
-            let id = mem
-                .read_u64(tstate + l.ts_thread_id)
+            let id = pages
+                .read_usize(mem, tstate + l.ts_thread_id)
                 .map_err(|e| err("the thread state", e))?;
-            if id != thread_ident {
+            if id as u64 != thread_ident {
                 return Err("the thread state no longer belongs to the thread".into());
             }
         }
-        let mut frame = mem
-            .read_usize(tstate + l.ts_frame)
+        let mut frame = pages
+            .read_usize(mem, tstate + l.ts_frame)
             .map_err(|e| err("the thread state", e))?;
         if let Some(cur) = l.cframe_current {
             if frame != 0 {
-                frame = mem
-                    .read_usize(frame + cur)
+                frame = pages
+                    .read_usize(mem, frame + cur)
                     .map_err(|e| err("the C frame", e))?;
             }
         }
@@ -236,7 +301,7 @@ impl Walker {
             if out.len() >= MAX_DEPTH {
                 return Ok((out, true));
             }
-            mem.read_bytes(frame, buf).map_err(|e| err("a frame", e))?;
+            pages.read(mem, frame, buf).map_err(|e| err("a frame", e))?;
             let code = usize_at(buf, l.f_code);
             let next = usize_at(buf, l.f_back);
             let raw = match l.frame_kind {
@@ -296,22 +361,26 @@ impl Walker {
     /// When `addr` does not hold a readable, well-formed code object.
     pub fn code(&mut self, addr: usize) -> Result<Arc<CodeInfo>, String> {
         let l = &self.layout;
-        let mut head = vec![0u8; l.code_read];
-        self.mem
-            .read_bytes(addr, &mut head)
+        let mut head = [0u8; 256];
+        let head = head
+            .get_mut(..l.code_read)
+            .ok_or("code object layout too large")?;
+        self.pages
+            .read(&self.mem, addr, head)
             .map_err(|e| format!("cannot read a code object: {e}"))?;
-        if usize_at(&head, l.ob_type) != self.code_type {
+        let head = &*head;
+        if usize_at(head, l.ob_type) != self.code_type {
             return Err(format!("object at {addr:#x} is not a code object"));
         }
         let name_off = l.co_qualname.unwrap_or(l.co_name);
         let key = CodeKey {
-            firstlineno: i32_at(&head, l.co_firstlineno),
-            filename: usize_at(&head, l.co_filename),
-            name: usize_at(&head, name_off),
-            linetable: usize_at(&head, l.co_linetable),
+            firstlineno: i32_at(head, l.co_firstlineno),
+            filename: usize_at(head, l.co_filename),
+            name: usize_at(head, name_off),
+            linetable: usize_at(head, l.co_linetable),
             code: match l.co_code {
-                Some(off) => usize_at(&head, off),
-                None => usize_at(&head, l.ob_size),
+                Some(off) => usize_at(head, off),
+                None => usize_at(head, l.ob_size),
             },
         };
         if let Some(hit) = self.cache.get(&addr) {
@@ -337,7 +406,7 @@ impl Walker {
         };
         let first_traceable = match l.co_firsttraceable {
             Some(off) => {
-                let units = i32_at(&head, off);
+                let units = i32_at(head, off);
                 u32::try_from(units)
                     .ok()
                     .map(|u| u * 2)
