@@ -170,7 +170,7 @@ def test_non_ascii_names_are_read():
             pass
         def Ωmega():                 # UCS2
             pass
-        def 𝔘nicode():               # UCS4 (NFKC-normalised by the parser)
+        def \U00010330x():           # UCS4 (GOTHIC LETTER AHSA)
             pass
         """
     )

@@ -218,7 +218,7 @@ impl Walker {
             let info = match seen.get(&raw.code) {
                 Some(i) => Arc::clone(i),
                 None => {
-                    let i = self.code(raw.code)?;
+                    let i = self.code_in_snapshot(raw.code)?;
                     seen.insert(raw.code, Arc::clone(&i));
                     i
                 }
@@ -355,11 +355,19 @@ impl Walker {
         Ok((out, false))
     }
 
-    /// The decoded code object at `addr`, from the cache when it still describes that object.
+    /// The decoded code object at `addr`, read afresh (from the cache when the cached entry
+    /// still describes the object there).
     ///
     /// # Errors
     /// When `addr` does not hold a readable, well-formed code object.
     pub fn code(&mut self, addr: usize) -> Result<Arc<CodeInfo>, String> {
+        self.pages.clear();
+        self.code_in_snapshot(addr)
+    }
+
+    /// Like [`Walker::code`], but reads the code object's header from the current page snapshot
+    /// (the one the walk just read frames from).
+    fn code_in_snapshot(&mut self, addr: usize) -> Result<Arc<CodeInfo>, String> {
         let l = &self.layout;
         let mut head = [0u8; 256];
         let head = head
