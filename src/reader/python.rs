@@ -3,7 +3,7 @@
 //! They run the same code as the watchdog's sampler: code objects are read from memory through
 //! `process_vm_readv`, not through the C API, and stacks are read with the GIL released.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -134,7 +134,7 @@ fn _reader_stack<'py>(
 
 /// Samples a thread in a tight loop for `seconds` with the GIL released, like the watchdog
 /// does, and returns statistics: samples, errors (by message), distinct frames seen, and the
-/// distribution of per-sample cost in nanoseconds.
+/// distribution of per-sample cost in nanoseconds, and how often each innermost frame was seen.
 #[pyfunction]
 #[pyo3(signature = (tstate, thread_ident, seconds, pause_us=0))]
 fn _reader_stress<'py>(
@@ -146,8 +146,9 @@ fn _reader_stress<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let mut walker = new_walker(py)?;
     let budget = Duration::from_secs_f64(seconds.max(0.0));
-    let (ok, errors, seen, mut cost, depths) = py.allow_threads(|| {
+    let (ok, errors, seen, mut cost, depths, innermost) = py.allow_threads(|| {
         let mut ok = 0u64;
+        let mut innermost: HashMap<(String, u32, String), u64> = HashMap::new();
         let mut errors: BTreeMap<String, u64> = BTreeMap::new();
         let mut seen: HashSet<(String, u32, String)> = HashSet::new();
         let mut cost: Vec<u64> = Vec::new();
@@ -161,6 +162,10 @@ fn _reader_stress<'py>(
                 Ok(frames) => {
                     ok += 1;
                     *depths.entry(frames.len()).or_default() += 1;
+                    if let Some(f) = frames.last() {
+                        let key = (f.filename.clone(), f.lineno, f.function.clone());
+                        *innermost.entry(key).or_default() += 1;
+                    }
                     for f in frames {
                         if !seen.contains(&(f.filename.clone(), f.lineno, f.function.clone())) {
                             seen.insert((f.filename, f.lineno, f.function));
@@ -181,7 +186,7 @@ fn _reader_stress<'py>(
                 std::thread::sleep(Duration::from_micros(pause_us));
             }
         }
-        (ok, errors, seen, cost, depths)
+        (ok, errors, seen, cost, depths, innermost)
     });
     cost.sort_unstable();
     let pct = |p: f64| -> u64 {
@@ -197,6 +202,7 @@ fn _reader_stress<'py>(
     d.set_item("errors", errors)?;
     d.set_item("frames", seen.into_iter().collect::<Vec<_>>())?;
     d.set_item("depths", depths)?;
+    d.set_item("innermost", innermost)?;
     d.set_item("p50_ns", pct(0.5))?;
     d.set_item("p99_ns", pct(0.99))?;
     d.set_item("max_ns", cost.last().copied().unwrap_or(0))?;
