@@ -1,8 +1,1109 @@
 //! Who holds the GIL, read from the runtime's GIL state without taking it.
+//!
+//! CPython keeps the GIL's state in a `struct _gil_runtime_state` (`Include/internal/pycore_gil.h`):
+//!
+//! ```c
+//! struct _gil_runtime_state {
+//!     unsigned long interval;          // switch interval, microseconds
+//!     PyThreadState *last_holder;      // atomic; NOT cleared when the GIL is dropped
+//!     int locked;                      // atomic; -1 before init / after fini
+//!     unsigned long switch_number;     // bumped when the holder changes
+//!     ...condition variables and mutexes...
+//! };
+//! ```
+//!
+//! Before 3.12 there is one, at `_PyRuntime.ceval.gil`. From 3.12 each interpreter points at
+//! its GIL with `interp->ceval.gil`; the main interpreter owns its GIL, which lives inline at
+//! `interp->_gil` (we check that the pointer says so: it is a cheap proof that the offsets fit
+//! the running binary). The main interpreter is `_PyRuntime.interpreters.main`.
+//!
+//! The reader holds no lock and never takes the GIL: it reads `locked` and `last_holder` through
+//! [`Memory`] (so a stale pointer is an error, not a crash), twice, until two reads agree.
+//! `last_holder` names the holder only while `locked` is 1.
+//!
+//! The offsets are `offsetof(...)` in release (non-debug, GIL) builds on x86_64 Linux, printed by
+//! a C program compiled against each version's own headers (`#define Py_BUILD_CORE 1`;
+//! `internal/pycore_runtime.h`, `internal/pycore_interp.h`, `internal/pycore_ceval_state.h`,
+//! `internal/pycore_gil.h`, `cpython/pystate.h`) of 3.9.18, 3.10.13, 3.11.7, 3.12.1 and 3.13.0.
+//! On 3.13 the interpreter publishes most of them in `_Py_DebugOffsets` at the start of
+//! `_PyRuntime` (cookie `xdebugpy`); those win when present, and the unit tests check that they
+//! agree with the headers.
 
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use super::mem::{symbol_address, MemError, Memory};
+use super::PyInfo;
+use crate::event::Gil;
+
+/// Most thread states [`GilReader::threads`] follows before it decides the list is garbage.
+pub const MAX_THREADS: usize = 4096;
+
+/// Where the GIL state of the main interpreter lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GilLocation {
+    /// Before 3.12: inline in the runtime, at this offset of `_PyRuntime` (`ceval.gil`).
+    Runtime(usize),
+    /// 3.12+: `interp->ceval.gil` (a pointer) is at `pointer`; the main interpreter's own GIL is
+    /// inline at `inline` (`interp->_gil`), where the pointer must point.
+    Interpreter {
+        /// `offsetof(PyInterpreterState, ceval.gil)`.
+        pointer: usize,
+        /// `offsetof(PyInterpreterState, _gil)`.
+        inline: usize,
+    },
+}
+
+/// The offsets the GIL reader uses, for one CPython version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GilLayout {
+    /// `(major, minor)`.
+    pub version: (u8, u8),
+    /// Where the offsets came from: `"headers"` or `"_Py_DebugOffsets"`.
+    pub source: &'static str,
+    /// `offsetof(_PyRuntimeState, interpreters.main)`.
+    pub runtime_main_interp: usize,
+    /// Where the GIL state is.
+    pub gil: GilLocation,
+    /// `offsetof(struct _gil_runtime_state, last_holder)`.
+    pub gil_last_holder: usize,
+    /// `offsetof(struct _gil_runtime_state, locked)` (a C `int`).
+    pub gil_locked: usize,
+    /// `offsetof(struct _gil_runtime_state, switch_number)` (an `unsigned long`).
+    pub gil_switch_number: usize,
+    /// `offsetof(PyInterpreterState, tstate_head)` (3.9/3.10) or `threads.head` (3.11+).
+    pub interp_threads_head: usize,
+    /// `offsetof(PyThreadState, next)`.
+    pub ts_next: usize,
+    /// `offsetof(PyThreadState, interp)`.
+    pub ts_interp: usize,
+    /// `offsetof(PyThreadState, thread_id)` (the `pthread_t`: `threading.get_ident()`).
+    pub ts_thread_id: usize,
+    /// `offsetof(PyThreadState, native_thread_id)` (3.11+: `threading.get_native_id()`).
+    pub ts_native_thread_id: Option<usize>,
+}
+
+impl GilLayout {
+    /// The layout of `(major, minor)` from its headers, if the version is supported.
+    pub fn builtin(version: (u8, u8)) -> Option<GilLayout> {
+        // `struct _gil_runtime_state` (internal/pycore_gil.h) starts the same way in every
+        // supported version: interval @0, last_holder @8, locked @16, switch_number @24.
+        // `PyThreadState` (cpython/pystate.h) starts with prev @0, next @8, interp @16.
+        let base = GilLayout {
+            version,
+            source: "headers",
+            runtime_main_interp: 0,
+            gil: GilLocation::Runtime(0),
+            gil_last_holder: 8,
+            gil_locked: 16,
+            gil_switch_number: 24,
+            interp_threads_head: 0,
+            ts_next: 8,
+            ts_interp: 16,
+            ts_thread_id: 0,
+            ts_native_thread_id: None,
+        };
+        let l = match version {
+            // 3.9.18 and 3.10.13 have the same offsets.
+            (3, 9) | (3, 10) => GilLayout {
+                // internal/pycore_runtime.h: _PyRuntimeState.interpreters.main
+                runtime_main_interp: 40,
+                // internal/pycore_runtime.h: _PyRuntimeState.ceval (struct
+                // _ceval_runtime_state).gil
+                gil: GilLocation::Runtime(352),
+                // internal/pycore_interp.h: PyInterpreterState.tstate_head
+                interp_threads_head: 8,
+                // cpython/pystate.h: PyThreadState.thread_id (no native_thread_id before 3.11)
+                ts_thread_id: 176,
+                ..base
+            },
+            // 3.11.7
+            (3, 11) => GilLayout {
+                // internal/pycore_runtime.h: _PyRuntimeState.interpreters.main
+                runtime_main_interp: 48,
+                // internal/pycore_runtime.h: _PyRuntimeState.ceval.gil
+                gil: GilLocation::Runtime(360),
+                // internal/pycore_interp.h: PyInterpreterState.threads.head
+                interp_threads_head: 16,
+                // cpython/pystate.h: PyThreadState.thread_id, .native_thread_id
+                ts_thread_id: 152,
+                ts_native_thread_id: Some(160),
+                ..base
+            },
+            // 3.12.1
+            (3, 12) => GilLayout {
+                // internal/pycore_runtime.h: _PyRuntimeState.interpreters.main
+                runtime_main_interp: 48,
+                // internal/pycore_interp.h: PyInterpreterState.ceval (internal/
+                // pycore_ceval_state.h: struct _ceval_state).gil, and PyInterpreterState._gil
+                gil: GilLocation::Interpreter {
+                    pointer: 384,
+                    inline: 1040,
+                },
+                // internal/pycore_interp.h: PyInterpreterState.threads.head
+                interp_threads_head: 72,
+                // cpython/pystate.h: PyThreadState.thread_id, .native_thread_id
+                ts_thread_id: 136,
+                ts_native_thread_id: Some(144),
+                ..base
+            },
+            // 3.13.0
+            (3, 13) => GilLayout {
+                // internal/pycore_runtime.h: _PyRuntimeState.interpreters.main
+                // (interpreters.head is 632, published as runtime_state.interpreters_head)
+                runtime_main_interp: 640,
+                // internal/pycore_interp.h: PyInterpreterState.ceval.gil (the struct now
+                // starts with `ceval`), PyInterpreterState._gil
+                gil: GilLocation::Interpreter {
+                    pointer: 16,
+                    inline: 7752,
+                },
+                // internal/pycore_interp.h: PyInterpreterState.threads.head
+                interp_threads_head: 7344,
+                // cpython/pystate.h: PyThreadState.thread_id, .native_thread_id
+                ts_thread_id: 152,
+                ts_native_thread_id: Some(160),
+                ..base
+            },
+            _ => return None,
+        };
+        Some(l)
+    }
+
+    /// Takes the offsets that 3.13's `_Py_DebugOffsets` (internal/pycore_runtime.h) covers.
+    /// `raw` is the start of `_PyRuntime`, at least [`DEBUG_OFFSETS_BYTES`] long.
+    fn apply_debug_offsets(&mut self, raw: &[u8]) -> Result<(), String> {
+        if raw.len() < DEBUG_OFFSETS_BYTES {
+            return Err("short _Py_DebugOffsets".into());
+        }
+        if &raw[..8] != b"xdebugpy" {
+            return Err("_PyRuntime does not start with the _Py_DebugOffsets cookie".into());
+        }
+        let word = |i: usize| -> u64 {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&raw[i * 8..i * 8 + 8]);
+            u64::from_ne_bytes(b)
+        };
+        let version = word(dbg::VERSION);
+        if (version >> 16) != (u64::from(self.version.0) << 8 | u64::from(self.version.1)) {
+            return Err(format!(
+                "_Py_DebugOffsets describes version {version:#x}, not {}.{}",
+                self.version.0, self.version.1
+            ));
+        }
+        if word(dbg::FREE_THREADED) != 0 {
+            return Err("_Py_DebugOffsets describes a free-threaded build".into());
+        }
+        // Offsets into the big structs can be large (PyInterpreterState is ~190 kB in 3.13);
+        // anything past 1 MB is not an offset.
+        let off = |i: usize| -> Result<usize, String> {
+            let v = word(i);
+            if v >= 1 << 20 {
+                return Err(format!(
+                    "implausible offset {v} in _Py_DebugOffsets word {i}"
+                ));
+            }
+            Ok(v as usize)
+        };
+        let inline = off(dbg::INTERP_GIL_RUNTIME_STATE)?;
+        let gil_holder = off(dbg::INTERP_GIL_HOLDER)?;
+        let gil_locked = off(dbg::INTERP_GIL_LOCKED)?;
+        if gil_holder <= inline || gil_locked <= inline {
+            return Err("inconsistent GIL offsets in _Py_DebugOffsets".into());
+        }
+        // `interpreters.main` follows `interpreters.head` (struct pyinterpreters: mutex, head,
+        // main, next_id).
+        self.runtime_main_interp = off(dbg::RUNTIME_INTERPRETERS_HEAD)? + 8;
+        self.gil = GilLocation::Interpreter {
+            pointer: off(dbg::INTERP_CEVAL_GIL)?,
+            inline,
+        };
+        self.gil_last_holder = gil_holder - inline;
+        self.gil_locked = gil_locked - inline;
+        self.interp_threads_head = off(dbg::INTERP_THREADS_HEAD)?;
+        self.ts_next = off(dbg::TS_NEXT)?;
+        self.ts_interp = off(dbg::TS_INTERP)?;
+        self.ts_thread_id = off(dbg::TS_THREAD_ID)?;
+        self.ts_native_thread_id = Some(off(dbg::TS_NATIVE_THREAD_ID)?);
+        self.source = "_Py_DebugOffsets";
+        Ok(())
+    }
+
+    /// Bytes of a thread state to read to see `next`, `interp` and the thread ids.
+    fn tstate_read(&self) -> usize {
+        [
+            self.ts_next,
+            self.ts_interp,
+            self.ts_thread_id,
+            self.ts_native_thread_id.unwrap_or(0),
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0)
+            + 8
+    }
+
+    /// Bytes of the GIL state to read to see `last_holder`, `locked` and `switch_number`.
+    fn gil_read(&self) -> usize {
+        self.gil_last_holder
+            .max(self.gil_locked)
+            .max(self.gil_switch_number)
+            + 8
+    }
+
+    /// Decodes the start of a `struct _gil_runtime_state`: `(locked, last_holder,
+    /// switch_number)`; `locked` is the raw `int` (-1 when the GIL is not initialised).
+    fn parse_gil(&self, raw: &[u8]) -> (i32, usize, u64) {
+        (
+            int_at(raw, self.gil_locked),
+            usize_at(raw, self.gil_last_holder),
+            u64_at(raw, self.gil_switch_number),
+        )
+    }
+
+    /// Decodes the start of a `PyThreadState`.
+    fn parse_tstate(&self, raw: &[u8]) -> RawThread {
+        RawThread {
+            next: usize_at(raw, self.ts_next),
+            interp: usize_at(raw, self.ts_interp),
+            ident: u64_at(raw, self.ts_thread_id),
+            native_tid: self.ts_native_thread_id.map(|o| u64_at(raw, o)),
+        }
+    }
+}
+
+/// Word indices in 3.13.0's `struct _Py_DebugOffsets` (internal/pycore_runtime.h), whose fields
+/// are all `uint64_t` after the 8-byte cookie.
+mod dbg {
+    pub const VERSION: usize = 1;
+    pub const FREE_THREADED: usize = 2;
+    // runtime_state: size 3, finalizing 4, interpreters_head 5.
+    pub const RUNTIME_INTERPRETERS_HEAD: usize = 5;
+    // interpreter_state: size 6, id 7, next 8, threads_head 9, gc 10, imports_modules 11,
+    // sysdict 12, builtins 13, ceval_gil 14, gil_runtime_state 15, gil_runtime_state_enabled 16,
+    // gil_runtime_state_locked 17, gil_runtime_state_holder 18.
+    pub const INTERP_THREADS_HEAD: usize = 9;
+    pub const INTERP_CEVAL_GIL: usize = 14;
+    pub const INTERP_GIL_RUNTIME_STATE: usize = 15;
+    pub const INTERP_GIL_LOCKED: usize = 17;
+    pub const INTERP_GIL_HOLDER: usize = 18;
+    // thread_state: size 19, prev 20, next 21, interp 22, current_frame 23, thread_id 24,
+    // native_thread_id 25.
+    pub const TS_NEXT: usize = 21;
+    pub const TS_INTERP: usize = 22;
+    pub const TS_THREAD_ID: usize = 24;
+    pub const TS_NATIVE_THREAD_ID: usize = 25;
+}
+
+/// Bytes of `_Py_DebugOffsets` read (through `thread_state.native_thread_id`).
+const DEBUG_OFFSETS_BYTES: usize = (dbg::TS_NATIVE_THREAD_ID + 1) * 8;
+
+fn usize_at(raw: &[u8], off: usize) -> usize {
+    u64_at(raw, off) as usize
+}
+
+fn u64_at(raw: &[u8], off: usize) -> u64 {
+    let mut b = [0u8; 8];
+    if let Some(s) = raw.get(off..off + 8) {
+        b.copy_from_slice(s);
+    }
+    u64::from_ne_bytes(b)
+}
+
+fn int_at(raw: &[u8], off: usize) -> i32 {
+    let mut b = [0u8; 4];
+    if let Some(s) = raw.get(off..off + 4) {
+        b.copy_from_slice(s);
+    }
+    i32::from_ne_bytes(b)
+}
+
+/// The fields of a thread state the reader uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RawThread {
+    next: usize,
+    interp: usize,
+    ident: u64,
+    native_tid: Option<u64>,
+}
+
+/// One reading of the GIL state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GilState {
+    /// The GIL's `locked` field is 1: some thread holds the GIL.
+    pub locked: bool,
+    /// `last_holder`: the `PyThreadState*` that holds the GIL when `locked`, or held it last
+    /// (it is not cleared on release, so it means nothing when not `locked`).
+    pub holder_tstate: usize,
+}
+
+impl GilState {
+    /// The `PyThreadState*` holding the GIL, if any thread does.
+    pub fn holder(&self) -> Option<usize> {
+        (self.locked && self.holder_tstate != 0).then_some(self.holder_tstate)
+    }
+
+    /// Who holds the GIL from the point of view of the thread whose state is `tstate`.
+    pub fn attribution(&self, tstate: usize) -> Gil {
+        match (self.locked, self.holder()) {
+            (false, _) => Gil::Released,
+            (true, None) => Gil::Unknown,
+            (true, Some(h)) if h == tstate => Gil::Loop,
+            (true, Some(_)) => Gil::Other,
+        }
+    }
+}
+
+/// The identities of a Python thread, read from its `PyThreadState`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThreadIds {
+    /// `thread_id`: `threading.get_ident()` (the `pthread_t`).
+    pub ident: u64,
+    /// `native_thread_id`: `threading.get_native_id()` (3.11+; None before).
+    pub native_tid: Option<u64>,
+}
+
+/// Reads the main interpreter's GIL state and thread list without the GIL.
+#[derive(Clone, Debug)]
+pub struct GilReader {
+    mem: Memory,
+    layout: GilLayout,
+    runtime: usize,
+    main_interp: usize,
+    gil: usize,
+}
+
+/// How often [`GilReader::read`] reads the state looking for two identical reads in a row.
+const READ_ATTEMPTS: usize = 4;
+
+impl GilReader {
+    /// A reader for the running interpreter, described by `info`.
+    ///
+    /// Checks the layout against the live runtime: the main interpreter exists, its first thread
+    /// state points back at it, the GIL state is initialised, and (3.12+) the main interpreter's
+    /// GIL pointer points at its own inline GIL. The check is strongest when the caller holds
+    /// the GIL (then `last_holder` must be a thread of the main interpreter).
+    ///
+    /// # Errors
+    /// Unsupported versions, debug and free-threaded builds, `_PyRuntime` not found, or a
+    /// runtime that does not look like the layout says.
+    pub fn new(info: PyInfo, mem: Memory) -> Result<GilReader, String> {
+        let version = (info.version.0, info.version.1);
+        if cfg!(not(all(target_pointer_width = "64", target_os = "linux"))) {
+            return Err("the GIL reader supports 64-bit Linux only".into());
+        }
+        if info.debug {
+            return Err("this is a debug build of Python, whose layouts differ".into());
+        }
+        if info.free_threaded {
+            return Err("this is a free-threaded build of Python, which has no single GIL".into());
+        }
+        let mut layout = GilLayout::builtin(version).ok_or_else(|| {
+            format!(
+                "Python {}.{} is not supported by the GIL reader (3.9 to 3.13 are)",
+                version.0, version.1
+            )
+        })?;
+        let runtime = symbol_address("_PyRuntime")
+            .ok_or("the symbol _PyRuntime is not exported by this interpreter")?;
+        if version >= (3, 13) {
+            let raw = mem
+                .read_vec(runtime, DEBUG_OFFSETS_BYTES)
+                .map_err(|e| format!("cannot read _Py_DebugOffsets: {e}"))?;
+            layout.apply_debug_offsets(&raw)?;
+        }
+        GilReader::at(mem, layout, runtime)
+    }
+
+    /// A reader for the runtime at `runtime` with `layout` (also used by the tests, on fake
+    /// runtimes).
+    fn at(mem: Memory, layout: GilLayout, runtime: usize) -> Result<GilReader, String> {
+        let err = |what: &str, e: MemError| format!("cannot read {what}: {e}");
+        let main_interp = mem
+            .read_usize(runtime + layout.runtime_main_interp)
+            .map_err(|e| err("_PyRuntime.interpreters.main", e))?;
+        if main_interp == 0 {
+            return Err("the interpreter is not initialised (no main interpreter)".into());
+        }
+        let gil = match layout.gil {
+            GilLocation::Runtime(off) => runtime + off,
+            GilLocation::Interpreter { pointer, inline } => {
+                let gil = mem
+                    .read_usize(main_interp + pointer)
+                    .map_err(|e| err("interp->ceval.gil", e))?;
+                if gil != main_interp + inline {
+                    return Err(format!(
+                        "the main interpreter's GIL pointer {gil:#x} is not its own GIL at \
+                         {:#x}: the layout does not fit this interpreter",
+                        main_interp + inline
+                    ));
+                }
+                gil
+            }
+        };
+        let reader = GilReader {
+            mem,
+            layout,
+            runtime,
+            main_interp,
+            gil,
+        };
+        let head = reader
+            .mem
+            .read_usize(main_interp + layout.interp_threads_head)
+            .map_err(|e| err("the main interpreter's thread list", e))?;
+        if head != 0 {
+            reader
+                .thread(head)
+                .map_err(|e| format!("the first thread state does not fit the layout: {e}"))?;
+        }
+        reader.check_gil()?;
+        Ok(reader)
+    }
+
+    /// Checks that the GIL state looks initialised and that a holder is a thread of the main
+    /// interpreter.
+    fn check_gil(&self) -> Result<(), String> {
+        let mut last = String::new();
+        for attempt in 0..5 {
+            if attempt > 0 {
+                std::thread::yield_now();
+            }
+            let raw = self
+                .mem
+                .read_vec(self.gil, self.layout.gil_read())
+                .map_err(|e| format!("cannot read the GIL state: {e}"))?;
+            let (locked, holder, _) = self.layout.parse_gil(&raw);
+            match locked {
+                0 => return Ok(()),
+                1 if holder == 0 => last = "the GIL is locked by nobody".into(),
+                1 => match self.thread(holder) {
+                    Ok(_) => return Ok(()),
+                    Err(e) => last = format!("the GIL holder is not a thread state: {e}"),
+                },
+                -1 => return Err("the GIL is not initialised".into()),
+                v => {
+                    return Err(format!(
+                        "the GIL's `locked` is {v}: the layout does not fit this interpreter"
+                    ))
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// The layout in use.
+    pub fn layout(&self) -> &GilLayout {
+        &self.layout
+    }
+
+    /// The address of `_PyRuntime`.
+    pub fn runtime(&self) -> usize {
+        self.runtime
+    }
+
+    /// The main interpreter's `PyInterpreterState*`.
+    pub fn main_interpreter(&self) -> usize {
+        self.main_interp
+    }
+
+    /// The address of the GIL state being read.
+    pub fn gil_address(&self) -> usize {
+        self.gil
+    }
+
+    /// Reads the GIL state once (one `process_vm_readv`).
+    fn read_raw(&self) -> Result<(i32, usize, u64), MemError> {
+        let mut buf = [0u8; 64];
+        let n = self.layout.gil_read().min(buf.len());
+        self.mem.read_bytes(self.gil, &mut buf[..n])?;
+        Ok(self.layout.parse_gil(&buf[..n]))
+    }
+
+    /// Who holds the GIL now. Takes no lock and never waits for the GIL.
+    ///
+    /// `take_gil` sets `locked` before `last_holder`, so a single read can pair a new lock with
+    /// the previous holder; the state is read until two reads in a row agree (a few attempts).
+    pub fn read(&self) -> Result<GilState, MemError> {
+        let mut prev = self.read_raw()?;
+        for _ in 1..READ_ATTEMPTS {
+            let next = self.read_raw()?;
+            if next == prev {
+                break;
+            }
+            prev = next;
+        }
+        Ok(GilState {
+            locked: prev.0 == 1,
+            holder_tstate: prev.1,
+        })
+    }
+
+    /// Reads a thread state of the main interpreter; a pointer that leads elsewhere (its
+    /// `interp` is not the main interpreter) is reported as [`MemError::Fault`] of `tstate`.
+    fn thread(&self, tstate: usize) -> Result<RawThread, MemError> {
+        if tstate % 8 != 0 {
+            return Err(MemError::Fault(tstate));
+        }
+        let mut buf = [0u8; 256];
+        let n = self.layout.tstate_read().min(buf.len());
+        self.mem.read_bytes(tstate, &mut buf[..n])?;
+        let t = self.layout.parse_tstate(&buf[..n]);
+        if t.interp != self.main_interp {
+            return Err(MemError::Fault(tstate));
+        }
+        Ok(t)
+    }
+
+    /// `threading.get_ident()` of the thread whose `PyThreadState*` is `tstate`.
+    ///
+    /// # Errors
+    /// Unreadable memory, or `tstate` is not a thread state of the main interpreter
+    /// ([`MemError::Fault`]).
+    pub fn thread_ident_of(&self, tstate: usize) -> Result<u64, MemError> {
+        Ok(self.thread(tstate)?.ident)
+    }
+
+    /// `threading.get_native_id()` of the thread whose `PyThreadState*` is `tstate`: `None`
+    /// before 3.11, whose thread states do not record it.
+    ///
+    /// # Errors
+    /// As [`GilReader::thread_ident_of`].
+    pub fn native_tid_of(&self, tstate: usize) -> Result<Option<u64>, MemError> {
+        Ok(self.thread(tstate)?.native_tid)
+    }
+
+    /// Both identities of a thread, in one read.
+    ///
+    /// # Errors
+    /// As [`GilReader::thread_ident_of`].
+    pub fn thread_ids(&self, tstate: usize) -> Result<ThreadIds, MemError> {
+        let t = self.thread(tstate)?;
+        Ok(ThreadIds {
+            ident: t.ident,
+            native_tid: t.native_tid,
+        })
+    }
+
+    /// The main interpreter's thread states, newest first (`threads.head`, then `next`).
+    ///
+    /// Threads come and go while we read; a list that leads out of the main interpreter, loops,
+    /// or is longer than [`MAX_THREADS`] is an error ([`MemError::Fault`] of the bad entry):
+    /// retry.
+    pub fn threads(&self) -> Result<Vec<usize>, MemError> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        let mut t = self
+            .mem
+            .read_usize(self.main_interp + self.layout.interp_threads_head)?;
+        while t != 0 {
+            if out.len() >= MAX_THREADS || !seen.insert(t) {
+                return Err(MemError::Fault(t));
+            }
+            let raw = self.thread(t)?;
+            out.push(t);
+            t = raw.next;
+        }
+        Ok(out)
+    }
+
+    /// The GIL holder's `PyThreadState*` and identity, when a thread holds the GIL.
+    ///
+    /// # Errors
+    /// Unreadable memory; a holder that is not a thread state of the main interpreter (it may
+    /// have just exited) is [`MemError::Fault`].
+    pub fn holder(&self) -> Result<Option<(usize, ThreadIds)>, MemError> {
+        match self.read()?.holder() {
+            None => Ok(None),
+            Some(t) => Ok(Some((t, self.thread_ids(t)?))),
+        }
+    }
+}
+
+// ---- debug functions (`loopguard._native._gil_*`) for the tests ----
+
+fn new_reader(py: Python<'_>) -> PyResult<GilReader> {
+    let info = crate::python::py_info(py)?;
+    let mem = Memory::new().map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    GilReader::new(info, mem).map_err(PyRuntimeError::new_err)
+}
+
+fn mem_err(e: MemError) -> PyErr {
+    PyRuntimeError::new_err(e.to_string())
+}
+
+/// `(locked, holder)` where holder is `threading.get_ident()` of the GIL holder (None when the
+/// GIL is free, or when the holder's thread state cannot be read: it may have just exited).
+fn read_state(reader: &GilReader) -> Result<(bool, Option<u64>), MemError> {
+    let s = reader.read()?;
+    Ok((
+        s.locked,
+        s.holder().and_then(|t| reader.thread_ident_of(t).ok()),
+    ))
+}
+
+/// Whether the GIL is locked and by which thread (`threading.get_ident()`), read without the
+/// GIL when `release` is true (after sleeping `delay` seconds with the GIL released).
+#[pyfunction]
+#[pyo3(signature = (release=true, delay=0.0))]
+fn _gil_state(py: Python<'_>, release: bool, delay: f64) -> PyResult<(bool, Option<u64>)> {
+    let reader = new_reader(py)?;
+    if !release {
+        return read_state(&reader).map_err(mem_err);
+    }
+    py.allow_threads(|| {
+        if delay > 0.0 {
+            std::thread::sleep(Duration::from_secs_f64(delay));
+        }
+        read_state(&reader)
+    })
+    .map_err(mem_err)
+}
+
+/// The raw GIL state `(locked, last_holder PyThreadState*)`, read like [`_gil_state`].
+#[pyfunction]
+#[pyo3(signature = (release=true))]
+fn _gil_state_raw(py: Python<'_>, release: bool) -> PyResult<(bool, usize)> {
+    let reader = new_reader(py)?;
+    let s = if release {
+        py.allow_threads(|| reader.read())
+    } else {
+        reader.read()
+    }
+    .map_err(mem_err)?;
+    Ok((s.locked, s.holder_tstate))
+}
+
+/// Samples the GIL state with the GIL released for `seconds`, every `interval` seconds, and
+/// returns `(time, locked, holder ident)` triples in order; `time` is the watchdog clock
+/// (`_native.now_ns()`) when the sample was taken.
+#[pyfunction]
+#[pyo3(signature = (seconds, interval=0.001))]
+fn _gil_sample(
+    py: Python<'_>,
+    seconds: f64,
+    interval: f64,
+) -> PyResult<Vec<(u64, bool, Option<u64>)>> {
+    let reader = new_reader(py)?;
+    let budget = Duration::from_secs_f64(seconds.max(0.0));
+    let pause = Duration::from_secs_f64(interval.max(0.0));
+    py.allow_threads(|| {
+        let start = Instant::now();
+        let mut out = Vec::new();
+        while start.elapsed() < budget && out.len() < 1_000_000 {
+            let t = crate::clock::now_ns();
+            let (locked, holder) = read_state(&reader)?;
+            out.push((t, locked, holder));
+            if !pause.is_zero() {
+                std::thread::sleep(pause);
+            }
+        }
+        Ok(out)
+    })
+    .map_err(mem_err)
+}
+
+/// The main interpreter's threads as `(tstate, ident, native_id or None)`, read without the GIL.
+#[pyfunction]
+fn _gil_threads(py: Python<'_>) -> PyResult<Vec<(usize, u64, Option<u64>)>> {
+    let reader = new_reader(py)?;
+    py.allow_threads(|| {
+        reader.threads().and_then(|ts| {
+            ts.into_iter()
+                .map(|t| reader.thread_ids(t).map(|i| (t, i.ident, i.native_tid)))
+                .collect()
+        })
+    })
+    .map_err(mem_err)
+}
+
+/// `(thread ident, native id or None)` read from the thread state at `tstate`.
+#[pyfunction]
+fn _gil_thread_ids(py: Python<'_>, tstate: usize) -> PyResult<(u64, Option<u64>)> {
+    let reader = new_reader(py)?;
+    let ids = py
+        .allow_threads(|| reader.thread_ids(tstate))
+        .map_err(mem_err)?;
+    Ok((ids.ident, ids.native_tid))
+}
+
+/// What the reader found: version, offset source and addresses.
+#[pyfunction]
+fn _gil_reader_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let reader = new_reader(py)?;
+    let d = PyDict::new(py);
+    d.set_item("version", reader.layout().version)?;
+    d.set_item("source", reader.layout().source)?;
+    d.set_item("runtime", reader.runtime())?;
+    d.set_item("main_interpreter", reader.main_interpreter())?;
+    d.set_item("gil", reader.gil_address())?;
+    Ok(d)
+}
 
 /// Adds the GIL reader's debug functions to `loopguard._native`.
-pub fn add_debug_functions(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+pub fn add_debug_functions(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_gil_state, m)?)?;
+    m.add_function(wrap_pyfunction!(_gil_state_raw, m)?)?;
+    m.add_function(wrap_pyfunction!(_gil_sample, m)?)?;
+    m.add_function(wrap_pyfunction!(_gil_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(_gil_thread_ids, m)?)?;
+    m.add_function(wrap_pyfunction!(_gil_reader_info, m)?)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_supported_version_has_a_consistent_layout() {
+        for minor in 9..=13u8 {
+            let l = GilLayout::builtin((3, minor)).unwrap();
+            assert_eq!(l.version, (3, minor));
+            // struct _gil_runtime_state: interval, last_holder, locked, switch_number.
+            assert_eq!(
+                (l.gil_last_holder, l.gil_locked, l.gil_switch_number),
+                (8, 16, 24)
+            );
+            assert_eq!(l.gil_read(), 32);
+            // PyThreadState: prev, next, interp first; thread ids after them, distinct.
+            assert_eq!((l.ts_next, l.ts_interp), (8, 16));
+            assert!(l.ts_thread_id > l.ts_interp);
+            assert_eq!(l.ts_native_thread_id.is_some(), minor >= 11);
+            if let Some(n) = l.ts_native_thread_id {
+                assert_eq!(n, l.ts_thread_id + 8);
+            }
+            assert!(l.tstate_read() <= 256);
+            assert!(l.runtime_main_interp % 8 == 0 && l.interp_threads_head % 8 == 0);
+            match l.gil {
+                GilLocation::Runtime(off) => {
+                    assert!(minor < 12);
+                    assert!(off > l.runtime_main_interp && off % 8 == 0);
+                }
+                GilLocation::Interpreter { pointer, inline } => {
+                    assert!(minor >= 12);
+                    assert!(pointer % 8 == 0 && inline % 8 == 0 && pointer != inline);
+                }
+            }
+        }
+        assert!(GilLayout::builtin((3, 8)).is_none());
+        assert!(GilLayout::builtin((3, 14)).is_none());
+        assert!(GilLayout::builtin((2, 7)).is_none());
+    }
+
+    /// The first 26 words of a real 3.13.0 `_PyRuntime`, as read from a running interpreter.
+    fn debug_offsets_3130() -> Vec<u8> {
+        let words: [u64; 26] = [
+            u64::from_ne_bytes(*b"xdebugpy"),
+            0x030d_00f0,
+            0,
+            283_320,
+            608,
+            632,
+            194_968,
+            7272,
+            7264,
+            7344,
+            7400,
+            7656,
+            7640,
+            7648,
+            16,
+            7752,
+            0,
+            7768,
+            7760,
+            304,
+            0,
+            8,
+            16,
+            72,
+            152,
+            160,
+        ];
+        words.iter().flat_map(|w| w.to_ne_bytes()).collect()
+    }
+
+    #[test]
+    fn debug_offsets_313_agree_with_headers() {
+        let builtin = GilLayout::builtin((3, 13)).unwrap();
+        let mut l = builtin;
+        l.apply_debug_offsets(&debug_offsets_3130()).unwrap();
+        assert_eq!(l.source, "_Py_DebugOffsets");
+        assert_eq!(
+            GilLayout {
+                source: "headers",
+                ..l
+            },
+            builtin
+        );
+    }
+
+    #[test]
+    fn bad_debug_offsets_are_refused() {
+        let l = GilLayout::builtin((3, 13)).unwrap();
+        let good = debug_offsets_3130();
+        let refuse = |raw: &[u8], what: &str| {
+            let mut c = l;
+            let e = c.apply_debug_offsets(raw).unwrap_err();
+            assert!(e.contains(what), "{e}");
+        };
+        let mut bad = good.clone();
+        bad[..8].copy_from_slice(b"notdebug");
+        refuse(&bad, "cookie");
+        let mut bad = good.clone();
+        bad[8..16].copy_from_slice(&0x030e_0000u64.to_ne_bytes());
+        refuse(&bad, "version");
+        let mut bad = good.clone();
+        bad[16..24].copy_from_slice(&1u64.to_ne_bytes());
+        refuse(&bad, "free-threaded");
+        let mut bad = good.clone();
+        bad[9 * 8..10 * 8].copy_from_slice(&u64::MAX.to_ne_bytes());
+        refuse(&bad, "implausible");
+        refuse(&good[..100], "short");
+    }
+
+    #[test]
+    fn parses_gil_and_thread_state() {
+        let l = GilLayout::builtin((3, 11)).unwrap();
+        let mut gil = vec![0u8; 32];
+        gil[0..8].copy_from_slice(&5000u64.to_ne_bytes());
+        gil[8..16].copy_from_slice(&0x7f00_dead_bee8usize.to_ne_bytes());
+        gil[16..20].copy_from_slice(&1i32.to_ne_bytes());
+        gil[24..32].copy_from_slice(&42u64.to_ne_bytes());
+        assert_eq!(l.parse_gil(&gil), (1, 0x7f00_dead_bee8, 42));
+        gil[16..20].copy_from_slice(&(-1i32).to_ne_bytes());
+        assert_eq!(l.parse_gil(&gil).0, -1);
+        // A short buffer reads as zeros rather than panicking.
+        assert_eq!(l.parse_gil(&gil[..10]), (0, 0, 0));
+
+        let mut ts = vec![0u8; l.tstate_read()];
+        ts[8..16].copy_from_slice(&0x1000usize.to_ne_bytes());
+        ts[16..24].copy_from_slice(&0x2000usize.to_ne_bytes());
+        ts[152..160].copy_from_slice(&0x7f12_3456_7000u64.to_ne_bytes());
+        ts[160..168].copy_from_slice(&4321u64.to_ne_bytes());
+        assert_eq!(
+            l.parse_tstate(&ts),
+            RawThread {
+                next: 0x1000,
+                interp: 0x2000,
+                ident: 0x7f12_3456_7000,
+                native_tid: Some(4321),
+            }
+        );
+        let l39 = GilLayout::builtin((3, 9)).unwrap();
+        assert_eq!(l39.parse_tstate(&ts).native_tid, None);
+    }
+
+    #[test]
+    fn attribution() {
+        let free = GilState {
+            locked: false,
+            holder_tstate: 0x1000,
+        };
+        assert_eq!(free.holder(), None);
+        assert_eq!(free.attribution(0x1000), Gil::Released);
+        let held = GilState {
+            locked: true,
+            holder_tstate: 0x1000,
+        };
+        assert_eq!(held.holder(), Some(0x1000));
+        assert_eq!(held.attribution(0x1000), Gil::Loop);
+        assert_eq!(held.attribution(0x2000), Gil::Other);
+        let odd = GilState {
+            locked: true,
+            holder_tstate: 0,
+        };
+        assert_eq!(odd.attribution(0x1000), Gil::Unknown);
+    }
+
+    #[test]
+    fn unsupported_builds_are_refused() {
+        let base = PyInfo {
+            version: (3, 11, 7),
+            debug: false,
+            free_threaded: false,
+        };
+        let mem = || Memory::new().unwrap();
+        let e = GilReader::new(
+            PyInfo {
+                debug: true,
+                ..base
+            },
+            mem(),
+        )
+        .unwrap_err();
+        assert!(e.contains("debug"), "{e}");
+        let e = GilReader::new(
+            PyInfo {
+                free_threaded: true,
+                ..base
+            },
+            mem(),
+        )
+        .unwrap_err();
+        assert!(e.contains("free-threaded"), "{e}");
+        let e = GilReader::new(
+            PyInfo {
+                version: (3, 14, 0),
+                ..base
+            },
+            mem(),
+        )
+        .unwrap_err();
+        assert!(e.contains("3.14"), "{e}");
+        // No interpreter runs in the test binary: either `_PyRuntime` is missing or it has no
+        // main interpreter.
+        assert!(GilReader::new(base, mem()).is_err());
+    }
+
+    /// A fake runtime, interpreter and thread states in our own memory, laid out like 3.9 or
+    /// 3.12, read through the real [`Memory`] path.
+    struct Fake {
+        runtime: Vec<u64>,
+        interp: Vec<u64>,
+        threads: Vec<Vec<u64>>,
+    }
+
+    impl Fake {
+        fn new(l: &GilLayout, nthreads: usize) -> Fake {
+            let mut f = Fake {
+                runtime: vec![0; 128],
+                interp: vec![0; 256],
+                threads: (0..nthreads).map(|_| vec![0u64; 32]).collect(),
+            };
+            let interp = f.interp.as_ptr() as usize;
+            f.runtime[l.runtime_main_interp / 8] = interp as u64;
+            if let GilLocation::Interpreter { pointer, inline } = l.gil {
+                f.interp[pointer / 8] = (interp + inline) as u64;
+            }
+            let addrs: Vec<usize> = f.threads.iter().map(|t| t.as_ptr() as usize).collect();
+            f.interp[l.interp_threads_head / 8] = addrs.first().copied().unwrap_or(0) as u64;
+            for (i, t) in f.threads.iter_mut().enumerate() {
+                t[l.ts_next / 8] = addrs.get(i + 1).copied().unwrap_or(0) as u64;
+                t[l.ts_interp / 8] = interp as u64;
+                t[l.ts_thread_id / 8] = 0x7f00_0000_0000 + i as u64;
+                if let Some(o) = l.ts_native_thread_id {
+                    t[o / 8] = 1000 + i as u64;
+                }
+            }
+            f
+        }
+
+        fn gil_words(&mut self, l: &GilLayout) -> &mut [u64] {
+            match l.gil {
+                GilLocation::Runtime(off) => &mut self.runtime[off / 8..off / 8 + 4],
+                GilLocation::Interpreter { inline, .. } => {
+                    &mut self.interp[inline / 8..inline / 8 + 4]
+                }
+            }
+        }
+
+        fn set_gil(&mut self, l: &GilLayout, locked: i32, holder: usize) {
+            let g = self.gil_words(l);
+            g[1] = holder as u64;
+            g[2] = locked as u32 as u64;
+            g[3] += 1;
+        }
+
+        fn tstate(&self, i: usize) -> usize {
+            self.threads[i].as_ptr() as usize
+        }
+
+        fn reader(&self, l: GilLayout) -> Result<GilReader, String> {
+            GilReader::at(Memory::new().unwrap(), l, self.runtime.as_ptr() as usize)
+        }
+    }
+
+    fn small(l: GilLayout) -> GilLayout {
+        // Shrink the offsets so the fake structs stay small; keep their relative order.
+        GilLayout {
+            runtime_main_interp: 40,
+            gil: match l.gil {
+                GilLocation::Runtime(_) => GilLocation::Runtime(352),
+                GilLocation::Interpreter { .. } => GilLocation::Interpreter {
+                    pointer: 384,
+                    inline: 1040,
+                },
+            },
+            interp_threads_head: 72,
+            ..l
+        }
+    }
+
+    #[test]
+    fn reads_a_fake_runtime() {
+        for minor in [9u8, 12] {
+            let l = small(GilLayout::builtin((3, minor)).unwrap());
+            let mut f = Fake::new(&l, 3);
+            let t1 = f.tstate(1);
+            f.set_gil(&l, 1, t1);
+            let r = f.reader(l).unwrap();
+            assert_eq!(
+                r.read().unwrap(),
+                GilState {
+                    locked: true,
+                    holder_tstate: t1
+                }
+            );
+            assert_eq!(r.thread_ident_of(t1).unwrap(), 0x7f00_0000_0001);
+            assert_eq!(r.native_tid_of(t1).unwrap(), (minor >= 11).then_some(1001));
+            assert_eq!(
+                r.holder().unwrap().map(|(t, ids)| (t, ids.ident)),
+                Some((t1, 0x7f00_0000_0001))
+            );
+            assert_eq!(r.threads().unwrap(), vec![f.tstate(0), t1, f.tstate(2)]);
+
+            f.set_gil(&l, 0, t1);
+            let s = r.read().unwrap();
+            assert!(!s.locked);
+            assert_eq!(s.holder(), None);
+            assert_eq!(r.holder().unwrap(), None);
+
+            // A pointer that is not a thread state of the main interpreter is refused.
+            let not_a_thread = f.runtime.as_ptr() as usize;
+            assert!(r.thread_ident_of(not_a_thread).is_err());
+            assert!(r.thread_ident_of(t1 + 3).is_err());
+
+            // A loop in the thread list is an error, not a hang.
+            let (l0, t0) = (l.ts_next / 8, f.tstate(0));
+            f.threads[2][l0] = t0 as u64;
+            assert!(r.threads().is_err());
+        }
+    }
+
+    #[test]
+    fn refuses_a_fake_runtime_that_does_not_fit() {
+        for minor in [10u8, 13] {
+            let l = small(GilLayout::builtin((3, minor)).unwrap());
+            let mut f = Fake::new(&l, 2);
+            // Uninitialised GIL.
+            f.set_gil(&l, -1, 0);
+            assert!(f.reader(l).unwrap_err().contains("not initialised"));
+            // Garbage in `locked`.
+            f.set_gil(&l, 7, 0);
+            assert!(f.reader(l).unwrap_err().contains("locked"));
+            // Locked by something that is not a thread of the main interpreter.
+            let bogus = f.interp.as_ptr() as usize;
+            f.set_gil(&l, 1, bogus);
+            assert!(f.reader(l).unwrap_err().contains("holder"));
+            let t0 = f.tstate(0);
+            f.set_gil(&l, 1, t0);
+            assert!(f.reader(l).is_ok());
+            // No main interpreter.
+            let mut f2 = Fake::new(&l, 1);
+            f2.runtime[l.runtime_main_interp / 8] = 0;
+            assert!(f2.reader(l).unwrap_err().contains("not initialised"));
+            // 3.12+: the GIL pointer does not point at the interpreter's own GIL.
+            if let GilLocation::Interpreter { pointer, .. } = l.gil {
+                let mut f3 = Fake::new(&l, 1);
+                f3.interp[pointer / 8] += 8;
+                assert!(f3.reader(l).unwrap_err().contains("GIL pointer"));
+            }
+        }
+    }
 }
