@@ -70,6 +70,19 @@ def test_holder_is_this_thread_when_read_with_the_gil():
     assert locked and tstate == current_tstate()
 
 
+def test_holder_is_the_calling_worker_thread():
+    got = {}
+
+    def body():
+        got["ident"] = threading.get_ident()
+        got["state"] = _native._gil_state(release=False)
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join(10)
+    assert got["state"] == (True, got["ident"])
+
+
 def test_released_when_every_other_thread_sleeps():
     def sleeper(ready, stop, out):
         ready.set()

@@ -21,6 +21,10 @@
 //! [`Memory`] (so a stale pointer is an error, not a crash), twice, until two reads agree.
 //! `last_holder` names the holder only while `locked` is 1.
 //!
+//! Only the main interpreter is read (a thread of a 3.12+ sub-interpreter with its own GIL is
+//! not covered). A reader reads the memory of the process that made it: make a new one after
+//! `fork()`.
+//!
 //! The offsets are `offsetof(...)` in release (non-debug, GIL) builds on x86_64 Linux, printed by
 //! a C program compiled against each version's own headers (`#define Py_BUILD_CORE 1`;
 //! `internal/pycore_runtime.h`, `internal/pycore_interp.h`, `internal/pycore_ceval_state.h`,
@@ -358,6 +362,15 @@ impl GilState {
     }
 }
 
+/// Who holds the GIL, as seen from one thread (see [`GilReader::attribute`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attribution {
+    /// The thread itself, nobody, or another thread.
+    pub gil: Gil,
+    /// When another thread holds the GIL: its `PyThreadState*` and, if readable, its ids.
+    pub holder: Option<(usize, Option<ThreadIds>)>,
+}
+
 /// The identities of a Python thread, read from its `PyThreadState`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ThreadIds {
@@ -496,6 +509,29 @@ impl GilReader {
         Err(last)
     }
 
+    /// Checks the reader against a fact the caller knows: it holds the GIL and its thread state
+    /// is `tstate` (call it on a Python thread, with the GIL). A layout that does not fit reads
+    /// `locked` or `last_holder` from the wrong place and fails this, where [`GilReader::new`]
+    /// alone could only check plausibility.
+    ///
+    /// # Errors
+    /// What was read instead.
+    pub fn verify_held_by(&self, tstate: usize) -> Result<(), String> {
+        let s = self
+            .read()
+            .map_err(|e| format!("cannot read the GIL state: {e}"))?;
+        if s.holder() != Some(tstate) {
+            return Err(format!(
+                "the GIL state reads locked={} last_holder={:#x} while the thread state {tstate:#x} \
+                 holds the GIL: the layout does not fit this interpreter",
+                s.locked, s.holder_tstate
+            ));
+        }
+        self.thread(tstate)
+            .map(|_| ())
+            .map_err(|e| format!("the current thread state does not fit the layout: {e}"))
+    }
+
     /// The layout in use.
     pub fn layout(&self) -> &GilLayout {
         &self.layout
@@ -611,6 +647,23 @@ impl GilReader {
         Ok(out)
     }
 
+    /// GIL attribution for a sample of the thread whose state is `loop_tstate`: whether it holds
+    /// the GIL, nobody does, or another thread does (then with that thread's state and ids, so
+    /// its stack can be read too). A holder whose thread state cannot be read (it may have just
+    /// exited) still counts as [`Gil::Other`], without ids.
+    ///
+    /// # Errors
+    /// The GIL state itself is unreadable.
+    pub fn attribute(&self, loop_tstate: usize) -> Result<Attribution, MemError> {
+        let state = self.read()?;
+        let gil = state.attribution(loop_tstate);
+        let holder = match (gil, state.holder()) {
+            (Gil::Other, Some(t)) => Some((t, self.thread_ids(t).ok())),
+            _ => None,
+        };
+        Ok(Attribution { gil, holder })
+    }
+
     /// The GIL holder's `PyThreadState*` and identity, when a thread holds the GIL.
     ///
     /// # Errors
@@ -629,7 +682,11 @@ impl GilReader {
 fn new_reader(py: Python<'_>) -> PyResult<GilReader> {
     let info = crate::python::py_info(py)?;
     let mem = Memory::new().map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-    GilReader::new(info, mem).map_err(PyRuntimeError::new_err)
+    let reader = GilReader::new(info, mem).map_err(PyRuntimeError::new_err)?;
+    reader
+        .verify_held_by(super::mem::current_thread_state(py))
+        .map_err(PyRuntimeError::new_err)?;
+    Ok(reader)
 }
 
 fn mem_err(e: MemError) -> PyErr {
@@ -1057,12 +1114,29 @@ mod tests {
                 Some((t1, 0x7f00_0000_0001))
             );
             assert_eq!(r.threads().unwrap(), vec![f.tstate(0), t1, f.tstate(2)]);
+            assert_eq!(r.attribute(t1).unwrap().gil, Gil::Loop);
+            assert_eq!(r.attribute(t1).unwrap().holder, None);
+            let other = r.attribute(f.tstate(0)).unwrap();
+            assert_eq!(other.gil, Gil::Other);
+            let (h, ids) = other.holder.unwrap();
+            assert_eq!((h, ids.unwrap().ident), (t1, 0x7f00_0000_0001));
+
+            r.verify_held_by(t1).unwrap();
+            assert!(r.verify_held_by(f.tstate(0)).is_err());
 
             f.set_gil(&l, 0, t1);
+            assert!(r.verify_held_by(t1).is_err());
             let s = r.read().unwrap();
             assert!(!s.locked);
             assert_eq!(s.holder(), None);
             assert_eq!(r.holder().unwrap(), None);
+            assert_eq!(
+                r.attribute(t1).unwrap(),
+                Attribution {
+                    gil: Gil::Released,
+                    holder: None
+                }
+            );
 
             // A pointer that is not a thread state of the main interpreter is refused.
             let not_a_thread = f.runtime.as_ptr() as usize;
