@@ -410,6 +410,72 @@ def test_per_sample_cost_of_a_deep_blocked_stack():
 
 
 # --------------------------------------------------------------------------------------------
+# The watchdog's sampler: stack plus GIL attribution
+
+
+def test_sample_of_a_thread_in_a_gil_releasing_call():
+    stop = threading.Event()
+    t = Target(lambda: sleeper_leaf(stop))
+    t.start()
+    t.ready.wait()
+    try:
+        sample = json.loads(native._reader_sample(t.tstate, t.ident, 0.05))
+    finally:
+        stop.set()
+        t.join()
+    assert sample["error"] is None and sample["late"] is False
+    assert sample["frames"][-1]["function"].endswith("sleeper_leaf")
+    assert sample["gil"] in ("released", "unknown")
+
+
+def test_sample_of_a_thread_running_python_code():
+    stop = threading.Event()
+    t = Target(lambda: spin(stop))
+    t.start()
+    t.ready.wait()
+    try:
+        sample = json.loads(native._reader_sample(t.tstate, t.ident, 0.05))
+    finally:
+        stop.set()
+        t.join()
+    assert sample["error"] is None, sample
+    assert any(f["function"].endswith("spin") for f in sample["frames"][-2:]), sample
+    assert sample["gil"] in ("loop", "unknown")
+
+
+def test_sample_of_a_starved_thread_names_the_gil_holder():
+    stop = threading.Event()
+    go = threading.Event()
+    victim = Target(lambda: sleeper_leaf(stop))
+    victim.start()
+    victim.ready.wait()
+
+    def hog_body():
+        go.wait()
+        regex_worker()
+
+    hog = Target(hog_body)
+    hog.start()
+    hog.ready.wait()
+    go.set()
+    try:
+        # While we sleep without the GIL the hog takes it for seconds; the victim wakes from its
+        # 5 ms sleep and waits for the GIL.
+        sample = json.loads(native._reader_sample(victim.tstate, victim.ident, 0.3))
+    finally:
+        stop.set()
+        hog.join()
+        victim.join()
+    assert sample["frames"][-1]["function"].endswith("sleeper_leaf"), sample
+    if sample["gil"] == "unknown":
+        pytest.skip("the GIL reader is not available here")
+    assert sample["gil"] == "other", sample
+    assert sample["holder"]["thread_ident"] == hog.ident
+    holder_functions = [f["function"] for f in sample["holder"]["frames"]]
+    assert any(f.endswith("regex_worker") for f in holder_functions), holder_functions
+
+
+# --------------------------------------------------------------------------------------------
 # Stress: a thread that churns its frames, sampled in a tight loop without the GIL
 
 STRESS_SCRIPT = r"""
@@ -481,7 +547,8 @@ known = {}
 def add(code):
     lines = {code.co_firstlineno}
     if sys.version_info >= (3, 10):
-        lines |= {l for _, _, l in code.co_lines() if l is not None}
+        # 0: an instruction without a line (CPython's f_lineno is None there too).
+        lines |= {0 if l is None else l for _, _, l in code.co_lines()}
     else:
         lines |= {l for _, l in dis.findlinestarts(code)}
     known.setdefault((code.co_filename, qualname(code)), set()).update(lines)

@@ -12,7 +12,7 @@
 //!   that must agree) and caches decoded code objects;
 //! * [`lines`] decodes each version's line table.
 
-use crate::event::{Gil, Sample};
+use crate::event::{Gil, Holder, Sample};
 use crate::sampler::{Sampler, Target};
 
 pub mod gil;
@@ -58,38 +58,62 @@ pub fn walker(info: PyInfo) -> Result<walk::Walker, String> {
 /// Unsupported versions, debug and free-threaded builds, and `process_vm_readv` being
 /// unavailable.
 pub fn native_sampler(info: PyInfo) -> Result<Box<dyn Sampler>, String> {
-    Ok(Box::new(NativeSampler {
-        walker: walker(info)?,
-    }))
+    let walker = walker(info)?;
+    // Without GIL attribution the stacks are still worth having: the GIL reader is optional.
+    let gil = mem::Memory::new()
+        .ok()
+        .and_then(|m| gil::GilReader::new(info, m).ok());
+    Ok(Box::new(NativeSampler { walker, gil }))
 }
 
-/// Samples a thread by walking its frames through [`walk::Walker`].
+/// Samples a thread by walking its frames through [`walk::Walker`], and tells who holds the
+/// GIL through [`gil::GilReader`].
 pub struct NativeSampler {
     walker: walk::Walker,
+    gil: Option<gil::GilReader>,
 }
 
 impl NativeSampler {
-    /// The walker (for the debug functions).
-    pub fn walker(&mut self) -> &mut walk::Walker {
-        &mut self.walker
+    /// The GIL holder `tstate` and its stack (empty when it cannot be read: it may just have
+    /// let go of the GIL or exited).
+    fn holder(&mut self, ids: Result<gil::ThreadIds, mem::MemError>, tstate: usize) -> Holder {
+        let ident = ids.map(|i| i.ident).unwrap_or(0);
+        let frames = if ident != 0 {
+            self.walker.stack(tstate, ident).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        Holder {
+            thread_ident: ident,
+            frames,
+        }
     }
 }
 
 impl Sampler for NativeSampler {
     fn sample(&mut self, target: &Target, offset_ns: u64) -> Sample {
-        match self.walker.stack(target.tstate, target.thread_ident) {
+        let state = self.gil.as_ref().and_then(|g| g.read().ok());
+        let gil = state.map_or(Gil::Unknown, |s| s.attribution(target.tstate));
+        let holder = match (gil, state.and_then(|s| s.holder()), &self.gil) {
+            (Gil::Other, Some(h), Some(reader)) => Some(self.holder(reader.thread_ids(h), h)),
+            _ => None,
+        };
+        let mut sample = match self.walker.stack(target.tstate, target.thread_ident) {
             Ok(frames) => Sample {
                 offset_ns,
                 count: 1,
                 frames,
-                gil: Gil::Unknown,
+                gil,
                 holder: None,
                 late: false,
                 error: None,
                 task_name: None,
             },
             Err(e) => Sample::failed(offset_ns, e),
-        }
+        };
+        sample.gil = gil;
+        sample.holder = holder;
+        sample
     }
 
     fn name(&self) -> &'static str {

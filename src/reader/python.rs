@@ -15,6 +15,7 @@ use super::layout::LineFormat;
 use super::lines::{self, LineTable};
 use super::walk::Walker;
 use crate::event::Frame;
+use crate::sampler::Target;
 
 /// A walker for the debug functions, with the pid that made it (a forked child makes its own).
 static WALKER: Mutex<Option<(u32, Walker)>> = Mutex::new(None);
@@ -132,6 +133,32 @@ fn _reader_stack<'py>(
     frames_to_py(py, r.map_err(PyRuntimeError::new_err)?)
 }
 
+/// One sample of the thread whose `PyThreadState*` is `tstate`, taken by the watchdog's native
+/// sampler (stack and GIL attribution) with the GIL released, after sleeping `delay` seconds
+/// without it; returned as the JSON the watchdog would report.
+#[pyfunction]
+#[pyo3(signature = (tstate, thread_ident, delay=0.0))]
+fn _reader_sample(
+    py: Python<'_>,
+    tstate: usize,
+    thread_ident: u64,
+    delay: f64,
+) -> PyResult<String> {
+    let info = crate::python::py_info(py)?;
+    let mut sampler = super::native_sampler(info).map_err(PyRuntimeError::new_err)?;
+    let target = Target {
+        loop_id: 0,
+        thread_ident,
+        tstate,
+        native_tid: 0,
+    };
+    let sample = py.allow_threads(|| {
+        std::thread::sleep(Duration::from_secs_f64(delay.max(0.0)));
+        sampler.sample(&target, 0)
+    });
+    serde_json::to_string(&sample).map_err(|e| PyRuntimeError::new_err(e.to_string()))
+}
+
 /// Samples a thread in a tight loop for `seconds` with the GIL released, like the watchdog
 /// does, and returns statistics: samples, errors (by message), distinct frames seen, and the
 /// distribution of per-sample cost in nanoseconds, and how often each innermost frame was seen.
@@ -228,5 +255,6 @@ pub fn add_to_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_reader_line_for, m)?)?;
     m.add_function(wrap_pyfunction!(_reader_stack, m)?)?;
     m.add_function(wrap_pyfunction!(_reader_stress, m)?)?;
+    m.add_function(wrap_pyfunction!(_reader_sample, m)?)?;
     Ok(())
 }

@@ -17,7 +17,9 @@ pub const MAX_DEPTH: usize = 1024;
 /// Longest string read (characters).
 const MAX_STR_CHARS: usize = 4096;
 /// Largest line table or bytecode accepted (bytes).
-const MAX_TABLE_BYTES: usize = 1 << 22;
+const MAX_TABLE_BYTES: usize = 1 << 21;
+/// No new walk is started after this much time went into one sample.
+const SAMPLE_BUDGET: std::time::Duration = std::time::Duration::from_millis(20);
 /// Code objects remembered; the cache is cleared when it grows past this.
 const MAX_CACHED_CODES: usize = 8192;
 /// How often two walks are attempted before giving up on agreement.
@@ -200,10 +202,14 @@ impl Walker {
     /// Why no consistent stack could be read.
     pub fn stack(&mut self, tstate: usize, thread_ident: u64) -> Result<Vec<Frame>, String> {
         let mut last_err = String::new();
+        let start = std::time::Instant::now();
         for _ in 0..WALK_ATTEMPTS {
             match self.try_stack(tstate, thread_ident) {
                 Ok(frames) => return Ok(frames),
                 Err(e) => last_err = e,
+            }
+            if start.elapsed() > SAMPLE_BUDGET {
+                break;
             }
         }
         Err(last_err)
