@@ -76,8 +76,8 @@ pub struct NativeSampler {
 impl NativeSampler {
     /// The GIL holder `tstate` and its stack (empty when it cannot be read: it may just have
     /// let go of the GIL or exited).
-    fn holder(&mut self, ids: Result<gil::ThreadIds, mem::MemError>, tstate: usize) -> Holder {
-        let ident = ids.map(|i| i.ident).unwrap_or(0);
+    fn holder(&mut self, tstate: usize, ids: Option<gil::ThreadIds>) -> Holder {
+        let ident = ids.map_or(0, |i| i.ident);
         let frames = if ident != 0 {
             self.walker.stack(tstate, ident).unwrap_or_default()
         } else {
@@ -92,12 +92,14 @@ impl NativeSampler {
 
 impl Sampler for NativeSampler {
     fn sample(&mut self, target: &Target, offset_ns: u64) -> Sample {
-        let state = self.gil.as_ref().and_then(|g| g.read().ok());
-        let gil = state.map_or(Gil::Unknown, |s| s.attribution(target.tstate));
-        let holder = match (gil, state.and_then(|s| s.holder()), &self.gil) {
-            (Gil::Other, Some(h), Some(reader)) => Some(self.holder(reader.thread_ids(h), h)),
-            _ => None,
-        };
+        let attribution = self
+            .gil
+            .as_ref()
+            .and_then(|g| g.attribute(target.tstate).ok());
+        let gil = attribution.as_ref().map_or(Gil::Unknown, |a| a.gil);
+        let holder = attribution
+            .and_then(|a| a.holder)
+            .map(|(tstate, ids)| self.holder(tstate, ids));
         let mut sample = match self.walker.stack(target.tstate, target.thread_ident) {
             Ok(frames) => Sample {
                 offset_ns,
