@@ -75,7 +75,9 @@ fn make_sampler(choice: &str, info: PyInfo) -> Result<Box<dyn Sampler>, String> 
         "gil" => Ok(Box::new(GilSampler)),
         "auto" | "native" => match crate::reader::native_sampler(info) {
             Ok(s) => Ok(s),
-            Err(e) if choice == "native" => Err(format!("the GIL-free stack reader is unavailable: {e}")),
+            Err(e) if choice == "native" => {
+                Err(format!("the GIL-free stack reader is unavailable: {e}"))
+            }
             Err(_) => Ok(Box::new(GilSampler)),
         },
         other => Err(format!(
@@ -215,9 +217,14 @@ impl Slot {
         self.slot.busy();
     }
 
-    #[pyo3(signature = (timeout=None))]
-    fn idle(&self, timeout: Option<f64>) {
-        self.slot.idle(timeout.map(secs_to_ns));
+    /// Marks the loop idle before its selector waits up to `timeout` seconds (None: no
+    /// limit). Returns the timeout to use: capped at half the threshold, so the loop comes
+    /// back regularly and a loop that does not come back in time is known to be starved.
+    #[pyo3(signature = (timeout))]
+    fn idle(&self, timeout: Option<f64>) -> f64 {
+        let wait = capped_wait(&self.slot, timeout);
+        self.slot.idle(Some(secs_to_ns(wait)));
+        wait
     }
 
     fn unregister(&self, py: Python<'_>) {
@@ -227,6 +234,15 @@ impl Slot {
                 drop(obj.into_bound(py));
             }
         }
+    }
+}
+
+/// The selector timeout to use: at most half the threshold (see `Slot::idle`).
+fn capped_wait(slot: &LoopSlot, timeout: Option<f64>) -> f64 {
+    let cap = (slot.threshold_ns() / 2).max(1_000_000) as f64 / 1e9;
+    match timeout {
+        Some(t) if t < cap => t.max(0.0),
+        _ => cap,
     }
 }
 
@@ -261,13 +277,7 @@ impl SelectorProxy {
 
     #[pyo3(signature = (timeout=None))]
     fn select(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<PyObject> {
-        // Cap the wait at half the threshold: the loop then comes back regularly, and one that
-        // does not come back within a threshold of its wake-up time is starved.
-        let cap = (self.slot.threshold_ns() / 2).max(1_000_000) as f64 / 1e9;
-        let wait = match timeout {
-            Some(t) if t < cap => t.max(0.0),
-            _ => cap,
-        };
+        let wait = capped_wait(&self.slot, timeout);
         self.slot.idle(Some(secs_to_ns(wait)));
         let r = self.select_fn.call1(py, (wait,));
         self.slot.busy();
@@ -281,6 +291,82 @@ impl SelectorProxy {
 
     fn __getattr__(&self, py: Python<'_>, name: &str) -> PyResult<PyObject> {
         Ok(self.inner.bind(py).getattr(name)?.unbind())
+    }
+}
+
+/// Wraps the `select.epoll` object inside an `EpollSelector`: marks the loop idle around each
+/// `poll`. This is the cheapest hook there is on stdlib asyncio: one native call replaces
+/// another, with no extra Python frame (about 0.1 µs per loop iteration).
+#[pyclass(module = "loopguard._native", frozen)]
+struct EpollProxy {
+    inner: Py<PyAny>,
+    poll_fn: Py<PyAny>,
+    slot: Arc<LoopSlot>,
+}
+
+#[pymethods]
+impl EpollProxy {
+    #[new]
+    fn new(py: Python<'_>, inner: Py<PyAny>, slot: &Slot) -> PyResult<Self> {
+        let poll_fn = inner.bind(py).getattr("poll")?.unbind();
+        Ok(EpollProxy {
+            inner,
+            poll_fn,
+            slot: Arc::clone(&slot.slot),
+        })
+    }
+
+    /// `epoll.poll(timeout=None, maxevents=-1)`: a negative or missing timeout waits forever.
+    #[pyo3(signature = (timeout=None, maxevents=-1))]
+    fn poll(&self, py: Python<'_>, timeout: Option<f64>, maxevents: i32) -> PyResult<PyObject> {
+        let timeout = timeout.filter(|t| *t >= 0.0);
+        let wait = capped_wait(&self.slot, timeout);
+        self.slot.idle(Some(secs_to_ns(wait)));
+        let r = self.poll_fn.call1(py, (wait, maxevents));
+        self.slot.busy();
+        r
+    }
+
+    #[getter]
+    fn inner(&self, py: Python<'_>) -> Py<PyAny> {
+        self.inner.clone_ref(py)
+    }
+
+    // The rest of the epoll API is forwarded explicitly: a `__getattr__` would make every
+    // `poll` lookup allocate a bound method.
+
+    #[getter]
+    fn closed(&self, py: Python<'_>) -> PyResult<PyObject> {
+        Ok(self.inner.bind(py).getattr("closed")?.unbind())
+    }
+
+    fn fileno(&self, py: Python<'_>) -> PyResult<PyObject> {
+        self.inner.call_method0(py, "fileno")
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<PyObject> {
+        self.inner.call_method0(py, "close")
+    }
+
+    #[pyo3(signature = (fd, eventmask=None))]
+    fn register(
+        &self,
+        py: Python<'_>,
+        fd: PyObject,
+        eventmask: Option<PyObject>,
+    ) -> PyResult<PyObject> {
+        match eventmask {
+            Some(m) => self.inner.call_method1(py, "register", (fd, m)),
+            None => self.inner.call_method1(py, "register", (fd,)),
+        }
+    }
+
+    fn modify(&self, py: Python<'_>, fd: PyObject, eventmask: PyObject) -> PyResult<PyObject> {
+        self.inner.call_method1(py, "modify", (fd, eventmask))
+    }
+
+    fn unregister(&self, py: Python<'_>, fd: PyObject) -> PyResult<PyObject> {
+        self.inner.call_method1(py, "unregister", (fd,))
     }
 }
 
@@ -331,7 +417,10 @@ fn gil_stack(py: Python<'_>, target: &Target) -> PyResult<(Vec<Frame>, Option<St
             };
             out.push(Frame {
                 filename: code.getattr("co_filename")?.extract()?,
-                lineno: f.getattr("f_lineno")?.extract::<Option<u32>>()?.unwrap_or(0),
+                lineno: f
+                    .getattr("f_lineno")?
+                    .extract::<Option<u32>>()?
+                    .unwrap_or(0),
                 function,
             });
             f = f.getattr("f_back")?;
@@ -374,6 +463,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(register, m)?)?;
     m.add_class::<Slot>()?;
     m.add_class::<SelectorProxy>()?;
+    m.add_class::<EpollProxy>()?;
     crate::reader::python::add_to_module(m)?;
     crate::reader::gil::add_debug_functions(m)?;
     Ok(())

@@ -545,7 +545,9 @@ impl Runner {
                 continue;
             }
             let t0 = now_ns();
-            let s = self.sampler.sample(&w.slot.target, t0.saturating_sub(start));
+            let s = self
+                .sampler
+                .sample(&w.slot.target, t0.saturating_sub(start));
             let mut samples = Vec::new();
             push_sample(&mut samples, s);
             let i = self.contexts.partition_point(|(at, _)| *at <= start);

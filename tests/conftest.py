@@ -5,3 +5,9 @@ INI = """
 [pytest]
 asyncio_default_fixture_loop_scope = function
 """
+
+
+def line(pytester, marker, filename="test_it.py"):
+    """The number of the first line of ``filename`` (in the pytester dir) containing ``marker``."""
+    lines = (pytester.path / filename).read_text().splitlines()
+    return next(i for i, text in enumerate(lines, 1) if marker in text)

@@ -1,6 +1,6 @@
 """End to end: real pytest sessions whose tests really block their event loop."""
 
-from conftest import INI
+from conftest import INI, line
 
 ASYNC_HEADER = """
 import asyncio, threading, time
@@ -12,12 +12,6 @@ def run(pytester, source, *args):
     pytester.makeini(INI)
     pytester.makepyfile(test_it=ASYNC_HEADER + source)
     return pytester.runpytest_subprocess("-p", "loopguard", *args)
-
-
-def line(pytester, marker):
-    """The line number of the first line of test_it.py containing ``marker``."""
-    lines = (pytester.path / "test_it.py").read_text().splitlines()
-    return next(i for i, text in enumerate(lines, 1) if marker in text)
 
 
 def test_sleep_in_async_test_fails_naming_its_line(pytester):

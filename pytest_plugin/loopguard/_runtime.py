@@ -12,6 +12,8 @@ import asyncio.base_events
 import atexit
 import itertools
 import os
+import select
+import selectors
 import threading
 from typing import Optional
 
@@ -140,16 +142,65 @@ class Runtime:
         except RuntimeError:
             return original(loop)
         selector = getattr(loop, "_selector", None)
-        proxied = None
-        if selector is not None and hasattr(selector, "select"):
+        base = type(selector)
+        swapped = proxied = epoll = None
+        if (
+            isinstance(selector, _EPOLL_SELECTOR)
+            and isinstance(getattr(selector, "_selector", None), _EPOLL)
+        ):
+            # The common case on Linux: wrap the epoll object (see _native.EpollProxy).
+            epoll = selector._selector
+            selector._selector = _native.EpollProxy(epoll, slot)
+        elif isinstance(selector, selectors.BaseSelector) and "_loopguard_base" not in vars(base):
+            # Give this selector a subclass whose select() beats; Python-to-Python calls stay
+            # cheap, which matters: this runs once per loop iteration.
+            try:
+                selector._loopguard_slot = slot
+                selector.__class__ = _guarded_class(base)
+                swapped = selector
+            except (TypeError, AttributeError):
+                swapped = None
+        if epoll is None and swapped is None and hasattr(selector, "select"):
             proxied = _native.SelectorProxy(selector, slot)
             loop._selector = proxied
         try:
             return original(loop)
         finally:
+            if epoll is not None:
+                selector._selector = epoll
+            if swapped is not None:
+                swapped.__class__ = base
+                del swapped._loopguard_slot
             if proxied is not None and loop._selector is proxied:
                 loop._selector = selector
             slot.unregister()
+
+
+_EPOLL_SELECTOR = getattr(selectors, "EpollSelector", ())
+_EPOLL = getattr(select, "epoll", ())
+_guarded_classes: dict[type, type] = {}
+
+
+def _guarded_class(base: type) -> type:
+    """A subclass of the selector class ``base`` whose ``select`` reports idle/busy."""
+    cls = _guarded_classes.get(base)
+    if cls is None:
+        original = base.select
+
+        def select(self, timeout=None):  # type: ignore[no-untyped-def]
+            slot = self._loopguard_slot
+            ready = original(self, slot.idle(timeout))
+            slot.busy()
+            return ready
+
+        select.__qualname__ = f"{base.__qualname__}.select"
+        cls = type(
+            base.__name__,
+            (base,),
+            {"select": select, "__module__": base.__module__, "_loopguard_base": base},
+        )
+        _guarded_classes[base] = cls
+    return cls
 
 
 runtime = Runtime()
