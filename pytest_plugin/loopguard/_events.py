@@ -218,13 +218,19 @@ def _site_of(stack: list[Frame]) -> Optional[Frame]:
     return stack[-1] if stack else None
 
 
+def _culprit(s: Sample) -> list[Frame]:
+    """The stack to blame for a sample: the GIL holder's when another thread held the GIL."""
+    if s.gil == "other" and s.gil_holder_stack:
+        return s.gil_holder_stack
+    return s.stack
+
+
 def _analyse(ev: BlockEvent) -> None:
     """Pick the dominant call site, the stack to show and the GIL attribution."""
     counts: Counter[Frame] = Counter()
     first: dict[Frame, Sample] = {}
     for s in ev.samples:
-        stack = s.gil_holder_stack if (ev.starved and s.gil_holder_stack) else s.stack
-        site_ = _site_of(stack)
+        site_ = _site_of(_culprit(s))
         if site_ is None:
             continue
         counts[site_] += s.count
@@ -237,10 +243,12 @@ def _analyse(ev: BlockEvent) -> None:
     s = first[ev.site]
     ev.stack = s.stack
     ev.gil = s.gil
-    if s.gil_holder_ident is not None and s.gil == "other":
+    if s.gil == "other" and s.gil_holder_ident is not None:
+        # The loop thread could not run because another thread held the GIL.
+        ev.starved = True
         ev.gil_holder_thread = _thread_name(s.gil_holder_ident)
         ev.gil_holder_stack = s.gil_holder_stack
-    shown = ev.gil_holder_stack if (ev.starved and ev.gil_holder_stack) else ev.stack
+    shown = _culprit(s)
     if shown and shown[-1] != ev.site:
         ev.innermost = shown[-1]
 
@@ -289,7 +297,8 @@ def format_event(ev: BlockEvent, *, index: int = 0, total: int = 1) -> list[str]
     if ev.starved and ev.gil_holder_thread:
         lines.append(
             f"  the loop thread {ev.thread_name!r} was waiting for the GIL, held by thread "
-            f"{ev.gil_holder_thread!r}; its stack (most recent call last):"
+            f"{ev.gil_holder_thread!r} (move that work to a process pool, or make it release "
+            "the GIL); the holder's stack (most recent call last):"
         )
         lines.extend(_stack_lines(ev.gil_holder_stack))
         lines.append("")
