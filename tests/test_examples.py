@@ -1,0 +1,138 @@
+"""End to end: the example FastAPI service's test suite, run under ``pytest -p loopguard``.
+
+Every test there that demonstrates a bug must fail, naming its blocking line; every test of
+correct code must pass.
+"""
+
+from __future__ import annotations
+
+import shutil
+from fnmatch import fnmatch
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+pytest.importorskip("pytest_asyncio")
+pytest.importorskip("anyio")
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def line_of(relpath: str, text: str) -> int:
+    """The number of the one line of ``examples/<relpath>`` that contains ``text``."""
+    lines = (EXAMPLES / relpath).read_text().splitlines()
+    found = [n for n, line in enumerate(lines, 1) if text in line]
+    assert len(found) == 1, f"{text!r} is on lines {found} of {relpath}"
+    return found[0]
+
+
+def section(lines: list[str], header: str) -> pytest.LineMatcher:
+    """The lines of one test's report: from its ``___ name ___`` header to the next one."""
+    matcher = pytest.LineMatcher(lines)
+    matcher.fnmatch_lines([header])
+    start = next(i for i, line in enumerate(lines) if fnmatch(line, header)) + 1
+    end = next(
+        (i for i in range(start, len(lines)) if lines[i].startswith(("___", "==="))), len(lines)
+    )
+    return pytest.LineMatcher(lines[start:end])
+
+
+def row(site: str, test: str, phase: str = "call") -> str:
+    """A pattern for a row of loopguard's end-of-session table: duration, site, test."""
+    return f"*  *{site}  [[]tests/{test} ({phase})[]]"
+
+
+def test_example_suite_fails_exactly_the_buggy_tests(pytester, monkeypatch):
+    for var in ("LOOPGUARD_THRESHOLD", "LOOPGUARD_SAMPLER"):
+        monkeypatch.delenv(var, raising=False)
+    shutil.copytree(
+        EXAMPLES,
+        pytester.path / "examples",
+        ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"),
+    )
+    result = pytester.runpytest_subprocess("-p", "loopguard", "-p", "no:cacheprovider", "examples")
+
+    # 6 bugs in endpoints fail, the blocking fixture errors at setup, the rest passes.
+    result.assert_outcomes(failed=6, errors=1, passed=12)
+
+    sleep = line_of("app/scanner.py", "time.sleep(SCAN_LATENCY)")
+    query = line_of("app/storage.py", "db.execute(TEAM_MEMBERS")
+    dumps = line_of("app/pipeline.py", "json.dumps(")
+    regex = line_of("app/pipeline.py", "return QUERY_RE.match(query)")
+    fixture = line_of("tests/test_users.py", "storage.seed(events=300_000)  # BUG")
+    expected = {
+        # test: (site, source line shown under it)
+        "test_documents.py::test_upload_blocks_on_sync_sleep": (
+            f"app/scanner.py:{sleep} in *scan",
+            "time.sleep(SCAN_LATENCY)*",
+        ),
+        "test_documents.py::test_render_blocks_on_cpu_loop": (
+            # Any line of the layout loop may be the one sampled.
+            "app/pipeline.py:* in *layout_lines",
+            "*",
+        ),
+        "test_users.py::test_team_lookup_blocks_on_sync_sqlite": (
+            f"app/storage.py:{query} in *team_members",
+            "return [[]dict(row) for row in db.execute(TEAM_MEMBERS, (team_id,))[]]",
+        ),
+        "test_reports.py::test_report_export_blocks_on_json_dumps": (
+            f"app/pipeline.py:{dumps} in *export_json",
+            'return json.dumps({"count": len(rows), "rows": rows}, indent=2, sort_keys=True)',
+        ),
+        "test_search.py::test_search_blocks_on_catastrophic_regex": (
+            f"app/pipeline.py:{regex} in *validate_query",
+            "return QUERY_RE.match(query) is not None",
+        ),
+        "test_sync_client.py::test_search_blocks_under_testclient": (
+            f"app/pipeline.py:{regex} in *validate_query",
+            "return QUERY_RE.match(query) is not None",
+        ),
+    }
+    for test, (site, source) in expected.items():
+        name = test.split("::")[1]
+        report = section(result.outlines, f"_* {name} _*")
+        report.fnmatch_lines(
+            [
+                "loopguard: *event loop blocked for * (threshold 100 ms)",
+                "",
+                f"    *{site}",
+                f"  >     {source}",
+            ]
+        )
+        result.stdout.fnmatch_lines([row(site, test)])
+        result.stdout.fnmatch_lines([f"FAILED *tests/{test}*"])
+
+    # The async fixture blocks during setup: an error, pointing at the fixture's line.
+    report = section(result.outlines, "_* ERROR at setup of test_fresh_database_fixture_blocks_*")
+    report.fnmatch_lines(
+        [
+            "loopguard: *event loop blocked for * (threshold 100 ms)",
+            "",
+            "    *app/storage.py:* in *seed",
+            "  Python stack of the loop thread (most recent call last):",
+            f'    File "*tests/test_users.py", line {fixture}, in fresh_client',
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [row("app/storage.py:* in *seed", "test_users.py::test_fresh_database_fixture_*", "setup")]
+    )
+
+    # The loop of TestClient runs in a worker thread; loopguard watches it all the same.
+    result.stdout.fnmatch_lines(["  loop thread 'Thread-* (run_blocking_portal)'*"])
+
+    # Correct code passes: offloaded work, short awaits, an allowed slow step, guard().
+    for test in (
+        "test_documents.py::test_upload_v2_scans_in_a_thread",
+        "test_documents.py::test_render_v2_renders_in_slices",
+        "test_users.py::test_team_lookup_v2_runs_in_the_threadpool",
+        "test_users.py::test_fresh_database_fixture_seeds_in_a_thread",
+        "test_reports.py::test_report_export_v2_streams_page_by_page",
+        "test_reports.py::test_csv_export_is_allowed_one_second",
+        "test_search.py::test_search_v2_uses_a_linear_regex",
+        "test_search.py::test_guard_names_the_regex_as_the_culprit",
+        "test_health.py::test_many_short_awaits_do_not_add_up",
+    ):
+        result.stdout.no_fnmatch_line(f"*{test}*")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
