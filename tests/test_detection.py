@@ -134,7 +134,7 @@ def test_thread():
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            f"*test_it.py:{line(pytester, 'time.sleep')} in test_thread.<locals>.work.<locals>.main",
+            f"*test_it.py:{line(pytester, 'time.sleep')} in test_thread.<locals>.work.<locals>.main",  # noqa: E501
             "*loop thread 'worker-loop'*",
         ]
     )

@@ -4,9 +4,8 @@ import asyncio
 import threading
 import time
 
-import pytest
-
 import loopguard
+import pytest
 
 
 def blocking_main(seconds):

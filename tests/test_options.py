@@ -1,7 +1,6 @@
 """Every source of the threshold, their precedence, and every invalid value."""
 
 import pytest
-
 from conftest import INI
 
 BLOCK_150 = """

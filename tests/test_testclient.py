@@ -1,7 +1,6 @@
 """Starlette/FastAPI ``TestClient``: the app's loop runs in a portal thread."""
 
 import pytest
-
 from conftest import INI, line
 
 pytest.importorskip("starlette")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import linecache
 import os
@@ -321,8 +320,6 @@ def format_event(ev: BlockEvent, *, index: int = 0, total: int = 1) -> list[str]
         detail.append(when)
     lines.append("  " + ", ".join(detail))
     return lines
-
-
 
 
 def _dispatch_index(stack: list[Frame]) -> int:

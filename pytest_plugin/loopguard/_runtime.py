@@ -144,9 +144,8 @@ class Runtime:
         selector = getattr(loop, "_selector", None)
         base = type(selector)
         swapped = proxied = epoll = None
-        if (
-            isinstance(selector, _EPOLL_SELECTOR)
-            and isinstance(getattr(selector, "_selector", None), _EPOLL)
+        if isinstance(selector, _EPOLL_SELECTOR) and isinstance(
+            getattr(selector, "_selector", None), _EPOLL
         ):
             # The common case on Linux: wrap the epoll object (see _native.EpollProxy).
             epoll = selector._selector
