@@ -237,8 +237,17 @@ def _analyse(ev: BlockEvent) -> None:
     ev.late = bool(ev.samples) and all(s.late for s in ev.samples)
     if not counts:
         return
-    ev.sites_changed = len(counts) > 1
     ev.site = max(counts, key=lambda f: counts[f])  # first-seen wins ties
+    # "Several calls": another function held a real share of the samples (one stray sample at
+    # the end of a block, or another line of the same function, does not count).
+    total = sum(counts.values())
+    by_function: Counter[tuple[str, str]] = Counter()
+    for f, n in counts.items():
+        by_function[(f.filename, f.function)] += n
+    main = (ev.site.filename, ev.site.function)
+    ev.sites_changed = any(
+        key != main and n >= 2 and n >= 0.2 * total for key, n in by_function.items()
+    )
     s = first[ev.site]
     ev.stack = s.stack
     ev.gil = s.gil

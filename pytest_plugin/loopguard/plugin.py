@@ -307,5 +307,6 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     tr = terminalreporter
     tr.section("loopguard: blocked event loops", sep="=", red=True)
     for ev in state.failed_events:
-        where = str(ev.site) if ev.site else "unknown site"
-        tr.line(f"{format_duration(ev.duration):>9}  {where}  [{ev.test} ({ev.phase})]")
+        where = str(ev.site) if ev.site else "(ended before its stack was sampled)"
+        test = config.cwd_relative_nodeid(ev.test) if ev.test else "?"
+        tr.line(f"{format_duration(ev.duration):>9}  {where}  [{test} ({ev.phase})]")
