@@ -1,12 +1,14 @@
-"""How late the blocked loop's stack is captured, per sampler, and what one native sample costs.
+"""How late a blocked thread's stack is captured, GIL-free reader vs taking the GIL.
 
 For each blocking workload (a GIL-releasing sleep, and C calls that hold the GIL: a
-catastrophic regex, ``sorted`` of 3M floats, ``json.dumps`` of a large object) an asyncio loop
-blocks once under ``loopguard.guard(threshold=50ms)``. The figure is ``captured_after -
-threshold``: how long after the block crossed the threshold its stack was read. The "native"
-sampler reads it without the GIL; the "gil" sampler has to wait for the GIL, so it is late by
-the whole C call. Each sampler runs in its own process (the watchdog's sampler is fixed per
-process).
+catastrophic regex, ``sorted`` of 3M floats, ``json.dumps`` of a large object) a worker thread
+starts the call; 50 ms later the main thread reads the worker's stack
+
+* "native": with ``_native._reader_sample`` (the watchdog's sampler: reads memory, no GIL), and
+* "gil": with ``sys._current_frames()``, which needs the GIL, like the fallback sampler.
+
+The figure is how long after the 50 ms mark the stack was in hand, and whether it shows the
+blocking call (the worker's ``<lambda>`` frame).
 
 Then the per-sample cost of the native reader on a thread blocked under a stack of the given
 depth.
@@ -18,14 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
 
+from loopguard import _native
+
 WORKLOADS = ["sleep", "regex", "sorted", "json"]
+DELAY = 0.05
 
 
 def _workload(kind: str):
@@ -45,53 +48,42 @@ def _workload(kind: str):
     raise ValueError(kind)
 
 
-def _child(kind: str, rounds: int) -> None:
-    """Runs in a subprocess with LOOPGUARD_SAMPLER set; prints one JSON line."""
-    import asyncio
-
-    import loopguard
-
+def _capture(kind: str, sampler: str) -> tuple[float, bool]:
+    """Seconds after the delay until the stack was read, and whether it showed the call."""
     block = _workload(kind)
+    box: dict = {}
+    go = threading.Event()
 
-    async def main() -> None:
-        await asyncio.sleep(0.01)
-        t0 = time.perf_counter()
+    def worker() -> None:
+        box["tstate"] = _native._reader_current_tstate()
+        go.wait()
         block()
-        out["block_s"].append(time.perf_counter() - t0)
-        await asyncio.sleep(0.01)
 
-    out: dict = {"late_s": [], "block_s": [], "frames_ok": 0}
-    for _ in range(rounds):
-        with loopguard.guard(threshold="50ms", raise_=False) as g:
-            asyncio.run(main())
-        for ev in g.events:
-            if ev.captured_after is not None:
-                out["late_s"].append(ev.captured_after - ev.threshold)
-            if any(f.function.endswith("main") for f in ev.stack):
-                out["frames_ok"] += 1
-    from loopguard import _native
-
-    out["sampler"] = _native.sampler_name()
-    print(json.dumps(out))
-
-
-def _run_child(sampler: str, kind: str, rounds: int) -> dict:
-    env = dict(os.environ, LOOPGUARD_SAMPLER=sampler)
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", kind, "--rounds", str(rounds)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1:] or ["?"]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    t = threading.Thread(target=worker)
+    t.start()
+    while "tstate" not in box:
+        time.sleep(0.001)
+    t0 = _native.now_ns()
+    go.set()
+    if sampler == "native":
+        # Returning to Python needs the GIL; the sample carries the time it was complete.
+        sample = json.loads(_native._reader_sample(box["tstate"], t.ident, DELAY))
+        functions = [f["function"] for f in sample["frames"]]
+        done = sample["offset_ns"]
+    else:
+        time.sleep(DELAY)  # needs the GIL back to return
+        frame = sys._current_frames().get(t.ident)
+        done = _native.now_ns()
+        functions = []
+        while frame is not None:
+            functions.append(frame.f_code.co_name)
+            frame = frame.f_back
+    late = (done - t0) / 1e9 - DELAY
+    t.join()
+    return late, any(f.endswith("<lambda>") for f in functions)
 
 
 def _sample_cost(depth: int, seconds: float = 1.0) -> dict:
-    from loopguard import _native
-
     stop = threading.Event()
     box: dict = {}
 
@@ -118,26 +110,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--depths", default="10,50,200")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.child:
-        _child(args.child, args.rounds)
-        return
 
-    print(f"Python {sys.version.split()[0]}: capture lateness after the 50ms threshold")
-    print(f"{'workload':<8} {'sampler':<7} {'block':>8} {'late (median)':>14} {'stack ok':>9}")
+    print(f"Python {sys.version.split()[0]}: stack capture {DELAY * 1e3:.0f} ms into a block")
+    print(f"{'workload':<8} {'sampler':<7} {'late (median)':>14} {'in call':>8}")
     for kind in WORKLOADS:
         for sampler in ("native", "gil"):
-            r = _run_child(sampler, kind, args.rounds)
-            if "error" in r:
-                print(f"{kind:<8} {sampler:<7} error: {r['error']}")
-                continue
-            late = statistics.median(r["late_s"]) * 1e3 if r["late_s"] else float("nan")
-            block = statistics.median(r["block_s"]) * 1e3
-            print(
-                f"{kind:<8} {r['sampler']:<7} {block:>6.0f}ms {late:>12.1f}ms "
-                f"{r['frames_ok']:>5}/{args.rounds}"
-            )
+            runs = [_capture(kind, sampler) for _ in range(args.rounds)]
+            late = statistics.median(r[0] for r in runs) * 1e3
+            hits = sum(r[1] for r in runs)
+            print(f"{kind:<8} {sampler:<7} {late:>12.1f}ms {hits:>5}/{args.rounds}")
 
     print("\nnative per-sample cost (stack read twice, validated)")
     for depth in (int(d) for d in args.depths.split(",")):

@@ -135,7 +135,8 @@ fn _reader_stack<'py>(
 
 /// One sample of the thread whose `PyThreadState*` is `tstate`, taken by the watchdog's native
 /// sampler (stack and GIL attribution) with the GIL released, after sleeping `delay` seconds
-/// without it; returned as the JSON the watchdog would report.
+/// without it; returned as the JSON the watchdog would report, with `offset_ns` set to the
+/// watchdog clock (`now_ns()`) at the moment the sample was complete.
 #[pyfunction]
 #[pyo3(signature = (tstate, thread_ident, delay=0.0))]
 fn _reader_sample(
@@ -154,7 +155,9 @@ fn _reader_sample(
     };
     let sample = py.allow_threads(|| {
         std::thread::sleep(Duration::from_secs_f64(delay.max(0.0)));
-        sampler.sample(&target, 0)
+        let mut s = sampler.sample(&target, 0);
+        s.offset_ns = crate::clock::now_ns();
+        s
     });
     serde_json::to_string(&sample).map_err(|e| PyRuntimeError::new_err(e.to_string()))
 }
