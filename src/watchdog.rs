@@ -548,6 +548,9 @@ impl Runner {
             let s = self
                 .sampler
                 .sample(&w.slot.target, t0.saturating_sub(start));
+            // Counted when the sample is in hand: a sampler that had to wait (for the GIL)
+            // must not look punctual.
+            let captured_after = now_ns().saturating_sub(start);
             let mut samples = Vec::new();
             push_sample(&mut samples, s);
             let i = self.contexts.partition_point(|(at, _)| *at <= start);
@@ -559,7 +562,7 @@ impl Runner {
                 threshold,
                 context,
                 samples,
-                captured_after: Some(t0.saturating_sub(start)),
+                captured_after: Some(captured_after),
                 next_sample,
                 seen_end: None,
             });
@@ -586,4 +589,173 @@ fn push_sample(samples: &mut Vec<Sample>, s: Sample) {
         }
     }
     samples.push(s);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Frame, Gil};
+    use std::thread::sleep;
+    use std::time::Duration;
+
+    /// A sampler that records nothing but a fixed frame.
+    struct Fixed;
+
+    impl Sampler for Fixed {
+        fn sample(&mut self, _target: &Target, offset_ns: u64) -> Sample {
+            Sample {
+                offset_ns,
+                count: 1,
+                frames: vec![Frame {
+                    filename: "app.py".into(),
+                    lineno: 7,
+                    function: "handler".into(),
+                }],
+                gil: Gil::Loop,
+                holder: None,
+                late: false,
+                error: None,
+                task_name: None,
+            }
+        }
+
+        fn name(&self) -> &'static str {
+            "fixed"
+        }
+    }
+
+    fn start(threshold: u64) -> Watchdog {
+        Watchdog::start(threshold, || Ok(Box::new(Fixed) as Box<dyn Sampler>)).unwrap()
+    }
+
+    fn target() -> Target {
+        Target {
+            loop_id: 0,
+            thread_ident: 1,
+            tstate: 0,
+            native_tid: 0,
+        }
+    }
+
+    fn ms_d(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_long_busy_stretch_is_one_event_with_exact_duration() {
+        let wd = start(ms(50));
+        let slot = wd.register("asyncio", "main", target());
+        slot.busy();
+        sleep(ms_d(200));
+        slot.idle(Some(ms(10)));
+        let events = wd.flush(ms(2000));
+        wd.stop();
+        assert_eq!(events.len(), 1, "{events:?}");
+        let ev = &events[0];
+        assert!(!ev.starved);
+        assert!(ev.end_exact);
+        assert!(
+            ev.duration_ns >= ms(200) && ev.duration_ns < ms(1000),
+            "{ev:?}"
+        );
+        // Sampled while blocked, at (or after) the threshold.
+        let cap = ev.captured_after_ns.expect("sampled");
+        assert!(cap >= ms(50) && cap < ev.duration_ns, "{ev:?}");
+        assert_eq!(ev.samples[0].frames[0].function, "handler");
+        assert_eq!(ev.thread_name, "main");
+    }
+
+    #[test]
+    fn short_busy_stretches_make_no_event() {
+        let wd = start(ms(100));
+        let slot = wd.register("asyncio", "main", target());
+        for _ in 0..5 {
+            slot.busy();
+            sleep(ms_d(10));
+            slot.idle(Some(ms(1)));
+        }
+        let events = wd.flush(ms(2000));
+        wd.stop();
+        assert!(events.is_empty(), "{events:?}");
+    }
+
+    #[test]
+    fn an_idle_loop_waiting_long_is_not_blocked() {
+        let wd = start(ms(30));
+        let slot = wd.register("asyncio", "main", target());
+        slot.idle(None);
+        sleep(ms_d(150));
+        slot.busy();
+        slot.idle(None);
+        let events = wd.flush(ms(2000));
+        wd.stop();
+        assert!(events.is_empty(), "{events:?}");
+    }
+
+    #[test]
+    fn a_loop_late_back_from_its_selector_is_starved() {
+        let wd = start(ms(50));
+        let slot = wd.register("asyncio", "main", target());
+        slot.idle(Some(ms(10)));
+        sleep(ms_d(200));
+        slot.busy();
+        slot.idle(None);
+        let events = wd.flush(ms(2000));
+        wd.stop();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert!(events[0].starved);
+        assert!(events[0].duration_ns >= ms(150), "{events:?}");
+    }
+
+    #[test]
+    fn an_event_belongs_to_the_context_where_it_began() {
+        let wd = start(ms(50));
+        wd.set_context("call\u{1f}test_a");
+        let slot = wd.register("asyncio", "main", target());
+        slot.busy();
+        sleep(ms_d(120));
+        wd.set_context("teardown\u{1f}test_a");
+        slot.idle(None);
+        let events = wd.flush(ms(2000));
+        wd.stop();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].context, "call\u{1f}test_a");
+    }
+
+    #[test]
+    fn unregistering_closes_a_block_in_progress() {
+        let wd = start(ms(50));
+        let slot = wd.register("asyncio", "main", target());
+        slot.busy();
+        sleep(ms_d(150));
+        slot.unregister();
+        let events = wd.flush(ms(2000));
+        wd.stop();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert!(events[0].duration_ns >= ms(150));
+    }
+
+    #[test]
+    fn a_failing_sampler_is_reported_at_start() {
+        let r = Watchdog::start(ms(10), || Err("no sampler here".to_string()));
+        assert_eq!(r.err().as_deref(), Some("no sampler here"));
+    }
+
+    #[test]
+    fn consecutive_identical_samples_are_folded() {
+        let mut v = Vec::new();
+        let mut f = Fixed;
+        for i in 0..5 {
+            push_sample(&mut v, f.sample(&target(), i));
+        }
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].count, 5);
+    }
+
+    #[test]
+    fn sample_interval_is_bounded() {
+        assert_eq!(sample_interval(ms(1)), ms(2));
+        assert_eq!(sample_interval(ms(100)), ms(20));
+        assert_eq!(sample_interval(ms(10_000)), ms(50));
+    }
 }

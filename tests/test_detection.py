@@ -113,7 +113,7 @@ def test_sync():
     )
     result.assert_outcomes(failed=1)
     n = line(pytester, "time.sleep")
-    result.stdout.fnmatch_lines([f"*test_it.py:{n} in test_sync.<locals>.main"])
+    result.stdout.fnmatch_lines([f"*test_it.py:{n} in *main"])
 
 
 def test_loop_in_a_background_thread(pytester):
@@ -134,7 +134,7 @@ def test_thread():
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            f"*test_it.py:{line(pytester, 'time.sleep')} in test_thread.<locals>.work.<locals>.main",  # noqa: E501
+            f"*test_it.py:{line(pytester, 'time.sleep')} in *main",
             "*loop thread 'worker-loop'*",
         ]
     )

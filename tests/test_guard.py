@@ -118,6 +118,6 @@ def test_fine():
         [
             "*ERROR at teardown of test_blocks*",
             "*loopguard.LoopBlockedError*",
-            "*test_it.py:5 in test_blocks*",
+            "*test_it.py:5 in *main*",
         ]
     )
