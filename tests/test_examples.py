@@ -41,7 +41,7 @@ def section(lines: list[str], header: str) -> pytest.LineMatcher:
 
 def row(site: str, test: str, phase: str = "call") -> str:
     """A pattern for a row of loopguard's end-of-session table: duration, site, test."""
-    return f"*  *{site}  [[]tests/{test} ({phase})[]]"
+    return f"*  *{site}  [[]*tests/{test} ({phase})[]]"
 
 
 def test_example_suite_fails_exactly_the_buggy_tests(pytester, monkeypatch):

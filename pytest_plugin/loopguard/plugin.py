@@ -300,6 +300,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+def _cwd_relative(config: pytest.Config, nodeid: str) -> str:
+    """``nodeid`` as pytest prints it in FAILED lines: relative to the invocation directory."""
+    path, sep, rest = nodeid.partition("::")
+    full = config.rootpath / path
+    rel = os.path.relpath(full, config.invocation_params.dir)
+    return nodeid if rel.startswith("..") else rel.replace(os.sep, "/") + sep + rest
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(_state_key, None)
     if state is None or not state.failed_events:
@@ -308,5 +316,5 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     tr.section("loopguard: blocked event loops", sep="=", red=True)
     for ev in state.failed_events:
         where = str(ev.site) if ev.site else "(ended before its stack was sampled)"
-        test = config.cwd_relative_nodeid(ev.test) if ev.test else "?"
+        test = _cwd_relative(config, ev.test) if ev.test else "?"
         tr.line(f"{format_duration(ev.duration):>9}  {where}  [{test} ({ev.phase})]")
