@@ -105,9 +105,22 @@ def _frames(raw: list[dict]) -> list[Frame]:
     return [Frame(f["filename"], int(f["lineno"]), f["function"]) for f in raw]
 
 
+# Names of threads started while loopguard watched, kept after they exit (an executor's worker
+# that starved a loop is often gone by the time its event is reported). Bounded.
+THREAD_NAMES: dict[int, str] = {}
+
+
+def remember_thread(ident: int, name: str) -> None:
+    if len(THREAD_NAMES) >= 4096:
+        THREAD_NAMES.clear()
+    THREAD_NAMES[ident] = name
+
+
 def _thread_name(ident: int) -> str:
     t = threading._active.get(ident)  # type: ignore[attr-defined]
-    return t.name if t is not None else f"thread {ident:#x}"
+    if t is not None:
+        return t.name
+    return THREAD_NAMES.get(ident) or f"thread {ident:#x}"
 
 
 def events_from_json(text: str) -> list[BlockEvent]:

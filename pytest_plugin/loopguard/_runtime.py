@@ -18,7 +18,7 @@ import threading
 from typing import Optional
 
 from . import _native
-from ._events import BlockEvent, events_from_json
+from ._events import BlockEvent, events_from_json, remember_thread
 
 __all__ = ["Runtime", "runtime"]
 
@@ -118,6 +118,7 @@ class Runtime:
     def _install(self) -> None:
         if self._patched:
             return
+        self._install_thread_names()
         cls = asyncio.base_events.BaseEventLoop
         original = cls.run_forever
         rt = self
@@ -133,6 +134,23 @@ class Runtime:
         run_forever._loopguard = True  # type: ignore[attr-defined]
         cls.run_forever = run_forever  # type: ignore[method-assign]
         self._patched = True
+
+    @staticmethod
+    def _install_thread_names() -> None:
+        """Remember the names of threads started from now on (see ``remember_thread``)."""
+        for t in threading.enumerate():
+            if t.ident is not None:
+                remember_thread(t.ident, t.name)
+        original_start = threading.Thread.start
+
+        def start(self):  # type: ignore[no-untyped-def]
+            original_start(self)
+            if self.ident is not None:
+                remember_thread(self.ident, self.name)
+
+        start.__wrapped__ = original_start  # type: ignore[attr-defined]
+        start.__doc__ = original_start.__doc__
+        threading.Thread.start = start  # type: ignore[method-assign]
 
     def _run_guarded(self, loop, original):  # type: ignore[no-untyped-def]
         try:

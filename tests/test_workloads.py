@@ -1,0 +1,124 @@
+"""Each kind of block is caught at its line, with the stack read while the loop was blocked.
+
+The GIL-free reader must capture the stack within the threshold + 50 ms even when C code holds
+the GIL (regex, sorted, sum, json.dumps): a reader that takes the GIL would only get it after
+the block. Runs in-process with ``loopguard.guard()``; every CPython 3.9-3.13.
+"""
+
+import asyncio
+import json
+import re
+import time
+
+import loopguard
+import pytest
+from loopguard import _native
+
+THRESHOLD = 0.1
+MARGIN = 0.05
+
+
+def _line(marker):
+    with open(__file__) as f:
+        return next(i for i, text in enumerate(f, 1) if marker in text and "_line(" not in text)
+
+
+def _run(work):
+    async def main():
+        await asyncio.sleep(0)
+        work()
+        await asyncio.sleep(0)
+
+    with pytest.raises(loopguard.LoopBlockedError) as exc:
+        with loopguard.guard(threshold=THRESHOLD):
+            asyncio.run(main())
+    return max(exc.value.events, key=lambda e: e.duration)
+
+
+def regex():
+    re.match(r"(a+)+$", "a" * 24 + "b")  # WORK-regex
+
+
+FLOATS = None
+
+
+def sort():
+    sorted(FLOATS)  # WORK-sorted
+
+
+def sum_range():
+    sum(range(30_000_000))  # WORK-sum
+
+
+PAYLOAD = None
+
+
+def dumps():
+    json.dumps(PAYLOAD)  # WORK-json
+
+
+def python_loop():
+    end = time.perf_counter() + 0.4
+    while time.perf_counter() < end:  # WORK-loop
+        pass  # WORK-loop
+
+
+def sleep():
+    time.sleep(0.3)  # WORK-sleep
+
+
+@pytest.fixture(scope="module", autouse=True)
+def data():
+    global FLOATS, PAYLOAD
+    FLOATS = [float((i * 7919) % 1_000_003) for i in range(3_000_000)]
+    PAYLOAD = [{"id": i, "name": "x" * 16, "tags": [1, 2, 3]} for i in range(600_000)]
+    yield
+    FLOATS = PAYLOAD = None
+
+
+def test_the_gil_free_reader_is_in_use():
+    with loopguard.guard():
+        assert _native.sampler_name() == "native"
+
+
+@pytest.mark.parametrize(
+    ("work", "marker", "gil"),
+    [
+        (regex, "WORK-regex", {"loop"}),
+        (sort, "WORK-sorted", {"loop"}),
+        (sum_range, "WORK-sum", {"loop"}),
+        (dumps, "WORK-json", {"loop"}),
+        (python_loop, "WORK-loop", {"loop"}),
+        (sleep, "WORK-sleep", {"released"}),
+    ],
+    ids=["regex", "sorted", "sum-range", "json-dumps", "python-loop", "time-sleep"],
+)
+def test_workload_is_caught_at_its_line_while_blocked(work, marker, gil):
+    ev = _run(work)
+    lines = {i for i, text in enumerate(open(__file__), 1) if marker in text}
+    assert ev.site is not None, ev
+    assert ev.site.filename == __file__
+    assert ev.site.lineno in lines, (ev.site, lines)
+    assert ev.site.function == work.__name__
+    assert ev.gil in gil
+    assert not ev.late
+    assert ev.captured_after is not None
+    assert THRESHOLD <= ev.captured_after <= THRESHOLD + MARGIN, ev.captured_after
+    assert ev.duration >= ev.captured_after
+
+
+def test_starvation_by_a_worker_holding_the_gil_names_the_worker():
+    async def main():
+        await asyncio.to_thread(sorted, FLOATS)
+
+    with pytest.raises(loopguard.LoopBlockedError) as exc:
+        with loopguard.guard(threshold=THRESHOLD):
+            asyncio.run(main())
+    starved = [e for e in exc.value.events if e.starved]
+    assert starved, exc.value.events
+    ev = max(starved, key=lambda e: e.duration)
+    assert ev.gil == "other"
+    assert ev.gil_holder_thread is not None
+    assert ev.gil_holder_thread.startswith("asyncio_")
+    assert ev.gil_holder_stack, ev
+    assert "starved of the GIL" in str(exc.value)
