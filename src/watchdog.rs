@@ -93,8 +93,9 @@ impl LoopSlot {
 
     /// Called by the loop thread just before its selector waits; `timeout_ns` is how long the
     /// selector may wait (`None`: no limit).
+    /// Returns the time it recorded.
     #[inline]
-    pub fn idle(&self, timeout_ns: Option<u64>) {
+    pub fn idle(&self, timeout_ns: Option<u64>) -> u64 {
         let now = now_ns();
         let wake_by = match timeout_ns {
             Some(t) => now.saturating_add(t),
@@ -103,6 +104,7 @@ impl LoopSlot {
         self.wake_by.store(wake_by, Ordering::Relaxed);
         let prev = self.state.swap(now << 1, Ordering::AcqRel);
         self.check_busy_end(prev, now);
+        now
     }
 
     /// Called by the loop thread when the loop stops running; closes any block in progress.
