@@ -34,6 +34,85 @@ fn require() -> PyResult<Arc<Watchdog>> {
     current().ok_or_else(|| PyRuntimeError::new_err("the loopguard watchdog is not running"))
 }
 
+/// The exception class raised in a blocked loop thread in raise mode. Locked only by threads
+/// that hold the GIL.
+static RAISE_CLASS: Mutex<Option<Py<PyAny>>> = Mutex::new(None);
+
+/// The raise-mode thread: (pid, handle), started on first use.
+static INJECTOR: Mutex<Option<(u32, std::thread::JoinHandle<()>)>> = Mutex::new(None);
+
+/// Raise mode on: from now on, a block detected in a loop thread (not starvation) makes that
+/// thread raise `exc_class` at the next bytecode it runs, if the same callback is still running
+/// by then. `exc_class` must be an exception class that can be called with no arguments.
+#[pyfunction]
+fn enable_raise(py: Python<'_>, exc_class: Bound<'_, PyAny>) -> PyResult<()> {
+    let wd = require()?;
+    let base = py.get_type::<pyo3::exceptions::PyBaseException>();
+    let is_exc_class = exc_class.is_instance_of::<pyo3::types::PyType>()
+        && exc_class
+            .downcast::<pyo3::types::PyType>()?
+            .is_subclass(&base)?;
+    if !is_exc_class {
+        return Err(pyo3::exceptions::PyTypeError::new_err(
+            "enable_raise() needs an exception class",
+        ));
+    }
+    *RAISE_CLASS.lock() = Some(exc_class.unbind());
+    let mut injector = INJECTOR.lock();
+    let alive =
+        matches!(&*injector, Some((pid, h)) if *pid == std::process::id() && !h.is_finished());
+    if !alive {
+        let rx = wd.notices();
+        let handle = std::thread::Builder::new()
+            .name("loopguard-raise".into())
+            .spawn(move || inject_loop(rx))
+            .map_err(|e| {
+                PyRuntimeError::new_err(format!("cannot start the raise-mode thread: {e}"))
+            })?;
+        *injector = Some((std::process::id(), handle));
+    }
+    wd.set_notify_blocks(true);
+    Ok(())
+}
+
+/// Raise mode off.
+#[pyfunction]
+fn disable_raise() {
+    if let Some(wd) = current() {
+        wd.set_notify_blocks(false);
+    }
+}
+
+/// The raise-mode thread: waits for block notices and, holding the GIL, raises the configured
+/// exception in the loop thread if it is still in the same busy stretch. This thread (not the
+/// watchdog) waits for the GIL, so detection never waits for it. Ends when the watchdog stops.
+fn inject_loop(rx: crossbeam_channel::Receiver<crate::watchdog::BlockNotice>) {
+    while let Ok((slot, start)) = rx.recv() {
+        // SAFETY: `Py_IsInitialized` only reads a flag and may be called at any time.
+        if unsafe { pyo3::ffi::Py_IsInitialized() } == 0 {
+            return;
+        }
+        Python::with_gil(|py| {
+            // Holding the GIL, the loop thread cannot move on: if it is still in the same busy
+            // stretch now, the exception lands in the callback that blocked.
+            if !slot.is_busy_since(start) {
+                return;
+            }
+            let Some(cls) = RAISE_CLASS.lock().as_ref().map(|c| c.clone_ref(py)) else {
+                return;
+            };
+            // `threading.get_ident()` is an unsigned long; pyo3 declares the parameter as a long.
+            let ident = slot.target.thread_ident as std::os::raw::c_long;
+            // SAFETY: we hold the GIL (`py`), `cls` is a live exception class (checked in
+            // `enable_raise` and kept alive by `RAISE_CLASS`), and an unknown thread id only
+            // makes the call return 0.
+            unsafe {
+                pyo3::ffi::PyThreadState_SetAsyncExc(ident, cls.as_ptr());
+            }
+        });
+    }
+}
+
 /// Starts the watchdog if it is not running. `sampler` is "auto", "native" or "gil".
 /// Returns the name of the sampler in use.
 #[pyfunction]
@@ -95,6 +174,17 @@ fn stop(py: Python<'_>) {
             py.allow_threads(|| wd.stop());
         }
     }
+    // The raise-mode thread ends with the watchdog (its channel disconnects); it may need the
+    // GIL to finish, so wait for it without holding the GIL.
+    let injector = INJECTOR.lock().take();
+    if let Some((pid, h)) = injector {
+        if pid == std::process::id() {
+            py.allow_threads(|| {
+                let _ = h.join();
+            });
+        }
+    }
+    RAISE_CLASS.lock().take();
     LOOP_OBJECTS.lock().take();
 }
 
@@ -106,6 +196,9 @@ fn after_fork_child() {
         std::mem::forget(old);
     }
     if let Some(old) = LOOP_OBJECTS.lock().take() {
+        std::mem::forget(old);
+    }
+    if let Some(old) = INJECTOR.lock().take() {
         std::mem::forget(old);
     }
 }
@@ -513,6 +606,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(flush, m)?)?;
     m.add_function(wrap_pyfunction!(py_now_ns, m)?)?;
     m.add_function(wrap_pyfunction!(register, m)?)?;
+    m.add_function(wrap_pyfunction!(enable_raise, m)?)?;
+    m.add_function(wrap_pyfunction!(disable_raise, m)?)?;
     m.add_class::<Slot>()?;
     m.add_class::<SelectorProxy>()?;
     m.add_class::<EpollProxy>()?;

@@ -45,6 +45,9 @@ pub struct Shared {
     threshold_ns: AtomicU64,
     /// False once the watchdog has stopped; loop threads then stop sending.
     running: AtomicBool,
+    /// When set, each detected block (not starvation) is also announced on the notice channel,
+    /// for the Python layer to raise an exception in the loop thread ("raise mode").
+    notify_blocks: AtomicBool,
 }
 
 impl Shared {
@@ -146,6 +149,12 @@ impl LoopSlot {
         self.shared.threshold_ns()
     }
 
+    /// True while the loop is still in the busy stretch that began at `start`.
+    pub fn is_busy_since(&self, start: u64) -> bool {
+        let (busy, since, _) = self.snapshot();
+        busy && since == start
+    }
+
     /// Reads `(busy, since, wake_by)` consistently.
     fn snapshot(&self) -> (bool, u64, u64) {
         loop {
@@ -158,6 +167,9 @@ impl LoopSlot {
         }
     }
 }
+
+/// A block just detected: the loop's slot and the block's start (watchdog clock).
+pub type BlockNotice = (Arc<LoopSlot>, u64);
 
 /// Messages to the watchdog thread.
 enum Msg {
@@ -200,6 +212,7 @@ struct Watched {
 /// A running watchdog. Dropping it does not stop the thread; call [`Watchdog::stop`].
 pub struct Watchdog {
     shared: Arc<Shared>,
+    notices: Receiver<BlockNotice>,
     tx: Sender<Msg>,
     events: Arc<Mutex<Vec<BlockEvent>>>,
     next_id: AtomicU64,
@@ -220,8 +233,11 @@ impl Watchdog {
         let shared = Arc::new(Shared {
             threshold_ns: AtomicU64::new(threshold_ns.max(1)),
             running: AtomicBool::new(true),
+            notify_blocks: AtomicBool::new(false),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
+        // Bounded: if nobody consumes notices, the watchdog drops them rather than queue.
+        let (notice_tx, notice_rx) = crossbeam_channel::bounded(64);
         let events = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<&'static str, String>>(1);
         let thread_shared = Arc::clone(&shared);
@@ -239,7 +255,7 @@ impl Watchdog {
                         return;
                     }
                 };
-                Runner::new(thread_shared, rx, thread_events, sampler).run();
+                Runner::new(thread_shared, rx, thread_events, sampler, notice_tx).run();
             })
             .map_err(|e| format!("cannot start the loopguard watchdog thread: {e}"))?;
         let sampler_name = match ready_rx.recv() {
@@ -255,6 +271,7 @@ impl Watchdog {
         };
         Ok(Watchdog {
             shared,
+            notices: notice_rx,
             tx,
             events,
             next_id: AtomicU64::new(1),
@@ -288,6 +305,17 @@ impl Watchdog {
             let _ = self.tx.send(Msg::Register(Arc::clone(&slot)));
         }
         slot
+    }
+
+    /// Turns block notices on or off (see [`Watchdog::notices`]).
+    pub fn set_notify_blocks(&self, on: bool) {
+        self.shared.notify_blocks.store(on, Ordering::Relaxed);
+    }
+
+    /// Where detected blocks are announced while notices are on: the loop's slot and the start
+    /// of the block. The receiver must never hold a lock a loop thread needs.
+    pub fn notices(&self) -> Receiver<BlockNotice> {
+        self.notices.clone()
     }
 
     /// Sets the detection threshold.
@@ -344,6 +372,7 @@ struct Runner {
     loops: HashMap<u64, Watched>,
     contexts: Vec<(u64, Arc<str>)>,
     next_event: u64,
+    notices: Sender<BlockNotice>,
 }
 
 impl Runner {
@@ -352,6 +381,7 @@ impl Runner {
         rx: Receiver<Msg>,
         events: Arc<Mutex<Vec<BlockEvent>>>,
         sampler: Box<dyn Sampler>,
+        notices: Sender<BlockNotice>,
     ) -> Runner {
         Runner {
             shared,
@@ -361,6 +391,7 @@ impl Runner {
             loops: HashMap::new(),
             contexts: vec![(0, Arc::from(""))],
             next_event: 1,
+            notices,
         }
     }
 
@@ -569,6 +600,9 @@ impl Runner {
                 seen_end: None,
             });
             wake_at = wake_at.min(next_sample);
+            if !starved && self.shared.notify_blocks.load(Ordering::Relaxed) {
+                let _ = self.notices.try_send((Arc::clone(&w.slot), start));
+            }
         }
         if stale {
             self.close_stale(now, END_GRACE_NS);
@@ -735,6 +769,26 @@ mod tests {
         wd.stop();
         assert_eq!(events.len(), 1, "{events:?}");
         assert!(events[0].duration_ns >= ms(150));
+    }
+
+    #[test]
+    fn block_notices_are_sent_only_when_asked_for() {
+        let wd = start(ms(30));
+        let notices = wd.notices();
+        let slot = wd.register("asyncio", "main", target());
+        slot.busy();
+        sleep(ms_d(80));
+        slot.idle(None);
+        assert!(notices.try_recv().is_err());
+        wd.set_notify_blocks(true);
+        slot.busy();
+        sleep(ms_d(80));
+        let (noticed, start) = notices.recv_timeout(ms_d(2000)).expect("a notice");
+        assert_eq!(noticed.id, slot.id);
+        assert!(slot.is_busy_since(start));
+        slot.idle(None);
+        assert!(!slot.is_busy_since(start));
+        wd.stop();
     }
 
     #[test]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Iterable
 from typing import Any, Callable, Optional, TypeVar, Union
 
 from . import _native
@@ -18,15 +19,24 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_THRESHOLD = 0.1
 
 
+RAISED_MESSAGE = (
+    "loopguard: this code blocked the event loop for longer than the threshold "
+    "(raised here by raise mode while the loop thread was still running it)"
+)
+MODES = ("fail", "raise")
+
+
 class LoopBlockedError(AssertionError):
     """An event loop was blocked for longer than the threshold.
 
-    ``events`` lists the blocks (:class:`loopguard.BlockEvent`), in the order they began.
+    ``events`` lists the blocks (:class:`loopguard.BlockEvent`), in the order they began. In
+    raise mode the error is raised inside the blocked code itself, without events (the block is
+    still going on at that moment).
     """
 
-    def __init__(self, events: list[BlockEvent]) -> None:
+    def __init__(self, events: Iterable[BlockEvent] = ()) -> None:
         self.events = list(events)
-        super().__init__(format_events(self.events))
+        super().__init__(format_events(self.events) if self.events else RAISED_MESSAGE)
 
 
 class guard:
@@ -35,21 +45,37 @@ class guard:
     On exit, raises :class:`LoopBlockedError` if any loop was blocked for longer than
     ``threshold`` (``"100ms"``, ``"0.25s"``, ``0.1``). Usable as a context manager or a
     decorator (sync or async functions), nested and repeated; works without the plugin.
-    After the block, :attr:`events` holds what was seen.
+    After the block, :attr:`events` holds what was seen. ``mode="raise"`` also raises
+    :class:`LoopBlockedError` inside the blocked code, at the line that blocks (see the README
+    for its limits).
     """
 
-    def __init__(self, threshold: Union[str, float, None] = None, *, raise_: bool = True) -> None:
+    def __init__(
+        self,
+        threshold: Union[str, float, None] = None,
+        *,
+        mode: str = "fail",
+        raise_: bool = True,
+    ) -> None:
         self.threshold = (
             DEFAULT_THRESHOLD
             if threshold is None
             else parse_duration(threshold, name="threshold", source="loopguard.guard()")
         )
+        if mode not in MODES:
+            raise ValueError(
+                f"invalid value for mode: {mode!r} (from loopguard.guard()); "
+                f"expected one of {', '.join(MODES)}"
+            )
+        self.mode = mode
         self.raise_ = raise_
         self.events: list[BlockEvent] = []
         self._stack: list[tuple[int, int]] = []
 
     def __enter__(self) -> guard:
         token = runtime.acquire(self.threshold)
+        if self.mode == "raise":
+            runtime.set_raise(token, True)
         self._stack.append((token, _native.now_ns()))
         return self
 
@@ -89,6 +115,7 @@ class guard:
     def _copy(self) -> guard:
         g = guard.__new__(guard)
         g.threshold = self.threshold
+        g.mode = self.mode
         g.raise_ = self.raise_
         g.events = []
         g._stack = []

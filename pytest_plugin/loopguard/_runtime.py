@@ -33,6 +33,7 @@ class Runtime:
         self._patched = False
         self._events: list[BlockEvent] = []
         self._sampler: Optional[str] = None
+        self._raisers: set[int] = set()
 
     # --- lifetime --------------------------------------------------------------------------
 
@@ -57,8 +58,26 @@ class Runtime:
                 self._needs[token] = max(1, int(threshold * 1e9))
                 self._apply()
 
+    def set_raise(self, token: int, on: bool) -> None:
+        """Raise mode for ``token``: blocks raise ``LoopBlockedError`` in the loop thread."""
+        from ._guard import LoopBlockedError
+
+        with self._lock:
+            if on:
+                self._raisers.add(token)
+            else:
+                self._raisers.discard(token)
+            if not _native.is_running():
+                return
+            if self._raisers:
+                _native.enable_raise(LoopBlockedError)
+            else:
+                _native.disable_raise()
+
     def release(self, token: int) -> None:
         with self._lock:
+            if token in self._raisers:
+                self.set_raise(token, False)
             self._needs.pop(token, None)
             if not self._needs:
                 self._events.clear()

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import pytest
 
 from ._events import BlockEvent, format_event, format_events, make_context
-from ._guard import DEFAULT_THRESHOLD
+from ._guard import DEFAULT_THRESHOLD, MODES
 from ._runtime import runtime
 from ._settings import DURATION_HELP, SettingError, format_duration, parse_duration
 
@@ -34,11 +34,16 @@ SAMPLER_HELP = (
     "native (GIL-free or fail) or gil"
 )
 SAMPLERS = ("auto", "native", "gil")
-MARKER = (
-    "loopguard(threshold=None, enabled=True): fail the test if an event loop is blocked for "
-    "longer than threshold (e.g. '50ms', 0.05); enabled=False turns loopguard off for the test"
+MODE_HELP = (
+    "fail: fail the test after it ran (default); raise: also raise loopguard.LoopBlockedError "
+    "inside the blocked code, at the blocking line"
 )
-_MARKER_ARGS = {"threshold", "enabled"}
+MARKER = (
+    "loopguard(threshold=None, enabled=True, mode=None): fail the test if an event loop is "
+    "blocked for longer than threshold (e.g. '50ms', 0.05); enabled=False turns loopguard off "
+    "for the test; mode='raise' raises LoopBlockedError at the blocking line"
+)
+_MARKER_ARGS = {"threshold", "enabled", "mode"}
 
 
 @dataclass
@@ -46,12 +51,14 @@ class _Settings:
     threshold: float
     threshold_source: str
     sampler: str
+    mode: str
 
 
 @dataclass
 class _TestState:
     threshold: float
     enabled: bool
+    mode: str
     events: dict[str, list[BlockEvent]] = field(default_factory=dict)
 
 
@@ -83,7 +90,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help=SAMPLER_HELP + " (env LOOPGUARD_SAMPLER)",
     )
+    group.addoption(
+        "--loopguard-mode",
+        dest="loopguard_mode",
+        metavar="MODE",
+        default=None,
+        help=MODE_HELP + " (env LOOPGUARD_MODE, ini loopguard_mode)",
+    )
     parser.addini("loopguard_threshold", THRESHOLD_HELP, default=None)
+    parser.addini("loopguard_mode", MODE_HELP, default=None)
 
 
 def _settings(config: pytest.Config) -> _Settings:
@@ -106,7 +121,27 @@ def _settings(config: pytest.Config) -> _Settings:
             f"invalid value for --loopguard-sampler: {sampler!r} (from {where}); "
             f"expected one of {', '.join(SAMPLERS)}"
         )
-    return _Settings(threshold=threshold, threshold_source=source, sampler=sampler)
+    mode = "fail"
+    for value, name, where in (
+        (config.getoption("loopguard_mode"), "--loopguard-mode", "the command line"),
+        (os.environ.get("LOOPGUARD_MODE"), "LOOPGUARD_MODE", "the environment"),
+        (config.getini("loopguard_mode"), "loopguard_mode", _ini_source(config)),
+    ):
+        if value is None or (name == "loopguard_mode" and not str(value).strip()):
+            continue
+        mode = _check_mode(value, name, where)
+        break
+    return _Settings(threshold=threshold, threshold_source=source, sampler=sampler, mode=mode)
+
+
+def _check_mode(value: object, name: str, where: str) -> str:
+    text = value.strip() if isinstance(value, str) else value
+    if text not in MODES:
+        raise SettingError(
+            f"invalid value for {name}: {value!r} (from {where}); expected one of "
+            f"{', '.join(MODES)}"
+        )
+    return str(text)
 
 
 def _ini_source(config: pytest.Config) -> str:
@@ -149,14 +184,14 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [f"loopguard: threshold {format_duration(s.threshold)}{src}, {how}"]
 
 
-def _marker_settings(item: pytest.Item, default: float) -> tuple[float, bool]:
+def _marker_settings(item: pytest.Item, default: float, mode: str) -> tuple[float, bool, str]:
     threshold, enabled = default, True
     # Closest marker wins: iter_markers yields the function's own first.
     for mark in reversed(list(item.iter_markers("loopguard"))):
         if mark.args:
             raise pytest.UsageError(
                 f"loopguard: {item.nodeid}: @pytest.mark.loopguard takes keyword arguments only "
-                f"(threshold=..., enabled=...), got positional {mark.args!r}"
+                f"(threshold=..., enabled=..., mode=...), got positional {mark.args!r}"
             )
         unknown = set(mark.kwargs) - _MARKER_ARGS
         if unknown:
@@ -181,7 +216,14 @@ def _marker_settings(item: pytest.Item, default: float) -> tuple[float, bool]:
                     f"@pytest.mark.loopguard on {item.nodeid}); expected True or False"
                 )
             enabled = value
-    return threshold, enabled
+        if "mode" in mark.kwargs:
+            try:
+                mode = _check_mode(
+                    mark.kwargs["mode"], "mode", f"@pytest.mark.loopguard on {item.nodeid}"
+                )
+            except SettingError as e:
+                raise pytest.UsageError(f"loopguard: {e}") from None
+    return threshold, enabled, mode
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -189,8 +231,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if state is None:
         return
     for item in items:
-        threshold, enabled = _marker_settings(item, state.settings.threshold)
-        state.tests[item.nodeid] = _TestState(threshold=threshold, enabled=enabled)
+        state.tests[item.nodeid] = _new_test_state(state, item)
+
+
+def _new_test_state(state: _State, item: pytest.Item) -> _TestState:
+    s = state.settings
+    threshold, enabled, mode = _marker_settings(item, s.threshold, s.mode)
+    return _TestState(threshold=threshold, enabled=enabled, mode=mode)
 
 
 def _test_state(item: pytest.Item) -> Optional[tuple[_State, _TestState]]:
@@ -199,8 +246,7 @@ def _test_state(item: pytest.Item) -> Optional[tuple[_State, _TestState]]:
         return None
     ts = state.tests.get(item.nodeid)
     if ts is None:
-        threshold, enabled = _marker_settings(item, state.settings.threshold)
-        ts = state.tests[item.nodeid] = _TestState(threshold=threshold, enabled=enabled)
+        ts = state.tests[item.nodeid] = _new_test_state(state, item)
     return state, ts
 
 
@@ -211,6 +257,7 @@ def _enter_phase(item: pytest.Item, phase: str) -> None:
     state, ts = found
     if phase == "setup":
         runtime.update(state.token, ts.threshold)
+        runtime.set_raise(state.token, ts.enabled and ts.mode == "raise")
     runtime.set_context(make_context(item.nodeid, phase))
 
 

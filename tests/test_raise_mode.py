@@ -1,0 +1,127 @@
+"""Raise mode: ``LoopBlockedError`` raised inside the blocked code, at the blocking line."""
+
+import asyncio
+import time
+
+import loopguard
+import pytest
+from conftest import INI, line
+
+CPU = """
+import asyncio, time
+import pytest
+
+def crunch(seconds):
+    end = time.perf_counter() + seconds
+    x = 0
+    while time.perf_counter() < end:  # the hot loop
+        x += 1
+    return x
+"""
+
+
+def test_command_line_raise_mode_raises_at_the_blocking_line(pytester):
+    pytester.makeini(INI)
+    pytester.makepyfile(
+        test_it=CPU
+        + """
+@pytest.mark.asyncio
+async def test_cpu():
+    crunch(2.0)
+"""
+    )
+    start = time.perf_counter()
+    result = pytester.runpytest_subprocess("-p", "loopguard", "--loopguard-mode=raise")
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    # The test's own traceback ends in the loop, raised by raise mode...
+    result.stdout.fnmatch_lines(
+        [
+            "*while time.perf_counter() < end:  # the hot loop",
+            "E*loopguard.LoopBlockedError: loopguard: this code blocked the event loop*",
+            f"test_it.py:{line(pytester, '# the hot loop')}: LoopBlockedError",
+        ]
+    )
+    # ...and the 2 s loop was cut short.
+    assert time.perf_counter() - start < 10
+    assert "raised here by raise mode" in out
+
+
+def test_marker_raise_mode_and_header(pytester):
+    pytester.makeini(INI)
+    pytester.makepyfile(
+        test_it=CPU
+        + """
+@pytest.mark.asyncio
+@pytest.mark.loopguard(mode="raise")
+async def test_raises():
+    with pytest.raises(Exception) as exc:
+        crunch(2.0)
+    assert type(exc.value).__name__ == "LoopBlockedError"
+
+@pytest.mark.asyncio
+async def test_fails_after():
+    crunch(0.3)
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "loopguard")
+    # The first test caught the raised error itself, but its block is still judged.
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "FAILED test_it.py::test_raises - loopguard: event loop blocked for*",
+            "FAILED test_it.py::test_fails_after - loopguard: event loop blocked for*",
+        ]
+    )
+
+
+def test_an_idle_loop_is_never_interrupted(pytester):
+    pytester.makeini(INI)
+    pytester.makepyfile(
+        test_it="""
+import asyncio, pytest
+
+@pytest.mark.asyncio
+async def test_waits():
+    await asyncio.sleep(0.5)
+    await asyncio.to_thread(__import__("time").sleep, 0.3)
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "loopguard", "--loopguard-mode=raise")
+    result.assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize("value", ["explode", "RAISE", ""])
+def test_invalid_mode_is_a_usage_error(pytester, value):
+    pytester.makeini(INI)
+    pytester.makepyfile(test_it="def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "loopguard", f"--loopguard-mode={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            f"*invalid value for --loopguard-mode: '{value}' (from the command line); expected one of*"
+        ]
+    )
+
+
+def test_guard_raise_mode_raises_inside_the_block():
+    def crunch():
+        end = time.perf_counter() + 2.0
+        while time.perf_counter() < end:
+            pass
+
+    async def main():
+        crunch()
+
+    start = time.perf_counter()
+    with pytest.raises(loopguard.LoopBlockedError) as exc:
+        with loopguard.guard(threshold="100ms", mode="raise"):
+            asyncio.run(main())
+    assert time.perf_counter() - start < 1.5
+    assert exc.value.events == []
+    assert exc.traceback[-1].name == "crunch"
+
+
+def test_guard_rejects_an_unknown_mode():
+    with pytest.raises(ValueError, match=r"invalid value for mode: 'loud' \(from loopguard"):
+        loopguard.guard(mode="loud")
