@@ -99,7 +99,8 @@ def test_invalid_mode_is_a_usage_error(pytester, value):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
-            f"*invalid value for --loopguard-mode: '{value}' (from the command line); expected one of*"
+            f"*invalid value for --loopguard-mode: '{value}' (from the command line); "
+            "expected one of fail, raise*"
         ]
     )
 
