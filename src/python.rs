@@ -38,15 +38,18 @@ fn require() -> PyResult<Arc<Watchdog>> {
 /// that hold the GIL.
 static RAISE_CLASS: Mutex<Option<Py<PyAny>>> = Mutex::new(None);
 
-/// The raise-mode thread: (pid, handle), started on first use.
+/// The assistant thread (see [`assist`]): (pid, handle).
 static INJECTOR: Mutex<Option<(u32, std::thread::JoinHandle<()>)>> = Mutex::new(None);
+
+/// Whether raise mode is on.
+static RAISE_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Raise mode on: from now on, a block detected in a loop thread (not starvation) makes that
 /// thread raise `exc_class` at the next bytecode it runs, if the same callback is still running
 /// by then. `exc_class` must be an exception class that can be called with no arguments.
 #[pyfunction]
 fn enable_raise(py: Python<'_>, exc_class: Bound<'_, PyAny>) -> PyResult<()> {
-    let wd = require()?;
+    require()?;
     let base = py.get_type::<pyo3::exceptions::PyBaseException>();
     let is_exc_class = exc_class.is_instance_of::<pyo3::types::PyType>()
         && exc_class
@@ -58,35 +61,37 @@ fn enable_raise(py: Python<'_>, exc_class: Bound<'_, PyAny>) -> PyResult<()> {
         ));
     }
     *RAISE_CLASS.lock() = Some(exc_class.unbind());
-    let mut injector = INJECTOR.lock();
-    let alive =
-        matches!(&*injector, Some((pid, h)) if *pid == std::process::id() && !h.is_finished());
-    if !alive {
-        let rx = wd.notices();
-        let handle = std::thread::Builder::new()
-            .name("loopguard-raise".into())
-            .spawn(move || inject_loop(rx))
-            .map_err(|e| {
-                PyRuntimeError::new_err(format!("cannot start the raise-mode thread: {e}"))
-            })?;
-        *injector = Some((std::process::id(), handle));
-    }
-    wd.set_notify_blocks(true);
+    RAISE_ON.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(())
 }
 
 /// Raise mode off.
 #[pyfunction]
 fn disable_raise() {
-    if let Some(wd) = current() {
-        wd.set_notify_blocks(false);
-    }
+    RAISE_ON.store(false, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// The raise-mode thread: waits for block notices and, holding the GIL, raises the configured
-/// exception in the loop thread if it is still in the same busy stretch. This thread (not the
-/// watchdog) waits for the GIL, so detection never waits for it. Ends when the watchdog stops.
-fn inject_loop(rx: crossbeam_channel::Receiver<crate::watchdog::BlockNotice>) {
+/// Starts the assistant thread for `wd` (see [`assist`]).
+fn start_assistant(wd: &Arc<Watchdog>) -> PyResult<()> {
+    let rx = wd.notices();
+    let weak = Arc::downgrade(wd);
+    let handle = std::thread::Builder::new()
+        .name("loopguard-assistant".into())
+        .spawn(move || assist(rx, weak))
+        .map_err(|e| PyRuntimeError::new_err(format!("cannot start loopguard's thread: {e}")))?;
+    *INJECTOR.lock() = Some((std::process::id(), handle));
+    wd.set_notify_blocks(true);
+    Ok(())
+}
+
+/// The assistant: the one loopguard thread that takes the GIL. For each block the watchdog
+/// detects, while the loop thread is still in that block, it names the running asyncio task
+/// and, in raise mode, raises the configured exception in the loop thread. The watchdog never
+/// waits for it. Ends when the watchdog stops (its channel disconnects).
+fn assist(
+    rx: crossbeam_channel::Receiver<crate::watchdog::BlockNotice>,
+    wd: std::sync::Weak<Watchdog>,
+) {
     while let Ok((slot, start)) = rx.recv() {
         // SAFETY: `Py_IsInitialized` only reads a flag and may be called at any time.
         if unsafe { pyo3::ffi::Py_IsInitialized() } == 0 {
@@ -94,14 +99,28 @@ fn inject_loop(rx: crossbeam_channel::Receiver<crate::watchdog::BlockNotice>) {
         }
         Python::with_gil(|py| {
             // Holding the GIL, the loop thread cannot move on: if it is still in the same busy
-            // stretch now, the exception lands in the callback that blocked.
+            // stretch now, what we see is the block, and an exception lands in its callback.
             if !slot.is_busy_since(start) {
+                return;
+            }
+            let loop_obj = LOOP_OBJECTS
+                .lock()
+                .as_ref()
+                .and_then(|m| m.get(&slot.id).map(|o| o.clone_ref(py)));
+            if let Some(lo) = loop_obj {
+                if let Ok(Some(name)) = current_task_name(py, lo.bind(py)) {
+                    if let Some(wd) = wd.upgrade() {
+                        wd.annotate(slot.id, start, name);
+                    }
+                }
+            }
+            if !RAISE_ON.load(std::sync::atomic::Ordering::Relaxed) {
                 return;
             }
             let Some(cls) = RAISE_CLASS.lock().as_ref().map(|c| c.clone_ref(py)) else {
                 return;
             };
-            // `threading.get_ident()` is an unsigned long; pyo3 declares the parameter as a long.
+            // `threading.get_ident()` is an unsigned long; pyo3 declares the parameter a long.
             let ident = slot.target.thread_ident as std::os::raw::c_long;
             // SAFETY: we hold the GIL (`py`), `cls` is a live exception class (checked in
             // `enable_raise` and kept alive by `RAISE_CLASS`), and an unknown thread id only
@@ -126,7 +145,9 @@ fn start(py: Python<'_>, threshold_ns: u64, sampler: &str) -> PyResult<String> {
         .allow_threads(move || Watchdog::start(threshold_ns, move || make_sampler(&choice, info)))
         .map_err(PyRuntimeError::new_err)?;
     let name = wd.sampler_name().to_owned();
-    *WATCHDOG.lock() = Some((std::process::id(), Arc::new(wd)));
+    let wd = Arc::new(wd);
+    start_assistant(&wd)?;
+    *WATCHDOG.lock() = Some((std::process::id(), wd));
     Ok(name)
 }
 
@@ -174,8 +195,8 @@ fn stop(py: Python<'_>) {
             py.allow_threads(|| wd.stop());
         }
     }
-    // The raise-mode thread ends with the watchdog (its channel disconnects); it may need the
-    // GIL to finish, so wait for it without holding the GIL.
+    // The assistant ends with the watchdog (its channel disconnects); it may need the GIL to
+    // finish, so wait for it without holding the GIL.
     let injector = INJECTOR.lock().take();
     if let Some((pid, h)) = injector {
         if pid == std::process::id() {
@@ -185,6 +206,7 @@ fn stop(py: Python<'_>) {
         }
     }
     RAISE_CLASS.lock().take();
+    RAISE_ON.store(false, std::sync::atomic::Ordering::Relaxed);
     LOOP_OBJECTS.lock().take();
 }
 

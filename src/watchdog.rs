@@ -187,6 +187,11 @@ enum Msg {
         at: u64,
         context: Arc<str>,
     },
+    Annotate {
+        id: u64,
+        start: u64,
+        task_name: String,
+    },
     Flush(Sender<()>),
     Stop,
 }
@@ -202,6 +207,8 @@ struct Block {
     next_sample: u64,
     /// When the watchdog saw the loop beat again (if it did before the end report arrived).
     seen_end: Option<u64>,
+    /// The asyncio task that was running, if someone could tell (see [`Watchdog::annotate`]).
+    task_name: Option<String>,
 }
 
 struct Watched {
@@ -316,6 +323,16 @@ impl Watchdog {
     /// of the block. The receiver must never hold a lock a loop thread needs.
     pub fn notices(&self) -> Receiver<BlockNotice> {
         self.notices.clone()
+    }
+
+    /// Names the asyncio task of the block that began at `start` on loop `loop_id`, if that
+    /// block is still being watched.
+    pub fn annotate(&self, loop_id: u64, start: u64, task_name: String) {
+        let _ = self.tx.send(Msg::Annotate {
+            id: loop_id,
+            start,
+            task_name,
+        });
     }
 
     /// Sets the detection threshold.
@@ -445,6 +462,17 @@ impl Runner {
                 }
                 self.contexts.push((at, context));
             }
+            Msg::Annotate {
+                id,
+                start,
+                task_name,
+            } => {
+                if let Some(b) = self.loops.get_mut(&id).and_then(|w| w.block.as_mut()) {
+                    if b.start == start {
+                        b.task_name = Some(task_name);
+                    }
+                }
+            }
             Msg::Flush(done) => {
                 // Blocks whose end was seen but not reported are closed now.
                 let now = now_ns();
@@ -482,6 +510,7 @@ impl Runner {
                     captured_after: None,
                     next_sample: 0,
                     seen_end: None,
+                    task_name: None,
                 };
                 self.finish(&slot, b, end, true);
             }
@@ -506,7 +535,9 @@ impl Runner {
             starved: b.starved,
             captured_after_ns: b.captured_after,
             end_exact: exact,
-            task_name: b.samples.iter().find_map(|s| s.task_name.clone()),
+            task_name: b
+                .task_name
+                .or_else(|| b.samples.iter().find_map(|s| s.task_name.clone())),
             samples: b.samples,
         };
         self.events.lock().push(ev);
@@ -598,6 +629,7 @@ impl Runner {
                 captured_after: Some(captured_after),
                 next_sample,
                 seen_end: None,
+                task_name: None,
             });
             wake_at = wake_at.min(next_sample);
             if !starved && self.shared.notify_blocks.load(Ordering::Relaxed) {
@@ -789,6 +821,23 @@ mod tests {
         slot.idle(None);
         assert!(!slot.is_busy_since(start));
         wd.stop();
+    }
+
+    #[test]
+    fn a_block_can_be_annotated_with_its_task_while_it_lasts() {
+        let wd = start(ms(30));
+        wd.set_notify_blocks(true);
+        let notices = wd.notices();
+        let slot = wd.register("asyncio", "main", target());
+        slot.busy();
+        let (noticed, start) = notices.recv_timeout(ms_d(2000)).expect("a notice");
+        wd.annotate(noticed.id, start, "Task-7".into());
+        wd.annotate(noticed.id, start + 1, "wrong block".into());
+        sleep(ms_d(20));
+        slot.idle(None);
+        let events = wd.flush(ms(2000));
+        wd.stop();
+        assert_eq!(events[0].task_name.as_deref(), Some("Task-7"));
     }
 
     #[test]

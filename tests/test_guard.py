@@ -29,7 +29,8 @@ def test_guard_raises_with_events_describing_the_block():
     assert ev.stack[-1] == ev.site
     assert all(isinstance(f, loopguard.Frame) for f in ev.stack)
     assert ev.thread_name == threading.current_thread().name
-    assert ev.task_name is None or ev.task_name.startswith("Task-")
+    assert ev.task_name is not None
+    assert ev.task_name.startswith("Task-")
     assert ev.captured_after is not None
     # Captured while the block lasted, not after it.
     assert 0.1 <= ev.captured_after <= ev.duration
