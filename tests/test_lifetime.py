@@ -1,0 +1,105 @@
+"""The watchdog's life: fallback when memory cannot be read, fork(), interpreter shutdown."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import INI, line
+
+
+def test_without_process_vm_readv_stacks_are_read_with_the_gil_and_marked_late(
+    pytester, monkeypatch
+):
+    monkeypatch.setenv("LOOPGUARD_DISABLE_VM_READV", "1")
+    pytester.makeini(INI)
+    pytester.makepyfile(
+        test_it="""
+import asyncio, time, pytest
+
+@pytest.mark.asyncio
+async def test_sleepy():
+    time.sleep(0.3)  # blocking
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "loopguard")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "loopguard: threshold 100 ms, stacks read by taking the GIL (may be late)",
+            f"*test_it.py:{line(pytester, '# blocking')} in test_sleepy",
+            "*(read with the GIL: it may show where the loop was after the block)*",
+        ]
+    )
+
+
+def test_native_sampler_required_but_unavailable_is_a_usage_error(pytester, monkeypatch):
+    monkeypatch.setenv("LOOPGUARD_DISABLE_VM_READV", "1")
+    pytester.makeini(INI)
+    pytester.makepyfile(test_it="def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "loopguard", "--loopguard-sampler=native")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*loopguard: cannot start the watchdog:*process_vm_readv*"])
+
+
+def _run_script(source, timeout=60):
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(source)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_starts_clean_and_the_parent_keeps_watching():
+    proc = _run_script(
+        """
+        import asyncio, os, time, loopguard
+
+        async def block():
+            time.sleep(0.3)
+
+        with loopguard.guard(threshold="100ms", raise_=False) as g:
+            pid = os.fork()
+            if pid == 0:
+                # The child has no watchdog thread; running a loop must just work.
+                asyncio.run(block())
+                with loopguard.guard(threshold="100ms", raise_=False) as child:
+                    asyncio.run(block())
+                os._exit(0 if len(child.events) == 1 else 3)
+            _, status = os.waitpid(pid, 0)
+            asyncio.run(block())
+        print("child", status >> 8)
+        print("parent events", len(g.events))
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "child 0" in proc.stdout, proc.stdout + proc.stderr
+    assert "parent events 1" in proc.stdout
+
+
+def test_interpreter_exit_with_a_loop_blocked_in_a_daemon_thread_is_clean():
+    proc = _run_script(
+        """
+        import asyncio, threading, time, loopguard
+
+        def forever():
+            async def spin():
+                while True:
+                    time.sleep(0.05)  # blocks the loop, over and over
+                    x = sum(range(100_000))
+            asyncio.run(spin())
+
+        g = loopguard.guard(threshold="20ms", raise_=False)
+        g.__enter__()
+        threading.Thread(target=forever, daemon=True).start()
+        time.sleep(0.5)
+        print("exiting")
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "exiting" in proc.stdout
+    assert "Fatal" not in proc.stderr and "Segmentation" not in proc.stderr, proc.stderr
