@@ -406,15 +406,7 @@ impl GilReader {
     /// runtime that does not look like the layout says.
     pub fn new(info: PyInfo, mem: Memory) -> Result<GilReader, String> {
         let version = (info.version.0, info.version.1);
-        if cfg!(not(all(target_pointer_width = "64", target_os = "linux"))) {
-            return Err("the GIL reader supports 64-bit Linux only".into());
-        }
-        if info.debug {
-            return Err("this is a debug build of Python, whose layouts differ".into());
-        }
-        if info.free_threaded {
-            return Err("this is a free-threaded build of Python, which has no single GIL".into());
-        }
+        info.check_supported("the GIL reader")?;
         let mut layout = GilLayout::builtin(version).ok_or_else(|| {
             format!(
                 "Python {}.{} is not supported by the GIL reader (3.9 to 3.13 are)",

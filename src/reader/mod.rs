@@ -38,18 +38,29 @@ pub struct PyInfo {
 /// # Errors
 /// Why the GIL-free reader cannot work here.
 pub fn walker(info: PyInfo) -> Result<walk::Walker, String> {
-    if cfg!(not(all(target_pointer_width = "64", target_os = "linux"))) {
-        return Err("the GIL-free reader supports 64-bit Linux only".into());
-    }
-    if info.debug {
-        return Err("this is a debug build of Python, whose object layouts differ".into());
-    }
-    if info.free_threaded {
-        return Err("this is a free-threaded build of Python, whose layouts differ".into());
-    }
+    info.check_supported("the GIL-free reader")?;
     let mem = mem::Memory::new().map_err(|e| e.to_string())?;
     let layout = layout::Layout::for_running(&mem, (info.version.0, info.version.1))?;
     walk::Walker::new(mem, layout)
+}
+
+impl PyInfo {
+    /// Refuses builds whose layouts the readers do not know; `what` names the reader.
+    ///
+    /// # Errors
+    /// Why `what` cannot work on this platform or build.
+    pub fn check_supported(&self, what: &str) -> Result<(), String> {
+        if cfg!(not(all(target_pointer_width = "64", target_os = "linux"))) {
+            return Err(format!("{what} supports 64-bit Linux only"));
+        }
+        if self.debug {
+            return Err("this is a debug build of Python, whose object layouts differ".into());
+        }
+        if self.free_threaded {
+            return Err("this is a free-threaded build of Python, whose layouts differ".into());
+        }
+        Ok(())
+    }
 }
 
 /// The GIL-free sampler for the running interpreter, or why there is none.
