@@ -9,8 +9,8 @@ import site
 import sysconfig
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
 
 from ._settings import format_duration
 
@@ -33,6 +33,13 @@ class Frame:
         """The source line, stripped, or ``""`` when it cannot be read."""
         return linecache.getline(self.filename, self.lineno).strip() if self.lineno else ""
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"filename": self.filename, "lineno": self.lineno, "function": self.function}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Frame:
+        return cls(d["filename"], int(d["lineno"]), d["function"])
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -52,6 +59,19 @@ class Sample:
     """True when the stack was read by taking the GIL (it may postdate the block)."""
     error: Optional[str]
     task_name: Optional[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["stack"] = [f.to_dict() for f in self.stack]
+        d["gil_holder_stack"] = [f.to_dict() for f in self.gil_holder_stack]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Sample:
+        d = dict(d)
+        d["stack"] = [Frame.from_dict(f) for f in d["stack"]]
+        d["gil_holder_stack"] = [Frame.from_dict(f) for f in d["gil_holder_stack"]]
+        return cls(**d)
 
 
 @dataclass
@@ -92,6 +112,31 @@ class BlockEvent:
     @property
     def context(self) -> Optional[str]:
         return f"{self.test} ({self.phase})" if self.test else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (str, int, float, bool, None, lists and dicts): JSON and xdist can carry it.
+
+        :meth:`from_dict` rebuilds an equal event, without re-analysing it.
+        """
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["samples"] = [s.to_dict() for s in self.samples]
+        d["stack"] = [f.to_dict() for f in self.stack]
+        d["gil_holder_stack"] = [f.to_dict() for f in self.gil_holder_stack]
+        for key in ("site", "innermost"):
+            d[key] = d[key].to_dict() if d[key] is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BlockEvent:
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}  # newer writers may add keys
+        d["samples"] = [Sample.from_dict(s) for s in d.get("samples", [])]
+        d["stack"] = [Frame.from_dict(f) for f in d.get("stack", [])]
+        d["gil_holder_stack"] = [Frame.from_dict(f) for f in d.get("gil_holder_stack", [])]
+        for key in ("site", "innermost"):
+            if d.get(key) is not None:
+                d[key] = Frame.from_dict(d[key])
+        return cls(**d)
 
     def summary(self) -> str:
         kind = "starved of the GIL" if self.starved else "blocked"

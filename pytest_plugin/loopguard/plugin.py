@@ -12,6 +12,7 @@ from ._events import BlockEvent, format_event, format_events, make_context
 from ._guard import DEFAULT_THRESHOLD, MODES
 from ._runtime import runtime
 from ._settings import DURATION_HELP, SettingError, format_duration, parse_duration
+from ._xdist import XdistPlugin
 
 __all__ = [
     "pytest_addoption",
@@ -159,12 +160,16 @@ def pytest_configure(config: pytest.Config) -> None:
         token = runtime.acquire(settings.threshold, settings.sampler)
     except RuntimeError as e:
         raise pytest.UsageError(f"loopguard: cannot start the watchdog: {e}") from None
-    config.stash[_state_key] = _State(settings=settings, token=token)
+    state = config.stash[_state_key] = _State(settings=settings, token=token)
+    config.pluginmanager.register(XdistPlugin(config, state), XdistPlugin.name)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(_state_key, None)
     if state is not None:
+        xdist_plugin = config.pluginmanager.get_plugin(XdistPlugin.name)
+        if xdist_plugin is not None:
+            config.pluginmanager.unregister(xdist_plugin)
         runtime.release(state.token)
         del config.stash[_state_key]
 

@@ -1,0 +1,147 @@
+"""pytest-xdist: workers ship their events to the controller, which aggregates them.
+
+Under ``pytest -n N`` every test runs in a worker process, with its own watchdog; the worker
+fails its tests as usual. The controller runs no test, so all it knows about loopguard is what
+arrives in the reports. Each worker attaches the events it judged for a report to that report
+(``report.loopguard_events``: a list of ``{"event": BlockEvent.to_dict(), "failed": bool}``,
+plain data that xdist's serialization carries), and the controller adds them to its own
+``state.all_events`` / ``state.failed_events`` when the report is logged: once per report,
+so once per event. At the end of its session a worker also hands over, through xdist's
+``workeroutput``, any event it judged but did not attach to a report (none, unless a plugin
+swallowed a report), so nothing is lost when it exits.
+
+A failure report whose longrepr is loopguard's own keeps it across the process boundary
+(rebuilt from the events on the controller), so the ``FAILED ... - loopguard: ...`` line reads
+the same with and without xdist.
+
+Registered by :func:`loopguard.plugin.pytest_configure` as a plugin object of its own (so its
+``pytest_runtest_makereport`` can wrap the plugin's), in every process of the session.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional
+
+import pytest
+
+from ._events import BlockEvent
+
+if TYPE_CHECKING:
+    from .plugin import _State
+
+__all__ = ["ATTR", "XdistPlugin"]
+
+ATTR = "loopguard_events"
+"""The report attribute that carries a worker's events to the controller."""
+_LONGREPR_KEY = "loopguard_longrepr"
+_OUTPUT_KEY = "loopguard"
+
+
+def is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+class XdistPlugin:
+    name = "loopguard-xdist"
+
+    def __init__(self, config: pytest.Config, state: _State) -> None:
+        self.config = config
+        self.state = state
+        self.worker = is_worker(config)
+        # Worker: events of state.all_events already attached to a report.
+        self._shipped: set[int] = set()
+        # Controller: how many events arrived from each worker ("gw0", ...).
+        self.received: dict[str, int] = {}
+
+    # --- worker side -----------------------------------------------------------------------
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: Any) -> Any:
+        if not self.worker:
+            return (yield)
+        state = self.state
+        before = len(state.all_events)
+        report = yield
+        new = state.all_events[before:]
+        if new:
+            setattr(report, ATTR, self._ship(new))
+        return report
+
+    def _ship(self, events: list[BlockEvent]) -> list[dict[str, Any]]:
+        failed = {id(e) for e in self.state.failed_events}
+        out = []
+        for ev in events:
+            if id(ev) in self._shipped:
+                continue
+            self._shipped.add(id(ev))
+            out.append({"event": ev.to_dict(), "failed": id(ev) in failed})
+        return out
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_report_to_serializable(self, config: pytest.Config, report: Any) -> Any:
+        data = yield
+        if data is not None and type(report.longrepr).__name__ == "_LoopguardRepr":
+            data[_LONGREPR_KEY] = True
+        return data
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if not self.worker:
+            return
+        output = getattr(self.config, "workeroutput", None)
+        if output is None:
+            return
+        left = self._ship(self.state.all_events)
+        output[_OUTPUT_KEY] = {"unshipped": left}
+
+    # --- controller side -------------------------------------------------------------------
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_report_from_serializable(self, config: pytest.Config, data: Any) -> Any:
+        report = yield
+        if report is not None and isinstance(data, dict) and data.get(_LONGREPR_KEY):
+            from .plugin import _LoopguardRepr
+
+            failing = [
+                BlockEvent.from_dict(d["event"])
+                for d in getattr(report, ATTR, None) or []
+                if d.get("failed") and d["event"].get("phase") == report.when
+            ]
+            if failing:
+                report.longrepr = _LoopguardRepr(failing)
+        return report
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self.worker:
+            return
+        shipped = getattr(report, ATTR, None)
+        if not shipped:
+            return
+        # Reports logged in this process carry no ATTR (only workers attach it), so whatever
+        # arrives here came from a worker and is counted exactly once.
+        self._receive(shipped, _worker_id(report))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Optional[object]) -> None:
+        output = getattr(node, "workeroutput", None) or {}
+        mine = output.get(_OUTPUT_KEY)
+        if mine:
+            self._receive(mine.get("unshipped", []), _node_id(node))
+
+    def _receive(self, shipped: list[dict[str, Any]], worker: str) -> None:
+        for d in shipped:
+            ev = BlockEvent.from_dict(d["event"])
+            self.state.all_events.append(ev)
+            if d.get("failed"):
+                self.state.failed_events.append(ev)
+        self.received[worker] = self.received.get(worker, 0) + len(shipped)
+
+
+def _worker_id(report: Any) -> str:
+    node = getattr(report, "node", None)
+    return _node_id(node) if node is not None else str(getattr(report, "worker_id", "?"))
+
+
+def _node_id(node: Any) -> str:
+    gateway = getattr(node, "gateway", None)
+    return str(getattr(gateway, "id", "?"))

@@ -1,0 +1,167 @@
+"""pytest-xdist: tests fail in their workers, the controller reports every event exactly once."""
+
+import re
+
+from conftest import INI, line
+
+TESTS = """
+import asyncio, time
+import pytest
+
+@pytest.mark.asyncio
+async def test_blocks_a():
+    time.sleep(0.3)  # block a
+
+@pytest.mark.asyncio
+async def test_blocks_b():
+    time.sleep(0.3)  # block b
+
+@pytest.mark.asyncio
+async def test_blocks_twice():
+    time.sleep(0.3)  # first of two
+    await asyncio.sleep(0)
+    time.sleep(0.3)  # second of two
+
+@pytest.mark.asyncio
+@pytest.mark.xfail(reason="known to block")
+async def test_known_blocker():
+    time.sleep(0.3)  # xfail block
+    assert False
+
+@pytest.mark.asyncio
+async def test_fine_1():
+    await asyncio.sleep(0.01)
+
+@pytest.mark.asyncio
+async def test_fine_2():
+    await asyncio.sleep(0.01)
+"""
+
+# Prints what the controller's plugin state holds at the end: one line per event.
+CONFTEST = """
+import pytest
+from loopguard.plugin import _state_key
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter, config):
+    if hasattr(config, "workerinput"):
+        return
+    state = config.stash[_state_key]
+    failed = {id(e) for e in state.failed_events}
+    for ev in state.all_events:
+        site = ev.site.lineno if ev.site else None
+        terminalreporter.write_line(
+            f"LG-EVENT {ev.test} {ev.phase} line={site} failed={id(ev) in failed}"
+        )
+    terminalreporter.write_line(
+        f"LG-TOTAL all={len(state.all_events)} failed={len(state.failed_events)}"
+    )
+"""
+
+
+def run(pytester, *args, tests=TESTS, conftest=CONFTEST):
+    pytester.makeini(INI)
+    pytester.makeconftest(conftest)
+    pytester.makepyfile(test_it=tests)
+    return pytester.runpytest_subprocess("-p", "loopguard", *args)
+
+
+def events(result):
+    return sorted(
+        tuple(m.groups())
+        for m in (
+            re.match(r"LG-EVENT (\S+) (\S+) line=(\S+) failed=(\S+)$", text)
+            for text in result.stdout.lines
+        )
+        if m
+    )
+
+
+def test_blocking_tests_fail_in_workers_with_the_loopguard_message(pytester):
+    result = run(pytester, "-n", "2")
+    result.assert_outcomes(failed=3, passed=2, xfailed=1)
+    # The one-line summary keeps loopguard's message (the report crossed a process boundary).
+    result.stdout.fnmatch_lines_random(
+        [
+            "FAILED test_it.py::test_blocks_a - loopguard: event loop blocked*",
+            "FAILED test_it.py::test_blocks_b - loopguard: event loop blocked*",
+            "FAILED test_it.py::test_blocks_twice - loopguard: event loop blocked*",
+        ]
+    )
+    # The full report, with the source line, reaches the controller's FAILURES section.
+    result.stdout.fnmatch_lines(["*>*time.sleep(0.3)  # block a"])
+
+
+def test_controller_holds_every_workers_events_exactly_once(pytester):
+    result = run(pytester, "-n", "2")
+    a, b = line(pytester, "# block a"), line(pytester, "# block b")
+    first, second = line(pytester, "# first of two"), line(pytester, "# second of two")
+    xf = line(pytester, "# xfail block")
+    assert events(result) == sorted(
+        [
+            ("test_it.py::test_blocks_a", "call", str(a), "True"),
+            ("test_it.py::test_blocks_b", "call", str(b), "True"),
+            ("test_it.py::test_blocks_twice", "call", str(first), "True"),
+            ("test_it.py::test_blocks_twice", "call", str(second), "True"),
+            ("test_it.py::test_known_blocker", "call", str(xf), "False"),
+        ]
+    )
+    result.stdout.fnmatch_lines(["LG-TOTAL all=5 failed=4"])
+
+
+def test_summary_lists_each_block_once(pytester):
+    result = run(pytester, "-n", "2", conftest="")
+    result.stdout.fnmatch_lines(["*= loopguard: blocked event loops =*"])
+    text = result.stdout.str()
+    summary = text[text.index("loopguard: blocked event loops") :]
+    for marker in ("# block a", "# block b", "# first of two", "# second of two"):
+        assert summary.count(f"test_it.py:{line(pytester, marker)} ") == 1, summary
+    assert "# xfail block" not in summary
+    # The controller's header is printed once; the workers' are not shown.
+    assert text.count("loopguard: threshold 100 ms") == 1
+
+
+def test_n_auto(pytester):
+    result = run(pytester, "-n", "auto")
+    result.assert_outcomes(failed=3, passed=2, xfailed=1)
+    result.stdout.fnmatch_lines(["LG-TOTAL all=5 failed=4"])
+
+
+def test_block_in_a_workers_last_teardown_is_not_lost(pytester):
+    # Session fixtures are torn down when the worker runs out of tests, just before it exits.
+    result = run(
+        pytester,
+        "-n",
+        "2",
+        "--dist",
+        "loadfile",
+        tests="""
+import asyncio, time
+import pytest
+
+@pytest.fixture(scope="session")
+def service():
+    yield
+    async def shutdown():
+        time.sleep(0.3)  # blocking shutdown
+    asyncio.run(shutdown())
+
+def test_uses_service(service):
+    pass
+""",
+    )
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_uses_service*",
+            f"*test_it.py:{line(pytester, '# blocking shutdown')} in *shutdown",
+        ]
+    )
+    n = line(pytester, "# blocking shutdown")
+    assert events(result) == [("test_it.py::test_uses_service", "teardown", str(n), "True")]
+
+
+def test_without_xdist_the_state_is_the_same(pytester):
+    result = run(pytester, "-p", "no:xdist")
+    result.assert_outcomes(failed=3, passed=2, xfailed=1)
+    result.stdout.fnmatch_lines(["LG-TOTAL all=5 failed=4"])
