@@ -1,0 +1,227 @@
+"""Every shape a test can take is guarded and attributed like a function, and never broken.
+
+(In fnmatch patterns ``[[]`` and ``[]]`` are literal brackets; functions are matched as
+``*name`` because 3.11+ report qualified names, ``TestService.test_blocks``.)
+"""
+
+from conftest import INI, line
+
+HEADER = """
+import asyncio, time, unittest
+import pytest
+"""
+
+
+def run(pytester, source, *args, filename="test_it"):
+    pytester.makeini(INI)
+    pytester.makepyfile(**{filename: HEADER + source})
+    return pytester.runpytest_subprocess("-p", "loopguard", "-rA", *args)
+
+
+def test_methods_of_a_plain_class(pytester):
+    result = run(
+        pytester,
+        """
+class TestService:
+    @pytest.fixture
+    def value(self):
+        return 1
+
+    @pytest.mark.asyncio
+    async def test_blocks(self, value):
+        assert self.helper() == value
+        time.sleep(0.3)  # method block
+
+    @pytest.mark.asyncio
+    async def test_fine(self, value):
+        await asyncio.sleep(0)
+        assert value == 1
+
+    def test_sync_method_runs_a_loop(self):
+        async def main():
+            time.sleep(0.3)  # sync method block
+        asyncio.run(main())
+
+    def helper(self):
+        return 1
+""",
+    )
+    result.assert_outcomes(failed=2, passed=1)
+    result.stdout.fnmatch_lines_random(
+        [
+            f"*test_it.py:{line(pytester, '# method block')} in *test_blocks",
+            f"*test_it.py:{line(pytester, '# sync method block')} in *main",
+            "FAILED test_it.py::TestService::test_blocks - loopguard: event loop blocked*",
+            "FAILED test_it.py::TestService::test_sync_method_runs_a_loop - loopguard:*",
+            "PASSED test_it.py::TestService::test_fine",
+        ]
+    )
+    assert "required positional argument" not in result.stdout.str()
+
+
+def test_unittest_testcase(pytester):
+    result = run(
+        pytester,
+        """
+class TestCase(unittest.TestCase):
+    def setUp(self):
+        self.n = 1
+
+    def test_blocks(self):
+        async def main():
+            time.sleep(0.3)  # testcase block
+        asyncio.run(main())
+
+    def test_fine(self):
+        async def main():
+            await asyncio.sleep(0.01)
+        asyncio.run(main())
+        self.assertEqual(self.n, 1)
+""",
+    )
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines_random(
+        [
+            f"*test_it.py:{line(pytester, '# testcase block')} in *main",
+            "FAILED test_it.py::TestCase::test_blocks - loopguard: event loop blocked*",
+            "PASSED test_it.py::TestCase::test_fine",
+        ]
+    )
+
+
+def test_isolated_asyncio_testcase(pytester):
+    result = run(
+        pytester,
+        """
+class TestAsync(unittest.IsolatedAsyncioTestCase):
+    async def asyncSetUp(self):
+        self.n = 1
+
+    async def test_blocks(self):
+        await asyncio.sleep(0)
+        time.sleep(0.3)  # isolated block
+
+    async def test_fine(self):
+        await asyncio.sleep(0.01)
+        self.assertEqual(self.n, 1)
+
+    async def test_already_failing(self):
+        time.sleep(0.3)  # before the assertion
+        self.assertEqual(self.n, 2)
+""",
+    )
+    result.assert_outcomes(failed=2, passed=1)
+    result.stdout.fnmatch_lines_random(
+        [
+            f"*test_it.py:{line(pytester, '# isolated block')} in *test_blocks",
+            "FAILED test_it.py::TestAsync::test_blocks - loopguard: event loop blocked*",
+            "FAILED test_it.py::TestAsync::test_already_failing - AssertionError*",
+            "PASSED test_it.py::TestAsync::test_fine",
+            # A test that failed on its own keeps its failure; the block is a section.
+            "*loopguard: blocked event loop (call)*",
+        ]
+    )
+
+
+def test_parametrized_tests_are_judged_per_case(pytester):
+    result = run(
+        pytester,
+        """
+@pytest.mark.asyncio
+@pytest.mark.parametrize("delay", [0.0, 0.3])
+async def test_param(delay):
+    time.sleep(delay)  # param block
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "delay",
+    [pytest.param(0.3, marks=pytest.mark.loopguard(threshold="1s"), id="allowed"), 0.3],
+)
+async def test_marked_case(delay):
+    time.sleep(delay)
+""",
+    )
+    result.assert_outcomes(failed=2, passed=2)
+    result.stdout.fnmatch_lines_random(
+        [
+            "PASSED test_it.py::test_param[[]0.0[]]",
+            "FAILED test_it.py::test_param[[]0.3[]] - loopguard: event loop blocked*",
+            "PASSED test_it.py::test_marked_case[[]allowed[]]",
+            "FAILED test_it.py::test_marked_case[[]0.3[]] - loopguard: event loop blocked*",
+            f"*test_it.py:{line(pytester, '# param block')} in test_param*",
+        ]
+    )
+    # The session summary names the case.
+    result.stdout.fnmatch_lines(
+        ["*= loopguard: blocked event loops =*", "*[[]test_it.py::test_param[[]0.3[]] (call)[]]"]
+    )
+
+
+def test_doctests_that_run_a_loop(pytester):
+    pytester.makeini(INI)
+    pytester.makepyfile(
+        mod='''
+import asyncio, time
+
+
+def blocker():
+    """
+    >>> asyncio.run(work(0.3))
+    'done'
+    """
+
+
+def fine():
+    """
+    >>> asyncio.run(work(0.0))
+    'done'
+    """
+
+
+async def work(delay):
+    await asyncio.sleep(0)
+    time.sleep(delay)  # doctest block
+    return "done"
+'''
+    )
+    result = pytester.runpytest_subprocess("-p", "loopguard", "--doctest-modules", "-rA", "mod.py")
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines_random(
+        [
+            f"*mod.py:{line(pytester, '# doctest block', 'mod.py')} in work",
+            "FAILED mod.py::mod.blocker - loopguard: event loop blocked*",
+            "PASSED mod.py::mod.fine",
+        ]
+    )
+
+
+def test_shapes_under_xdist(pytester):
+    result = run(
+        pytester,
+        """
+class TestPlain:
+    @pytest.mark.asyncio
+    async def test_blocks(self):
+        time.sleep(0.3)
+
+class TestIsolated(unittest.IsolatedAsyncioTestCase):
+    async def test_blocks(self):
+        time.sleep(0.3)
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("n", [1, 2])
+async def test_param(n):
+    time.sleep(0.3)
+""",
+        "-n",
+        "2",
+    )
+    result.assert_outcomes(failed=4)
+    result.stdout.fnmatch_lines_random(
+        [
+            "*[[]test_it.py::TestPlain::test_blocks (call)[]]",
+            "*[[]test_it.py::TestIsolated::test_blocks (call)[]]",
+            "*[[]test_it.py::test_param[[]1[]] (call)[]]",
+            "*[[]test_it.py::test_param[[]2[]] (call)[]]",
+        ]
+    )
