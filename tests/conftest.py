@@ -1,9 +1,11 @@
 pytest_plugins = ["pytester"]
 
-# Written into every pytester session: keeps pytest-asyncio quiet and predictable.
+# Written into every pytester session: keeps pytest-asyncio quiet and predictable, and the
+# order of tests as written (pytest-randomly, when installed, is tested on its own).
 INI = """
 [pytest]
 asyncio_default_fixture_loop_scope = function
+addopts = -p no:randomly
 """
 
 

@@ -225,3 +225,55 @@ async def test_param(n):
             "*[[]test_it.py::test_param[[]2[]] (call)[]]",
         ]
     )
+
+
+LOOP_SCOPE = """
+import pytest_asyncio
+
+# pytest-asyncio 0.23 calls it scope=, 0.24 and later loop_scope=.
+_version = tuple(int(p) for p in pytest_asyncio.__version__.split(".")[:2])
+LOOP = "loop_scope" if _version >= (0, 24) else "scope"
+"""
+
+
+def test_tests_sharing_a_module_scoped_loop_are_judged_each_on_its_own(pytester):
+    result = run(
+        pytester,
+        LOOP_SCOPE
+        + """
+pytestmark = pytest.mark.asyncio(**{LOOP: "module"})
+loops = []
+
+async def test_first():
+    loops.append(asyncio.get_running_loop())
+
+async def test_blocks():
+    loops.append(asyncio.get_running_loop())
+    time.sleep(0.3)  # shared loop block
+
+async def test_last():
+    loops.append(asyncio.get_running_loop())
+    assert loops[0] is loops[1] is loops[2]
+
+class TestClassLoop:
+    pytestmark = pytest.mark.asyncio(**{LOOP: "class"})
+
+    async def test_blocks_in_class(self):
+        time.sleep(0.3)  # class loop block
+
+    async def test_fine_in_class(self):
+        await asyncio.sleep(0)
+""",
+    )
+    result.assert_outcomes(failed=2, passed=3)
+    result.stdout.fnmatch_lines_random(
+        [
+            f"*test_it.py:{line(pytester, '# shared loop block')} in test_blocks",
+            f"*test_it.py:{line(pytester, '# class loop block')} in *test_blocks_in_class",
+            "FAILED test_it.py::test_blocks - loopguard: event loop blocked*",
+            "FAILED test_it.py::TestClassLoop::test_blocks_in_class - loopguard:*",
+            "PASSED test_it.py::test_first",
+            "PASSED test_it.py::test_last",
+            "PASSED test_it.py::TestClassLoop::test_fine_in_class",
+        ]
+    )

@@ -1,7 +1,11 @@
 """pytest-xdist: tests fail in their workers, the controller reports every event exactly once."""
 
+import asyncio
+import json
 import re
+import time
 
+import loopguard
 from conftest import INI, line
 
 TESTS = """
@@ -165,3 +169,21 @@ def test_without_xdist_the_state_is_the_same(pytester):
     result = run(pytester, "-p", "no:xdist")
     result.assert_outcomes(failed=3, passed=2, xfailed=1)
     result.stdout.fnmatch_lines(["LG-TOTAL all=5 failed=4"])
+
+
+def test_block_events_survive_a_round_trip_through_plain_data():
+    async def main():
+        await asyncio.sleep(0)
+        time.sleep(0.3)  # round-trip block
+
+    with loopguard.guard(threshold="100ms", raise_=False) as g:
+        asyncio.run(main())
+    (ev,) = g.events
+    data = json.loads(json.dumps(ev.to_dict()))
+    back = loopguard.BlockEvent.from_dict(data)
+    assert back == ev
+    assert back.site == ev.site and isinstance(back.site, loopguard.Frame)
+    assert all(isinstance(s, loopguard.Sample) for s in back.samples)
+    assert "round-trip block" in back.site.source
+    # Keys a newer writer adds are ignored.
+    assert loopguard.BlockEvent.from_dict({**data, "new_key": 1}) == ev
