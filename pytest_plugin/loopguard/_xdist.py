@@ -7,8 +7,8 @@ arrives in the reports. Each worker attaches the events it judged for a report t
 plain data that xdist's serialization carries), and the controller adds them to its own
 ``state.all_events`` / ``state.failed_events`` when the report is logged: once per report,
 so once per event. At the end of its session a worker also hands over, through xdist's
-``workeroutput``, any event it judged but did not attach to a report (none, unless a plugin
-swallowed a report), so nothing is lost when it exits.
+``workeroutput``, any event whose report was never logged (none, unless a plugin swallowed a
+report), so nothing is lost when it exits.
 
 A failure report whose longrepr is loopguard's own keeps it across the process boundary
 (rebuilt from the events on the controller), so the ``FAILED ... - loopguard: ...`` line reads
@@ -48,7 +48,9 @@ class XdistPlugin:
         self.config = config
         self.state = state
         self.worker = is_worker(config)
-        # Worker: events of state.all_events already attached to a report.
+        # Worker: events attached to a report not logged yet (by id of the report), and events
+        # whose report was logged, hence sent to the controller (by id of the event).
+        self._pending: dict[int, list[int]] = {}
         self._shipped: set[int] = set()
         # Controller: how many events arrived from each worker ("gw0", ...).
         self.received: dict[str, int] = {}
@@ -64,34 +66,41 @@ class XdistPlugin:
         report = yield
         new = state.all_events[before:]
         if new:
-            setattr(report, ATTR, self._ship(new))
+            setattr(report, ATTR, self._as_data(new))
+            self._pending[id(report)] = [id(e) for e in new]
         return report
 
-    def _ship(self, events: list[BlockEvent]) -> list[dict[str, Any]]:
+    def _as_data(self, events: list[BlockEvent]) -> list[dict[str, Any]]:
         failed = {id(e) for e in self.state.failed_events}
-        out = []
-        for ev in events:
-            if id(ev) in self._shipped:
-                continue
-            self._shipped.add(id(ev))
-            out.append({"event": ev.to_dict(), "failed": id(ev) in failed})
-        return out
+        return [{"event": ev.to_dict(), "failed": id(ev) in failed} for ev in events]
 
     @pytest.hookimpl(wrapper=True)
     def pytest_report_to_serializable(self, config: pytest.Config, report: Any) -> Any:
         data = yield
-        if data is not None and type(report.longrepr).__name__ == "_LoopguardRepr":
+        from .plugin import _LoopguardRepr  # plugin.py imports this module
+
+        if data is not None and isinstance(report.longrepr, _LoopguardRepr):
             data[_LONGREPR_KEY] = True
         return data
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self.worker:
+            # xdist's worker sends the report from its own pytest_runtest_logreport.
+            self._shipped.update(self._pending.pop(id(report), ()))
+            return
+        shipped = getattr(report, ATTR, None)
+        if shipped:
+            # Reports logged in this process carry no ATTR (only workers attach it), so
+            # whatever arrives here came from a worker and is counted exactly once.
+            self._receive(shipped, _worker_id(report))
+
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if not self.worker:
-            return
         output = getattr(self.config, "workeroutput", None)
-        if output is None:
+        if not self.worker or output is None:
             return
-        left = self._ship(self.state.all_events)
-        output[_OUTPUT_KEY] = {"unshipped": left}
+        left = [e for e in self.state.all_events if id(e) not in self._shipped]
+        output[_OUTPUT_KEY] = {"unshipped": self._as_data(left)}
 
     # --- controller side -------------------------------------------------------------------
 
@@ -99,7 +108,7 @@ class XdistPlugin:
     def pytest_report_from_serializable(self, config: pytest.Config, data: Any) -> Any:
         report = yield
         if report is not None and isinstance(data, dict) and data.get(_LONGREPR_KEY):
-            from .plugin import _LoopguardRepr
+            from .plugin import _LoopguardRepr  # plugin.py imports this module
 
             failing = [
                 BlockEvent.from_dict(d["event"])
@@ -109,17 +118,6 @@ class XdistPlugin:
             if failing:
                 report.longrepr = _LoopguardRepr(failing)
         return report
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if self.worker:
-            return
-        shipped = getattr(report, ATTR, None)
-        if not shipped:
-            return
-        # Reports logged in this process carry no ATTR (only workers attach it), so whatever
-        # arrives here came from a worker and is counted exactly once.
-        self._receive(shipped, _worker_id(report))
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Optional[object]) -> None:
