@@ -187,3 +187,32 @@ def test_block_events_survive_a_round_trip_through_plain_data():
     assert "round-trip block" in back.site.source
     # Keys a newer writer adds are ignored.
     assert loopguard.BlockEvent.from_dict({**data, "new_key": 1}) == ev
+
+
+def test_raise_mode_under_xdist(pytester):
+    result = run(
+        pytester,
+        "-n",
+        "2",
+        "--loopguard-mode=raise",
+        tests="""
+import time
+import pytest
+
+@pytest.mark.asyncio
+async def test_cpu():
+    end = time.perf_counter() + 2.0
+    while time.perf_counter() < end:  # raise-mode loop
+        pass
+
+@pytest.mark.asyncio
+async def test_fine():
+    pass
+""",
+    )
+    result.assert_outcomes(failed=1, passed=1)
+    n = line(pytester, "# raise-mode loop")
+    result.stdout.fnmatch_lines(
+        ["*loopguard.LoopBlockedError: loopguard: this code blocked the event loop*"]
+    )
+    assert events(result) == [("test_it.py::test_cpu", "call", str(n), "True")]
