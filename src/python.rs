@@ -342,6 +342,23 @@ impl Slot {
         wait
     }
 
+    /// Marks the loop idle until `timeout` seconds from now without capping the wait (None:
+    /// no limit, so the loop is never counted as starved). For loops whose wait loopguard
+    /// cannot shorten (trio).
+    #[pyo3(signature = (timeout))]
+    fn idle_for(&self, timeout: Option<f64>) {
+        self.slot.idle(timeout.map(secs_to_ns));
+    }
+
+    /// For loops without a per-iteration hook (uvloop): called by a periodic callback on the
+    /// loop; returns the seconds until the next beat is due (a tenth of the threshold,
+    /// between 1 ms and 25 ms). See `LoopSlot::beat`.
+    fn beat(&self) -> f64 {
+        let interval = beat_interval_ns(self.slot.threshold_ns());
+        self.slot.beat(interval);
+        interval as f64 / 1e9
+    }
+
     fn unregister(&self, py: Python<'_>) {
         self.slot.unregister();
         if let Some(map) = LOOP_OBJECTS.lock().as_mut() {
@@ -359,6 +376,11 @@ fn capped_wait(slot: &LoopSlot, timeout: Option<f64>) -> f64 {
         Some(t) if t < cap => t.max(0.0),
         _ => cap,
     }
+}
+
+/// How often a beating loop beats: detection slack against cost (one callback per beat).
+fn beat_interval_ns(threshold_ns: u64) -> u64 {
+    (threshold_ns / 10).clamp(1_000_000, 25_000_000)
 }
 
 fn secs_to_ns(s: f64) -> u64 {

@@ -74,6 +74,9 @@ pub struct LoopSlot {
     state: AtomicU64,
     /// While idle: the time by which the selector call should have returned.
     wake_by: AtomicU64,
+    /// True for loops watched by a periodic beat (see [`LoopSlot::beat`]): a beat that does
+    /// not come back in time means the loop was blocked, not starved.
+    beating: AtomicBool,
     shared: Arc<Shared>,
     tx: Sender<Msg>,
 }
@@ -89,7 +92,7 @@ impl LoopSlot {
             // could not get going again (it waited for the GIL).
             let wake_by = self.wake_by.load(Ordering::Relaxed);
             if wake_by != 0 && now > wake_by && now - wake_by >= self.shared.threshold_ns() {
-                self.report_end(wake_by, now, true);
+                self.report_end(wake_by, now, !self.is_beating());
             }
         }
     }
@@ -108,6 +111,23 @@ impl LoopSlot {
         let prev = self.state.swap(now << 1, Ordering::AcqRel);
         self.check_busy_end(prev, now);
         now
+    }
+
+    /// Called by a periodic beat on a loop that cannot be hooked at each iteration: the loop
+    /// is running callbacks now, and promises to beat again within `interval_ns` unless it is
+    /// blocked. A beat that comes back more than the threshold after it was due closes a block
+    /// that began when it was due (the true start lies up to one interval earlier).
+    #[inline]
+    pub fn beat(&self, interval_ns: u64) {
+        self.beating.store(true, Ordering::Relaxed);
+        self.busy();
+        self.idle(Some(interval_ns));
+    }
+
+    /// True once the loop is watched by a periodic beat.
+    #[inline]
+    fn is_beating(&self) -> bool {
+        self.beating.load(Ordering::Relaxed)
     }
 
     /// Called by the loop thread when the loop stops running; closes any block in progress.
@@ -305,6 +325,7 @@ impl Watchdog {
             },
             state: AtomicU64::new((now_ns() << 1) | 1),
             wake_by: AtomicU64::new(0),
+            beating: AtomicBool::new(false),
             shared: Arc::clone(&self.shared),
             tx: self.tx.clone(),
         });
@@ -578,7 +599,7 @@ impl Runner {
             let stuck_from = if busy {
                 Some((since, false))
             } else if wake_by != 0 {
-                Some((wake_by, true))
+                Some((wake_by, !w.slot.is_beating()))
             } else {
                 None
             };
@@ -773,6 +794,27 @@ mod tests {
         assert_eq!(events.len(), 1, "{events:?}");
         assert!(events[0].starved);
         assert!(events[0].duration_ns >= ms(150), "{events:?}");
+    }
+
+    #[test]
+    fn a_late_beat_is_a_block_from_when_it_was_due() {
+        let wd = start(ms(50));
+        let slot = wd.register("uvloop", "main", target());
+        slot.beat(ms(10));
+        sleep(ms_d(200));
+        slot.beat(ms(10));
+        let events = wd.flush(ms(1000));
+        assert_eq!(events.len(), 1);
+        let e = &events[0];
+        assert!(!e.starved);
+        // Dated from when the beat was due: 10 ms after the first beat.
+        assert!(
+            e.duration_ns >= ms(185) && e.duration_ns < ms(400),
+            "{}",
+            e.duration_ns
+        );
+        assert!(e.captured_after_ns.is_some());
+        slot.unregister();
     }
 
     #[test]

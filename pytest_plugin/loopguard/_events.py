@@ -285,6 +285,9 @@ def display_path(filename: str) -> str:
     return filename if rel.startswith("..") else rel
 
 
+# What ran on the loop thread, as the report's detail line names it (anyio's backends show here).
+_KIND_TEXT = {"asyncio": "asyncio loop", "uvloop": "uvloop loop", "trio": "trio run"}
+
 _GIL_TEXT = {
     "loop": "GIL held by the loop thread",
     "released": "GIL released (a system call or C code that releases it)",
@@ -326,11 +329,9 @@ def format_event(ev: BlockEvent, *, index: int = 0, total: int = 1) -> list[str]
     if ev.stack:
         lines.append("  Python stack of the loop thread (most recent call last):")
         lines.extend(_stack_lines(ev.stack))
-    detail = [f"loop thread {ev.thread_name!r}"]
+    detail = [f"loop thread {ev.thread_name!r}", _KIND_TEXT.get(ev.loop_kind, ev.loop_kind)]
     if ev.task_name:
         detail.append(f"task {ev.task_name!r}")
-    if ev.loop_kind != "asyncio":
-        detail.append(f"{ev.loop_kind} loop")
     if ev.gil == "other" and ev.gil_holder_thread:
         detail.append(f"GIL held by thread {ev.gil_holder_thread!r}")
     elif ev.gil in _GIL_TEXT and ev.gil != "unknown":

@@ -14,10 +14,11 @@ import itertools
 import os
 import select
 import selectors
+import sys
 import threading
 from typing import Optional
 
-from . import _native
+from . import _native, _trio, _uvloop
 from ._events import BlockEvent, events_from_json, remember_thread
 
 __all__ = ["Runtime", "runtime"]
@@ -31,6 +32,7 @@ class Runtime:
         self._needs: dict[int, int] = {}
         self._tokens = itertools.count(1)
         self._patched = False
+        self._optional = {"uvloop": _uvloop.install, "trio": _trio.install}
         self._events: list[BlockEvent] = []
         self._sampler: Optional[str] = None
         self._raisers: set[int] = set()
@@ -104,6 +106,8 @@ class Runtime:
     # --- events ----------------------------------------------------------------------------
 
     def set_context(self, context: str) -> None:
+        if self._optional:
+            self._install_optional()
         if _native.is_running():
             _native.set_context(context)
 
@@ -134,7 +138,15 @@ class Runtime:
 
     # --- instrumentation -------------------------------------------------------------------
 
+    def _install_optional(self) -> None:
+        """Instrument uvloop and trio once they are imported (checked at every phase: cheap)."""
+        with self._lock:
+            for name, install in list(self._optional.items()):
+                if name in sys.modules and install(self):
+                    del self._optional[name]
+
     def _install(self) -> None:
+        self._install_optional()
         if self._patched:
             return
         self._install_thread_names()
