@@ -345,12 +345,17 @@ def format_event(ev: BlockEvent, *, index: int = 0, total: int = 1) -> list[str]
     return lines
 
 
+_ASYNCIO_EVENTS = os.sep + os.path.join("asyncio", "events.py")
+_TRIO_RUN = os.sep + os.path.join("trio", "_core", "_run.py")
+
+
 def _dispatch_index(stack: list[Frame]) -> int:
     """Index just past the innermost frame where the event loop dispatched a callback."""
     for i in range(len(stack) - 1, -1, -1):
         f = stack[i]
-        if f.function.rsplit(".", 1)[-1] == "_run" and f.filename.endswith(
-            os.sep + os.path.join("asyncio", "events.py")
+        name = f.function.rsplit(".", 1)[-1]
+        if (name == "_run" and f.filename.endswith(_ASYNCIO_EVENTS)) or (
+            name == "unrolled_run" and f.filename.endswith(_TRIO_RUN)
         ):
             return i + 1
     return 0

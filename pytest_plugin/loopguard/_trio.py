@@ -14,9 +14,11 @@ deadline and then cannot get the GIL is reported once it gets it, not while it w
 the wait would mean replacing the run's clock, which ``trio.lowlevel.current_clock()`` exposes
 and user clocks such as ``MockClock`` own.)
 
-A guest run hosted by a running asyncio loop in the same thread is not registered: the host
-loop's own heartbeat covers it (registering both would report each block twice). A guest run
-whose host thread exits before the run finishes is unregistered when the thread exits.
+A guest run is never counted as starved (its host decides when it resumes, see
+``before_io_wait``). A guest run hosted by a running asyncio loop in the same thread is not
+registered: the host loop's own heartbeat covers it (registering both would report each block
+twice). A guest run whose host thread exits before the run finishes is unregistered when the
+thread exits.
 """
 
 from __future__ import annotations
@@ -114,13 +116,19 @@ def _make_instrument_class(trio: Any) -> type:
             except RuntimeError:
                 return
             self._slot = slot
-            # The hot hook goes straight to native code, with no Python frame in between.
-            self.before_io_wait = slot.idle_for
             if self._guest:
                 _track(slot, True)
+            else:
+                # The hot hook goes straight to native code, with no Python frame in between.
+                self.before_io_wait = slot.idle_for
 
         def before_io_wait(self, timeout: float) -> None:
-            pass
+            # A guest run resumes when its host drives it, which may be much later than
+            # ``timeout`` without anything being blocked (anyio's test runner drives its trio
+            # run only while a test or fixture runs): a guest is never counted as starved.
+            slot = self._slot
+            if slot is not None:
+                slot.idle_for(None)
 
         def after_io_wait(self, timeout: float) -> None:
             slot = self._slot
