@@ -266,6 +266,12 @@ fn flush(py: Python<'_>, timeout_s: f64) -> PyResult<String> {
     serde_json::to_string(&events).map_err(|e| PyRuntimeError::new_err(e.to_string()))
 }
 
+/// How many loops are registered now (0 when the watchdog is not running).
+#[pyfunction]
+fn registered_loops() -> u64 {
+    current().map_or(0, |wd| wd.registered())
+}
+
 /// The watchdog clock, in nanoseconds.
 #[pyfunction(name = "now_ns")]
 fn py_now_ns() -> u64 {
@@ -649,6 +655,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_context, m)?)?;
     m.add_function(wrap_pyfunction!(flush, m)?)?;
     m.add_function(wrap_pyfunction!(py_now_ns, m)?)?;
+    m.add_function(wrap_pyfunction!(registered_loops, m)?)?;
     m.add_function(wrap_pyfunction!(register, m)?)?;
     m.add_function(wrap_pyfunction!(enable_raise, m)?)?;
     m.add_function(wrap_pyfunction!(disable_raise, m)?)?;

@@ -48,6 +48,8 @@ pub struct Shared {
     /// When set, each detected block (not starvation) is also announced on the notice channel,
     /// for the Python layer to raise an exception in the loop thread ("raise mode").
     notify_blocks: AtomicBool,
+    /// How many loops are registered and not yet unregistered.
+    registered: AtomicU64,
 }
 
 impl Shared {
@@ -77,6 +79,8 @@ pub struct LoopSlot {
     /// True for loops watched by a periodic beat (see [`LoopSlot::beat`]): a beat that does
     /// not come back in time means the loop was blocked, not starved.
     beating: AtomicBool,
+    /// Set by the first [`LoopSlot::unregister`]; later calls do nothing.
+    unregistered: AtomicBool,
     shared: Arc<Shared>,
     tx: Sender<Msg>,
 }
@@ -132,6 +136,10 @@ impl LoopSlot {
 
     /// Called by the loop thread when the loop stops running; closes any block in progress.
     pub fn unregister(&self) {
+        if self.unregistered.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.shared.registered.fetch_sub(1, Ordering::Relaxed);
         let now = now_ns();
         let prev = self.state.swap(now << 1, Ordering::AcqRel);
         self.wake_by.store(0, Ordering::Relaxed);
@@ -261,6 +269,7 @@ impl Watchdog {
             threshold_ns: AtomicU64::new(threshold_ns.max(1)),
             running: AtomicBool::new(true),
             notify_blocks: AtomicBool::new(false),
+            registered: AtomicU64::new(0),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         // Bounded: if nobody consumes notices, the watchdog drops them rather than queue.
@@ -326,9 +335,11 @@ impl Watchdog {
             state: AtomicU64::new((now_ns() << 1) | 1),
             wake_by: AtomicU64::new(0),
             beating: AtomicBool::new(false),
+            unregistered: AtomicBool::new(false),
             shared: Arc::clone(&self.shared),
             tx: self.tx.clone(),
         });
+        self.shared.registered.fetch_add(1, Ordering::Relaxed);
         if self.shared.running.load(Ordering::Relaxed) {
             let _ = self.tx.send(Msg::Register(Arc::clone(&slot)));
         }
@@ -354,6 +365,11 @@ impl Watchdog {
             start,
             task_name,
         });
+    }
+
+    /// How many loops are registered now (for tests and diagnostics).
+    pub fn registered(&self) -> u64 {
+        self.shared.registered.load(Ordering::Relaxed)
     }
 
     /// Sets the detection threshold.
@@ -838,7 +854,10 @@ mod tests {
         let slot = wd.register("asyncio", "main", target());
         slot.busy();
         sleep(ms_d(150));
+        assert_eq!(wd.registered(), 1);
         slot.unregister();
+        slot.unregister(); // a second call does nothing
+        assert_eq!(wd.registered(), 0);
         let events = wd.flush(ms(2000));
         wd.stop();
         assert_eq!(events.len(), 1, "{events:?}");
