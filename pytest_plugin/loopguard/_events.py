@@ -88,6 +88,9 @@ class BlockEvent:
     """True when samples showed more than one call site (a block made of several calls)."""
     late: bool = False
     """True when the stack could only be read by taking the GIL, so it may have been late."""
+    in_debugger: bool = False
+    """True when the loop thread was seen inside a debugger (paused at a breakpoint): such a
+    pause is not a block, and loopguard does not report it."""
 
     @property
     def context(self) -> Optional[str]:
@@ -237,8 +240,22 @@ def _culprit(s: Sample) -> list[Frame]:
     return s.stack
 
 
+# Where a thread paused in a debugger is: bdb/pdb's dispatch and prompt (pdb, breakpoint(),
+# pytest --pdb/--trace, IPython's debugger), pydevd (PyCharm, VS Code's debugpy). A tracer that
+# only traces (coverage, profilers) has none of these frames, so detection stays on under it.
+_DEBUGGER_FILES = ("bdb.py", "pdb.py")
+_DEBUGGER_DIRS = (f"{os.sep}pydevd", f"{os.sep}_pydevd_bundle{os.sep}", f"{os.sep}debugpy{os.sep}")
+
+
+def _is_debugger_frame(f: Frame) -> bool:
+    if os.path.basename(f.filename) in _DEBUGGER_FILES and not is_user_file(f.filename):
+        return True
+    return any(d in f.filename for d in _DEBUGGER_DIRS)
+
+
 def _analyse(ev: BlockEvent) -> None:
     """Pick the dominant call site, the stack to show and the GIL attribution."""
+    ev.in_debugger = any(_is_debugger_frame(f) for s in ev.samples for f in s.stack)
     counts: Counter[Frame] = Counter()
     first: dict[Frame, Sample] = {}
     for s in ev.samples:

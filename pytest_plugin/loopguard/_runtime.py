@@ -113,7 +113,8 @@ class Runtime:
 
     def collect(self) -> list[BlockEvent]:
         """Fetch finished events from the watchdog into the log; returns the new ones."""
-        new = events_from_json(_native.flush(_FLUSH_TIMEOUT))
+        # A loop thread paused at a breakpoint is the user's pause, not a block.
+        new = [e for e in events_from_json(_native.flush(_FLUSH_TIMEOUT)) if not e.in_debugger]
         with self._lock:
             self._events.extend(new)
         return new
