@@ -1,5 +1,7 @@
 """uvloop loops, however they are made, are watched (by a periodic beat: see _uvloop.py)."""
 
+import sys
+
 import pytest
 from conftest import INI, line
 
@@ -124,3 +126,41 @@ def test_third():
     )
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(["FAILED test_it.py::test_third - loopguard*"])
+
+
+def test_uvloop_and_trio_imported_inside_a_guard_are_watched(pytester):
+    pytest.importorskip("trio")
+    script = pytester.makepyfile(
+        late="""
+import asyncio, sys, time, loopguard
+assert "uvloop" not in sys.modules and "trio" not in sys.modules
+
+async def a():
+    await asyncio.sleep(0.01)
+    time.sleep(0.4)  # uvloop blocking line
+
+async def t():
+    import trio
+    await trio.sleep(0.01)
+    time.sleep(0.4)  # trio blocking line
+
+for kind in ("uvloop", "trio"):
+    try:
+        with loopguard.guard(threshold="100ms"):
+            if kind == "uvloop":
+                import uvloop
+                uvloop.run(a())
+            else:
+                import trio
+                trio.run(t)
+        print(kind, "not reported")
+    except loopguard.LoopBlockedError as e:
+        print(kind, "reported", e.events[0].loop_kind, e.events[0].site)
+"""
+    )
+    result = pytester.run(sys.executable, str(script))
+    uv = line(pytester, "# uvloop blocking line", "late.py")
+    tr = line(pytester, "# trio blocking line", "late.py")
+    result.stdout.fnmatch_lines(
+        [f"uvloop reported uvloop late.py:{uv} in a", f"trio reported trio late.py:{tr} in t"]
+    )

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import asyncio.base_events
 import atexit
+import importlib.abc
+import importlib.util
 import itertools
 import os
 import select
@@ -151,6 +153,10 @@ class Runtime:
         if self._patched:
             return
         self._install_thread_names()
+        if self._optional:
+            # uvloop and trio imported later (inside a guard(), in a test) are instrumented as
+            # soon as their import finishes.
+            sys.meta_path.insert(0, _PostImportFinder(self))
         cls = asyncio.base_events.BaseEventLoop
         original = cls.run_forever
         rt = self
@@ -223,6 +229,44 @@ class Runtime:
             if proxied is not None and loop._selector is proxied:
                 loop._selector = selector
             slot.unregister()
+
+
+class _PostImportFinder(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: when uvloop or trio is imported, wraps its loader so that
+    loopguard instruments it right after the module has run."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+        self._finding = threading.local()
+
+    def find_spec(self, fullname, path=None, target=None):  # type: ignore[no-untyped-def]
+        if fullname not in self._rt._optional or getattr(self._finding, "name", None):
+            return None
+        self._finding.name = fullname
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._finding.name = None
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return None
+        spec.loader = _InstallingLoader(spec.loader, self._rt._install_optional)
+        return spec
+
+
+class _InstallingLoader(importlib.abc.Loader):
+    def __init__(self, inner, after) -> None:  # type: ignore[no-untyped-def]
+        self._inner = inner
+        self._after = after
+
+    def create_module(self, spec):  # type: ignore[no-untyped-def]
+        return self._inner.create_module(spec)
+
+    def exec_module(self, module) -> None:  # type: ignore[no-untyped-def]
+        self._inner.exec_module(module)
+        self._after()
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._inner, name)
 
 
 _EPOLL_SELECTOR = getattr(selectors, "EpollSelector", ())
