@@ -1,6 +1,10 @@
 """Detection slack and per-iteration cost on uvloop (periodic beat) and trio (instrument hooks).
 
     python benchmarks/loop_kinds.py [--blocks 10] [--iterations 200000]
+    python benchmarks/loop_kinds.py --only uvloop:on --iterations 20000   # for callgrind
+
+``--callgrind`` counts instructions instead (valgrind --tool=callgrind on ``--only`` runs of
+22 000 and 2 000 iterations, difference / 20 000), which machine noise cannot move.
 
 Slack: blocks of 300 ms at a random phase against a 100 ms threshold; prints how much shorter
 than the true block each reported duration is, and when the stack was captured.
@@ -52,7 +56,7 @@ def block_once(kind: str, seconds: float) -> tuple[float, float]:
     return float("nan"), float("nan")
 
 
-def per_iteration(kind: str, n: int, guarded: bool) -> float:
+def per_iteration(kind: str, n: int, guarded: bool, threshold: str = "100ms") -> float:
     async def a_loop():
         for _ in range(n):
             await asyncio.sleep(0)
@@ -78,16 +82,63 @@ def per_iteration(kind: str, n: int, guarded: bool) -> float:
         return (time.perf_counter() - t0) / n
 
     if guarded:
-        with loopguard.guard(threshold="100ms"):
+        with loopguard.guard(threshold=threshold):
             return go()
     return go()
+
+
+def callgrind_instructions(kind: str, mode: str, n: int) -> int:
+    import re
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        out = subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={d}/cg.out",
+                sys.executable,
+                __file__,
+                "--only",
+                f"{kind}:{mode}",
+                "--iterations",
+                str(n),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        m = re.search(r"Collected : (\d+)", out.stderr)
+        assert m, out.stderr
+        return int(m.group(1))
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--blocks", type=int, default=10)
     p.add_argument("--iterations", type=int, default=200_000)
+    p.add_argument("--only", help="KIND:on|off: run the iteration workload once, print nothing")
+    p.add_argument("--callgrind", action="store_true")
     args = p.parse_args()
+    if args.only:
+        kind, mode = args.only.split(":")
+        # A generous threshold: valgrind slows everything ~50x; this measures cost only.
+        per_iteration(kind, args.iterations, mode == "on", threshold="10s")
+        return
+    if args.callgrind:
+        for kind in ("asyncio", "uvloop", "trio"):
+            cost = {}
+            for mode in ("off", "on"):
+                hi = callgrind_instructions(kind, mode, 22_000)
+                lo = callgrind_instructions(kind, mode, 2_000)
+                cost[mode] = (hi - lo) / 20_000
+            print(
+                f"{kind:8} instructions per iteration: off {cost['off']:.0f}, on {cost['on']:.0f}, "
+                f"+{cost['on'] - cost['off']:.0f}, ratio {cost['on'] / cost['off']:.3f}"
+            )
+        return
     for kind in ("asyncio", "uvloop", "trio"):
         short, captured = zip(*(block_once(kind, 0.3) for _ in range(args.blocks)))
         print(
