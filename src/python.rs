@@ -100,7 +100,10 @@ fn assist(
         Python::with_gil(|py| {
             // Holding the GIL, the loop thread cannot move on: if it is still in the same busy
             // stretch now, what we see is the block, and an exception lands in its callback.
-            if !slot.is_busy_since(start) {
+            // A beating loop (uvloop) late since `start` is still blocked too, but in which
+            // callback is not known: its task is named, nothing is raised in it.
+            let late_beat = slot.is_late_since(start);
+            if !late_beat && !slot.is_busy_since(start) {
                 return;
             }
             let loop_obj = LOOP_OBJECTS
@@ -114,7 +117,7 @@ fn assist(
                     }
                 }
             }
-            if !RAISE_ON.load(std::sync::atomic::Ordering::Relaxed) {
+            if late_beat || !RAISE_ON.load(std::sync::atomic::Ordering::Relaxed) {
                 return;
             }
             let Some(cls) = RAISE_CLASS.lock().as_ref().map(|c| c.clone_ref(py)) else {

@@ -183,6 +183,13 @@ impl LoopSlot {
         busy && since == start
     }
 
+    /// For a beating loop: true while it still has not beaten since the beat due at `start`
+    /// (it is somewhere in a long stretch, but which callback is not known).
+    pub fn is_late_since(&self, start: u64) -> bool {
+        let (busy, _, wake_by) = self.snapshot();
+        self.is_beating() && !busy && wake_by == start
+    }
+
     /// Reads `(busy, since, wake_by)` consistently.
     fn snapshot(&self) -> (bool, u64, u64) {
         loop {
