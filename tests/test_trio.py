@@ -149,3 +149,29 @@ def test_thread():
             "*loop thread 'trio-worker', trio run*",
         ]
     )
+
+
+def test_raise_mode_raises_in_the_blocked_trio_task(pytester):
+    pytest.importorskip("pytest_trio")
+    result = run(
+        pytester,
+        """
+@pytest.mark.trio
+async def test_spins():
+    await trio.sleep(0.01)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        pass  # spinning line
+""",
+        "--loopguard-mode=raise",
+    )
+    result.assert_outcomes(failed=1)
+    # Raised in the task (trio wraps it in the nursery's ExceptionGroup), at the spinning loop.
+    spin = line(pytester, "# spinning line")
+    result.stdout.re_match_lines(
+        [
+            rf".*File \".*test_it\.py\", line ({spin - 1}|{spin}), in test_spins",
+            r".*loopguard\.LoopBlockedError: loopguard: this code blocked the event loop.*",
+        ]
+    )
+    result.stdout.fnmatch_lines(["FAILED test_it.py::test_spins - LoopBlockedError*"])
