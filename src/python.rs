@@ -100,7 +100,10 @@ fn assist(
         Python::with_gil(|py| {
             // Holding the GIL, the loop thread cannot move on: if it is still in the same busy
             // stretch now, what we see is the block, and an exception lands in its callback.
-            if !slot.is_busy_since(start) {
+            // A beating loop (uvloop) late since `start` is still blocked too, but in which
+            // callback is not known: its task is named, nothing is raised in it.
+            let late_beat = slot.is_late_since(start);
+            if !late_beat && !slot.is_busy_since(start) {
                 return;
             }
             let loop_obj = LOOP_OBJECTS
@@ -114,7 +117,7 @@ fn assist(
                     }
                 }
             }
-            if !RAISE_ON.load(std::sync::atomic::Ordering::Relaxed) {
+            if late_beat || !RAISE_ON.load(std::sync::atomic::Ordering::Relaxed) {
                 return;
             }
             let Some(cls) = RAISE_CLASS.lock().as_ref().map(|c| c.clone_ref(py)) else {
@@ -266,6 +269,12 @@ fn flush(py: Python<'_>, timeout_s: f64) -> PyResult<String> {
     serde_json::to_string(&events).map_err(|e| PyRuntimeError::new_err(e.to_string()))
 }
 
+/// How many loops are registered now (0 when the watchdog is not running).
+#[pyfunction]
+fn registered_loops() -> u64 {
+    current().map_or(0, |wd| wd.registered())
+}
+
 /// The watchdog clock, in nanoseconds.
 #[pyfunction(name = "now_ns")]
 fn py_now_ns() -> u64 {
@@ -342,6 +351,23 @@ impl Slot {
         wait
     }
 
+    /// Marks the loop idle until `timeout` seconds from now without capping the wait (None:
+    /// no limit, so the loop is never counted as starved). For loops whose wait loopguard
+    /// cannot shorten (trio).
+    #[pyo3(signature = (timeout))]
+    fn idle_for(&self, timeout: Option<f64>) {
+        self.slot.idle(timeout.map(secs_to_ns));
+    }
+
+    /// For loops without a per-iteration hook (uvloop): called by a periodic callback on the
+    /// loop; returns the seconds until the next beat is due (a tenth of the threshold,
+    /// between 1 ms and 25 ms). See `LoopSlot::beat`.
+    fn beat(&self) -> f64 {
+        let interval = beat_interval_ns(self.slot.threshold_ns());
+        self.slot.beat(interval);
+        interval as f64 / 1e9
+    }
+
     fn unregister(&self, py: Python<'_>) {
         self.slot.unregister();
         if let Some(map) = LOOP_OBJECTS.lock().as_mut() {
@@ -359,6 +385,11 @@ fn capped_wait(slot: &LoopSlot, timeout: Option<f64>) -> f64 {
         Some(t) if t < cap => t.max(0.0),
         _ => cap,
     }
+}
+
+/// How often a beating loop beats: detection slack against cost (one callback per beat).
+fn beat_interval_ns(threshold_ns: u64) -> u64 {
+    (threshold_ns / 10).clamp(1_000_000, 25_000_000)
 }
 
 fn secs_to_ns(s: f64) -> u64 {
@@ -627,6 +658,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_context, m)?)?;
     m.add_function(wrap_pyfunction!(flush, m)?)?;
     m.add_function(wrap_pyfunction!(py_now_ns, m)?)?;
+    m.add_function(wrap_pyfunction!(registered_loops, m)?)?;
     m.add_function(wrap_pyfunction!(register, m)?)?;
     m.add_function(wrap_pyfunction!(enable_raise, m)?)?;
     m.add_function(wrap_pyfunction!(disable_raise, m)?)?;

@@ -48,6 +48,8 @@ pub struct Shared {
     /// When set, each detected block (not starvation) is also announced on the notice channel,
     /// for the Python layer to raise an exception in the loop thread ("raise mode").
     notify_blocks: AtomicBool,
+    /// How many loops are registered and not yet unregistered.
+    registered: AtomicU64,
 }
 
 impl Shared {
@@ -74,6 +76,11 @@ pub struct LoopSlot {
     state: AtomicU64,
     /// While idle: the time by which the selector call should have returned.
     wake_by: AtomicU64,
+    /// True for loops watched by a periodic beat (see [`LoopSlot::beat`]): a beat that does
+    /// not come back in time means the loop was blocked, not starved.
+    beating: AtomicBool,
+    /// Set by the first [`LoopSlot::unregister`]; later calls do nothing.
+    unregistered: AtomicBool,
     shared: Arc<Shared>,
     tx: Sender<Msg>,
 }
@@ -89,7 +96,7 @@ impl LoopSlot {
             // could not get going again (it waited for the GIL).
             let wake_by = self.wake_by.load(Ordering::Relaxed);
             if wake_by != 0 && now > wake_by && now - wake_by >= self.shared.threshold_ns() {
-                self.report_end(wake_by, now, true);
+                self.report_end(wake_by, now, !self.is_beating());
             }
         }
     }
@@ -110,8 +117,29 @@ impl LoopSlot {
         now
     }
 
+    /// Called by a periodic beat on a loop that cannot be hooked at each iteration: the loop
+    /// is running callbacks now, and promises to beat again within `interval_ns` unless it is
+    /// blocked. A beat that comes back more than the threshold after it was due closes a block
+    /// that began when it was due (the true start lies up to one interval earlier).
+    #[inline]
+    pub fn beat(&self, interval_ns: u64) {
+        self.beating.store(true, Ordering::Relaxed);
+        self.busy();
+        self.idle(Some(interval_ns));
+    }
+
+    /// True once the loop is watched by a periodic beat.
+    #[inline]
+    fn is_beating(&self) -> bool {
+        self.beating.load(Ordering::Relaxed)
+    }
+
     /// Called by the loop thread when the loop stops running; closes any block in progress.
     pub fn unregister(&self) {
+        if self.unregistered.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.shared.registered.fetch_sub(1, Ordering::Relaxed);
         let now = now_ns();
         let prev = self.state.swap(now << 1, Ordering::AcqRel);
         self.wake_by.store(0, Ordering::Relaxed);
@@ -153,6 +181,13 @@ impl LoopSlot {
     pub fn is_busy_since(&self, start: u64) -> bool {
         let (busy, since, _) = self.snapshot();
         busy && since == start
+    }
+
+    /// For a beating loop: true while it still has not beaten since the beat due at `start`
+    /// (it is somewhere in a long stretch, but which callback is not known).
+    pub fn is_late_since(&self, start: u64) -> bool {
+        let (busy, _, wake_by) = self.snapshot();
+        self.is_beating() && !busy && wake_by == start
     }
 
     /// Reads `(busy, since, wake_by)` consistently.
@@ -241,6 +276,7 @@ impl Watchdog {
             threshold_ns: AtomicU64::new(threshold_ns.max(1)),
             running: AtomicBool::new(true),
             notify_blocks: AtomicBool::new(false),
+            registered: AtomicU64::new(0),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         // Bounded: if nobody consumes notices, the watchdog drops them rather than queue.
@@ -305,9 +341,12 @@ impl Watchdog {
             },
             state: AtomicU64::new((now_ns() << 1) | 1),
             wake_by: AtomicU64::new(0),
+            beating: AtomicBool::new(false),
+            unregistered: AtomicBool::new(false),
             shared: Arc::clone(&self.shared),
             tx: self.tx.clone(),
         });
+        self.shared.registered.fetch_add(1, Ordering::Relaxed);
         if self.shared.running.load(Ordering::Relaxed) {
             let _ = self.tx.send(Msg::Register(Arc::clone(&slot)));
         }
@@ -333,6 +372,11 @@ impl Watchdog {
             start,
             task_name,
         });
+    }
+
+    /// How many loops are registered now (for tests and diagnostics).
+    pub fn registered(&self) -> u64 {
+        self.shared.registered.load(Ordering::Relaxed)
     }
 
     /// Sets the detection threshold.
@@ -578,7 +622,7 @@ impl Runner {
             let stuck_from = if busy {
                 Some((since, false))
             } else if wake_by != 0 {
-                Some((wake_by, true))
+                Some((wake_by, !w.slot.is_beating()))
             } else {
                 None
             };
@@ -776,6 +820,27 @@ mod tests {
     }
 
     #[test]
+    fn a_late_beat_is_a_block_from_when_it_was_due() {
+        let wd = start(ms(50));
+        let slot = wd.register("uvloop", "main", target());
+        slot.beat(ms(10));
+        sleep(ms_d(200));
+        slot.beat(ms(10));
+        let events = wd.flush(ms(1000));
+        assert_eq!(events.len(), 1);
+        let e = &events[0];
+        assert!(!e.starved);
+        // Dated from when the beat was due: 10 ms after the first beat.
+        assert!(
+            e.duration_ns >= ms(185) && e.duration_ns < ms(400),
+            "{}",
+            e.duration_ns
+        );
+        assert!(e.captured_after_ns.is_some());
+        slot.unregister();
+    }
+
+    #[test]
     fn an_event_belongs_to_the_context_where_it_began() {
         let wd = start(ms(50));
         wd.set_context("call\u{1f}test_a");
@@ -796,7 +861,10 @@ mod tests {
         let slot = wd.register("asyncio", "main", target());
         slot.busy();
         sleep(ms_d(150));
+        assert_eq!(wd.registered(), 1);
         slot.unregister();
+        slot.unregister(); // a second call does nothing
+        assert_eq!(wd.registered(), 0);
         let events = wd.flush(ms(2000));
         wd.stop();
         assert_eq!(events.len(), 1, "{events:?}");

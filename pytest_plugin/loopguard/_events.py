@@ -108,6 +108,9 @@ class BlockEvent:
     """True when samples showed more than one call site (a block made of several calls)."""
     late: bool = False
     """True when the stack could only be read by taking the GIL, so it may have been late."""
+    in_debugger: bool = False
+    """True when the loop thread was seen inside a debugger (paused at a breakpoint): such a
+    pause is not a block, and loopguard does not report it."""
 
     @property
     def context(self) -> Optional[str]:
@@ -282,8 +285,22 @@ def _culprit(s: Sample) -> list[Frame]:
     return s.stack
 
 
+# Where a thread paused in a debugger is: bdb/pdb's dispatch and prompt (pdb, breakpoint(),
+# pytest --pdb/--trace, IPython's debugger), pydevd (PyCharm, VS Code's debugpy). A tracer that
+# only traces (coverage, profilers) has none of these frames, so detection stays on under it.
+_DEBUGGER_FILES = ("bdb.py", "pdb.py")
+_DEBUGGER_DIRS = (f"{os.sep}pydevd", f"{os.sep}_pydevd_bundle{os.sep}", f"{os.sep}debugpy{os.sep}")
+
+
+def _is_debugger_frame(f: Frame) -> bool:
+    if os.path.basename(f.filename) in _DEBUGGER_FILES and not is_user_file(f.filename):
+        return True
+    return any(d in f.filename for d in _DEBUGGER_DIRS)
+
+
 def _analyse(ev: BlockEvent) -> None:
     """Pick the dominant call site, the stack to show and the GIL attribution."""
+    ev.in_debugger = any(_is_debugger_frame(f) for s in ev.samples for f in s.stack)
     counts: Counter[Frame] = Counter()
     first: dict[Frame, Sample] = {}
     for s in ev.samples:
@@ -330,6 +347,9 @@ def display_path(filename: str) -> str:
     return filename if rel.startswith("..") else rel
 
 
+# What ran on the loop thread, as the report's detail line names it (anyio's backends show here).
+_KIND_TEXT = {"asyncio": "asyncio loop", "uvloop": "uvloop loop", "trio": "trio run"}
+
 _GIL_TEXT = {
     "loop": "GIL held by the loop thread",
     "released": "GIL released (a system call or C code that releases it)",
@@ -371,11 +391,9 @@ def format_event(ev: BlockEvent, *, index: int = 0, total: int = 1) -> list[str]
     if ev.stack:
         lines.append("  Python stack of the loop thread (most recent call last):")
         lines.extend(_stack_lines(ev.stack))
-    detail = [f"loop thread {ev.thread_name!r}"]
+    detail = [f"loop thread {ev.thread_name!r}", _KIND_TEXT.get(ev.loop_kind, ev.loop_kind)]
     if ev.task_name:
         detail.append(f"task {ev.task_name!r}")
-    if ev.loop_kind != "asyncio":
-        detail.append(f"{ev.loop_kind} loop")
     if ev.gil == "other" and ev.gil_holder_thread:
         detail.append(f"GIL held by thread {ev.gil_holder_thread!r}")
     elif ev.gil in _GIL_TEXT and ev.gil != "unknown":
@@ -389,12 +407,17 @@ def format_event(ev: BlockEvent, *, index: int = 0, total: int = 1) -> list[str]
     return lines
 
 
+_ASYNCIO_EVENTS = os.sep + os.path.join("asyncio", "events.py")
+_TRIO_RUN = os.sep + os.path.join("trio", "_core", "_run.py")
+
+
 def _dispatch_index(stack: list[Frame]) -> int:
     """Index just past the innermost frame where the event loop dispatched a callback."""
     for i in range(len(stack) - 1, -1, -1):
         f = stack[i]
-        if f.function.rsplit(".", 1)[-1] == "_run" and f.filename.endswith(
-            os.sep + os.path.join("asyncio", "events.py")
+        name = f.function.rsplit(".", 1)[-1]
+        if (name == "_run" and f.filename.endswith(_ASYNCIO_EVENTS)) or (
+            name == "unrolled_run" and f.filename.endswith(_TRIO_RUN)
         ):
             return i + 1
     return 0

@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import asyncio.base_events
 import atexit
+import importlib.abc
+import importlib.util
 import itertools
 import os
 import select
 import selectors
+import sys
 import threading
 from typing import Optional
 
-from . import _native
+from . import _native, _trio, _uvloop
 from ._events import BlockEvent, events_from_json, remember_thread
 
 __all__ = ["Runtime", "runtime"]
@@ -31,6 +34,7 @@ class Runtime:
         self._needs: dict[int, int] = {}
         self._tokens = itertools.count(1)
         self._patched = False
+        self._optional = {"uvloop": _uvloop.install, "trio": _trio.install}
         self._events: list[BlockEvent] = []
         self._sampler: Optional[str] = None
         self._raisers: set[int] = set()
@@ -104,12 +108,15 @@ class Runtime:
     # --- events ----------------------------------------------------------------------------
 
     def set_context(self, context: str) -> None:
+        if self._optional:
+            self._install_optional()
         if _native.is_running():
             _native.set_context(context)
 
     def collect(self) -> list[BlockEvent]:
         """Fetch finished events from the watchdog into the log; returns the new ones."""
-        new = events_from_json(_native.flush(_FLUSH_TIMEOUT))
+        # A loop thread paused at a breakpoint is the user's pause, not a block.
+        new = [e for e in events_from_json(_native.flush(_FLUSH_TIMEOUT)) if not e.in_debugger]
         with self._lock:
             self._events.extend(new)
         return new
@@ -134,10 +141,22 @@ class Runtime:
 
     # --- instrumentation -------------------------------------------------------------------
 
+    def _install_optional(self) -> None:
+        """Instrument uvloop and trio once they are imported (checked at every phase: cheap)."""
+        with self._lock:
+            for name, install in list(self._optional.items()):
+                if name in sys.modules and install(self):
+                    del self._optional[name]
+
     def _install(self) -> None:
+        self._install_optional()
         if self._patched:
             return
         self._install_thread_names()
+        if self._optional:
+            # uvloop and trio imported later (inside a guard(), in a test) are instrumented as
+            # soon as their import finishes.
+            sys.meta_path.insert(0, _PostImportFinder(self))
         cls = asyncio.base_events.BaseEventLoop
         original = cls.run_forever
         rt = self
@@ -210,6 +229,44 @@ class Runtime:
             if proxied is not None and loop._selector is proxied:
                 loop._selector = selector
             slot.unregister()
+
+
+class _PostImportFinder(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: when uvloop or trio is imported, wraps its loader so that
+    loopguard instruments it right after the module has run."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+        self._finding = threading.local()
+
+    def find_spec(self, fullname, path=None, target=None):  # type: ignore[no-untyped-def]
+        if fullname not in self._rt._optional or getattr(self._finding, "name", None):
+            return None
+        self._finding.name = fullname
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._finding.name = None
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return None
+        spec.loader = _InstallingLoader(spec.loader, self._rt._install_optional)
+        return spec
+
+
+class _InstallingLoader(importlib.abc.Loader):
+    def __init__(self, inner, after) -> None:  # type: ignore[no-untyped-def]
+        self._inner = inner
+        self._after = after
+
+    def create_module(self, spec):  # type: ignore[no-untyped-def]
+        return self._inner.create_module(spec)
+
+    def exec_module(self, module) -> None:  # type: ignore[no-untyped-def]
+        self._inner.exec_module(module)
+        self._after()
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._inner, name)
 
 
 _EPOLL_SELECTOR = getattr(selectors, "EpollSelector", ())
