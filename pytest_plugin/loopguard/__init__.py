@@ -11,7 +11,7 @@ loads them.
 """
 
 from ._events import BlockEvent, Frame, Sample
-from ._guard import LoopBlockedError, guard
+from ._guard import LoopBlockedError, LoopBlockedWarning, guard
 from .plugin import (
     pytest_addoption,
     pytest_collection_modifyitems,
@@ -21,13 +21,14 @@ from .plugin import (
     pytest_runtest_makereport,
     pytest_runtest_setup,
     pytest_runtest_teardown,
+    pytest_sessionfinish,
     pytest_terminal_summary,
     pytest_unconfigure,
 )
 
 __version__ = "0.1.0"
 
-for _public in (BlockEvent, Frame, Sample, LoopBlockedError, guard):
+for _public in (BlockEvent, Frame, Sample, LoopBlockedError, LoopBlockedWarning, guard):
     _public.__module__ = __name__
 del _public
 
@@ -35,6 +36,7 @@ __all__ = [
     "BlockEvent",
     "Frame",
     "LoopBlockedError",
+    "LoopBlockedWarning",
     "Sample",
     "__version__",
     "guard",
@@ -46,6 +48,7 @@ __all__ = [
     "pytest_runtest_makereport",
     "pytest_runtest_setup",
     "pytest_runtest_teardown",
+    "pytest_sessionfinish",
     "pytest_terminal_summary",
     "pytest_unconfigure",
 ]
