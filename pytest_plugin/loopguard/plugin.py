@@ -607,11 +607,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         return report
     events = [v.event for v in failing]
     worst = max(events, key=lambda e: e.duration)
-    # JUnit XML (--junitxml) shows these as <property> elements of the test case.
+    # JUnit XML (--junitxml) shows these as <property> elements of the test case. It reads
+    # them from the teardown report, which copies the item's: so both get them.
+    props = [
+        ("loopguard_duration_ms", round(worst.duration * 1000.0)),
+        ("loopguard_blocks", len(events)),
+    ]
     if worst.site is not None:
-        report.user_properties.append(("loopguard_site", str(worst.site)))
-    report.user_properties.append(("loopguard_duration_ms", round(worst.duration * 1000.0)))
-    report.user_properties.append(("loopguard_blocks", len(events)))
+        props.insert(0, ("loopguard_site", str(worst.site)))
+    report.user_properties.extend(props)
+    item.user_properties.extend(props)
     if report.passed:
         report.outcome = "failed"
         report.longrepr = _LoopguardRepr(events)
