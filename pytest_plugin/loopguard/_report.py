@@ -76,7 +76,7 @@ def _operation(v: Verdict) -> str:
     if ev.innermost is not None:
         return _short(ev.innermost)
     if ev.site is not None and ev.site.source:
-        text = ev.site.source
+        text = ev.site.source.split("  # ", 1)[0]
         return text if len(text) <= 48 else text[:45] + "..."
     return "?"
 
