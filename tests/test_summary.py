@@ -50,9 +50,9 @@ def test_hotspots_are_sorted_by_severity_then_total(pytester):
             "*= loopguard: blocking hotspots =*",
             "severity  count  tests  * max  * total  outcome  call site * blocking operation",
             f"HIGH    *  1      1     1.1? s     1.1? s  failed   test_it.py:{high} in high "
-            "* time.sleep(1.1)  # high site",
+            "* time.sleep(1.1)",
             f"MEDIUM  *  5      3     3?? ms     1.5? s  failed   test_it.py:{medium} in medium "
-            "* time.sleep(0.3)  # medium site",
+            "* time.sleep(0.3)",
             "6 blocks at 2 call sites in 4 tests, 2.6? s blocked in total: 6 failed",
         ]
     )

@@ -13,6 +13,7 @@ loads them.
 from ._events import BlockEvent, Frame, Sample
 from ._guard import LoopBlockedError, LoopBlockedWarning, guard
 from .plugin import (
+    loopguard,
     pytest_addoption,
     pytest_collection_modifyitems,
     pytest_configure,
@@ -40,6 +41,7 @@ __all__ = [
     "Sample",
     "__version__",
     "guard",
+    "loopguard",
     "pytest_addoption",
     "pytest_collection_modifyitems",
     "pytest_configure",

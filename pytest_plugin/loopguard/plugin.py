@@ -16,6 +16,7 @@ from typing import Any, Optional
 import pytest
 
 from ._events import BlockEvent, format_event, format_events, make_context
+from ._fixture import ExpectBlock, LoopguardFixture
 from ._guard import DEFAULT_THRESHOLD, LoopBlockedWarning
 from ._judge import (
     ALLOW_HELP,
@@ -47,6 +48,7 @@ from ._settings import (
 )
 
 __all__ = [
+    "loopguard",
     "pytest_addoption",
     "pytest_collection_modifyitems",
     "pytest_configure",
@@ -143,6 +145,14 @@ class _TestState:
     mode: str
     allow: tuple[AllowPattern, ...] = ()
     verdicts: dict[str, list[Verdict]] = field(default_factory=dict)
+    phase: str = "setup"
+    expects: list[tuple[str, ExpectBlock]] = field(default_factory=list)
+    """``expect_block()`` contexts of the test, with the phase that opened them."""
+
+    def floor(self, settings: _Settings) -> float:
+        """The shortest block worth keeping for this test."""
+        floor = settings.floor(self.threshold)
+        return min([floor, *(e.threshold for _, e in self.expects)])
 
 
 @dataclass
@@ -458,6 +468,7 @@ def _enter_phase(item: pytest.Item, phase: str) -> None:
     if found is None:
         return
     state, ts = found
+    ts.phase = phase
     if phase == "setup":
         runtime.update(state.token, state.settings.floor(ts.threshold))
         runtime.set_raise(state.token, ts.enabled and ts.mode == "raise")
@@ -474,25 +485,61 @@ def _leave_phase(item: pytest.Item, phase: str, *, warn: bool) -> None:
     events = runtime.take_events(lambda e: e.test == item.nodeid and e.phase == phase)
     if not ts.enabled:
         return
-    floor = state.settings.floor(ts.threshold)
-    verdicts = [
-        state.judge.judge(
-            dataclasses.replace(ev, threshold=ts.threshold),
+    floor = ts.floor(state.settings)
+    verdicts = []
+    for ev in events:
+        if ev.duration < floor:
+            continue
+        ev = dataclasses.replace(ev, threshold=ts.threshold)
+        v = state.judge.judge(
+            ev,
             test=item.nodeid,
             phase=phase,
             threshold=ts.threshold,
             mode=ts.mode,
             allow=ts.allow,
         )
-        for ev in events
-        if ev.duration >= floor
-    ]
+        expected = [e for _, e in ts.expects if e.covers(ev)]
+        for e in expected:
+            e.events.append(ev)
+        if expected:
+            v.outcome, v.reason = "allowed", "expected by loopguard.expect_block()"
+        verdicts.append(v)
     ts.verdicts[phase] = verdicts
     state.verdicts.extend(verdicts)
     if warn:
         for v in verdicts:
             if v.outcome == "warned":
                 _warn(item, v)
+        for opened_in, expect in ts.expects:
+            message = expect.failure() if opened_in == phase else None
+            if message:
+                pytest.fail(message, pytrace=False)
+
+
+@pytest.fixture
+def loopguard(request: pytest.FixtureRequest) -> LoopguardFixture:
+    """The current test's blocks (``loopguard.events``) and ``loopguard.expect_block()``."""
+    found = _test_state(request.node)  # type: ignore[arg-type]
+    if found is None:
+        pytest.fail("loopguard: the loopguard fixture needs the plugin (-p loopguard)")
+    state, ts = found
+    nodeid = request.node.nodeid
+
+    def events() -> list[BlockEvent]:
+        judged = [v.event for vs in ts.verdicts.values() for v in vs]
+        runtime.collect()
+        floor = ts.floor(state.settings)
+        pending = [
+            e for e in runtime.events_between(0, 2**64) if e.test == nodeid and e.duration >= floor
+        ]
+        return sorted([*judged, *pending], key=lambda e: e.start_ns)
+
+    def register(expect: ExpectBlock) -> None:
+        ts.expects.append((ts.phase, expect))
+        runtime.update(state.token, ts.floor(state.settings))
+
+    return LoopguardFixture(nodeid, ts.threshold, events, register)
 
 
 def _warn(item: pytest.Item, v: Verdict) -> None:
