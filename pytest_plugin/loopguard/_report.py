@@ -71,7 +71,14 @@ def _short(f: Frame) -> str:
 _STDLIB = tuple({os.path.realpath(p) + os.sep for p in (sysconfig.get_paths()["stdlib"],) if p})
 
 
+_CAUSES = {"import": "(importing) ", "gc": "(garbage collection) ", "coverage": "(coverage) "}
+
+
 def _operation(v: Verdict) -> str:
+    return _CAUSES.get(v.event.cause or "", "") + _plain_operation(v)
+
+
+def _plain_operation(v: Verdict) -> str:
     ev = v.event
     if ev.innermost is not None:
         return _short(ev.innermost)
@@ -198,6 +205,8 @@ def event_data(v: Verdict, root: Path) -> dict[str, Any]:
         "several_calls": ev.sites_changed,
         "captured_after_ms": _ms(ev.captured_after),
         "late": ev.late,
+        "cause": ev.cause,
+        "hint": ev.hint,
     }
 
 

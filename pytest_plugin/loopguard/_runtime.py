@@ -19,6 +19,7 @@ from typing import Optional
 
 from . import _native
 from ._events import BlockEvent, events_from_json, remember_thread
+from ._explain import explain, install_gc_log
 
 __all__ = ["Runtime", "runtime"]
 
@@ -110,6 +111,8 @@ class Runtime:
     def collect(self) -> list[BlockEvent]:
         """Fetch finished events from the watchdog into the log; returns the new ones."""
         new = events_from_json(_native.flush(_FLUSH_TIMEOUT))
+        for ev in new:
+            explain(ev)
         with self._lock:
             self._events.extend(new)
         return new
@@ -138,6 +141,7 @@ class Runtime:
         if self._patched:
             return
         self._install_thread_names()
+        install_gc_log()
         cls = asyncio.base_events.BaseEventLoop
         original = cls.run_forever
         rt = self
