@@ -80,3 +80,16 @@ async def test_sleep():
     result.assert_outcomes(failed=1)
     assert "importing" not in result.stdout.str()
     assert "garbage collection" not in result.stdout.str()
+
+
+def test_import_machinery_frames_without_a_module_body():
+    from loopguard import Frame
+    from loopguard._explain import _imported
+
+    boot = "<frozen importlib._bootstrap>"
+    user = Frame("app.py", 3, "handler")
+    finding = [user, Frame(boot, 1, "_find_and_load"), Frame(boot + "_external", 9, "find_spec")]
+    assert _imported(finding) == ""
+    body = [user, Frame(boot, 1, "_find_and_load"), Frame("heavy.py", 2, "<module>")]
+    assert _imported(body) == "heavy.py"
+    assert _imported([user]) is None

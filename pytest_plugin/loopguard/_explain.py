@@ -40,13 +40,15 @@ def install_gc_log() -> None:
 
 
 def _imported(stack: list[Frame]) -> Optional[str]:
-    """The file being imported when ``stack`` runs an import's module body."""
+    """What was being imported when ``stack`` is inside the import system: the file whose
+    module body runs, ``""`` when the import machinery itself (finding, loading) was running,
+    ``None`` when no import was going on."""
     for i, f in enumerate(stack):
         if f.filename in _IMPORTLIB:
             for g in stack[i + 1 :]:
                 if g.function == "<module>" and g.filename not in _IMPORTLIB:
                     return g.filename
-            return None
+            return "" if stack[-1].filename in _IMPORTLIB else None
     return None
 
 
@@ -68,9 +70,10 @@ def explain(ev: BlockEvent) -> None:
     imported = _imported(ev.stack) or _imported(ev.gil_holder_stack)
     if imported is not None:
         ev.cause = "import"
+        what = f"importing {display_path(imported)}" if imported else "in the import system"
         ev.hint = (
-            f"the block was spent importing {display_path(imported)} (a first import inside a "
-            "coroutine): import it at module level or at start-up"
+            f"the block was spent {what} (a first import inside a coroutine): import it at "
+            "module level or at start-up"
         )
         return
     in_gc = sum(
