@@ -88,7 +88,11 @@ def test_import_machinery_frames_without_a_module_body():
 
     boot = "<frozen importlib._bootstrap>"
     user = Frame("app.py", 3, "handler")
-    finding = [user, Frame(boot, 1, "_find_and_load"), Frame(boot + "_external", 9, "find_spec")]
+    finding = [
+        user,
+        Frame(boot, 1, "_find_and_load"),
+        Frame("<frozen importlib._bootstrap_external>", 9, "find_spec"),
+    ]
     assert _imported(finding) == ""
     body = [user, Frame(boot, 1, "_find_and_load"), Frame("heavy.py", 2, "<module>")]
     assert _imported(body) == "heavy.py"
