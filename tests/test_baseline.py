@@ -149,3 +149,32 @@ def test_update_without_a_path_is_a_usage_error(pytester):
     result.stderr.fnmatch_lines(
         ["*--loopguard-baseline-update needs the baseline's path: --loopguard-baseline=PATH*"]
     )
+
+
+def test_under_xdist_the_baseline_is_applied_in_the_workers(pytester):
+    (pytester.path / "b.json").write_text(
+        json.dumps({"version": 1, "sites": [{"file": "app.py", "function": "slow_a"}]})
+    )
+    result = run(pytester, "--loopguard-baseline=b.json", "-n", "2")
+    result.assert_outcomes(passed=1, failed=1)
+    assert "did not block in this run" not in result.stdout.str()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--loopguard-json=r.json"],
+            "*--loopguard-json (from the command line) does not work "
+            "with pytest-xdist yet: run with -n 0 or -p no:xdist*",
+        ),
+        (
+            ["--loopguard-baseline=b.json", "--loopguard-baseline-update"],
+            "*--loopguard-baseline-update does not work with pytest-xdist yet*",
+        ),
+    ],
+)
+def test_reports_that_need_every_verdict_refuse_xdist(pytester, args, message):
+    result = run(pytester, *args, "-n", "2")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])

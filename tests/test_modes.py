@@ -127,7 +127,7 @@ async def test_uses_it(slow):
             None,
             "",
             "*invalid value for --loopguard-mode: 'loud' (from the command line); "
-            "expected one of fail, warn, record*",
+            "expected one of fail, raise, warn, record*",
         ),
         (
             [],
@@ -161,6 +161,6 @@ def test_invalid_marker_mode_is_a_usage_error(pytester):
     result.stderr.fnmatch_lines(
         [
             "*invalid value for mode: 'loud' (from @pytest.mark.loopguard on "
-            "test_it.py::test_blocks); expected one of fail, warn, record*"
+            "test_it.py::test_blocks); expected one of fail, raise, warn, record*"
         ]
     )

@@ -15,6 +15,7 @@ the JSON report with their outcome.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import os
 import re
@@ -65,6 +66,7 @@ def severity(duration: float, threshold: float) -> str:
 # --- where a frame is ----------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)
 def relative_path(filename: str, root: Path) -> str:
     """``filename`` relative to ``root`` with ``/`` separators, or absolute when outside it."""
     if filename.startswith("<"):

@@ -53,9 +53,9 @@ def parse_duration(value: object, *, name: str, source: str) -> float:
 
 
 def parse_choice(value: object, choices: tuple[str, ...], *, name: str, source: str) -> str:
-    """``value`` if it is one of ``choices`` (case and surrounding blanks ignored)."""
-    if isinstance(value, str) and value.strip().lower() in choices:
-        return value.strip().lower()
+    """``value`` if it is one of ``choices`` (surrounding blanks ignored)."""
+    if isinstance(value, str) and value.strip() in choices:
+        return value.strip()
     raise SettingError(
         f"invalid value for {name}: {value!r} (from {source}); expected one of {', '.join(choices)}"
     )

@@ -295,9 +295,19 @@ def _settings(config: pytest.Config) -> _Settings:
                 f"below the threshold ({format_duration(threshold)})"
             )
 
+    # Under pytest-xdist the verdicts stay in the workers: the controller could only write
+    # an empty report or wipe the baseline.
+    distributed = getattr(config.option, "dist", "no") != "no" and not hasattr(
+        config, "workerinput"
+    )
     picked = _pick(config, "json")
     if picked is not None:
         value, name, where = picked
+        if distributed:
+            raise SettingError(
+                f"{name} (from {where}) does not work with pytest-xdist yet: run with -n 0 "
+                "or -p no:xdist"
+            )
         s.json_path = _path(config, str(value), name, where)
         check_writable(s.json_path, name=name, source=where)
 
@@ -313,7 +323,12 @@ def _settings(config: pytest.Config) -> _Settings:
                 Baseline.load(s.baseline_path)  # do not overwrite something else
         else:
             baseline = Baseline.load(s.baseline_path)
-    elif s.baseline_update:
+    if s.baseline_update and distributed:
+        raise SettingError(
+            "--loopguard-baseline-update does not work with pytest-xdist yet: run with -n 0 "
+            "or -p no:xdist"
+        )
+    if picked is None and s.baseline_update:
         raise SettingError(
             "--loopguard-baseline-update needs the baseline's path: --loopguard-baseline=PATH "
             "(or ini loopguard_baseline, env LOOPGUARD_BASELINE)"
@@ -682,7 +697,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     s = state.settings
     root = config.rootpath
     seen = {v.key for v in state.verdicts if v.key is not None}
-    if state.judge.baseline is not None:
+    # Under pytest-xdist the controller sees no verdicts: it cannot tell what was fixed.
+    distributed = getattr(config.option, "dist", "no") != "no"
+    if state.judge.baseline is not None and not distributed:
         state.fixed = sorted(state.judge.baseline.sites - seen)
     if s.baseline_update and s.baseline_path is not None:
         if exitstatus == pytest.ExitCode.INTERRUPTED:
