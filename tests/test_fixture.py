@@ -100,3 +100,68 @@ async def test_events(loopguard):
 """,
     )
     result.assert_outcomes(passed=1)
+
+
+def test_lag_statistics(pytester):
+    result = run(
+        pytester,
+        """
+@pytest.mark.asyncio
+async def test_lag(loopguard):
+    await asyncio.sleep(0.1)
+    time.sleep(0.06)  # under the threshold, but the loop lags
+    await asyncio.sleep(0.05)
+    lag = loopguard.lag
+    assert lag.samples >= 5
+    assert lag.max >= 0.04
+    assert lag.p50 <= lag.p99 <= lag.max
+    assert "p99" in str(lag)
+""",
+    )
+    result.assert_outcomes(passed=1)
+
+
+def test_max_lag_fails_a_test_whose_loop_lags(pytester):
+    result = run(
+        pytester,
+        """
+@pytest.mark.asyncio
+@pytest.mark.loopguard(threshold="1s", max_lag="100ms")
+async def test_slow_handler():
+    await asyncio.sleep(0.05)
+    time.sleep(0.3)
+    await asyncio.sleep(0.05)
+
+@pytest.mark.asyncio
+@pytest.mark.loopguard(max_lag="500ms")
+async def test_responsive():
+    for _ in range(10):
+        await asyncio.sleep(0.01)
+""",
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*loopguard: event loop lag 3?? ms exceeded max_lag 100 ms (from "
+            "@pytest.mark.loopguard on test_it.py::test_slow_handler); lag max 3?? ms, p50 *",
+            "FAILED test_it.py::test_slow_handler*",
+        ]
+    )
+
+
+def test_invalid_max_lag_is_a_usage_error(pytester):
+    result = run(
+        pytester,
+        """
+@pytest.mark.loopguard(max_lag="soon")
+def test_marked():
+    pass
+""",
+    )
+    assert result.ret != 0
+    result.stderr.fnmatch_lines(
+        [
+            "*invalid value for max_lag: 'soon' (from @pytest.mark.loopguard on "
+            "test_it.py::test_marked); expected a positive duration*"
+        ]
+    )

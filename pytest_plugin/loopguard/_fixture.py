@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
@@ -9,7 +10,7 @@ from . import _native
 from ._events import BlockEvent
 from ._settings import format_duration, parse_duration
 
-__all__ = ["ExpectBlock", "LoopguardFixture"]
+__all__ = ["ExpectBlock", "LagStats", "LoopguardFixture", "lag_stats"]
 
 
 @dataclass
@@ -55,6 +56,33 @@ class ExpectBlock:
         self.__exit__()
 
 
+@dataclass(frozen=True)
+class LagStats:
+    """Loop lag (seconds) measured by a timer every 10 ms: how late the loop ran it."""
+
+    samples: int
+    max: float
+    p50: float
+    p99: float
+
+    def __str__(self) -> str:
+        return (
+            f"max {format_duration(self.max)}, p50 {format_duration(self.p50)}, "
+            f"p99 {format_duration(self.p99)} over {self.samples} samples"
+        )
+
+
+def lag_stats(lags: list[float]) -> LagStats:
+    if not lags:
+        return LagStats(0, 0.0, 0.0, 0.0)
+    ordered = sorted(lags)
+
+    def rank(p: float) -> float:  # nearest rank
+        return ordered[max(0, min(len(ordered) - 1, math.ceil(p * len(ordered)) - 1))]
+
+    return LagStats(len(ordered), ordered[-1], rank(0.5), rank(0.99))
+
+
 class LoopguardFixture:
     """What the ``loopguard`` fixture gives a test."""
 
@@ -64,12 +92,20 @@ class LoopguardFixture:
         threshold: float,
         events: Callable[[], list[BlockEvent]],
         register: Callable[[ExpectBlock], None],
+        lag: Callable[[], LagStats],
     ) -> None:
         self.nodeid = nodeid
         self.threshold = threshold
         """The failing threshold of this test, in seconds."""
         self._events = events
         self._register = register
+        self._lag = lag
+
+    @property
+    def lag(self) -> LagStats:
+        """Loop lag of this test so far (loops that started running once the fixture was set
+        up, measured with a timer every 10 ms): ``max``, ``p50``, ``p99``, ``samples``."""
+        return self._lag()
 
     @property
     def events(self) -> list[BlockEvent]:

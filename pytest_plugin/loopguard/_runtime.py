@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import asyncio.base_events
 import atexit
+import collections
 import itertools
 import os
 import select
@@ -35,6 +36,10 @@ class Runtime:
         self._events: list[BlockEvent] = []
         self._sampler: Optional[str] = None
         self._raisers: set[int] = set()
+        self.lag_probing = False
+        """Measure loop lag (a timer every 10 ms) on loops that start running from now on."""
+        self.lag_log: collections.deque[tuple[int, float]] = collections.deque(maxlen=100_000)
+        """``(when_ns, lag_seconds)`` measured by the lag probes, on the watchdog's clock."""
 
     # --- lifetime --------------------------------------------------------------------------
 
@@ -203,9 +208,12 @@ class Runtime:
         if epoll is None and swapped is None and hasattr(selector, "select"):
             proxied = _native.SelectorProxy(selector, slot)
             loop._selector = proxied
+        probe = _LagProbe(loop, self.lag_log) if self.lag_probing else None
         try:
             return original(loop)
         finally:
+            if probe is not None:
+                probe.stop()
             if epoll is not None:
                 selector._selector = epoll
             if swapped is not None:
@@ -214,6 +222,28 @@ class Runtime:
             if proxied is not None and loop._selector is proxied:
                 loop._selector = selector
             slot.unregister()
+
+
+class _LagProbe:
+    """A timer every 10 ms on ``loop``: how late it runs is the loop's lag (only on request:
+    the ``loopguard`` fixture or ``max_lag=``)."""
+
+    INTERVAL = 0.01
+
+    def __init__(self, loop, log) -> None:  # type: ignore[no-untyped-def]
+        self._loop = loop
+        self._log = log
+        self._due = loop.time() + self.INTERVAL
+        self._handle = loop.call_at(self._due, self._tick)
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        self._log.append((_native.now_ns(), max(0.0, now - self._due)))
+        self._due = now + self.INTERVAL
+        self._handle = self._loop.call_at(self._due, self._tick)
+
+    def stop(self) -> None:
+        self._handle.cancel()
 
 
 _EPOLL_SELECTOR = getattr(selectors, "EpollSelector", ())

@@ -15,8 +15,9 @@ from typing import Any, Optional
 
 import pytest
 
+from . import _native
 from ._events import BlockEvent, format_event, format_events, make_context
-from ._fixture import ExpectBlock, LoopguardFixture
+from ._fixture import ExpectBlock, LagStats, LoopguardFixture, lag_stats
 from ._guard import DEFAULT_THRESHOLD, LoopBlockedWarning
 from ._judge import (
     ALLOW_HELP,
@@ -91,14 +92,16 @@ SCAN_HELP = (
 )
 SAMPLERS = ("auto", "native", "gil")
 MARKER = (
-    "loopguard(threshold=None, enabled=True, mode=None, allow=()): fail the test if an event "
+    "loopguard(threshold=None, enabled=True, mode=None, allow=(), max_lag=None): fail the test "
+    "if an event "
     "loop is blocked for longer than threshold (e.g. '50ms', 0.05); enabled=False turns "
     "loopguard off for the test; mode='fail'|'raise'|'warn'|'record' overrides "
     "--loopguard-mode ('raise' raises LoopBlockedError at the blocking line); "
     "allow=[patterns] allows blocks at call sites such as 'mypkg.startup:load_model' or "
-    "'app/config.py'"
+    "'app/config.py'; max_lag='100ms' fails the test if its loop lag (how late a timer every "
+    "10 ms runs) exceeds it"
 )
-_MARKER_ARGS = {"threshold", "enabled", "mode", "allow"}
+_MARKER_ARGS = {"threshold", "enabled", "mode", "allow", "max_lag"}
 
 
 @dataclass
@@ -146,6 +149,9 @@ class _TestState:
     allow: tuple[AllowPattern, ...] = ()
     verdicts: dict[str, list[Verdict]] = field(default_factory=dict)
     phase: str = "setup"
+    phase_start_ns: int = 0
+    test_start_ns: int = 0
+    max_lag: Optional[float] = None
     expects: list[tuple[str, ExpectBlock]] = field(default_factory=list)
     """``expect_block()`` contexts of the test, with the phase that opened them."""
 
@@ -437,6 +443,8 @@ def _marker_settings(item: pytest.Item, settings: _Settings) -> _TestState:
                 )
             if "mode" in mark.kwargs:
                 ts.mode = parse_choice(mark.kwargs["mode"], MODES, name="mode", source=where)
+            if "max_lag" in mark.kwargs:
+                ts.max_lag = parse_duration(mark.kwargs["max_lag"], name="max_lag", source=where)
             if "allow" in mark.kwargs:
                 value = mark.kwargs["allow"]
                 patterns = [value] if isinstance(value, str) else value
@@ -484,7 +492,10 @@ def _enter_phase(item: pytest.Item, phase: str) -> None:
         return
     state, ts = found
     ts.phase = phase
+    ts.phase_start_ns = _native.now_ns()
     if phase == "setup":
+        ts.test_start_ns = ts.phase_start_ns
+        runtime.lag_probing = ts.enabled and ts.max_lag is not None
         runtime.update(state.token, state.settings.floor(ts.threshold))
         runtime.set_raise(state.token, ts.enabled and ts.mode == "raise")
     runtime.set_context(make_context(item.nodeid, phase))
@@ -530,6 +541,19 @@ def _leave_phase(item: pytest.Item, phase: str, *, warn: bool) -> None:
             message = expect.failure() if opened_in == phase else None
             if message:
                 pytest.fail(message, pytrace=False)
+        if ts.max_lag is not None:
+            lag = _lag(ts.phase_start_ns)
+            if lag.max > ts.max_lag:
+                pytest.fail(
+                    f"loopguard: event loop lag {format_duration(lag.max)} exceeded max_lag "
+                    f"{format_duration(ts.max_lag)} (from @pytest.mark.loopguard on "
+                    f"{item.nodeid}); lag {lag}",
+                    pytrace=False,
+                )
+
+
+def _lag(since_ns: int) -> LagStats:
+    return lag_stats([lag for when, lag in list(runtime.lag_log) if when >= since_ns])
 
 
 @pytest.fixture
@@ -554,7 +578,8 @@ def loopguard(request: pytest.FixtureRequest) -> LoopguardFixture:
         ts.expects.append((ts.phase, expect))
         runtime.update(state.token, ts.floor(state.settings))
 
-    return LoopguardFixture(nodeid, ts.threshold, events, register)
+    runtime.lag_probing = True
+    return LoopguardFixture(nodeid, ts.threshold, events, register, lambda: _lag(ts.test_start_ns))
 
 
 def _warn(item: pytest.Item, v: Verdict) -> None:
@@ -614,6 +639,7 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: Optional[pytest.Item]) 
         return result
     finally:
         runtime.set_context("")
+        runtime.lag_probing = False
 
 
 class _LoopguardRepr:
