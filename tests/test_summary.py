@@ -168,3 +168,17 @@ def test_severity_scale():
     assert severity(0.08, 0.05) == "MONITOR"
     # Under the failing threshold (kept by the record threshold): MONITOR whatever its length.
     assert severity(0.5, 1.0) == "MONITOR"
+
+
+def test_verbose_lists_the_tests_of_each_hotspot(pytester):
+    result = run(pytester, MIXED, "-v")
+    result.stdout.fnmatch_lines(
+        [
+            "HIGH  * test_it.py:* in high *",
+            "    test_it.py::test_high (call)",
+            "MEDIUM  * test_it.py:* in medium *",
+            "    test_it.py::test_medium[[]0[]] (call)",
+            "    test_it.py::test_medium[[]1[]] (call)",
+            "    test_it.py::test_medium[[]2[]] (call)",
+        ]
+    )

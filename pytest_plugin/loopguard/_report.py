@@ -11,7 +11,7 @@ import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ._events import Frame
 from ._judge import OUTCOMES, SEVERITIES, Verdict, relative_path
@@ -48,6 +48,8 @@ class Hotspot:
     total: float = 0.0
     tests: set[str] = field(default_factory=set)
     outcomes: Counter[str] = field(default_factory=Counter)
+    where: list[tuple[str, str]] = field(default_factory=list)
+    """``(test, phase)`` of each block, in order."""
 
     def outcome_text(self) -> str:
         if len(self.outcomes) == 1:
@@ -106,6 +108,8 @@ def hotspots(verdicts: list[Verdict]) -> list[Hotspot]:
         spot.max = max(spot.max, ev.duration)
         spot.total += ev.duration
         spot.tests.add(v.test)
+        if (v.test, v.phase) not in spot.where:
+            spot.where.append((v.test, v.phase))
         spot.outcomes[v.outcome] += 1
         if SEVERITIES.index(v.severity) < SEVERITIES.index(spot.severity):
             spot.severity = v.severity
@@ -136,8 +140,11 @@ def totals_line(verdicts: list[Verdict]) -> str:
     )
 
 
-def summary_lines(verdicts: list[Verdict], verbosity: int) -> list[tuple[str, dict[str, bool]]]:
-    """The hotspot table as ``(text, markup)`` lines; ``-q`` shortens it, ``-qq`` to totals."""
+def summary_lines(
+    verdicts: list[Verdict], verbosity: int, test_label: Callable[[str], str] = str
+) -> list[tuple[str, dict[str, bool]]]:
+    """The hotspot table as ``(text, markup)`` lines; ``-q`` shortens it, ``-qq`` to totals,
+    ``-v`` lists each row's tests under it (as ``test_label`` shows them)."""
     out: list[tuple[str, dict[str, bool]]] = []
     spots = hotspots(verdicts)
     shown = spots if verbosity >= 0 else spots[:_SHORT_ROWS] if verbosity == -1 else []
@@ -156,6 +163,8 @@ def summary_lines(verdicts: list[Verdict], verbosity: int) -> list[tuple[str, di
                 f"{s.site:<{site_w}}  {s.operation}"
             )
             out.append((text, _SEVERITY_MARKUP[s.severity]))
+            if verbosity > 0:
+                out.extend((f"    {test_label(t)} ({phase})", {}) for t, phase in s.where)
         if len(shown) < len(spots):
             out.append((f"... {len(spots) - len(shown)} more call sites (without -q: all)", {}))
     bad = any(v.outcome == "failed" for v in verdicts)

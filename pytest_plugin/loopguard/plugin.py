@@ -7,6 +7,7 @@ This module is the wiring: options, markers and hooks. What a block means is dec
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -271,7 +272,7 @@ def _path(config: pytest.Config, value: str, name: str, where: str) -> Path:
     return path
 
 
-def _settings(config: pytest.Config) -> _Settings:
+def _settings(config: pytest.Config) -> tuple[_Settings, Judge]:
     threshold, source = DEFAULT_THRESHOLD, "default"
     picked = _pick(config, "threshold")
     if picked is not None:
@@ -349,31 +350,27 @@ def _settings(config: pytest.Config) -> _Settings:
     if scan is not None and str(scan).strip():
         s.scan = parse_scan(scan, name="loopguard_scan", source=ini_source)
 
-    config.stash[_judge_key] = Judge(
+    judge = Judge(
         config.rootpath,
         allow=s.allow,
         scan=s.scan,
         baseline=baseline,
         baseline_update=s.baseline_update,
     )
-    return s
-
-
-_judge_key = pytest.StashKey[Judge]()
+    return s, judge
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER)
     try:
-        settings = _settings(config)
+        settings, judge = _settings(config)
     except SettingError as e:
         raise pytest.UsageError(f"loopguard: {e}") from None
     try:
         token = runtime.acquire(settings.floor(settings.threshold), settings.sampler)
     except RuntimeError as e:
         raise pytest.UsageError(f"loopguard: cannot start the watchdog: {e}") from None
-    judge = config.stash[_judge_key]
     config.stash[_state_key] = _State(settings=settings, token=token, judge=judge)
 
 
@@ -755,6 +752,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         state.written.append(f"JSON report written to {s.json_path}")
 
 
+def _cwd_relative(config: pytest.Config, nodeid: str) -> str:
+    """``nodeid`` as pytest prints it in FAILED lines: relative to the invocation directory."""
+    path, sep, rest = nodeid.partition("::")
+    full = config.rootpath / path
+    rel = os.path.relpath(full, config.invocation_params.dir)
+    return nodeid if rel.startswith("..") else rel.replace(os.sep, "/") + sep + rest
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(_state_key, None)
     if state is None:
@@ -767,7 +772,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             "loopguard: blocking hotspots", sep="=", red=failed, yellow=not failed, bold=True
         )
         if verdicts:
-            for text, markup in summary_lines(verdicts, config.option.verbose):
+            label = functools.partial(_cwd_relative, config)
+            for text, markup in summary_lines(verdicts, config.option.verbose, label):
                 tr.line(text, **markup)
         if state.fixed:
             tr.line(
