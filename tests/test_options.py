@@ -176,5 +176,8 @@ def test_invalid_sampler_is_a_usage_error(pytester):
 def test_marker_is_registered_with_its_signature(pytester):
     result = pytester.runpytest_subprocess("-p", "loopguard", "--markers")
     result.stdout.fnmatch_lines(
-        ["@pytest.mark.loopguard(threshold=None, enabled=True, mode=None):*"]
+        [
+            "@pytest.mark.loopguard(threshold=None, enabled=True, mode=None, allow=(), "
+            "max_lag=None):*"
+        ]
     )

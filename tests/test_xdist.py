@@ -51,15 +51,16 @@ def pytest_terminal_summary(terminalreporter, config):
     if hasattr(config, "workerinput"):
         return
     state = config.stash[_state_key]
-    failed = {id(e) for e in state.failed_events}
-    for ev in state.all_events:
+    failed = 0
+    for v in state.verdicts:
+        ev = v.event
         site = ev.site.lineno if ev.site else None
+        is_failed = v.outcome == "failed"
+        failed += is_failed
         terminalreporter.write_line(
-            f"LG-EVENT {ev.test} {ev.phase} line={site} failed={id(ev) in failed}"
+            f"LG-EVENT {ev.test} {ev.phase} line={site} failed={is_failed}"
         )
-    terminalreporter.write_line(
-        f"LG-TOTAL all={len(state.all_events)} failed={len(state.failed_events)}"
-    )
+    terminalreporter.write_line(f"LG-TOTAL all={len(state.verdicts)} failed={failed}")
 """
 
 
@@ -115,9 +116,9 @@ def test_controller_holds_every_workers_events_exactly_once(pytester):
 
 def test_summary_lists_each_block_once(pytester):
     result = run(pytester, "-n", "2", conftest="")
-    result.stdout.fnmatch_lines(["*= loopguard: blocked event loops =*"])
+    result.stdout.fnmatch_lines(["*= loopguard: blocking hotspots =*"])
     text = result.stdout.str()
-    summary = text[text.index("loopguard: blocked event loops") :]
+    summary = text[text.index("loopguard: blocking hotspots") :]
     for marker in ("# block a", "# block b", "# first of two", "# second of two"):
         assert summary.count(f"test_it.py:{line(pytester, marker)} ") == 1, summary
     assert "# xfail block" not in summary

@@ -11,8 +11,9 @@ loads them.
 """
 
 from ._events import BlockEvent, Frame, Sample
-from ._guard import LoopBlockedError, guard
+from ._guard import LoopBlockedError, LoopBlockedWarning, guard
 from .plugin import (
+    loopguard,
     pytest_addoption,
     pytest_collection_modifyitems,
     pytest_configure,
@@ -21,13 +22,14 @@ from .plugin import (
     pytest_runtest_makereport,
     pytest_runtest_setup,
     pytest_runtest_teardown,
+    pytest_sessionfinish,
     pytest_terminal_summary,
     pytest_unconfigure,
 )
 
 __version__ = "0.1.0"
 
-for _public in (BlockEvent, Frame, Sample, LoopBlockedError, guard):
+for _public in (BlockEvent, Frame, Sample, LoopBlockedError, LoopBlockedWarning, guard):
     _public.__module__ = __name__
 del _public
 
@@ -35,9 +37,11 @@ __all__ = [
     "BlockEvent",
     "Frame",
     "LoopBlockedError",
+    "LoopBlockedWarning",
     "Sample",
     "__version__",
     "guard",
+    "loopguard",
     "pytest_addoption",
     "pytest_collection_modifyitems",
     "pytest_configure",
@@ -46,6 +50,7 @@ __all__ = [
     "pytest_runtest_makereport",
     "pytest_runtest_setup",
     "pytest_runtest_teardown",
+    "pytest_sessionfinish",
     "pytest_terminal_summary",
     "pytest_unconfigure",
 ]

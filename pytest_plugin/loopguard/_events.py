@@ -111,6 +111,10 @@ class BlockEvent:
     in_debugger: bool = False
     """True when the loop thread was seen inside a debugger (paused at a breakpoint): such a
     pause is not a block, and loopguard does not report it."""
+    cause: Optional[str] = None
+    """``"import"``, ``"gc"`` or ``"coverage"`` when a common cause explains the block."""
+    hint: Optional[str] = None
+    """One line on that cause and its usual remedy."""
 
     @property
     def context(self) -> Optional[str]:
@@ -379,6 +383,8 @@ def format_event(ev: BlockEvent, *, index: int = 0, total: int = 1) -> list[str]
         lines.append(f"    (the stack could not be read: {'; '.join(sorted(errors)) or 'empty'})")
     if ev.sites_changed:
         lines.append("    (the stack changed during the block: it was made of several calls)")
+    if ev.hint:
+        lines.append(f"    ({ev.hint})")
     lines.append("")
     if ev.starved and ev.gil_holder_thread:
         lines.append(

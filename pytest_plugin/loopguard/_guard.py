@@ -5,14 +5,16 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar, Union
 
 from . import _native
 from ._events import BlockEvent, format_events
+from ._judge import parse_allow
 from ._runtime import runtime
 from ._settings import parse_duration
 
-__all__ = ["LoopBlockedError", "guard"]
+__all__ = ["LoopBlockedError", "LoopBlockedWarning", "guard"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,6 +41,14 @@ class LoopBlockedError(AssertionError):
         super().__init__(format_events(self.events) if self.events else RAISED_MESSAGE)
 
 
+class LoopBlockedWarning(UserWarning):
+    """Emitted instead of failing the test in ``--loopguard-mode=warn``.
+
+    Filter it like any warning: ``-W error::loopguard.LoopBlockedWarning`` makes such blocks
+    fail their tests again, ``filterwarnings = ignore::loopguard.LoopBlockedWarning`` hides them.
+    """
+
+
 class guard:
     """Watch every asyncio event loop that runs inside the block.
 
@@ -47,7 +57,9 @@ class guard:
     decorator (sync or async functions), nested and repeated; works without the plugin.
     After the block, :attr:`events` holds what was seen. ``mode="raise"`` also raises
     :class:`LoopBlockedError` inside the blocked code, at the line that blocks (see the README
-    for its limits).
+    for its limits). ``allow`` lists call sites that may block
+    (``"mypkg.startup:load_model"``, ``"app/config.py"``, ``"app/*.py:read_*"``; paths
+    relative to the current directory); :attr:`allowed` holds the blocks they let through.
     """
 
     def __init__(
@@ -56,6 +68,7 @@ class guard:
         *,
         mode: str = "fail",
         raise_: bool = True,
+        allow: Iterable[str] = (),
     ) -> None:
         self.threshold = (
             DEFAULT_THRESHOLD
@@ -69,7 +82,11 @@ class guard:
             )
         self.mode = mode
         self.raise_ = raise_
+        if isinstance(allow, str):
+            allow = [allow]
+        self.allow = tuple(parse_allow(p, source="loopguard.guard(allow=...)") for p in allow)
         self.events: list[BlockEvent] = []
+        self.allowed: list[BlockEvent] = []
         self._stack: list[tuple[int, int]] = []
 
     def __enter__(self) -> guard:
@@ -87,7 +104,9 @@ class guard:
             seen = runtime.events_between(start, end)
         finally:
             runtime.release(token)
-        self.events = [e for e in seen if e.duration >= self.threshold]
+        over = [e for e in seen if e.duration >= self.threshold]
+        self.allowed = [e for e in over if self._allowed(e)]
+        self.events = [e for e in over if e not in self.allowed]
         if self.events and self.raise_ and exc_type is None:
             __tracebackhide__ = True
             raise LoopBlockedError(self.events)
@@ -112,11 +131,18 @@ class guard:
 
         return wrapper  # type: ignore[return-value]
 
+    def _allowed(self, ev: BlockEvent) -> bool:
+        root = Path.cwd()
+        frames = [*ev.stack, *ev.gil_holder_stack]
+        return any(p.matches(f, root) for p in self.allow for f in frames)
+
     def _copy(self) -> guard:
         g = guard.__new__(guard)
         g.threshold = self.threshold
         g.mode = self.mode
         g.raise_ = self.raise_
+        g.allow = self.allow
         g.events = []
+        g.allowed = []
         g._stack = []
         return g

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import asyncio.base_events
 import atexit
+import collections
 import importlib.abc
 import importlib.util
 import itertools
@@ -22,6 +23,7 @@ from typing import Optional
 
 from . import _native, _trio, _uvloop
 from ._events import BlockEvent, events_from_json, remember_thread
+from ._explain import explain, install_gc_log
 
 __all__ = ["Runtime", "runtime"]
 
@@ -38,6 +40,10 @@ class Runtime:
         self._events: list[BlockEvent] = []
         self._sampler: Optional[str] = None
         self._raisers: set[int] = set()
+        self.lag_probing = False
+        """Measure loop lag (a timer every 10 ms) on loops that start running from now on."""
+        self.lag_log: collections.deque[tuple[int, float]] = collections.deque(maxlen=100_000)
+        """``(when_ns, lag_seconds)`` measured by the lag probes, on the watchdog's clock."""
 
     # --- lifetime --------------------------------------------------------------------------
 
@@ -117,6 +123,8 @@ class Runtime:
         """Fetch finished events from the watchdog into the log; returns the new ones."""
         # A loop thread paused at a breakpoint is the user's pause, not a block.
         new = [e for e in events_from_json(_native.flush(_FLUSH_TIMEOUT)) if not e.in_debugger]
+        for ev in new:
+            explain(ev)
         with self._lock:
             self._events.extend(new)
         return new
@@ -157,6 +165,7 @@ class Runtime:
             # uvloop and trio imported later (inside a guard(), in a test) are instrumented as
             # soon as their import finishes.
             sys.meta_path.insert(0, _PostImportFinder(self))
+        install_gc_log()
         cls = asyncio.base_events.BaseEventLoop
         original = cls.run_forever
         rt = self
@@ -218,9 +227,12 @@ class Runtime:
         if epoll is None and swapped is None and hasattr(selector, "select"):
             proxied = _native.SelectorProxy(selector, slot)
             loop._selector = proxied
+        probe = _LagProbe(loop, self.lag_log) if self.lag_probing else None
         try:
             return original(loop)
         finally:
+            if probe is not None:
+                probe.stop()
             if epoll is not None:
                 selector._selector = epoll
             if swapped is not None:
@@ -267,6 +279,28 @@ class _InstallingLoader(importlib.abc.Loader):
 
     def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
         return getattr(self._inner, name)
+
+
+class _LagProbe:
+    """A timer every 10 ms on ``loop``: how late it runs is the loop's lag (only on request:
+    the ``loopguard`` fixture or ``max_lag=``)."""
+
+    INTERVAL = 0.01
+
+    def __init__(self, loop, log) -> None:  # type: ignore[no-untyped-def]
+        self._loop = loop
+        self._log = log
+        self._due = loop.time() + self.INTERVAL
+        self._handle = loop.call_at(self._due, self._tick)
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        self._log.append((_native.now_ns(), max(0.0, now - self._due)))
+        self._due = now + self.INTERVAL
+        self._handle = self._loop.call_at(self._due, self._tick)
+
+    def stop(self) -> None:
+        self._handle.cancel()
 
 
 _EPOLL_SELECTOR = getattr(selectors, "EpollSelector", ())

@@ -5,7 +5,13 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["SettingError", "format_duration", "parse_duration"]
+__all__ = [
+    "MODES",
+    "SettingError",
+    "format_duration",
+    "parse_choice",
+    "parse_duration",
+]
 
 _DURATION = re.compile(
     r"^\s*(?P<num>[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?)\s*(?P<unit>ms|s|us)?\s*$"
@@ -13,6 +19,10 @@ _DURATION = re.compile(
 _UNITS = {None: 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
 
 DURATION_HELP = "a positive duration such as 100ms, 0.25s or 0.1 (seconds)"
+
+MODES = ("fail", "raise", "warn", "record")
+"""What a block over the threshold does: fail the test (raise: also raise in the blocked code),
+warn, or only record it."""
 
 
 class SettingError(ValueError):
@@ -40,6 +50,15 @@ def parse_duration(value: object, *, name: str, source: str) -> float:
             f"invalid value for {name}: {value!r} (from {source}); expected {DURATION_HELP}"
         )
     return seconds
+
+
+def parse_choice(value: object, choices: tuple[str, ...], *, name: str, source: str) -> str:
+    """``value`` if it is one of ``choices`` (surrounding blanks ignored)."""
+    if isinstance(value, str) and value.strip() in choices:
+        return value.strip()
+    raise SettingError(
+        f"invalid value for {name}: {value!r} (from {source}); expected one of {', '.join(choices)}"
+    )
 
 
 def format_duration(seconds: float) -> str:

@@ -3,10 +3,11 @@
 Under ``pytest -n N`` every test runs in a worker process, with its own watchdog; the worker
 fails its tests as usual. The controller runs no test, so all it knows about loopguard is what
 arrives in the reports. Each worker attaches the events it judged for a report to that report
-(``report.loopguard_events``: a list of ``{"event": BlockEvent.to_dict(), "failed": bool}``,
-plain data that xdist's serialization carries), and the controller adds them to its own
-``state.all_events`` / ``state.failed_events`` when the report is logged: once per report,
-so once per event. At the end of its session a worker also hands over, through xdist's
+(``report.loopguard_events``: a list of verdicts as plain data — the verdict's fields with
+``"event": BlockEvent.to_dict()`` — that xdist's serialization carries), and the controller
+adds them to its own ``state.verdicts`` when the report is logged: once per report, so once
+per event. The hotspot table, annotations and JSON report then cover every worker. At the
+end of its session a worker also hands over, through xdist's
 ``workeroutput``, any event whose report was never logged (none, unless a plugin swallowed a
 report), so nothing is lost when it exits.
 
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import pytest
 
 from ._events import BlockEvent
+from ._judge import Verdict
 
 if TYPE_CHECKING:
     from .plugin import _State
@@ -52,6 +54,8 @@ class XdistPlugin:
         # whose report was logged, hence sent to the controller (by id of the event).
         self._pending: dict[int, list[int]] = {}
         self._shipped: set[int] = set()
+        # Worker: verdicts already attached to a report (each is sent once).
+        self._sent: set[int] = set()
         # Controller: how many events arrived from each worker ("gw0", ...).
         self.received: dict[str, int] = {}
 
@@ -61,18 +65,14 @@ class XdistPlugin:
     def pytest_runtest_makereport(self, item: pytest.Item, call: Any) -> Any:
         if not self.worker:
             return (yield)
-        state = self.state
-        before = len(state.all_events)
         report = yield
-        new = state.all_events[before:]
+        ts = self.state.tests.get(item.nodeid)
+        new = [v for v in (ts.verdicts.get(call.when, []) if ts else []) if id(v) not in self._sent]
         if new:
-            setattr(report, ATTR, self._as_data(new))
-            self._pending[id(report)] = [id(e) for e in new]
+            self._sent.update(id(v) for v in new)
+            setattr(report, ATTR, [_verdict_to_data(v) for v in new])
+            self._pending[id(report)] = [id(v) for v in new]
         return report
-
-    def _as_data(self, events: list[BlockEvent]) -> list[dict[str, Any]]:
-        failed = {id(e) for e in self.state.failed_events}
-        return [{"event": ev.to_dict(), "failed": id(ev) in failed} for ev in events]
 
     @pytest.hookimpl(wrapper=True)
     def pytest_report_to_serializable(self, config: pytest.Config, report: Any) -> Any:
@@ -99,8 +99,8 @@ class XdistPlugin:
         output = getattr(self.config, "workeroutput", None)
         if not self.worker or output is None:
             return
-        left = [e for e in self.state.all_events if id(e) not in self._shipped]
-        output[_OUTPUT_KEY] = {"unshipped": self._as_data(left)}
+        left = [v for v in self.state.verdicts if id(v) not in self._shipped]
+        output[_OUTPUT_KEY] = {"unshipped": [_verdict_to_data(v) for v in left]}
 
     # --- controller side -------------------------------------------------------------------
 
@@ -113,7 +113,7 @@ class XdistPlugin:
             failing = [
                 BlockEvent.from_dict(d["event"])
                 for d in getattr(report, ATTR, None) or []
-                if d.get("failed") and d["event"].get("phase") == report.when
+                if d.get("outcome") == "failed" and d.get("phase") == report.when
             ]
             if failing:
                 report.longrepr = _LoopguardRepr(failing)
@@ -128,11 +128,27 @@ class XdistPlugin:
 
     def _receive(self, shipped: list[dict[str, Any]], worker: str) -> None:
         for d in shipped:
-            ev = BlockEvent.from_dict(d["event"])
-            self.state.all_events.append(ev)
-            if d.get("failed"):
-                self.state.failed_events.append(ev)
+            self.state.verdicts.append(_verdict_from_data(d))
         self.received[worker] = self.received.get(worker, 0) + len(shipped)
+
+
+_VERDICT_FIELDS = ("test", "phase", "threshold", "severity", "outcome", "reason", "mode")
+
+
+def _verdict_to_data(v: Verdict) -> dict[str, Any]:
+    data: dict[str, Any] = {f: getattr(v, f) for f in _VERDICT_FIELDS}
+    data["key"] = list(v.key) if v.key is not None else None
+    data["event"] = v.event.to_dict()
+    return data
+
+
+def _verdict_from_data(d: dict[str, Any]) -> Verdict:
+    key = d.get("key")
+    return Verdict(
+        event=BlockEvent.from_dict(d["event"]),
+        key=(key[0], key[1]) if key else None,
+        **{f: d.get(f) for f in _VERDICT_FIELDS},
+    )
 
 
 def _worker_id(report: Any) -> str:

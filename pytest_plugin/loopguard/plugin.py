@@ -1,20 +1,57 @@
-"""The pytest plugin: ``pytest -p loopguard``."""
+"""The pytest plugin: ``pytest -p loopguard``.
+
+This module is the wiring: options, markers and hooks. What a block means is decided in
+:mod:`loopguard._judge`; what the session is told, in :mod:`loopguard._report`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 import pytest
 
+from . import _native
 from ._events import BlockEvent, format_event, format_events, make_context
-from ._guard import DEFAULT_THRESHOLD, MODES
+from ._fixture import ExpectBlock, LagStats, LoopguardFixture, lag_stats
+from ._guard import DEFAULT_THRESHOLD, LoopBlockedWarning
+from ._judge import (
+    ALLOW_HELP,
+    AllowPattern,
+    Baseline,
+    Judge,
+    Verdict,
+    modules,
+    parse_allow,
+    parse_scan,
+    relative_path,
+)
+from ._report import (
+    annotations,
+    check_writable,
+    dumps,
+    report_data,
+    summary_lines,
+    write_atomically,
+)
 from ._runtime import runtime
-from ._settings import DURATION_HELP, SettingError, format_duration, parse_duration
+from ._settings import (
+    DURATION_HELP,
+    MODES,
+    SettingError,
+    format_duration,
+    parse_choice,
+    parse_duration,
+)
 from ._xdist import XdistPlugin
 
 __all__ = [
+    "loopguard",
     "pytest_addoption",
     "pytest_collection_modifyitems",
     "pytest_configure",
@@ -23,6 +60,7 @@ __all__ = [
     "pytest_runtest_makereport",
     "pytest_runtest_setup",
     "pytest_runtest_teardown",
+    "pytest_sessionfinish",
     "pytest_terminal_summary",
     "pytest_unconfigure",
 ]
@@ -30,21 +68,42 @@ __all__ = [
 THRESHOLD_HELP = (
     f"fail a test whose event loop is blocked for longer than this: {DURATION_HELP}; default 100ms"
 )
+RECORD_THRESHOLD_HELP = (
+    "also record (never fail) blocks longer than this and shorter than the threshold, as "
+    f"severity MONITOR: {DURATION_HELP}; default: off"
+)
+MODE_HELP = (
+    "what a block over the threshold does: fail the test after it ran (fail, the default); "
+    "also raise loopguard.LoopBlockedError inside the blocked code, at the blocking line "
+    "(raise); emit a loopguard.LoopBlockedWarning (warn); or only record it for the summary "
+    "and reports (record)"
+)
 SAMPLER_HELP = (
     "how stacks are captured: auto (GIL-free where supported, else by taking the GIL), "
     "native (GIL-free or fail) or gil"
 )
+JSON_HELP = "write a JSON report of every block to this file at the end of the session"
+BASELINE_HELP = (
+    "a baseline file: blocks at the call sites it lists (file and function) do not fail tests"
+)
+BASELINE_UPDATE_HELP = "write the baseline file from the call sites that block in this run"
+ALLOW_INI_HELP = f"call sites allowed to block, one per line: {ALLOW_HELP}"
+SCAN_HELP = (
+    "only judge blocks whose stack passes through these packages (names separated by blanks); "
+    "other blocks are allowed"
+)
 SAMPLERS = ("auto", "native", "gil")
-MODE_HELP = (
-    "fail: fail the test after it ran (default); raise: also raise loopguard.LoopBlockedError "
-    "inside the blocked code, at the blocking line"
-)
 MARKER = (
-    "loopguard(threshold=None, enabled=True, mode=None): fail the test if an event loop is "
-    "blocked for longer than threshold (e.g. '50ms', 0.05); enabled=False turns loopguard off "
-    "for the test; mode='raise' raises LoopBlockedError at the blocking line"
+    "loopguard(threshold=None, enabled=True, mode=None, allow=(), max_lag=None): fail the test "
+    "if an event "
+    "loop is blocked for longer than threshold (e.g. '50ms', 0.05); enabled=False turns "
+    "loopguard off for the test; mode='fail'|'raise'|'warn'|'record' overrides "
+    "--loopguard-mode ('raise' raises LoopBlockedError at the blocking line); "
+    "allow=[patterns] allows blocks at call sites such as 'mypkg.startup:load_model' or "
+    "'app/config.py'; max_lag='100ms' fails the test if its loop lag (how late a timer every "
+    "10 ms runs) exceeds it"
 )
-_MARKER_ARGS = {"threshold", "enabled", "mode"}
+_MARKER_ARGS = {"threshold", "enabled", "mode", "allow", "max_lag"}
 
 
 @dataclass
@@ -52,7 +111,36 @@ class _Settings:
     threshold: float
     threshold_source: str
     sampler: str
-    mode: str
+    mode: str = "fail"
+    mode_source: str = "default"
+    record_threshold: Optional[float] = None
+    json_path: Optional[Path] = None
+    baseline_path: Optional[Path] = None
+    baseline_update: bool = False
+    allow: tuple[AllowPattern, ...] = ()
+    scan: tuple[str, ...] = ()
+
+    def floor(self, threshold: float) -> float:
+        """The shortest block worth keeping for a test with ``threshold``."""
+        if self.record_threshold is None:
+            return threshold
+        return min(threshold, self.record_threshold)
+
+    def as_json(self, root: Path) -> dict[str, Any]:
+        def ms(s: Optional[float]) -> Optional[float]:
+            return None if s is None else round(s * 1000.0, 3)
+
+        return {
+            "threshold_ms": ms(self.threshold),
+            "record_threshold_ms": ms(self.record_threshold),
+            "mode": self.mode,
+            "sampler": self.sampler,
+            "allow": [p.text for p in self.allow],
+            "scan": list(self.scan),
+            "baseline": relative_path(str(self.baseline_path), root)
+            if self.baseline_path
+            else None,
+        }
 
 
 @dataclass
@@ -60,16 +148,30 @@ class _TestState:
     threshold: float
     enabled: bool
     mode: str
-    events: dict[str, list[BlockEvent]] = field(default_factory=dict)
+    allow: tuple[AllowPattern, ...] = ()
+    verdicts: dict[str, list[Verdict]] = field(default_factory=dict)
+    phase: str = "setup"
+    phase_start_ns: int = 0
+    test_start_ns: int = 0
+    max_lag: Optional[float] = None
+    expects: list[tuple[str, ExpectBlock]] = field(default_factory=list)
+    """``expect_block()`` contexts of the test, with the phase that opened them."""
+
+    def floor(self, settings: _Settings) -> float:
+        """The shortest block worth keeping for this test."""
+        floor = settings.floor(self.threshold)
+        return min([floor, *(e.threshold for _, e in self.expects)])
 
 
 @dataclass
 class _State:
     settings: _Settings
     token: int
+    judge: Judge
     tests: dict[str, _TestState] = field(default_factory=dict)
-    all_events: list[BlockEvent] = field(default_factory=list)
-    failed_events: list[BlockEvent] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
+    fixed: list[tuple[str, str]] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)
 
 
 _state_key = pytest.StashKey[_State]()
@@ -85,11 +187,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=THRESHOLD_HELP + " (env LOOPGUARD_THRESHOLD, ini loopguard_threshold)",
     )
     group.addoption(
-        "--loopguard-sampler",
-        dest="loopguard_sampler",
-        metavar="KIND",
+        "--loopguard-record-threshold",
+        dest="loopguard_record_threshold",
+        metavar="DURATION",
         default=None,
-        help=SAMPLER_HELP + " (env LOOPGUARD_SAMPLER)",
+        help=RECORD_THRESHOLD_HELP
+        + " (env LOOPGUARD_RECORD_THRESHOLD, ini loopguard_record_threshold)",
     )
     group.addoption(
         "--loopguard-mode",
@@ -98,23 +201,84 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help=MODE_HELP + " (env LOOPGUARD_MODE, ini loopguard_mode)",
     )
+    group.addoption(
+        "--loopguard-sampler",
+        dest="loopguard_sampler",
+        metavar="KIND",
+        default=None,
+        help=SAMPLER_HELP + " (env LOOPGUARD_SAMPLER)",
+    )
+    group.addoption(
+        "--loopguard-json",
+        dest="loopguard_json",
+        metavar="PATH",
+        default=None,
+        help=JSON_HELP + " (env LOOPGUARD_JSON, ini loopguard_json)",
+    )
+    group.addoption(
+        "--loopguard-baseline",
+        dest="loopguard_baseline",
+        metavar="PATH",
+        default=None,
+        help=BASELINE_HELP + " (env LOOPGUARD_BASELINE, ini loopguard_baseline)",
+    )
+    group.addoption(
+        "--loopguard-baseline-update",
+        dest="loopguard_baseline_update",
+        action="store_true",
+        default=False,
+        help=BASELINE_UPDATE_HELP,
+    )
     parser.addini("loopguard_threshold", THRESHOLD_HELP, default=None)
+    parser.addini("loopguard_record_threshold", RECORD_THRESHOLD_HELP, default=None)
     parser.addini("loopguard_mode", MODE_HELP, default=None)
+    parser.addini("loopguard_json", JSON_HELP, default=None)
+    parser.addini("loopguard_baseline", BASELINE_HELP, default=None)
+    parser.addini("loopguard_allow", ALLOW_INI_HELP, type="linelist", default=[])
+    parser.addini("loopguard_scan", SCAN_HELP, default=None)
 
 
-def _settings(config: pytest.Config) -> _Settings:
-    candidates = [
-        (config.getoption("loopguard_threshold"), "--loopguard-threshold", "the command line"),
-        (os.environ.get("LOOPGUARD_THRESHOLD"), "LOOPGUARD_THRESHOLD", "the environment"),
-        (config.getini("loopguard_threshold"), "loopguard_threshold", _ini_source(config)),
-    ]
+def _ini_source(config: pytest.Config) -> str:
+    return f"the config file {config.inipath}" if config.inipath else "the config file"
+
+
+def _pick(config: pytest.Config, key: str) -> Optional[tuple[Any, str, str]]:
+    """The first value set for setting ``key`` (``threshold``): command line, env, ini.
+
+    Returns ``(value, name as the user wrote it, where it came from)`` or ``None``.
+    """
+    cli = config.getoption(f"loopguard_{key}")
+    if cli is not None:
+        return cli, f"--loopguard-{key.replace('_', '-')}", "the command line"
+    env_name = f"LOOPGUARD_{key.upper()}"
+    env = os.environ.get(env_name)
+    if env is not None:
+        return env, env_name, "the environment"
+    ini = config.getini(f"loopguard_{key}")
+    # An empty ini value means "not set"; an empty CLI or env value is a mistake.
+    if ini is not None and str(ini).strip():
+        return ini, f"loopguard_{key}", _ini_source(config)
+    return None
+
+
+def _path(config: pytest.Config, value: str, name: str, where: str) -> Path:
+    if not value.strip():
+        raise SettingError(f"invalid value for {name}: {value!r} (from {where}); expected a path")
+    path = Path(os.path.expanduser(value.strip()))
+    if not path.is_absolute():
+        if name.startswith("loopguard_") and config.inipath:
+            path = config.inipath.parent / path  # ini values: relative to the ini file
+        else:
+            path = config.invocation_params.dir / path
+    return path
+
+
+def _settings(config: pytest.Config) -> tuple[_Settings, Judge]:
     threshold, source = DEFAULT_THRESHOLD, "default"
-    for value, name, where in candidates:
-        # An empty ini value means "not set"; an empty CLI or env value is a mistake.
-        if value is None or (name == "loopguard_threshold" and not str(value).strip()):
-            continue
+    picked = _pick(config, "threshold")
+    if picked is not None:
+        value, name, where = picked
         threshold, source = parse_duration(value, name=name, source=where), name
-        break
     sampler = config.getoption("loopguard_sampler") or os.environ.get("LOOPGUARD_SAMPLER") or "auto"
     if sampler not in SAMPLERS:
         where = "the command line" if config.getoption("loopguard_sampler") else "the environment"
@@ -122,45 +286,80 @@ def _settings(config: pytest.Config) -> _Settings:
             f"invalid value for --loopguard-sampler: {sampler!r} (from {where}); "
             f"expected one of {', '.join(SAMPLERS)}"
         )
-    mode = "fail"
-    for value, name, where in (
-        (config.getoption("loopguard_mode"), "--loopguard-mode", "the command line"),
-        (os.environ.get("LOOPGUARD_MODE"), "LOOPGUARD_MODE", "the environment"),
-        (config.getini("loopguard_mode"), "loopguard_mode", _ini_source(config)),
-    ):
-        if value is None or (name == "loopguard_mode" and not str(value).strip()):
-            continue
-        mode = _check_mode(value, name, where)
-        break
-    return _Settings(threshold=threshold, threshold_source=source, sampler=sampler, mode=mode)
+    s = _Settings(threshold=threshold, threshold_source=source, sampler=sampler)
 
+    picked = _pick(config, "mode")
+    if picked is not None:
+        value, name, where = picked
+        s.mode, s.mode_source = parse_choice(value, MODES, name=name, source=where), name
 
-def _check_mode(value: object, name: str, where: str) -> str:
-    text = value.strip() if isinstance(value, str) else value
-    if text not in MODES:
+    picked = _pick(config, "record_threshold")
+    if picked is not None:
+        value, name, where = picked
+        s.record_threshold = parse_duration(value, name=name, source=where)
+        if s.record_threshold >= threshold:
+            raise SettingError(
+                f"invalid value for {name}: {value!r} (from {where}); expected a duration "
+                f"below the threshold ({format_duration(threshold)})"
+            )
+
+    # Under pytest-xdist, workers ship their verdicts to the controller (see _xdist.py), which
+    # alone writes the JSON report and the baseline.
+    picked = _pick(config, "json")
+    if picked is not None:
+        value, name, where = picked
+        s.json_path = _path(config, str(value), name, where)
+        check_writable(s.json_path, name=name, source=where)
+
+    picked = _pick(config, "baseline")
+    s.baseline_update = bool(config.getoption("loopguard_baseline_update"))
+    baseline = None
+    if picked is not None:
+        value, name, where = picked
+        s.baseline_path = _path(config, str(value), name, where)
+        if s.baseline_update:
+            check_writable(s.baseline_path, name=name, source=where)
+            if s.baseline_path.exists():
+                Baseline.load(s.baseline_path)  # do not overwrite something else
+        else:
+            baseline = Baseline.load(s.baseline_path)
+    if picked is None and s.baseline_update:
         raise SettingError(
-            f"invalid value for {name}: {value!r} (from {where}); expected one of "
-            f"{', '.join(MODES)}"
+            "--loopguard-baseline-update needs the baseline's path: --loopguard-baseline=PATH "
+            "(or ini loopguard_baseline, env LOOPGUARD_BASELINE)"
         )
-    return str(text)
 
+    ini_source = _ini_source(config)
+    s.allow = tuple(
+        parse_allow(text, source=f"loopguard_allow in {ini_source}")
+        for text in config.getini("loopguard_allow")
+    )
+    scan = config.getini("loopguard_scan")
+    if scan is not None and str(scan).strip():
+        s.scan = parse_scan(scan, name="loopguard_scan", source=ini_source)
 
-def _ini_source(config: pytest.Config) -> str:
-    return f"the config file {config.inipath}" if config.inipath else "the config file"
+    judge = Judge(
+        config.rootpath,
+        allow=s.allow,
+        scan=s.scan,
+        baseline=baseline,
+        baseline_update=s.baseline_update,
+    )
+    return s, judge
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER)
     try:
-        settings = _settings(config)
+        settings, judge = _settings(config)
     except SettingError as e:
         raise pytest.UsageError(f"loopguard: {e}") from None
     try:
-        token = runtime.acquire(settings.threshold, settings.sampler)
+        token = runtime.acquire(settings.floor(settings.threshold), settings.sampler)
     except RuntimeError as e:
         raise pytest.UsageError(f"loopguard: cannot start the watchdog: {e}") from None
-    state = config.stash[_state_key] = _State(settings=settings, token=token)
+    state = config.stash[_state_key] = _State(settings=settings, token=token, judge=judge)
     config.pluginmanager.register(XdistPlugin(config, state), XdistPlugin.name)
 
 
@@ -186,17 +385,39 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         else "stacks read by taking the GIL (may be late)"
     )
     src = "" if s.threshold_source == "default" else f" (from {s.threshold_source})"
-    return [f"loopguard: threshold {format_duration(s.threshold)}{src}, {how}"]
+    lines = [f"loopguard: threshold {format_duration(s.threshold)}{src}, {how}"]
+    extra = []
+    if s.mode != "fail":
+        extra.append(f"mode {s.mode} (from {s.mode_source})")
+    if s.record_threshold is not None:
+        extra.append(f"recording blocks over {format_duration(s.record_threshold)}")
+    if s.allow:
+        extra.append(f"{len(s.allow)} allow pattern{'s' * (len(s.allow) != 1)}")
+    if s.scan:
+        extra.append(f"scanning {', '.join(s.scan)}")
+    if s.baseline_path is not None:
+        verb = "updating" if s.baseline_update else "baseline"
+        judge = state.judge
+        n = f" ({len(judge.baseline.sites)} call sites)" if judge.baseline else ""
+        extra.append(f"{verb} {relative_path(str(s.baseline_path), config.rootpath)}{n}")
+    if s.json_path is not None:
+        extra.append(f"JSON report {relative_path(str(s.json_path), config.rootpath)}")
+    if extra:
+        lines.append("loopguard: " + ", ".join(extra))
+    return lines
 
 
-def _marker_settings(item: pytest.Item, default: float, mode: str) -> tuple[float, bool, str]:
-    threshold, enabled = default, True
+def _marker_settings(item: pytest.Item, settings: _Settings) -> _TestState:
+    ts = _TestState(threshold=settings.threshold, enabled=True, mode=settings.mode)
+    where = f"@pytest.mark.loopguard on {item.nodeid}"
+    allow: list[AllowPattern] = []
     # Closest marker wins: iter_markers yields the function's own first.
     for mark in reversed(list(item.iter_markers("loopguard"))):
         if mark.args:
             raise pytest.UsageError(
                 f"loopguard: {item.nodeid}: @pytest.mark.loopguard takes keyword arguments only "
-                f"(threshold=..., enabled=..., mode=...), got positional {mark.args!r}"
+                f"(threshold=..., enabled=..., mode=..., allow=...), got positional "
+                f"{mark.args!r}"
             )
         unknown = set(mark.kwargs) - _MARKER_ARGS
         if unknown:
@@ -204,31 +425,36 @@ def _marker_settings(item: pytest.Item, default: float, mode: str) -> tuple[floa
                 f"loopguard: {item.nodeid}: unknown @pytest.mark.loopguard argument(s) "
                 f"{', '.join(sorted(unknown))}; expected {', '.join(sorted(_MARKER_ARGS))}"
             )
-        if "threshold" in mark.kwargs:
-            try:
-                threshold = parse_duration(
-                    mark.kwargs["threshold"],
-                    name="threshold",
-                    source=f"@pytest.mark.loopguard on {item.nodeid}",
+        try:
+            if "threshold" in mark.kwargs:
+                ts.threshold = parse_duration(
+                    mark.kwargs["threshold"], name="threshold", source=where
                 )
-            except SettingError as e:
-                raise pytest.UsageError(f"loopguard: {e}") from None
+            if "mode" in mark.kwargs:
+                ts.mode = parse_choice(mark.kwargs["mode"], MODES, name="mode", source=where)
+            if "max_lag" in mark.kwargs:
+                ts.max_lag = parse_duration(mark.kwargs["max_lag"], name="max_lag", source=where)
+            if "allow" in mark.kwargs:
+                value = mark.kwargs["allow"]
+                patterns = [value] if isinstance(value, str) else value
+                if not isinstance(patterns, (list, tuple)):
+                    raise SettingError(
+                        f"invalid value for allow: {value!r} (from {where}); expected a list "
+                        f"of patterns: {ALLOW_HELP}"
+                    )
+                allow.extend(parse_allow(p, source=where) for p in patterns)
+        except SettingError as e:
+            raise pytest.UsageError(f"loopguard: {e}") from None
         if "enabled" in mark.kwargs:
             value = mark.kwargs["enabled"]
             if not isinstance(value, bool):
                 raise pytest.UsageError(
                     f"loopguard: invalid value for enabled: {value!r} (from "
-                    f"@pytest.mark.loopguard on {item.nodeid}); expected True or False"
+                    f"{where}); expected True or False"
                 )
-            enabled = value
-        if "mode" in mark.kwargs:
-            try:
-                mode = _check_mode(
-                    mark.kwargs["mode"], "mode", f"@pytest.mark.loopguard on {item.nodeid}"
-                )
-            except SettingError as e:
-                raise pytest.UsageError(f"loopguard: {e}") from None
-    return threshold, enabled, mode
+            ts.enabled = value
+    ts.allow = tuple(allow)
+    return ts
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -236,13 +462,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if state is None:
         return
     for item in items:
-        state.tests[item.nodeid] = _new_test_state(state, item)
-
-
-def _new_test_state(state: _State, item: pytest.Item) -> _TestState:
-    s = state.settings
-    threshold, enabled, mode = _marker_settings(item, s.threshold, s.mode)
-    return _TestState(threshold=threshold, enabled=enabled, mode=mode)
+        state.tests[item.nodeid] = _marker_settings(item, state.settings)
 
 
 def _test_state(item: pytest.Item) -> Optional[tuple[_State, _TestState]]:
@@ -251,7 +471,7 @@ def _test_state(item: pytest.Item) -> Optional[tuple[_State, _TestState]]:
         return None
     ts = state.tests.get(item.nodeid)
     if ts is None:
-        ts = state.tests[item.nodeid] = _new_test_state(state, item)
+        ts = state.tests[item.nodeid] = _marker_settings(item, state.settings)
     return state, ts
 
 
@@ -260,31 +480,155 @@ def _enter_phase(item: pytest.Item, phase: str) -> None:
     if found is None:
         return
     state, ts = found
+    ts.phase = phase
+    ts.phase_start_ns = _native.now_ns()
     if phase == "setup":
-        runtime.update(state.token, ts.threshold)
+        ts.test_start_ns = ts.phase_start_ns
+        runtime.lag_probing = ts.enabled and ts.max_lag is not None
+        runtime.update(state.token, state.settings.floor(ts.threshold))
         runtime.set_raise(state.token, ts.enabled and ts.mode == "raise")
     runtime.set_context(make_context(item.nodeid, phase))
+
+
+def _leave_phase(item: pytest.Item, phase: str, *, warn: bool) -> None:
+    """Judge the blocks that began in this phase; in warn mode, emit their warnings."""
+    found = _test_state(item)
+    if found is None:
+        return
+    state, ts = found
+    runtime.collect()
+    events = runtime.take_events(lambda e: e.test == item.nodeid and e.phase == phase)
+    if not ts.enabled:
+        return
+    floor = ts.floor(state.settings)
+    verdicts = []
+    for ev in events:
+        if ev.duration < floor:
+            continue
+        ev = dataclasses.replace(ev, threshold=ts.threshold)
+        v = state.judge.judge(
+            ev,
+            test=item.nodeid,
+            phase=phase,
+            threshold=ts.threshold,
+            mode=ts.mode,
+            allow=ts.allow,
+        )
+        expected = [e for _, e in ts.expects if e.covers(ev)]
+        for e in expected:
+            e.events.append(ev)
+        if expected:
+            v.outcome, v.reason = "allowed", "expected by loopguard.expect_block()"
+        verdicts.append(v)
+    ts.verdicts[phase] = verdicts
+    state.verdicts.extend(verdicts)
+    if warn:
+        for v in verdicts:
+            if v.outcome == "warned":
+                _warn(item, v)
+        for opened_in, expect in ts.expects:
+            message = expect.failure() if opened_in == phase else None
+            if message:
+                pytest.fail(message, pytrace=False)
+        if ts.max_lag is not None:
+            lag = _lag(ts.phase_start_ns)
+            if lag.max > ts.max_lag:
+                pytest.fail(
+                    f"loopguard: event loop lag {format_duration(lag.max)} exceeded max_lag "
+                    f"{format_duration(ts.max_lag)} (from @pytest.mark.loopguard on "
+                    f"{item.nodeid}); lag {lag}",
+                    pytrace=False,
+                )
+
+
+def _lag(since_ns: int) -> LagStats:
+    return lag_stats([lag for when, lag in list(runtime.lag_log) if when >= since_ns])
+
+
+@pytest.fixture
+def loopguard(request: pytest.FixtureRequest) -> LoopguardFixture:
+    """The current test's blocks (``loopguard.events``) and ``loopguard.expect_block()``."""
+    found = _test_state(request.node)  # type: ignore[arg-type]
+    if found is None:
+        pytest.fail("loopguard: the loopguard fixture needs the plugin (-p loopguard)")
+    state, ts = found
+    nodeid = request.node.nodeid
+
+    def events() -> list[BlockEvent]:
+        judged = [v.event for vs in ts.verdicts.values() for v in vs]
+        runtime.collect()
+        floor = ts.floor(state.settings)
+        pending = [
+            e for e in runtime.events_between(0, 2**64) if e.test == nodeid and e.duration >= floor
+        ]
+        return sorted([*judged, *pending], key=lambda e: e.start_ns)
+
+    def register(expect: ExpectBlock) -> None:
+        ts.expects.append((ts.phase, expect))
+        runtime.update(state.token, ts.floor(state.settings))
+
+    runtime.lag_probing = True
+    return LoopguardFixture(nodeid, ts.threshold, events, register, lambda: _lag(ts.test_start_ns))
+
+
+def _warn(item: pytest.Item, v: Verdict) -> None:
+    ev = v.event
+    message = f"loopguard: {ev.summary()}"
+    if ev.site is not None:
+        message += f" at {ev.site}"
+        filename, lineno = ev.site.filename, ev.site.lineno
+    else:
+        filename, lineno = str(item.path), item.reportinfo()[1] or 0
+    module = modules.name(filename) or Path(filename).stem
+    try:
+        warnings.warn_explicit(
+            LoopBlockedWarning(message), LoopBlockedWarning, filename, lineno, module
+        )
+    except LoopBlockedWarning:
+        # A warnings filter (-W error::loopguard.LoopBlockedWarning, filterwarnings) made
+        # it an error: the test fails as in mode fail, with the full report.
+        v.outcome = "failed"
+        v.reason = "LoopBlockedWarning turned into an error by a warnings filter"
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> Any:
     _enter_phase(item, "setup")
-    return (yield)
+    try:
+        result = yield
+    except BaseException:
+        _leave_phase(item, "setup", warn=False)
+        raise
+    _leave_phase(item, "setup", warn=True)
+    return result
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_call(item: pytest.Item) -> Any:
     _enter_phase(item, "call")
-    return (yield)
+    try:
+        result = yield
+    except BaseException:
+        _leave_phase(item, "call", warn=False)
+        raise
+    _leave_phase(item, "call", warn=True)
+    return result
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: Optional[pytest.Item]) -> Any:
     _enter_phase(item, "teardown")
     try:
-        return (yield)
+        try:
+            result = yield
+        except BaseException:
+            _leave_phase(item, "teardown", warn=False)
+            raise
+        _leave_phase(item, "teardown", warn=True)
+        return result
     finally:
         runtime.set_context("")
+        runtime.lag_probing = False
 
 
 class _LoopguardRepr:
@@ -330,26 +674,72 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     found = _test_state(item)
     if found is None:
         return report
-    state, ts = found
-    runtime.collect()
-    ctx_events = runtime.take_events(lambda e: e.test == item.nodeid and e.phase == call.when)
-    if not ts.enabled:
-        return report
-    state.all_events.extend(ctx_events)
-    failing = [e for e in ctx_events if e.duration >= ts.threshold]
+    _state, ts = found
+    failing = [v for v in ts.verdicts.get(call.when, []) if v.outcome == "failed"]
     if not failing:
         return report
-    ts.events[call.when] = failing
     if report.skipped or hasattr(report, "wasxfail"):
+        for v in failing:
+            v.outcome, v.reason = "recorded", "the test was skipped or xfailed"
         return report
-    state.failed_events.extend(failing)
+    events = [v.event for v in failing]
+    worst = max(events, key=lambda e: e.duration)
+    # JUnit XML (--junitxml) shows these as <property> elements of the test case. It reads
+    # them from the teardown report, which copies the item's: so both get them.
+    props = [
+        ("loopguard_duration_ms", round(worst.duration * 1000.0)),
+        ("loopguard_blocks", len(events)),
+    ]
+    if worst.site is not None:
+        props.insert(0, ("loopguard_site", str(worst.site)))
+    report.user_properties.extend(props)
+    item.user_properties.extend(props)
     if report.passed:
         report.outcome = "failed"
-        report.longrepr = _LoopguardRepr(failing)
+        report.longrepr = _LoopguardRepr(events)
     else:
         title = f"loopguard: blocked event loop ({call.when})"
-        report.sections.append((title, format_events(failing)))
+        report.sections.append((title, format_events(events)))
     return report
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Write the baseline and the JSON report (before the terminal summary is printed)."""
+    config = session.config
+    state = config.stash.get(_state_key, None)
+    if state is None or hasattr(config, "workerinput"):
+        return
+    s = state.settings
+    root = config.rootpath
+    seen = {v.key for v in state.verdicts if v.key is not None}
+    if state.judge.baseline is not None:
+        state.fixed = sorted(state.judge.baseline.sites - seen)
+    if s.baseline_update and s.baseline_path is not None:
+        if exitstatus == pytest.ExitCode.INTERRUPTED:
+            state.written.append(
+                f"baseline not updated: the run was interrupted ({s.baseline_path})"
+            )
+        else:
+            sites = [v.key for v in state.verdicts if v.over_threshold and v.key is not None]
+            write_atomically(s.baseline_path, Baseline.dumps(sites))  # type: ignore[arg-type]
+            n = len(set(sites))
+            state.written.append(
+                f"baseline written to {s.baseline_path} ({n} call site{'s' * (n != 1)})"
+            )
+    if s.json_path is not None:
+        from . import __version__
+
+        data = report_data(
+            state.verdicts,
+            root=root,
+            settings=s.as_json(root),
+            fixed=state.fixed,
+            loopguard_version=__version__,
+            pytest_version=pytest.__version__,
+            sampler=runtime.sampler,
+        )
+        write_atomically(s.json_path, dumps(data))
+        state.written.append(f"JSON report written to {s.json_path}")
 
 
 def _cwd_relative(config: pytest.Config, nodeid: str) -> str:
@@ -362,11 +752,32 @@ def _cwd_relative(config: pytest.Config, nodeid: str) -> str:
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(_state_key, None)
-    if state is None or not state.failed_events:
+    if state is None:
         return
     tr = terminalreporter
-    tr.section("loopguard: blocked event loops", sep="=", red=True)
-    for ev in state.failed_events:
-        where = str(ev.site) if ev.site else "(ended before its stack was sampled)"
-        test = _cwd_relative(config, ev.test) if ev.test else "?"
-        tr.line(f"{format_duration(ev.duration):>9}  {where}  [{test} ({ev.phase})]")
+    verdicts = state.verdicts
+    if verdicts or state.fixed:
+        failed = any(v.outcome == "failed" for v in verdicts)
+        tr.section(
+            "loopguard: blocking hotspots", sep="=", red=failed, yellow=not failed, bold=True
+        )
+        if verdicts:
+            label = functools.partial(_cwd_relative, config)
+            for text, markup in summary_lines(verdicts, config.option.verbose, label):
+                tr.line(text, **markup)
+        if state.fixed:
+            tr.line(
+                f"{len(state.fixed)} call site{'s' * (len(state.fixed) != 1)} of the baseline "
+                "did not block in this run (fixed? shrink the file with "
+                "--loopguard-baseline-update):",
+                green=True,
+            )
+            for file, function in state.fixed:
+                tr.line(f"    {file} in {function}", green=True)
+    for text in state.written:
+        tr.write_line(f"loopguard: {text}")
+    if os.environ.get("GITHUB_ACTIONS") == "true" and verdicts:
+        for text in annotations(
+            verdicts, root=config.rootpath, workspace=os.environ.get("GITHUB_WORKSPACE")
+        ):
+            tr.write_line(text)

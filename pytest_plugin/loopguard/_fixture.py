@@ -1,0 +1,131 @@
+"""The ``loopguard`` fixture: the current test's blocks, and ``expect_block()``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Union
+
+from . import _native
+from ._events import BlockEvent
+from ._settings import format_duration, parse_duration
+
+__all__ = ["ExpectBlock", "LagStats", "LoopguardFixture", "lag_stats"]
+
+
+@dataclass
+class ExpectBlock:
+    """A stretch of a test that must block the event loop for at least ``threshold``.
+
+    Judged when the test phase ends (a block is only complete once its loop gets back to its
+    selector, which cannot happen while the blocking code is still on the loop thread); the
+    blocks it expected never fail the test and are reported as allowed.
+    """
+
+    threshold: float
+    where: str
+    start_ns: int = 0
+    end_ns: Optional[int] = None
+    events: list[BlockEvent] = field(default_factory=list)
+    """The blocks seen inside, once the phase has ended."""
+
+    def covers(self, ev: BlockEvent) -> bool:
+        end = self.end_ns if self.end_ns is not None else _native.now_ns()
+        return ev.duration >= self.threshold and ev.start_ns < end and ev.end_ns > self.start_ns
+
+    def failure(self) -> Optional[str]:
+        if self.events:
+            return None
+        return (
+            f"loopguard: expected the event loop to block for at least "
+            f"{format_duration(self.threshold)} inside expect_block() ({self.where}), "
+            "but it did not"
+        )
+
+    def __enter__(self) -> ExpectBlock:
+        self.start_ns = _native.now_ns()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.end_ns = _native.now_ns()
+
+    async def __aenter__(self) -> ExpectBlock:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.__exit__()
+
+
+@dataclass(frozen=True)
+class LagStats:
+    """Loop lag (seconds) measured by a timer every 10 ms: how late the loop ran it."""
+
+    samples: int
+    max: float
+    p50: float
+    p99: float
+
+    def __str__(self) -> str:
+        return (
+            f"max {format_duration(self.max)}, p50 {format_duration(self.p50)}, "
+            f"p99 {format_duration(self.p99)} over {self.samples} samples"
+        )
+
+
+def lag_stats(lags: list[float]) -> LagStats:
+    if not lags:
+        return LagStats(0, 0.0, 0.0, 0.0)
+    ordered = sorted(lags)
+
+    def rank(p: float) -> float:  # nearest rank
+        return ordered[max(0, min(len(ordered) - 1, math.ceil(p * len(ordered)) - 1))]
+
+    return LagStats(len(ordered), ordered[-1], rank(0.5), rank(0.99))
+
+
+class LoopguardFixture:
+    """What the ``loopguard`` fixture gives a test."""
+
+    def __init__(
+        self,
+        nodeid: str,
+        threshold: float,
+        events: Callable[[], list[BlockEvent]],
+        register: Callable[[ExpectBlock], None],
+        lag: Callable[[], LagStats],
+    ) -> None:
+        self.nodeid = nodeid
+        self.threshold = threshold
+        """The failing threshold of this test, in seconds."""
+        self._events = events
+        self._register = register
+        self._lag = lag
+
+    @property
+    def lag(self) -> LagStats:
+        """Loop lag of this test so far (loops that started running once the fixture was set
+        up, measured with a timer every 10 ms): ``max``, ``p50``, ``p99``, ``samples``."""
+        return self._lag()
+
+    @property
+    def events(self) -> list[BlockEvent]:
+        """The blocks of this test so far (setup included), in the order they began.
+
+        A block that is still going on (the caller is on the blocked loop) is not in it yet.
+        """
+        return self._events()
+
+    def expect_block(self, threshold: Union[str, float, None] = None) -> ExpectBlock:
+        """A context manager (``with`` or ``async with``) that fails the test unless the loop
+        blocks inside it for at least ``threshold`` (default: the test's threshold)."""
+        seconds = (
+            self.threshold
+            if threshold is None
+            else parse_duration(threshold, name="threshold", source="loopguard.expect_block()")
+        )
+        expect = ExpectBlock(threshold=seconds, where=self.nodeid)
+        self._register(expect)
+        return expect
+
+    def __repr__(self) -> str:
+        return f"<loopguard fixture for {self.nodeid}>"

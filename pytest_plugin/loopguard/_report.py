@@ -1,0 +1,363 @@
+"""What loopguard tells the session: the hotspot table, the JSON report and CI annotations."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import sysconfig
+import tempfile
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ._events import Frame
+from ._judge import OUTCOMES, SEVERITIES, Verdict, relative_path
+from ._settings import SettingError, format_duration
+
+__all__ = [
+    "REPORT_VERSION",
+    "annotations",
+    "check_writable",
+    "hotspots",
+    "report_data",
+    "summary_lines",
+    "write_atomically",
+]
+
+REPORT_VERSION = 1
+"""Version of the JSON report's schema (docs/report-schema.json); bumped on breaking changes."""
+
+_SHORT_ROWS = 5
+
+
+# --- the hotspot table ---------------------------------------------------------------------
+
+
+@dataclass
+class Hotspot:
+    """The blocks seen at one call site."""
+
+    site: str
+    operation: str
+    severity: str = "MONITOR"
+    count: int = 0
+    max: float = 0.0
+    total: float = 0.0
+    tests: set[str] = field(default_factory=set)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    where: list[tuple[str, str]] = field(default_factory=list)
+    """``(test, phase)`` of each block, in order."""
+
+    def outcome_text(self) -> str:
+        if len(self.outcomes) == 1:
+            return next(iter(self.outcomes))
+        return ", ".join(f"{self.outcomes[o]} {o}" for o in OUTCOMES if self.outcomes[o])
+
+
+def _short(f: Frame) -> str:
+    """A library frame without its installation directory: ``json/encoder.py:383 in f``."""
+    text = str(f)
+    for marker in ("site-packages/", "dist-packages/"):
+        if marker in text:
+            return text.rsplit(marker, 1)[1]
+    real = os.path.realpath(f.filename)
+    for d in _STDLIB:
+        if real.startswith(d):
+            return f"{real[len(d) :]}:{f.lineno} in {f.function}"
+    return text
+
+
+_STDLIB = tuple({os.path.realpath(p) + os.sep for p in (sysconfig.get_paths()["stdlib"],) if p})
+
+
+_CAUSES = {"import": "(importing) ", "gc": "(garbage collection) ", "coverage": "(coverage) "}
+
+
+def _operation(v: Verdict) -> str:
+    return _CAUSES.get(v.event.cause or "", "") + _plain_operation(v)
+
+
+def _plain_operation(v: Verdict) -> str:
+    ev = v.event
+    if ev.innermost is not None:
+        return _short(ev.innermost)
+    if ev.site is not None and ev.site.source:
+        text = ev.site.source.split("  # ", 1)[0]
+        return text if len(text) <= 48 else text[:45] + "..."
+    return "?"
+
+
+def hotspots(verdicts: list[Verdict]) -> list[Hotspot]:
+    """Blocks grouped by call site, worst severity first, then most time blocked."""
+    spots: dict[tuple[Any, ...], Hotspot] = {}
+    for v in verdicts:
+        if v.outcome == "allowed":
+            continue
+        ev = v.event
+        key: tuple[Any, ...] = (
+            (ev.site.filename, ev.site.lineno, ev.site.function) if ev.site else ("?",)
+        )
+        spot = spots.get(key)
+        if spot is None:
+            site = str(ev.site) if ev.site else "(ended before its stack was sampled)"
+            spot = spots[key] = Hotspot(site=site, operation=_operation(v))
+        spot.count += 1
+        spot.max = max(spot.max, ev.duration)
+        spot.total += ev.duration
+        spot.tests.add(v.test)
+        if (v.test, v.phase) not in spot.where:
+            spot.where.append((v.test, v.phase))
+        spot.outcomes[v.outcome] += 1
+        if SEVERITIES.index(v.severity) < SEVERITIES.index(spot.severity):
+            spot.severity = v.severity
+    return sorted(spots.values(), key=lambda s: (SEVERITIES.index(s.severity), -s.total))
+
+
+_SEVERITY_MARKUP = {
+    "CRITICAL": {"red": True, "bold": True},
+    "HIGH": {"red": True},
+    "MEDIUM": {"yellow": True},
+    "MONITOR": {"cyan": True},
+}
+
+
+def totals_line(verdicts: list[Verdict]) -> str:
+    outcomes = Counter(v.outcome for v in verdicts)
+    tests = {v.test for v in verdicts}
+    sites = {
+        (v.event.site.filename, v.event.site.lineno) if v.event.site else None for v in verdicts
+    }
+    total = sum(v.event.duration for v in verdicts)
+    blocks = "block" if len(verdicts) == 1 else "blocks"
+    parts = ", ".join(f"{outcomes[o]} {o}" for o in OUTCOMES if outcomes[o])
+    return (
+        f"{len(verdicts)} {blocks} at {len(sites)} call site{'s' * (len(sites) != 1)} in "
+        f"{len(tests)} test{'s' * (len(tests) != 1)}, {format_duration(total)} blocked "
+        f"in total: {parts}"
+    )
+
+
+def summary_lines(
+    verdicts: list[Verdict], verbosity: int, test_label: Callable[[str], str] = str
+) -> list[tuple[str, dict[str, bool]]]:
+    """The hotspot table as ``(text, markup)`` lines; ``-q`` shortens it, ``-qq`` to totals,
+    ``-v`` lists each row's tests under it (as ``test_label`` shows them)."""
+    out: list[tuple[str, dict[str, bool]]] = []
+    spots = hotspots(verdicts)
+    shown = spots if verbosity >= 0 else spots[:_SHORT_ROWS] if verbosity == -1 else []
+    if shown:
+        site_w = min(60, max(len("call site"), *(len(s.site) for s in shown)))
+        out_w = max(len("outcome"), *(len(s.outcome_text()) for s in shown))
+        head = (
+            f"{'severity':<8}  {'count':>5}  {'tests':>5}  {'max':>9}  {'total':>9}  "
+            f"{'outcome':<{out_w}}  {'call site':<{site_w}}  blocking operation"
+        )
+        out.append((head, {"bold": True}))
+        for s in shown:
+            text = (
+                f"{s.severity:<8}  {s.count:>5}  {len(s.tests):>5}  {format_duration(s.max):>9}"
+                f"  {format_duration(s.total):>9}  {s.outcome_text():<{out_w}}  "
+                f"{s.site:<{site_w}}  {s.operation}"
+            )
+            out.append((text, _SEVERITY_MARKUP[s.severity]))
+            if verbosity > 0:
+                out.extend((f"    {test_label(t)} ({phase})", {}) for t, phase in s.where)
+        if len(shown) < len(spots):
+            out.append((f"... {len(spots) - len(shown)} more call sites (without -q: all)", {}))
+    bad = any(v.outcome == "failed" for v in verdicts)
+    out.append((totals_line(verdicts), {"red": bad, "yellow": not bad, "bold": True}))
+    return out
+
+
+# --- JSON report ---------------------------------------------------------------------------
+
+
+def _frame(f: Optional[Frame], root: Path) -> Optional[dict[str, Any]]:
+    if f is None:
+        return None
+    return {"file": relative_path(f.filename, root), "line": f.lineno, "function": f.function}
+
+
+def _ms(seconds: Optional[float]) -> Optional[float]:
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+def event_data(v: Verdict, root: Path) -> dict[str, Any]:
+    ev = v.event
+    holder = None
+    if ev.gil == "other" and ev.gil_holder_thread:
+        holder = {
+            "thread": ev.gil_holder_thread,
+            "stack": [_frame(f, root) for f in ev.gil_holder_stack],
+        }
+    return {
+        "test": v.test,
+        "phase": v.phase,
+        "duration_ms": _ms(ev.duration),
+        "threshold_ms": _ms(v.threshold),
+        "severity": v.severity,
+        "outcome": v.outcome,
+        "reason": v.reason,
+        "mode": v.mode,
+        "site": _frame(ev.site, root),
+        "operation": _frame(ev.innermost, root),
+        "stack": [_frame(f, root) for f in ev.stack],
+        "thread": ev.thread_name,
+        "task": ev.task_name,
+        "loop": ev.loop_kind,
+        "gil": ev.gil,
+        "gil_holder": holder,
+        "starved": ev.starved,
+        "several_calls": ev.sites_changed,
+        "captured_after_ms": _ms(ev.captured_after),
+        "late": ev.late,
+        "cause": ev.cause,
+        "hint": ev.hint,
+    }
+
+
+def report_data(
+    verdicts: list[Verdict],
+    *,
+    root: Path,
+    settings: dict[str, Any],
+    fixed: list[tuple[str, str]],
+    loopguard_version: str,
+    pytest_version: str,
+    sampler: Optional[str],
+) -> dict[str, Any]:
+    """The JSON report (schema: docs/report-schema.json)."""
+    per_test: dict[str, list[Verdict]] = defaultdict(list)
+    for v in verdicts:
+        per_test[v.test].append(v)
+    tests = []
+    for test in sorted(per_test):
+        vs = per_test[test]
+        outcomes = Counter(v.outcome for v in vs)
+        tests.append(
+            {
+                "test": test,
+                "events": len(vs),
+                "blocked_ms": _ms(sum(v.event.duration for v in vs)),
+                "max_ms": _ms(max(v.event.duration for v in vs)),
+                "outcomes": {o: outcomes[o] for o in OUTCOMES if outcomes[o]},
+            }
+        )
+    outcomes = Counter(v.outcome for v in verdicts)
+    return {
+        "version": REPORT_VERSION,
+        "settings": settings,
+        "environment": {
+            "python": platform.python_version(),
+            "implementation": sys.implementation.name,
+            "platform": sys.platform,
+            "pytest": pytest_version,
+            "loopguard": loopguard_version,
+            "sampler": sampler,
+        },
+        "totals": {
+            "events": len(verdicts),
+            "tests": len(per_test),
+            "blocked_ms": _ms(sum(v.event.duration for v in verdicts)),
+            "outcomes": {o: outcomes[o] for o in OUTCOMES},
+        },
+        "tests": tests,
+        "events": [event_data(v, root) for v in verdicts],
+        "fixed": [{"file": f, "function": fn} for f, fn in fixed],
+    }
+
+
+def check_writable(path: Path, *, name: str, source: str) -> None:
+    """A usage error now rather than a lost report at the end of the session."""
+    if path.is_dir():
+        raise SettingError(
+            f"invalid value for {name}: {str(path)!r} (from {source}); it is a directory, "
+            "expected a file path"
+        )
+    parent = path.parent
+    if not parent.is_dir():
+        raise SettingError(
+            f"invalid value for {name}: {str(path)!r} (from {source}); the directory "
+            f"{parent} does not exist"
+        )
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".probe")
+    except OSError as e:
+        raise SettingError(
+            f"invalid value for {name}: {str(path)!r} (from {source}); cannot write in "
+            f"{parent} ({e.strerror or e})"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise SettingError(
+            f"invalid value for {name}: {str(path)!r} (from {source}); the file is read-only"
+        )
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def dumps(data: dict[str, Any]) -> str:
+    # No indent: json's C encoder only runs without one (about 5x faster on large reports).
+    return json.dumps(data, ensure_ascii=False) + "\n"
+
+
+# --- CI annotations ------------------------------------------------------------------------
+
+
+def _escape_data(s: str) -> str:
+    return s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(s: str) -> str:
+    return _escape_data(s).replace(":", "%3A").replace(",", "%2C")
+
+
+def annotations(verdicts: list[Verdict], *, root: Path, workspace: Optional[str]) -> list[str]:
+    """GitHub Actions workflow commands: ``::error`` per failing call site, ``::warning`` per
+    baselined, warned or recorded one (allowed blocks are not annotated)."""
+    base = Path(workspace) if workspace else root
+    groups: dict[tuple[str, str, int], list[Verdict]] = defaultdict(list)
+    for v in verdicts:
+        if v.outcome == "allowed" or v.event.site is None:
+            continue
+        level = "error" if v.outcome == "failed" else "warning"
+        f = v.event.site
+        groups[(level, relative_path(f.filename, base), f.lineno)].append(v)
+    lines = []
+    for (level, file, lineno), vs in sorted(groups.items()):
+        worst = max(vs, key=lambda v: v.event.duration)
+        ev = worst.event
+        sev = min((v.severity for v in vs), key=SEVERITIES.index)
+        outcomes = sorted({v.outcome for v in vs}, key=OUTCOMES.index)
+        tests = sorted({v.test for v in vs})
+        times = "once" if len(vs) == 1 else f"{len(vs)} times"
+        msg = (
+            f"{ev.summary()} in {ev.site.function if ev.site else '?'} ({times}; "
+            f"{', '.join(outcomes)}) in {', '.join(tests[:3])}"
+            + (f" and {len(tests) - 3} more tests" if len(tests) > 3 else "")
+        )
+        title = f"loopguard: event loop blocked ({sev})"
+        lines.append(
+            f"::{level} file={_escape_property(file)},line={lineno},"
+            f"title={_escape_property(title)}::{_escape_data(msg)}"
+        )
+    return lines
