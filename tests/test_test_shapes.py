@@ -140,6 +140,7 @@ async def test_param(delay):
 async def test_marked_case(delay):
     time.sleep(delay)
 """,
+        "-v",
     )
     result.assert_outcomes(failed=2, passed=2)
     result.stdout.fnmatch_lines_random(
@@ -151,9 +152,9 @@ async def test_marked_case(delay):
             f"*test_it.py:{line(pytester, '# param block')} in test_param*",
         ]
     )
-    # The session summary names the case.
+    # The session summary (hotspot table; -v lists the tests) names the case.
     result.stdout.fnmatch_lines(
-        ["*= loopguard: blocked event loops =*", "*[[]test_it.py::test_param[[]0.3[]] (call)[]]"]
+        ["*= loopguard: blocking hotspots =*", "    test_it.py::test_param[[]0.3[]] (call)"]
     )
 
 
@@ -215,14 +216,15 @@ async def test_param(n):
 """,
         "-n",
         "2",
+        "-v",
     )
     result.assert_outcomes(failed=4)
     result.stdout.fnmatch_lines_random(
         [
-            "*[[]test_it.py::TestPlain::test_blocks (call)[]]",
-            "*[[]test_it.py::TestIsolated::test_blocks (call)[]]",
-            "*[[]test_it.py::test_param[[]1[]] (call)[]]",
-            "*[[]test_it.py::test_param[[]2[]] (call)[]]",
+            "    test_it.py::TestPlain::test_blocks (call)",
+            "    test_it.py::TestIsolated::test_blocks (call)",
+            "    test_it.py::test_param[[]1[]] (call)",
+            "    test_it.py::test_param[[]2[]] (call)",
         ]
     )
 
