@@ -176,3 +176,23 @@ def test_under_xdist_the_controller_writes_reports_covering_every_worker(pyteste
     assert functions == ["slow_a", "slow_b"], functions
     baseline = json.loads((pytester.path / "b.json").read_text())
     assert sorted(site["function"] for site in baseline["sites"]) == ["slow_a", "slow_b"]
+
+
+def test_under_xdist_fixed_sites_come_from_every_worker(pytester):
+    (pytester.path / "b.json").write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "sites": [
+                    {"file": "app.py", "function": "slow_a"},
+                    {"file": "gone.py", "function": "f"},
+                ],
+            }
+        )
+    )
+    result = run(pytester, "--loopguard-baseline=b.json", "-n", "2")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        ["*1 failed, 1 baselined", "*did not block in this run*", "    gone.py in f"]
+    )
+    assert "    app.py in slow_a" not in result.stdout.str()
