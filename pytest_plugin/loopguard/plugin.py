@@ -177,51 +177,30 @@ class _State:
 _state_key = pytest.StashKey[_State]()
 
 
+# The settings that take a value: (key, metavar, help, has an ini option). Each is
+# --loopguard-KEY on the command line, LOOPGUARD_KEY in the environment and, where it has one,
+# ini loopguard_key: the names `_pick` reads.
+_VALUE_OPTIONS = (
+    ("threshold", "DURATION", THRESHOLD_HELP, True),
+    ("record_threshold", "DURATION", RECORD_THRESHOLD_HELP, True),
+    ("mode", "MODE", MODE_HELP, True),
+    ("sampler", "KIND", SAMPLER_HELP, False),
+    ("json", "PATH", JSON_HELP, True),
+    ("baseline", "PATH", BASELINE_HELP, True),
+)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("loopguard", "fail tests that block the asyncio event loop")
-    group.addoption(
-        "--loopguard-threshold",
-        dest="loopguard_threshold",
-        metavar="DURATION",
-        default=None,
-        help=THRESHOLD_HELP + " (env LOOPGUARD_THRESHOLD, ini loopguard_threshold)",
-    )
-    group.addoption(
-        "--loopguard-record-threshold",
-        dest="loopguard_record_threshold",
-        metavar="DURATION",
-        default=None,
-        help=RECORD_THRESHOLD_HELP
-        + " (env LOOPGUARD_RECORD_THRESHOLD, ini loopguard_record_threshold)",
-    )
-    group.addoption(
-        "--loopguard-mode",
-        dest="loopguard_mode",
-        metavar="MODE",
-        default=None,
-        help=MODE_HELP + " (env LOOPGUARD_MODE, ini loopguard_mode)",
-    )
-    group.addoption(
-        "--loopguard-sampler",
-        dest="loopguard_sampler",
-        metavar="KIND",
-        default=None,
-        help=SAMPLER_HELP + " (env LOOPGUARD_SAMPLER)",
-    )
-    group.addoption(
-        "--loopguard-json",
-        dest="loopguard_json",
-        metavar="PATH",
-        default=None,
-        help=JSON_HELP + " (env LOOPGUARD_JSON, ini loopguard_json)",
-    )
-    group.addoption(
-        "--loopguard-baseline",
-        dest="loopguard_baseline",
-        metavar="PATH",
-        default=None,
-        help=BASELINE_HELP + " (env LOOPGUARD_BASELINE, ini loopguard_baseline)",
-    )
+    for key, metavar, help_, has_ini in _VALUE_OPTIONS:
+        sources = f"env LOOPGUARD_{key.upper()}" + (f", ini loopguard_{key}" if has_ini else "")
+        group.addoption(
+            f"--loopguard-{key.replace('_', '-')}",
+            dest=f"loopguard_{key}",
+            metavar=metavar,
+            default=None,
+            help=f"{help_} ({sources})",
+        )
     group.addoption(
         "--loopguard-baseline-update",
         dest="loopguard_baseline_update",
@@ -229,11 +208,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help=BASELINE_UPDATE_HELP,
     )
-    parser.addini("loopguard_threshold", THRESHOLD_HELP, default=None)
-    parser.addini("loopguard_record_threshold", RECORD_THRESHOLD_HELP, default=None)
-    parser.addini("loopguard_mode", MODE_HELP, default=None)
-    parser.addini("loopguard_json", JSON_HELP, default=None)
-    parser.addini("loopguard_baseline", BASELINE_HELP, default=None)
+    for key, _, help_, has_ini in _VALUE_OPTIONS:
+        if has_ini:
+            parser.addini(f"loopguard_{key}", help_, default=None)
     parser.addini("loopguard_allow", ALLOW_INI_HELP, type="linelist", default=[])
     parser.addini("loopguard_scan", SCAN_HELP, default=None)
 
