@@ -6,6 +6,7 @@ Stress duration: ``LOOPGUARD_STRESS_SECONDS`` (default 3 per run; use 30 for a s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dis
 import gc
 import glob
@@ -217,6 +218,20 @@ class Target(threading.Thread):
         self.body()
 
 
+@contextlib.contextmanager
+def running(body):
+    """Run ``body(stop)`` in a Target thread until the block ends; yield the thread."""
+    stop = threading.Event()
+    t = Target(lambda: body(stop))
+    t.start()
+    t.ready.wait()
+    try:
+        yield t
+    finally:
+        stop.set()
+        t.join()
+
+
 def sleeper_leaf(event):
     while not event.is_set():
         time.sleep(0.005)
@@ -240,11 +255,7 @@ async def sleeper_coro(event):
 
 
 def test_stack_of_a_sleeping_thread_matches_current_frames():
-    stop = threading.Event()
-    t = Target(lambda: asyncio.run(sleeper_coro(stop)))
-    t.start()
-    t.ready.wait()
-    try:
+    with running(lambda stop: asyncio.run(sleeper_coro(stop))) as t:
         deadline = time.monotonic() + 10
         while current_frames_stack(t.ident)[-1][2] != "sleeper_leaf":
             assert time.monotonic() < deadline
@@ -261,22 +272,12 @@ def test_stack_of_a_sleeping_thread_matches_current_frames():
         for expected in ("sleeper_coro", "sleeper_gen", "sleeper_middle", "sleeper_leaf"):
             assert any(n.endswith(expected) for n in names), names
         assert got[-1][0] == __file__
-    finally:
-        stop.set()
-        t.join()
 
 
 def test_wrong_thread_ident_is_refused():
-    stop = threading.Event()
-    t = Target(lambda: sleeper_leaf(stop))
-    t.start()
-    t.ready.wait()
-    try:
+    with running(sleeper_leaf) as t:
         with pytest.raises(RuntimeError, match="no longer belongs"):
             native._reader_stack(t.tstate, threading.get_ident())
-    finally:
-        stop.set()
-        t.join()
 
 
 def test_deep_stack_is_cut_at_the_limit():
@@ -322,15 +323,8 @@ def spin(stop):
 
 
 def test_pure_python_loop_is_read_without_the_gil():
-    stop = threading.Event()
-    t = Target(lambda: spin(stop))
-    t.start()
-    t.ready.wait()
-    try:
+    with running(spin) as t:
         result = native._reader_stress(t.tstate, t.ident, 0.5)
-    finally:
-        stop.set()
-        t.join()
     assert result["ok"] > 100, result["errors"]
     assert innermost_hits(result, "spin") > 100, result["innermost"]
     lines = {line for (f, line, fn), _ in result["innermost"].items() if fn.endswith("spin")}
@@ -414,30 +408,16 @@ def test_per_sample_cost_of_a_deep_blocked_stack():
 
 
 def test_sample_of_a_thread_in_a_gil_releasing_call():
-    stop = threading.Event()
-    t = Target(lambda: sleeper_leaf(stop))
-    t.start()
-    t.ready.wait()
-    try:
+    with running(sleeper_leaf) as t:
         sample = json.loads(native._reader_sample(t.tstate, t.ident, 0.05))
-    finally:
-        stop.set()
-        t.join()
     assert sample["error"] is None and sample["late"] is False
     assert sample["frames"][-1]["function"].endswith("sleeper_leaf")
     assert sample["gil"] in ("released", "unknown")
 
 
 def test_sample_of_a_thread_running_python_code():
-    stop = threading.Event()
-    t = Target(lambda: spin(stop))
-    t.start()
-    t.ready.wait()
-    try:
+    with running(spin) as t:
         sample = json.loads(native._reader_sample(t.tstate, t.ident, 0.05))
-    finally:
-        stop.set()
-        t.join()
     assert sample["error"] is None, sample
     assert any(f["function"].endswith("spin") for f in sample["frames"][-2:]), sample
     assert sample["gil"] in ("loop", "unknown")
