@@ -334,3 +334,127 @@ def test_many():
         if s.startswith("    test_it.py:") and " in " in s and "File" not in s
     ]
     assert sites and all(s.startswith(blocking) for s in sites), sites
+
+
+BACKGROUND = """
+@pytest.fixture(scope="session")
+def bg():
+    loop = asyncio.new_event_loop()
+    t = threading.Thread(target=loop.run_forever, name="bg-loop", daemon=True)
+    t.start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    t.join()
+    loop.close()
+
+def block_in(loop, seconds):
+    def callback():
+        time.sleep(seconds)  # the late block
+    loop.call_soon_threadsafe(callback)
+"""
+
+
+def json_events(pytester):
+    import json
+
+    return json.loads((pytester.path / "lg.json").read_text())["events"]
+
+
+def test_background_block_ending_in_a_later_phase_fails_that_phase(pytester):
+    result = run(
+        pytester,
+        BACKGROUND
+        + """
+@pytest.fixture
+def slow_teardown():
+    yield
+    time.sleep(0.9)  # the loop's block ends while this teardown runs
+
+def test_leaves_its_loop_blocked(bg, slow_teardown):
+    block_in(bg, 0.4)
+
+def test_next(bg):
+    pass
+""",
+        "--loopguard-json=lg.json",
+    )
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_leaves_its_loop_blocked*",
+            site(pytester, "# the late block", "*callback"),
+        ]
+    )
+    [ev] = json_events(pytester)
+    assert (ev["test"], ev["phase"], ev["outcome"]) == (
+        "test_it.py::test_leaves_its_loop_blocked",
+        "teardown",
+        "failed",
+    )
+
+
+@pytest.mark.parametrize("xdist", [(), ("-n", "1")], ids=["", "xdist"])
+def test_background_block_ending_after_its_test_is_recorded(pytester, xdist):
+    # Under xdist the worker hands the block to the controller when it ends its session: no
+    # report carries it.
+    result = run(
+        pytester,
+        BACKGROUND
+        + """
+def test_leaves_its_loop_blocked(bg):
+    block_in(bg, 0.4)
+
+def test_next(bg):
+    time.sleep(0.9)  # the block ends during this test, which it does not belong to
+""",
+        "--loopguard-json=lg.json",
+        *xdist,
+    )
+    # Neither test fails: the block began in the first, whose report was already written.
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*= loopguard: blocking hotspots =*",
+            f"MEDIUM * recorded  test_it.py:{line(pytester, '# the late block')} in *callback*",
+            "1 block at 1 call site in 1 test, * blocked in total: 1 recorded",
+        ]
+    )
+    [ev] = json_events(pytester)
+    assert (ev["test"], ev["phase"], ev["outcome"], ev["reason"]) == (
+        "test_it.py::test_leaves_its_loop_blocked",
+        "call",
+        "recorded",
+        "ended after its test had finished",
+    )
+
+
+def test_block_outside_any_test_is_recorded(pytester):
+    result = run(
+        pytester,
+        """
+# A loop run while the module is collected.
+asyncio.run(blocker())
+
+def test_fine():
+    pass
+""",
+        "--loopguard-json=lg.json",
+    )
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"MEDIUM * recorded  {site(pytester)[1:]}*",
+            "1 block at 1 call site in 0 tests, * blocked in total: 1 recorded",
+        ]
+    )
+    [ev] = json_events(pytester)
+    assert (ev["test"], ev["phase"], ev["outcome"], ev["reason"]) == (
+        "",
+        "outside",
+        "recorded",
+        "began outside any test",
+    )
+    # The JSON report's per-test totals list tests only.
+    import json
+
+    assert json.loads((pytester.path / "lg.json").read_text())["tests"] == []

@@ -107,7 +107,8 @@ def hotspots(verdicts: list[Verdict]) -> list[Hotspot]:
         spot.count += 1
         spot.max = max(spot.max, ev.duration)
         spot.total += ev.duration
-        spot.tests.add(v.test)
+        if v.test:  # "" for a block that began outside any test
+            spot.tests.add(v.test)
         if (v.test, v.phase) not in spot.where:
             spot.where.append((v.test, v.phase))
         spot.outcomes[v.outcome] += 1
@@ -126,7 +127,7 @@ _SEVERITY_MARKUP = {
 
 def totals_line(verdicts: list[Verdict]) -> str:
     outcomes = Counter(v.outcome for v in verdicts)
-    tests = {v.test for v in verdicts}
+    tests = {v.test for v in verdicts if v.test}
     sites = {
         (v.event.site.filename, v.event.site.lineno) if v.event.site else None for v in verdicts
     }
@@ -232,7 +233,8 @@ def report_data(
     """The JSON report (schema: docs/report-schema.json)."""
     per_test: dict[str, list[Verdict]] = defaultdict(list)
     for v in verdicts:
-        per_test[v.test].append(v)
+        if v.test:
+            per_test[v.test].append(v)
     tests = []
     for test in sorted(per_test):
         vs = per_test[test]
@@ -348,7 +350,7 @@ def annotations(verdicts: list[Verdict], *, root: Path, workspace: Optional[str]
         ev = worst.event
         sev = min((v.severity for v in vs), key=SEVERITIES.index)
         outcomes = sorted({v.outcome for v in vs}, key=OUTCOMES.index)
-        tests = sorted({v.test for v in vs})
+        tests = sorted({v.test or "(outside any test)" for v in vs})
         times = "once" if len(vs) == 1 else f"{len(vs)} times"
         msg = (
             f"{ev.summary()} in {ev.site.function if ev.site else '?'} ({times}; "

@@ -474,7 +474,12 @@ def _leave_phase(item: pytest.Item, phase: str, *, warn: bool) -> None:
         return
     state, ts = found
     runtime.collect()
-    events = runtime.take_events(lambda e: e.test == item.nodeid and e.phase == phase)
+    # This phase's blocks, and those of the test's earlier phases that ended only now (a loop in
+    # another thread still blocked when the earlier phase was reported): they fail this phase.
+    events = runtime.take_events(
+        lambda e: e.test == item.nodeid and (e.phase == phase or e.phase in ts.verdicts)
+    )
+    _record_strays(state, current=item.nodeid)
     if not ts.enabled:
         return
     floor = ts.floor(state.settings)
@@ -516,6 +521,38 @@ def _leave_phase(item: pytest.Item, phase: str, *, warn: bool) -> None:
                     f"{item.nodeid}); lag {lag}",
                     pytrace=False,
                 )
+
+
+def _record_strays(state: _State, current: Optional[str]) -> None:
+    """Record the blocks that no report can carry any more: those of a test that has finished
+    (a loop in another thread was still blocked when its last phase was reported) and those
+    that began outside any test (during collection, between tests). They are judged as usual
+    and kept for the summary and the JSON report; one that would fail is recorded instead."""
+    strays = runtime.take_events(lambda e: e.test != current)
+    for ev in strays:
+        ts = state.tests.get(ev.test) if ev.test is not None else None
+        if ts is not None and not ts.enabled:
+            continue
+        threshold = ts.threshold if ts is not None else state.settings.threshold
+        floor = ts.floor(state.settings) if ts is not None else state.settings.floor(threshold)
+        if ev.duration < floor:
+            continue
+        ev = dataclasses.replace(ev, threshold=threshold)
+        test, phase = (ev.test, ev.phase or "call") if ev.test is not None else ("", "outside")
+        v = state.judge.judge(
+            ev,
+            test=test,
+            phase=phase,
+            threshold=threshold,
+            mode=ts.mode if ts is not None else state.settings.mode,
+            allow=ts.allow if ts is not None else (),
+        )
+        if v.outcome in ("failed", "warned"):
+            v.outcome = "recorded"
+            v.reason = (
+                "began outside any test" if ev.test is None else "ended after its test had finished"
+            )
+        state.verdicts.append(v)
 
 
 def _lag(since_ns: int) -> LagStats:
@@ -680,11 +717,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+@pytest.hookimpl(tryfirst=True)  # before the xdist worker ships its unreported verdicts
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Write the baseline and the JSON report (before the terminal summary is printed)."""
     config = session.config
     state = config.stash.get(_state_key, None)
-    if state is None or hasattr(config, "workerinput"):
+    if state is None:
+        return
+    if runtime.active:
+        runtime.collect()
+        _record_strays(state, current=None)
+    if hasattr(config, "workerinput"):
         return
     s = state.settings
     root = config.rootpath
