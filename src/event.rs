@@ -58,6 +58,9 @@ pub struct Sample {
     pub error: Option<String>,
     /// Name of the asyncio task that was running, when the sampler could tell.
     pub task_name: Option<String>,
+    /// The system call the loop thread was blocked in (`recvfrom`, `clock_nanosleep`, ...),
+    /// when it was in one and the kernel said so.
+    pub syscall: Option<String>,
 }
 
 impl Sample {
@@ -72,6 +75,7 @@ impl Sample {
             late: false,
             error: Some(error.into()),
             task_name: None,
+            syscall: None,
         }
     }
 
@@ -82,6 +86,7 @@ impl Sample {
             && self.holder == other.holder
             && self.late == other.late
             && self.error == other.error
+            && self.syscall == other.syscall
     }
 }
 

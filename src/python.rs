@@ -588,6 +588,7 @@ impl Sampler for GilSampler {
                 late: true,
                 error: None,
                 task_name,
+                syscall: None,
             },
             Err(e) => {
                 let mut s = Sample::failed(offset_ns, e.to_string());

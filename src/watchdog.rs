@@ -728,6 +728,7 @@ mod tests {
                 late: false,
                 error: None,
                 task_name: None,
+                syscall: None,
             }
         }
 

@@ -6,8 +6,10 @@ the block. Runs in-process with ``loopguard.guard()``; every CPython 3.9-3.13.
 """
 
 import asyncio
+import ctypes
 import json
 import re
+import threading
 import time
 
 import loopguard
@@ -125,3 +127,63 @@ def test_starvation_by_a_worker_holding_the_gil_names_the_worker():
     assert ev.gil_holder_thread.startswith("asyncio_")
     assert ev.gil_holder_stack, ev
     assert "starved of the GIL" in str(exc.value)
+
+
+# ctypes.PyDLL calls C functions without releasing the GIL: usleep through it is a C call that
+# holds the GIL for a known time, in a system call (like a driver that forgot to release it).
+_LIBC = ctypes.PyDLL(None)
+_SLEEPS = {"clock_nanosleep", "nanosleep", "select", "pselect6"}
+
+
+def hold_the_gil(seconds):
+    _LIBC.usleep(int(seconds * 1e6))  # WORK-hold
+
+
+def test_loop_in_its_own_blocking_call_is_not_starvation_while_another_thread_holds_the_gil():
+    # The loop thread sleeps 1.5 s; for 1 s of it another thread holds the GIL. The GIL alone
+    # would say "starved by that thread"; the kernel says the loop thread was in its own sleep.
+    def hog():
+        time.sleep(0.2)
+        hold_the_gil(1.0)
+
+    def work():
+        threading.Thread(target=hog, name="gil-hog").start()
+        time.sleep(1.5)  # WORK-own-sleep
+
+    ev = _run(work)
+    assert ev.site is not None and ev.site.lineno == _line("# WORK-own-sleep"), ev
+    assert not ev.starved
+    assert ev.gil == "released"
+    assert ev.gil_holder_thread is None
+    assert ev.syscall in _SLEEPS, ev.syscall
+    [block] = [line for line in str(_format(ev)).splitlines() if "GIL released" in line]
+    assert f"GIL released, in the system call {ev.syscall}" in block
+
+
+def test_c_call_blocking_in_the_kernel_with_the_gil_is_named():
+    ev = _run(lambda: hold_the_gil(0.4))
+    assert ev.site is not None and ev.site.lineno == _line("# WORK-hold"), ev
+    assert ev.gil == "loop"
+    assert ev.syscall in _SLEEPS, ev.syscall
+    assert f"GIL held by the loop thread, in the system call {ev.syscall}" in _format(ev)
+
+
+def test_starvation_by_a_c_call_holding_the_gil_is_still_starvation():
+    # The loop thread waits for the GIL on the GIL's own futex: that stays starvation.
+    async def main():
+        await asyncio.to_thread(hold_the_gil, 0.6)
+
+    with pytest.raises(loopguard.LoopBlockedError) as exc:
+        with loopguard.guard(threshold=THRESHOLD):
+            asyncio.run(main())
+    ev = max(exc.value.events, key=lambda e: e.duration)
+    assert ev.starved, ev
+    assert ev.gil == "other"
+    assert ev.gil_holder_thread is not None and ev.gil_holder_thread.startswith("asyncio_")
+    assert ev.site is not None and ev.site.lineno == _line("# WORK-hold"), ev
+
+
+def _format(ev):
+    from loopguard._events import format_event
+
+    return "\n".join(format_event(ev))

@@ -59,6 +59,9 @@ class Sample:
     """True when the stack was read by taking the GIL (it may postdate the block)."""
     error: Optional[str]
     task_name: Optional[str]
+    syscall: Optional[str] = None
+    """The system call the loop thread was blocked in (``"recvfrom"``, ``"clock_nanosleep"``),
+    when the kernel reported one."""
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -115,6 +118,9 @@ class BlockEvent:
     """``"import"``, ``"gc"`` or ``"coverage"`` when a common cause explains the block."""
     hint: Optional[str] = None
     """One line on that cause and its usual remedy."""
+    syscall: Optional[str] = None
+    """The system call the loop thread was blocked in, in the sample that shows ``site``
+    (``"recvfrom"``, ``"clock_nanosleep"``, ``"read"``, ...), when the kernel reported one."""
 
     @property
     def context(self) -> Optional[str]:
@@ -193,6 +199,7 @@ def events_from_json(text: str) -> list[BlockEvent]:
                     late=s["late"],
                     error=s.get("error"),
                     task_name=s.get("task_name"),
+                    syscall=s.get("syscall"),
                 )
             )
         test, phase = _split_context(raw["context"])
@@ -330,6 +337,7 @@ def _analyse(ev: BlockEvent) -> None:
     s = first[ev.site]
     ev.stack = s.stack
     ev.gil = s.gil
+    ev.syscall = s.syscall
     if s.gil == "other" and s.gil_holder_ident is not None:
         # The loop thread could not run because another thread held the GIL.
         ev.starved = True
@@ -402,6 +410,11 @@ def format_event(ev: BlockEvent, *, index: int = 0, total: int = 1) -> list[str]
         detail.append(f"task {ev.task_name!r}")
     if ev.gil == "other" and ev.gil_holder_thread:
         detail.append(f"GIL held by thread {ev.gil_holder_thread!r}")
+    elif ev.gil == "released" and ev.syscall and ev.syscall != "futex":
+        detail.append(f"GIL released, in the system call {ev.syscall}")
+    elif ev.gil == "loop" and ev.syscall and ev.syscall != "futex":
+        # C code blocking in the kernel without letting go of the GIL: every thread waits.
+        detail.append(f"GIL held by the loop thread, in the system call {ev.syscall}")
     elif ev.gil in _GIL_TEXT and ev.gil != "unknown":
         detail.append(_GIL_TEXT[ev.gil])
     if ev.captured_after is not None:

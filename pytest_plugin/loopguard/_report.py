@@ -211,6 +211,7 @@ def event_data(v: Verdict, root: Path) -> dict[str, Any]:
         "loop": ev.loop_kind,
         "gil": ev.gil,
         "gil_holder": holder,
+        "syscall": ev.syscall,
         "starved": ev.starved,
         "several_calls": ev.sites_changed,
         "captured_after_ms": _ms(ev.captured_after),

@@ -544,6 +544,16 @@ impl GilReader {
         self.gil
     }
 
+    /// The addresses of the whole GIL state, `struct _gil_runtime_state`: `interval`,
+    /// `last_holder`, `locked` and `switch_number` (a word each), then the condition variables
+    /// and mutexes a thread waiting for the GIL sleeps on (`cond`, `mutex`, `switch_cond`,
+    /// `switch_mutex`; the same on 3.9-3.13 builds with a GIL).
+    pub fn gil_span(&self) -> std::ops::Range<usize> {
+        let sync = std::mem::size_of::<libc::pthread_cond_t>()
+            + std::mem::size_of::<libc::pthread_mutex_t>();
+        self.gil..self.gil + 4 * 8 + 2 * sync
+    }
+
     /// Reads the GIL state once (one `process_vm_readv`).
     fn read_raw(&self) -> Result<(i32, usize, u64), MemError> {
         let mut buf = [0u8; 64];

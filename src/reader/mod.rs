@@ -14,6 +14,7 @@
 
 use crate::event::{Gil, Holder, Sample};
 use crate::sampler::{Sampler, Target};
+use crate::syscall::KernelState;
 
 pub mod gil;
 pub mod layout;
@@ -103,10 +104,21 @@ impl NativeSampler {
 
 impl Sampler for NativeSampler {
     fn sample(&mut self, target: &Target, offset_ns: u64) -> Sample {
-        let attribution = self
+        let mut attribution = self
             .gil
             .as_ref()
             .and_then(|g| g.attribute(target.tstate).ok());
+        let kernel = KernelState::of_thread(target.native_tid);
+        if let (Some(a), Some(k), Some(g)) = (attribution.as_mut(), kernel, self.gil.as_ref()) {
+            // Another thread holds the GIL, but the loop thread is not waiting for it: it is in
+            // a blocking call of its own (or running C code that let go of the GIL). The block
+            // is the loop thread's, not starvation. Waiting for the GIL is a futex wait on the
+            // GIL state's condition variable or mutex.
+            if a.gil == Gil::Other && k != KernelState::Blocked && !k.waits_on(&g.gil_span()) {
+                a.gil = Gil::Released;
+                a.holder = None;
+            }
+        }
         let gil = attribution.as_ref().map_or(Gil::Unknown, |a| a.gil);
         let holder = attribution
             .and_then(|a| a.holder)
@@ -121,9 +133,11 @@ impl Sampler for NativeSampler {
                 late: false,
                 error: None,
                 task_name: None,
+                syscall: None,
             },
             Err(e) => Sample::failed(offset_ns, e),
         };
+        sample.syscall = kernel.and_then(|k| k.syscall_name());
         sample.gil = gil;
         sample.holder = holder;
         sample
