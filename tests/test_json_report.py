@@ -12,7 +12,7 @@ SCHEMA = json.loads(
 )
 
 SOURCE = """
-import asyncio, threading, time
+import asyncio, ctypes, threading, time
 import pytest
 
 @pytest.mark.asyncio
@@ -31,12 +31,11 @@ async def test_short():
 @pytest.mark.asyncio
 async def test_starved():
     def hog():
-        deadline = time.monotonic() + 0.4
-        while time.monotonic() < deadline:  # hog
-            pass
+        # A C call that holds the GIL for 0.4 s (ctypes.PyDLL does not release it).
+        ctypes.PyDLL(None).usleep(400_000)  # hog
     t = threading.Thread(target=hog, name="hog")
     t.start()
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0.6)
     t.join()
 
 def test_no_loop():

@@ -410,7 +410,10 @@ def format_event(ev: BlockEvent, *, index: int = 0, total: int = 1) -> list[str]
         detail.append(f"task {ev.task_name!r}")
     if ev.gil == "other" and ev.gil_holder_thread:
         detail.append(f"GIL held by thread {ev.gil_holder_thread!r}")
-    elif ev.gil == "released" and ev.syscall and ev.syscall != "futex":
+    elif ev.gil == "released" and ev.syscall == "futex":
+        # A futex wait that is not for the GIL: a lock, a condition, a thread's join.
+        detail.append("GIL released, waiting on a lock (futex)")
+    elif ev.gil == "released" and ev.syscall:
         detail.append(f"GIL released, in the system call {ev.syscall}")
     elif ev.gil == "loop" and ev.syscall and ev.syscall != "futex":
         # C code blocking in the kernel without letting go of the GIL: every thread waits.
