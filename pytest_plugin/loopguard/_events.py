@@ -118,6 +118,8 @@ class BlockEvent:
     """``"import"``, ``"gc"`` or ``"coverage"`` when a common cause explains the block."""
     hint: Optional[str] = None
     """One line on that cause and its usual remedy."""
+    gc_time: float = 0.0
+    """Seconds of the block during which a garbage collection ran (in any thread)."""
     syscall: Optional[str] = None
     """The system call the loop thread was blocked in, in the sample that shows ``site``
     (``"recvfrom"``, ``"clock_nanosleep"``, ``"read"``, ...), when the kernel reported one."""

@@ -66,7 +66,12 @@ def _coverage_active() -> bool:
 
 
 def explain(ev: BlockEvent) -> None:
-    """Set ``ev.cause`` and ``ev.hint`` when a common cause explains the block."""
+    """Set ``ev.gc_time``, and ``ev.cause`` and ``ev.hint`` when a common cause explains the
+    block."""
+    in_gc = sum(
+        max(0, min(end, ev.end_ns) - max(start, ev.start_ns)) for start, end in list(_gc_log)
+    )
+    ev.gc_time = in_gc / 1e9
     imported = _imported(ev.stack) or _imported(ev.gil_holder_stack)
     if imported is not None:
         ev.cause = "import"
@@ -76,15 +81,18 @@ def explain(ev: BlockEvent) -> None:
             "module level or at start-up"
         )
         return
-    in_gc = sum(
-        max(0, min(end, ev.end_ns) - max(start, ev.start_ns)) for start, end in list(_gc_log)
-    )
     if ev.end_ns > ev.start_ns and in_gc >= 0.5 * (ev.end_ns - ev.start_ns):
         ev.cause = "gc"
-        ev.hint = (
-            f"{in_gc / 1e6:.0f} ms of the block was garbage collection, not the line shown: "
-            "create fewer long-lived objects, or gc.freeze() after start-up"
-        )
+        spent = f"{in_gc / 1e6:.0f} ms of the block was garbage collection"
+        if ev.site is not None and "gc.collect(" in ev.site.source:
+            ev.hint = f"{spent}, called here explicitly"
+        elif ev.site is None:
+            ev.hint = f"{spent}: create fewer long-lived objects, or gc.freeze() after start-up"
+        else:
+            ev.hint = (
+                f"{spent}, started by an allocation here, not caused by this line: create "
+                "fewer long-lived objects, or gc.freeze() after start-up"
+            )
         return
     if _coverage_active():
         ev.cause = "coverage"

@@ -12,7 +12,7 @@ from . import _native
 from ._events import BlockEvent, format_events
 from ._judge import parse_allow
 from ._runtime import runtime
-from ._settings import parse_duration
+from ._settings import GC_CHOICES, parse_duration
 
 __all__ = ["LoopBlockedError", "LoopBlockedWarning", "guard"]
 
@@ -60,6 +60,8 @@ class guard:
     for its limits). ``allow`` lists call sites that may block
     (``"mypkg.startup:load_model"``, ``"app/config.py"``, ``"app/*.py:read_*"``; paths
     relative to the current directory); :attr:`allowed` holds the blocks they let through.
+    ``gc="exclude"`` (the default) ignores a block that crossed the threshold only because a
+    garbage collection ran during it; ``gc="include"`` judges blocks by their whole length.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class guard:
         mode: str = "fail",
         raise_: bool = True,
         allow: Iterable[str] = (),
+        gc: str = "exclude",
     ) -> None:
         self.threshold = (
             DEFAULT_THRESHOLD
@@ -81,6 +84,12 @@ class guard:
                 f"expected one of {', '.join(MODES)}"
             )
         self.mode = mode
+        if gc not in GC_CHOICES:
+            raise ValueError(
+                f"invalid value for gc: {gc!r} (from loopguard.guard()); "
+                f"expected one of {', '.join(GC_CHOICES)}"
+            )
+        self.gc = gc
         self.raise_ = raise_
         if isinstance(allow, str):
             allow = [allow]
@@ -104,7 +113,7 @@ class guard:
             seen = runtime.events_between(start, end)
         finally:
             runtime.release(token)
-        over = [e for e in seen if e.duration >= self.threshold]
+        over = [e for e in seen if self._over(e)]
         self.allowed = [e for e in over if self._allowed(e)]
         self.events = [e for e in over if e not in self.allowed]
         if self.events and self.raise_ and exc_type is None:
@@ -131,6 +140,12 @@ class guard:
 
         return wrapper  # type: ignore[return-value]
 
+    def _over(self, ev: BlockEvent) -> bool:
+        """Over the threshold; with ``gc="exclude"``, even without its garbage collection."""
+        if ev.duration < self.threshold:
+            return False
+        return self.gc == "include" or ev.duration - ev.gc_time >= self.threshold
+
     def _allowed(self, ev: BlockEvent) -> bool:
         root = Path.cwd()
         frames = [*ev.stack, *ev.gil_holder_stack]
@@ -142,6 +157,7 @@ class guard:
         g.mode = self.mode
         g.raise_ = self.raise_
         g.allow = self.allow
+        g.gc = self.gc
         g.events = []
         g.allowed = []
         g._stack = []

@@ -45,6 +45,8 @@ SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "MONITOR")
 """From worst to mildest: over 5 s, 1 to 5 s, 100 ms to 1 s, under 100 ms."""
 
 OUTCOMES = ("failed", "warned", "baselined", "recorded", "allowed")
+GC_REASON = "under the threshold without garbage collection (--loopguard-gc=include counts it)"
+"""Why a block is recorded when it crossed the threshold only with garbage collection."""
 """What a block did, from the one that matters most to the one that matters least."""
 
 
@@ -313,8 +315,10 @@ class Judge:
         scan: tuple[str, ...] = (),
         baseline: Optional[Baseline] = None,
         baseline_update: bool = False,
+        gc: str = "exclude",
     ) -> None:
         self.root = root
+        self.gc = gc
         self.allow = allow
         self.scan = scan
         self.baseline = baseline
@@ -352,6 +356,8 @@ class Judge:
 
         if ev.duration < threshold:
             return verdict("recorded", "under the threshold")
+        if self.gc == "exclude" and ev.gc_time and ev.duration - ev.gc_time < threshold:
+            return verdict("recorded", GC_REASON)
         frames = [*ev.stack, *ev.gil_holder_stack]
         if self.scan and not any(_in_packages(f, self.scan) for f in frames):
             return verdict("allowed", "outside loopguard_scan")

@@ -21,6 +21,8 @@ _UNITS = {None: 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
 DURATION_HELP = "a positive duration such as 100ms, 0.25s or 0.1 (seconds)"
 
 MODES = ("fail", "raise", "warn", "record")
+GC_CHOICES = ("exclude", "include")
+"""Whether time spent in garbage collection counts toward a block's judgement."""
 """What a block over the threshold does: fail the test (raise: also raise in the blocked code),
 warn, or only record it."""
 

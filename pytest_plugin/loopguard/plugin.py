@@ -42,6 +42,7 @@ from ._report import (
 from ._runtime import runtime
 from ._settings import (
     DURATION_HELP,
+    GC_CHOICES,
     MODES,
     SettingError,
     format_duration,
@@ -78,6 +79,11 @@ MODE_HELP = (
     "(raise); emit a loopguard.LoopBlockedWarning (warn); or only record it for the summary "
     "and reports (record)"
 )
+GC_HELP = (
+    "whether time spent in garbage collection counts toward a block: a block that crosses the "
+    "threshold only with it is recorded, not failed (exclude, the default), or judged by its "
+    "whole length (include)"
+)
 SAMPLER_HELP = (
     "how stacks are captured: auto (GIL-free where supported, else by taking the GIL), "
     "native (GIL-free or fail) or gil"
@@ -113,6 +119,8 @@ class _Settings:
     sampler: str
     mode: str = "fail"
     mode_source: str = "default"
+    gc: str = "exclude"
+    gc_source: str = "default"
     record_threshold: Optional[float] = None
     json_path: Optional[Path] = None
     baseline_path: Optional[Path] = None
@@ -134,6 +142,7 @@ class _Settings:
             "threshold_ms": ms(self.threshold),
             "record_threshold_ms": ms(self.record_threshold),
             "mode": self.mode,
+            "gc": self.gc,
             "sampler": self.sampler,
             "allow": [p.text for p in self.allow],
             "scan": list(self.scan),
@@ -184,6 +193,7 @@ _VALUE_OPTIONS = (
     ("threshold", "DURATION", THRESHOLD_HELP, True),
     ("record_threshold", "DURATION", RECORD_THRESHOLD_HELP, True),
     ("mode", "MODE", MODE_HELP, True),
+    ("gc", "exclude|include", GC_HELP, True),
     ("sampler", "KIND", SAMPLER_HELP, False),
     ("json", "PATH", JSON_HELP, True),
     ("baseline", "PATH", BASELINE_HELP, True),
@@ -270,6 +280,11 @@ def _settings(config: pytest.Config) -> tuple[_Settings, Judge]:
         value, name, where = picked
         s.mode, s.mode_source = parse_choice(value, MODES, name=name, source=where), name
 
+    picked = _pick(config, "gc")
+    if picked is not None:
+        value, name, where = picked
+        s.gc, s.gc_source = parse_choice(value, GC_CHOICES, name=name, source=where), name
+
     picked = _pick(config, "record_threshold")
     if picked is not None:
         value, name, where = picked
@@ -321,6 +336,7 @@ def _settings(config: pytest.Config) -> tuple[_Settings, Judge]:
         scan=s.scan,
         baseline=baseline,
         baseline_update=s.baseline_update,
+        gc=s.gc,
     )
     return s, judge
 
@@ -366,6 +382,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     extra = []
     if s.mode != "fail":
         extra.append(f"mode {s.mode} (from {s.mode_source})")
+    if s.gc != "exclude":
+        extra.append(f"garbage collection counts toward blocks (from {s.gc_source})")
     if s.record_threshold is not None:
         extra.append(f"recording blocks over {format_duration(s.record_threshold)}")
     if s.allow:
