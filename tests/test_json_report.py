@@ -193,6 +193,23 @@ def test_report_is_written_atomically(pytester):
     assert os.listdir(pytester.path / "out") == ["report.json"]
 
 
+def test_report_has_the_permissions_of_a_file_made_with_open(pytester):
+    # 0666 less the umask for a new file (not the temporary file's 0600); an existing file's
+    # own permissions are kept.
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        run(pytester, "--loopguard-json=new.json")
+        (pytester.path / "kept.json").write_text("{}")
+        os.chmod(pytester.path / "kept.json", 0o604)
+        run(pytester, "--loopguard-json=kept.json")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((pytester.path / "new.json").stat().st_mode) == 0o640
+    assert stat.S_IMODE((pytester.path / "kept.json").stat().st_mode) == 0o604
+
+
 def test_a_report_without_blocks_is_still_written(pytester):
     pytester.makeini(INI)
     pytester.makepyfile(test_it="def test_ok():\n    pass\n")

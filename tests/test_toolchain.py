@@ -211,3 +211,28 @@ async def test_no_threads_but_main_inside_a_loop():
         f"--loopguard-sampler={sampler}",
     )
     result.assert_outcomes(passed=3)
+
+
+@pytest.mark.parametrize("phase", ["setup", "call", "teardown"])
+def test_a_failure_raised_by_another_plugins_hook_does_not_show_loopguards_frames(
+    pytester, phase
+):
+    # pytest's unraisable-exception check fails the test from its own hook wrapper, outside
+    # loopguard's: loopguard's wrappers must not appear as the failing frame.
+    body = {
+        "setup": "@pytest.fixture\ndef boom():\n    Boom()\n\ndef test_it(boom):\n    pass\n",
+        "call": "def test_it():\n    Boom()\n",
+        "teardown": "@pytest.fixture\ndef boom():\n    yield\n    Boom()\n\n"
+        "def test_it(boom):\n    pass\n",
+    }[phase]
+    result = run(
+        pytester,
+        'class Boom:\n    def __del__(self):\n        raise RuntimeError("boom in __del__")\n\n'
+        + body,
+        "-W",
+        "error::pytest.PytestUnraisableExceptionWarning",
+    )
+    out = result.stdout.str()
+    assert "PytestUnraisableExceptionWarning" in out
+    assert "boom in __del__" in out
+    assert "loopguard/plugin.py" not in out and "result = yield" not in out, out

@@ -625,6 +625,7 @@ def _warn(item: pytest.Item, v: Verdict) -> None:
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> Any:
+    __tracebackhide__ = True  # a failure raised by another hook is not ours to show
     _enter_phase(item, "setup")
     try:
         result = yield
@@ -637,6 +638,7 @@ def pytest_runtest_setup(item: pytest.Item) -> Any:
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_call(item: pytest.Item) -> Any:
+    __tracebackhide__ = True  # a failure raised by another hook is not ours to show
     _enter_phase(item, "call")
     try:
         result = yield
@@ -649,6 +651,7 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: Optional[pytest.Item]) -> Any:
+    __tracebackhide__ = True
     _enter_phase(item, "teardown")
     try:
         try:
