@@ -214,9 +214,7 @@ async def test_no_threads_but_main_inside_a_loop():
 
 
 @pytest.mark.parametrize("phase", ["setup", "call", "teardown"])
-def test_a_failure_raised_by_another_plugins_hook_does_not_show_loopguards_frames(
-    pytester, phase
-):
+def test_a_failure_raised_by_another_plugins_hook_does_not_show_loopguards_frames(pytester, phase):
     # pytest's unraisable-exception check fails the test from its own hook wrapper, outside
     # loopguard's: loopguard's wrappers must not appear as the failing frame.
     body = {

@@ -436,12 +436,16 @@ _TRIO_RUN = os.sep + os.path.join("trio", "_core", "_run.py")
 
 
 def _dispatch_index(stack: list[Frame]) -> int:
-    """Index just past the innermost frame where the event loop dispatched a callback."""
+    """Index just past the innermost frame where the event loop dispatched a callback: asyncio's
+    ``Handle._run``, trio's ``unrolled_run``, or, for loops that call back from C (uvloop),
+    loopguard's own wrapper around the loop's run."""
     for i in range(len(stack) - 1, -1, -1):
         f = stack[i]
         name = f.function.rsplit(".", 1)[-1]
-        if (name == "_run" and f.filename.endswith(_ASYNCIO_EVENTS)) or (
-            name == "unrolled_run" and f.filename.endswith(_TRIO_RUN)
+        if (
+            (name == "_run" and f.filename.endswith(_ASYNCIO_EVENTS))
+            or (name == "unrolled_run" and f.filename.endswith(_TRIO_RUN))
+            or f.filename.startswith(_PKG_DIR)
         ):
             return i + 1
     return 0
