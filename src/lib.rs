@@ -10,6 +10,7 @@ pub mod epoll;
 pub mod event;
 pub mod reader;
 pub mod sampler;
+pub mod sched;
 pub mod syscall;
 pub mod watchdog;
 

@@ -285,9 +285,14 @@ impl Watchdog {
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<&'static str, String>>(1);
         let thread_shared = Arc::clone(&shared);
         let thread_events = Arc::clone(&events);
+        let slice = crate::sched::watchdog_slice_from_env();
         let handle = std::thread::Builder::new()
             .name("loopguard-watchdog".into())
             .spawn(move || {
+                // Wake up on time even when the machine is busy (see sched.rs).
+                if let Some(ns) = slice {
+                    crate::sched::request_slice(ns);
+                }
                 let sampler = match make_sampler() {
                     Ok(s) => {
                         let _ = ready_tx.send(Ok(s.name()));
