@@ -311,6 +311,19 @@ def _is_debugger_frame(f: Frame) -> bool:
     return any(d in f.filename for d in _DEBUGGER_DIRS)
 
 
+def _common_site(samples: list[Sample], representative: Sample, total: int) -> Optional[Frame]:
+    """The innermost user frame of ``representative`` whose function is on the stack in more
+    than half of the samples (weighted by count), or None."""
+    on_stack: Counter[tuple[str, str]] = Counter()
+    for s in samples:
+        for key in {(f.filename, f.function) for f in _culprit(s) if is_user_file(f.filename)}:
+            on_stack[key] += s.count
+    for f in reversed(_culprit(representative)):
+        if is_user_file(f.filename) and on_stack[(f.filename, f.function)] * 2 > total:
+            return f
+    return None
+
+
 def _analyse(ev: BlockEvent) -> None:
     """Pick the dominant call site, the stack to show and the GIL attribution."""
     ev.in_debugger = any(_is_debugger_frame(f) for s in ev.samples for f in s.stack)
@@ -326,9 +339,18 @@ def _analyse(ev: BlockEvent) -> None:
     if not counts:
         return
     ev.site = max(counts, key=lambda f: counts[f])  # first-seen wins ties
+    total = sum(counts.values())
+    if counts[ev.site] * 2 <= total:
+        # No line has most of the samples (a long loop in library code that calls something
+        # different each time it is sampled): take the innermost user function that is on
+        # the stack in most of them, so the site (and its baseline key) is the same each run.
+        common = _common_site(ev.samples, first[ev.site], total)
+        if common is not None:
+            counts[common] = counts.get(common, 0)
+            first.setdefault(common, first[ev.site])
+            ev.site = common
     # "Several calls": another function held a real share of the samples (one stray sample at
     # the end of a block, or another line of the same function, does not count).
-    total = sum(counts.values())
     by_function: Counter[tuple[str, str]] = Counter()
     for f, n in counts.items():
         by_function[(f.filename, f.function)] += n
