@@ -82,10 +82,7 @@ async def test_three():
     )
 
 
-def test_background_loop_for_the_whole_session_blames_the_running_test(pytester):
-    result = run(
-        pytester,
-        """
+BACKGROUND = """
 @pytest.fixture(scope="session")
 def bg():
     loop = asyncio.new_event_loop()
@@ -96,6 +93,22 @@ def bg():
     t.join()
     loop.close()
 
+def block_in(loop, seconds):
+    # Returns once the block has begun (the loop leaves its selector before the callback runs).
+    started = threading.Event()
+    def callback():
+        started.set()
+        time.sleep(seconds)  # the late block
+    loop.call_soon_threadsafe(callback)
+    started.wait()
+"""
+
+
+def test_background_loop_for_the_whole_session_blames_the_running_test(pytester):
+    result = run(
+        pytester,
+        BACKGROUND
+        + """
 def on_the_loop(loop, coro):
     return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
@@ -334,24 +347,6 @@ def test_many():
         if s.startswith("    test_it.py:") and " in " in s and "File" not in s
     ]
     assert sites and all(s.startswith(blocking) for s in sites), sites
-
-
-BACKGROUND = """
-@pytest.fixture(scope="session")
-def bg():
-    loop = asyncio.new_event_loop()
-    t = threading.Thread(target=loop.run_forever, name="bg-loop", daemon=True)
-    t.start()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
-    t.join()
-    loop.close()
-
-def block_in(loop, seconds):
-    def callback():
-        time.sleep(seconds)  # the late block
-    loop.call_soon_threadsafe(callback)
-"""
 
 
 def json_events(pytester):
