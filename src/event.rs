@@ -61,6 +61,8 @@ pub struct Sample {
     /// The system call the loop thread was blocked in (`recvfrom`, `clock_nanosleep`, ...),
     /// when it was in one and the kernel said so.
     pub syscall: Option<String>,
+    /// True when the kernel reported the loop thread on a CPU (running code, not waiting).
+    pub running: bool,
 }
 
 impl Sample {
@@ -76,6 +78,7 @@ impl Sample {
             error: Some(error.into()),
             task_name: None,
             syscall: None,
+            running: false,
         }
     }
 
@@ -87,6 +90,7 @@ impl Sample {
             && self.late == other.late
             && self.error == other.error
             && self.syscall == other.syscall
+            && self.running == other.running
     }
 }
 

@@ -589,6 +589,7 @@ impl Sampler for GilSampler {
                 error: None,
                 task_name,
                 syscall: None,
+                running: false,
             },
             Err(e) => {
                 let mut s = Sample::failed(offset_ns, e.to_string());

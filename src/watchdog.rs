@@ -734,6 +734,7 @@ mod tests {
                 error: None,
                 task_name: None,
                 syscall: None,
+                running: false,
             }
         }
 

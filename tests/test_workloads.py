@@ -7,6 +7,7 @@ the block. Runs in-process with ``loopguard.guard()``; every CPython 3.9-3.13.
 
 import asyncio
 import ctypes
+import hashlib
 import json
 import re
 import threading
@@ -181,6 +182,21 @@ def test_starvation_by_a_c_call_holding_the_gil_is_still_starvation():
     assert ev.gil == "other"
     assert ev.gil_holder_thread is not None and ev.gil_holder_thread.startswith("asyncio_")
     assert ev.site is not None and ev.site.lineno == _line("# WORK-hold"), ev
+
+
+def test_c_code_running_without_the_gil_is_named():
+    # hashlib releases the GIL while it hashes a large buffer: the loop thread is on a CPU,
+    # in no system call.
+    data = b"x" * 400_000_000
+
+    def work():
+        hashlib.sha256(data).digest()  # WORK-hash
+
+    ev = _run(work)
+    assert ev.site is not None and ev.site.lineno == _line("# WORK-hash"), ev
+    assert ev.gil == "released"
+    assert ev.running and ev.syscall is None
+    assert "GIL released, running C code that released it" in _format(ev)
 
 
 def _format(ev):

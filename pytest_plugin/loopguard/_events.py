@@ -62,6 +62,8 @@ class Sample:
     syscall: Optional[str] = None
     """The system call the loop thread was blocked in (``"recvfrom"``, ``"clock_nanosleep"``),
     when the kernel reported one."""
+    running: bool = False
+    """True when the kernel reported the loop thread on a CPU (running code, not waiting)."""
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -120,6 +122,8 @@ class BlockEvent:
     """One line on that cause and its usual remedy."""
     gc_time: float = 0.0
     """Seconds of the block during which a garbage collection ran (in any thread)."""
+    running: bool = False
+    """True when, in that sample, the kernel reported the loop thread on a CPU."""
     syscall: Optional[str] = None
     """The system call the loop thread was blocked in, in the sample that shows ``site``
     (``"recvfrom"``, ``"clock_nanosleep"``, ``"read"``, ...), when the kernel reported one."""
@@ -202,6 +206,7 @@ def events_from_json(text: str) -> list[BlockEvent]:
                     error=s.get("error"),
                     task_name=s.get("task_name"),
                     syscall=s.get("syscall"),
+                    running=bool(s.get("running")),
                 )
             )
         test, phase = _split_context(raw["context"])
@@ -362,6 +367,7 @@ def _analyse(ev: BlockEvent) -> None:
     ev.stack = s.stack
     ev.gil = s.gil
     ev.syscall = s.syscall
+    ev.running = s.running
     if s.gil == "other" and s.gil_holder_ident is not None:
         # The loop thread could not run because another thread held the GIL.
         ev.starved = True
@@ -439,6 +445,8 @@ def format_event(ev: BlockEvent, *, index: int = 0, total: int = 1) -> list[str]
         detail.append("GIL released, waiting on a lock (futex)")
     elif ev.gil == "released" and ev.syscall:
         detail.append(f"GIL released, in the system call {ev.syscall}")
+    elif ev.gil == "released" and ev.running:
+        detail.append("GIL released, running C code that released it")
     elif ev.gil == "loop" and ev.syscall and ev.syscall != "futex":
         # C code blocking in the kernel without letting go of the GIL: every thread waits.
         detail.append(f"GIL held by the loop thread, in the system call {ev.syscall}")

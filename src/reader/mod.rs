@@ -134,10 +134,12 @@ impl Sampler for NativeSampler {
                 error: None,
                 task_name: None,
                 syscall: None,
+                running: false,
             },
             Err(e) => Sample::failed(offset_ns, e),
         };
         sample.syscall = kernel.and_then(|k| k.syscall_name());
+        sample.running = kernel == Some(KernelState::Running);
         sample.gil = gil;
         sample.holder = holder;
         sample
