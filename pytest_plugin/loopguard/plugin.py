@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import os
 import warnings
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -623,44 +624,39 @@ def _warn(item: pytest.Item, v: Verdict) -> None:
         v.reason = "LoopBlockedWarning turned into an error by a warnings filter"
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> Any:
-    __tracebackhide__ = True  # a failure raised by another hook is not ours to show
-    _enter_phase(item, "setup")
-    try:
-        result = yield
-    except BaseException:
-        _leave_phase(item, "setup", warn=False)
-        raise
-    _leave_phase(item, "setup", warn=True)
-    return result
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_call(item: pytest.Item) -> Any:
-    __tracebackhide__ = True  # a failure raised by another hook is not ours to show
-    _enter_phase(item, "call")
-    try:
-        result = yield
-    except BaseException:
-        _leave_phase(item, "call", warn=False)
-        raise
-    _leave_phase(item, "call", warn=True)
-    return result
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_teardown(item: pytest.Item, nextitem: Optional[pytest.Item]) -> Any:
+def _phase(item: pytest.Item, phase: str) -> Generator[None, Any, Any]:
+    """The body of the three phase wrappers: judge the phase's blocks once it has run."""
+    # A failure raised by another plugin's hook passes through here: not ours to show.
     __tracebackhide__ = True
-    _enter_phase(item, "teardown")
+    _enter_phase(item, phase)
     try:
-        try:
-            result = yield
-        except BaseException:
-            _leave_phase(item, "teardown", warn=False)
-            raise
-        _leave_phase(item, "teardown", warn=True)
-        return result
+        result = yield
+    except BaseException:
+        _leave_phase(item, phase, warn=False)
+        raise
+    _leave_phase(item, phase, warn=True)
+    return result
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, Any, Any]:
+    __tracebackhide__ = True
+    return (yield from _phase(item, "setup"))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
+    __tracebackhide__ = True
+    return (yield from _phase(item, "call"))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_teardown(
+    item: pytest.Item, nextitem: Optional[pytest.Item]
+) -> Generator[None, Any, Any]:
+    __tracebackhide__ = True
+    try:
+        return (yield from _phase(item, "teardown"))
     finally:
         runtime.set_context("")
         runtime.lag_probing = False
