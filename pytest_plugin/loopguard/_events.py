@@ -128,6 +128,13 @@ class BlockEvent:
     """The system call the loop thread was blocked in, in the sample that shows ``site``
     (``"recvfrom"``, ``"clock_nanosleep"``, ``"read"``, ...), when the kernel reported one."""
 
+    def crosses(self, threshold: float, gc: str = "exclude") -> bool:
+        """Longer than ``threshold``; with ``gc="exclude"``, even without the garbage collection
+        that ran during it."""
+        if self.duration < threshold:
+            return False
+        return gc == "include" or self.duration - self.gc_time >= threshold
+
     @property
     def context(self) -> Optional[str]:
         return f"{self.test} ({self.phase})" if self.test else None

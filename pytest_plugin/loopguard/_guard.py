@@ -113,7 +113,7 @@ class guard:
             seen = runtime.events_between(start, end)
         finally:
             runtime.release(token)
-        over = [e for e in seen if self._over(e)]
+        over = [e for e in seen if e.crosses(self.threshold, self.gc)]
         self.allowed = [e for e in over if self._allowed(e)]
         self.events = [e for e in over if e not in self.allowed]
         if self.events and self.raise_ and exc_type is None:
@@ -139,12 +139,6 @@ class guard:
                 return func(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]
-
-    def _over(self, ev: BlockEvent) -> bool:
-        """Over the threshold; with ``gc="exclude"``, even without its garbage collection."""
-        if ev.duration < self.threshold:
-            return False
-        return self.gc == "include" or ev.duration - ev.gc_time >= self.threshold
 
     def _allowed(self, ev: BlockEvent) -> bool:
         root = Path.cwd()

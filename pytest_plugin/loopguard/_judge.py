@@ -356,7 +356,7 @@ class Judge:
 
         if ev.duration < threshold:
             return verdict("recorded", "under the threshold")
-        if self.gc == "exclude" and ev.gc_time and ev.duration - ev.gc_time < threshold:
+        if not ev.crosses(threshold, self.gc):
             return verdict("recorded", GC_REASON)
         frames = [*ev.stack, *ev.gil_holder_stack]
         if self.scan and not any(_in_packages(f, self.scan) for f in frames):

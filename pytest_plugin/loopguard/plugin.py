@@ -501,20 +501,12 @@ def _leave_phase(item: pytest.Item, phase: str, *, warn: bool) -> None:
     _record_strays(state, current=item.nodeid)
     if not ts.enabled:
         return
-    floor = ts.floor(state.settings)
     verdicts = []
     for ev in events:
-        if ev.duration < floor:
+        v = _judge(state, ts, ev, test=item.nodeid, phase=phase)
+        if v is None:
             continue
-        ev = dataclasses.replace(ev, threshold=ts.threshold)
-        v = state.judge.judge(
-            ev,
-            test=item.nodeid,
-            phase=phase,
-            threshold=ts.threshold,
-            mode=ts.mode,
-            allow=ts.allow,
-        )
+        ev = v.event
         expected = [e for _, e in ts.expects if e.covers(ev)]
         for e in expected:
             e.events.append(ev)
@@ -542,30 +534,34 @@ def _leave_phase(item: pytest.Item, phase: str, *, warn: bool) -> None:
                 )
 
 
+def _judge(
+    state: _State, ts: _TestState, ev: BlockEvent, *, test: str, phase: str
+) -> Optional[Verdict]:
+    """The verdict on one block under a test's settings, or None when it is too short to keep."""
+    if ev.duration < ts.floor(state.settings):
+        return None
+    ev = dataclasses.replace(ev, threshold=ts.threshold)
+    return state.judge.judge(
+        ev, test=test, phase=phase, threshold=ts.threshold, mode=ts.mode, allow=ts.allow
+    )
+
+
 def _record_strays(state: _State, current: Optional[str]) -> None:
     """Record the blocks that no report can carry any more: those of a test that has finished
     (a loop in another thread was still blocked when its last phase was reported) and those
     that began outside any test (during collection, between tests). They are judged as usual
     and kept for the summary and the JSON report; one that would fail is recorded instead."""
-    strays = runtime.take_events(lambda e: e.test != current)
-    for ev in strays:
+    s = state.settings
+    for ev in runtime.take_events(lambda e: e.test != current):
         ts = state.tests.get(ev.test) if ev.test is not None else None
-        if ts is not None and not ts.enabled:
+        if ts is None:  # outside any test: the session's settings
+            ts = _TestState(threshold=s.threshold, enabled=True, mode=s.mode)
+        if not ts.enabled:
             continue
-        threshold = ts.threshold if ts is not None else state.settings.threshold
-        floor = ts.floor(state.settings) if ts is not None else state.settings.floor(threshold)
-        if ev.duration < floor:
-            continue
-        ev = dataclasses.replace(ev, threshold=threshold)
         test, phase = (ev.test, ev.phase or "call") if ev.test is not None else ("", "outside")
-        v = state.judge.judge(
-            ev,
-            test=test,
-            phase=phase,
-            threshold=threshold,
-            mode=ts.mode if ts is not None else state.settings.mode,
-            allow=ts.allow if ts is not None else (),
-        )
+        v = _judge(state, ts, ev, test=test, phase=phase)
+        if v is None:
+            continue
         if v.outcome in ("failed", "warned"):
             v.outcome = "recorded"
             v.reason = (
