@@ -140,7 +140,7 @@ def main() -> None:
             )
         return
     for kind in ("asyncio", "uvloop", "trio"):
-        short, captured = zip(*(block_once(kind, 0.3) for _ in range(args.blocks)))
+        short, captured = zip(*(block_once(kind, 0.3) for _ in range(args.blocks)), strict=True)
         print(
             f"{kind:8} reported duration short by {min(short) * 1e3:+.1f} .. "
             f"{max(short) * 1e3:+.1f} ms (median {statistics.median(short) * 1e3:+.1f}); "

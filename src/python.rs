@@ -53,7 +53,7 @@ fn enable_raise(py: Python<'_>, exc_class: Bound<'_, PyAny>) -> PyResult<()> {
     let base = py.get_type::<pyo3::exceptions::PyBaseException>();
     let is_exc_class = exc_class.is_instance_of::<pyo3::types::PyType>()
         && exc_class
-            .downcast::<pyo3::types::PyType>()?
+            .cast::<pyo3::types::PyType>()?
             .is_subclass(&base)?;
     if !is_exc_class {
         return Err(pyo3::exceptions::PyTypeError::new_err(
@@ -97,7 +97,7 @@ fn assist(
         if unsafe { pyo3::ffi::Py_IsInitialized() } == 0 {
             return;
         }
-        Python::with_gil(|py| {
+        Python::attach(|py| {
             // Holding the GIL, the loop thread cannot move on: if it is still in the same busy
             // stretch now, what we see is the block, and an exception lands in its callback.
             // A beating loop (uvloop) late since `start` is still blocked too, but in which
@@ -145,7 +145,7 @@ fn start(py: Python<'_>, threshold_ns: u64, sampler: &str) -> PyResult<String> {
     let choice = sampler.to_owned();
     let info = py_info(py)?;
     let wd = py
-        .allow_threads(move || Watchdog::start(threshold_ns, move || make_sampler(&choice, info)))
+        .detach(move || Watchdog::start(threshold_ns, move || make_sampler(&choice, info)))
         .map_err(PyRuntimeError::new_err)?;
     let name = wd.sampler_name().to_owned();
     let wd = Arc::new(wd);
@@ -195,7 +195,7 @@ fn stop(py: Python<'_>) {
     let taken = WATCHDOG.lock().take();
     if let Some((pid, wd)) = taken {
         if pid == std::process::id() {
-            py.allow_threads(|| wd.stop());
+            py.detach(|| wd.stop());
         }
     }
     // The assistant ends with the watchdog (its channel disconnects); it may need the GIL to
@@ -203,7 +203,7 @@ fn stop(py: Python<'_>) {
     let injector = INJECTOR.lock().take();
     if let Some((pid, h)) = injector {
         if pid == std::process::id() {
-            py.allow_threads(|| {
+            py.detach(|| {
                 let _ = h.join();
             });
         }
@@ -265,7 +265,7 @@ fn flush(py: Python<'_>, timeout_s: f64) -> PyResult<String> {
         return Ok("[]".into());
     };
     let timeout = (timeout_s.max(0.0) * 1e9) as u64;
-    let events = py.allow_threads(|| wd.flush(timeout));
+    let events = py.detach(|| wd.flush(timeout));
     serde_json::to_string(&events).map_err(|e| PyRuntimeError::new_err(e.to_string()))
 }
 
@@ -422,7 +422,7 @@ impl SelectorProxy {
     }
 
     #[pyo3(signature = (timeout=None))]
-    fn select(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<PyObject> {
+    fn select(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
         let wait = capped_wait(&self.slot, timeout);
         let _ = self.slot.idle(Some(secs_to_ns(wait)));
         let r = self.select_fn.call1(py, (wait,));
@@ -435,7 +435,7 @@ impl SelectorProxy {
         self.inner.clone_ref(py)
     }
 
-    fn __getattr__(&self, py: Python<'_>, name: &str) -> PyResult<PyObject> {
+    fn __getattr__(&self, py: Python<'_>, name: &str) -> PyResult<Py<PyAny>> {
         Ok(self.inner.bind(py).getattr(name)?.unbind())
     }
 }
@@ -468,7 +468,7 @@ impl EpollProxy {
     /// `epoll.poll(timeout=None, maxevents=-1)`: a negative or missing timeout waits forever
     /// (here: at most half the threshold, see `Slot::idle`).
     #[pyo3(signature = (timeout=None, maxevents=-1))]
-    fn poll(&self, py: Python<'_>, timeout: Option<f64>, maxevents: i32) -> PyResult<PyObject> {
+    fn poll(&self, py: Python<'_>, timeout: Option<f64>, maxevents: i32) -> PyResult<Py<PyAny>> {
         use std::sync::atomic::Ordering;
         if self.closed.load(Ordering::Relaxed) {
             return Err(pyo3::exceptions::PyValueError::new_err(
@@ -501,7 +501,7 @@ impl EpollProxy {
             // Round up to whole milliseconds, as CPython does.
             let ms = i32::try_from(left_ns.div_ceil(1_000_000)).unwrap_or(i32::MAX);
             let fd = self.fd;
-            let r = py.allow_threads(|| crate::epoll::wait(fd, buf, ms));
+            let r = py.detach(|| crate::epoll::wait(fd, buf, ms));
             match r {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {
                     if let Err(sig) = py.check_signals() {
@@ -532,15 +532,15 @@ impl EpollProxy {
     // `poll` lookup allocate a bound method.
 
     #[getter]
-    fn closed(&self, py: Python<'_>) -> PyResult<PyObject> {
+    fn closed(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         Ok(self.inner.bind(py).getattr("closed")?.unbind())
     }
 
-    fn fileno(&self, py: Python<'_>) -> PyResult<PyObject> {
+    fn fileno(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.inner.call_method0(py, "fileno")
     }
 
-    fn close(&self, py: Python<'_>) -> PyResult<PyObject> {
+    fn close(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.closed
             .store(true, std::sync::atomic::Ordering::Relaxed);
         self.inner.call_method0(py, "close")
@@ -550,20 +550,20 @@ impl EpollProxy {
     fn register(
         &self,
         py: Python<'_>,
-        fd: PyObject,
-        eventmask: Option<PyObject>,
-    ) -> PyResult<PyObject> {
+        fd: Py<PyAny>,
+        eventmask: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
         match eventmask {
             Some(m) => self.inner.call_method1(py, "register", (fd, m)),
             None => self.inner.call_method1(py, "register", (fd,)),
         }
     }
 
-    fn modify(&self, py: Python<'_>, fd: PyObject, eventmask: PyObject) -> PyResult<PyObject> {
+    fn modify(&self, py: Python<'_>, fd: Py<PyAny>, eventmask: Py<PyAny>) -> PyResult<Py<PyAny>> {
         self.inner.call_method1(py, "modify", (fd, eventmask))
     }
 
-    fn unregister(&self, py: Python<'_>, fd: PyObject) -> PyResult<PyObject> {
+    fn unregister(&self, py: Python<'_>, fd: Py<PyAny>) -> PyResult<Py<PyAny>> {
         self.inner.call_method1(py, "unregister", (fd,))
     }
 }
@@ -578,7 +578,7 @@ impl Sampler for GilSampler {
         if unsafe { pyo3::ffi::Py_IsInitialized() } == 0 {
             return Sample::failed(offset_ns, "the interpreter is shutting down");
         }
-        Python::with_gil(|py| match gil_stack(py, target) {
+        Python::attach(|py| match gil_stack(py, target) {
             Ok((frames, task_name)) => Sample {
                 offset_ns,
                 count: 1,
@@ -606,7 +606,7 @@ impl Sampler for GilSampler {
 
 fn gil_stack(py: Python<'_>, target: &Target) -> PyResult<(Vec<Frame>, Option<String>)> {
     let frames = py.import("sys")?.call_method0("_current_frames")?;
-    let frames = frames.downcast::<PyDict>()?;
+    let frames = frames.cast::<PyDict>()?;
     let mut out = Vec::new();
     if let Some(mut f) = frames.get_item(target.thread_ident)? {
         while !f.is_none() && out.len() < 1000 {

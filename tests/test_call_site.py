@@ -41,7 +41,7 @@ def test_without_a_majority_the_innermost_common_function_is_the_site():
         Frame("/proj/app/headers.py", 30, "on_headers_finished"),
         Frame("/proj/app/types.py", 450, "UploadFile.content_type"),
     ]
-    ev = event([sample(PARSE, c, count=n) for c, n in zip(callees, (2, 1, 1))])
+    ev = event([sample(PARSE, c, count=n) for c, n in zip(callees, (2, 1, 1), strict=True)])
     assert ev.site == PARSE
     assert ev.innermost == callees[0]
     assert ev.sites_changed
@@ -52,7 +52,7 @@ def test_several_lines_of_one_function_keep_the_most_sampled_line():
     ev = event([
         Sample(offset=0.1, count=n, stack=[f], gil="loop", gil_holder_ident=None,
                gil_holder_stack=[], late=False, error=None, task_name=None)
-        for f, n in zip(lines, (2, 1, 1))
+        for f, n in zip(lines, (2, 1, 1), strict=True)
     ])  # fmt: skip
     assert ev.site == lines[0]
     assert not ev.sites_changed

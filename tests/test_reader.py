@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dis
 import gc
 import glob
 import importlib.machinery
@@ -103,19 +102,6 @@ def merged(ranges):
     return out
 
 
-def addr2line_39(code, offset):
-    """``PyCode_Addr2Line`` of 3.9, in Python."""
-    table = code.co_lnotab
-    line, addr = code.co_firstlineno, 0
-    for i in range(0, len(table), 2):
-        addr += table[i]
-        if addr > offset:
-            break
-        delta = table[i + 1]
-        line += delta - 256 if delta >= 128 else delta
-    return line
-
-
 def check_code(code):
     """Compares the reader's view of ``code`` with CPython's; returns a problem or None."""
     filename, name, first, nbytes = native._reader_code(code)
@@ -127,17 +113,6 @@ def check_code(code):
     ):
         return f"code fields: {(filename, name, first, nbytes)}"
     got = native._reader_lines(code)
-    if sys.version_info < (3, 10):
-        want = list(dis.findlinestarts(code))
-        if got != want:
-            return f"line starts {got} != {want}"
-        for offset, _ in want:
-            for probe in (offset, offset + 2):
-                if probe < len(code.co_code):
-                    line = native._reader_line_for(code, probe)
-                    if line != addr2line_39(code, probe):
-                        return f"line_for({probe}) = {line}"
-        return None
     want = list(code.co_lines())
     if sys.version_info < (3, 12) and got != want:
         return f"co_lines {got} != {want}"

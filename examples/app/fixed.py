@@ -85,7 +85,10 @@ async def stream_activity(storage: Storage, limit: int, page: int = 1_000) -> As
         rows = await asyncio.to_thread(storage.activity_page, last_id, min(page, limit - sent))
         if not rows:
             break
-        lines = (json.dumps(dict(zip(ACTIVITY_COLUMNS, row)), sort_keys=True) for row in rows)
+        lines = (
+            json.dumps(dict(zip(ACTIVITY_COLUMNS, row, strict=True)), sort_keys=True)
+            for row in rows
+        )
         yield (",\n" if sent else "") + ",\n".join(lines)
         sent, last_id = sent + len(rows), rows[-1][0]
     yield f'\n],\n"count": {sent}}}\n'

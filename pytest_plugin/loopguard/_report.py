@@ -9,9 +9,10 @@ import sys
 import sysconfig
 import tempfile
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from ._events import Frame
 from ._judge import OUTCOMES, SEVERITIES, Verdict, relative_path

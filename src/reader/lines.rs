@@ -1,8 +1,7 @@
 //! Decoders for CPython's line number tables, as pure functions over byte slices.
 //!
-//! Three formats exist across the supported versions:
+//! Two formats exist across the supported versions:
 //!
-//! * 3.9 `co_lnotab`: pairs `(address increment: u8, line increment: i8)`.
 //! * 3.10 `co_linetable`: pairs `(address delta: u8, line delta: i8)`, a line delta of -128
 //!   meaning "no line" (see `Objects/lnotab_notes.txt` of 3.10).
 //! * 3.11+ `co_linetable`: the PEP 657 location table (see `Objects/locations.md` of 3.11),
@@ -12,22 +11,11 @@
 //! Each decoder turns a table into a [`LineTable`], which answers "which line is byte offset
 //! `n` on" exactly like `PyCode_Addr2Line` of that version.
 
-/// A decoded line table.
+/// A decoded line table: half-open byte ranges `[start, end)` with their line (-1: no line),
+/// in order, exactly as `_PyLineTable_NextAddressRange` yields them (so as `co_lines()` before
+/// 3.12 merged equal neighbours).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LineTable {
-    /// 3.9: `(address, line)` after each `co_lnotab` entry, addresses non-decreasing. The line of
-    /// offset `q` is the line of the last entry whose address is `<= q` (or the first line).
-    Starts {
-        /// `co_firstlineno`.
-        first: i32,
-        /// `(address, line)` pairs.
-        starts: Vec<(u32, i32)>,
-    },
-    /// 3.10+: half-open byte ranges `[start, end)` with their line (-1: no line), in order,
-    /// exactly as `_PyLineTable_NextAddressRange` yields them (so as `co_lines()` before 3.12
-    /// merged equal neighbours).
-    Ranges(Vec<(u32, u32, i32)>),
-}
+pub struct LineTable(pub Vec<(u32, u32, i32)>);
 
 /// Most entries a table may decode to; longer tables are treated as corrupt.
 const MAX_ENTRIES: usize = 1 << 20;
@@ -40,78 +28,24 @@ impl LineTable {
         if offset < 0 {
             return u32::try_from(first).ok();
         }
-        let line = match self {
-            LineTable::Starts { first, starts } => {
-                // Entries are applied while their cumulative address is <= offset.
-                let n = starts.partition_point(|&(a, _)| i64::from(a) <= offset);
-                if n == 0 {
-                    *first
-                } else {
-                    starts[n - 1].1
-                }
-            }
-            LineTable::Ranges(ranges) => {
-                let n = ranges.partition_point(|&(_, end, _)| i64::from(end) <= offset);
-                match ranges.get(n) {
-                    Some(&(start, _, line)) if i64::from(start) <= offset => line,
-                    _ => -1,
-                }
-            }
+        let ranges = &self.0;
+        let n = ranges.partition_point(|&(_, end, _)| i64::from(end) <= offset);
+        let line = match ranges.get(n) {
+            Some(&(start, _, line)) if i64::from(start) <= offset => line,
+            _ => -1,
         };
         u32::try_from(line).ok().filter(|&l| l > 0 || line == 0)
     }
 
     /// Number of decoded entries (for cache accounting).
     pub fn len(&self) -> usize {
-        match self {
-            LineTable::Starts { starts, .. } => starts.len(),
-            LineTable::Ranges(r) => r.len(),
-        }
+        self.0.len()
     }
 
     /// True when the table has no entries.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// Decodes a 3.9 `co_lnotab`.
-pub fn decode_lnotab(table: &[u8], first: i32) -> LineTable {
-    let mut starts = Vec::with_capacity(table.len() / 2);
-    let mut addr: u32 = 0;
-    let mut line = first;
-    for pair in table.chunks_exact(2).take(MAX_ENTRIES) {
-        addr = addr.saturating_add(u32::from(pair[0]));
-        line = line.wrapping_add(i32::from(pair[1] as i8));
-        starts.push((addr, line));
-    }
-    LineTable::Starts { first, starts }
-}
-
-/// The line starts of a 3.9 `co_lnotab` as `dis.findlinestarts` yields them (used by tests to
-/// compare with CPython).
-pub fn lnotab_line_starts(table: &[u8], first: i32, code_len: u32) -> Vec<(u32, i32)> {
-    let mut out = Vec::new();
-    let mut last: Option<i32> = None;
-    let mut line = first;
-    let mut addr: u32 = 0;
-    for pair in table.chunks_exact(2).take(MAX_ENTRIES) {
-        if pair[0] != 0 {
-            if last != Some(line) {
-                out.push((addr, line));
-                last = Some(line);
-            }
-            addr = addr.saturating_add(u32::from(pair[0]));
-            if addr >= code_len {
-                return out;
-            }
-        }
-        line = line.wrapping_add(i32::from(pair[1] as i8));
-    }
-    if last != Some(line) && addr < code_len {
-        out.push((addr, line));
-    }
-    out
 }
 
 /// Decodes a 3.10 `co_linetable`.
@@ -134,7 +68,7 @@ pub fn decode_linetable_310(table: &[u8], first: i32) -> LineTable {
             ranges.push((start, end, line));
         }
     }
-    LineTable::Ranges(ranges)
+    LineTable(ranges)
 }
 
 /// Reads an unsigned varint (6 bits per byte, bit 6 = more) at `*pos`.
@@ -197,15 +131,14 @@ pub fn decode_locations(table: &[u8], first: i32) -> Option<LineTable> {
             pos += 1;
         }
     }
-    Some(LineTable::Ranges(ranges))
+    Some(LineTable(ranges))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    // Vectors dumped from CPython (`co_lnotab`/`co_linetable`, `co_lines()`,
-    // `dis.findlinestarts`) for
+    // Vectors dumped from CPython (`co_linetable`, `co_lines()`) for
     // ```python
     // def f(x):            # line 1
     //     a = 1            # 2
@@ -214,28 +147,6 @@ mod tests {
     //     return (a,       # 5
     //             x)       # 6
     // ```
-
-    /// 3.9.18: `co_lnotab` and `dis.findlinestarts`.
-    #[test]
-    fn lnotab_39() {
-        let table = [0u8, 1, 4, 1, 12, 1, 10, 1, 2, 1, 2, 255];
-        let t = decode_lnotab(&table, 1);
-        let starts = [(0, 2), (4, 3), (16, 4), (26, 5), (28, 6), (30, 5)];
-        assert_eq!(lnotab_line_starts(&table, 1, 34), starts.to_vec());
-        for (i, &(addr, line)) in starts.iter().enumerate() {
-            let next = starts.get(i + 1).map_or(34, |s| s.0);
-            for off in addr..next {
-                assert_eq!(
-                    t.line_for(i64::from(off), 1),
-                    Some(line as u32),
-                    "offset {off}"
-                );
-            }
-        }
-        assert_eq!(t.line_for(-1, 1), Some(1));
-        // Truncated by the code length.
-        assert_eq!(lnotab_line_starts(&table, 1, 16), vec![(0, 2), (4, 3)]);
-    }
 
     /// 3.10.13: `co_linetable` and `co_lines()`.
     #[test]
@@ -250,7 +161,7 @@ mod tests {
             (28, 30, 6),
             (30, 34, 5),
         ];
-        assert_eq!(t, LineTable::Ranges(lines));
+        assert_eq!(t, LineTable(lines));
         assert_eq!(t.line_for(5, 1), Some(3));
         assert_eq!(t.line_for(34, 1), None);
         assert_eq!(t.line_for(-1, 1), Some(1));
@@ -261,10 +172,7 @@ mod tests {
         // An empty range (delta 0) is skipped; -128 means no line.
         let table = [0u8, 5, 2, 0, 2, 0x80, 2, 3];
         let t = decode_linetable_310(&table, 10);
-        assert_eq!(
-            t,
-            LineTable::Ranges(vec![(0, 2, 15), (2, 4, -1), (4, 6, 18)])
-        );
+        assert_eq!(t, LineTable(vec![(0, 2, 15), (2, 4, -1), (4, 6, 18)]));
         assert_eq!(t.line_for(3, 10), None);
     }
 
@@ -298,7 +206,7 @@ mod tests {
             (56, 58, 5),
             (58, 60, 5),
         ];
-        assert_eq!(t, LineTable::Ranges(lines));
+        assert_eq!(t, LineTable(lines));
     }
 
     /// 3.12.1: a table with no-line entries; `co_lines()` merges equal neighbours, so compare
@@ -310,9 +218,7 @@ mod tests {
             240, 3, 1, 16, 19, 240, 0, 1, 9, 19, 240, 4, 3, 5, 14, 216, 8, 12, 224, 12, 13, 136, 1,
             240, 8, 0, 12, 16, 248, 240, 9, 0, 13, 14, 137, 1, 250,
         ];
-        let LineTable::Ranges(r) = decode_locations(&table, 1).unwrap() else {
-            panic!("ranges expected")
-        };
+        let LineTable(r) = decode_locations(&table, 1).unwrap();
         let mut merged: Vec<(u32, u32, i32)> = Vec::new();
         for (s, e, l) in r {
             match merged.last_mut() {
@@ -344,22 +250,19 @@ mod tests {
         // delta +3 (svarint 6), end line delta 0, columns; then a one-line form (code 12: +2).
         let table = [0xf8u8, 0xf1, 6, 0, 1, 2, 0xe0, 3, 4];
         let t = decode_locations(&table, 10).unwrap();
-        assert_eq!(
-            t,
-            LineTable::Ranges(vec![(0, 2, -1), (2, 6, 13), (6, 8, 15)])
-        );
+        assert_eq!(t, LineTable(vec![(0, 2, -1), (2, 6, 13), (6, 8, 15)]));
         // Negative svarint: delta -3 (svarint 7) with no columns (code 13).
         let t = decode_locations(&[0xe8, 7], 10).unwrap();
-        assert_eq!(t, LineTable::Ranges(vec![(0, 2, 7)]));
+        assert_eq!(t, LineTable(vec![(0, 2, 7)]));
         // A long varint: delta +100 = svarint 200 = 0b11_001000 -> [64 | 8, 3].
         let t = decode_locations(&[0xe8, 64 | 8, 3], 1).unwrap();
-        assert_eq!(t, LineTable::Ranges(vec![(0, 2, 101)]));
+        assert_eq!(t, LineTable(vec![(0, 2, 101)]));
     }
 
     #[test]
     fn malformed_locations_are_rejected() {
         assert_eq!(decode_locations(&[0x00], 1), None);
         assert_eq!(decode_locations(&[0xf0, 64], 1), None);
-        assert_eq!(decode_locations(&[], 1), Some(LineTable::Ranges(vec![])));
+        assert_eq!(decode_locations(&[], 1), Some(LineTable(vec![])));
     }
 }

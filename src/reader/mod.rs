@@ -6,8 +6,8 @@
 //!
 //! * [`mem`] reads memory with `process_vm_readv` on our own pid, so a stale pointer is an
 //!   error, not a crash;
-//! * [`layout`] knows where the fields are in each supported version (3.9–3.13, release GIL
-//!   builds), chosen at run time so one abi3 build serves them all;
+//! * [`layout`] knows where the fields are in each supported version (3.10–3.15, release GIL
+//!   builds; one table for both readers), chosen at run time so one abi3 build serves them all;
 //! * [`walk`] follows the chain with validation (type checks, bounded depth and sizes, two walks
 //!   that must agree) and caches decoded code objects;
 //! * [`lines`] decodes each version's line table.
@@ -41,7 +41,11 @@ pub struct PyInfo {
 pub fn walker(info: PyInfo) -> Result<walk::Walker, String> {
     info.check_supported("the GIL-free reader")?;
     let mem = mem::Memory::new().map_err(|e| e.to_string())?;
-    let layout = layout::Layout::for_running(&mem, (info.version.0, info.version.1))?;
+    let layout = layout::Layout::for_running(
+        &mem,
+        (info.version.0, info.version.1),
+        "the GIL-free reader",
+    )?;
     walk::Walker::new(mem, layout)
 }
 
@@ -176,11 +180,11 @@ mod tests {
         .unwrap();
         assert!(e.contains("free-threaded"), "{e}");
         let e = native_sampler(PyInfo {
-            version: (3, 14, 0),
+            version: (3, 16, 0),
             ..base
         })
         .err()
         .unwrap();
-        assert!(e.contains("3.14"), "{e}");
+        assert!(e.contains("3.16"), "{e}");
     }
 }

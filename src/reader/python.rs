@@ -11,8 +11,6 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use super::layout::LineFormat;
-use super::lines::{self, LineTable};
 use super::walk::Walker;
 use crate::event::Frame;
 use crate::sampler::Target;
@@ -80,28 +78,21 @@ fn _reader_code(py: Python<'_>, code: &Bound<'_, PyAny>) -> PyResult<(String, St
     ))
 }
 
-/// The line table of `code` as decoded by the reader: on 3.9 `(offset, line)` line starts as
-/// `dis.findlinestarts` yields them; on 3.10+ `(start, end, line or None)` ranges as
+/// The line table of `code` as decoded by the reader: `(start, end, line or None)` ranges as
 /// `co_lines()` yields them (not merged).
 #[pyfunction]
-fn _reader_lines(py: Python<'_>, code: &Bound<'_, PyAny>) -> PyResult<PyObject> {
+fn _reader_lines(py: Python<'_>, code: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
     let addr = code.as_ptr() as usize;
-    let (info, format) = with_walker(py, |w| (w.code(addr), w.layout().line_format))?;
-    let info = info.map_err(PyRuntimeError::new_err)?;
-    if format == LineFormat::Lnotab {
-        let starts = lines::lnotab_line_starts(&info.raw_table, info.firstlineno, info.code_bytes);
-        return Ok(PyList::new(py, starts)?.into_any().unbind());
-    }
-    match &info.lines {
-        LineTable::Ranges(r) => Ok(PyList::new(
-            py,
-            r.iter()
-                .map(|&(s, e, l)| (s, e, if l < 0 { None } else { Some(l) })),
-        )?
-        .into_any()
-        .unbind()),
-        LineTable::Starts { .. } => Err(PyRuntimeError::new_err("unexpected table kind")),
-    }
+    let info = with_walker(py, |w| w.code(addr))?.map_err(PyRuntimeError::new_err)?;
+    Ok(PyList::new(
+        py,
+        info.lines
+            .0
+            .iter()
+            .map(|&(s, e, l)| (s, e, if l < 0 { None } else { Some(l) })),
+    )?
+    .into_any()
+    .unbind())
 }
 
 /// The line of byte offset `offset` of `code` as the reader computes it for a frame.
@@ -123,7 +114,7 @@ fn _reader_stack<'py>(
 ) -> PyResult<Bound<'py, PyList>> {
     // Make the walker with the GIL, then walk without it.
     with_walker(py, |_| ())?;
-    let r = py.allow_threads(|| {
+    let r = py.detach(|| {
         let mut guard = WALKER.lock();
         match guard.as_mut() {
             Some((_, w)) => w.stack(tstate, thread_ident),
@@ -153,7 +144,7 @@ fn _reader_sample(
         tstate,
         native_tid: 0,
     };
-    let sample = py.allow_threads(|| {
+    let sample = py.detach(|| {
         std::thread::sleep(Duration::from_secs_f64(delay.max(0.0)));
         let mut s = sampler.sample(&target, 0);
         s.offset_ns = crate::clock::now_ns();
@@ -176,7 +167,7 @@ fn _reader_stress<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let mut walker = new_walker(py)?;
     let budget = Duration::from_secs_f64(seconds.max(0.0));
-    let (ok, errors, seen, mut cost, depths, innermost) = py.allow_threads(|| {
+    let (ok, errors, seen, mut cost, depths, innermost) = py.detach(|| {
         let mut ok = 0u64;
         let mut innermost: HashMap<(String, u32, String), u64> = HashMap::new();
         let mut errors: BTreeMap<String, u64> = BTreeMap::new();

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::layout::{FrameKind, Layout, LineFormat, OWNED_BY_CSTACK, OWNED_BY_GENERATOR};
+use super::layout::{i32_at, usize_at, FrameKind, Layout, LineFormat, OWNED_BY_GENERATOR};
 use super::lines::{self, LineTable};
 use super::mem::{symbol_address, MemError, Memory};
 use crate::event::Frame;
@@ -49,8 +49,6 @@ pub struct CodeInfo {
     pub first_traceable: u32,
     /// The decoded line table.
     pub lines: LineTable,
-    /// The raw line table bytes (kept for the test helpers).
-    pub raw_table: Vec<u8>,
     /// What must still hold for a cached entry to describe the object at its address.
     key: CodeKey,
 }
@@ -63,7 +61,7 @@ struct CodeKey {
     filename: usize,
     name: usize,
     linetable: usize,
-    /// `ob_size` (3.11+) or the `co_code` pointer (3.9/3.10).
+    /// `ob_size` (3.11+) or the `co_code` pointer (3.10).
     code: usize,
 }
 
@@ -152,18 +150,6 @@ pub struct Walker {
 
 fn type_address(name: &str) -> Result<usize, String> {
     symbol_address(name).ok_or_else(|| format!("the symbol {name} is not exported"))
-}
-
-fn usize_at(b: &[u8], off: usize) -> usize {
-    b.get(off..off + 8)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, usize::from_ne_bytes)
-}
-
-fn i32_at(b: &[u8], off: usize) -> i32 {
-    b.get(off..off + 4)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, i32::from_ne_bytes)
 }
 
 impl Walker {
@@ -302,13 +288,13 @@ impl Walker {
         }
         let mut out = Vec::new();
         let buf = &mut self.buf;
-        buf.resize(l.frame_read, 0);
+        buf.resize(l.frame_read(), 0);
         while frame != 0 {
             if out.len() >= MAX_DEPTH {
                 return Ok((out, true));
             }
             pages.read(mem, frame, buf).map_err(|e| err("a frame", e))?;
-            let code = usize_at(buf, l.f_code);
+            let code = usize_at(buf, l.f_code) & !l.code_tag_bits();
             let next = usize_at(buf, l.f_back);
             let raw = match l.frame_kind {
                 FrameKind::Object => {
@@ -316,7 +302,7 @@ impl Walker {
                         return Err(format!("object at {frame:#x} is not a frame"));
                     }
                     let lasti = i64::from(i32_at(buf, l.f_instr));
-                    let offset = if l.lasti_in_units && lasti >= 0 {
+                    let offset = if l.lasti_in_units() && lasti >= 0 {
                         lasti * 2
                     } else {
                         lasti
@@ -330,11 +316,11 @@ impl Walker {
                 }
                 FrameKind::Interpreter => {
                     let owner = l.f_owner.and_then(|o| buf.get(o).copied()).unwrap_or(0);
-                    if owner > 4 {
+                    if owner > l.max_owner() {
                         return Err(format!("frame at {frame:#x} has a bad owner {owner}"));
                     }
-                    if owner == OWNED_BY_CSTACK {
-                        // A C-stack shim frame (3.12+): never shown.
+                    if l.is_shim_owner(owner) {
+                        // An interpreter-internal frame (3.12+): never shown.
                         frame = next;
                         continue;
                     }
@@ -377,7 +363,7 @@ impl Walker {
         let l = &self.layout;
         let mut head = [0u8; 256];
         let head = head
-            .get_mut(..l.code_read)
+            .get_mut(..l.code_read())
             .ok_or("code object layout too large")?;
         self.pages
             .read(&self.mem, addr, head)
@@ -436,8 +422,7 @@ impl Walker {
             .mem
             .read_vec(data, len)
             .map_err(|e| format!("cannot read the line table: {e}"))?;
-        let lines = match self.layout.line_format {
-            LineFormat::Lnotab => lines::decode_lnotab(&raw_table, key.firstlineno),
+        let lines = match self.layout.line_format() {
             LineFormat::Linetable310 => lines::decode_linetable_310(&raw_table, key.firstlineno),
             LineFormat::Locations => lines::decode_locations(&raw_table, key.firstlineno)
                 .ok_or_else(|| format!("the line table of {function} is malformed"))?,
@@ -449,7 +434,6 @@ impl Walker {
             code_bytes: code_bytes as u32,
             first_traceable,
             lines,
-            raw_table,
             key,
         });
         if self.cache.len() >= MAX_CACHED_CODES {
@@ -493,7 +477,7 @@ impl Walker {
         }
         let state = i32_at(&head, l.str_state) as u32;
         let len = usize_at(&head, l.str_length);
-        decode_str_header(state, len, l.str_has_ready)
+        decode_str_header(state, len, l.str_has_ready())
             .map_err(|e| format!("{what}: {e}"))
             .and_then(|(kind, ascii)| {
                 let data = addr
