@@ -154,9 +154,32 @@ fn start(py: Python<'_>, threshold_ns: u64, sampler: &str) -> PyResult<String> {
     Ok(name)
 }
 
+/// Why the GIL-free stack reader cannot be used in this process, in words for a user; None
+/// when it can.
+#[pyfunction]
+fn reader_unavailable(py: Python<'_>) -> PyResult<Option<String>> {
+    let info = py_info(py)?;
+    Ok(crate::reader::native_sampler(info).err())
+}
+
 /// Facts about the running interpreter that the GIL-free reader depends on.
+///
+/// `LOOPGUARD_SIMULATE_PYTHON=X.Y` makes the readers believe they run on CPython X.Y (for the
+/// tests of what users of a version without a layout see).
 pub fn py_info(py: Python<'_>) -> PyResult<PyInfo> {
-    let v = py.version_info();
+    let mut v = py.version_info();
+    let simulated = std::env::var("LOOPGUARD_SIMULATE_PYTHON").ok().and_then(|s| {
+        let (major, minor) = s.split_once('.')?;
+        Some((major.parse::<u8>().ok()?, minor.parse::<u8>().ok()?))
+    });
+    if let Some((major, minor)) = simulated {
+        v = pyo3::PythonVersionInfo {
+            major,
+            minor,
+            patch: 0,
+            suffix: None,
+        };
+    }
     let sys = py.import("sys")?;
     let debug = sys.hasattr("gettotalrefcount")?;
     let free_threaded = py
@@ -655,6 +678,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(after_fork_child, m)?)?;
     m.add_function(wrap_pyfunction!(is_running, m)?)?;
     m.add_function(wrap_pyfunction!(sampler_name, m)?)?;
+    m.add_function(wrap_pyfunction!(reader_unavailable, m)?)?;
     m.add_function(wrap_pyfunction!(set_threshold, m)?)?;
     m.add_function(wrap_pyfunction!(threshold, m)?)?;
     m.add_function(wrap_pyfunction!(set_context, m)?)?;

@@ -9,7 +9,12 @@ pytest_plugins = ["pytester"]
 # loopguard's annotations) or how loopguard judges, so a test that wants one sets it itself.
 # LOOPGUARD_SAMPLER and LOOPGUARD_DISABLE_VM_READV stay: they select how stacks are read, to run
 # the whole suite on the fallback path.
-_KEPT = {"LOOPGUARD_SAMPLER", "LOOPGUARD_DISABLE_VM_READV", "LOOPGUARD_STRESS_SECONDS"}
+_KEPT = {
+    "LOOPGUARD_SAMPLER",
+    "LOOPGUARD_DISABLE_VM_READV",
+    "LOOPGUARD_SIMULATE_PYTHON",
+    "LOOPGUARD_STRESS_SECONDS",
+}
 
 
 @pytest.fixture(autouse=True)

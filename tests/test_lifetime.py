@@ -43,6 +43,71 @@ def test_native_sampler_required_but_unavailable_is_a_usage_error(pytester, monk
     result.stderr.fnmatch_lines(["*loopguard: cannot start the watchdog:*process_vm_readv*"])
 
 
+BLOCKS_TWICE = """
+import asyncio, time, pytest
+
+@pytest.mark.asyncio
+async def test_one():
+    time.sleep(0.3)
+
+@pytest.mark.asyncio
+async def test_two():
+    time.sleep(0.3)
+"""
+
+
+def test_an_unknown_python_says_why_in_the_header_and_once_in_the_summary(pytester, monkeypatch):
+    monkeypatch.setenv("LOOPGUARD_SIMULATE_PYTHON", "3.16")
+    pytester.makeini(INI)
+    pytester.makepyfile(test_it=BLOCKS_TWICE)
+    result = pytester.runpytest_subprocess("-p", "loopguard")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "loopguard: threshold 100 ms, stacks read by taking the GIL (may be late)",
+            "loopguard: the GIL-free stack reader is off: Python 3.16 is not supported by the "
+            "GIL-free reader (3.10 to 3.15 are); a block in C code that holds the GIL*",
+        ]
+    )
+    summary = [t for t in result.outlines if "captured late" in t]
+    assert summary == [
+        "loopguard: 2 blocks were captured late, by taking the GIL: the GIL-free stack reader "
+        "is off (Python 3.16 is not supported by the GIL-free reader (3.10 to 3.15 are))"
+    ], summary
+
+
+def test_a_denied_system_call_is_named_in_the_header(pytester, monkeypatch):
+    monkeypatch.setenv("LOOPGUARD_DISABLE_VM_READV", "1")
+    pytester.makeini(INI)
+    pytester.makepyfile(test_it="def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "loopguard")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        ["loopguard: the GIL-free stack reader is off: the system call process_vm_readv is "
+         "denied here (errno 1; a seccomp sandbox*"]
+    )  # fmt: skip
+    # Nothing blocked: nothing was late, and the summary says nothing about it.
+    assert not [t for t in result.outlines if "captured late" in t]
+
+
+def test_choosing_the_gil_sampler_is_not_reported_as_a_fallback(pytester):
+    pytester.makeini(INI)
+    pytester.makepyfile(test_it=BLOCKS_TWICE)
+    result = pytester.runpytest_subprocess("-p", "loopguard", "--loopguard-sampler=gil")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["loopguard: threshold 100 ms, stacks read by taking the GIL*"])
+    assert "reader is off" not in result.stdout.str()
+
+
+def test_native_sampler_on_an_unknown_python_is_a_usage_error_naming_it(pytester, monkeypatch):
+    monkeypatch.setenv("LOOPGUARD_SIMULATE_PYTHON", "3.16")
+    pytester.makeini(INI)
+    pytester.makepyfile(test_it="def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "loopguard", "--loopguard-sampler=native")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*loopguard: cannot start the watchdog:*Python 3.16*"])
+
+
 def _run_script(source, timeout=60):
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(source)],

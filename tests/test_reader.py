@@ -54,8 +54,8 @@ PY311 = sys.version_info >= (3, 11)
 STRESS_SECONDS = float(os.environ.get("LOOPGUARD_STRESS_SECONDS", "3"))
 
 pytestmark = pytest.mark.skipif(
-    native._reader_unavailable() is not None,
-    reason=f"native reader unavailable: {native._reader_unavailable()}",
+    native.reader_unavailable() is not None,
+    reason=f"native reader unavailable: {native.reader_unavailable()}",
 )
 
 
@@ -551,7 +551,7 @@ VM_READV_SCRIPT = r"""
 import sys
 sys.path.insert(0, sys.argv[1])
 from test_reader import native
-why = native._reader_unavailable()
+why = native.reader_unavailable()
 assert why is not None and "process_vm_readv" in why, why
 try:
     native.start(100_000_000, "native")

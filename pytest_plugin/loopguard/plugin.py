@@ -182,6 +182,8 @@ class _State:
     verdicts: list[Verdict] = field(default_factory=list)
     fixed: list[tuple[str, str]] = field(default_factory=list)
     written: list[str] = field(default_factory=list)
+    reader_off: Optional[str] = None
+    """Why stacks are read by taking the GIL although the user did not ask for it."""
 
 
 _state_key = pytest.StashKey[_State]()
@@ -354,6 +356,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except RuntimeError as e:
         raise pytest.UsageError(f"loopguard: cannot start the watchdog: {e}") from None
     state = config.stash[_state_key] = _State(settings=settings, token=token, judge=judge)
+    state.reader_off = _reader_off(settings)
     config.pluginmanager.register(XdistPlugin(config, state), XdistPlugin.name)
 
 
@@ -365,6 +368,22 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             config.pluginmanager.unregister(xdist_plugin)
         runtime.release(state.token)
         del config.stash[_state_key]
+
+
+def _reader_off(settings: _Settings) -> Optional[str]:
+    """Why the GIL-free stack reader is not in use when the sampler was left to loopguard."""
+    if runtime.sampler in ("native", None) or "gil" in (
+        settings.sampler,
+        os.environ.get("LOOPGUARD_SAMPLER"),
+    ):
+        return None
+    return _native.reader_unavailable() or "it could not start"
+
+
+_LATE_CAPTURE = (
+    "a block in C code that holds the GIL (a regex, sorted(), json.dumps(), a C extension) "
+    "is seen only when that code returns, so its stack may show a later line"
+)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -380,6 +399,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     )
     src = "" if s.threshold_source == "default" else f" (from {s.threshold_source})"
     lines = [f"loopguard: threshold {format_duration(s.threshold)}{src}, {how}"]
+    if state.reader_off is not None:
+        lines.append(
+            f"loopguard: the GIL-free stack reader is off: {state.reader_off}; {_LATE_CAPTURE}"
+        )
     extra = []
     if s.mode != "fail":
         extra.append(f"mode {s.mode} (from {s.mode_source})")
@@ -807,6 +830,13 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             )
             for file, function in state.fixed:
                 tr.line(f"    {file} in {function}", green=True)
+    late = sum(1 for v in verdicts if v.event.late)
+    if late and state.reader_off is not None:
+        tr.write_line(
+            f"loopguard: {late} block{'s were' if late != 1 else ' was'} captured late, by "
+            f"taking the GIL: the GIL-free stack reader is off ({state.reader_off})",
+            yellow=True,
+        )
     for text in state.written:
         tr.write_line(f"loopguard: {text}")
     if os.environ.get("GITHUB_ACTIONS") == "true" and verdicts:

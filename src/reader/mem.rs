@@ -25,9 +25,14 @@ impl fmt::Display for MemError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             MemError::Fault(a) => write!(f, "unreadable address {a:#x}"),
-            MemError::Unavailable(e) => {
-                write!(f, "process_vm_readv is not available (errno {e})")
+            MemError::Unavailable(e) if *e == libc::ENOSYS => {
+                write!(f, "this kernel has no process_vm_readv system call")
             }
+            MemError::Unavailable(e) => write!(
+                f,
+                "the system call process_vm_readv is denied here (errno {e}; a seccomp \
+                 sandbox, such as a container's default profile, does that)"
+            ),
             MemError::Os(e) => write!(f, "process_vm_readv failed (errno {e})"),
         }
     }

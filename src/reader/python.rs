@@ -52,13 +52,6 @@ fn _reader_current_tstate(py: Python<'_>) -> usize {
     super::mem::current_thread_state(py)
 }
 
-/// Why the native sampler is unavailable here, or None when it is available.
-#[pyfunction]
-fn _reader_unavailable(py: Python<'_>) -> PyResult<Option<String>> {
-    let info = crate::python::py_info(py)?;
-    Ok(super::native_sampler(info).err())
-}
-
 /// Where the layout came from ("headers" or "_Py_DebugOffsets") and its version.
 #[pyfunction]
 fn _reader_layout(py: Python<'_>) -> PyResult<(String, (u8, u8))> {
@@ -242,7 +235,6 @@ fn _reader_stress<'py>(
 /// Adds the reader's functions to `loopguard._native`.
 pub fn add_to_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_reader_current_tstate, m)?)?;
-    m.add_function(wrap_pyfunction!(_reader_unavailable, m)?)?;
     m.add_function(wrap_pyfunction!(_reader_layout, m)?)?;
     m.add_function(wrap_pyfunction!(_reader_code, m)?)?;
     m.add_function(wrap_pyfunction!(_reader_lines, m)?)?;
