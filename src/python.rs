@@ -671,7 +671,10 @@ fn current_task_name(py: Python<'_>, loop_obj: &Bound<'_, PyAny>) -> PyResult<Op
     Ok(Some(task.call_method0("get_name")?.extract()?))
 }
 
-#[pymodule]
+// `gil_used = true`: the watchdog's locking rules assume the GIL (see the statics above), so
+// on a free-threaded build CPython keeps the GIL on rather than run this module without it.
+// `loopguard/__init__.py` refuses such builds before this module is loaded.
+#[pymodule(gil_used = true)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(start, m)?)?;
     m.add_function(wrap_pyfunction!(stop, m)?)?;

@@ -10,9 +10,13 @@ The pytest hooks below are re-exported from :mod:`loopguard.plugin` so that ``-p
 loads them.
 """
 
-from ._events import BlockEvent, Frame, Sample
-from ._guard import LoopBlockedError, LoopBlockedWarning, guard
-from .plugin import (
+from . import _interpreter
+
+_interpreter.check()  # before anything loads the native module
+
+from ._events import BlockEvent, Frame, Sample  # noqa: E402
+from ._guard import LoopBlockedError, LoopBlockedWarning, guard  # noqa: E402
+from .plugin import (  # noqa: E402
     loopguard,
     pytest_addoption,
     pytest_collection_modifyitems,
