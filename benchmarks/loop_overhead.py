@@ -5,14 +5,23 @@ call with timeout 0, one callback). Runs alternate off/on so that machine noise 
 sides alike; the figure is the ratio of the medians.
 
     python benchmarks/loop_overhead.py [--iterations 1000000] [--rounds 7]
+    python benchmarks/loop_overhead.py --callgrind [--iterations 20000]
+
+``--callgrind`` counts instructions instead of seconds (valgrind's callgrind, which the noise of a
+shared machine cannot move): each side runs with N iterations and with none, and the difference
+divided by N is the cost per iteration, start-up excluded.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import loopguard
@@ -39,6 +48,43 @@ def _run_guarded(n: int) -> float:
         return _run(n)
 
 
+def _instructions(side: str, n: int) -> int:
+    """Instructions callgrind counts for one ``--only side`` run of ``n`` iterations."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "callgrind.out")
+        proc = subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}",
+                sys.executable,
+                __file__,
+                "--only",
+                side,
+                "--iterations",
+                str(n),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        m = re.search(r"Collected : (\d+)", proc.stderr)
+        if m is None:
+            raise SystemExit(f"callgrind printed no count:\n{proc.stderr}")
+        return int(m.group(1))
+
+
+def _callgrind(n: int) -> None:
+    per = {}
+    for side in ("off", "on"):
+        per[side] = (_instructions(side, n) - _instructions(side, 0)) / n
+    print(f"python {sys.version.split()[0]}, {n} iterations, instructions per iteration")
+    print(
+        f"off {per['off']:.0f} -> on {per['on']:.0f} (+{per['on'] - per['off']:.0f}), "
+        f"ratio {per['on'] / per['off']:.3f}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iterations", type=int, default=1_000_000)
@@ -48,7 +94,11 @@ def main() -> None:
         choices=["off", "on"],
         help="run one side once (for instruction counting under valgrind --tool=callgrind)",
     )
+    ap.add_argument("--callgrind", action="store_true", help="count instructions (valgrind)")
     args = ap.parse_args()
+    if args.callgrind:
+        _callgrind(args.iterations if args.iterations != 1_000_000 else 20_000)
+        return
     if args.only:
         (_run if args.only == "off" else _run_guarded)(args.iterations)
         return
