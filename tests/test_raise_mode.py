@@ -1,6 +1,7 @@
 """Raise mode: ``LoopBlockedError`` raised inside the blocked code, at the blocking line."""
 
 import asyncio
+import re
 import time
 
 import loopguard
@@ -30,7 +31,6 @@ async def test_cpu():
     crunch(2.0)
 """
     )
-    start = time.perf_counter()
     result = pytester.runpytest_subprocess("-p", "loopguard", "--loopguard-mode=raise")
     result.assert_outcomes(failed=1)
     out = result.stdout.str()
@@ -42,8 +42,9 @@ async def test_cpu():
             f"test_it.py:{line(pytester, '# the hot loop')}: LoopBlockedError",
         ]
     )
-    # ...and the 2 s loop was cut short.
-    assert time.perf_counter() - start < 10
+    # ...and the 2 s loop was cut short: the block it made ended well before 2 s.
+    blocked_ms = int(re.search(r"event loop blocked for (\d+) ms", out).group(1))
+    assert blocked_ms < 1500, blocked_ms
     assert "raised here by raise mode" in out
 
 
@@ -114,12 +115,11 @@ def test_guard_raise_mode_raises_inside_the_block():
     async def main():
         crunch()
 
-    start = time.perf_counter()
     with pytest.raises(loopguard.LoopBlockedError) as exc:
         with loopguard.guard(threshold="100ms", mode="raise"):
             asyncio.run(main())
-    assert time.perf_counter() - start < 1.5
     assert exc.value.events == []
+    # Raised inside the 2 s loop, so it cut the loop short.
     assert exc.traceback[-1].name == "crunch"
 
 
