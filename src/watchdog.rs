@@ -18,15 +18,16 @@
 //! reports the exact end of every block longer than the threshold over a channel, so the
 //! duration is exact even though the watchdog only polls.
 //!
-//! # The first look
-//! The watchdog first looks at a busy stretch a quarter of the threshold after it began
-//! ([`early_look`]): it reads the loop thread's run-queue time (see `schedstat`), and, with a
-//! sampler that tags callbacks, starts sampling, so that the callbacks a long stretch began
-//! with are seen (see `callbacks`). A stretch that ends under the threshold is forgotten with
-//! its early samples; nothing is reported and nobody is told. At the block's end the loop
-//! thread reads its run-queue time again, in the cold path that reports the end: the
-//! difference is the time the block spent waiting for a CPU. The wait before the first look
-//! is not counted, so the figure errs low.
+//! # Before the threshold
+//! The watchdog first looks at a busy stretch an eighth of the threshold after it began
+//! ([`first_look`]) and reads the loop thread's run-queue time (see `schedstat`); with a
+//! sampler that tags callbacks, it starts sampling at a quarter of the threshold
+//! ([`early_sampling`]), so that the callbacks a long stretch began with are seen (see
+//! `callbacks`). A stretch that ends under the threshold is forgotten with its early samples;
+//! nothing is reported and nobody is told. At the block's end the loop thread reads its
+//! run-queue time again, in the cold path that reports the end: the difference is the time the
+//! block spent waiting for a CPU. The wait before the first look is not counted, so the figure
+//! errs low.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -748,7 +749,7 @@ impl Runner {
                 continue;
             };
             let deadline = start.saturating_add(threshold);
-            let look = start.saturating_add(early_look(threshold));
+            let look = start.saturating_add(first_look(threshold));
             if now < look {
                 wake_at = wake_at.min(look);
                 continue;
@@ -768,11 +769,11 @@ impl Runner {
                 timeline: Timeline::default(),
                 run_queue_at_look,
                 captured_after: None,
-                next_sample: 0,
+                next_sample: start.saturating_add(early_sampling(threshold)),
                 seen_end: None,
                 task_name: None,
             };
-            if confirmed || early_samples {
+            if confirmed || (early_samples && now >= b.next_sample) {
                 let t0 = now_ns();
                 let s = self
                     .sampler
@@ -782,6 +783,8 @@ impl Runner {
                     b.captured_after = Some(now_ns().saturating_sub(start));
                 }
                 b.next_sample = now_ns() + interval;
+            }
+            if confirmed || early_samples {
                 wake_at = wake_at.min(b.next_sample);
             }
             if !confirmed {
@@ -799,8 +802,15 @@ impl Runner {
     }
 }
 
-/// When the watchdog first looks at a busy stretch: a quarter of the threshold after it began.
-pub fn early_look(threshold_ns: u64) -> u64 {
+/// When the watchdog first looks at a stretch (and reads the loop thread's run-queue time):
+/// an eighth of the threshold after it began.
+pub fn first_look(threshold_ns: u64) -> u64 {
+    threshold_ns / 8
+}
+
+/// When the watchdog starts sampling a busy stretch, with a sampler that tags callbacks: a
+/// quarter of the threshold after it began.
+pub fn early_sampling(threshold_ns: u64) -> u64 {
     threshold_ns / 4
 }
 
