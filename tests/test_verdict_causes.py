@@ -79,6 +79,14 @@ def test_callbacks_that_may_have_reached_the_threshold_are_not_excused():
     assert event(callbacks=callbacks((0, 40), (0, 40)), starved=True).excused(0.1) is None
 
 
+def test_a_block_cut_short_by_raise_mode_is_excused_only_by_garbage_collection(tmp_path: Path):
+    busy = event(0.14, cpu_wait=0.064, callbacks=callbacks((0, 40), (0, 40)))
+    assert busy.excused(0.1, interrupted=True) is None
+    assert event(0.14, gc_time=0.05).excused(0.1, interrupted=True)[0] == "gc"
+    v = Judge(tmp_path).judge(busy, test="t", phase="call", threshold=0.1, mode="raise")
+    assert v.outcome == "failed"
+
+
 def test_the_judge_records_an_excused_block_with_its_cause(tmp_path: Path):
     judge = Judge(tmp_path)
     v = judge.judge(event(0.14, cpu_wait=0.064), test="t", phase="call", threshold=0.1, mode="fail")

@@ -171,15 +171,27 @@ class BlockEvent:
     """The callbacks the samples saw in the block's loop iteration, in order (empty when they
     cannot be told apart)."""
 
-    def crosses(self, threshold: float, gc: str = "exclude", cpu_wait: str = "exclude") -> bool:
+    def crosses(
+        self,
+        threshold: float,
+        gc: str = "exclude",
+        cpu_wait: str = "exclude",
+        *,
+        interrupted: bool = False,
+    ) -> bool:
         """Longer than ``threshold``, and not only because of something that was not the
         code's doing (see :meth:`excused`)."""
         if self.duration < threshold:
             return False
-        return self.excused(threshold, gc=gc, cpu_wait=cpu_wait) is None
+        return self.excused(threshold, gc=gc, cpu_wait=cpu_wait, interrupted=interrupted) is None
 
     def excused(
-        self, threshold: float, *, gc: str = "exclude", cpu_wait: str = "exclude"
+        self,
+        threshold: float,
+        *,
+        gc: str = "exclude",
+        cpu_wait: str = "exclude",
+        interrupted: bool = False,
     ) -> Optional[tuple[str, str]]:
         """``(cause, reason)`` when this block, over ``threshold``, is not one piece of code
         blocking for that long; ``None`` when it is. In this order:
@@ -192,10 +204,14 @@ class BlockEvent:
           reached the threshold by the samples around it.
 
         Each is judged on its own: a block that needs two of them together to get under the
-        threshold is not excused.
+        threshold is not excused. ``interrupted``: raise mode raised inside the block when it
+        reached the threshold, so how long its code would have run is not known; only garbage
+        collection excuses it.
         """
         if gc == "exclude" and self.gc_time and self.duration - self.gc_time < threshold:
             return "gc", GC_REASON
+        if interrupted:
+            return None
         if cpu_wait == "exclude" and self.cpu_wait and self.duration - self.cpu_wait < threshold:
             return "cpu-wait", (
                 f"under the threshold without {format_duration(self.cpu_wait)} of waiting for "

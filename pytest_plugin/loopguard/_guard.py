@@ -123,7 +123,12 @@ class guard:
             seen = runtime.events_between(start, end)
         finally:
             runtime.release(token)
-        over = [e for e in seen if e.crosses(self.threshold, self.gc, self.cpu_wait)]
+        interrupted = self.mode == "raise"
+        over = [
+            e
+            for e in seen
+            if e.crosses(self.threshold, self.gc, self.cpu_wait, interrupted=interrupted)
+        ]
         self.allowed = [e for e in over if self._allowed(e)]
         self.events = [e for e in over if e not in self.allowed]
         if self.events and self.raise_ and exc_type is None:

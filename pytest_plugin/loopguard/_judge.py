@@ -6,7 +6,8 @@ A block that reached the watchdog is judged in this order:
 2. over it only because of what was not the code's doing (:meth:`BlockEvent.excused`): the
    garbage collection that ran during it (``--loopguard-gc``), the time the loop thread waited
    for a CPU (``--loopguard-cpu-wait``), or several callbacks of one loop iteration none of
-   which reached the threshold: *recorded*, with the cause;
+   which reached the threshold (the last two not in raise mode, which cuts blocks short):
+   *recorded*, with the cause;
 3. outside the scanned packages (``loopguard_scan``) or matching an allow pattern: *allowed*;
 4. a call site listed in the baseline (matched by file and function): *baselined*;
 5. otherwise the mode decides: *failed* (``fail``), *warned* (``warn``) or *recorded*
@@ -368,7 +369,9 @@ class Judge:
 
         if ev.duration < threshold:
             return verdict("recorded", "under the threshold")
-        excused = ev.excused(threshold, gc=self.gc, cpu_wait=self.cpu_wait)
+        excused = ev.excused(
+            threshold, gc=self.gc, cpu_wait=self.cpu_wait, interrupted=mode == "raise"
+        )
         if excused is not None:
             ev.cause, reason = excused
             if excused[0] in _EXCUSE_HINTS:
