@@ -5,6 +5,8 @@
 
 use serde::Serialize;
 
+use crate::callbacks::Span;
+
 /// One Python frame as captured from a thread's stack.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Frame {
@@ -63,6 +65,12 @@ pub struct Sample {
     pub syscall: Option<String>,
     /// True when the kernel reported the loop thread on a CPU (running code, not waiting).
     pub running: bool,
+    /// The callback the sample was taken in, as the sampler tagged it (see `callbacks::tag`);
+    /// `None` outside any callback or when the sampler cannot tell.
+    #[serde(skip)]
+    pub callback_tag: Option<u64>,
+    /// Index of the sample's entry in [`BlockEvent::callbacks`], once the block is finished.
+    pub callback: Option<u32>,
 }
 
 impl Sample {
@@ -79,6 +87,8 @@ impl Sample {
             task_name: None,
             syscall: None,
             running: false,
+            callback_tag: None,
+            callback: None,
         }
     }
 
@@ -91,6 +101,8 @@ impl Sample {
             && self.error == other.error
             && self.syscall == other.syscall
             && self.running == other.running
+            && self.callback_tag == other.callback_tag
+            && self.callback == other.callback
     }
 }
 
@@ -126,6 +138,13 @@ pub struct BlockEvent {
     pub end_exact: bool,
     /// The asyncio task that was running, when known.
     pub task_name: Option<String>,
+    /// Nanoseconds of the block during which the loop thread was runnable but waited for a CPU
+    /// (the kernel's run-queue time), from when the watchdog first looked at the block to its
+    /// end; `None` when not known (no schedstat, or the end was not reported by the loop).
+    pub cpu_wait_ns: Option<u64>,
+    /// The callbacks the samples saw, in order, each bounded by the samples around it (see
+    /// `callbacks`); empty when the sampler cannot tell callbacks apart.
+    pub callbacks: Vec<Span>,
     /// Stack samples taken while the block lasted, in order.
     pub samples: Vec<Sample>,
 }

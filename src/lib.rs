@@ -5,12 +5,14 @@
 //! so `cargo test` covers them without an interpreter. [`python`] is the thin pyo3 layer that
 //! exposes them as the private module `loopguard._native`.
 
+pub mod callbacks;
 pub mod clock;
 pub mod epoll;
 pub mod event;
 pub mod reader;
 pub mod sampler;
 pub mod sched;
+pub mod schedstat;
 pub mod syscall;
 pub mod watchdog;
 

@@ -613,6 +613,8 @@ impl Sampler for GilSampler {
                 task_name,
                 syscall: None,
                 running: false,
+                callback_tag: None,
+                callback: None,
             },
             Err(e) => {
                 let mut s = Sample::failed(offset_ns, e.to_string());

@@ -32,4 +32,11 @@ pub trait Sampler: Send {
 
     /// A short name for reports and diagnostics ("native", "gil").
     fn name(&self) -> &'static str;
+
+    /// True when samples carry callback tags (`Sample::callback_tag`) and taking one does not
+    /// disturb the target thread: the watchdog then samples busy loops before they reach the
+    /// threshold, to see the callbacks a stretch began with.
+    fn tags_callbacks(&self) -> bool {
+        false
+    }
 }

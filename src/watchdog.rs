@@ -17,6 +17,17 @@
 //! [`Sampler`] at once and then periodically until the loop beats again. The loop thread
 //! reports the exact end of every block longer than the threshold over a channel, so the
 //! duration is exact even though the watchdog only polls.
+//!
+//! # Before the threshold
+//! The watchdog first looks at a busy stretch an eighth of the threshold after it began
+//! ([`first_look`]) and reads the loop thread's run-queue time (see `schedstat`); with a
+//! sampler that tags callbacks, it starts sampling at a quarter of the threshold
+//! ([`early_sampling`]), so that the callbacks a long stretch began with are seen (see
+//! `callbacks`). A stretch that ends under the threshold is forgotten with its early samples;
+//! nothing is reported and nobody is told. At the block's end the loop thread reads its
+//! run-queue time again, in the cold path that reports the end: the difference is the time the
+//! block spent waiting for a CPU. The wait before the first look is not counted, so the figure
+//! errs low.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +37,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
+use crate::callbacks::{spans, Timeline};
 use crate::clock::{ms, now_ns};
 use crate::event::{BlockEvent, Sample};
 use crate::sampler::{Sampler, Target};
@@ -79,6 +91,9 @@ pub struct LoopSlot {
     /// True for loops watched by a periodic beat (see [`LoopSlot::beat`]): a beat that does
     /// not come back in time means the loop was blocked, not starved.
     beating: AtomicBool,
+    /// For a beating loop, the interval of its last beat: a block is dated up to this much
+    /// after the stretch really began.
+    beat_interval: AtomicU64,
     /// Set by the first [`LoopSlot::unregister`]; later calls do nothing.
     unregistered: AtomicBool,
     shared: Arc<Shared>,
@@ -124,6 +139,7 @@ impl LoopSlot {
     #[inline]
     pub fn beat(&self, interval_ns: u64) {
         self.beating.store(true, Ordering::Relaxed);
+        self.beat_interval.store(interval_ns, Ordering::Relaxed);
         self.busy();
         self.idle(Some(interval_ns));
     }
@@ -162,11 +178,15 @@ impl LoopSlot {
     #[cold]
     fn report_end(&self, start: u64, end: u64, starved: bool) {
         if self.shared.running.load(Ordering::Relaxed) {
+            // Read here, on the loop thread, at the end itself: only for blocks over the
+            // threshold, never on the per-iteration path.
+            let run_queue_ns = crate::schedstat::run_queue_ns(self.target.native_tid);
             let _ = self.tx.send(Msg::End {
                 id: self.id,
                 start,
                 end,
                 starved,
+                run_queue_ns,
             });
         }
     }
@@ -217,6 +237,8 @@ enum Msg {
         start: u64,
         end: u64,
         starved: bool,
+        /// The loop thread's run-queue time at the end, when the kernel reports it.
+        run_queue_ns: Option<u64>,
     },
     Context {
         at: u64,
@@ -231,13 +253,20 @@ enum Msg {
     Stop,
 }
 
-/// A block being watched.
+/// A block being watched: from the first look at a stretch (see the module docs), confirmed
+/// once it lasts the threshold.
 struct Block {
     start: u64,
     starved: bool,
     threshold: u64,
+    /// True once the stretch has lasted its threshold; until then it may still be forgotten.
+    confirmed: bool,
     context: Arc<str>,
     samples: Vec<Sample>,
+    /// The callbacks the samples were taken in.
+    timeline: Timeline,
+    /// The loop thread's run-queue time at the first look.
+    run_queue_at_look: Option<u64>,
     captured_after: Option<u64>,
     next_sample: u64,
     /// When the watchdog saw the loop beat again (if it did before the end report arrived).
@@ -347,6 +376,7 @@ impl Watchdog {
             state: AtomicU64::new((now_ns() << 1) | 1),
             wake_by: AtomicU64::new(0),
             beating: AtomicBool::new(false),
+            beat_interval: AtomicU64::new(0),
             unregistered: AtomicBool::new(false),
             shared: Arc::clone(&self.shared),
             tx: self.tx.clone(),
@@ -492,10 +522,10 @@ impl Runner {
             }
             Msg::Unregister { id } => {
                 if let Some(w) = self.loops.remove(&id) {
-                    if let Some(b) = w.block {
+                    if let Some(b) = w.block.filter(|b| b.confirmed) {
                         // The exact end report (if any) was sent before the unregistration.
                         let end = b.seen_end.unwrap_or_else(now_ns);
-                        self.finish(&w.slot, b, end, false);
+                        self.finish(&w.slot, b, end, false, None);
                     }
                 }
             }
@@ -504,7 +534,8 @@ impl Runner {
                 start,
                 end,
                 starved,
-            } => self.on_end(id, start, end, starved),
+                run_queue_ns,
+            } => self.on_end(id, start, end, starved, run_queue_ns),
             Msg::Context { at, context } => {
                 if self.contexts.len() >= CONTEXT_HISTORY {
                     self.contexts.drain(..CONTEXT_HISTORY / 2);
@@ -538,13 +569,19 @@ impl Runner {
         Arc::clone(&self.contexts[i.saturating_sub(1)].1)
     }
 
-    fn on_end(&mut self, id: u64, start: u64, end: u64, starved: bool) {
+    fn on_end(&mut self, id: u64, start: u64, end: u64, starved: bool, run_queue: Option<u64>) {
         let Some(w) = self.loops.get_mut(&id) else {
             return;
         };
         let slot = Arc::clone(&w.slot);
         match w.block.take() {
-            Some(b) if b.start == start => self.finish(&slot, b, end, true),
+            Some(mut b) if b.start == start => {
+                // Over the threshold, even if the watchdog had not confirmed it yet.
+                if b.captured_after.is_none() {
+                    b.captured_after = b.samples.first().map(|s| s.offset_ns);
+                }
+                self.finish(&slot, b, end, true, run_queue);
+            }
             other => {
                 // A block the watchdog did not see in time (it ended right at the threshold):
                 // report it without a stack.
@@ -554,22 +591,52 @@ impl Runner {
                     start,
                     starved,
                     threshold,
+                    confirmed: true,
                     context: self.context_at(start),
                     samples: Vec::new(),
+                    timeline: Timeline::default(),
+                    run_queue_at_look: None,
                     captured_after: None,
                     next_sample: 0,
                     seen_end: None,
                     task_name: None,
                 };
-                self.finish(&slot, b, end, true);
+                self.finish(&slot, b, end, true, None);
             }
         }
     }
 
-    fn finish(&mut self, slot: &LoopSlot, b: Block, end: u64, exact: bool) {
+    /// Reports block `b`, which ended at `end`; `run_queue` is the loop thread's run-queue time
+    /// at the end, when it reported the end itself.
+    fn finish(&mut self, slot: &LoopSlot, b: Block, end: u64, exact: bool, run_queue: Option<u64>) {
         let id = self.next_event;
         self.next_event += 1;
         let end = end.max(b.start);
+        let cpu_wait_ns = match (b.run_queue_at_look, run_queue) {
+            (Some(a), Some(z)) => z.checked_sub(a),
+            _ => None,
+        };
+        let mut samples = b.samples;
+        // Spans mean something only when some sample was seen inside a callback (a sampler
+        // that cannot tag, or a block in the loop's own machinery, leaves none).
+        let any_callback = b.timeline.runs().iter().any(|r| r.tag.is_some());
+        let callbacks = if b.starved || !any_callback {
+            for s in &mut samples {
+                s.callback = None;
+            }
+            Vec::new()
+        } else {
+            let slack = if slot.is_beating() {
+                slot.beat_interval.load(Ordering::Relaxed)
+            } else {
+                0
+            };
+            let (spans, run_span) = spans(b.timeline.runs(), end - b.start, slack);
+            for s in &mut samples {
+                s.callback = s.callback.and_then(|r| run_span.get(r as usize).copied());
+            }
+            spans
+        };
         let ev = BlockEvent {
             id,
             loop_id: slot.id,
@@ -586,8 +653,10 @@ impl Runner {
             end_exact: exact,
             task_name: b
                 .task_name
-                .or_else(|| b.samples.iter().find_map(|s| s.task_name.clone())),
-            samples: b.samples,
+                .or_else(|| samples.iter().find_map(|s| s.task_name.clone())),
+            cpu_wait_ns,
+            callbacks,
+            samples,
         };
         self.events.lock().push(ev);
     }
@@ -608,9 +677,13 @@ impl Runner {
         for id in stale {
             let w = self.loops.get_mut(&id).expect("present");
             let b = w.block.take().expect("present");
+            if !b.confirmed {
+                // No end report came: the stretch ended under the threshold.
+                continue;
+            }
             let slot = Arc::clone(&w.slot);
             let end = b.seen_end.unwrap_or(now);
-            self.finish(&slot, b, end, false);
+            self.finish(&slot, b, end, false, None);
         }
     }
 
@@ -618,6 +691,7 @@ impl Runner {
     fn check(&mut self, now: u64) -> u64 {
         let threshold = self.shared.threshold_ns();
         let interval = sample_interval(threshold);
+        let tags = self.sampler.tags_callbacks();
         // Never sleep longer than one threshold (see the module docs).
         let mut wake_at = now + threshold;
         let mut stale = false;
@@ -633,63 +707,122 @@ impl Runner {
             };
             if let Some(b) = w.block.as_mut() {
                 let still = stuck_from.is_some_and(|(s, st)| s == b.start && st == b.starved);
+                let deadline = b.start.saturating_add(b.threshold);
                 if still {
-                    if now >= b.next_sample {
+                    if !b.confirmed && now >= deadline {
+                        b.confirmed = true;
                         let s = self.sampler.sample(&w.slot.target, now - b.start);
-                        push_sample(&mut b.samples, s);
+                        observe(b, s);
+                        // Counted when the sample is in hand: a sampler that had to wait (for
+                        // the GIL) must not look punctual.
+                        b.captured_after = Some(now_ns().saturating_sub(b.start));
+                        b.next_sample = now_ns() + interval;
+                        if !b.starved && self.shared.notify_blocks.load(Ordering::Relaxed) {
+                            let _ = self.notices.try_send((Arc::clone(&w.slot), b.start));
+                        }
+                    } else if now >= b.next_sample && (b.confirmed || (tags && !b.starved)) {
+                        let s = self.sampler.sample(&w.slot.target, now - b.start);
+                        observe(b, s);
                         b.next_sample = now_ns() + interval;
                     }
-                    wake_at = wake_at.min(b.next_sample);
+                    wake_at = wake_at.min(if b.confirmed || (tags && !b.starved) {
+                        b.next_sample
+                            .min(if b.confirmed { u64::MAX } else { deadline })
+                    } else {
+                        deadline
+                    });
                     continue;
                 }
-                if b.seen_end.is_none() {
-                    b.seen_end = Some(now);
+                if !b.confirmed && now_ns() < deadline {
+                    // Ended under the threshold: forget it.
+                    w.block = None;
+                } else {
+                    if b.seen_end.is_none() {
+                        b.seen_end = Some(now);
+                    }
+                    stale = true;
+                    wake_at = wake_at.min(now + END_GRACE_NS);
+                    continue;
                 }
-                stale = true;
-                wake_at = wake_at.min(now + END_GRACE_NS);
-                continue;
             }
             let Some((start, starved)) = stuck_from else {
                 continue;
             };
             let deadline = start.saturating_add(threshold);
-            if now < deadline {
-                wake_at = wake_at.min(deadline);
+            let look = start.saturating_add(first_look(threshold));
+            if now < look {
+                wake_at = wake_at.min(look);
                 continue;
             }
-            let t0 = now_ns();
-            let s = self
-                .sampler
-                .sample(&w.slot.target, t0.saturating_sub(start));
-            // Counted when the sample is in hand: a sampler that had to wait (for the GIL)
-            // must not look punctual.
-            let captured_after = now_ns().saturating_sub(start);
-            let mut samples = Vec::new();
-            push_sample(&mut samples, s);
+            let confirmed = now >= deadline;
+            let early_samples = tags && !starved;
+            let run_queue_at_look = crate::schedstat::run_queue_ns(w.slot.target.native_tid);
             let i = self.contexts.partition_point(|(at, _)| *at <= start);
             let context = Arc::clone(&self.contexts[i.saturating_sub(1)].1);
-            let next_sample = now_ns() + interval;
-            w.block = Some(Block {
+            let mut b = Block {
                 start,
                 starved,
                 threshold,
+                confirmed,
                 context,
-                samples,
-                captured_after: Some(captured_after),
-                next_sample,
+                samples: Vec::new(),
+                timeline: Timeline::default(),
+                run_queue_at_look,
+                captured_after: None,
+                next_sample: start.saturating_add(early_sampling(threshold)),
                 seen_end: None,
                 task_name: None,
-            });
-            wake_at = wake_at.min(next_sample);
-            if !starved && self.shared.notify_blocks.load(Ordering::Relaxed) {
+            };
+            if confirmed || (early_samples && now >= b.next_sample) {
+                let t0 = now_ns();
+                let s = self
+                    .sampler
+                    .sample(&w.slot.target, t0.saturating_sub(start));
+                observe(&mut b, s);
+                if confirmed {
+                    b.captured_after = Some(now_ns().saturating_sub(start));
+                }
+                b.next_sample = now_ns() + interval;
+            }
+            if confirmed || early_samples {
+                wake_at = wake_at.min(b.next_sample);
+            }
+            if !confirmed {
+                wake_at = wake_at.min(deadline);
+            }
+            if confirmed && !starved && self.shared.notify_blocks.load(Ordering::Relaxed) {
                 let _ = self.notices.try_send((Arc::clone(&w.slot), start));
             }
+            w.block = Some(b);
         }
         if stale {
             self.close_stale(now, END_GRACE_NS);
         }
         wake_at
     }
+}
+
+/// When the watchdog first looks at a stretch (and reads the loop thread's run-queue time):
+/// an eighth of the threshold after it began.
+pub fn first_look(threshold_ns: u64) -> u64 {
+    threshold_ns / 8
+}
+
+/// When the watchdog starts sampling a busy stretch, with a sampler that tags callbacks: a
+/// quarter of the threshold after it began.
+pub fn early_sampling(threshold_ns: u64) -> u64 {
+    threshold_ns / 4
+}
+
+/// Adds sample `s` to block `b`, noting the callback it shows in the block's timeline.
+fn observe(b: &mut Block, mut s: Sample) {
+    s.callback = if s.error.is_none() && !s.frames.is_empty() {
+        Some(b.timeline.observe(s.callback_tag, s.offset_ns))
+    } else {
+        // Unreadable: it says nothing about which callback ran.
+        None
+    };
+    push_sample(&mut b.samples, s);
 }
 
 /// How often a blocked loop is sampled after the first sample.
@@ -735,11 +868,187 @@ mod tests {
                 task_name: None,
                 syscall: None,
                 running: false,
+                callback_tag: None,
+                callback: None,
             }
         }
 
         fn name(&self) -> &'static str {
             "fixed"
+        }
+    }
+
+    /// A sampler that tags each sample with the callback the test says is running.
+    struct Tagging(Arc<AtomicU64>);
+
+    impl Sampler for Tagging {
+        fn sample(&mut self, target: &Target, offset_ns: u64) -> Sample {
+            let tag = self.0.load(Ordering::SeqCst);
+            Sample {
+                callback_tag: (tag != 0).then_some(tag),
+                ..Fixed.sample(target, offset_ns)
+            }
+        }
+
+        fn name(&self) -> &'static str {
+            "tagging"
+        }
+
+        fn tags_callbacks(&self) -> bool {
+            true
+        }
+    }
+
+    fn start_tagging(threshold: u64) -> (Watchdog, Arc<AtomicU64>) {
+        let current = Arc::new(AtomicU64::new(0));
+        let c = Arc::clone(&current);
+        let wd = Watchdog::start(threshold, move || {
+            Ok(Box::new(Tagging(c)) as Box<dyn Sampler>)
+        })
+        .unwrap();
+        (wd, current)
+    }
+
+    /// Runs `callbacks` callbacks of `each` in one busy stretch, telling the sampler which.
+    fn run_callbacks(slot: &LoopSlot, current: &AtomicU64, callbacks: &[(u64, u64)]) {
+        slot.busy();
+        for &(tag, each_ms) in callbacks {
+            current.store(tag, Ordering::SeqCst);
+            sleep(ms_d(each_ms));
+        }
+        current.store(0, Ordering::SeqCst);
+        slot.idle(Some(ms(10)));
+    }
+
+    #[test]
+    fn a_stretch_under_the_threshold_is_forgotten_with_its_early_samples() {
+        let (wd, current) = start_tagging(ms(100));
+        let slot = wd.register("asyncio", "main", target());
+        // Long enough for the first look (25 ms) and a few samples, short of 100 ms.
+        run_callbacks(&slot, &current, &[(1, 30), (2, 30)]);
+        sleep(ms_d(300));
+        let events = wd.flush(ms(2000));
+        wd.stop();
+        assert!(events.is_empty(), "{events:?}");
+    }
+
+    #[test]
+    fn early_samples_show_the_callbacks_a_block_began_with() {
+        let (wd, current) = start_tagging(ms(100));
+        let slot = wd.register("asyncio", "main", target());
+        let many: Vec<(u64, u64)> = (1..=30).map(|i| (i, 8)).collect();
+        run_callbacks(&slot, &current, &many);
+        let events = wd.flush(ms(2000));
+        wd.stop();
+        assert_eq!(events.len(), 1, "{events:?}");
+        let ev = &events[0];
+        // Sampled from a quarter of the threshold on: well before the threshold.
+        assert!(ev.samples[0].offset_ns < ms(90), "{:?}", ev.samples[0]);
+        assert!(ev.callbacks.len() >= 3, "{:?}", ev.callbacks);
+        assert!(ev.callbacks.iter().all(|c| c.in_callback));
+        // Every sample points at its callback, in order.
+        let idx: Vec<u32> = ev.samples.iter().filter_map(|s| s.callback).collect();
+        assert!(idx.windows(2).all(|w| w[0] <= w[1]), "{idx:?}");
+        assert_eq!(*idx.last().unwrap() as usize, ev.callbacks.len() - 1);
+        // The longest could not have been longer than the gap around it; the threshold is far.
+        let longest = ev.callbacks.iter().map(|c| c.max_ns).max().unwrap();
+        assert!(longest < ms(100), "{:?}", ev.callbacks);
+    }
+
+    #[test]
+    fn one_long_callback_is_bounded_below_by_its_samples() {
+        let (wd, current) = start_tagging(ms(50));
+        let slot = wd.register("asyncio", "main", target());
+        run_callbacks(&slot, &current, &[(1, 5), (2, 5), (3, 200), (4, 5)]);
+        let events = wd.flush(ms(2000));
+        wd.stop();
+        assert_eq!(events.len(), 1, "{events:?}");
+        let long = ev_longest(&events[0]);
+        assert!(long.min_ns >= ms(100), "{:?}", events[0].callbacks);
+        assert!(long.max_ns >= ms(200), "{:?}", events[0].callbacks);
+    }
+
+    fn ev_longest(ev: &BlockEvent) -> &crate::callbacks::Span {
+        ev.callbacks.iter().max_by_key(|c| c.max_ns).unwrap()
+    }
+
+    #[test]
+    fn a_sampler_that_cannot_tag_samples_from_the_threshold_as_before() {
+        let wd = start(ms(100));
+        let slot = wd.register("asyncio", "main", target());
+        slot.busy();
+        sleep(ms_d(160));
+        slot.idle(None);
+        let events = wd.flush(ms(2000));
+        wd.stop();
+        assert_eq!(events.len(), 1);
+        assert!(events[0].samples[0].offset_ns >= ms(100));
+        assert!(events[0].callbacks.is_empty());
+    }
+
+    #[test]
+    fn the_wait_for_a_cpu_is_measured_from_the_first_look_to_the_end() {
+        if !crate::schedstat::available() {
+            eprintln!("no schedstat on this kernel");
+            return;
+        }
+        let wd = Arc::new(start(ms(100)));
+        let stop = Arc::new(AtomicBool::new(false));
+        // SAFETY: sched_getcpu has no preconditions.
+        let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).unwrap_or(0);
+        let spinner = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                pin_to(cpu);
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        };
+        let loop_thread = {
+            let wd = Arc::clone(&wd);
+            std::thread::spawn(move || {
+                pin_to(cpu);
+                // SAFETY: gettid has no preconditions.
+                let tid = i64::from(unsafe { libc::gettid() });
+                let slot = wd.register(
+                    "asyncio",
+                    "main",
+                    Target {
+                        native_tid: tid,
+                        ..target()
+                    },
+                );
+                slot.busy();
+                let t = std::time::Instant::now();
+                while t.elapsed() < ms_d(300) {
+                    std::hint::spin_loop();
+                }
+                slot.idle(None);
+                slot.unregister();
+            })
+        };
+        loop_thread.join().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        spinner.join().unwrap();
+        let events = wd.flush(ms(2000));
+        wd.stop();
+        assert_eq!(events.len(), 1, "{events:?}");
+        let wait = events[0].cpu_wait_ns.expect("measured");
+        // About half of the 275 ms after the first look; the spinner had the CPU the rest.
+        assert!(wait > ms(60) && wait < events[0].duration_ns, "{wait}");
+    }
+
+    fn pin_to(cpu: usize) {
+        // SAFETY: `set` is a zeroed cpu_set_t owned by this frame; CPU_SET writes inside it and
+        // sched_setaffinity(0, ...) only reads it, for the calling thread.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+                0
+            );
         }
     }
 

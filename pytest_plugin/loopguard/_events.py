@@ -14,7 +14,10 @@ from typing import Any, Optional
 
 from ._settings import format_duration
 
-__all__ = ["BlockEvent", "Frame", "Sample", "format_events", "is_user_file"]
+__all__ = ["BlockEvent", "Callback", "Frame", "Sample", "format_events", "is_user_file"]
+
+GC_REASON = "under the threshold without garbage collection (--loopguard-gc=include counts it)"
+"""Why a block is recorded when it crossed the threshold only with garbage collection."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ class Sample:
     when the kernel reported one."""
     running: bool = False
     """True when the kernel reported the loop thread on a CPU (running code, not waiting)."""
+    callback: Optional[int] = None
+    """Index in the event's ``callbacks`` of the callback this sample was taken in."""
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -76,6 +81,37 @@ class Sample:
         d = dict(d)
         d["stack"] = [Frame.from_dict(f) for f in d["stack"]]
         d["gil_holder_stack"] = [Frame.from_dict(f) for f in d["gil_holder_stack"]]
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Callback:
+    """One callback of the loop iteration a block was made of, as the samples bound it (or,
+    with ``in_callback`` false, a stretch of the loop's own work between callbacks)."""
+
+    first: float
+    """Seconds from the start of the block to its first sample."""
+    last: float
+    """Seconds from the start of the block to its last sample."""
+    min: float
+    """It lasted at least this long (seconds): from its first sample to its last."""
+    max: float
+    """It lasted at most this long (seconds): from the sample before it to the one after it
+    (or the block's start and end)."""
+    samples: int
+    in_callback: bool
+    site: Optional[Frame] = None
+    """The call site in its samples (as ``BlockEvent.site`` for the whole block)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["site"] = self.site.to_dict() if self.site is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Callback:
+        d = dict(d)
+        d["site"] = Frame.from_dict(d["site"]) if d.get("site") is not None else None
         return cls(**d)
 
 
@@ -127,13 +163,76 @@ class BlockEvent:
     syscall: Optional[str] = None
     """The system call the loop thread was blocked in, in the sample that shows ``site``
     (``"recvfrom"``, ``"clock_nanosleep"``, ``"read"``, ...), when the kernel reported one."""
+    cpu_wait: Optional[float] = None
+    """Seconds of the block during which the loop thread was ready to run but waited for a CPU
+    (the kernel's run-queue time), counted from an eighth of the threshold into the block;
+    ``None`` when the kernel does not say."""
+    callbacks: list[Callback] = field(default_factory=list)
+    """The callbacks the samples saw in the block's loop iteration, in order (empty when they
+    cannot be told apart)."""
 
-    def crosses(self, threshold: float, gc: str = "exclude") -> bool:
-        """Longer than ``threshold``; with ``gc="exclude"``, even without the garbage collection
-        that ran during it."""
+    def crosses(
+        self,
+        threshold: float,
+        gc: str = "exclude",
+        cpu_wait: str = "exclude",
+        *,
+        interrupted: bool = False,
+    ) -> bool:
+        """Longer than ``threshold``, and not only because of something that was not the
+        code's doing (see :meth:`excused`)."""
         if self.duration < threshold:
             return False
-        return gc == "include" or self.duration - self.gc_time >= threshold
+        return self.excused(threshold, gc=gc, cpu_wait=cpu_wait, interrupted=interrupted) is None
+
+    def excused(
+        self,
+        threshold: float,
+        *,
+        gc: str = "exclude",
+        cpu_wait: str = "exclude",
+        interrupted: bool = False,
+    ) -> Optional[tuple[str, str]]:
+        """``(cause, reason)`` when this block, over ``threshold``, is not one piece of code
+        blocking for that long; ``None`` when it is. In this order:
+
+        * ``"gc"``: under the threshold without the garbage collection that ran during it
+          (``gc="exclude"``);
+        * ``"cpu-wait"``: under the threshold without the time the loop thread waited for a
+          CPU (``cpu_wait="exclude"``): the machine was overloaded;
+        * ``"callbacks"``: a loop iteration of several callbacks, none of which can have
+          reached the threshold by the samples around it.
+
+        Each is judged on its own: a block that needs two of them together to get under the
+        threshold is not excused. ``interrupted``: raise mode raised inside the block when it
+        reached the threshold, so how long its code would have run is not known; only garbage
+        collection excuses it.
+        """
+        if gc == "exclude" and self.gc_time and self.duration - self.gc_time < threshold:
+            return "gc", GC_REASON
+        if interrupted:
+            return None
+        if cpu_wait == "exclude" and self.cpu_wait and self.duration - self.cpu_wait < threshold:
+            return "cpu-wait", (
+                f"under the threshold without {format_duration(self.cpu_wait)} of waiting for "
+                "a CPU (the machine was overloaded; --loopguard-cpu-wait=include counts it)"
+            )
+        longest = self.longest_callback()
+        if longest is not None and not self.starved and longest.max < threshold:
+            n = sum(1 for c in self.callbacks if c.in_callback)
+            where = f" at {longest.site}" if longest.site is not None else ""
+            return "callbacks", (
+                f"{n} callbacks in one loop iteration, the longest at most "
+                f"{format_duration(longest.max)}{where}; none reached the threshold"
+            )
+        return None
+
+    def longest_callback(self) -> Optional[Callback]:
+        """The callback (or stretch between callbacks) that may have lasted longest, when the
+        samples saw at least two callbacks; ``None`` otherwise."""
+        if sum(1 for c in self.callbacks if c.in_callback) < 2:
+            return None
+        return max(self.callbacks, key=lambda c: c.max)
 
     @property
     def context(self) -> Optional[str]:
@@ -148,6 +247,7 @@ class BlockEvent:
         d["samples"] = [s.to_dict() for s in self.samples]
         d["stack"] = [f.to_dict() for f in self.stack]
         d["gil_holder_stack"] = [f.to_dict() for f in self.gil_holder_stack]
+        d["callbacks"] = [c.to_dict() for c in self.callbacks]
         for key in ("site", "innermost"):
             d[key] = d[key].to_dict() if d[key] is not None else None
         return d
@@ -159,6 +259,7 @@ class BlockEvent:
         d["samples"] = [Sample.from_dict(s) for s in d.get("samples", [])]
         d["stack"] = [Frame.from_dict(f) for f in d.get("stack", [])]
         d["gil_holder_stack"] = [Frame.from_dict(f) for f in d.get("gil_holder_stack", [])]
+        d["callbacks"] = [Callback.from_dict(c) for c in d.get("callbacks", [])]
         for key in ("site", "innermost"):
             if d.get(key) is not None:
                 d[key] = Frame.from_dict(d[key])
@@ -214,6 +315,7 @@ def events_from_json(text: str) -> list[BlockEvent]:
                     task_name=s.get("task_name"),
                     syscall=s.get("syscall"),
                     running=bool(s.get("running")),
+                    callback=s.get("callback"),
                 )
             )
         test, phase = _split_context(raw["context"])
@@ -234,7 +336,20 @@ def events_from_json(text: str) -> list[BlockEvent]:
             start_ns=raw["start_ns"],
             end_ns=raw["end_ns"],
             samples=samples,
+            cpu_wait=raw["cpu_wait_ns"] / 1e9 if raw.get("cpu_wait_ns") is not None else None,
         )
+        ev.callbacks = [
+            Callback(
+                first=c["first_ns"] / 1e9,
+                last=c["last_ns"] / 1e9,
+                min=c["min_ns"] / 1e9,
+                max=c["max_ns"] / 1e9,
+                samples=c["samples"],
+                in_callback=c["in_callback"],
+                site=_majority_site([s for s in samples if s.callback == i]),
+            )
+            for i, c in enumerate(raw.get("callbacks", []))
+        ]
         _analyse(ev)
         out.append(ev)
     return out
@@ -301,6 +416,16 @@ def _site_of(stack: list[Frame]) -> Optional[Frame]:
         if is_user_file(f.filename):
             return f
     return stack[-1] if stack else None
+
+
+def _majority_site(samples: list[Sample]) -> Optional[Frame]:
+    """The call site most of ``samples`` show (weighted by count; the first seen wins ties)."""
+    counts: Counter[Frame] = Counter()
+    for s in samples:
+        site_ = _site_of(_culprit(s))
+        if site_ is not None:
+            counts[site_] += s.count
+    return max(counts, key=lambda f: counts[f]) if counts else None
 
 
 def _culprit(s: Sample) -> list[Frame]:
@@ -371,6 +496,16 @@ def _analyse(ev: BlockEvent) -> None:
         key != main and n >= 2 and n >= 0.2 * total for key, n in by_function.items()
     )
     s = first[ev.site]
+    # A block of several callbacks is shown at the one that surely lasted longest (the line
+    # that ran most often across the callbacks may be a short one that many of them share).
+    if sum(1 for c in ev.callbacks if c.in_callback) >= 2:
+        worst = max(
+            range(len(ev.callbacks)), key=lambda i: (ev.callbacks[i].min, ev.callbacks[i].max)
+        )
+        site_ = ev.callbacks[worst].site
+        shown_in = [x for x in ev.samples if x.callback == worst and _site_of(_culprit(x)) == site_]
+        if site_ is not None and shown_in:
+            ev.site, s = site_, shown_in[0]
     ev.stack = s.stack
     ev.gil = s.gil
     ev.syscall = s.syscall

@@ -94,6 +94,14 @@ def explain(ev: BlockEvent) -> None:
                 "fewer long-lived objects, or gc.freeze() after start-up"
             )
         return
+    waited = ev.cpu_wait or 0.0
+    if ev.end_ns > ev.start_ns and waited * 1e9 >= 0.5 * (ev.end_ns - ev.start_ns):
+        ev.cause = "cpu-wait"
+        ev.hint = (
+            f"{waited * 1e3:.0f} ms of the block was spent waiting for a CPU, not running this "
+            "code: the machine was overloaded"
+        )
+        return
     if _coverage_active():
         ev.cause = "coverage"
         ev.hint = (

@@ -12,7 +12,7 @@ from . import _native
 from ._events import BlockEvent, format_events
 from ._judge import parse_allow
 from ._runtime import runtime
-from ._settings import GC_CHOICES, parse_duration
+from ._settings import CPU_WAIT_CHOICES, GC_CHOICES, parse_duration
 
 __all__ = ["LoopBlockedError", "LoopBlockedWarning", "guard"]
 
@@ -62,6 +62,9 @@ class guard:
     relative to the current directory); :attr:`allowed` holds the blocks they let through.
     ``gc="exclude"`` (the default) ignores a block that crossed the threshold only because a
     garbage collection ran during it; ``gc="include"`` judges blocks by their whole length.
+    ``cpu_wait="exclude"`` (the default) likewise ignores a block that crossed it only because
+    the loop thread waited for a CPU (a busy machine); blocks made of several callbacks of one
+    loop iteration, none of which reached the threshold, are ignored too.
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class guard:
         raise_: bool = True,
         allow: Iterable[str] = (),
         gc: str = "exclude",
+        cpu_wait: str = "exclude",
     ) -> None:
         self.threshold = (
             DEFAULT_THRESHOLD
@@ -90,6 +94,12 @@ class guard:
                 f"expected one of {', '.join(GC_CHOICES)}"
             )
         self.gc = gc
+        if cpu_wait not in CPU_WAIT_CHOICES:
+            raise ValueError(
+                f"invalid value for cpu_wait: {cpu_wait!r} (from loopguard.guard()); "
+                f"expected one of {', '.join(CPU_WAIT_CHOICES)}"
+            )
+        self.cpu_wait = cpu_wait
         self.raise_ = raise_
         if isinstance(allow, str):
             allow = [allow]
@@ -113,7 +123,12 @@ class guard:
             seen = runtime.events_between(start, end)
         finally:
             runtime.release(token)
-        over = [e for e in seen if e.crosses(self.threshold, self.gc)]
+        interrupted = self.mode == "raise"
+        over = [
+            e
+            for e in seen
+            if e.crosses(self.threshold, self.gc, self.cpu_wait, interrupted=interrupted)
+        ]
         self.allowed = [e for e in over if self._allowed(e)]
         self.events = [e for e in over if e not in self.allowed]
         if self.events and self.raise_ and exc_type is None:
@@ -152,6 +167,7 @@ class guard:
         g.raise_ = self.raise_
         g.allow = self.allow
         g.gc = self.gc
+        g.cpu_wait = self.cpu_wait
         g.events = []
         g.allowed = []
         g._stack = []

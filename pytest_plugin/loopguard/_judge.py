@@ -3,9 +3,14 @@
 A block that reached the watchdog is judged in this order:
 
 1. under the test's threshold (but over the record threshold): *recorded*, severity MONITOR;
-2. outside the scanned packages (``loopguard_scan``) or matching an allow pattern: *allowed*;
-3. a call site listed in the baseline (matched by file and function): *baselined*;
-4. otherwise the mode decides: *failed* (``fail``), *warned* (``warn``) or *recorded*
+2. over it only because of what was not the code's doing (:meth:`BlockEvent.excused`): the
+   garbage collection that ran during it (``--loopguard-gc``), the time the loop thread waited
+   for a CPU (``--loopguard-cpu-wait``), or several callbacks of one loop iteration none of
+   which reached the threshold (the last two not in raise mode, which cuts blocks short):
+   *recorded*, with the cause;
+3. outside the scanned packages (``loopguard_scan``) or matching an allow pattern: *allowed*;
+4. a call site listed in the baseline (matched by file and function): *baselined*;
+5. otherwise the mode decides: *failed* (``fail``), *warned* (``warn``) or *recorded*
    (``record``).
 
 Allowed, baselined and recorded blocks never fail a test; all of them appear in the summary and
@@ -45,8 +50,6 @@ SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "MONITOR")
 """From worst to mildest: over 5 s, 1 to 5 s, 100 ms to 1 s, under 100 ms."""
 
 OUTCOMES = ("failed", "warned", "baselined", "recorded", "allowed")
-GC_REASON = "under the threshold without garbage collection (--loopguard-gc=include counts it)"
-"""Why a block is recorded when it crossed the threshold only with garbage collection."""
 """What a block did, from the one that matters most to the one that matters least."""
 
 
@@ -306,6 +309,14 @@ class Verdict:
         )
 
 
+_EXCUSE_HINTS = {
+    "cpu-wait": "the machine was overloaded: the loop thread was ready to run but waited for a "
+    "CPU for much of the block",
+    "callbacks": "one loop iteration ran many short callbacks without polling for I/O: none "
+    "blocked for the threshold by itself",
+}
+
+
 class Judge:
     def __init__(
         self,
@@ -316,9 +327,11 @@ class Judge:
         baseline: Optional[Baseline] = None,
         baseline_update: bool = False,
         gc: str = "exclude",
+        cpu_wait: str = "exclude",
     ) -> None:
         self.root = root
         self.gc = gc
+        self.cpu_wait = cpu_wait
         self.allow = allow
         self.scan = scan
         self.baseline = baseline
@@ -356,8 +369,14 @@ class Judge:
 
         if ev.duration < threshold:
             return verdict("recorded", "under the threshold")
-        if not ev.crosses(threshold, self.gc):
-            return verdict("recorded", GC_REASON)
+        excused = ev.excused(
+            threshold, gc=self.gc, cpu_wait=self.cpu_wait, interrupted=mode == "raise"
+        )
+        if excused is not None:
+            ev.cause, reason = excused
+            if excused[0] in _EXCUSE_HINTS:
+                ev.hint = _EXCUSE_HINTS[excused[0]]
+            return verdict("recorded", reason)
         frames = [*ev.stack, *ev.gil_holder_stack]
         if self.scan and not any(_in_packages(f, self.scan) for f in frames):
             return verdict("allowed", "outside loopguard_scan")

@@ -74,7 +74,13 @@ def _short(f: Frame) -> str:
 _STDLIB = tuple({os.path.realpath(p) + os.sep for p in (sysconfig.get_paths()["stdlib"],) if p})
 
 
-_CAUSES = {"import": "(importing) ", "gc": "(garbage collection) ", "coverage": "(coverage) "}
+_CAUSES = {
+    "import": "(importing) ",
+    "gc": "(garbage collection) ",
+    "coverage": "(coverage) ",
+    "cpu-wait": "(waiting for a CPU) ",
+    "callbacks": "(many callbacks) ",
+}
 
 
 def _operation(v: Verdict) -> str:
@@ -219,6 +225,19 @@ def event_data(v: Verdict, root: Path) -> dict[str, Any]:
         "late": ev.late,
         "cause": ev.cause,
         "hint": ev.hint,
+        "cpu_wait_ms": _ms(ev.cpu_wait),
+        "callbacks": [
+            {
+                "first_ms": _ms(c.first),
+                "last_ms": _ms(c.last),
+                "min_ms": _ms(c.min),
+                "max_ms": _ms(c.max),
+                "samples": c.samples,
+                "in_callback": c.in_callback,
+                "site": _frame(c.site, root),
+            }
+            for c in ev.callbacks
+        ],
     }
 
 

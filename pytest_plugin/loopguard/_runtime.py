@@ -101,6 +101,16 @@ class Runtime:
     def sampler(self) -> Optional[str]:
         return _native.sampler_name()
 
+    @property
+    def cpu_wait_known(self) -> bool:
+        """True when the kernel reports how long a thread waited for a CPU (the second field
+        of ``/proc/self/task/TID/schedstat``, which the watchdog reads around each block)."""
+        try:
+            with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as f:
+                return len(f.read().split()) == 3
+        except OSError:
+            return False
+
     def shutdown(self) -> None:
         """Stop the watchdog (at exit, or when the last pytest session ends)."""
         with self._lock:

@@ -23,6 +23,8 @@ DURATION_HELP = "a positive duration such as 100ms, 0.25s or 0.1 (seconds)"
 MODES = ("fail", "raise", "warn", "record")
 GC_CHOICES = ("exclude", "include")
 """Whether time spent in garbage collection counts toward a block's judgement."""
+CPU_WAIT_CHOICES = ("exclude", "include")
+"""Whether time the loop thread waited for a CPU counts toward a block's judgement."""
 """What a block over the threshold does: fail the test (raise: also raise in the blocked code),
 warn, or only record it."""
 

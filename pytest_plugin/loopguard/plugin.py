@@ -42,6 +42,7 @@ from ._report import (
 )
 from ._runtime import runtime
 from ._settings import (
+    CPU_WAIT_CHOICES,
     DURATION_HELP,
     GC_CHOICES,
     MODES,
@@ -85,6 +86,11 @@ GC_HELP = (
     "threshold only with it is recorded, not failed (exclude, the default), or judged by its "
     "whole length (include)"
 )
+CPU_WAIT_HELP = (
+    "whether time the loop thread waited for a CPU (the machine was busy) counts toward a "
+    "block: a block that crosses the threshold only with it is recorded, not failed (exclude, "
+    "the default), or judged by its whole length (include)"
+)
 SAMPLER_HELP = (
     "how stacks are captured: auto (GIL-free where supported, else by taking the GIL), "
     "native (GIL-free or fail) or gil"
@@ -122,6 +128,8 @@ class _Settings:
     mode_source: str = "default"
     gc: str = "exclude"
     gc_source: str = "default"
+    cpu_wait: str = "exclude"
+    cpu_wait_source: str = "default"
     record_threshold: Optional[float] = None
     json_path: Optional[Path] = None
     baseline_path: Optional[Path] = None
@@ -144,6 +152,7 @@ class _Settings:
             "record_threshold_ms": ms(self.record_threshold),
             "mode": self.mode,
             "gc": self.gc,
+            "cpu_wait": self.cpu_wait,
             "sampler": self.sampler,
             "allow": [p.text for p in self.allow],
             "scan": list(self.scan),
@@ -197,6 +206,7 @@ _VALUE_OPTIONS = (
     ("record_threshold", "DURATION", RECORD_THRESHOLD_HELP, True),
     ("mode", "MODE", MODE_HELP, True),
     ("gc", "exclude|include", GC_HELP, True),
+    ("cpu_wait", "exclude|include", CPU_WAIT_HELP, True),
     ("sampler", "KIND", SAMPLER_HELP, False),
     ("json", "PATH", JSON_HELP, True),
     ("baseline", "PATH", BASELINE_HELP, True),
@@ -288,6 +298,12 @@ def _settings(config: pytest.Config) -> tuple[_Settings, Judge]:
         value, name, where = picked
         s.gc, s.gc_source = parse_choice(value, GC_CHOICES, name=name, source=where), name
 
+    picked = _pick(config, "cpu_wait")
+    if picked is not None:
+        value, name, where = picked
+        s.cpu_wait = parse_choice(value, CPU_WAIT_CHOICES, name=name, source=where)
+        s.cpu_wait_source = name
+
     picked = _pick(config, "record_threshold")
     if picked is not None:
         value, name, where = picked
@@ -340,6 +356,7 @@ def _settings(config: pytest.Config) -> tuple[_Settings, Judge]:
         baseline=baseline,
         baseline_update=s.baseline_update,
         gc=s.gc,
+        cpu_wait=s.cpu_wait,
     )
     return s, judge
 
@@ -408,6 +425,13 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         extra.append(f"mode {s.mode} (from {s.mode_source})")
     if s.gc != "exclude":
         extra.append(f"garbage collection counts toward blocks (from {s.gc_source})")
+    if s.cpu_wait != "exclude":
+        extra.append(f"waiting for a CPU counts toward blocks (from {s.cpu_wait_source})")
+    elif not runtime.cpu_wait_known:
+        extra.append(
+            "waiting for a CPU counts toward blocks (this kernel does not report run-queue "
+            "time: no /proc/self/task/TID/schedstat)"
+        )
     if s.record_threshold is not None:
         extra.append(f"recording blocks over {format_duration(s.record_threshold)}")
     if s.allow:

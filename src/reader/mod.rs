@@ -127,8 +127,13 @@ impl Sampler for NativeSampler {
         let holder = attribution
             .and_then(|a| a.holder)
             .map(|(tstate, ids)| self.holder(tstate, ids));
-        let mut sample = match self.walker.stack(target.tstate, target.thread_ident) {
-            Ok(frames) => Sample {
+        let mut sample = match self
+            .walker
+            .stack_with_addresses(target.tstate, target.thread_ident)
+        {
+            Ok((frames, addresses)) => Sample {
+                callback_tag: crate::callbacks::tag(&frames, &addresses),
+                callback: None,
                 offset_ns,
                 count: 1,
                 frames,
@@ -151,6 +156,10 @@ impl Sampler for NativeSampler {
 
     fn name(&self) -> &'static str {
         "native"
+    }
+
+    fn tags_callbacks(&self) -> bool {
+        true
     }
 }
 

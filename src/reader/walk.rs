@@ -187,6 +187,19 @@ impl Walker {
     /// # Errors
     /// Why no consistent stack could be read.
     pub fn stack(&mut self, tstate: usize, thread_ident: u64) -> Result<Vec<Frame>, String> {
+        self.stack_with_addresses(tstate, thread_ident)
+            .map(|(frames, _)| frames)
+    }
+
+    /// Like [`Walker::stack`], with each frame's address (0 for the marker of a cut stack).
+    ///
+    /// # Errors
+    /// Why no consistent stack could be read.
+    pub fn stack_with_addresses(
+        &mut self,
+        tstate: usize,
+        thread_ident: u64,
+    ) -> Result<(Vec<Frame>, Vec<usize>), String> {
         let mut last_err = String::new();
         let start = std::time::Instant::now();
         for _ in 0..WALK_ATTEMPTS {
@@ -201,7 +214,11 @@ impl Walker {
         Err(last_err)
     }
 
-    fn try_stack(&mut self, tstate: usize, thread_ident: u64) -> Result<Vec<Frame>, String> {
+    fn try_stack(
+        &mut self,
+        tstate: usize,
+        thread_ident: u64,
+    ) -> Result<(Vec<Frame>, Vec<usize>), String> {
         self.pages.clear();
         let (first, truncated) = self.walk(tstate, thread_ident)?;
         let mut codes: Vec<Arc<CodeInfo>> = Vec::with_capacity(first.len());
@@ -229,6 +246,7 @@ impl Walker {
             return Err("the stack changed while it was read".into());
         }
         let mut frames = Vec::with_capacity(second.len() + 1);
+        let mut addresses = Vec::with_capacity(second.len() + 1);
         // Innermost first here; reversed at the end.
         for (raw, info) in second.iter().zip(&codes) {
             if raw.offset < -2 || raw.offset >= i64::from(info.code_bytes) {
@@ -254,12 +272,15 @@ impl Walker {
                 lineno,
                 function: info.function.clone(),
             });
+            addresses.push(raw.frame);
         }
         if truncated {
             frames.push(truncated_marker());
+            addresses.push(0);
         }
         frames.reverse();
-        Ok(frames)
+        addresses.reverse();
+        Ok((frames, addresses))
     }
 
     /// Walks the frame chain once, innermost first; `true` when cut at [`MAX_DEPTH`].

@@ -1,0 +1,112 @@
+"""What excuses a block over the threshold (garbage collection, waiting for a CPU, many short
+callbacks), each judged on its own, and how such blocks travel (in-process)."""
+
+from pathlib import Path
+
+from loopguard import BlockEvent, Frame
+from loopguard._events import Callback
+from loopguard._judge import Judge
+
+SHORT = Frame("/proj/app/handlers.py", 12, "handle")
+
+
+def event(duration=0.25, *, gc_time=0.0, cpu_wait=None, callbacks=(), starved=False):
+    return BlockEvent(
+        id=1, duration=duration, threshold=0.1, thread_name="MainThread", thread_ident=1,
+        task_name=None, captured_after=0.1, starved=starved, loop_kind="asyncio", test=None,
+        phase=None, start_ns=0, end_ns=int(duration * 1e9), gc_time=gc_time, cpu_wait=cpu_wait,
+        callbacks=list(callbacks),
+    )  # fmt: skip
+
+
+def callbacks(*bounds):
+    """Callbacks with these ``(min, max)`` bounds in milliseconds, each at SHORT."""
+    return [
+        Callback(
+            first=i * 0.02,
+            last=i * 0.02 + lo / 1e3,
+            min=lo / 1e3,
+            max=hi / 1e3,
+            samples=1,
+            in_callback=True,
+            site=SHORT,
+        )
+        for i, (lo, hi) in enumerate(bounds)
+    ]
+
+
+def test_a_block_without_an_excuse_is_not_excused():
+    assert event().excused(0.1) is None
+    assert event().crosses(0.1)
+    assert not event(0.05).crosses(0.1)
+
+
+def test_waiting_for_a_cpu_excuses_only_a_block_under_the_threshold_without_it():
+    cause, reason = event(0.14, cpu_wait=0.064).excused(0.1)
+    assert cause == "cpu-wait"
+    assert reason == (
+        "under the threshold without 64 ms of waiting for a CPU (the machine was overloaded; "
+        "--loopguard-cpu-wait=include counts it)"
+    )
+    assert event(0.2, cpu_wait=0.064).excused(0.1) is None
+    assert event(0.14, cpu_wait=0.064).excused(0.1, cpu_wait="include") is None
+    # Unknown (no schedstat): judged as before.
+    assert event(0.14, cpu_wait=None).excused(0.1) is None
+
+
+def test_each_excuse_is_judged_on_its_own():
+    # 60 ms of collection and 60 ms of waiting: neither alone brings 200 ms under 100 ms.
+    assert event(0.2, gc_time=0.06, cpu_wait=0.06).excused(0.1) is None
+    assert event(0.2, gc_time=0.15, cpu_wait=0.15).excused(0.1)[0] == "gc"
+
+
+def test_many_callbacks_none_reaching_the_threshold_are_excused():
+    ev = event(callbacks=callbacks((0, 40), (5, 45), (0, 38)))
+    cause, reason = ev.excused(0.1)
+    assert cause == "callbacks"
+    assert reason == (
+        "3 callbacks in one loop iteration, the longest at most 45 ms at "
+        "/proj/app/handlers.py:12 in handle; none reached the threshold"
+    )
+
+
+def test_callbacks_that_may_have_reached_the_threshold_are_not_excused():
+    # The samples around the second leave room for 100 ms: it may have blocked that long.
+    assert event(callbacks=callbacks((0, 40), (0, 100), (0, 38))).excused(0.1) is None
+    # One callback seen: nothing to tell apart.
+    assert event(callbacks=callbacks((0, 40))).excused(0.1) is None
+    # Starvation is another thread's doing, not the loop's callbacks.
+    assert event(callbacks=callbacks((0, 40), (0, 40)), starved=True).excused(0.1) is None
+
+
+def test_a_block_cut_short_by_raise_mode_is_excused_only_by_garbage_collection(tmp_path: Path):
+    busy = event(0.14, cpu_wait=0.064, callbacks=callbacks((0, 40), (0, 40)))
+    assert busy.excused(0.1, interrupted=True) is None
+    assert event(0.14, gc_time=0.05).excused(0.1, interrupted=True)[0] == "gc"
+    v = Judge(tmp_path).judge(busy, test="t", phase="call", threshold=0.1, mode="raise")
+    assert v.outcome == "failed"
+
+
+def test_the_judge_records_an_excused_block_with_its_cause(tmp_path: Path):
+    judge = Judge(tmp_path)
+    v = judge.judge(event(0.14, cpu_wait=0.064), test="t", phase="call", threshold=0.1, mode="fail")
+    assert (v.outcome, v.event.cause) == ("recorded", "cpu-wait")
+    assert v.reason.startswith("under the threshold without 64 ms of waiting for a CPU")
+    assert v.event.hint.startswith("the machine was overloaded")
+    v = judge.judge(
+        event(callbacks=callbacks((0, 40), (0, 40))), test="t", phase="call", threshold=0.1,
+        mode="fail",
+    )  # fmt: skip
+    assert (v.outcome, v.event.cause) == ("recorded", "callbacks")
+    strict = Judge(tmp_path, cpu_wait="include")
+    v = strict.judge(
+        event(0.14, cpu_wait=0.064), test="t", phase="call", threshold=0.1, mode="fail"
+    )
+    assert v.outcome == "failed"
+
+
+def test_the_new_fields_survive_the_trip_to_an_xdist_controller():
+    ev = event(0.14, cpu_wait=0.064, callbacks=callbacks((0, 40), (3, 30)))
+    back = BlockEvent.from_dict(ev.to_dict())
+    assert back == ev
+    assert back.callbacks[0].site == SHORT
