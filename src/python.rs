@@ -168,10 +168,12 @@ fn reader_unavailable(py: Python<'_>) -> PyResult<Option<String>> {
 /// tests of what users of a version without a layout see).
 pub fn py_info(py: Python<'_>) -> PyResult<PyInfo> {
     let mut v = py.version_info();
-    let simulated = std::env::var("LOOPGUARD_SIMULATE_PYTHON").ok().and_then(|s| {
-        let (major, minor) = s.split_once('.')?;
-        Some((major.parse::<u8>().ok()?, minor.parse::<u8>().ok()?))
-    });
+    let simulated = std::env::var("LOOPGUARD_SIMULATE_PYTHON")
+        .ok()
+        .and_then(|s| {
+            let (major, minor) = s.split_once('.')?;
+            Some((major.parse::<u8>().ok()?, minor.parse::<u8>().ok()?))
+        });
     if let Some((major, minor)) = simulated {
         v = pyo3::PythonVersionInfo {
             major,
