@@ -181,3 +181,15 @@ def test_marker_is_registered_with_its_signature(pytester):
             "max_lag=None):*"
         ]
     )
+
+
+def test_the_command_line_sampler_beats_the_environment(pytester, monkeypatch):
+    monkeypatch.setenv("LOOPGUARD_SAMPLER", "gil")
+    pytester.makeini(INI)
+    pytester.makepyfile(test_it="def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "loopguard", "--loopguard-sampler=native")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["loopguard: threshold 100 ms, GIL-free stack capture*"])
+    # Without the option, the environment's choice stands.
+    result = pytester.runpytest_subprocess("-p", "loopguard")
+    result.stdout.fnmatch_lines(["loopguard: threshold 100 ms, stacks read by taking the GIL*"])

@@ -47,15 +47,20 @@ class Runtime:
 
     # --- lifetime --------------------------------------------------------------------------
 
-    def acquire(self, threshold: float, sampler: str = "auto") -> int:
+    def acquire(self, threshold: float, sampler: Optional[str] = None) -> int:
         """Start watching with ``threshold`` seconds; returns a token for :meth:`release`.
 
-        Raises ``RuntimeError`` when the watchdog cannot start.
+        ``sampler`` is how stacks are read when this call starts the watchdog: the caller's
+        resolved choice (the plugin's command line beats the environment), or ``None`` for the
+        environment's ``LOOPGUARD_SAMPLER``, else ``"auto"``. Raises ``RuntimeError`` when the
+        watchdog cannot start.
         """
         ns = max(1, int(threshold * 1e9))
+        if sampler is None:
+            sampler = os.environ.get("LOOPGUARD_SAMPLER") or "auto"
         with self._lock:
             if not _native.is_running():
-                self._sampler = _native.start(ns, os.environ.get("LOOPGUARD_SAMPLER", sampler))
+                self._sampler = _native.start(ns, sampler)
             self._install()
             token = next(self._tokens)
             self._needs[token] = ns

@@ -389,10 +389,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def _reader_off(settings: _Settings) -> Optional[str]:
     """Why the GIL-free stack reader is not in use when the sampler was left to loopguard."""
-    if runtime.sampler in ("native", None) or "gil" in (
-        settings.sampler,
-        os.environ.get("LOOPGUARD_SAMPLER"),
-    ):
+    if runtime.sampler in ("native", None) or settings.sampler == "gil":
         return None
     return _native.reader_unavailable() or "it could not start"
 
