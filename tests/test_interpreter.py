@@ -1,9 +1,12 @@
 """Interpreters loopguard refuses: a clear ImportError before the native module is loaded."""
 
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
+import loopguard
 from loopguard import _interpreter
 
 
@@ -38,3 +41,9 @@ def test_importing_on_a_free_threaded_build_fails_before_the_native_module_loads
     ).stdout
     assert "refused: loopguard does not support free-threaded CPython builds" in out
     assert "native loaded: False" in out
+
+
+def test_the_version_comes_from_cargo_toml():
+    cargo = (Path(__file__).parent.parent / "Cargo.toml").read_text()
+    want = re.search(r'^version = "([^"]+)"', cargo, re.M).group(1)
+    assert loopguard.__version__ == want

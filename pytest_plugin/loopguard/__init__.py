@@ -10,6 +10,8 @@ The pytest hooks below are re-exported from :mod:`loopguard.plugin` so that ``-p
 loads them.
 """
 
+from importlib import metadata as _metadata
+
 from . import _interpreter
 
 _interpreter.check()  # before anything loads the native module
@@ -31,7 +33,10 @@ from .plugin import (  # noqa: E402
     pytest_unconfigure,
 )
 
-__version__ = "0.1.0"
+try:  # one place for the version: Cargo.toml (maturin writes it into the metadata)
+    __version__ = _metadata.version("pytest-loopguard")
+except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 for _public in (BlockEvent, Frame, Sample, LoopBlockedError, LoopBlockedWarning, guard):
     _public.__module__ = __name__
