@@ -6,6 +6,7 @@
 //! exposes them as the private module `loopguard._native`.
 
 pub mod clock;
+pub mod context;
 pub mod epoll;
 pub mod event;
 pub mod reader;

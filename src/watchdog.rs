@@ -17,6 +17,14 @@
 //! [`Sampler`] at once and then periodically until the loop beats again. The loop thread
 //! reports the exact end of every block longer than the threshold over a channel, so the
 //! duration is exact even though the watchdog only polls.
+//!
+//! # What a test phase costs
+//! Nothing here makes the Python layer wait for the watchdog thread unless a block is being
+//! reported. The current test and phase go into a shared [`ContextLog`] that the watchdog reads
+//! only when it attributes a block. Finished blocks are counted: [`Watchdog::take`] returns at
+//! once when none is finished and no end report is on its way (`Shared::pending` counts those
+//! from the moment a loop thread sends one until the watchdog has turned it into an event), and
+//! waits for the watchdog only while one is.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,6 +35,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
 use crate::clock::{ms, now_ns};
+use crate::context::ContextLog;
 use crate::event::{BlockEvent, Sample};
 use crate::sampler::{Sampler, Target};
 
@@ -35,8 +44,6 @@ const MAX_SAMPLES: usize = 200;
 /// How long the watchdog waits for the loop thread's exact end report before it closes a block
 /// with the time it observed the end itself.
 const END_GRACE_NS: u64 = ms(200);
-/// How many context switches are remembered to attribute blocks that began in the past.
-const CONTEXT_HISTORY: usize = 512;
 
 /// Settings and counters shared between the watchdog, the loop threads and the Python layer.
 #[derive(Debug)]
@@ -50,6 +57,14 @@ pub struct Shared {
     notify_blocks: AtomicBool,
     /// How many loops are registered and not yet unregistered.
     registered: AtomicU64,
+    /// Messages sent to the watchdog that will each finish a block (an end report, or the
+    /// unregistration of a loop with a block open) and that it has not handled yet. Raised by
+    /// the sender before it sends, lowered by the watchdog once the event is in `events`.
+    pending: AtomicU64,
+    /// How many finished events wait in `Watchdog::events` (changed under its lock).
+    ready: AtomicU64,
+    /// Which test and phase were current when (see [`ContextLog`]).
+    contexts: ContextLog,
 }
 
 impl Shared {
@@ -81,6 +96,9 @@ pub struct LoopSlot {
     beating: AtomicBool,
     /// Set by the first [`LoopSlot::unregister`]; later calls do nothing.
     unregistered: AtomicBool,
+    /// The start of the block the watchdog is watching on this loop, 0 when none: such a
+    /// block's end is always reported, whatever the threshold is by then.
+    open_block: AtomicU64,
     shared: Arc<Shared>,
     tx: Sender<Msg>,
 }
@@ -95,7 +113,7 @@ impl LoopSlot {
             // Back from the selector: late by more than the threshold means the loop thread
             // could not get going again (it waited for the GIL).
             let wake_by = self.wake_by.load(Ordering::Relaxed);
-            if wake_by != 0 && now > wake_by && now - wake_by >= self.shared.threshold_ns() {
+            if wake_by != 0 && now > wake_by && self.is_block(wake_by, now) {
                 self.report_end(wake_by, now, !self.is_beating());
             }
         }
@@ -144,16 +162,31 @@ impl LoopSlot {
         let prev = self.state.swap(now << 1, Ordering::AcqRel);
         self.wake_by.store(0, Ordering::Relaxed);
         self.check_busy_end(prev, now);
-        if self.shared.running.load(Ordering::Relaxed) {
-            let _ = self.tx.send(Msg::Unregister { id: self.id });
-        }
+        // Read after the end report (if any) was counted: a block still open now is closed by
+        // the unregistration, which then finishes an event like an end report does.
+        let closes = self.open_block.load(Ordering::Acquire) != 0;
+        self.send_counted(
+            Msg::Unregister {
+                id: self.id,
+                closes,
+            },
+            closes,
+        );
+    }
+
+    /// True when the stretch from `start` to `now` is a block to report: it reached the
+    /// threshold, or the watchdog is already watching it.
+    #[inline]
+    fn is_block(&self, start: u64, now: u64) -> bool {
+        now.saturating_sub(start) >= self.shared.threshold_ns()
+            || self.open_block.load(Ordering::Acquire) == start
     }
 
     #[inline]
     fn check_busy_end(&self, prev: u64, now: u64) {
         if prev & 1 == 1 {
             let start = prev >> 1;
-            if now.saturating_sub(start) >= self.shared.threshold_ns() {
+            if self.is_block(start, now) {
                 self.report_end(start, now, false);
             }
         }
@@ -161,13 +194,26 @@ impl LoopSlot {
 
     #[cold]
     fn report_end(&self, start: u64, end: u64, starved: bool) {
-        if self.shared.running.load(Ordering::Relaxed) {
-            let _ = self.tx.send(Msg::End {
-                id: self.id,
-                start,
-                end,
-                starved,
-            });
+        let msg = Msg::End {
+            id: self.id,
+            start,
+            end,
+            starved,
+        };
+        self.send_counted(msg, true);
+    }
+
+    /// Sends `msg` while the watchdog runs; `finishes`: the message will finish an event, so it
+    /// is counted in `Shared::pending` until the watchdog has handled it.
+    fn send_counted(&self, msg: Msg, finishes: bool) {
+        if !self.shared.running.load(Ordering::Relaxed) {
+            return;
+        }
+        if finishes {
+            self.shared.pending.fetch_add(1, Ordering::AcqRel);
+        }
+        if self.tx.send(msg).is_err() && finishes {
+            self.shared.pending.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -211,16 +257,14 @@ enum Msg {
     Register(Arc<LoopSlot>),
     Unregister {
         id: u64,
+        /// Counted in `Shared::pending` (the loop had a block open).
+        closes: bool,
     },
     End {
         id: u64,
         start: u64,
         end: u64,
         starved: bool,
-    },
-    Context {
-        at: u64,
-        context: Arc<str>,
     },
     Annotate {
         id: u64,
@@ -277,6 +321,9 @@ impl Watchdog {
             running: AtomicBool::new(true),
             notify_blocks: AtomicBool::new(false),
             registered: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            ready: AtomicU64::new(0),
+            contexts: ContextLog::new(),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         // Bounded: if nobody consumes notices, the watchdog drops them rather than queue.
@@ -348,6 +395,7 @@ impl Watchdog {
             wake_by: AtomicU64::new(0),
             beating: AtomicBool::new(false),
             unregistered: AtomicBool::new(false),
+            open_block: AtomicU64::new(0),
             shared: Arc::clone(&self.shared),
             tx: self.tx.clone(),
         });
@@ -394,12 +442,41 @@ impl Watchdog {
         self.shared.threshold_ns()
     }
 
-    /// Records that `context` is current from now on.
+    /// Records that `context` is current from now on. Never waits for the watchdog thread
+    /// (see [`ContextLog`]).
     pub fn set_context(&self, context: &str) {
-        let _ = self.tx.send(Msg::Context {
-            at: now_ns(),
-            context: Arc::from(context),
-        });
+        self.shared.contexts.set(now_ns(), context);
+    }
+
+    /// Takes the finished events, the blocks whose end was reported before this call included:
+    /// returns at once when no end report is on its way; otherwise waits (up to `timeout_ns`)
+    /// for the watchdog to handle the reports sent so far. Unlike [`Watchdog::flush`], blocks
+    /// that ended without an end report are left to the watchdog (it closes them within
+    /// `END_GRACE_NS`). Never call while holding a lock a loop thread needs (the Python layer
+    /// releases the GIL around it when [`Watchdog::take_now`] says it must wait).
+    pub fn take(&self, timeout_ns: u64) -> Vec<BlockEvent> {
+        match self.take_now() {
+            Some(events) => events,
+            None => self.flush(timeout_ns),
+        }
+    }
+
+    /// [`Watchdog::take`] without waiting: `None` when an end report is on its way (then call
+    /// `take`). Costs two atomic loads when nothing has finished.
+    pub fn take_now(&self) -> Option<Vec<BlockEvent>> {
+        if self.shared.pending.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        if self.shared.ready.load(Ordering::Acquire) == 0 {
+            return Some(Vec::new());
+        }
+        Some(self.take_ready())
+    }
+
+    fn take_ready(&self) -> Vec<BlockEvent> {
+        let mut events = self.events.lock();
+        self.shared.ready.store(0, Ordering::Release);
+        std::mem::take(&mut *events)
     }
 
     /// Waits (up to `timeout_ns`) until the watchdog has handled every message sent before this
@@ -411,7 +488,7 @@ impl Watchdog {
         {
             let _ = done_rx.recv_timeout(std::time::Duration::from_nanos(timeout_ns));
         }
-        std::mem::take(&mut *self.events.lock())
+        self.take_ready()
     }
 
     /// Stops the watchdog thread and waits for it. Idempotent.
@@ -436,7 +513,6 @@ struct Runner {
     events: Arc<Mutex<Vec<BlockEvent>>>,
     sampler: Box<dyn Sampler>,
     loops: HashMap<u64, Watched>,
-    contexts: Vec<(u64, Arc<str>)>,
     next_event: u64,
     notices: Sender<BlockNotice>,
 }
@@ -455,7 +531,6 @@ impl Runner {
             events,
             sampler,
             loops: HashMap::new(),
-            contexts: vec![(0, Arc::from(""))],
             next_event: 1,
             notices,
         }
@@ -490,7 +565,7 @@ impl Runner {
             Msg::Register(slot) => {
                 self.loops.insert(slot.id, Watched { slot, block: None });
             }
-            Msg::Unregister { id } => {
+            Msg::Unregister { id, closes } => {
                 if let Some(w) = self.loops.remove(&id) {
                     if let Some(b) = w.block {
                         // The exact end report (if any) was sent before the unregistration.
@@ -498,18 +573,18 @@ impl Runner {
                         self.finish(&w.slot, b, end, false);
                     }
                 }
+                if closes {
+                    self.shared.pending.fetch_sub(1, Ordering::AcqRel);
+                }
             }
             Msg::End {
                 id,
                 start,
                 end,
                 starved,
-            } => self.on_end(id, start, end, starved),
-            Msg::Context { at, context } => {
-                if self.contexts.len() >= CONTEXT_HISTORY {
-                    self.contexts.drain(..CONTEXT_HISTORY / 2);
-                }
-                self.contexts.push((at, context));
+            } => {
+                self.on_end(id, start, end, starved);
+                self.shared.pending.fetch_sub(1, Ordering::AcqRel);
             }
             Msg::Annotate {
                 id,
@@ -534,8 +609,7 @@ impl Runner {
     }
 
     fn context_at(&self, t: u64) -> Arc<str> {
-        let i = self.contexts.partition_point(|(at, _)| *at <= t);
-        Arc::clone(&self.contexts[i.saturating_sub(1)].1)
+        self.shared.contexts.at(t)
     }
 
     fn on_end(&mut self, id: u64, start: u64, end: u64, starved: bool) {
@@ -567,6 +641,10 @@ impl Runner {
     }
 
     fn finish(&mut self, slot: &LoopSlot, b: Block, end: u64, exact: bool) {
+        // Another block of this loop may be open (see `on_end`): only this one is closed.
+        let _ = slot
+            .open_block
+            .compare_exchange(b.start, 0, Ordering::AcqRel, Ordering::Relaxed);
         let id = self.next_event;
         self.next_event += 1;
         let end = end.max(b.start);
@@ -589,7 +667,11 @@ impl Runner {
                 .or_else(|| b.samples.iter().find_map(|s| s.task_name.clone())),
             samples: b.samples,
         };
-        self.events.lock().push(ev);
+        let mut events = self.events.lock();
+        events.push(ev);
+        self.shared
+            .ready
+            .store(events.len() as u64, Ordering::Release);
     }
 
     /// Closes blocks whose end the watchdog saw more than `grace` ago without an end report.
@@ -621,6 +703,9 @@ impl Runner {
         // Never sleep longer than one threshold (see the module docs).
         let mut wake_at = now + threshold;
         let mut stale = false;
+        // The earliest start of a stretch not attributed yet (see `ContextLog`): a stretch
+        // that begins from now on cannot begin earlier than `now`.
+        let mut horizon = now;
         for w in self.loops.values_mut() {
             let (busy, since, wake_by) = w.slot.snapshot();
             // The moment from which the loop counts as stuck, and whether it is starved.
@@ -631,6 +716,11 @@ impl Runner {
             } else {
                 None
             };
+            if let Some((s, _)) = stuck_from {
+                if w.block.as_ref().map_or(true, |b| b.start != s) {
+                    horizon = horizon.min(s);
+                }
+            }
             if let Some(b) = w.block.as_mut() {
                 let still = stuck_from.is_some_and(|(s, st)| s == b.start && st == b.starved);
                 if still {
@@ -666,8 +756,8 @@ impl Runner {
             let captured_after = now_ns().saturating_sub(start);
             let mut samples = Vec::new();
             push_sample(&mut samples, s);
-            let i = self.contexts.partition_point(|(at, _)| *at <= start);
-            let context = Arc::clone(&self.contexts[i.saturating_sub(1)].1);
+            let context = self.shared.contexts.at(start);
+            w.slot.open_block.store(start, Ordering::Release);
             let next_sample = now_ns() + interval;
             w.block = Some(Block {
                 start,
@@ -688,6 +778,7 @@ impl Runner {
         if stale {
             self.close_stale(now, END_GRACE_NS);
         }
+        self.shared.contexts.set_horizon(horizon);
         wake_at
     }
 }
@@ -913,6 +1004,152 @@ mod tests {
         let events = wd.flush(ms(2000));
         wd.stop();
         assert_eq!(events[0].task_name.as_deref(), Some("Task-7"));
+    }
+
+    /// A sampler that holds the watchdog thread until told to go on (like the GIL fallback
+    /// waiting for the GIL).
+    struct Stuck(Receiver<()>);
+
+    impl Sampler for Stuck {
+        fn sample(&mut self, target: &Target, offset_ns: u64) -> Sample {
+            let _ = self.0.recv_timeout(ms_d(10_000));
+            Fixed.sample(target, offset_ns)
+        }
+
+        fn name(&self) -> &'static str {
+            "stuck"
+        }
+    }
+
+    #[test]
+    fn phases_without_a_finished_block_never_wait_for_the_watchdog() {
+        let (go_tx, go_rx) = crossbeam_channel::bounded(0);
+        let wd = Watchdog::start(ms(30), move || {
+            Ok(Box::new(Stuck(go_rx)) as Box<dyn Sampler>)
+        })
+        .unwrap();
+        // A loop in another thread blocks; the watchdog thread is now inside the sampler.
+        let slot = wd.register("asyncio", "bg", target());
+        slot.busy();
+        sleep(ms_d(100));
+        // Meanwhile test phases go on: switching the context and taking events do not wait.
+        let t0 = std::time::Instant::now();
+        for i in 0..1000 {
+            wd.set_context(&format!("call\u{1f}test_{i}"));
+            assert!(wd.take_now().expect("nothing on its way").is_empty());
+        }
+        assert!(t0.elapsed() < ms_d(1000), "{:?}", t0.elapsed());
+        // The block ends: its report is on its way, so taking now must wait for it.
+        slot.idle(None);
+        assert!(wd.take_now().is_none());
+        go_tx.send(()).unwrap();
+        let events = wd.take(ms(5000));
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].context, "", "began before the first test");
+        assert!(wd.take_now().expect("nothing left").is_empty());
+        drop(go_tx);
+        wd.stop();
+    }
+
+    #[test]
+    fn a_block_ended_before_take_is_taken_with_its_context() {
+        let wd = start(ms(50));
+        wd.set_context("call\u{1f}test_a");
+        let slot = wd.register("asyncio", "main", target());
+        slot.busy();
+        sleep(ms_d(120));
+        slot.idle(None);
+        wd.set_context("teardown\u{1f}test_a");
+        // The end report was sent before this call: take() returns the block.
+        let events = wd.take(ms(5000));
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].context, "call\u{1f}test_a");
+        assert!(events[0].end_exact);
+        // Short stretches make nothing to take, and nothing to wait for.
+        slot.busy();
+        slot.idle(None);
+        assert!(wd.take_now().expect("nothing on its way").is_empty());
+        wd.stop();
+    }
+
+    #[test]
+    fn a_block_outlives_thousands_of_context_switches() {
+        let wd = start(ms(300));
+        wd.set_context("call\u{1f}test_0");
+        let slot = wd.register("asyncio", "bg", target());
+        slot.busy();
+        // Many short tests run while the loop in another thread is blocked.
+        for i in 1..=5000 {
+            wd.set_context(&format!("call\u{1f}test_{i}"));
+        }
+        sleep(ms_d(450));
+        slot.idle(None);
+        let events = wd.take(ms(5000));
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].context, "call\u{1f}test_0");
+        wd.stop();
+    }
+
+    #[test]
+    fn the_watchdog_keeps_the_context_of_a_stretch_it_has_not_judged_yet() {
+        let wd = start(ms(60_000));
+        wd.set_context("call\u{1f}test_0");
+        let slot = wd.register("asyncio", "bg", target());
+        slot.busy();
+        let (_, since, _) = slot.snapshot();
+        // Wait for the watchdog to look at the loop and publish its horizon.
+        let t0 = std::time::Instant::now();
+        while wd.shared.contexts.len() < 2 || horizon(&wd) == 0 || horizon(&wd) > since {
+            assert!(t0.elapsed() < ms_d(5000), "no horizon at or before {since}");
+            sleep(ms_d(5));
+        }
+        // Switches long after the grace period cannot drop the context in force at `since`.
+        for i in 1..=100 {
+            wd.shared
+                .contexts
+                .set(since + i * ms(60_000), &format!("call\u{1f}test_{i}"));
+        }
+        assert_eq!(&*wd.shared.contexts.at(since), "call\u{1f}test_0");
+        slot.unregister();
+        wd.stop();
+    }
+
+    fn horizon(wd: &Watchdog) -> u64 {
+        wd.shared.contexts.horizon()
+    }
+
+    #[test]
+    fn a_watched_block_is_reported_exactly_even_if_the_threshold_rose_meanwhile() {
+        let wd = start(ms(40));
+        wd.set_notify_blocks(true);
+        let notices = wd.notices();
+        let slot = wd.register("asyncio", "main", target());
+        slot.busy();
+        notices.recv_timeout(ms_d(5000)).expect("detected");
+        wd.set_threshold_ns(ms(10_000));
+        slot.idle(None);
+        let events = wd.take(ms(5000));
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert!(events[0].end_exact, "{events:?}");
+        wd.stop();
+    }
+
+    #[test]
+    fn unregistering_a_loop_with_a_block_open_is_waited_for() {
+        let wd = start(ms(30));
+        let slot = wd.register("asyncio", "main", target());
+        // Idle past its deadline: a starved loop, whose unregistration sends no end report.
+        slot.idle(Some(ms(1)));
+        let t0 = std::time::Instant::now();
+        while slot.open_block.load(Ordering::Acquire) == 0 {
+            assert!(t0.elapsed() < ms_d(5000), "never detected");
+            sleep(ms_d(5));
+        }
+        slot.unregister();
+        let events = wd.take(ms(5000));
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert!(events[0].starved);
+        wd.stop();
     }
 
     #[test]
