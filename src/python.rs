@@ -218,6 +218,7 @@ fn stop(py: Python<'_>) {
 fn after_fork_child() {
     // The parent's watchdog cannot be stopped or joined from here; leak it.
     if let Some(old) = WATCHDOG.lock().take() {
+        old.1.abandon();
         std::mem::forget(old);
     }
     if let Some(old) = LOOP_OBJECTS.lock().take() {

@@ -19,19 +19,21 @@
 //! duration is exact even though the watchdog only polls.
 //!
 //! # What a test phase costs
-//! Nothing here makes the Python layer wait for the watchdog thread unless a block is being
-//! reported. The current test and phase go into a shared [`ContextLog`] that the watchdog reads
-//! only when it attributes a block. Finished blocks are counted: [`Watchdog::take`] returns at
-//! once when none is finished and no end report is on its way (`Shared::pending` counts those
-//! from the moment a loop thread sends one until the watchdog has turned it into an event), and
-//! waits for the watchdog only while one is.
+//! Nothing here makes the Python layer wait for the watchdog thread, or even wake it, unless a
+//! block is being reported. The current test and phase go into a shared [`ContextLog`] that the
+//! watchdog reads only when it attributes a block. Finished blocks are counted:
+//! [`Watchdog::take`] returns at once when none is finished and no end report is on its way
+//! (`Shared::pending` counts those from the moment a loop thread sends one until the watchdog
+//! has turned it into an event), and waits for the watchdog only while one is. A loop that
+//! starts or stops running posts its (un)registration without waking the watchdog (see
+//! [`Mailbox`]), so a test that runs a loop that never blocks does not wake it either.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use parking_lot::Mutex;
 
 use crate::clock::{ms, now_ns};
@@ -65,6 +67,8 @@ pub struct Shared {
     ready: AtomicU64,
     /// Which test and phase were current when (see [`ContextLog`]).
     contexts: ContextLog,
+    /// How many times the watchdog thread has woken up (for tests and diagnostics).
+    wakeups: AtomicU64,
 }
 
 impl Shared {
@@ -100,7 +104,7 @@ pub struct LoopSlot {
     /// block's end is always reported, whatever the threshold is by then.
     open_block: AtomicU64,
     shared: Arc<Shared>,
-    tx: Sender<Msg>,
+    mailbox: Arc<Mailbox>,
 }
 
 impl LoopSlot {
@@ -165,6 +169,7 @@ impl LoopSlot {
         // Read after the end report (if any) was counted: a block still open now is closed by
         // the unregistration, which then finishes an event like an end report does.
         let closes = self.open_block.load(Ordering::Acquire) != 0;
+        // A loop that stops without a block open does not wake the watchdog.
         self.send_counted(
             Msg::Unregister {
                 id: self.id,
@@ -203,8 +208,9 @@ impl LoopSlot {
         self.send_counted(msg, true);
     }
 
-    /// Sends `msg` while the watchdog runs; `finishes`: the message will finish an event, so it
-    /// is counted in `Shared::pending` until the watchdog has handled it.
+    /// Posts `msg` while the watchdog runs; `finishes`: the message will finish an event, so it
+    /// is counted in `Shared::pending` until the watchdog has handled it, and it wakes the
+    /// watchdog (otherwise the watchdog reads it at its next wake-up).
     fn send_counted(&self, msg: Msg, finishes: bool) {
         if !self.shared.running.load(Ordering::Relaxed) {
             return;
@@ -212,9 +218,7 @@ impl LoopSlot {
         if finishes {
             self.shared.pending.fetch_add(1, Ordering::AcqRel);
         }
-        if self.tx.send(msg).is_err() && finishes {
-            self.shared.pending.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.mailbox.post(msg, finishes);
     }
 
     /// The detection threshold in force.
@@ -251,6 +255,36 @@ impl LoopSlot {
 
 /// A block just detected: the loop's slot and the block's start (watchdog clock).
 pub type BlockNotice = (Arc<LoopSlot>, u64);
+
+/// The watchdog thread's in-tray: messages in the order they were posted, and a doorbell.
+///
+/// A message that nobody waits for and that cannot make a block late to detect is posted
+/// without ringing (a loop's registration: the watchdog never sleeps longer than one threshold,
+/// so it sees a new loop before that loop can cross its threshold). Others ring, so the
+/// watchdog handles them at once. The queue's lock is held only to push one message or to take
+/// them all, never while waiting for anything (the GIL included).
+struct Mailbox {
+    queue: Arc<Mutex<Vec<Msg>>>,
+    /// Rung by [`Mailbox::post`]; holds at most one ring, so ringing never blocks.
+    bell: Sender<()>,
+}
+
+impl std::fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailbox").finish_non_exhaustive()
+    }
+}
+
+impl Mailbox {
+    fn post(&self, msg: Msg, ring: bool) {
+        self.queue.lock().push(msg);
+        if ring {
+            // Full: a ring is already waiting, which is as good. Disconnected: the watchdog
+            // thread has ended and nobody will read the message.
+            let _: Result<(), TrySendError<()>> = self.bell.try_send(());
+        }
+    }
+}
 
 /// Messages to the watchdog thread.
 enum Msg {
@@ -299,7 +333,7 @@ struct Watched {
 pub struct Watchdog {
     shared: Arc<Shared>,
     notices: Receiver<BlockNotice>,
-    tx: Sender<Msg>,
+    mailbox: Arc<Mailbox>,
     events: Arc<Mutex<Vec<BlockEvent>>>,
     next_id: AtomicU64,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -324,8 +358,14 @@ impl Watchdog {
             pending: AtomicU64::new(0),
             ready: AtomicU64::new(0),
             contexts: ContextLog::new(),
+            wakeups: AtomicU64::new(0),
         });
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let queue = Arc::new(Mutex::new(Vec::new()));
+        let (bell, rung) = crossbeam_channel::bounded(1);
+        let mailbox = Arc::new(Mailbox {
+            queue: Arc::clone(&queue),
+            bell,
+        });
         // Bounded: if nobody consumes notices, the watchdog drops them rather than queue.
         let (notice_tx, notice_rx) = crossbeam_channel::bounded(64);
         let events = Arc::new(Mutex::new(Vec::new()));
@@ -350,7 +390,15 @@ impl Watchdog {
                         return;
                     }
                 };
-                Runner::new(thread_shared, rx, thread_events, sampler, notice_tx).run();
+                Runner::new(
+                    thread_shared,
+                    queue,
+                    rung,
+                    thread_events,
+                    sampler,
+                    notice_tx,
+                )
+                .run();
             })
             .map_err(|e| format!("cannot start the loopguard watchdog thread: {e}"))?;
         let sampler_name = match ready_rx.recv() {
@@ -367,7 +415,7 @@ impl Watchdog {
         Ok(Watchdog {
             shared,
             notices: notice_rx,
-            tx,
+            mailbox,
             events,
             next_id: AtomicU64::new(1),
             thread: Mutex::new(Some(handle)),
@@ -397,11 +445,12 @@ impl Watchdog {
             unregistered: AtomicBool::new(false),
             open_block: AtomicU64::new(0),
             shared: Arc::clone(&self.shared),
-            tx: self.tx.clone(),
+            mailbox: Arc::clone(&self.mailbox),
         });
         self.shared.registered.fetch_add(1, Ordering::Relaxed);
         if self.shared.running.load(Ordering::Relaxed) {
-            let _ = self.tx.send(Msg::Register(Arc::clone(&slot)));
+            // No need to wake the watchdog (see `Mailbox`).
+            self.mailbox.post(Msg::Register(Arc::clone(&slot)), false);
         }
         slot
     }
@@ -420,16 +469,22 @@ impl Watchdog {
     /// Names the asyncio task of the block that began at `start` on loop `loop_id`, if that
     /// block is still being watched.
     pub fn annotate(&self, loop_id: u64, start: u64, task_name: String) {
-        let _ = self.tx.send(Msg::Annotate {
+        let msg = Msg::Annotate {
             id: loop_id,
             start,
             task_name,
-        });
+        };
+        self.mailbox.post(msg, true);
     }
 
     /// How many loops are registered now (for tests and diagnostics).
     pub fn registered(&self) -> u64 {
         self.shared.registered.load(Ordering::Relaxed)
+    }
+
+    /// How many times the watchdog thread has woken up so far (for tests and diagnostics).
+    pub fn wakeups(&self) -> u64 {
+        self.shared.wakeups.load(Ordering::Relaxed)
     }
 
     /// Sets the detection threshold.
@@ -484,8 +539,8 @@ impl Watchdog {
     /// (the Python layer releases the GIL around it).
     pub fn flush(&self, timeout_ns: u64) -> Vec<BlockEvent> {
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-        if self.shared.running.load(Ordering::Relaxed) && self.tx.send(Msg::Flush(done_tx)).is_ok()
-        {
+        if self.shared.running.load(Ordering::Relaxed) {
+            self.mailbox.post(Msg::Flush(done_tx), true);
             let _ = done_rx.recv_timeout(std::time::Duration::from_nanos(timeout_ns));
         }
         self.take_ready()
@@ -494,10 +549,16 @@ impl Watchdog {
     /// Stops the watchdog thread and waits for it. Idempotent.
     pub fn stop(&self) {
         self.shared.running.store(false, Ordering::Relaxed);
-        let _ = self.tx.send(Msg::Stop);
+        self.mailbox.post(Msg::Stop, true);
         if let Some(h) = self.thread.lock().take() {
             let _ = h.join();
         }
+    }
+
+    /// In a forked child, where the watchdog thread does not exist: makes every handle on this
+    /// watchdog (loop slots included) a no-op from now on, without waiting for anything.
+    pub fn abandon(&self) {
+        self.shared.running.store(false, Ordering::Relaxed);
     }
 
     /// True until [`Watchdog::stop`] is called.
@@ -509,7 +570,9 @@ impl Watchdog {
 /// The watchdog thread's state. Owned by that thread alone: no locks but the event list.
 struct Runner {
     shared: Arc<Shared>,
-    rx: Receiver<Msg>,
+    /// The mailbox's queue; `rung` is its doorbell (disconnected once every `Mailbox` is gone).
+    queue: Arc<Mutex<Vec<Msg>>>,
+    rung: Receiver<()>,
     events: Arc<Mutex<Vec<BlockEvent>>>,
     sampler: Box<dyn Sampler>,
     loops: HashMap<u64, Watched>,
@@ -520,14 +583,16 @@ struct Runner {
 impl Runner {
     fn new(
         shared: Arc<Shared>,
-        rx: Receiver<Msg>,
+        queue: Arc<Mutex<Vec<Msg>>>,
+        rung: Receiver<()>,
         events: Arc<Mutex<Vec<BlockEvent>>>,
         sampler: Box<dyn Sampler>,
         notices: Sender<BlockNotice>,
     ) -> Runner {
         Runner {
             shared,
-            rx,
+            queue,
+            rung,
             events,
             sampler,
             loops: HashMap::new(),
@@ -537,25 +602,23 @@ impl Runner {
     }
 
     fn run(&mut self) {
+        let mut batch = Vec::new();
         loop {
+            // Everything posted so far, in order (the lock is held only for the swap).
+            std::mem::swap(&mut batch, &mut *self.queue.lock());
+            for msg in batch.drain(..) {
+                if !self.handle(msg) {
+                    return;
+                }
+            }
             let now = now_ns();
             let wake_at = self.check(now);
             let timeout = std::time::Duration::from_nanos(wake_at.saturating_sub(now_ns()));
-            match self.rx.recv_timeout(timeout) {
-                Ok(msg) => {
-                    if !self.handle(msg) {
-                        return;
-                    }
-                    // Drain whatever else is queued before checking again.
-                    while let Ok(msg) = self.rx.try_recv() {
-                        if !self.handle(msg) {
-                            return;
-                        }
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
+            match self.rung.recv_timeout(timeout) {
+                Ok(()) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
+            self.shared.wakeups.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -1048,6 +1111,30 @@ mod tests {
         assert_eq!(events[0].context, "", "began before the first test");
         assert!(wd.take_now().expect("nothing left").is_empty());
         drop(go_tx);
+        wd.stop();
+    }
+
+    #[test]
+    fn loops_that_start_and_stop_without_blocking_do_not_wake_the_watchdog() {
+        // The watchdog sleeps up to one threshold between looks: a long one here.
+        let wd = start(ms(60_000));
+        wd.flush(ms(5000));
+        let before = wd.wakeups();
+        for i in 0..200 {
+            wd.set_context(&format!("setup\u{1f}test_{i}"));
+            let slot = wd.register("asyncio", "main", target());
+            slot.busy();
+            slot.idle(Some(ms(1)));
+            slot.busy();
+            slot.unregister();
+            wd.set_context(&format!("teardown\u{1f}test_{i}"));
+            assert!(wd.take_now().expect("nothing on its way").is_empty());
+        }
+        assert_eq!(wd.wakeups(), before);
+        // Registrations are read at the next wake-up, in order.
+        assert_eq!(wd.registered(), 0);
+        wd.flush(ms(5000));
+        assert_eq!(wd.wakeups(), before + 1);
         wd.stop();
     }
 
