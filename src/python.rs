@@ -25,7 +25,7 @@ static LOOP_OBJECTS: Mutex<Option<HashMap<u64, Py<PyAny>>>> = Mutex::new(None);
 fn current() -> Option<Arc<Watchdog>> {
     let guard = WATCHDOG.lock();
     match &*guard {
-        Some((pid, wd)) if *pid == std::process::id() && wd.is_running() => Some(Arc::clone(wd)),
+        Some((pid, wd)) if *pid == crate::pid::pid() && wd.is_running() => Some(Arc::clone(wd)),
         _ => None,
     }
 }

@@ -64,6 +64,8 @@ class Runtime:
 
     def update(self, token: int, threshold: float) -> None:
         ns = max(1, int(threshold * 1e9))
+        if self._needs.get(token) == ns:
+            return  # the common case, at every test: nothing changes
         with self._lock:
             if token in self._needs and self._needs[token] != ns:
                 self._needs[token] = ns
@@ -126,8 +128,10 @@ class Runtime:
     def check_imports(self) -> None:
         """Instrument uvloop and trio if they were imported in a way the import hook missed
         (called at the start of every test: cheap)."""
-        if self._optional and any(name in sys.modules for name in self._optional):
-            self._install_optional()
+        for name in self._optional:
+            if name in sys.modules:
+                self._install_optional()
+                return
 
     def collect(self, *, everything: bool = False) -> list[BlockEvent]:
         """Fetch finished events from the watchdog into the log; returns the new ones.

@@ -217,6 +217,9 @@ class _State:
     """The settings of a test without a loopguard marker."""
     marked: dict[str, _TestSettings] = field(default_factory=dict)
     """The settings of the tests that have a loopguard marker, by node id."""
+    collected: set[int] = field(default_factory=set)
+    """``id()`` of the items whose markers were read at collection (ints: nothing for the
+    garbage collector to visit)."""
     current: Optional[_TestState] = None
     verdicts: list[Verdict] = field(default_factory=list)
     fixed: list[tuple[str, str]] = field(default_factory=list)
@@ -508,16 +511,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         ts = _marker_settings(item, state)
         if ts is not state.default:
             state.marked[item.nodeid] = ts
+    # Items stay alive for the whole session (session.items), so their ids stay theirs.
+    state.collected.update(map(id, items))
 
 
 def _settings_of(state: _State, item: pytest.Item) -> _TestSettings:
-    """The settings of ``item``. Those of a test without markers are worked out again (one
-    look at its markers) rather than kept: whatever is kept per test, even in its stash, is
-    one more object for every garbage collection to visit."""
+    """The settings of ``item``: those read at collection (nothing is kept for a test without
+    markers: whatever is kept per test, even in its stash, is one more object for every
+    garbage collection to visit), or read now for an item added later."""
     ts = state.marked.get(item.nodeid)
     if ts is None:
+        if id(item) in state.collected:
+            return state.default
         ts = _marker_settings(item, state)
-        if ts is not state.default:  # added after collection, by another plugin
+        if ts is not state.default:
             state.marked[item.nodeid] = ts
     return ts
 
@@ -533,10 +540,10 @@ def _test_state(item: pytest.Item, *, new: bool = False) -> Optional[tuple[_Stat
     return state, ts
 
 
-def _enter_phase(item: pytest.Item, phase: str) -> None:
+def _enter_phase(item: pytest.Item, phase: str) -> Optional[tuple[_State, _TestState]]:
     found = _test_state(item, new=phase == "setup")
     if found is None:
-        return
+        return None
     state, ts = found
     ts.phase = phase
     ts.phase_start_ns = _native.now_ns()
@@ -547,11 +554,13 @@ def _enter_phase(item: pytest.Item, phase: str) -> None:
         runtime.set_raise(state.token, ts.enabled and ts.mode == "raise")
         runtime.check_imports()
     runtime.set_context(make_context(item.nodeid, phase))
+    return found
 
 
-def _leave_phase(item: pytest.Item, phase: str, *, warn: bool) -> None:
+def _leave_phase(
+    item: pytest.Item, phase: str, *, warn: bool, found: Optional[tuple[_State, _TestState]]
+) -> None:
     """Judge the blocks that began in this phase; in warn mode, emit their warnings."""
-    found = _test_state(item)
     if found is None:
         return
     state, ts = found
@@ -690,13 +699,13 @@ def _phase(item: pytest.Item, phase: str) -> Generator[None, Any, Any]:
     """The body of the three phase wrappers: judge the phase's blocks once it has run."""
     # A failure raised by another plugin's hook passes through here: not ours to show.
     __tracebackhide__ = True
-    _enter_phase(item, phase)
+    found = _enter_phase(item, phase)
     try:
         result = yield
     except BaseException:
-        _leave_phase(item, phase, warn=False)
+        _leave_phase(item, phase, warn=False, found=found)
         raise
-    _leave_phase(item, phase, warn=True)
+    _leave_phase(item, phase, warn=True, found=found)
     return result
 
 
