@@ -773,11 +773,13 @@ class _Crash:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
-    found = _test_state(item)
-    if found is None:
+    state = item.config.stash.get(_state_key, None)
+    ts = state.current if state is not None else None
+    # The phase just judged is the current test's; no verdict is the common case.
+    verdicts = ts.verdicts.get(call.when) if ts is not None and ts.item is item else None
+    if not verdicts:
         return report
-    _state, ts = found
-    failing = [v for v in ts.verdicts.get(call.when, []) if v.outcome == "failed"]
+    failing = [v for v in verdicts if v.outcome == "failed"]
     if not failing:
         return report
     if report.skipped or hasattr(report, "wasxfail"):
