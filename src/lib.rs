@@ -7,8 +7,10 @@
 
 pub mod callbacks;
 pub mod clock;
+pub mod context;
 pub mod epoll;
 pub mod event;
+pub mod pid;
 pub mod reader;
 pub mod sampler;
 pub mod sched;

@@ -25,7 +25,7 @@ static LOOP_OBJECTS: Mutex<Option<HashMap<u64, Py<PyAny>>>> = Mutex::new(None);
 fn current() -> Option<Arc<Watchdog>> {
     let guard = WATCHDOG.lock();
     match &*guard {
-        Some((pid, wd)) if *pid == std::process::id() && wd.is_running() => Some(Arc::clone(wd)),
+        Some((pid, wd)) if *pid == crate::pid::pid() && wd.is_running() => Some(Arc::clone(wd)),
         _ => None,
     }
 }
@@ -243,6 +243,7 @@ fn stop(py: Python<'_>) {
 fn after_fork_child() {
     // The parent's watchdog cannot be stopped or joined from here; leak it.
     if let Some(old) = WATCHDOG.lock().take() {
+        old.1.abandon();
         std::mem::forget(old);
     }
     if let Some(old) = LOOP_OBJECTS.lock().take() {
@@ -292,6 +293,29 @@ fn flush(py: Python<'_>, timeout_s: f64) -> PyResult<String> {
     let timeout = (timeout_s.max(0.0) * 1e9) as u64;
     let events = py.detach(|| wd.flush(timeout));
     serde_json::to_string(&events).map_err(|e| PyRuntimeError::new_err(e.to_string()))
+}
+
+/// The finished events as a JSON array, or None when there are none. Returns at once unless
+/// the end of a block has been reported and the watchdog has not handled it yet; then waits
+/// for it (up to `timeout_s`) without holding the GIL.
+#[pyfunction]
+fn take(py: Python<'_>, timeout_s: f64) -> PyResult<Option<String>> {
+    let Some(wd) = current() else {
+        return Ok(None);
+    };
+    let events = match wd.take_now() {
+        Some(events) => events,
+        None => {
+            let timeout = (timeout_s.max(0.0) * 1e9) as u64;
+            py.detach(|| wd.take(timeout))
+        }
+    };
+    if events.is_empty() {
+        return Ok(None);
+    }
+    let json =
+        serde_json::to_string(&events).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    Ok(Some(json))
 }
 
 /// How many loops are registered now (0 when the watchdog is not running).
@@ -690,6 +714,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(threshold, m)?)?;
     m.add_function(wrap_pyfunction!(set_context, m)?)?;
     m.add_function(wrap_pyfunction!(flush, m)?)?;
+    m.add_function(wrap_pyfunction!(take, m)?)?;
     m.add_function(wrap_pyfunction!(py_now_ns, m)?)?;
     m.add_function(wrap_pyfunction!(registered_loops, m)?)?;
     m.add_function(wrap_pyfunction!(register, m)?)?;

@@ -28,17 +28,29 @@
 //! run-queue time again, in the cold path that reports the end: the difference is the time the
 //! block spent waiting for a CPU. The wait before the first look is not counted, so the figure
 //! errs low.
+//!
+//! # What a test phase costs
+//! Nothing here makes the Python layer wait for the watchdog thread, or even wake it, unless a
+//! block is being reported. The current test and phase go into a shared [`ContextLog`] that the
+//! watchdog reads only when it attributes a block. Finished blocks are counted:
+//! [`Watchdog::take`] returns at once when none is finished and no end report is on its way
+//! (`Shared::pending` counts those from the moment a loop thread sends one until the watchdog
+//! has turned it into an event), and waits for the watchdog only while one is. A loop that
+//! starts running wakes the watchdog once, without waiting for it (the watchdog must know the
+//! loop before its first look at a stretch); one that stops without a block open does not wake
+//! it (see [`Mailbox`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use parking_lot::Mutex;
 
 use crate::callbacks::{spans, Timeline};
 use crate::clock::{ms, now_ns};
+use crate::context::ContextLog;
 use crate::event::{BlockEvent, Sample};
 use crate::sampler::{Sampler, Target};
 
@@ -47,8 +59,6 @@ const MAX_SAMPLES: usize = 200;
 /// How long the watchdog waits for the loop thread's exact end report before it closes a block
 /// with the time it observed the end itself.
 const END_GRACE_NS: u64 = ms(200);
-/// How many context switches are remembered to attribute blocks that began in the past.
-const CONTEXT_HISTORY: usize = 512;
 
 /// Settings and counters shared between the watchdog, the loop threads and the Python layer.
 #[derive(Debug)]
@@ -62,6 +72,16 @@ pub struct Shared {
     notify_blocks: AtomicBool,
     /// How many loops are registered and not yet unregistered.
     registered: AtomicU64,
+    /// Messages sent to the watchdog that will each finish a block (an end report, or the
+    /// unregistration of a loop with a block open) and that it has not handled yet. Raised by
+    /// the sender before it sends, lowered by the watchdog once the event is in `events`.
+    pending: AtomicU64,
+    /// How many finished events wait in `Watchdog::events` (changed under its lock).
+    ready: AtomicU64,
+    /// Which test and phase were current when (see [`ContextLog`]).
+    contexts: ContextLog,
+    /// How many times the watchdog thread has woken up (for tests and diagnostics).
+    wakeups: AtomicU64,
 }
 
 impl Shared {
@@ -96,8 +116,11 @@ pub struct LoopSlot {
     beat_interval: AtomicU64,
     /// Set by the first [`LoopSlot::unregister`]; later calls do nothing.
     unregistered: AtomicBool,
+    /// The start of the block the watchdog is watching on this loop, 0 when none: such a
+    /// block's end is always reported, whatever the threshold is by then.
+    open_block: AtomicU64,
     shared: Arc<Shared>,
-    tx: Sender<Msg>,
+    mailbox: Arc<Mailbox>,
 }
 
 impl LoopSlot {
@@ -110,7 +133,7 @@ impl LoopSlot {
             // Back from the selector: late by more than the threshold means the loop thread
             // could not get going again (it waited for the GIL).
             let wake_by = self.wake_by.load(Ordering::Relaxed);
-            if wake_by != 0 && now > wake_by && now - wake_by >= self.shared.threshold_ns() {
+            if wake_by != 0 && now > wake_by && self.is_block(wake_by, now) {
                 self.report_end(wake_by, now, !self.is_beating());
             }
         }
@@ -160,16 +183,32 @@ impl LoopSlot {
         let prev = self.state.swap(now << 1, Ordering::AcqRel);
         self.wake_by.store(0, Ordering::Relaxed);
         self.check_busy_end(prev, now);
-        if self.shared.running.load(Ordering::Relaxed) {
-            let _ = self.tx.send(Msg::Unregister { id: self.id });
-        }
+        // Read after the end report (if any) was counted: a block still open now is closed by
+        // the unregistration, which then finishes an event like an end report does.
+        let closes = self.open_block.load(Ordering::Acquire) != 0;
+        // A loop that stops without a block open does not wake the watchdog.
+        self.send_counted(
+            Msg::Unregister {
+                id: self.id,
+                closes,
+            },
+            closes,
+        );
+    }
+
+    /// True when the stretch from `start` to `now` is a block to report: it reached the
+    /// threshold, or the watchdog is already watching it.
+    #[inline]
+    fn is_block(&self, start: u64, now: u64) -> bool {
+        now.saturating_sub(start) >= self.shared.threshold_ns()
+            || self.open_block.load(Ordering::Acquire) == start
     }
 
     #[inline]
     fn check_busy_end(&self, prev: u64, now: u64) {
         if prev & 1 == 1 {
             let start = prev >> 1;
-            if now.saturating_sub(start) >= self.shared.threshold_ns() {
+            if self.is_block(start, now) {
                 self.report_end(start, now, false);
             }
         }
@@ -177,18 +216,33 @@ impl LoopSlot {
 
     #[cold]
     fn report_end(&self, start: u64, end: u64, starved: bool) {
-        if self.shared.running.load(Ordering::Relaxed) {
-            // Read here, on the loop thread, at the end itself: only for blocks over the
-            // threshold, never on the per-iteration path.
-            let run_queue_ns = crate::schedstat::run_queue_ns(self.target.native_tid);
-            let _ = self.tx.send(Msg::End {
-                id: self.id,
-                start,
-                end,
-                starved,
-                run_queue_ns,
-            });
+        if !self.shared.running.load(Ordering::Relaxed) {
+            return;
         }
+        // Read here, on the loop thread, at the end itself: only for blocks over the
+        // threshold, never on the per-iteration path.
+        let run_queue_ns = crate::schedstat::run_queue_ns(self.target.native_tid);
+        let msg = Msg::End {
+            id: self.id,
+            start,
+            end,
+            starved,
+            run_queue_ns,
+        };
+        self.send_counted(msg, true);
+    }
+
+    /// Posts `msg` while the watchdog runs; `finishes`: the message will finish an event, so it
+    /// is counted in `Shared::pending` until the watchdog has handled it, and it wakes the
+    /// watchdog (otherwise the watchdog reads it at its next wake-up).
+    fn send_counted(&self, msg: Msg, finishes: bool) {
+        if !self.shared.running.load(Ordering::Relaxed) {
+            return;
+        }
+        if finishes {
+            self.shared.pending.fetch_add(1, Ordering::AcqRel);
+        }
+        self.mailbox.post(msg, finishes);
     }
 
     /// The detection threshold in force.
@@ -226,11 +280,44 @@ impl LoopSlot {
 /// A block just detected: the loop's slot and the block's start (watchdog clock).
 pub type BlockNotice = (Arc<LoopSlot>, u64);
 
+/// The watchdog thread's in-tray: messages in the order they were posted, and a doorbell.
+///
+/// A message that nobody waits for and that cannot make a block late to detect or judge is
+/// posted without ringing; others ring, so the watchdog handles them at once. A loop's
+/// registration rings: the watchdog first looks at a busy stretch an eighth of a threshold after
+/// it began (run-queue time, early samples), which it cannot do for a loop it does not know yet.
+/// Ringing never makes the poster wait. The queue's lock is held only to push one message or to take
+/// them all, never while waiting for anything (the GIL included).
+struct Mailbox {
+    queue: Arc<Mutex<Vec<Msg>>>,
+    /// Rung by [`Mailbox::post`]; holds at most one ring, so ringing never blocks.
+    bell: Sender<()>,
+}
+
+impl std::fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailbox").finish_non_exhaustive()
+    }
+}
+
+impl Mailbox {
+    fn post(&self, msg: Msg, ring: bool) {
+        self.queue.lock().push(msg);
+        if ring {
+            // Full: a ring is already waiting, which is as good. Disconnected: the watchdog
+            // thread has ended and nobody will read the message.
+            let _: Result<(), TrySendError<()>> = self.bell.try_send(());
+        }
+    }
+}
+
 /// Messages to the watchdog thread.
 enum Msg {
     Register(Arc<LoopSlot>),
     Unregister {
         id: u64,
+        /// Counted in `Shared::pending` (the loop had a block open).
+        closes: bool,
     },
     End {
         id: u64,
@@ -239,10 +326,6 @@ enum Msg {
         starved: bool,
         /// The loop thread's run-queue time at the end, when the kernel reports it.
         run_queue_ns: Option<u64>,
-    },
-    Context {
-        at: u64,
-        context: Arc<str>,
     },
     Annotate {
         id: u64,
@@ -284,7 +367,7 @@ struct Watched {
 pub struct Watchdog {
     shared: Arc<Shared>,
     notices: Receiver<BlockNotice>,
-    tx: Sender<Msg>,
+    mailbox: Arc<Mailbox>,
     events: Arc<Mutex<Vec<BlockEvent>>>,
     next_id: AtomicU64,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -306,8 +389,17 @@ impl Watchdog {
             running: AtomicBool::new(true),
             notify_blocks: AtomicBool::new(false),
             registered: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            ready: AtomicU64::new(0),
+            contexts: ContextLog::new(),
+            wakeups: AtomicU64::new(0),
         });
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let queue = Arc::new(Mutex::new(Vec::new()));
+        let (bell, rung) = crossbeam_channel::bounded(1);
+        let mailbox = Arc::new(Mailbox {
+            queue: Arc::clone(&queue),
+            bell,
+        });
         // Bounded: if nobody consumes notices, the watchdog drops them rather than queue.
         let (notice_tx, notice_rx) = crossbeam_channel::bounded(64);
         let events = Arc::new(Mutex::new(Vec::new()));
@@ -332,7 +424,15 @@ impl Watchdog {
                         return;
                     }
                 };
-                Runner::new(thread_shared, rx, thread_events, sampler, notice_tx).run();
+                Runner::new(
+                    thread_shared,
+                    queue,
+                    rung,
+                    thread_events,
+                    sampler,
+                    notice_tx,
+                )
+                .run();
             })
             .map_err(|e| format!("cannot start the loopguard watchdog thread: {e}"))?;
         let sampler_name = match ready_rx.recv() {
@@ -349,7 +449,7 @@ impl Watchdog {
         Ok(Watchdog {
             shared,
             notices: notice_rx,
-            tx,
+            mailbox,
             events,
             next_id: AtomicU64::new(1),
             thread: Mutex::new(Some(handle)),
@@ -378,12 +478,15 @@ impl Watchdog {
             beating: AtomicBool::new(false),
             beat_interval: AtomicU64::new(0),
             unregistered: AtomicBool::new(false),
+            open_block: AtomicU64::new(0),
             shared: Arc::clone(&self.shared),
-            tx: self.tx.clone(),
+            mailbox: Arc::clone(&self.mailbox),
         });
         self.shared.registered.fetch_add(1, Ordering::Relaxed);
         if self.shared.running.load(Ordering::Relaxed) {
-            let _ = self.tx.send(Msg::Register(Arc::clone(&slot)));
+            // Rung (see `Mailbox`): the watchdog must know the loop before its first look at a
+            // stretch, an eighth of a threshold after it begins.
+            self.mailbox.post(Msg::Register(Arc::clone(&slot)), true);
         }
         slot
     }
@@ -402,16 +505,22 @@ impl Watchdog {
     /// Names the asyncio task of the block that began at `start` on loop `loop_id`, if that
     /// block is still being watched.
     pub fn annotate(&self, loop_id: u64, start: u64, task_name: String) {
-        let _ = self.tx.send(Msg::Annotate {
+        let msg = Msg::Annotate {
             id: loop_id,
             start,
             task_name,
-        });
+        };
+        self.mailbox.post(msg, true);
     }
 
     /// How many loops are registered now (for tests and diagnostics).
     pub fn registered(&self) -> u64 {
         self.shared.registered.load(Ordering::Relaxed)
+    }
+
+    /// How many times the watchdog thread has woken up so far (for tests and diagnostics).
+    pub fn wakeups(&self) -> u64 {
+        self.shared.wakeups.load(Ordering::Relaxed)
     }
 
     /// Sets the detection threshold.
@@ -424,12 +533,41 @@ impl Watchdog {
         self.shared.threshold_ns()
     }
 
-    /// Records that `context` is current from now on.
+    /// Records that `context` is current from now on. Never waits for the watchdog thread
+    /// (see [`ContextLog`]).
     pub fn set_context(&self, context: &str) {
-        let _ = self.tx.send(Msg::Context {
-            at: now_ns(),
-            context: Arc::from(context),
-        });
+        self.shared.contexts.set(now_ns(), context);
+    }
+
+    /// Takes the finished events, the blocks whose end was reported before this call included:
+    /// returns at once when no end report is on its way; otherwise waits (up to `timeout_ns`)
+    /// for the watchdog to handle the reports sent so far. Unlike [`Watchdog::flush`], blocks
+    /// that ended without an end report are left to the watchdog (it closes them within
+    /// `END_GRACE_NS`). Never call while holding a lock a loop thread needs (the Python layer
+    /// releases the GIL around it when [`Watchdog::take_now`] says it must wait).
+    pub fn take(&self, timeout_ns: u64) -> Vec<BlockEvent> {
+        match self.take_now() {
+            Some(events) => events,
+            None => self.flush(timeout_ns),
+        }
+    }
+
+    /// [`Watchdog::take`] without waiting: `None` when an end report is on its way (then call
+    /// `take`). Costs two atomic loads when nothing has finished.
+    pub fn take_now(&self) -> Option<Vec<BlockEvent>> {
+        if self.shared.pending.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        if self.shared.ready.load(Ordering::Acquire) == 0 {
+            return Some(Vec::new());
+        }
+        Some(self.take_ready())
+    }
+
+    fn take_ready(&self) -> Vec<BlockEvent> {
+        let mut events = self.events.lock();
+        self.shared.ready.store(0, Ordering::Release);
+        std::mem::take(&mut *events)
     }
 
     /// Waits (up to `timeout_ns`) until the watchdog has handled every message sent before this
@@ -437,20 +575,26 @@ impl Watchdog {
     /// (the Python layer releases the GIL around it).
     pub fn flush(&self, timeout_ns: u64) -> Vec<BlockEvent> {
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-        if self.shared.running.load(Ordering::Relaxed) && self.tx.send(Msg::Flush(done_tx)).is_ok()
-        {
+        if self.shared.running.load(Ordering::Relaxed) {
+            self.mailbox.post(Msg::Flush(done_tx), true);
             let _ = done_rx.recv_timeout(std::time::Duration::from_nanos(timeout_ns));
         }
-        std::mem::take(&mut *self.events.lock())
+        self.take_ready()
     }
 
     /// Stops the watchdog thread and waits for it. Idempotent.
     pub fn stop(&self) {
         self.shared.running.store(false, Ordering::Relaxed);
-        let _ = self.tx.send(Msg::Stop);
+        self.mailbox.post(Msg::Stop, true);
         if let Some(h) = self.thread.lock().take() {
             let _ = h.join();
         }
+    }
+
+    /// In a forked child, where the watchdog thread does not exist: makes every handle on this
+    /// watchdog (loop slots included) a no-op from now on, without waiting for anything.
+    pub fn abandon(&self) {
+        self.shared.running.store(false, Ordering::Relaxed);
     }
 
     /// True until [`Watchdog::stop`] is called.
@@ -462,11 +606,12 @@ impl Watchdog {
 /// The watchdog thread's state. Owned by that thread alone: no locks but the event list.
 struct Runner {
     shared: Arc<Shared>,
-    rx: Receiver<Msg>,
+    /// The mailbox's queue; `rung` is its doorbell (disconnected once every `Mailbox` is gone).
+    queue: Arc<Mutex<Vec<Msg>>>,
+    rung: Receiver<()>,
     events: Arc<Mutex<Vec<BlockEvent>>>,
     sampler: Box<dyn Sampler>,
     loops: HashMap<u64, Watched>,
-    contexts: Vec<(u64, Arc<str>)>,
     next_event: u64,
     notices: Sender<BlockNotice>,
 }
@@ -474,43 +619,42 @@ struct Runner {
 impl Runner {
     fn new(
         shared: Arc<Shared>,
-        rx: Receiver<Msg>,
+        queue: Arc<Mutex<Vec<Msg>>>,
+        rung: Receiver<()>,
         events: Arc<Mutex<Vec<BlockEvent>>>,
         sampler: Box<dyn Sampler>,
         notices: Sender<BlockNotice>,
     ) -> Runner {
         Runner {
             shared,
-            rx,
+            queue,
+            rung,
             events,
             sampler,
             loops: HashMap::new(),
-            contexts: vec![(0, Arc::from(""))],
             next_event: 1,
             notices,
         }
     }
 
     fn run(&mut self) {
+        let mut batch = Vec::new();
         loop {
+            // Everything posted so far, in order (the lock is held only for the swap).
+            std::mem::swap(&mut batch, &mut *self.queue.lock());
+            for msg in batch.drain(..) {
+                if !self.handle(msg) {
+                    return;
+                }
+            }
             let now = now_ns();
             let wake_at = self.check(now);
             let timeout = std::time::Duration::from_nanos(wake_at.saturating_sub(now_ns()));
-            match self.rx.recv_timeout(timeout) {
-                Ok(msg) => {
-                    if !self.handle(msg) {
-                        return;
-                    }
-                    // Drain whatever else is queued before checking again.
-                    while let Ok(msg) = self.rx.try_recv() {
-                        if !self.handle(msg) {
-                            return;
-                        }
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
+            match self.rung.recv_timeout(timeout) {
+                Ok(()) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
+            self.shared.wakeups.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -520,13 +664,16 @@ impl Runner {
             Msg::Register(slot) => {
                 self.loops.insert(slot.id, Watched { slot, block: None });
             }
-            Msg::Unregister { id } => {
+            Msg::Unregister { id, closes } => {
                 if let Some(w) = self.loops.remove(&id) {
                     if let Some(b) = w.block.filter(|b| b.confirmed) {
                         // The exact end report (if any) was sent before the unregistration.
                         let end = b.seen_end.unwrap_or_else(now_ns);
                         self.finish(&w.slot, b, end, false, None);
                     }
+                }
+                if closes {
+                    self.shared.pending.fetch_sub(1, Ordering::AcqRel);
                 }
             }
             Msg::End {
@@ -535,12 +682,9 @@ impl Runner {
                 end,
                 starved,
                 run_queue_ns,
-            } => self.on_end(id, start, end, starved, run_queue_ns),
-            Msg::Context { at, context } => {
-                if self.contexts.len() >= CONTEXT_HISTORY {
-                    self.contexts.drain(..CONTEXT_HISTORY / 2);
-                }
-                self.contexts.push((at, context));
+            } => {
+                self.on_end(id, start, end, starved, run_queue_ns);
+                self.shared.pending.fetch_sub(1, Ordering::AcqRel);
             }
             Msg::Annotate {
                 id,
@@ -565,8 +709,7 @@ impl Runner {
     }
 
     fn context_at(&self, t: u64) -> Arc<str> {
-        let i = self.contexts.partition_point(|(at, _)| *at <= t);
-        Arc::clone(&self.contexts[i.saturating_sub(1)].1)
+        self.shared.contexts.at(t)
     }
 
     fn on_end(&mut self, id: u64, start: u64, end: u64, starved: bool, run_queue: Option<u64>) {
@@ -609,6 +752,10 @@ impl Runner {
     /// Reports block `b`, which ended at `end`; `run_queue` is the loop thread's run-queue time
     /// at the end, when it reported the end itself.
     fn finish(&mut self, slot: &LoopSlot, b: Block, end: u64, exact: bool, run_queue: Option<u64>) {
+        // Another block of this loop may be open (see `on_end`): only this one is closed.
+        let _ = slot
+            .open_block
+            .compare_exchange(b.start, 0, Ordering::AcqRel, Ordering::Relaxed);
         let id = self.next_event;
         self.next_event += 1;
         let end = end.max(b.start);
@@ -658,7 +805,11 @@ impl Runner {
             callbacks,
             samples,
         };
-        self.events.lock().push(ev);
+        let mut events = self.events.lock();
+        events.push(ev);
+        self.shared
+            .ready
+            .store(events.len() as u64, Ordering::Release);
     }
 
     /// Closes blocks whose end the watchdog saw more than `grace` ago without an end report.
@@ -695,6 +846,9 @@ impl Runner {
         // Never sleep longer than one threshold (see the module docs).
         let mut wake_at = now + threshold;
         let mut stale = false;
+        // The earliest start of a stretch not attributed yet (see `ContextLog`): a stretch
+        // that begins from now on cannot begin earlier than `now`.
+        let mut horizon = now;
         for w in self.loops.values_mut() {
             let (busy, since, wake_by) = w.slot.snapshot();
             // The moment from which the loop counts as stuck, and whether it is starved.
@@ -705,12 +859,18 @@ impl Runner {
             } else {
                 None
             };
+            if let Some((s, _)) = stuck_from {
+                if w.block.as_ref().is_none_or(|b| b.start != s) {
+                    horizon = horizon.min(s);
+                }
+            }
             if let Some(b) = w.block.as_mut() {
                 let still = stuck_from.is_some_and(|(s, st)| s == b.start && st == b.starved);
                 let deadline = b.start.saturating_add(b.threshold);
                 if still {
                     if !b.confirmed && now >= deadline {
                         b.confirmed = true;
+                        w.slot.open_block.store(b.start, Ordering::Release);
                         let s = self.sampler.sample(&w.slot.target, now - b.start);
                         observe(b, s);
                         // Counted when the sample is in hand: a sampler that had to wait (for
@@ -757,8 +917,10 @@ impl Runner {
             let confirmed = now >= deadline;
             let early_samples = tags && !starved;
             let run_queue_at_look = crate::schedstat::run_queue_ns(w.slot.target.native_tid);
-            let i = self.contexts.partition_point(|(at, _)| *at <= start);
-            let context = Arc::clone(&self.contexts[i.saturating_sub(1)].1);
+            let context = self.shared.contexts.at(start);
+            if confirmed {
+                w.slot.open_block.store(start, Ordering::Release);
+            }
             let mut b = Block {
                 start,
                 starved,
@@ -798,6 +960,7 @@ impl Runner {
         if stale {
             self.close_stale(now, END_GRACE_NS);
         }
+        self.shared.contexts.set_horizon(horizon);
         wake_at
     }
 }
@@ -1222,6 +1385,187 @@ mod tests {
         let events = wd.flush(ms(2000));
         wd.stop();
         assert_eq!(events[0].task_name.as_deref(), Some("Task-7"));
+    }
+
+    /// A sampler that holds the watchdog thread until told to go on (like the GIL fallback
+    /// waiting for the GIL).
+    struct Stuck(Receiver<()>);
+
+    impl Sampler for Stuck {
+        fn sample(&mut self, target: &Target, offset_ns: u64) -> Sample {
+            let _ = self.0.recv_timeout(ms_d(10_000));
+            Fixed.sample(target, offset_ns)
+        }
+
+        fn name(&self) -> &'static str {
+            "stuck"
+        }
+    }
+
+    #[test]
+    fn phases_without_a_finished_block_never_wait_for_the_watchdog() {
+        let (go_tx, go_rx) = crossbeam_channel::bounded(0);
+        let wd = Watchdog::start(ms(30), move || {
+            Ok(Box::new(Stuck(go_rx)) as Box<dyn Sampler>)
+        })
+        .unwrap();
+        // A loop in another thread blocks; the watchdog thread is now inside the sampler.
+        let slot = wd.register("asyncio", "bg", target());
+        slot.busy();
+        sleep(ms_d(100));
+        // Meanwhile test phases go on: switching the context and taking events do not wait.
+        let t0 = std::time::Instant::now();
+        for i in 0..1000 {
+            wd.set_context(&format!("call\u{1f}test_{i}"));
+            assert!(wd.take_now().expect("nothing on its way").is_empty());
+        }
+        assert!(t0.elapsed() < ms_d(1000), "{:?}", t0.elapsed());
+        // The block ends: its report is on its way, so taking now must wait for it.
+        slot.idle(None);
+        assert!(wd.take_now().is_none());
+        go_tx.send(()).unwrap();
+        let events = wd.take(ms(5000));
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].context, "", "began before the first test");
+        assert!(wd.take_now().expect("nothing left").is_empty());
+        drop(go_tx);
+        wd.stop();
+    }
+
+    #[test]
+    fn test_phases_do_not_wake_the_watchdog_and_loops_wake_it_once_each() {
+        // The watchdog sleeps up to one threshold between looks: a long one here.
+        let wd = start(ms(60_000));
+        wd.flush(ms(5000));
+        let before = wd.wakeups();
+        for i in 0..50 {
+            wd.set_context(&format!("setup\u{1f}test_{i}"));
+            wd.set_context(&format!("call\u{1f}test_{i}"));
+            assert!(wd.take_now().expect("nothing on its way").is_empty());
+            wd.set_context(&format!("teardown\u{1f}test_{i}"));
+        }
+        assert_eq!(wd.wakeups(), before, "a test phase woke the watchdog");
+        for i in 0..50 {
+            wd.set_context(&format!("call\u{1f}loop_{i}"));
+            let slot = wd.register("asyncio", "main", target());
+            slot.busy();
+            slot.idle(Some(ms(1)));
+            slot.busy();
+            slot.unregister();
+            assert!(wd.take_now().expect("nothing on its way").is_empty());
+        }
+        // At most one wake-up per loop (rings that come while it is awake merge); the rings
+        // are not waited for, so give the watchdog a moment to answer them.
+        let deadline = std::time::Instant::now() + ms_d(2000);
+        while wd.wakeups() == before && std::time::Instant::now() < deadline {
+            sleep(ms_d(1));
+        }
+        let woken = wd.wakeups() - before;
+        assert!((1..=50).contains(&woken), "{woken} wake-ups for 50 loops");
+        wd.flush(ms(5000));
+        assert_eq!(wd.registered(), 0);
+        wd.stop();
+    }
+
+    #[test]
+    fn a_block_ended_before_take_is_taken_with_its_context() {
+        let wd = start(ms(50));
+        wd.set_context("call\u{1f}test_a");
+        let slot = wd.register("asyncio", "main", target());
+        slot.busy();
+        sleep(ms_d(120));
+        slot.idle(None);
+        wd.set_context("teardown\u{1f}test_a");
+        // The end report was sent before this call: take() returns the block.
+        let events = wd.take(ms(5000));
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].context, "call\u{1f}test_a");
+        assert!(events[0].end_exact);
+        // Short stretches make nothing to take, and nothing to wait for.
+        slot.busy();
+        slot.idle(None);
+        assert!(wd.take_now().expect("nothing on its way").is_empty());
+        wd.stop();
+    }
+
+    #[test]
+    fn a_block_outlives_thousands_of_context_switches() {
+        let wd = start(ms(300));
+        wd.set_context("call\u{1f}test_0");
+        let slot = wd.register("asyncio", "bg", target());
+        slot.busy();
+        // Many short tests run while the loop in another thread is blocked.
+        for i in 1..=5000 {
+            wd.set_context(&format!("call\u{1f}test_{i}"));
+        }
+        sleep(ms_d(450));
+        slot.idle(None);
+        let events = wd.take(ms(5000));
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].context, "call\u{1f}test_0");
+        wd.stop();
+    }
+
+    #[test]
+    fn the_watchdog_keeps_the_context_of_a_stretch_it_has_not_judged_yet() {
+        let wd = start(ms(60_000));
+        wd.set_context("call\u{1f}test_0");
+        let slot = wd.register("asyncio", "bg", target());
+        slot.busy();
+        let (_, since, _) = slot.snapshot();
+        // Wait for the watchdog to look at the loop and publish its horizon.
+        let t0 = std::time::Instant::now();
+        while wd.shared.contexts.len() < 2 || horizon(&wd) == 0 || horizon(&wd) > since {
+            assert!(t0.elapsed() < ms_d(5000), "no horizon at or before {since}");
+            sleep(ms_d(5));
+        }
+        // Switches long after the grace period cannot drop the context in force at `since`.
+        for i in 1..=100 {
+            wd.shared
+                .contexts
+                .set(since + i * ms(60_000), &format!("call\u{1f}test_{i}"));
+        }
+        assert_eq!(&*wd.shared.contexts.at(since), "call\u{1f}test_0");
+        slot.unregister();
+        wd.stop();
+    }
+
+    fn horizon(wd: &Watchdog) -> u64 {
+        wd.shared.contexts.horizon()
+    }
+
+    #[test]
+    fn a_watched_block_is_reported_exactly_even_if_the_threshold_rose_meanwhile() {
+        let wd = start(ms(40));
+        wd.set_notify_blocks(true);
+        let notices = wd.notices();
+        let slot = wd.register("asyncio", "main", target());
+        slot.busy();
+        notices.recv_timeout(ms_d(5000)).expect("detected");
+        wd.set_threshold_ns(ms(10_000));
+        slot.idle(None);
+        let events = wd.take(ms(5000));
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert!(events[0].end_exact, "{events:?}");
+        wd.stop();
+    }
+
+    #[test]
+    fn unregistering_a_loop_with_a_block_open_is_waited_for() {
+        let wd = start(ms(30));
+        let slot = wd.register("asyncio", "main", target());
+        // Idle past its deadline: a starved loop, whose unregistration sends no end report.
+        slot.idle(Some(ms(1)));
+        let t0 = std::time::Instant::now();
+        while slot.open_block.load(Ordering::Acquire) == 0 {
+            assert!(t0.elapsed() < ms_d(5000), "never detected");
+            sleep(ms_d(5));
+        }
+        slot.unregister();
+        let events = wd.take(ms(5000));
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert!(events[0].starved);
+        wd.stop();
     }
 
     #[test]

@@ -453,3 +453,70 @@ def test_fine():
     import json
 
     assert json.loads((pytester.path / "lg.json").read_text())["tests"] == []
+
+
+def test_background_block_outliving_many_short_tests_belongs_to_the_test_it_began_in(pytester):
+    # Hundreds of tests begin and end while the block lasts: each switches loopguard's context
+    # twice or more before the block is even detected.
+    result = run(
+        pytester,
+        BACKGROUND
+        + """
+def test_leaves_its_loop_blocked(bg):
+    block_in(bg, 1.5)
+
+@pytest.mark.parametrize("i", range(600))
+def test_short(bg, i):
+    pass
+
+def test_waits_for_the_block_to_end(bg):
+    time.sleep(2.0)
+""",
+        "--loopguard-threshold=500ms",
+        "--loopguard-json=lg.json",
+    )
+    result.assert_outcomes(passed=602)
+    [ev] = json_events(pytester)
+    assert (ev["test"], ev["phase"], ev["outcome"], ev["reason"]) == (
+        "test_it.py::test_leaves_its_loop_blocked",
+        "call",
+        "recorded",
+        "ended after its test had finished",
+    )
+
+
+def test_a_finished_tests_marker_still_judges_its_late_block(pytester):
+    # The test that began the block is over when the block ends: its own settings (here: off)
+    # decide, not those of the test running then.
+    result = run(
+        pytester,
+        BACKGROUND
+        + """
+@pytest.mark.loopguard(enabled=False)
+def test_leaves_its_loop_blocked_unchecked(bg):
+    block_in(bg, 0.4)
+
+def test_next(bg):
+    time.sleep(0.9)
+
+@pytest.mark.loopguard(threshold="1s")
+def test_leaves_a_short_block_under_its_threshold(bg):
+    block_in(bg, 0.4)
+
+def test_after(bg):
+    time.sleep(0.9)
+
+def test_leaves_its_loop_blocked_checked(bg):
+    block_in(bg, 0.4)
+
+def test_last(bg):
+    time.sleep(0.9)
+""",
+        "--loopguard-json=lg.json",
+    )
+    result.assert_outcomes(passed=6)
+    [ev] = json_events(pytester)
+    assert (ev["test"], ev["outcome"]) == (
+        "test_it.py::test_leaves_its_loop_blocked_checked",
+        "recorded",
+    )

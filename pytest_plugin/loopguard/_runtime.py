@@ -68,13 +68,18 @@ class Runtime:
             return token
 
     def update(self, token: int, threshold: float) -> None:
+        ns = max(1, int(threshold * 1e9))
+        if self._needs.get(token) == ns:
+            return  # the common case, at every test: nothing changes
         with self._lock:
-            if token in self._needs:
-                self._needs[token] = max(1, int(threshold * 1e9))
+            if token in self._needs and self._needs[token] != ns:
+                self._needs[token] = ns
                 self._apply()
 
     def set_raise(self, token: int, on: bool) -> None:
         """Raise mode for ``token``: blocks raise ``LoopBlockedError`` in the loop thread."""
+        if not on and not self._raisers:
+            return  # the common case, at every test: nobody raises
         from ._guard import LoopBlockedError
 
         with self._lock:
@@ -129,20 +134,43 @@ class Runtime:
     # --- events ----------------------------------------------------------------------------
 
     def set_context(self, context: str) -> None:
-        if self._optional:
-            self._install_optional()
-        if _native.is_running():
+        """Blocks that begin from now on belong to ``context``. Never waits for the watchdog."""
+        try:
             _native.set_context(context)
+        except RuntimeError:
+            pass  # the watchdog is not running
 
-    def collect(self) -> list[BlockEvent]:
-        """Fetch finished events from the watchdog into the log; returns the new ones."""
+    def check_imports(self) -> None:
+        """Instrument uvloop and trio if they were imported in a way the import hook missed
+        (called at the start of every test: cheap)."""
+        for name in self._optional:
+            if name in sys.modules:
+                self._install_optional()
+                return
+
+    def collect(self, *, everything: bool = False) -> list[BlockEvent]:
+        """Fetch finished events from the watchdog into the log; returns the new ones.
+
+        Waits for the watchdog only while the end of a block has been reported to it and not
+        handled yet, so this costs nothing when no block finished. ``everything``: also wait
+        for the watchdog to close the blocks whose end it saw without a report (at the end of
+        a session).
+        """
+        raw = _native.flush(_FLUSH_TIMEOUT) if everything else _native.take(_FLUSH_TIMEOUT)
+        if raw is None:
+            return []
         # A loop thread paused at a breakpoint is the user's pause, not a block.
-        new = [e for e in events_from_json(_native.flush(_FLUSH_TIMEOUT)) if not e.in_debugger]
+        new = [e for e in events_from_json(raw) if not e.in_debugger]
         for ev in new:
             explain(ev)
         with self._lock:
             self._events.extend(new)
         return new
+
+    @property
+    def has_events(self) -> bool:
+        """True when the log holds events nobody has taken."""
+        return bool(self._events)
 
     def events_between(self, start_ns: int, end_ns: int) -> list[BlockEvent]:
         with self._lock:

@@ -16,7 +16,8 @@ A failure report whose longrepr is loopguard's own keeps it across the process b
 the same with and without xdist.
 
 Registered by :func:`loopguard.plugin.pytest_configure` as a plugin object of its own (so its
-``pytest_runtest_makereport`` can wrap the plugin's), in every process of the session.
+``pytest_runtest_makereport`` can wrap the plugin's), in every process of an xdist session, and
+only there: without xdist its hooks would only add to the cost of every test.
 """
 
 from __future__ import annotations
@@ -59,6 +60,15 @@ class XdistPlugin:
         # Controller: how many events arrived from each worker ("gw0", ...).
         self.received: dict[str, int] = {}
 
+    @staticmethod
+    def needed(config: pytest.Config) -> bool:
+        """True in an xdist worker and in a controller that distributes tests."""
+        if is_worker(config):
+            return True
+        return getattr(config.option, "dist", "no") != "no" and bool(
+            getattr(config.option, "tx", None)
+        )
+
     # --- worker side -----------------------------------------------------------------------
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -66,8 +76,9 @@ class XdistPlugin:
         if not self.worker:
             return (yield)
         report = yield
-        ts = self.state.tests.get(item.nodeid)
-        new = [v for v in (ts.verdicts.get(call.when, []) if ts else []) if id(v) not in self._sent]
+        ts = self.state.current
+        verdicts = ts.verdicts.get(call.when, []) if ts is not None and ts.item is item else []
+        new = [v for v in verdicts if id(v) not in self._sent]
         if new:
             self._sent.update(id(v) for v in new)
             setattr(report, ATTR, [_verdict_to_data(v) for v in new])

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import pytest
 
@@ -162,23 +162,58 @@ class _Settings:
         }
 
 
-@dataclass
-class _TestState:
+@dataclass(frozen=True)
+class _TestSettings:
+    """What the markers of one test set (the session's settings where they set nothing)."""
+
     threshold: float
     enabled: bool
     mode: str
     allow: tuple[AllowPattern, ...] = ()
-    verdicts: dict[str, list[Verdict]] = field(default_factory=dict)
-    phase: str = "setup"
-    phase_start_ns: int = 0
-    test_start_ns: int = 0
     max_lag: Optional[float] = None
-    expects: list[tuple[str, ExpectBlock]] = field(default_factory=list)
-    """``expect_block()`` contexts of the test, with the phase that opened them."""
+
+    def floor(self, settings: _Settings) -> float:
+        """The shortest block worth keeping for this test."""
+        return settings.floor(self.threshold)
+
+
+class _TestState:
+    """The test that is running (or has just run): its settings, phase and verdicts. Only the
+    current test has one, so a collected test costs no memory until it runs."""
+
+    __slots__ = (
+        "allow",
+        "enabled",
+        "expects",
+        "item",
+        "max_lag",
+        "mode",
+        "phase",
+        "phase_start_ns",
+        "test_start_ns",
+        "threshold",
+        "verdicts",
+    )
+
+    def __init__(self, item: pytest.Item, settings: _TestSettings) -> None:
+        self.item = item
+        self.threshold = settings.threshold
+        self.enabled = settings.enabled
+        self.mode = settings.mode
+        self.allow = settings.allow
+        self.max_lag = settings.max_lag
+        self.verdicts: dict[str, list[Verdict]] = {}
+        self.phase = "setup"
+        self.phase_start_ns = 0
+        self.test_start_ns = 0
+        self.expects: list[tuple[str, ExpectBlock]] = []
+        """``expect_block()`` contexts of the test, with the phase that opened them."""
 
     def floor(self, settings: _Settings) -> float:
         """The shortest block worth keeping for this test."""
         floor = settings.floor(self.threshold)
+        if not self.expects:
+            return floor
         return min([floor, *(e.threshold for _, e in self.expects)])
 
 
@@ -187,7 +222,14 @@ class _State:
     settings: _Settings
     token: int
     judge: Judge
-    tests: dict[str, _TestState] = field(default_factory=dict)
+    default: _TestSettings
+    """The settings of a test without a loopguard marker."""
+    marked: dict[str, _TestSettings] = field(default_factory=dict)
+    """The settings of the tests that have a loopguard marker, by node id."""
+    collected: set[int] = field(default_factory=set)
+    """``id()`` of the items whose markers were read at collection (ints: nothing for the
+    garbage collector to visit)."""
+    current: Optional[_TestState] = None
     verdicts: list[Verdict] = field(default_factory=list)
     fixed: list[tuple[str, str]] = field(default_factory=list)
     written: list[str] = field(default_factory=list)
@@ -372,9 +414,13 @@ def pytest_configure(config: pytest.Config) -> None:
         token = runtime.acquire(settings.floor(settings.threshold), settings.sampler)
     except RuntimeError as e:
         raise pytest.UsageError(f"loopguard: cannot start the watchdog: {e}") from None
-    state = config.stash[_state_key] = _State(settings=settings, token=token, judge=judge)
+    default = _TestSettings(threshold=settings.threshold, enabled=True, mode=settings.mode)
+    state = config.stash[_state_key] = _State(
+        settings=settings, token=token, judge=judge, default=default
+    )
     state.reader_off = _reader_off(settings)
-    config.pluginmanager.register(XdistPlugin(config, state), XdistPlugin.name)
+    if XdistPlugin.needed(config):
+        config.pluginmanager.register(XdistPlugin(config, state), XdistPlugin.name)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -447,12 +493,17 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
-def _marker_settings(item: pytest.Item, settings: _Settings) -> _TestState:
-    ts = _TestState(threshold=settings.threshold, enabled=True, mode=settings.mode)
+def _marker_settings(item: pytest.Item, state: _State) -> _TestSettings:
+    """The settings of ``item``: the session's, unless loopguard markers change them."""
+    marks = list(item.iter_markers("loopguard"))
+    if not marks:
+        return state.default
+    d = state.default
+    threshold, enabled, mode, max_lag = d.threshold, d.enabled, d.mode, d.max_lag
     where = f"@pytest.mark.loopguard on {item.nodeid}"
     allow: list[AllowPattern] = []
     # Closest marker wins: iter_markers yields the function's own first.
-    for mark in reversed(list(item.iter_markers("loopguard"))):
+    for mark in reversed(marks):
         if mark.args:
             raise pytest.UsageError(
                 f"loopguard: {item.nodeid}: @pytest.mark.loopguard takes keyword arguments only "
@@ -467,13 +518,11 @@ def _marker_settings(item: pytest.Item, settings: _Settings) -> _TestState:
             )
         try:
             if "threshold" in mark.kwargs:
-                ts.threshold = parse_duration(
-                    mark.kwargs["threshold"], name="threshold", source=where
-                )
+                threshold = parse_duration(mark.kwargs["threshold"], name="threshold", source=where)
             if "mode" in mark.kwargs:
-                ts.mode = parse_choice(mark.kwargs["mode"], MODES, name="mode", source=where)
+                mode = parse_choice(mark.kwargs["mode"], MODES, name="mode", source=where)
             if "max_lag" in mark.kwargs:
-                ts.max_lag = parse_duration(mark.kwargs["max_lag"], name="max_lag", source=where)
+                max_lag = parse_duration(mark.kwargs["max_lag"], name="max_lag", source=where)
             if "allow" in mark.kwargs:
                 value = mark.kwargs["allow"]
                 patterns = [value] if isinstance(value, str) else value
@@ -492,33 +541,53 @@ def _marker_settings(item: pytest.Item, settings: _Settings) -> _TestState:
                     f"loopguard: invalid value for enabled: {value!r} (from "
                     f"{where}); expected True or False"
                 )
-            ts.enabled = value
-    ts.allow = tuple(allow)
-    return ts
+            enabled = value
+    return _TestSettings(threshold, enabled, mode, tuple(allow), max_lag)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Check every loopguard marker now (a mistake is a usage error before any test runs) and
+    keep the settings of the tests they change; other tests need nothing kept."""
     state = config.stash.get(_state_key, None)
     if state is None:
         return
     for item in items:
-        state.tests[item.nodeid] = _marker_settings(item, state.settings)
+        ts = _marker_settings(item, state)
+        if ts is not state.default:
+            state.marked[item.nodeid] = ts
+    # Items stay alive for the whole session (session.items), so their ids stay theirs.
+    state.collected.update(map(id, items))
 
 
-def _test_state(item: pytest.Item) -> Optional[tuple[_State, _TestState]]:
+def _settings_of(state: _State, item: pytest.Item) -> _TestSettings:
+    """The settings of ``item``: those read at collection (nothing is kept for a test without
+    markers: whatever is kept per test, even in its stash, is one more object for every
+    garbage collection to visit), or read now for an item added later."""
+    ts = state.marked.get(item.nodeid)
+    if ts is None:
+        if id(item) in state.collected:
+            return state.default
+        ts = _marker_settings(item, state)
+        if ts is not state.default:
+            state.marked[item.nodeid] = ts
+    return ts
+
+
+def _test_state(item: pytest.Item, *, new: bool = False) -> Optional[tuple[_State, _TestState]]:
+    """The state of ``item``, the test that is running; ``new``: it starts (again) now."""
     state = item.config.stash.get(_state_key, None)
     if state is None:
         return None
-    ts = state.tests.get(item.nodeid)
-    if ts is None:
-        ts = state.tests[item.nodeid] = _marker_settings(item, state.settings)
+    ts = state.current
+    if new or ts is None or ts.item is not item:
+        ts = state.current = _TestState(item, _settings_of(state, item))
     return state, ts
 
 
-def _enter_phase(item: pytest.Item, phase: str) -> None:
-    found = _test_state(item)
+def _enter_phase(item: pytest.Item, phase: str) -> Optional[tuple[_State, _TestState]]:
+    found = _test_state(item, new=phase == "setup")
     if found is None:
-        return
+        return None
     state, ts = found
     ts.phase = phase
     ts.phase_start_ns = _native.now_ns()
@@ -527,16 +596,22 @@ def _enter_phase(item: pytest.Item, phase: str) -> None:
         runtime.lag_probing = ts.enabled and ts.max_lag is not None
         runtime.update(state.token, state.settings.floor(ts.threshold))
         runtime.set_raise(state.token, ts.enabled and ts.mode == "raise")
+        runtime.check_imports()
     runtime.set_context(make_context(item.nodeid, phase))
+    return found
 
 
-def _leave_phase(item: pytest.Item, phase: str, *, warn: bool) -> None:
+def _leave_phase(
+    item: pytest.Item, phase: str, *, warn: bool, found: Optional[tuple[_State, _TestState]]
+) -> None:
     """Judge the blocks that began in this phase; in warn mode, emit their warnings."""
-    found = _test_state(item)
     if found is None:
         return
     state, ts = found
     runtime.collect()
+    if not runtime.has_events and not ts.expects and ts.max_lag is None:
+        ts.verdicts[phase] = []  # the common case: nothing blocked, nothing to check
+        return
     # This phase's blocks, and those of the test's earlier phases that ended only now (a loop in
     # another thread still blocked when the earlier phase was reported): they fail this phase.
     events = runtime.take_events(
@@ -579,7 +654,7 @@ def _leave_phase(item: pytest.Item, phase: str, *, warn: bool) -> None:
 
 
 def _judge(
-    state: _State, ts: _TestState, ev: BlockEvent, *, test: str, phase: str
+    state: _State, ts: Union[_TestState, _TestSettings], ev: BlockEvent, *, test: str, phase: str
 ) -> Optional[Verdict]:
     """The verdict on one block under a test's settings, or None when it is too short to keep."""
     if ev.duration < ts.floor(state.settings):
@@ -595,11 +670,11 @@ def _record_strays(state: _State, current: Optional[str]) -> None:
     (a loop in another thread was still blocked when its last phase was reported) and those
     that began outside any test (during collection, between tests). They are judged as usual
     and kept for the summary and the JSON report; one that would fail is recorded instead."""
-    s = state.settings
+    if not runtime.has_events:
+        return
     for ev in runtime.take_events(lambda e: e.test != current):
-        ts = state.tests.get(ev.test) if ev.test is not None else None
-        if ts is None:  # outside any test: the session's settings
-            ts = _TestState(threshold=s.threshold, enabled=True, mode=s.mode)
+        # Outside any test: the session's settings.
+        ts = state.marked.get(ev.test, state.default) if ev.test is not None else state.default
         if not ts.enabled:
             continue
         test, phase = (ev.test, ev.phase or "call") if ev.test is not None else ("", "outside")
@@ -668,13 +743,13 @@ def _phase(item: pytest.Item, phase: str) -> Generator[None, Any, Any]:
     """The body of the three phase wrappers: judge the phase's blocks once it has run."""
     # A failure raised by another plugin's hook passes through here: not ours to show.
     __tracebackhide__ = True
-    _enter_phase(item, phase)
+    found = _enter_phase(item, phase)
     try:
         result = yield
     except BaseException:
-        _leave_phase(item, phase, warn=False)
+        _leave_phase(item, phase, warn=False, found=found)
         raise
-    _leave_phase(item, phase, warn=True)
+    _leave_phase(item, phase, warn=True, found=found)
     return result
 
 
@@ -742,11 +817,13 @@ class _Crash:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
-    found = _test_state(item)
-    if found is None:
+    state = item.config.stash.get(_state_key, None)
+    ts = state.current if state is not None else None
+    # The phase just judged is the current test's; no verdict is the common case.
+    verdicts = ts.verdicts.get(call.when) if ts is not None and ts.item is item else None
+    if not verdicts:
         return report
-    _state, ts = found
-    failing = [v for v in ts.verdicts.get(call.when, []) if v.outcome == "failed"]
+    failing = [v for v in verdicts if v.outcome == "failed"]
     if not failing:
         return report
     if report.skipped or hasattr(report, "wasxfail"):
@@ -782,7 +859,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if state is None:
         return
     if runtime.active:
-        runtime.collect()
+        runtime.collect(everything=True)
         _record_strays(state, current=None)
     if hasattr(config, "workerinput"):
         return

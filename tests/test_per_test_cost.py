@@ -1,0 +1,90 @@
+"""What every test pays for the plugin when nothing blocks: nothing that wakes (or waits for)
+the watchdog thread, and no object kept per collected test. (Time is measured by
+benchmarks/per_test_cost.py, not asserted here.)"""
+
+import json
+
+from conftest import INI
+
+# Records, in the inner session, how often the watchdog thread went to sleep during the
+# run-test loop (its voluntary context switches: one per wake-up, whether a timer or a message
+# woke it; a test that waited for it woke it first), and how many objects the garbage
+# collector tracks after collection and after the run.
+PROBE = """
+import gc, json, os
+import pytest
+
+def _watchdog_sleeps():
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/comm") as f:
+            if f.read().strip() != "loopguard-watch":
+                continue
+        with open(f"/proc/self/task/{tid}/status") as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    return int(line.split()[1])
+    return 0
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtestloop(session):
+    gc.collect()
+    collected = len(gc.get_objects())
+    w0 = _watchdog_sleeps()
+    try:
+        return (yield)
+    finally:
+        wakeups = _watchdog_sleeps() - w0
+        gc.collect()
+        with open("probe.json", "w") as f:
+            json.dump(
+                {"wakeups": wakeups, "collected": collected, "ran": len(gc.get_objects())}, f
+            )
+"""
+
+
+def probe(pytester, n, *, plugin, kind="sync"):
+    pytester.makeini(INI)
+    pytester.makeconftest(PROBE)
+    if kind == "sync":
+        body = "def test_{i}():\n    pass\n"
+    else:
+        body = "async def test_{i}():\n    pass\n"
+    pytester.makepyfile(
+        test_many="import pytest\n\n" + "\n".join(body.format(i=i) for i in range(n))
+    )
+    args = ["-p", "loopguard"] if plugin else []
+    if kind == "async":
+        args += ["-o", "asyncio_mode=auto"]
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=n)
+    return json.loads((pytester.path / "probe.json").read_text())
+
+
+# The watchdog wakes up on its own at least once per threshold (100 ms) while it watches a
+# loop, so a few wake-ups per second are expected; a message per test phase would be hundreds.
+
+
+def test_test_phases_without_blocks_do_not_wake_the_watchdog(pytester):
+    n = 400
+    wakeups = probe(pytester, n, plugin=True)["wakeups"]
+    assert wakeups < n / 4, f"the watchdog woke up {wakeups} times in {n} tests"
+
+
+def test_async_tests_without_blocks_do_not_wake_the_watchdog(pytester):
+    # Each test runs its own event loop, registered with the watchdog and unregistered.
+    n = 300
+    wakeups = probe(pytester, n, plugin=True, kind="async")["wakeups"]
+    assert wakeups < n / 4, f"the watchdog woke up {wakeups} times in {n} tests"
+
+
+def test_collected_tests_keep_no_objects_alive(pytester):
+    # Objects per test, with and without the plugin, from the slope between two suite sizes
+    # (what the plugin keeps once, its modules and the watchdog, cancels out).
+    def slope(plugin):
+        small = probe(pytester, 200, plugin=plugin)
+        large = probe(pytester, 1200, plugin=plugin)
+        return {k: (large[k] - small[k]) / 1000 for k in ("collected", "ran")}
+
+    off, on = slope(False), slope(True)
+    assert on["collected"] - off["collected"] < 0.1, (off, on)
+    assert on["ran"] - off["ran"] < 0.1, (off, on)
