@@ -37,6 +37,7 @@ __all__ = [
     "set_threshold",
     "start",
     "stop",
+    "take",
     "threshold",
 ]
 
@@ -56,7 +57,12 @@ def set_threshold(ns: int) -> None: ...
 def threshold() -> int: ...
 def set_context(context: str) -> None: ...
 def flush(timeout_s: float) -> str:
-    """Finished block events as a JSON array."""
+    """Waits for the watchdog to handle everything sent so far; the finished block events as a
+    JSON array."""
+
+def take(timeout_s: float) -> Optional[str]:
+    """The finished block events as a JSON array, or None when there are none; waits only while
+    the end of a block is on its way to the watchdog."""
 
 def registered_loops() -> int: ...
 def now_ns() -> int: ...
