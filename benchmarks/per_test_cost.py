@@ -132,7 +132,8 @@ def _measure(suite: Path, root: Path, rounds: int) -> dict[str, list[float]]:
         order = (False, True) if r % 2 == 0 else (True, False)
         for plugin in order:
             side = "on" if plugin else "off"
-            for clock, value in zip(("wall", "loop", "cpu", "waits"), _run(suite, root, plugin), strict=True):
+            values = _run(suite, root, plugin)
+            for clock, value in zip(("wall", "loop", "cpu", "waits"), values, strict=True):
                 res[f"{clock}_{side}"].append(value)
     return res
 

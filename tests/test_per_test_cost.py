@@ -70,11 +70,14 @@ def test_test_phases_without_blocks_do_not_wake_the_watchdog(pytester):
     assert wakeups < n / 4, f"the watchdog woke up {wakeups} times in {n} tests"
 
 
-def test_async_tests_without_blocks_do_not_wake_the_watchdog(pytester):
-    # Each test runs its own event loop, registered with the watchdog and unregistered.
+def test_async_tests_without_blocks_wake_the_watchdog_a_few_times_per_loop(pytester):
+    # Each test runs its own event loop, registered with the watchdog and unregistered. The
+    # registration wakes the watchdog, without waiting for it: it must know the loop before its
+    # first look at a busy stretch (an eighth of the threshold in, for the CPU-wait reading),
+    # and it looks at a stretch it saw begin. A wake-up per loop iteration would be thousands.
     n = 300
     wakeups = probe(pytester, n, plugin=True, kind="async")["wakeups"]
-    assert wakeups < n / 4, f"the watchdog woke up {wakeups} times in {n} tests"
+    assert wakeups <= 5 * n, f"the watchdog woke up {wakeups} times in {n} tests"
 
 
 def test_collected_tests_keep_no_objects_alive(pytester):

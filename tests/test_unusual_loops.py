@@ -119,10 +119,13 @@ def test_submits_blocking_work(bg):
     on_the_loop(bg, blocker())
 
 def test_while_a_callback_blocks(bg):
+    done = threading.Event()
     def callback():
         time.sleep(0.4)  # callback blocking line
+        done.set()
     bg.call_soon_threadsafe(callback)
-    time.sleep(0.7)  # this thread does nothing meanwhile
+    done.wait(10)  # this thread does nothing meanwhile
+    time.sleep(0.2)  # and lets the loop report the block's end before the test ends
 
 def test_last(bg):
     on_the_loop(bg, asyncio.sleep(0.3))
