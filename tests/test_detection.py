@@ -44,7 +44,7 @@ def crunch():
     total = 0
     for i in range(100_000_000):
         total += i * i  # hot line
-        if i % 1000 == 0 and time.monotonic() > deadline[0]:
+        if i % 1000 == 0 and time.thread_time() > deadline[0]:
             break
     return total
 
@@ -52,7 +52,7 @@ deadline = [0.0]
 
 @pytest.mark.asyncio
 async def test_cpu():
-    deadline[0] = time.monotonic() + 0.4
+    deadline[0] = time.thread_time() + 0.4  # CPU time: the same work on a busy machine
     crunch()
 """,
     )

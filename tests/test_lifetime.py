@@ -1,6 +1,7 @@
 """The watchdog's life: fallback when memory cannot be read, fork(), interpreter shutdown."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -48,11 +49,11 @@ import asyncio, time, pytest
 
 @pytest.mark.asyncio
 async def test_one():
-    time.sleep(0.3)
+    time.sleep(0.6)
 
 @pytest.mark.asyncio
 async def test_two():
-    time.sleep(0.3)
+    time.sleep(0.6)
 """
 
 
@@ -69,11 +70,16 @@ def test_an_unknown_python_says_why_in_the_header_and_once_in_the_summary(pytest
             "GIL-free reader (3.10 to 3.15 are); a block in C code that holds the GIL*",
         ]
     )
+    # Once, counting the blocks whose stack was read by taking the GIL (on a very busy machine
+    # a block can end before it is sampled at all).
     summary = [t for t in result.outlines if "captured late" in t]
-    assert summary == [
-        "loopguard: 2 blocks were captured late, by taking the GIL: the GIL-free stack reader "
-        "is off (Python 3.16 is not supported by the GIL-free reader (3.10 to 3.15 are))"
-    ], summary
+    assert len(summary) == 1, summary
+    assert re.fullmatch(
+        r"loopguard: (1 block was|2 blocks were) captured late, by taking the GIL: the GIL-free "
+        r"stack reader is off \(Python 3\.16 is not supported by the GIL-free reader "
+        r"\(3\.10 to 3\.15 are\)\)",
+        summary[0],
+    ), summary
 
 
 def test_a_denied_system_call_is_named_in_the_header(pytester, monkeypatch):
