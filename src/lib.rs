@@ -9,6 +9,7 @@ pub mod callbacks;
 pub mod clock;
 pub mod epoll;
 pub mod event;
+pub mod offload;
 pub mod reader;
 pub mod sampler;
 pub mod sched;
@@ -16,4 +17,5 @@ pub mod schedstat;
 pub mod syscall;
 pub mod watchdog;
 
+mod offload_python;
 mod python;

@@ -16,6 +16,7 @@ _interpreter.check()  # before anything loads the native module
 
 from ._events import BlockEvent, Frame, Sample  # noqa: E402
 from ._guard import LoopBlockedError, LoopBlockedWarning, guard  # noqa: E402
+from ._offload import OffloadCheck, OffloadError, ThreadActivity, offload_check  # noqa: E402
 from .plugin import (  # noqa: E402
     loopguard,
     pytest_addoption,
@@ -33,7 +34,18 @@ from .plugin import (  # noqa: E402
 
 __version__ = "0.1.0"
 
-for _public in (BlockEvent, Frame, Sample, LoopBlockedError, LoopBlockedWarning, guard):
+for _public in (
+    BlockEvent,
+    Frame,
+    Sample,
+    LoopBlockedError,
+    LoopBlockedWarning,
+    OffloadCheck,
+    OffloadError,
+    ThreadActivity,
+    guard,
+    offload_check,
+):
     _public.__module__ = __name__
 del _public
 
@@ -42,10 +54,14 @@ __all__ = [
     "Frame",
     "LoopBlockedError",
     "LoopBlockedWarning",
+    "OffloadCheck",
+    "OffloadError",
     "Sample",
+    "ThreadActivity",
     "__version__",
     "guard",
     "loopguard",
+    "offload_check",
     "pytest_addoption",
     "pytest_collection_modifyitems",
     "pytest_configure",
