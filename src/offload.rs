@@ -39,6 +39,8 @@ const MAX_FRAMES: usize = 64;
 /// The longest gap between two ticks counted as GIL-held time (a sampler starved for longer
 /// than this on a busy machine does not inflate anyone's share).
 const MAX_TICK_NS: u64 = 100_000_000;
+/// How long [`Sampling::start`] waits for the sampler's first reading.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How the sampler samples.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,10 +169,18 @@ impl Sampling {
     pub fn start(gil: GilReader, walker: Walker, settings: Settings) -> Result<Sampling, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("loopguard-offload".into())
-            .spawn(move || run(&gil, walker, settings, &flag))
+            .spawn(move || run(&gil, walker, settings, &flag, &ready_tx))
             .map_err(|e| format!("cannot start the offload sampler thread: {e}"))?;
+        // The first reading of the thread list tells which threads existed before the check:
+        // wait for it, so that a thread started right after this returns counts as started
+        // inside. The sampler never needs the GIL, so waiting with it held cannot deadlock.
+        if ready_rx.recv_timeout(READY_TIMEOUT).is_err() {
+            stop.store(true, Ordering::Release);
+            return Err("the offload sampler thread did not start within 2 s".into());
+        }
         Ok(Sampling {
             stop,
             handle: Some(handle),
@@ -216,7 +226,13 @@ fn tally_for(tally: &mut Tally, gil: &GilReader, tstate: usize, now: u64) -> Opt
     Some(key)
 }
 
-fn run(gil: &GilReader, mut walker: Walker, settings: Settings, stop: &AtomicBool) -> Tally {
+fn run(
+    gil: &GilReader,
+    mut walker: Walker,
+    settings: Settings,
+    stop: &AtomicBool,
+    ready: &std::sync::mpsc::Sender<()>,
+) -> Tally {
     let mut tally = Tally {
         start_ns: now_ns(),
         ..Tally::default()
@@ -253,6 +269,10 @@ fn run(gil: &GilReader, mut walker: Walker, settings: Settings, stop: &AtomicBoo
         }
         if tick % u64::from(settings.threads_every.max(1)) == 0 || stopping {
             read_threads(&mut tally, gil, &mut walker, holder_key, now, tick == 0);
+        }
+        if tick == 0 {
+            // The receiver is gone only when start() gave up waiting; keep going until stopped.
+            let _ = ready.send(());
         }
         tally.ticks += 1;
         tick += 1;
@@ -292,7 +312,9 @@ fn read_threads(
         let Some(cpu) = t.native_tid.and_then(cpu_ns_of) else {
             continue;
         };
-        let before = t.cpu_last.or(if t.existed_at_start { None } else { Some(0) });
+        let before = t
+            .cpu_last
+            .or(if t.existed_at_start { None } else { Some(0) });
         if t.cpu_first.is_none() {
             t.cpu_first = Some(cpu);
         }

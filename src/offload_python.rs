@@ -59,7 +59,9 @@ impl OffloadSampler {
     /// lineno, function), ...outermost first])]`.
     fn finish<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let Some(mut sampling) = self.sampling.take() else {
-            return Err(PyRuntimeError::new_err("this offload sampler was already finished"));
+            return Err(PyRuntimeError::new_err(
+                "this offload sampler was already finished",
+            ));
         };
         if self.pid != std::process::id() {
             sampling.abandon();

@@ -19,7 +19,9 @@ do not record the kernel's thread id), CPU time: there busy time is GIL-held tim
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -62,7 +64,9 @@ class ThreadActivity:
     ident: int
     native_id: Optional[int]
     role: str
-    """``"loop"`` (ran an event loop), ``"caller"`` (opened the check) or ``"worker"``."""
+    """``"loop"`` (its busiest stack runs an event loop, or a loop block inside the check was its
+    own), ``"caller"`` (the thread that opened the check) or ``"worker"``: only workers are
+    judged by ``assert_offloaded()``."""
     busy: float
     """Seconds it used a CPU or held the GIL inside the check (the larger of the two)."""
     gil_held: float
@@ -75,7 +79,7 @@ class ThreadActivity:
     """The call site most of its GIL-held time was spent under."""
     started_inside: bool
     stack: list[Frame] = field(default_factory=list)
-    """The stack most of its GIL-held (else busy) time was seen in, outermost first."""
+    """The stack most of its busy time was seen in, outermost first."""
 
     @property
     def gil_share(self) -> float:
@@ -106,7 +110,11 @@ def _is_loop_stack(stack: list[Frame]) -> bool:
 class OffloadCheck:
     """A context manager (``with`` or ``async with``) that records, for the code inside, every
     thread's busy time and GIL share, and the event-loop blocks. Judge it afterwards with
-    :meth:`assert_offloaded`. Each check is used once; checks nest."""
+    :meth:`assert_offloaded`. Each check is used once; checks nest.
+
+    A loop block is complete once the loop gets back to its selector: ``async with`` lets it
+    before closing; a plain ``with`` on the loop thread does not see a block that is still
+    going on at its end."""
 
     def __init__(
         self,
@@ -174,11 +182,7 @@ class OffloadCheck:
         self.readings = int(raw["ticks"])
         loop_idents = {e.thread_ident for e in self.events}
         self.threads = sorted(
-            (
-                t
-                for t in (self._activity(d, loop_idents) for d in raw["threads"])
-                if t.busy > 0
-            ),
+            (t for t in (self._activity(d, loop_idents) for d in raw["threads"]) if t.busy > 0),
             key=lambda t: -t.busy,
         )
 
@@ -186,6 +190,9 @@ class OffloadCheck:
         return self.__enter__()
 
     async def __aexit__(self, *exc: object) -> None:
+        # A block is complete once its loop gets back to its selector: let it, so that a block
+        # in the last step inside the check is seen.
+        await _yield_to_loop()
         self.__exit__(*exc)
 
     def _activity(self, d: dict[str, Any], loop_idents: set[int]) -> ThreadActivity:
@@ -194,7 +201,8 @@ class OffloadCheck:
             for held, cpu, frames in d["stacks"]
         ]
         ident = int(d["ident"])
-        if ident in loop_idents or any(_is_loop_stack(s) for _, _, s in stacks):
+        top = max(stacks, key=lambda x: (x[0] + x[1], x[0]))[2] if stacks else []
+        if ident in loop_idents or _is_loop_stack(top):
             role = "loop"
         elif ident == self._caller:
             role = "caller"
@@ -210,7 +218,6 @@ class OffloadCheck:
                 busy_sites[site] += h + c
                 if h:
                     gil_sites[site] += h
-        top = max(stacks, key=lambda x: (x[0], x[1]))[2] if stacks else []
         return ThreadActivity(
             name=_thread_name(ident),
             ident=ident,
@@ -299,6 +306,22 @@ class OffloadCheck:
 
     def __repr__(self) -> str:
         return f"<loopguard offload_check {self._state}, {len(self.threads)} threads>"
+
+
+async def _yield_to_loop() -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        await asyncio.sleep(0)
+        return
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            await trio.sleep(0)
+        except RuntimeError:
+            pass
 
 
 def offload_check(
