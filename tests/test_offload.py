@@ -214,7 +214,10 @@ def test_bad_input_names_the_value_and_what_was_expected(pytester):
         pytester,
         """
 def test_bad(loopguard):
-    expected = r"invalid value for threshold: 'soon' \\(from loopguard.offload_check\\(\\)\\); expected"
+    expected = (
+        r"invalid value for threshold: 'soon' "
+        r"\\(from loopguard.offload_check\\(\\)\\); expected"
+    )
     with pytest.raises(ValueError, match=expected):
         loopguard.offload_check("soon")
     with pytest.raises(ValueError, match=r"invalid value for min_busy: -1"):
