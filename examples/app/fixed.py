@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import StreamingResponse
 
-from . import pipeline, scanner
+from . import images, pipeline, scanner
 from .models import DocumentIn
 from .storage import ACTIVITY_COLUMNS, Storage
 
@@ -59,6 +60,37 @@ async def render_in_slices(text: str, paragraphs: int = 50) -> list[list[str]]:
         lines += pipeline.layout_lines("\n\n".join(blocks[start : start + paragraphs]))
         await asyncio.sleep(0)  # let the loop serve others between slices
     return pipeline.paginate(lines)
+
+
+@router.post("/documents/{doc_id}/thumbnails")
+async def make_thumbnails(doc_id: int, request: Request) -> dict[str, int]:
+    """Layout in slices on the loop, then each stage that waits or runs C code in a thread:
+    Pillow, the JSON checkpoint on disk, the sqlite3 insert. All three let go of the GIL."""
+    storage = db(request)
+    doc = await asyncio.to_thread(storage.document, doc_id)
+    if doc is None:
+        raise HTTPException(404, "no such document")
+    pages = await render_in_slices(doc["body"])
+    workdir = request.app.state.workdir
+    await asyncio.to_thread(checkpoint, workdir, doc_id, "layout", {"pages": len(pages)})
+    pngs = await asyncio.to_thread(images.thumbnails, pages)
+    await asyncio.to_thread(
+        checkpoint, workdir, doc_id, "thumbnails", {"sizes": [len(p) for p in pngs]}
+    )
+    count = await asyncio.to_thread(storage.save_thumbnails, doc_id, pngs)
+    return {"id": doc_id, "thumbnails": count}
+
+
+def checkpoint(workdir: Path, doc_id: int, stage: str, data: dict) -> Path:
+    """Writes a stage's result as ``WORKDIR/DOC_ID/STAGE.json`` (atomically: a crash leaves the
+    previous checkpoint, never half of one)."""
+    folder = workdir / str(doc_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{stage}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"document": doc_id, "stage": stage, **data}, sort_keys=True))
+    tmp.replace(path)
+    return path
 
 
 @router.get("/teams/{team_id}/members")

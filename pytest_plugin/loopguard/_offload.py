@@ -36,7 +36,6 @@ __all__ = ["OffloadCheck", "OffloadError", "ThreadActivity", "offload_check"]
 
 DEFAULT_THRESHOLD = 0.1
 DEFAULT_MAX_GIL_SHARE = 0.5
-DEFAULT_MIN_BUSY = 0.02
 SAMPLE_INTERVAL = 0.001
 THREADS_EVERY = 5
 
@@ -129,7 +128,7 @@ class OffloadCheck:
             else parse_duration(threshold, name="threshold", source=source)
         )
         self.min_busy = (
-            DEFAULT_MIN_BUSY
+            self.threshold / 2
             if min_busy is None
             else parse_duration(min_busy, name="min_busy", source=source)
         )
@@ -329,6 +328,6 @@ def offload_check(
 ) -> OffloadCheck:
     """Record which threads ran inside the block, their busy time and GIL share, and the loop's
     blocks; judge with ``check.assert_offloaded(max_gil_share=0.5)``. Works without the plugin
-    (``threshold`` defaults to 100 ms; ``min_busy``, 20 ms, is the least busy time of a worker
-    that is judged)."""
+    (``threshold`` defaults to 100 ms; ``min_busy``, half the threshold by default, is the least
+    busy time of a worker that is judged: shorter work cannot hold the loop past the threshold)."""
     return OffloadCheck(threshold, min_busy=min_busy)
