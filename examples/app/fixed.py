@@ -17,8 +17,9 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 
 from . import images, pipeline, scanner
@@ -66,19 +67,95 @@ async def render_in_slices(text: str, paragraphs: int = 50) -> list[list[str]]:
 async def make_thumbnails(doc_id: int, request: Request) -> dict[str, int]:
     """Layout in slices on the loop, then each stage that waits or runs C code in a thread:
     Pillow, the JSON checkpoint on disk, the sqlite3 insert. All three let go of the GIL."""
-    storage = db(request)
-    doc = await asyncio.to_thread(storage.document, doc_id)
+    doc = await asyncio.to_thread(db(request).document, doc_id)
     if doc is None:
         raise HTTPException(404, "no such document")
-    pages = await render_in_slices(doc["body"])
-    workdir = request.app.state.workdir
-    await asyncio.to_thread(checkpoint, workdir, doc_id, "layout", {"pages": len(pages)})
+    count = await process(request.app.state, doc_id, doc["body"], Job(doc_id))
+    return {"id": doc_id, "thumbnails": count}
+
+
+class Job:
+    """The progress of one document's processing, for its WebSocket listeners."""
+
+    def __init__(self, doc_id: int) -> None:
+        self.doc_id = doc_id
+        self.stages: list[str] = []
+        self.done = False
+        self.changed = asyncio.Event()
+
+    def advance(self, stage: str, *, done: bool = False) -> None:
+        self.stages.append(stage)
+        self.done = done
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+async def process(state: Any, doc_id: int, text: str, job: Job) -> int:
+    """The pipeline: layout, page thumbnails, checkpoints after each stage, storage.
+
+    Several documents are processed at once: layout slices are small (~5 ms), so that the loop
+    stays responsive while their slices take turns."""
+    pages = await render_in_slices(text, paragraphs=10)
+    await asyncio.to_thread(checkpoint, state.workdir, doc_id, "layout", {"pages": len(pages)})
+    job.advance("layout")
     pngs = await asyncio.to_thread(images.thumbnails, pages)
     await asyncio.to_thread(
-        checkpoint, workdir, doc_id, "thumbnails", {"sizes": [len(p) for p in pngs]}
+        checkpoint, state.workdir, doc_id, "thumbnails", {"sizes": [len(p) for p in pngs]}
     )
-    count = await asyncio.to_thread(storage.save_thumbnails, doc_id, pngs)
-    return {"id": doc_id, "thumbnails": count}
+    job.advance("thumbnails")
+    count = await asyncio.to_thread(state.storage.save_thumbnails, doc_id, pngs)
+    job.advance("stored", done=True)
+    return count
+
+
+@router.post("/documents/{doc_id}/process", status_code=202)
+async def start_processing(doc_id: int, request: Request) -> dict[str, Any]:
+    """Starts processing in the background; follow it on ``/v2/documents/{id}/progress``."""
+    state = request.app.state
+    doc = await asyncio.to_thread(state.storage.document, doc_id)
+    if doc is None:
+        raise HTTPException(404, "no such document")
+    job = state.jobs[doc_id] = Job(doc_id)
+    task = asyncio.create_task(process(state, doc_id, doc["body"], job))
+    state.tasks.add(task)  # keep a reference until it is done
+    task.add_done_callback(state.tasks.discard)
+    return {"id": doc_id, "progress": f"/v2/documents/{doc_id}/progress"}
+
+
+@router.websocket("/documents/{doc_id}/progress")
+async def progress(ws: WebSocket, doc_id: int) -> None:
+    """Sends ``{"type": "stage", "stage": ...}`` as stages finish, then ``{"type": "done"}``;
+    answers ``{"type": "ping", "id": N}`` with ``{"type": "pong", "id": N}`` (the heartbeat)."""
+    await ws.accept()
+    job = ws.app.state.jobs.get(doc_id)
+    if job is None:
+        await ws.close(code=4404, reason="no such job")
+        return
+
+    async def heartbeat() -> None:
+        while True:
+            msg = await ws.receive_json()
+            if msg.get("type") == "ping":
+                await ws.send_json({"type": "pong", "id": msg.get("id")})
+
+    beats = asyncio.create_task(heartbeat())
+    try:
+        sent = 0
+        while True:
+            changed = job.changed
+            while sent < len(job.stages):
+                await ws.send_json({"type": "stage", "stage": job.stages[sent]})
+                sent += 1
+            if job.done:
+                await ws.send_json({"type": "done", "stages": job.stages})
+                break
+            await changed.wait()
+        # Keep answering pings until the client closes.
+        await beats
+    except WebSocketDisconnect:
+        pass
+    finally:
+        beats.cancel()
 
 
 def checkpoint(workdir: Path, doc_id: int, stage: str, data: dict) -> Path:

@@ -25,6 +25,8 @@ def create_app(storage: Storage, workdir: Optional[Path] = None) -> FastAPI:
     app.state.storage = storage
     # Per-stage JSON checkpoints of document processing.
     app.state.workdir = workdir or Path(storage.path).parent / "checkpoints"
+    app.state.jobs = {}  # document id -> fixed.Job, for the progress WebSocket
+    app.state.tasks = set()  # background processing tasks
 
     def db(request: Request) -> Storage:
         return request.app.state.storage
