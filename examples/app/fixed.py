@@ -44,6 +44,14 @@ async def upload_document(doc: DocumentIn, request: Request) -> dict[str, int]:
     return {"id": doc_id}
 
 
+@router.post("/documents-threadpool", status_code=201)
+def upload_document_in_threadpool(doc: DocumentIn, request: Request) -> dict[str, int]:
+    # The same upload as a plain ``def`` endpoint: FastAPI runs all of it in its threadpool.
+    if not scanner.scan(doc.body.encode()):
+        raise HTTPException(422, "the document did not pass the malware scan")
+    return {"id": db(request).add_document(doc.name, doc.body)}
+
+
 @router.post("/documents/{doc_id}/render")
 async def render_document(doc_id: int, request: Request) -> dict[str, int]:
     doc = await asyncio.to_thread(db(request).document, doc_id)
@@ -149,7 +157,11 @@ async def progress(ws: WebSocket, doc_id: int) -> None:
             if job.done:
                 await ws.send_json({"type": "done", "stages": job.stages})
                 break
-            await changed.wait()
+            waiter = asyncio.ensure_future(changed.wait())
+            await asyncio.wait({waiter, beats}, return_when=asyncio.FIRST_COMPLETED)
+            if beats.done():  # the client went away
+                waiter.cancel()
+                break
         # Keep answering pings until the client closes.
         await beats
     except WebSocketDisconnect:
