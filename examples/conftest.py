@@ -49,6 +49,14 @@ async def client(app):
         yield client
 
 
+@pytest.fixture
+def offload_check(request: pytest.FixtureRequest):
+    """``loopguard.offload_check`` of this test (the tests that use it need ``-p loopguard``)."""
+    if not request.config.pluginmanager.has_plugin("loopguard"):
+        pytest.skip("offload_check() needs loopguard: run with -p loopguard")
+    return request.getfixturevalue("loopguard").offload_check
+
+
 @pytest.fixture(scope="session")
 def contract_text() -> str:
     """A long contract: 1,500 paragraphs, about 1 MB of text."""

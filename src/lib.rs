@@ -10,6 +10,7 @@ pub mod clock;
 pub mod context;
 pub mod epoll;
 pub mod event;
+pub mod offload;
 pub mod pid;
 pub mod reader;
 pub mod sampler;
@@ -18,4 +19,5 @@ pub mod schedstat;
 pub mod syscall;
 pub mod watchdog;
 
+mod offload_python;
 mod python;

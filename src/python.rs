@@ -725,5 +725,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<EpollProxy>()?;
     crate::reader::python::add_to_module(m)?;
     crate::reader::gil::add_debug_functions(m)?;
+    crate::offload_python::add_to_module(m)?;
     Ok(())
 }

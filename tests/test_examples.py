@@ -54,14 +54,16 @@ def test_example_suite_fails_exactly_the_buggy_tests(pytester, monkeypatch):
     )
     result = pytester.runpytest_subprocess("-p", "loopguard", "-p", "no:cacheprovider", "examples")
 
-    # 6 bugs in endpoints fail, the blocking fixture errors at setup, the rest passes.
-    result.assert_outcomes(failed=6, errors=1, passed=12)
+    # 7 bugs in endpoints fail (6 blocks, 1 offload that holds the GIL), the blocking fixture
+    # errors at setup, the rest passes.
+    result.assert_outcomes(failed=8, errors=1, passed=15)
 
     sleep = line_of("app/scanner.py", "time.sleep(SCAN_LATENCY)")
     query = line_of("app/storage.py", "db.execute(TEAM_MEMBERS")
     dumps = line_of("app/pipeline.py", "json.dumps(")
     regex = line_of("app/pipeline.py", "return QUERY_RE.match(query)")
     fixture = line_of("tests/test_users.py", "storage.seed(events=300_000)  # BUG")
+    blur = line_of("app/images.py", "small = page.filter(")
     expected = {
         # test: (site, source line shown under it)
         "test_documents.py::test_upload_blocks_on_sync_sleep": (
@@ -72,6 +74,10 @@ def test_example_suite_fails_exactly_the_buggy_tests(pytester, monkeypatch):
             # Any line of the layout loop may be the one sampled.
             "app/pipeline.py:* in *layout_lines",
             "*",
+        ),
+        "test_processing.py::test_thumbnails_block_on_pillow": (
+            f"app/images.py:{blur} in thumbnail",
+            "small = page.filter(ImageFilter.GaussianBlur(3)).resize(*)",
         ),
         "test_users.py::test_team_lookup_blocks_on_sync_sqlite": (
             f"app/storage.py:{query} in *team_members",
@@ -117,6 +123,17 @@ def test_example_suite_fails_exactly_the_buggy_tests(pytester, monkeypatch):
     )
     result.stdout.fnmatch_lines([row("app/storage.py:* in *seed")])
 
+    # Layout "offloaded" to a thread: not a block, but the worker held the GIL.
+    report = section(result.outlines, "_* test_layout_in_a_thread_still_holds_the_gil _*")
+    report.fnmatch_lines(
+        [
+            "E       loopguard.OffloadError: loopguard: offloaded work held the GIL inside "
+            "offload_check() (max_gil_share 50%)",
+            "E           worker 'asyncio_*' held the GIL *% of its * at *app/pipeline.py:* in "
+            "layout_lines",
+        ]
+    )
+
     # The loop of TestClient runs in a worker thread; loopguard watches it all the same.
     result.stdout.fnmatch_lines(["  loop thread 'Thread-*'*"])
 
@@ -131,6 +148,9 @@ def test_example_suite_fails_exactly_the_buggy_tests(pytester, monkeypatch):
         "test_search.py::test_search_v2_uses_a_linear_regex",
         "test_search.py::test_guard_names_the_regex_as_the_culprit",
         "test_health.py::test_many_short_awaits_do_not_add_up",
+        "test_processing.py::test_thumbnails_v2_are_offloaded",
+        "test_processing.py::test_layout_v2_in_slices_stays_on_the_loop",
+        "test_load.py::test_v2_holds_the_slo_while_documents_process",
     ):
         result.stdout.no_fnmatch_line(f"*{test}*")
     assert result.ret == pytest.ExitCode.TESTS_FAILED

@@ -1,25 +1,32 @@
 """The service as shipped.
 
-Every endpoint here works and returns the right answer; most unit tests would pass. Five
+Every endpoint here works and returns the right answer; most unit tests would pass. Six
 of them, though, run slow synchronous code directly on the event loop: while one of those
-requests is in flight, the server answers nothing else, not even ``/health``. They are
-marked ``BUG``; ``fixed.py`` has each one done right, under ``/v2``.
+requests is in flight, the server answers nothing else, not even ``/health``. A seventh
+offloads its work to a thread that still holds the GIL. They are marked ``BUG``;
+``fixed.py`` has each one done right, under ``/v2``.
 """
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from typing import Optional
 
 from fastapi import FastAPI, HTTPException, Request, Response
 
-from . import fixed, pipeline, scanner
+from . import fixed, images, pipeline, scanner
 from .models import DocumentIn
 from .storage import Storage
 
 
-def create_app(storage: Storage) -> FastAPI:
+def create_app(storage: Storage, workdir: Optional[Path] = None) -> FastAPI:
     app = FastAPI(title="docs-service")
     app.state.storage = storage
+    # Per-stage JSON checkpoints of document processing.
+    app.state.workdir = workdir or Path(storage.path).parent / "checkpoints"
+    app.state.jobs = {}  # document id -> fixed.Job, for the progress WebSocket
+    app.state.tasks = set()  # background processing tasks
 
     def db(request: Request) -> Storage:
         return request.app.state.storage
@@ -44,6 +51,27 @@ def create_app(storage: Storage) -> FastAPI:
         # BUG: page layout is pure-Python CPU work, run on the loop thread.
         pages = pipeline.render_pages(doc["body"])
         return {"id": doc_id, "pages": len(pages)}
+
+    @app.post("/documents/{doc_id}/layout")
+    async def layout_document(doc_id: int, request: Request) -> dict[str, int]:
+        doc = await asyncio.to_thread(db(request).document, doc_id)
+        if doc is None:
+            raise HTTPException(404, "no such document")
+        # BUG: "offloaded" to a thread, but layout is pure Python: the worker holds the GIL
+        # the whole time, and the loop thread has to wait for it between its callbacks.
+        pages = await asyncio.to_thread(pipeline.render_pages, doc["body"])
+        return {"id": doc_id, "pages": len(pages)}
+
+    @app.post("/documents/{doc_id}/thumbnails")
+    async def make_thumbnails(doc_id: int, request: Request) -> dict[str, int]:
+        doc = await asyncio.to_thread(db(request).document, doc_id)
+        if doc is None:
+            raise HTTPException(404, "no such document")
+        pages = await fixed.render_in_slices(doc["body"])
+        # BUG: Pillow's filters run in C, but here they run on the loop thread.
+        pngs = images.thumbnails(pages)
+        count = await asyncio.to_thread(db(request).save_thumbnails, doc_id, pngs)
+        return {"id": doc_id, "thumbnails": count}
 
     @app.get("/users/{user_id}")
     async def get_user(user_id: int, request: Request) -> dict:

@@ -32,6 +32,12 @@ CREATE TABLE IF NOT EXISTS documents (
     name TEXT NOT NULL,
     body TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS thumbnails (
+    document_id INTEGER NOT NULL,
+    page INTEGER NOT NULL,
+    png BLOB NOT NULL,
+    PRIMARY KEY (document_id, page)
+);
 """
 
 TEAM_COUNT = 800
@@ -134,6 +140,15 @@ class Storage:
         with closing(self._connect()) as db:
             row = db.execute("SELECT * FROM documents WHERE id = ?", (doc_id,)).fetchone()
             return dict(row) if row else None
+
+    def save_thumbnails(self, doc_id: int, pngs: list[bytes]) -> int:
+        """Stores the thumbnails of a document (replacing older ones); returns their count."""
+        with closing(self._connect()) as db, db:
+            db.executemany(
+                "INSERT OR REPLACE INTO thumbnails (document_id, page, png) VALUES (?, ?, ?)",
+                [(doc_id, page, png) for page, png in enumerate(pngs, 1)],
+            )
+        return len(pngs)
 
     def find_documents(self, query: str) -> list[dict[str, Any]]:
         with closing(self._connect()) as db:

@@ -18,6 +18,7 @@ _interpreter.check()  # before anything loads the native module
 
 from ._events import BlockEvent, Frame, Sample  # noqa: E402
 from ._guard import LoopBlockedError, LoopBlockedWarning, guard  # noqa: E402
+from ._offload import OffloadCheck, OffloadError, ThreadActivity, offload_check  # noqa: E402
 from .plugin import (  # noqa: E402
     loopguard,
     pytest_addoption,
@@ -38,7 +39,18 @@ try:  # one place for the version: Cargo.toml (maturin writes it into the metada
 except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
     __version__ = "0+unknown"
 
-for _public in (BlockEvent, Frame, Sample, LoopBlockedError, LoopBlockedWarning, guard):
+for _public in (
+    BlockEvent,
+    Frame,
+    Sample,
+    LoopBlockedError,
+    LoopBlockedWarning,
+    OffloadCheck,
+    OffloadError,
+    ThreadActivity,
+    guard,
+    offload_check,
+):
     _public.__module__ = __name__
 del _public
 
@@ -47,10 +59,14 @@ __all__ = [
     "Frame",
     "LoopBlockedError",
     "LoopBlockedWarning",
+    "OffloadCheck",
+    "OffloadError",
     "Sample",
+    "ThreadActivity",
     "__version__",
     "guard",
     "loopguard",
+    "offload_check",
     "pytest_addoption",
     "pytest_collection_modifyitems",
     "pytest_configure",

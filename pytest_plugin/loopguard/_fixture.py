@@ -9,6 +9,7 @@ from typing import Optional, Union
 
 from . import _native
 from ._events import BlockEvent
+from ._offload import OffloadCheck
 from ._settings import format_duration, parse_duration
 
 __all__ = ["ExpectBlock", "LagStats", "LoopguardFixture", "lag_stats"]
@@ -127,6 +128,21 @@ class LoopguardFixture:
         expect = ExpectBlock(threshold=seconds, where=self.nodeid)
         self._register(expect)
         return expect
+
+    def offload_check(
+        self,
+        threshold: Union[str, float, None] = None,
+        *,
+        min_busy: Union[str, float, None] = None,
+    ) -> OffloadCheck:
+        """A context manager (``with`` or ``async with``) recording each thread's busy time and
+        GIL share inside it, and the loop's blocks (threshold: the test's by default); judge it
+        with ``check.assert_offloaded(max_gil_share=0.5)``."""
+        return OffloadCheck(
+            self.threshold if threshold is None else threshold,
+            min_busy=min_busy,
+            source="loopguard.offload_check()",
+        )
 
     def __repr__(self) -> str:
         return f"<loopguard fixture for {self.nodeid}>"

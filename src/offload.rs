@@ -1,0 +1,407 @@
+//! GIL shares of every Python thread over a stretch of time, for `offload_check()`.
+//!
+//! While a check is open, one sampler thread (native, no Python thread state, never takes the
+//! GIL) wakes every [`Settings::interval`] and reads:
+//!
+//! * who holds the GIL ([`GilReader::read`]); the time since the previous tick is counted as
+//!   GIL-held time of that thread, and its stack is walked ([`Walker`]) so the time can be
+//!   attributed to a call site;
+//! * every [`Settings::threads_every`] ticks, the main interpreter's thread list and each
+//!   thread's CPU time (`/proc/self/task/TID/schedstat`, first field); a thread whose CPU time
+//!   grew since the previous reading has its stack walked too, weighted by the CPU time it used.
+//!
+//! A thread's *busy time* is the larger of its CPU time and its GIL-held time inside the
+//! check (a thread can hold the GIL while it is off the CPU: descheduled by a busy machine, or
+//! blocked in C code that did not release it). Its *GIL share* is held time over busy time.
+//! Work that releases the GIL (system calls, hashing, image filters) uses CPU without holding
+//! the GIL: a share near 0. Pure-Python work holds it the whole time: a share near 1.
+//!
+//! Nothing here waits for the GIL or takes a lock a Python thread could hold, so the sampler
+//! cannot deadlock with the interpreter. The sampler thread belongs to the process that started
+//! it: after `fork()` the child has no such thread, and [`Sampling::finish`] in the child
+//! returns without joining (see the pyo3 layer).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::clock::now_ns;
+use crate::event::Frame;
+use crate::reader::gil::GilReader;
+use crate::reader::walk::Walker;
+
+/// Distinct stacks remembered per thread; later new stacks are counted in no site.
+const MAX_STACKS: usize = 256;
+/// Innermost frames kept of each sampled stack.
+const MAX_FRAMES: usize = 64;
+/// The longest gap between two ticks counted as GIL-held time (a sampler starved for longer
+/// than this on a busy machine does not inflate anyone's share).
+const MAX_TICK_NS: u64 = 100_000_000;
+/// How long [`Sampling::start`] waits for the sampler's first reading.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How the sampler samples.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Time between two readings of the GIL state.
+    pub interval: Duration,
+    /// The thread list and CPU times are read every this many ticks.
+    pub threads_every: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            interval: Duration::from_millis(1),
+            threads_every: 5,
+        }
+    }
+}
+
+/// A stack key: `(filename, lineno, function)` per frame, outermost first.
+pub type StackKey = Vec<(String, u32, String)>;
+
+/// How often a stack was seen for one thread.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SiteWeight {
+    /// GIL-held time attributed to this stack (ns).
+    pub held_ns: u64,
+    /// CPU time attributed to this stack from the thread-list readings (ns).
+    pub cpu_ns: u64,
+}
+
+/// What the sampler learned about one thread.
+#[derive(Clone, Debug, Default)]
+pub struct ThreadTally {
+    /// `threading.get_ident()`.
+    pub ident: u64,
+    /// `threading.get_native_id()` (3.11+), the kernel's thread id.
+    pub native_tid: Option<u64>,
+    /// When the thread was first and last seen (watchdog clock, ns).
+    pub first_seen_ns: u64,
+    /// See `first_seen_ns`.
+    pub last_seen_ns: u64,
+    /// Whether it already existed at the first reading of the thread list.
+    pub existed_at_start: bool,
+    /// GIL-held time (ns), estimated from the ticks that found it holding the GIL.
+    pub held_ns: u64,
+    /// Ticks that found it holding the GIL.
+    pub held_ticks: u64,
+    /// First and last CPU-time readings (ns of CPU since the thread started).
+    pub cpu_first: Option<u64>,
+    /// See `cpu_first`.
+    pub cpu_last: Option<u64>,
+    /// Sampled stacks and their weights.
+    pub stacks: HashMap<StackKey, SiteWeight>,
+}
+
+impl ThreadTally {
+    /// CPU time used inside the check (ns): a thread born inside counts from 0.
+    pub fn cpu_ns(&self) -> Option<u64> {
+        let last = self.cpu_last?;
+        let first = if self.existed_at_start {
+            self.cpu_first?
+        } else {
+            0
+        };
+        Some(last.saturating_sub(first))
+    }
+
+    fn add_stack(&mut self, frames: Vec<Frame>, w: SiteWeight) {
+        let skip = frames.len().saturating_sub(MAX_FRAMES);
+        let key: StackKey = frames
+            .into_iter()
+            .skip(skip)
+            .map(|f| (f.filename, f.lineno, f.function))
+            .collect();
+        if key.is_empty() || (self.stacks.len() >= MAX_STACKS && !self.stacks.contains_key(&key)) {
+            return;
+        }
+        let e = self.stacks.entry(key).or_default();
+        e.held_ns += w.held_ns;
+        e.cpu_ns += w.cpu_ns;
+    }
+}
+
+/// The result of one sampling run.
+#[derive(Clone, Debug, Default)]
+pub struct Tally {
+    /// Start and end (watchdog clock, ns).
+    pub start_ns: u64,
+    /// See `start_ns`.
+    pub end_ns: u64,
+    /// GIL readings taken.
+    pub ticks: u64,
+    /// Readings that failed (the GIL state or a thread list could not be read).
+    pub errors: u64,
+    /// The threads, keyed by `(PyThreadState*, ident)` (a state's address can be reused by a
+    /// later thread).
+    pub threads: HashMap<(usize, u64), ThreadTally>,
+}
+
+/// CPU time of kernel thread `tid` (ns), from the first field of its `schedstat`.
+pub fn cpu_ns_of(tid: u64) -> Option<u64> {
+    if tid == 0 {
+        return None;
+    }
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    parse_cpu(&text)
+}
+
+/// The first field of a `schedstat` file: nanoseconds on a CPU.
+pub fn parse_cpu(text: &str) -> Option<u64> {
+    text.split_ascii_whitespace().next()?.parse().ok()
+}
+
+/// One running sampler; [`Sampling::finish`] stops it and returns what it saw.
+pub struct Sampling {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Tally>>,
+}
+
+impl Sampling {
+    /// Starts a sampler thread.
+    ///
+    /// # Errors
+    /// The thread could not be spawned.
+    pub fn start(gil: GilReader, walker: Walker, settings: Settings) -> Result<Sampling, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("loopguard-offload".into())
+            .spawn(move || run(&gil, walker, settings, &flag, &ready_tx))
+            .map_err(|e| format!("cannot start the offload sampler thread: {e}"))?;
+        // The first reading of the thread list tells which threads existed before the check:
+        // wait for it, so that a thread started right after this returns counts as started
+        // inside. The sampler never needs the GIL, so waiting with it held cannot deadlock.
+        if ready_rx.recv_timeout(READY_TIMEOUT).is_err() {
+            stop.store(true, Ordering::Release);
+            return Err("the offload sampler thread did not start within 2 s".into());
+        }
+        Ok(Sampling {
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    /// Stops the sampler and returns its tally (empty if the thread panicked).
+    pub fn finish(&mut self) -> Tally {
+        self.stop.store(true, Ordering::Release);
+        match self.handle.take() {
+            Some(h) => h.join().unwrap_or_default(),
+            None => Tally::default(),
+        }
+    }
+
+    /// Forgets the sampler thread without joining it (after `fork()`, in the child, where it
+    /// does not exist).
+    pub fn abandon(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self.handle.take() {
+            std::mem::forget(h);
+        }
+    }
+}
+
+impl Drop for Sampling {
+    fn drop(&mut self) {
+        // Stop, but do not wait: the Python side joins explicitly with the GIL released.
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+fn tally_for(tally: &mut Tally, gil: &GilReader, tstate: usize, now: u64) -> Option<(usize, u64)> {
+    let ids = gil.thread_ids(tstate).ok()?;
+    let key = (tstate, ids.ident);
+    let t = tally.threads.entry(key).or_insert_with(|| ThreadTally {
+        ident: ids.ident,
+        native_tid: ids.native_tid,
+        first_seen_ns: now,
+        ..ThreadTally::default()
+    });
+    t.last_seen_ns = now;
+    Some(key)
+}
+
+fn run(
+    gil: &GilReader,
+    mut walker: Walker,
+    settings: Settings,
+    stop: &AtomicBool,
+    ready: &std::sync::mpsc::Sender<()>,
+) -> Tally {
+    let mut tally = Tally {
+        start_ns: now_ns(),
+        ..Tally::default()
+    };
+    let mut prev = tally.start_ns;
+    let mut tick: u64 = 0;
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        let now = now_ns();
+        let dt = now.saturating_sub(prev).min(MAX_TICK_NS);
+        prev = now;
+        let mut holder_key = None;
+        match gil.read() {
+            Ok(state) => {
+                if let Some(h) = state.holder() {
+                    holder_key = tally_for(&mut tally, gil, h, now);
+                    if let Some(key) = holder_key {
+                        let frames = walker.stack(h, key.1).unwrap_or_default();
+                        if let Some(t) = tally.threads.get_mut(&key) {
+                            t.held_ns += dt;
+                            t.held_ticks += 1;
+                            t.add_stack(
+                                frames,
+                                SiteWeight {
+                                    held_ns: dt,
+                                    cpu_ns: 0,
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+            Err(_) => tally.errors += 1,
+        }
+        if tick % u64::from(settings.threads_every.max(1)) == 0 || stopping {
+            read_threads(&mut tally, gil, &mut walker, holder_key, now, tick == 0);
+        }
+        if tick == 0 {
+            // The receiver is gone only when start() gave up waiting; keep going until stopped.
+            let _ = ready.send(());
+        }
+        tally.ticks += 1;
+        tick += 1;
+        if stopping {
+            break;
+        }
+        std::thread::sleep(settings.interval);
+    }
+    tally.end_ns = now_ns();
+    tally
+}
+
+/// Reads the thread list and every thread's CPU time; walks the stacks of threads that used
+/// CPU since the previous reading (the GIL holder's was walked already).
+fn read_threads(
+    tally: &mut Tally,
+    gil: &GilReader,
+    walker: &mut Walker,
+    holder: Option<(usize, u64)>,
+    now: u64,
+    first: bool,
+) {
+    let Ok(list) = gil.threads() else {
+        tally.errors += 1;
+        return;
+    };
+    for tstate in list {
+        let Some(key) = tally_for(tally, gil, tstate, now) else {
+            continue;
+        };
+        let Some(t) = tally.threads.get_mut(&key) else {
+            continue;
+        };
+        if first {
+            t.existed_at_start = true;
+        }
+        let Some(cpu) = t.native_tid.and_then(cpu_ns_of) else {
+            continue;
+        };
+        let before = t
+            .cpu_last
+            .or(if t.existed_at_start { None } else { Some(0) });
+        if t.cpu_first.is_none() {
+            t.cpu_first = Some(cpu);
+        }
+        t.cpu_last = Some(cpu);
+        let used = before.map_or(0, |b| cpu.saturating_sub(b));
+        if used == 0 || holder == Some(key) {
+            continue;
+        }
+        if let Ok(frames) = walker.stack(tstate, key.1) {
+            if let Some(t) = tally.threads.get_mut(&key) {
+                t.add_stack(
+                    frames,
+                    SiteWeight {
+                        held_ns: 0,
+                        cpu_ns: used,
+                    },
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_first_schedstat_field() {
+        assert_eq!(parse_cpu("281637 1514601 2\n"), Some(281_637));
+        assert_eq!(parse_cpu(""), None);
+        assert_eq!(parse_cpu("x 1 2"), None);
+    }
+
+    #[test]
+    fn reads_this_threads_cpu_time() {
+        // SAFETY: gettid has no preconditions.
+        let tid = u64::try_from(unsafe { libc::gettid() }).unwrap();
+        let a = cpu_ns_of(tid);
+        if a.is_none() {
+            return; // a kernel without CONFIG_SCHED_INFO
+        }
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(20) {
+            x = x.wrapping_add(1);
+        }
+        assert!(x > 0);
+        assert!(cpu_ns_of(tid).unwrap() > a.unwrap());
+        assert_eq!(cpu_ns_of(0), None);
+    }
+
+    #[test]
+    fn born_inside_counts_cpu_from_zero() {
+        let mut t = ThreadTally {
+            cpu_first: Some(5),
+            cpu_last: Some(9),
+            ..ThreadTally::default()
+        };
+        assert_eq!(t.cpu_ns(), Some(9));
+        t.existed_at_start = true;
+        assert_eq!(t.cpu_ns(), Some(4));
+        t.cpu_last = None;
+        assert_eq!(t.cpu_ns(), None);
+    }
+
+    #[test]
+    fn stacks_are_capped_and_keep_the_innermost_frames() {
+        let mut t = ThreadTally::default();
+        let frames: Vec<Frame> = (0..100)
+            .map(|i| Frame {
+                filename: "f.py".into(),
+                lineno: i,
+                function: "g".into(),
+            })
+            .collect();
+        t.add_stack(
+            frames,
+            SiteWeight {
+                held_ns: 3,
+                cpu_ns: 0,
+            },
+        );
+        let (key, w) = t.stacks.iter().next().unwrap();
+        assert_eq!(key.len(), MAX_FRAMES);
+        assert_eq!(key.last().unwrap().1, 99);
+        assert_eq!(w.held_ns, 3);
+        t.add_stack(Vec::new(), SiteWeight::default());
+        assert_eq!(t.stacks.len(), 1);
+    }
+}
