@@ -52,8 +52,8 @@ async def test_fine():
     assert out.count("FAILED test_it.py::test_blocks[") == 2
     result.stdout.fnmatch_lines(
         [
-            "FAILED test_it.py::test_blocks[[]asyncio[]] - loopguard: event loop blocked*",
-            "FAILED test_it.py::test_blocks[[]trio[]] - loopguard: event loop blocked*",
+            "FAILED test_it.py::test_blocks[[]asyncio[]] - loopguard: * at *",
+            "FAILED test_it.py::test_blocks[[]trio[]] - loopguard: * at *",
         ]
     )
 
@@ -75,8 +75,8 @@ async def test_uses_it(resource):
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines(
         [
-            "ERROR test_it.py::test_uses_it[[]asyncio[]] - loopguard: event loop blocked*",
-            "ERROR test_it.py::test_uses_it[[]trio[]] - loopguard: event loop blocked*",
+            "ERROR test_it.py::test_uses_it[[]asyncio[]] - loopguard: * at *",
+            "ERROR test_it.py::test_uses_it[[]trio[]] - loopguard: * at *",
         ]
     )
     result.stdout.fnmatch_lines(["*loop thread 'MainThread', trio run*"])
