@@ -27,9 +27,16 @@ _VARIABLE = [
     (re.compile(r"\d+(\.\d+)? (ms|s)\b"), "<time>"),
     (re.compile(r"^(CRITICAL|HIGH|MEDIUM|MONITOR)\b"), "<severity>"),
     (re.compile(r"\b(Task|Thread)-\d+"), r"\1-<n>"),
-    (re.compile(r"\.\.\. \d+ outer frames"), "... <n> outer frames"),
-    # The standard library's path, and which line of the JSON encoder was running.
-    (re.compile(r"\S*/json/(\w+)\.py:\d+ in \S+"), r"json/\1.py:<line> in <function>"),
+    (re.compile(r"\.\.\. \d+ (outer frames|frames in)"), r"... <n> \1"),
+    # Where Python and the libraries are installed, and which versions.
+    (re.compile(r'File "\S*/site-packages/([^"]+)", line \d+'), r'File "<lib>/\1", line <n>'),
+    # Which line of the JSON encoder was running.
+    (re.compile(r"(\S*/)?json/(\w+)\.py:\d+ in \S+"), r"json/\2.py:<line> in <function>"),
+    # Whether sqlite was sampled in C code or in a system call.
+    (
+        re.compile(r"GIL released, (running C code that released it|in the system call \w+)"),
+        "GIL released, <in C code>",
+    ),
     # Which line of the layout loop was running (and the table's column widths).
     (re.compile(r"(pipeline\.py:)\d+( in layout_lines)( .*)?$"), r"\1<line>\2"),
     (re.compile(r" {2,}"), "  "),
@@ -42,6 +49,10 @@ def normalize(lines: list[str]) -> list[str]:
     out = []
     for text in lines:
         text = text.rstrip()
+        # How long the loop thread waited for a CPU depends on the machine's load.
+        if text.startswith("    (") and "waiting for a CPU, not running this code" in text:
+            continue
+        text = text.replace("(waiting for a CPU) ", "")
         if text.startswith("  >") and out and out[-1].endswith(" in layout_lines"):
             text = "  >     <source>"
         for pattern, replacement in _VARIABLE:
