@@ -93,7 +93,9 @@ def assert_samples_match(markdown: Path, output: list[str]) -> None:
         if not any(real[i : i + len(want)] == want for i in starts):
             best = max(
                 starts or [0],
-                key=lambda i: sum(a == b for a, b in zip(real[i : i + len(want)], want)),
+                key=lambda i: sum(
+                    a == b for a, b in zip(real[i : i + len(want)], want, strict=False)
+                ),
             )
             pytest.fail(
                 f"{markdown.name}: a sample does not match the output\n--- sample:\n"

@@ -116,7 +116,7 @@ def test_full_stack_shows_every_frame(pytester, how):
             frame("outerlib", "call"),
             frame("outerlib", "_dispatch"),
             frame("helperlib", "invoke"),
-            f'    File "test_it.py", line *, in handler',
+            '    File "test_it.py", line *, in handler',
             frame("innerlib", "wait"),
             frame("innerlib", "_a"),
             frame("innerlib", "_b"),
