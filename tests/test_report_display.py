@@ -217,6 +217,9 @@ def test_short_summary_names_the_site_when_cut_to_80_columns(pytester, monkeypat
     pytest.LineMatcher([failed]).fnmatch_lines([f"* - loopguard: * at {site}*"])
 
 
+PYTEST_8 = int(pytest.__version__.split(".")[0]) >= 8
+
+
 @pytest.mark.parametrize("how", ["CI", "-vv"])
 def test_short_summary_is_whole_on_ci_and_with_vv(pytester, monkeypatch, how):
     monkeypatch.setenv("COLUMNS", "80")
@@ -226,12 +229,12 @@ def test_short_summary_is_whole_on_ci_and_with_vv(pytester, monkeypatch, how):
     else:
         (failed,) = summary(pytester, "-vv")
     site = f"test_app.py:{line(pytester, '# blocking line', 'test_app.py')} in scan"
-    pytest.LineMatcher([failed]).fnmatch_lines(
-        [
-            "FAILED test_app.py::test_upload - loopguard: * at "
-            f"{site} (event loop blocked, threshold 100 ms)"
-        ]
-    )
+    whole = f"FAILED test_app.py::test_upload - loopguard: * at {site} (event loop blocked, threshold 100 ms)"
+    if how == "-vv" and not PYTEST_8:
+        # pytest 7 cuts the line with -vv too: the site is still there.
+        assert len(failed) <= 80, failed
+        whole = f"FAILED test_app.py::test_upload - loopguard: * at {site}*"
+    pytest.LineMatcher([failed]).fnmatch_lines([whole])
 
 
 # --- colour ---------------------------------------------------------------------------------
