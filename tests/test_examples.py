@@ -40,6 +40,12 @@ _VARIABLE = [
     # Which line of the layout loop was running (and the table's column widths).
     (re.compile(r"(pipeline\.py:)\d+( in layout_lines)( .*)?$"), r"\1<line>\2"),
     (re.compile(r" {2,}"), "  "),
+    # The totals under the hotspot table: a loaded machine may add a block that waited for a
+    # CPU (recorded, not failed) in a test that passes.
+    (
+        re.compile(r"^\d+ blocks? at \d+ call sites? in \d+ tests?, (<time>) blocked in total: .*"),
+        r"<n> blocks at <n> call sites in <n> tests, \1 blocked in total: <outcomes>",
+    ),
     # Rules across the terminal's width.
     (re.compile(r"^(=+|_+) (.*) (=+|_+)$"), r"-- \2 --"),
 ]

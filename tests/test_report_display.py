@@ -229,7 +229,10 @@ def test_short_summary_is_whole_on_ci_and_with_vv(pytester, monkeypatch, how):
     else:
         (failed,) = summary(pytester, "-vv")
     site = f"test_app.py:{line(pytester, '# blocking line', 'test_app.py')} in scan"
-    whole = f"FAILED test_app.py::test_upload - loopguard: * at {site} (event loop blocked, threshold 100 ms)"
+    whole = (
+        f"FAILED test_app.py::test_upload - loopguard: * at {site} "
+        "(event loop blocked, threshold 100 ms)"
+    )
     if how == "-vv" and not PYTEST_8:
         # pytest 7 cuts the line with -vv too: the site is still there.
         assert len(failed) <= 80, failed
