@@ -34,7 +34,10 @@ _VARIABLE = [
     (re.compile(r"(\S*/)?json/(\w+)\.py:\d+ in \S+"), r"json/\2.py:<line> in <function>"),
     # Whether sqlite was sampled in C code or in a system call.
     (
-        re.compile(r"GIL released, (running C code that released it|in the system call \w+)"),
+        re.compile(
+            r"GIL released, (running C code that released it|in the system call \w+"
+            r"|waiting on a lock \(futex\))"
+        ),
         "GIL released, <in C code>",
     ),
     # Which line of the layout loop was running (and the table's column widths).
