@@ -52,8 +52,8 @@ async def test_fine():
     assert out.count("FAILED test_it.py::test_blocks[") == 2
     result.stdout.fnmatch_lines(
         [
-            "FAILED test_it.py::test_blocks[[]asyncio[]] - loopguard: event loop blocked*",
-            "FAILED test_it.py::test_blocks[[]trio[]] - loopguard: event loop blocked*",
+            "FAILED test_it.py::test_blocks[[]asyncio[]] - loopguard: * at *",
+            "FAILED test_it.py::test_blocks[[]trio[]] - loopguard: * at *",
         ]
     )
 
@@ -75,8 +75,8 @@ async def test_uses_it(resource):
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines(
         [
-            "ERROR test_it.py::test_uses_it[[]asyncio[]] - loopguard: event loop blocked*",
-            "ERROR test_it.py::test_uses_it[[]trio[]] - loopguard: event loop blocked*",
+            "ERROR test_it.py::test_uses_it[[]asyncio[]] - loopguard: * at *",
+            "ERROR test_it.py::test_uses_it[[]trio[]] - loopguard: * at *",
         ]
     )
     result.stdout.fnmatch_lines(["*loop thread 'MainThread', trio run*"])
@@ -103,7 +103,8 @@ def test_guest():
     )
     result.assert_outcomes(failed=1)
     out = result.stdout.str()
-    assert out.count("loopguard: event loop blocked") == 2  # the report and its summary line
+    assert out.count("loopguard: event loop blocked") == 1  # the report's first line
+    assert out.count(" - loopguard: ") == 1  # its summary line
     assert "block 1 of 2" not in out
     result.stdout.fnmatch_lines(
         [

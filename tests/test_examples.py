@@ -1,11 +1,12 @@
 """End to end: the example FastAPI service's test suite, run under ``pytest -p loopguard``.
 
 Every test there that demonstrates a bug must fail, naming its blocking line; every test of
-correct code must pass.
+correct code must pass; and the output the READMEs quote is what the tool prints.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 from fnmatch import fnmatch
 from pathlib import Path
@@ -18,6 +19,99 @@ pytest.importorskip("pytest_asyncio")
 pytest.importorskip("anyio")
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+README = EXAMPLES.parent / "README.md"
+
+# What changes from run to run (or machine to machine) in loopguard's output, and how the
+# comparison of the READMEs' samples with a real run sees it.
+_VARIABLE = [
+    (re.compile(r"\d+(\.\d+)? (ms|s)\b"), "<time>"),
+    (re.compile(r"^(CRITICAL|HIGH|MEDIUM|MONITOR)\b"), "<severity>"),
+    (re.compile(r"\b(Task|Thread)-\d+"), r"\1-<n>"),
+    (re.compile(r"\.\.\. \d+ (outer frames|frames in)"), r"... <n> \1"),
+    # Where Python and the libraries are installed, and which versions.
+    (re.compile(r'File "\S*/site-packages/([^"]+)", line \d+'), r'File "<lib>/\1", line <n>'),
+    # Which line of the JSON encoder was running.
+    (re.compile(r"(\S*/)?json/(\w+)\.py:\d+ in \S+"), r"json/\2.py:<line> in <function>"),
+    # Whether sqlite was sampled in C code or in a system call.
+    (
+        re.compile(
+            r"GIL released, (running C code that released it|in the system call \w+"
+            r"|waiting on a lock \(futex\))"
+        ),
+        "GIL released, <in C code>",
+    ),
+    # Which line of the layout loop was running (and the table's column widths).
+    (re.compile(r"(pipeline\.py:)\d+( in layout_lines)( .*)?$"), r"\1<line>\2"),
+    (re.compile(r" {2,}"), "  "),
+    # The totals under the hotspot table: a loaded machine may add a block that waited for a
+    # CPU (recorded, not failed) in a test that passes.
+    (
+        re.compile(r"^\d+ blocks? at \d+ call sites? in \d+ tests?, (<time>) blocked in total: .*"),
+        r"<n> blocks at <n> call sites in <n> tests, \1 blocked in total: <outcomes>",
+    ),
+    # Rules across the terminal's width.
+    (re.compile(r"^(=+|_+) (.*) (=+|_+)$"), r"-- \2 --"),
+]
+
+
+def normalize(lines: list[str]) -> list[str]:
+    out = []
+    for text in lines:
+        text = text.rstrip()
+        # How long the loop thread waited for a CPU depends on the machine's load.
+        if text.startswith("    (") and "waiting for a CPU, not running this code" in text:
+            continue
+        text = text.replace("(waiting for a CPU) ", "")
+        if text.startswith("  >") and out and out[-1].endswith(" in layout_lines"):
+            text = "  >     <source>"
+        for pattern, replacement in _VARIABLE:
+            text = pattern.sub(replacement, text)
+        out.append(text)
+    return out
+
+
+def samples(markdown: Path) -> list[list[str]]:
+    """The output quoted in ``markdown``'s ```text blocks, in chunks: a line ``...`` stands
+    for output left out, and a line starting with ``$`` is the command."""
+    chunks: list[list[str]] = []
+    for block in re.findall(r"^```text\n(.*?)^```", markdown.read_text(), re.M | re.S):
+        chunk: list[str] = []
+        for text in block.splitlines():
+            if text.startswith("$ ") or text == "...":
+                if chunk:
+                    chunks.append(chunk)
+                chunk = []
+            else:
+                chunk.append(text)
+        if chunk:
+            chunks.append(chunk)
+    return chunks
+
+
+def assert_samples_match(markdown: Path, output: list[str]) -> None:
+    """Each sample of ``markdown`` is a run of lines of ``output`` (hotspot rows in any order:
+    their order depends on the durations)."""
+    real = normalize(output)
+    for chunk in samples(markdown):
+        want = normalize(chunk)
+        if any(x.startswith("severity  count") for x in want):
+            missing = [x for x in want if x not in real]
+            assert not missing, f"{markdown.name}: hotspot table lines not printed: {missing}"
+            continue
+        starts = [i for i, x in enumerate(real) if x == want[0]]
+        if not any(real[i : i + len(want)] == want for i in starts):
+            best = max(
+                starts or [0],
+                key=lambda i: sum(
+                    a == b for a, b in zip(real[i : i + len(want)], want, strict=False)
+                ),
+            )
+            pytest.fail(
+                f"{markdown.name}: a sample does not match the output\n--- sample:\n"
+                + "\n".join(want)
+                + "\n--- output:\n"
+                + "\n".join(real[best : best + len(want)])
+            )
 
 
 def line_of(relpath: str, text: str) -> int:
@@ -47,6 +141,7 @@ def row(site: str) -> str:
 def test_example_suite_fails_exactly_the_buggy_tests(pytester, monkeypatch):
     for var in ("LOOPGUARD_THRESHOLD", "LOOPGUARD_SAMPLER"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CI", "true")  # short summary lines whole, as the READMEs quote them
     shutil.copytree(
         EXAMPLES,
         pytester.path / "examples",
@@ -154,3 +249,8 @@ def test_example_suite_fails_exactly_the_buggy_tests(pytester, monkeypatch):
     ):
         result.stdout.no_fnmatch_line(f"*{test}*")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+    # What the READMEs show is what the tool prints (durations, task numbers and the sampled
+    # line of a loop aside).
+    assert_samples_match(EXAMPLES / "README.md", result.outlines)
+    assert_samples_match(README, result.outlines)

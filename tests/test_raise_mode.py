@@ -70,8 +70,8 @@ async def test_fails_after():
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(
         [
-            "FAILED test_it.py::test_raises - loopguard: event loop blocked for*",
-            "FAILED test_it.py::test_fails_after - loopguard: event loop blocked for*",
+            "FAILED test_it.py::test_raises - loopguard: * at *",
+            "FAILED test_it.py::test_fails_after - loopguard: * at *",
         ]
     )
 

@@ -47,8 +47,8 @@ def test_coverage_tracer_does_not_hide_blocks_or_move_the_line(pytester):
         [
             rf".*test_it\.py:{line(pytester, '# sleep block')} in test_sleeps",
             rf".*test_it\.py:({hot}|{hot + 1}) in crunch",
-            r"FAILED test_it.py::test_sleeps - loopguard: event loop blocked.*",
-            r"FAILED test_it.py::test_crunches - loopguard: event loop blocked.*",
+            r"FAILED test_it.py::test_sleeps - loopguard: .* at .*",
+            r"FAILED test_it.py::test_crunches - loopguard: .* at .*",
             r"PASSED test_it.py::test_fine",
             r"TOTAL .*",  # coverage's report is there too
         ]
@@ -128,7 +128,7 @@ async def test_{i}():
         for i in (1, 3, 5):
             result.stdout.fnmatch_lines_random(
                 [
-                    f"FAILED test_it.py::test_{i} - loopguard: event loop blocked*",
+                    f"FAILED test_it.py::test_{i} - loopguard: * at *",
                     f"*test_it.py:{line(pytester, f'# line of test_{i}')} in test_{i}",
                 ]
             )
@@ -164,7 +164,7 @@ async def test_logs_fine(caplog):
     result.stdout.fnmatch_lines_random(
         [
             f"*test_it.py:{line(pytester, '# logged block')} in test_logs_and_blocks",
-            "FAILED test_it.py::test_logs_and_blocks - loopguard: event loop blocked*",
+            "FAILED test_it.py::test_logs_and_blocks - loopguard: * at *",
             "PASSED test_it.py::test_logs_fine",
         ]
     )

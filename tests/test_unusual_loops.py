@@ -56,7 +56,7 @@ def test_fine_after(loop):
     )
     result.assert_outcomes(passed=6, failed=1)
     result.stdout.fnmatch_lines(
-        [site(pytester), "FAILED test_it.py::test_blocks - loopguard: event loop blocked*"]
+        [site(pytester), "FAILED test_it.py::test_blocks - loopguard: * at *"]
     )
 
 
@@ -78,7 +78,7 @@ async def test_three():
     )
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(
-        [site(pytester), "FAILED test_it.py::test_blocks - loopguard: event loop blocked*"]
+        [site(pytester), "FAILED test_it.py::test_blocks - loopguard: * at *"]
     )
 
 

@@ -31,7 +31,7 @@ def assert_reported(result, pytester, test):
             f"*test_it.py:{line(pytester, '# the blocking line')} in blocker",
             "*>*time.sleep(0.4)  # the blocking line",
             "*loop thread 'MainThread', uvloop loop*",
-            f"FAILED test_it.py::{test} - loopguard: event loop blocked for*",
+            f"FAILED test_it.py::{test} - loopguard: * at *",
         ]
     )
     # uvloop calls back from C: the stack is cut at loopguard's wrapper of the loop's run,

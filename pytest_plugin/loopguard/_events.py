@@ -272,6 +272,18 @@ class BlockEvent:
             f"(threshold {format_duration(self.threshold)})"
         )
 
+    def headline(self, more: int = 0) -> str:
+        """One line that starts with what matters, for a place that may cut it short (pytest's
+        short test summary): ``loopguard: 414 ms at app/scanner.py:18 in scan (...)``."""
+        extra = f"; and {more} more block{'s' * (more != 1)}" if more else ""
+        if self.site is None:
+            return f"loopguard: {self.summary()}{extra}"
+        kind = "starved of the GIL" if self.starved else "blocked"
+        return (
+            f"loopguard: {format_duration(self.duration)} at {self.site} (event loop {kind}, "
+            f"threshold {format_duration(self.threshold)}{extra})"
+        )
+
 
 def _frames(raw: list[dict]) -> list[Frame]:
     return [Frame(f["filename"], int(f["lineno"]), f["function"]) for f in raw]
@@ -541,8 +553,11 @@ _GIL_TEXT = {
 }
 
 
-def format_event(ev: BlockEvent, *, index: int = 0, total: int = 1) -> list[str]:
-    """The report for one event, as lines."""
+def format_event(
+    ev: BlockEvent, *, index: int = 0, total: int = 1, stack: str = "short"
+) -> list[str]:
+    """The report for one event, as lines. ``stack="full"`` prints every frame of its stacks;
+    ``"short"`` folds the library frames between project frames and the test runner's."""
     head = f"loopguard: {ev.summary()}"
     if total > 1:
         head = f"loopguard: block {index + 1} of {total}: {ev.summary()}"
@@ -566,17 +581,18 @@ def format_event(ev: BlockEvent, *, index: int = 0, total: int = 1) -> list[str]
     if ev.hint:
         lines.append(f"    ({ev.hint})")
     lines.append("")
+    full = stack == "full"
     if ev.starved and ev.gil_holder_thread:
         lines.append(
             f"  the loop thread {ev.thread_name!r} was waiting for the GIL, held by thread "
             f"{ev.gil_holder_thread!r} (move that work to a process pool, or make it release "
             "the GIL); the holder's stack (most recent call last):"
         )
-        lines.extend(_stack_lines(ev.gil_holder_stack))
+        lines.extend(_stack_lines(ev.gil_holder_stack, full=full))
         lines.append("")
     if ev.stack:
         lines.append("  Python stack of the loop thread (most recent call last):")
-        lines.extend(_stack_lines(ev.stack))
+        lines.extend(_stack_lines(ev.stack, full=full))
     detail = [f"loop thread {ev.thread_name!r}", _KIND_TEXT.get(ev.loop_kind, ev.loop_kind)]
     if ev.task_name:
         detail.append(f"task {ev.task_name!r}")
@@ -623,25 +639,125 @@ def _dispatch_index(stack: list[Frame]) -> int:
     return 0
 
 
-def _stack_lines(stack: list[Frame], limit: int = 30) -> list[str]:
+def _stack_lines(stack: list[Frame], limit: int = 30, *, full: bool = False) -> list[str]:
+    """A stack as a traceback's lines. ``full``: every frame. Otherwise without the frames of
+    the test runner and event loop outside the callback, library runs folded (see
+    :func:`fold_stack`), and the innermost ``limit`` entries (a folded run is one)."""
+    if full:
+        return [line for f in stack for line in _frame_lines(f)]
     lines = []
     cut = _dispatch_index(stack)
     if cut >= len(stack):
         cut = 0
-    hidden = max(cut, len(stack) - limit)
-    shown = stack[hidden:]
+    entries = fold_stack(stack[cut:])
+    start = max(0, len(entries) - limit)  # a folded run is one entry
+    hidden = cut + sum(1 if isinstance(e, Frame) else e.count for e in entries[:start])
     if hidden:
         lines.append(f"    ... {hidden} outer frames (test runner and event loop) not shown ...")
-    for f in shown:
-        lines.append(f'    File "{display_path(f.filename)}", line {f.lineno}, in {f.function}')
-        if f.source:
-            lines.append(f"      {f.source}")
+    for entry in entries[start:]:
+        if isinstance(entry, Frame):
+            lines.extend(_frame_lines(entry))
+        else:
+            lines.append(f"    ... {entry} ...")
     return lines
 
 
-def format_events(events: list[BlockEvent]) -> str:
+def _frame_lines(f: Frame) -> list[str]:
+    lines = [f'    File "{display_path(f.filename)}", line {f.lineno}, in {f.function}']
+    if f.source:
+        lines.append(f"      {f.source}")
+    return lines
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Consecutive library frames of a stack, printed as one line."""
+
+    count: int
+    packages: tuple[str, ...]
+    """The packages (or standard library modules) the frames are in, in the order seen."""
+
+    def __str__(self) -> str:
+        names = list(self.packages)
+        if len(names) > 5:
+            names = [*names[:4], f"{len(names) - 4} more"]
+        return f"{self.count} frames in {', '.join(names)}"
+
+
+_FOLD_TAIL = 2
+"""Frames kept at the inner end of a run of library frames that ends the stack (the blocking
+operation and its caller), besides the run's first frame (the entry into the library)."""
+
+
+def fold_stack(stack: list[Frame]) -> list[Any]:
+    """``stack`` (outermost first) as :class:`Frame` and :class:`Fold` entries: each run of
+    two or more library frames before or between project frames becomes one :class:`Fold`.
+    A run that ends the stack keeps its first frame and its innermost ones (where it blocked).
+    A stack without project frames is not folded."""
+    user = [is_user_file(f.filename) for f in stack]
+    if not any(user):
+        return list(stack)
+    out: list[Any] = []
+    i = 0
+    while i < len(stack):
+        if user[i]:
+            out.append(stack[i])
+            i += 1
+            continue
+        j = i
+        while j < len(stack) and not user[j]:
+            j += 1
+        run = stack[i:j]
+        if j == len(stack):  # innermost: the blocking operation, even inside a library
+            middle = run[1:-_FOLD_TAIL]
+            if len(middle) >= 2:
+                out.extend([run[0], _fold(middle), *run[-_FOLD_TAIL:]])
+            else:
+                out.extend(run)
+        elif len(run) >= 2:
+            out.append(_fold(run))
+        else:
+            out.extend(run)
+        i = j
+    return out
+
+
+def _fold(frames: list[Frame]) -> Fold:
+    packages: dict[str, None] = {}
+    for f in frames:
+        packages.setdefault(package_of(f.filename), None)
+    return Fold(len(frames), tuple(packages))
+
+
+def package_of(filename: str) -> str:
+    """The package a library file belongs to: the top-level name under site-packages
+    (``httpx``), the standard library module (``asyncio``, ``json``), or the file's name."""
+    if filename.startswith("<"):
+        # <frozen importlib._bootstrap>, <string>
+        inner = filename.strip("<>").split()[-1]
+        return inner.split(".", 1)[0] or filename
+    real = os.path.realpath(filename)
+    if real.startswith(_PKG_DIR):
+        return "loopguard"
+    for marker in (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}"):
+        if marker in real:
+            return _top_name(real.rsplit(marker, 1)[1])
+    for d in _LIB_DIRS:
+        if real.startswith(d):
+            return _top_name(real[len(d) :])
+    return os.path.basename(filename)
+
+
+def _top_name(relpath: str) -> str:
+    top = relpath.split(os.sep, 1)[0]
+    for suffix in (".py", ".pyc"):
+        top = top.removesuffix(suffix)
+    return top.split(".", 1)[0] if top.endswith(".so") else top
+
+
+def format_events(events: list[BlockEvent], *, stack: str = "short") -> str:
     """The report for several events (a test's blocks)."""
     chunks = []
     for i, ev in enumerate(events):
-        chunks.append("\n".join(format_event(ev, index=i, total=len(events))))
+        chunks.append("\n".join(format_event(ev, index=i, total=len(events), stack=stack)))
     return "\n\n".join(chunks)

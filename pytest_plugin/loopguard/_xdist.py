@@ -91,7 +91,7 @@ class XdistPlugin:
         from .plugin import _LoopguardRepr  # plugin.py imports this module
 
         if data is not None and isinstance(report.longrepr, _LoopguardRepr):
-            data[_LONGREPR_KEY] = True
+            data[_LONGREPR_KEY] = report.longrepr.stack  # how it prints stacks: short, full
         return data
 
     @pytest.hookimpl(tryfirst=True)
@@ -127,7 +127,8 @@ class XdistPlugin:
                 if d.get("outcome") == "failed" and d.get("phase") == report.when
             ]
             if failing:
-                report.longrepr = _LoopguardRepr(failing)
+                stack = data[_LONGREPR_KEY]
+                report.longrepr = _LoopguardRepr(failing, stack if stack == "full" else "short")
         return report
 
     @pytest.hookimpl(optionalhook=True)

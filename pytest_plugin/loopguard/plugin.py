@@ -46,6 +46,7 @@ from ._settings import (
     DURATION_HELP,
     GC_CHOICES,
     MODES,
+    STACK_CHOICES,
     SettingError,
     format_duration,
     parse_choice,
@@ -105,6 +106,10 @@ SCAN_HELP = (
     "only judge blocks whose stack passes through these packages (names separated by blanks); "
     "other blocks are allowed"
 )
+STACK_HELP = (
+    "how failure reports print stacks: short (the default) folds library frames between "
+    "project frames into one line naming their packages; full prints every frame (as -vv does)"
+)
 SAMPLERS = ("auto", "native", "gil")
 MARKER = (
     "loopguard(threshold=None, enabled=True, mode=None, allow=(), max_lag=None): fail the test "
@@ -130,6 +135,8 @@ class _Settings:
     gc_source: str = "default"
     cpu_wait: str = "exclude"
     cpu_wait_source: str = "default"
+    stack: str = "short"
+    stack_source: str = "default"
     record_threshold: Optional[float] = None
     json_path: Optional[Path] = None
     baseline_path: Optional[Path] = None
@@ -249,6 +256,7 @@ _VALUE_OPTIONS = (
     ("mode", "MODE", MODE_HELP, True),
     ("gc", "exclude|include", GC_HELP, True),
     ("cpu_wait", "exclude|include", CPU_WAIT_HELP, True),
+    ("stack", "short|full", STACK_HELP, True),
     ("sampler", "KIND", SAMPLER_HELP, False),
     ("json", "PATH", JSON_HELP, True),
     ("baseline", "PATH", BASELINE_HELP, True),
@@ -345,6 +353,11 @@ def _settings(config: pytest.Config) -> tuple[_Settings, Judge]:
         value, name, where = picked
         s.cpu_wait = parse_choice(value, CPU_WAIT_CHOICES, name=name, source=where)
         s.cpu_wait_source = name
+
+    picked = _pick(config, "stack")
+    if picked is not None:
+        value, name, where = picked
+        s.stack, s.stack_source = parse_choice(value, STACK_CHOICES, name=name, source=where), name
 
     picked = _pick(config, "record_threshold")
     if picked is not None:
@@ -475,6 +488,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             "waiting for a CPU counts toward blocks (this kernel does not report run-queue "
             "time: no /proc/self/task/TID/schedstat)"
         )
+    if s.stack != "short":
+        extra.append(f"{s.stack} stacks (from {s.stack_source})")
     if s.record_threshold is not None:
         extra.append(f"recording blocks over {format_duration(s.record_threshold)}")
     if s.allow:
@@ -780,22 +795,21 @@ def pytest_runtest_teardown(
 class _LoopguardRepr:
     """A failure report that pytest prints like a traceback and summarises in one line."""
 
-    def __init__(self, events: list[BlockEvent]) -> None:
+    def __init__(self, events: list[BlockEvent], stack: str = "short") -> None:
         self.events = events
-        self.text = format_events(events)
+        self.stack = stack
+        self.text = format_events(events, stack=stack)
         first = events[0]
-        msg = f"loopguard: {first.summary()}"
-        if first.site is not None:
-            msg += f" at {first.site}"
-        if len(events) > 1:
-            msg += f" (and {len(events) - 1} more)"
-        self.reprcrash = _Crash(msg, first)
+        # pytest's short summary cuts this line to the terminal's width: the duration and
+        # the call site come first.
+        self.reprcrash = _Crash(first.headline(more=len(events) - 1), first)
 
     def toterminal(self, tw: Any) -> None:
         for i, ev in enumerate(self.events):
             if i:
                 tw.line("")
-            for j, line in enumerate(format_event(ev, index=i, total=len(self.events))):
+            lines = format_event(ev, index=i, total=len(self.events), stack=self.stack)
+            for j, line in enumerate(lines):
                 if j == 0:
                     tw.line(line, red=True, bold=True)
                 elif line.startswith("  >"):
@@ -842,12 +856,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         props.insert(0, ("loopguard_site", str(worst.site)))
     report.user_properties.extend(props)
     item.user_properties.extend(props)
+    stack = "full" if item.config.option.verbose >= 2 else state.settings.stack
     if report.passed:
         report.outcome = "failed"
-        report.longrepr = _LoopguardRepr(events)
+        report.longrepr = _LoopguardRepr(events, stack)
     else:
         title = f"loopguard: blocked event loop ({call.when})"
-        report.sections.append((title, format_events(events)))
+        report.sections.append((title, format_events(events, stack=stack)))
     return report
 
 
