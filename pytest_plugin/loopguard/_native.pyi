@@ -7,6 +7,7 @@ from typing import Any, Optional, final
 
 __all__ = [
     "EpollProxy",
+    "OffloadSampler",
     "SelectorProxy",
     "Slot",
     "_gil_reader_info",
@@ -113,6 +114,16 @@ class SelectorProxy:
     @property
     def inner(self) -> Any: ...
     def select(self, timeout: Optional[float] = None) -> list[Any]: ...
+
+# --- offload checks ---------------------------------------------------------------------------
+
+@final
+class OffloadSampler:
+    """Samples who holds the GIL and what every Python thread runs, from a native thread,
+    until :meth:`finish`."""
+
+    def __new__(cls, interval: float = 0.001, threads_every: int = 5) -> OffloadSampler: ...
+    def finish(self) -> dict[str, Any]: ...
 
 # --- debug entry points of the readers, for the tests -------------------------------------------
 
