@@ -52,7 +52,7 @@ def probe(pytester, n, *, plugin, kind="sync"):
     pytester.makepyfile(
         test_many="import pytest\n\n" + "\n".join(body.format(i=i) for i in range(n))
     )
-    args = ["-p", "loopguard"] if plugin else []
+    args = ["-p", "loopguard", "--loopguard-threshold=10s"] if plugin else []
     if kind == "async":
         args += ["-o", "asyncio_mode=auto"]
     result = pytester.runpytest_subprocess(*args)
@@ -60,8 +60,9 @@ def probe(pytester, n, *, plugin, kind="sync"):
     return json.loads((pytester.path / "probe.json").read_text())
 
 
-# The watchdog wakes up on its own at least once per threshold (100 ms) while it watches a
-# loop, so a few wake-ups per second are expected; a message per test phase would be hundreds.
+# The watchdog wakes up on its own at least once per threshold while it watches a loop: with a
+# 10 s threshold that is a handful in these sessions, however slow the machine; a message per
+# test phase or per loop would be hundreds.
 
 
 def test_test_phases_without_blocks_do_not_wake_the_watchdog(pytester):
