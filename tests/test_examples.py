@@ -27,9 +27,13 @@ _VARIABLE = [
     (re.compile(r"\d+(\.\d+)? (ms|s)\b"), "<time>"),
     (re.compile(r"^(CRITICAL|HIGH|MEDIUM|MONITOR)\b"), "<severity>"),
     (re.compile(r"\b(Task|Thread)-\d+"), r"\1-<n>"),
+    # Which worker thread of the pool ran the offloaded work, and its exact share of the GIL.
+    (re.compile(r"'asyncio_\d+'"), "'asyncio_<n>'"),
+    (re.compile(r"the GIL \d+% of"), "the GIL <n>% of"),
     (re.compile(r"\.\.\. \d+ (outer frames|frames in)"), r"... <n> \1"),
     # Where Python and the libraries are installed, and which versions.
     (re.compile(r'File "\S*/site-packages/([^"]+)", line \d+'), r'File "<lib>/\1", line <n>'),
+    (re.compile(r"(?:\S*/site-packages|\.\.\.)/(\S+?\.py):\d+ in"), r".../\1:<n> in"),
     # Which line of the JSON encoder was running.
     (re.compile(r"(\S*/)?json/(\w+)\.py:\d+ in \S+"), r"json/\2.py:<line> in <function>"),
     # Whether sqlite was sampled in C code or in a system call.
