@@ -18,9 +18,11 @@ import argparse
 import asyncio
 import random
 import statistics
+import sys
 import time
 
 import loopguard
+from _callgrind import instructions
 
 
 def block_once(kind: str, seconds: float) -> tuple[float, float]:
@@ -88,31 +90,9 @@ def per_iteration(kind: str, n: int, guarded: bool, threshold: str = "100ms") ->
 
 
 def callgrind_instructions(kind: str, mode: str, n: int) -> int:
-    import re
-    import subprocess
-    import sys
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        out = subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                f"--callgrind-out-file={d}/cg.out",
-                sys.executable,
-                __file__,
-                "--only",
-                f"{kind}:{mode}",
-                "--iterations",
-                str(n),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        m = re.search(r"Collected : (\d+)", out.stderr)
-        assert m, out.stderr
-        return int(m.group(1))
+    return instructions(
+        [sys.executable, __file__, "--only", f"{kind}:{mode}", "--iterations", str(n)]
+    )
 
 
 def main() -> None:

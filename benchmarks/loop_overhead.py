@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import re
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 import loopguard
+from _callgrind import instructions
 
 
 async def _spin(n: int) -> None:
@@ -50,28 +47,7 @@ def _run_guarded(n: int) -> float:
 
 def _instructions(side: str, n: int) -> int:
     """Instructions callgrind counts for one ``--only side`` run of ``n`` iterations."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "callgrind.out")
-        proc = subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                f"--callgrind-out-file={out}",
-                sys.executable,
-                __file__,
-                "--only",
-                side,
-                "--iterations",
-                str(n),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        m = re.search(r"Collected : (\d+)", proc.stderr)
-        if m is None:
-            raise SystemExit(f"callgrind printed no count:\n{proc.stderr}")
-        return int(m.group(1))
+    return instructions([sys.executable, __file__, "--only", side, "--iterations", str(n)])
 
 
 def _callgrind(n: int) -> None:

@@ -47,6 +47,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _callgrind import instructions
+
 TIMER = """
 import json, os, time
 import pytest
@@ -166,16 +168,8 @@ def _report(label: str, kind: str, n: int, res: dict[str, list[float]]) -> dict[
 
 def _instructions(suite: Path, root: Path, plugin: bool) -> int:
     """Instructions executed by one pytest process under callgrind, all threads."""
-    out = root / "callgrind.out"
-    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *_pytest(plugin)]
     env = dict(_env(root), LOOPGUARD_THRESHOLD="60s")
-    r = subprocess.run(cmd, cwd=suite, env=env, capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"callgrind run failed in {suite}:\n{r.stderr[-2000:]}")
-    for line in out.read_text().splitlines():
-        if line.startswith("summary:") or line.startswith("totals:"):
-            return int(line.split()[1])
-    sys.exit("no instruction count in callgrind's output")
+    return instructions(_pytest(plugin), cwd=str(suite), env=env)
 
 
 def _callgrind(n: int, kinds: list[str]) -> None:

@@ -41,7 +41,7 @@ pub fn available() -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::time::{Duration, Instant};
 
@@ -61,7 +61,8 @@ mod tests {
         assert_eq!(run_queue_ns(-5), None);
     }
 
-    fn pin_to(cpu: usize) {
+    /// Pins the calling thread to `cpu` (for tests that share a CPU on purpose).
+    pub(crate) fn pin_to(cpu: usize) {
         // SAFETY: `set` is a zeroed cpu_set_t owned by this frame; CPU_SET writes inside it and
         // sched_setaffinity(0, ...) only reads it, for the calling thread.
         unsafe {

@@ -1162,7 +1162,7 @@ mod tests {
         let spinner = {
             let stop = Arc::clone(&stop);
             std::thread::spawn(move || {
-                pin_to(cpu);
+                crate::schedstat::tests::pin_to(cpu);
                 while !stop.load(Ordering::Relaxed) {
                     std::hint::spin_loop();
                 }
@@ -1171,7 +1171,7 @@ mod tests {
         let loop_thread = {
             let wd = Arc::clone(&wd);
             std::thread::spawn(move || {
-                pin_to(cpu);
+                crate::schedstat::tests::pin_to(cpu);
                 // SAFETY: gettid has no preconditions.
                 let tid = i64::from(unsafe { libc::gettid() });
                 let slot = wd.register(
@@ -1200,19 +1200,6 @@ mod tests {
         let wait = events[0].cpu_wait_ns.expect("measured");
         // About half of the 275 ms after the first look; the spinner had the CPU the rest.
         assert!(wait > ms(60) && wait < events[0].duration_ns, "{wait}");
-    }
-
-    fn pin_to(cpu: usize) {
-        // SAFETY: `set` is a zeroed cpu_set_t owned by this frame; CPU_SET writes inside it and
-        // sched_setaffinity(0, ...) only reads it, for the calling thread.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            assert_eq!(
-                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-                0
-            );
-        }
     }
 
     fn start(threshold: u64) -> Watchdog {
