@@ -2,6 +2,7 @@
 blocks fails at its line."""
 
 import json
+import re
 
 import pytest
 from conftest import INI, line
@@ -56,9 +57,11 @@ def test_many_short_callbacks_in_one_iteration_are_recorded_not_failed(report, p
     n = sum(1 for c in ev["callbacks"] if c["in_callback"])
     assert n >= 5, ev["callbacks"]
     assert ev["reason"].startswith(f"{n} callbacks in one loop iteration, the longest at most ")
-    assert ev["reason"].endswith(
-        f"at test_it.py:{line(pytester, '# short')} in short; none reached the threshold"
-    )
+    # Sampled in the sleep or on the callback's next line, just before it yields: both are short's.
+    first = line(pytester, "# short")
+    assert re.search(
+        rf"at test_it\.py:({first}|{first + 1}) in short; none reached the threshold$", ev["reason"]
+    ), ev["reason"]
     assert all(c["max_ms"] < 100 for c in ev["callbacks"])
     # The first callbacks of the stretch were sampled: well before the threshold.
     assert ev["callbacks"][0]["first_ms"] < 60
