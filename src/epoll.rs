@@ -1,4 +1,5 @@
-//! A safe wrapper around `epoll_wait(2)` for the event-loop hook (see `python::EpollProxy`).
+//! A safe wrapper around `epoll_wait(2)` for the event-loop hook (see
+//! `python::hooks::EpollProxy`).
 
 use std::io;
 

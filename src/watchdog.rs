@@ -49,16 +49,14 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use parking_lot::Mutex;
 
 use crate::callbacks::{spans, Timeline};
-use crate::clock::{ms, now_ns};
+use crate::clock::now_ns;
 use crate::context::ContextLog;
 use crate::event::{BlockEvent, Sample};
+use crate::policy::{early_sampling, first_look, longest_sleep, sample_interval, END_GRACE_NS};
 use crate::sampler::{Sampler, Target};
 
 /// Most distinct samples kept per block; later ones are folded into the last.
 const MAX_SAMPLES: usize = 200;
-/// How long the watchdog waits for the loop thread's exact end report before it closes a block
-/// with the time it observed the end itself.
-const END_GRACE_NS: u64 = ms(200);
 
 /// Settings and counters shared between the watchdog, the loop threads and the Python layer.
 #[derive(Debug)]
@@ -844,7 +842,7 @@ impl Runner {
         let interval = sample_interval(threshold);
         let tags = self.sampler.tags_callbacks();
         // Never sleep longer than one threshold (see the module docs).
-        let mut wake_at = now + threshold;
+        let mut wake_at = now + longest_sleep(threshold);
         let mut stale = false;
         // The earliest start of a stretch not attributed yet (see `ContextLog`): a stretch
         // that begins from now on cannot begin earlier than `now`.
@@ -965,18 +963,6 @@ impl Runner {
     }
 }
 
-/// When the watchdog first looks at a stretch (and reads the loop thread's run-queue time):
-/// an eighth of the threshold after it began.
-pub fn first_look(threshold_ns: u64) -> u64 {
-    threshold_ns / 8
-}
-
-/// When the watchdog starts sampling a busy stretch, with a sampler that tags callbacks: a
-/// quarter of the threshold after it began.
-pub fn early_sampling(threshold_ns: u64) -> u64 {
-    threshold_ns / 4
-}
-
 /// Adds sample `s` to block `b`, noting the callback it shows in the block's timeline.
 fn observe(b: &mut Block, mut s: Sample) {
     s.callback = if s.error.is_none() && !s.frames.is_empty() {
@@ -986,11 +972,6 @@ fn observe(b: &mut Block, mut s: Sample) {
         None
     };
     push_sample(&mut b.samples, s);
-}
-
-/// How often a blocked loop is sampled after the first sample.
-pub fn sample_interval(threshold_ns: u64) -> u64 {
-    (threshold_ns / 5).clamp(ms(2), ms(50))
 }
 
 fn push_sample(samples: &mut Vec<Sample>, s: Sample) {
@@ -1007,6 +988,7 @@ fn push_sample(samples: &mut Vec<Sample>, s: Sample) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ms;
     use crate::event::{Frame, Gil};
     use std::thread::sleep;
     use std::time::Duration;
@@ -1570,12 +1552,5 @@ mod tests {
         }
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].count, 5);
-    }
-
-    #[test]
-    fn sample_interval_is_bounded() {
-        assert_eq!(sample_interval(ms(1)), ms(2));
-        assert_eq!(sample_interval(ms(100)), ms(20));
-        assert_eq!(sample_interval(ms(10_000)), ms(50));
     }
 }

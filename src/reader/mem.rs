@@ -170,13 +170,6 @@ pub fn symbol_address(name: &str) -> Option<usize> {
     }
 }
 
-/// The calling thread's `PyThreadState*` (for the reader's test helpers).
-pub fn current_thread_state(_py: pyo3::Python<'_>) -> usize {
-    // SAFETY: the `Python` token proves this thread holds the GIL, so it has a current thread
-    // state and `PyThreadState_Get` returns it without failing.
-    unsafe { pyo3::ffi::PyThreadState_Get() as usize }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

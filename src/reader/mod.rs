@@ -20,7 +20,6 @@ pub mod gil;
 pub mod layout;
 pub mod lines;
 pub mod mem;
-pub mod python;
 pub mod walk;
 
 /// What the reader needs to know about the running interpreter (gathered with the GIL held).

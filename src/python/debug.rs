@@ -1,7 +1,8 @@
-//! Debug entry points of the reader for tests (`loopguard._native._reader_*`).
+//! Test and debug entry points (`loopguard._native._reader_*` and `_gil_*`).
 //!
-//! They run the same code as the watchdog's sampler: code objects are read from memory through
-//! `process_vm_readv`, not through the C API, and stacks are read with the GIL released.
+//! They run the same code as the watchdog's native sampler: code objects are read from memory
+//! through `process_vm_readv`, not through the C API; stacks and the GIL state are read with
+//! the GIL released. Nothing in the watchdog calls them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -11,16 +12,21 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use super::walk::Walker;
+use super::{current_thread_state, py_info};
 use crate::event::Frame;
+use crate::reader::gil::GilReader;
+use crate::reader::mem::{MemError, Memory};
+use crate::reader::walk::Walker;
 use crate::sampler::Target;
+
+// ---- the stack reader (`_reader_*`) ----
 
 /// A walker for the debug functions, with the pid that made it (a forked child makes its own).
 static WALKER: Mutex<Option<(u32, Walker)>> = Mutex::new(None);
 
 fn new_walker(py: Python<'_>) -> PyResult<Walker> {
-    let info = crate::python::py_info(py)?;
-    super::walker(info).map_err(PyRuntimeError::new_err)
+    let info = py_info(py)?;
+    crate::reader::walker(info).map_err(PyRuntimeError::new_err)
 }
 
 /// Runs `f` with the shared walker. The lock is only ever taken by these debug functions, and
@@ -49,7 +55,7 @@ fn frames_to_py(py: Python<'_>, frames: Vec<Frame>) -> PyResult<Bound<'_, PyList
 /// The calling thread's `PyThreadState*` as an int.
 #[pyfunction]
 fn _reader_current_tstate(py: Python<'_>) -> usize {
-    super::mem::current_thread_state(py)
+    current_thread_state(py)
 }
 
 /// Where the layout came from ("headers" or "_Py_DebugOffsets") and its version.
@@ -129,8 +135,8 @@ fn _reader_sample(
     thread_ident: u64,
     delay: f64,
 ) -> PyResult<String> {
-    let info = crate::python::py_info(py)?;
-    let mut sampler = super::native_sampler(info).map_err(PyRuntimeError::new_err)?;
+    let info = py_info(py)?;
+    let mut sampler = crate::reader::native_sampler(info).map_err(PyRuntimeError::new_err)?;
     let target = Target {
         loop_id: 0,
         thread_ident,
@@ -232,8 +238,130 @@ fn _reader_stress<'py>(
     Ok(d)
 }
 
-/// Adds the reader's functions to `loopguard._native`.
-pub fn add_to_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+// ---- the GIL reader (`_gil_*`) ----
+
+fn new_reader(py: Python<'_>) -> PyResult<GilReader> {
+    let info = py_info(py)?;
+    let mem = Memory::new().map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    let reader = GilReader::new(info, mem).map_err(PyRuntimeError::new_err)?;
+    reader
+        .verify_held_by(current_thread_state(py))
+        .map_err(PyRuntimeError::new_err)?;
+    Ok(reader)
+}
+
+fn mem_err(e: MemError) -> PyErr {
+    PyRuntimeError::new_err(e.to_string())
+}
+
+/// `(locked, holder)` where holder is `threading.get_ident()` of the GIL holder (None when the
+/// GIL is free, or when the holder's thread state cannot be read: it may have just exited).
+fn read_state(reader: &GilReader) -> Result<(bool, Option<u64>), MemError> {
+    let s = reader.read()?;
+    Ok((
+        s.locked,
+        s.holder().and_then(|t| reader.thread_ident_of(t).ok()),
+    ))
+}
+
+/// Whether the GIL is locked and by which thread (`threading.get_ident()`), read without the
+/// GIL when `release` is true (after sleeping `delay` seconds with the GIL released).
+#[pyfunction]
+#[pyo3(signature = (release=true, delay=0.0))]
+fn _gil_state(py: Python<'_>, release: bool, delay: f64) -> PyResult<(bool, Option<u64>)> {
+    let reader = new_reader(py)?;
+    if !release {
+        return read_state(&reader).map_err(mem_err);
+    }
+    py.detach(|| {
+        if delay > 0.0 {
+            std::thread::sleep(Duration::from_secs_f64(delay));
+        }
+        read_state(&reader)
+    })
+    .map_err(mem_err)
+}
+
+/// The raw GIL state `(locked, last_holder PyThreadState*)`, read like [`_gil_state`].
+#[pyfunction]
+#[pyo3(signature = (release=true))]
+fn _gil_state_raw(py: Python<'_>, release: bool) -> PyResult<(bool, usize)> {
+    let reader = new_reader(py)?;
+    let s = if release {
+        py.detach(|| reader.read())
+    } else {
+        reader.read()
+    }
+    .map_err(mem_err)?;
+    Ok((s.locked, s.holder_tstate))
+}
+
+/// Samples the GIL state with the GIL released for `seconds`, every `interval` seconds, and
+/// returns `(time, locked, holder ident)` triples in order; `time` is the watchdog clock
+/// (`_native.now_ns()`) when the sample was taken.
+#[pyfunction]
+#[pyo3(signature = (seconds, interval=0.001))]
+fn _gil_sample(
+    py: Python<'_>,
+    seconds: f64,
+    interval: f64,
+) -> PyResult<Vec<(u64, bool, Option<u64>)>> {
+    let reader = new_reader(py)?;
+    let budget = Duration::from_secs_f64(seconds.max(0.0));
+    let pause = Duration::from_secs_f64(interval.max(0.0));
+    py.detach(|| {
+        let start = Instant::now();
+        let mut out = Vec::new();
+        while start.elapsed() < budget && out.len() < 1_000_000 {
+            let t = crate::clock::now_ns();
+            let (locked, holder) = read_state(&reader)?;
+            out.push((t, locked, holder));
+            if !pause.is_zero() {
+                std::thread::sleep(pause);
+            }
+        }
+        Ok(out)
+    })
+    .map_err(mem_err)
+}
+
+/// The main interpreter's threads as `(tstate, ident, native_id or None)`, read without the GIL.
+#[pyfunction]
+fn _gil_threads(py: Python<'_>) -> PyResult<Vec<(usize, u64, Option<u64>)>> {
+    let reader = new_reader(py)?;
+    py.detach(|| {
+        reader.threads().and_then(|ts| {
+            ts.into_iter()
+                .map(|t| reader.thread_ids(t).map(|i| (t, i.ident, i.native_tid)))
+                .collect()
+        })
+    })
+    .map_err(mem_err)
+}
+
+/// `(thread ident, native id or None)` read from the thread state at `tstate`.
+#[pyfunction]
+fn _gil_thread_ids(py: Python<'_>, tstate: usize) -> PyResult<(u64, Option<u64>)> {
+    let reader = new_reader(py)?;
+    let ids = py.detach(|| reader.thread_ids(tstate)).map_err(mem_err)?;
+    Ok((ids.ident, ids.native_tid))
+}
+
+/// What the reader found: version, offset source and addresses.
+#[pyfunction]
+fn _gil_reader_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let reader = new_reader(py)?;
+    let d = PyDict::new(py);
+    d.set_item("version", reader.layout().version)?;
+    d.set_item("source", reader.layout().source)?;
+    d.set_item("runtime", reader.runtime())?;
+    d.set_item("main_interpreter", reader.main_interpreter())?;
+    d.set_item("gil", reader.gil_address())?;
+    Ok(d)
+}
+
+/// Adds the test and debug entry points to `loopguard._native`.
+pub(super) fn add_to_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_reader_current_tstate, m)?)?;
     m.add_function(wrap_pyfunction!(_reader_layout, m)?)?;
     m.add_function(wrap_pyfunction!(_reader_code, m)?)?;
@@ -242,5 +370,11 @@ pub fn add_to_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_reader_stack, m)?)?;
     m.add_function(wrap_pyfunction!(_reader_stress, m)?)?;
     m.add_function(wrap_pyfunction!(_reader_sample, m)?)?;
+    m.add_function(wrap_pyfunction!(_gil_state, m)?)?;
+    m.add_function(wrap_pyfunction!(_gil_state_raw, m)?)?;
+    m.add_function(wrap_pyfunction!(_gil_sample, m)?)?;
+    m.add_function(wrap_pyfunction!(_gil_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(_gil_thread_ids, m)?)?;
+    m.add_function(wrap_pyfunction!(_gil_reader_info, m)?)?;
     Ok(())
 }

@@ -6,7 +6,9 @@ use pyo3::types::{PyDict, PyList};
 
 use crate::offload::{Sampling, Settings, Tally};
 use crate::reader::gil::GilReader;
-use crate::reader::mem::{current_thread_state, Memory};
+use crate::reader::mem::Memory;
+
+use super::{current_thread_state, py_info};
 
 /// Samples who holds the GIL and what every Python thread runs, from a native thread, until
 /// [`OffloadSampler::finish`].
@@ -35,7 +37,7 @@ impl OffloadSampler {
                 "invalid value for threads_every: 0 (from OffloadSampler()); expected at least 1",
             ));
         }
-        let info = crate::python::py_info(py)?;
+        let info = py_info(py)?;
         let mem = Memory::new().map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
         let gil = GilReader::new(info, mem).map_err(PyRuntimeError::new_err)?;
         gil.verify_held_by(current_thread_state(py))
@@ -103,6 +105,6 @@ fn to_dict<'py>(py: Python<'py>, tally: &Tally) -> PyResult<Bound<'py, PyDict>> 
 }
 
 /// Adds `OffloadSampler` to `loopguard._native`.
-pub fn add_to_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+pub(super) fn add_to_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<OffloadSampler>()
 }

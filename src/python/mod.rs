@@ -1,0 +1,260 @@
+//! The pyo3 layer: the private module `loopguard._native`. The logic lives in the pure-Rust
+//! modules; what is here is what needs the interpreter:
+//!
+//! * this file: the module itself and the watchdog's lifecycle (start, stop, fork, settings,
+//!   events out as JSON), and the facts about the interpreter the readers need;
+//! * [`hooks`]: the loop hooks (`Slot`, `SelectorProxy`, `EpollProxy`) and the loops'
+//!   Python objects;
+//! * [`assistant`]: the one loopguard thread that takes the GIL (names the running task,
+//!   raise mode);
+//! * [`gil_sampler`]: the fallback sampler, which takes the GIL;
+//! * [`offload`]: `OffloadSampler`, the face of [`crate::offload`];
+//! * [`debug`]: the readers' test entry points (`_reader_*`, `_gil_*`).
+//!
+//! Locking rule: the statics here are locked either without waiting for the GIL, or only by
+//! threads that hold it; none is held while waiting for the GIL.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+
+use crate::clock::now_ns;
+use crate::reader::PyInfo;
+use crate::sampler::Sampler;
+use crate::watchdog::Watchdog;
+
+mod assistant;
+mod debug;
+mod gil_sampler;
+mod hooks;
+mod offload;
+
+/// The process's watchdog, with the pid that started it (a forked child starts afresh).
+static WATCHDOG: Mutex<Option<(u32, Arc<Watchdog>)>> = Mutex::new(None);
+
+fn current() -> Option<Arc<Watchdog>> {
+    let guard = WATCHDOG.lock();
+    match &*guard {
+        Some((pid, wd)) if *pid == crate::pid::pid() && wd.is_running() => Some(Arc::clone(wd)),
+        _ => None,
+    }
+}
+
+fn require() -> PyResult<Arc<Watchdog>> {
+    current().ok_or_else(|| PyRuntimeError::new_err("the loopguard watchdog is not running"))
+}
+
+/// Starts the watchdog if it is not running. `sampler` is "auto", "native" or "gil".
+/// Returns the name of the sampler in use.
+#[pyfunction]
+fn start(py: Python<'_>, threshold_ns: u64, sampler: &str) -> PyResult<String> {
+    if let Some(wd) = current() {
+        return Ok(wd.sampler_name().to_owned());
+    }
+    let choice = sampler.to_owned();
+    let info = py_info(py)?;
+    let wd = py
+        .detach(move || Watchdog::start(threshold_ns, move || make_sampler(&choice, info)))
+        .map_err(PyRuntimeError::new_err)?;
+    let name = wd.sampler_name().to_owned();
+    let wd = Arc::new(wd);
+    assistant::start(&wd)?;
+    *WATCHDOG.lock() = Some((std::process::id(), wd));
+    Ok(name)
+}
+
+/// Why the GIL-free stack reader cannot be used in this process, in words for a user; None
+/// when it can.
+#[pyfunction]
+fn reader_unavailable(py: Python<'_>) -> PyResult<Option<String>> {
+    let info = py_info(py)?;
+    Ok(crate::reader::native_sampler(info).err())
+}
+
+/// Facts about the running interpreter that the GIL-free reader depends on.
+///
+/// `LOOPGUARD_SIMULATE_PYTHON=X.Y` makes the readers believe they run on CPython X.Y (for the
+/// tests of what users of a version without a layout see).
+fn py_info(py: Python<'_>) -> PyResult<PyInfo> {
+    let mut v = py.version_info();
+    let simulated = std::env::var("LOOPGUARD_SIMULATE_PYTHON")
+        .ok()
+        .and_then(|s| {
+            let (major, minor) = s.split_once('.')?;
+            Some((major.parse::<u8>().ok()?, minor.parse::<u8>().ok()?))
+        });
+    if let Some((major, minor)) = simulated {
+        v = pyo3::PythonVersionInfo {
+            major,
+            minor,
+            patch: 0,
+            suffix: None,
+        };
+    }
+    let sys = py.import("sys")?;
+    let debug = sys.hasattr("gettotalrefcount")?;
+    let free_threaded = py
+        .import("sysconfig")?
+        .call_method1("get_config_var", ("Py_GIL_DISABLED",))?
+        .extract::<Option<i64>>()
+        .unwrap_or(None)
+        .unwrap_or(0)
+        != 0;
+    Ok(PyInfo {
+        version: (v.major, v.minor, v.patch),
+        debug,
+        free_threaded,
+    })
+}
+
+/// The calling thread's `PyThreadState*`.
+fn current_thread_state(_py: Python<'_>) -> usize {
+    // SAFETY: the `Python` token proves this thread holds the GIL, so it has a current thread
+    // state and `PyThreadState_Get` returns it (it cannot fail).
+    unsafe { pyo3::ffi::PyThreadState_Get() as usize }
+}
+
+fn make_sampler(choice: &str, info: PyInfo) -> Result<Box<dyn Sampler>, String> {
+    let gil = || Box::new(gil_sampler::GilSampler) as Box<dyn Sampler>;
+    match choice {
+        "gil" => Ok(gil()),
+        "auto" | "native" => match crate::reader::native_sampler(info) {
+            Ok(s) => Ok(s),
+            Err(e) if choice == "native" => {
+                Err(format!("the GIL-free stack reader is unavailable: {e}"))
+            }
+            Err(_) => Ok(gil()),
+        },
+        other => Err(format!(
+            "unknown sampler {other:?}: expected 'auto', 'native' or 'gil'"
+        )),
+    }
+}
+
+/// Stops the watchdog and waits for its thread. Safe to call repeatedly.
+#[pyfunction]
+fn stop(py: Python<'_>) {
+    let taken = WATCHDOG.lock().take();
+    if let Some((pid, wd)) = taken {
+        if pid == std::process::id() {
+            py.detach(|| wd.stop());
+        }
+    }
+    assistant::stop(py);
+    hooks::forget_loops();
+}
+
+/// In a forked child: forget the parent's watchdog (its thread does not exist here).
+#[pyfunction]
+fn after_fork_child() {
+    // The parent's watchdog cannot be stopped or joined from here; leak it.
+    if let Some(old) = WATCHDOG.lock().take() {
+        old.1.abandon();
+        std::mem::forget(old);
+    }
+    hooks::leak_loops_after_fork();
+    assistant::leak_after_fork();
+}
+
+/// True while the watchdog runs in this process.
+#[pyfunction]
+fn is_running() -> bool {
+    current().is_some()
+}
+
+/// Name of the sampler in use, or None.
+#[pyfunction]
+fn sampler_name() -> Option<String> {
+    current().map(|wd| wd.sampler_name().to_owned())
+}
+
+#[pyfunction]
+fn set_threshold(ns: u64) -> PyResult<()> {
+    require()?.set_threshold_ns(ns);
+    Ok(())
+}
+
+#[pyfunction]
+fn threshold() -> PyResult<u64> {
+    Ok(require()?.threshold_ns())
+}
+
+#[pyfunction]
+fn set_context(context: &str) -> PyResult<()> {
+    require()?.set_context(context);
+    Ok(())
+}
+
+/// Waits for the watchdog to handle everything sent so far, then returns the finished events
+/// as a JSON array.
+#[pyfunction]
+fn flush(py: Python<'_>, timeout_s: f64) -> PyResult<String> {
+    let Some(wd) = current() else {
+        return Ok("[]".into());
+    };
+    let timeout = (timeout_s.max(0.0) * 1e9) as u64;
+    let events = py.detach(|| wd.flush(timeout));
+    serde_json::to_string(&events).map_err(|e| PyRuntimeError::new_err(e.to_string()))
+}
+
+/// The finished events as a JSON array, or None when there are none. Returns at once unless
+/// the end of a block has been reported and the watchdog has not handled it yet; then waits
+/// for it (up to `timeout_s`) without holding the GIL.
+#[pyfunction]
+fn take(py: Python<'_>, timeout_s: f64) -> PyResult<Option<String>> {
+    let Some(wd) = current() else {
+        return Ok(None);
+    };
+    let events = match wd.take_now() {
+        Some(events) => events,
+        None => {
+            let timeout = (timeout_s.max(0.0) * 1e9) as u64;
+            py.detach(|| wd.take(timeout))
+        }
+    };
+    if events.is_empty() {
+        return Ok(None);
+    }
+    let json =
+        serde_json::to_string(&events).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    Ok(Some(json))
+}
+
+/// How many loops are registered now (0 when the watchdog is not running).
+#[pyfunction]
+fn registered_loops() -> u64 {
+    current().map_or(0, |wd| wd.registered())
+}
+
+/// The watchdog clock, in nanoseconds.
+#[pyfunction(name = "now_ns")]
+fn py_now_ns() -> u64 {
+    now_ns()
+}
+
+// `gil_used = true`: the watchdog's locking rules assume the GIL (see the statics), so on a
+// free-threaded build CPython keeps the GIL on rather than run this module without it.
+// `loopguard/__init__.py` refuses such builds before this module is loaded.
+#[pymodule(gil_used = true)]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(start, m)?)?;
+    m.add_function(wrap_pyfunction!(stop, m)?)?;
+    m.add_function(wrap_pyfunction!(after_fork_child, m)?)?;
+    m.add_function(wrap_pyfunction!(is_running, m)?)?;
+    m.add_function(wrap_pyfunction!(sampler_name, m)?)?;
+    m.add_function(wrap_pyfunction!(reader_unavailable, m)?)?;
+    m.add_function(wrap_pyfunction!(set_threshold, m)?)?;
+    m.add_function(wrap_pyfunction!(threshold, m)?)?;
+    m.add_function(wrap_pyfunction!(set_context, m)?)?;
+    m.add_function(wrap_pyfunction!(flush, m)?)?;
+    m.add_function(wrap_pyfunction!(take, m)?)?;
+    m.add_function(wrap_pyfunction!(py_now_ns, m)?)?;
+    m.add_function(wrap_pyfunction!(registered_loops, m)?)?;
+    hooks::add_to_module(m)?;
+    assistant::add_to_module(m)?;
+    offload::add_to_module(m)?;
+    debug::add_to_module(m)?;
+    Ok(())
+}
