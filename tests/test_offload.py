@@ -209,6 +209,26 @@ def test_short_lived(loopguard):
     result.assert_outcomes(passed=1)
 
 
+def test_a_thread_that_starts_threads_is_listed_once(pytester):
+    # A new thread's state is made by the thread that starts it and, before 3.12, carries the
+    # starter's ids until the new thread runs: the sampler must not list the starter twice.
+    result = run(
+        pytester,
+        """
+def test_many_starts():
+    with loopguard.offload_check() as check:
+        for _ in range(300):
+            t = threading.Thread(target=time.sleep, args=(0.001,))
+            t.start()
+            t.join()
+    me = [t.role for t in check.threads if t.ident == threading.get_ident()]
+    assert me in ([], ["caller"]), check.report()
+""",
+        plugin=False,
+    )
+    result.assert_outcomes(passed=1)
+
+
 def test_bad_input_names_the_value_and_what_was_expected(pytester):
     result = run(
         pytester,
