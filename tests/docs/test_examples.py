@@ -18,7 +18,7 @@ pytest.importorskip("httpx")
 pytest.importorskip("pytest_asyncio")
 pytest.importorskip("anyio")
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 README = EXAMPLES.parent / "README.md"
 
 # What changes from run to run (or machine to machine) in loopguard's output, and how the
