@@ -5,12 +5,14 @@ import json
 import os
 
 import pytest
-from conftest import INI
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(f"/proc/self/task/{os.getpid()}/schedstat"),
-    reason="this kernel does not report run-queue time",
-)
+pytestmark = [
+    pytest.mark.single_version,
+    pytest.mark.skipif(
+        not os.path.exists(f"/proc/self/task/{os.getpid()}/schedstat"),
+        reason="this kernel does not report run-queue time",
+    ),
+]
 
 # The test pins its loop thread to one CPU beside a process that spins on the same CPU, so the
 # loop thread gets about half of it: WORK seconds of CPU take about twice as long on the clock.
@@ -46,20 +48,22 @@ async def test_work(shared_cpu):
 """
 
 
-def run(pytester, work, *args):
-    pytester.makeini(INI)
-    pytester.makepyfile(test_it=SOURCE.replace("WORK", repr(work)))
-    result = pytester.runpytest_subprocess(
-        "-p", "loopguard", "--loopguard-threshold=100ms", "--loopguard-json=r.json", "-s", *args
+def measure(inner, work, *args):
+    result = inner.run(
+        SOURCE.replace("WORK", repr(work)),
+        "--loopguard-threshold=100ms",
+        "--loopguard-json=r.json",
+        "-s",
+        *args,
     )
     text = result.stdout.str()
     wall = float(text.split("WALL ")[1].split()[0]) if "WALL " in text else None
-    report = json.loads((pytester.path / "r.json").read_text())
+    report = json.loads((inner.pytester.path / "r.json").read_text())
     return result, wall, report
 
 
-def test_work_under_the_threshold_slowed_by_a_busy_cpu_is_recorded_not_failed(pytester):
-    result, wall, report = run(pytester, 0.07)
+def test_work_under_the_threshold_slowed_by_a_busy_cpu_is_recorded_not_failed(inner):
+    result, wall, report = measure(inner, 0.07)
     # 70 ms of CPU took about twice as long: the loop was blocked past the threshold.
     assert wall is not None and wall > 0.12, f"the work took {wall} s: the CPU was not shared"
     result.assert_outcomes(passed=1)
@@ -76,8 +80,8 @@ def test_work_under_the_threshold_slowed_by_a_busy_cpu_is_recorded_not_failed(py
     )
 
 
-def test_work_over_the_threshold_on_a_busy_cpu_still_fails(pytester):
-    result, wall, report = run(pytester, 0.15)
+def test_work_over_the_threshold_on_a_busy_cpu_still_fails(inner):
+    result, wall, report = measure(inner, 0.15)
     assert wall is not None and wall > 0.2, f"the work took {wall} s: the CPU was not shared"
     result.assert_outcomes(failed=1)
     [ev] = report["events"]
@@ -86,8 +90,8 @@ def test_work_over_the_threshold_on_a_busy_cpu_still_fails(pytester):
     assert ev["site"]["function"] == "burn"
 
 
-def test_cpu_wait_include_judges_the_whole_block(pytester):
-    result, wall, report = run(pytester, 0.07, "--loopguard-cpu-wait=include")
+def test_cpu_wait_include_judges_the_whole_block(inner):
+    result, wall, report = measure(inner, 0.07, "--loopguard-cpu-wait=include")
     assert wall is not None and wall > 0.12, f"the work took {wall} s: the CPU was not shared"
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
@@ -122,12 +126,10 @@ def test_cpu_wait_include_judges_the_whole_block(pytester):
         ),
     ],
 )
-def test_invalid_cpu_wait_value_is_a_usage_error(pytester, monkeypatch, args, env, ini, message):
+def test_invalid_cpu_wait_value_is_a_usage_error(inner, monkeypatch, args, env, ini, message):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    pytester.makeini(INI + ini)
-    pytester.makepyfile(test_it="def test_x(): pass\n")
-    result = pytester.runpytest_subprocess("-p", "loopguard", *args)
+    result = inner.run("def test_x(): pass\n", *args, ini=ini)
     assert result.ret == 4
     result.stderr.fnmatch_lines([message])
 

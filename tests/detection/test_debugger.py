@@ -2,7 +2,9 @@
 
 import sys
 
-from conftest import INI, line
+import pytest
+
+pytestmark = pytest.mark.single_version
 
 SOURCE = """
 import asyncio, sys, time
@@ -26,9 +28,8 @@ async def test_traced():
 """
 
 
-def test_breakpoint_pause_is_not_a_block_but_a_tracer_does_not_hide_blocks(pytester):
-    pytester.makeini(INI)
-    pytester.makepyfile(test_it=SOURCE)
+def test_breakpoint_pause_is_not_a_block_but_a_tracer_does_not_hide_blocks(pytester, inner):
+    inner.write(SOURCE)
     # At the pdb prompt: spend 0.5 s (as a user reading the screen would), then continue.
     result = pytester.run(
         sys.executable,
@@ -44,7 +45,7 @@ def test_breakpoint_pause_is_not_a_block_but_a_tracer_does_not_hide_blocks(pytes
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
-            f"*test_it.py:{line(pytester, '# the blocking line')} in test_traced",
+            inner.site("# the blocking line", "test_traced"),
             "FAILED test_it.py::test_traced - loopguard: * at *",
         ]
     )

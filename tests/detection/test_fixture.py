@@ -1,6 +1,8 @@
 """The ``loopguard`` fixture: the test's blocks and ``expect_block()``."""
 
-from conftest import INI, line
+import pytest
+
+pytestmark = pytest.mark.single_version
 
 HEADER = """
 import asyncio, time
@@ -8,15 +10,13 @@ import pytest
 """
 
 
-def run(pytester, source, *args):
-    pytester.makeini(INI)
-    pytester.makepyfile(test_it=HEADER + source)
-    return pytester.runpytest_subprocess("-p", "loopguard", *args)
+@pytest.fixture
+def inner(inner):
+    return inner.using(header=HEADER)
 
 
-def test_expect_block_passes_when_the_loop_blocks_inside_it(pytester):
-    result = run(
-        pytester,
+def test_expect_block_passes_when_the_loop_blocks_inside_it(pytester, inner):
+    result = inner.run(
         """
 @pytest.mark.asyncio
 async def test_known_bug(loopguard):
@@ -33,9 +33,8 @@ async def test_known_bug(loopguard):
     )
 
 
-def test_expect_block_fails_when_the_loop_does_not_block(pytester):
-    result = run(
-        pytester,
+def test_expect_block_fails_when_the_loop_does_not_block(inner):
+    result = inner.run(
         """
 @pytest.mark.asyncio
 async def test_fixed(loopguard):
@@ -52,9 +51,8 @@ async def test_fixed(loopguard):
     )
 
 
-def test_expect_block_below_the_threshold(pytester):
-    result = run(
-        pytester,
+def test_expect_block_below_the_threshold(inner):
+    result = inner.run(
         """
 @pytest.mark.asyncio
 async def test_small_block(loopguard):
@@ -67,9 +65,8 @@ async def test_small_block(loopguard):
     result.assert_outcomes(passed=1)
 
 
-def test_a_block_outside_expect_block_still_fails(pytester):
-    result = run(
-        pytester,
+def test_a_block_outside_expect_block_still_fails(inner):
+    result = inner.run(
         """
 @pytest.mark.asyncio
 async def test_two(loopguard):
@@ -79,13 +76,11 @@ async def test_two(loopguard):
     time.sleep(0.3)  # unexpected
 """,
     )
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([f"*test_it.py:{line(pytester, '# unexpected')} in test_two"])
+    inner.assert_blocked_at(result, "# unexpected", "test_two")
 
 
-def test_events_lists_the_blocks_so_far(pytester):
-    result = run(
-        pytester,
+def test_events_lists_the_blocks_so_far(inner):
+    result = inner.run(
         """
 @pytest.mark.asyncio
 @pytest.mark.loopguard(mode="record")
@@ -102,9 +97,8 @@ async def test_events(loopguard):
     result.assert_outcomes(passed=1)
 
 
-def test_lag_statistics(pytester):
-    result = run(
-        pytester,
+def test_lag_statistics(inner):
+    result = inner.run(
         """
 @pytest.mark.asyncio
 async def test_lag(loopguard):
@@ -121,9 +115,8 @@ async def test_lag(loopguard):
     result.assert_outcomes(passed=1)
 
 
-def test_max_lag_fails_a_test_whose_loop_lags(pytester):
-    result = run(
-        pytester,
+def test_max_lag_fails_a_test_whose_loop_lags(inner):
+    result = inner.run(
         """
 @pytest.mark.asyncio
 @pytest.mark.loopguard(threshold="1s", max_lag="100ms")
@@ -150,9 +143,8 @@ async def test_responsive():
     )
 
 
-def test_invalid_max_lag_is_a_usage_error(pytester):
-    result = run(
-        pytester,
+def test_invalid_max_lag_is_a_usage_error(inner):
+    result = inner.run(
         """
 @pytest.mark.loopguard(max_lag="soon")
 def test_marked():

@@ -1,7 +1,8 @@
 """``offload_check()``: which threads ran inside, their GIL share, and ``assert_offloaded()``."""
 
 import pytest
-from conftest import INI, line
+
+pytestmark = pytest.mark.single_version
 
 HEADER = """
 import asyncio, concurrent.futures, hashlib, threading, time
@@ -19,15 +20,13 @@ def spin(seconds):
 """
 
 
-def run(pytester, source, *args, plugin=True):
-    pytester.makeini(INI)
-    pytester.makepyfile(test_it=HEADER + source)
-    return pytester.runpytest_subprocess(*(("-p", "loopguard") if plugin else ()), *args)
+@pytest.fixture
+def inner(inner):
+    return inner.using(header=HEADER)
 
 
-def test_pure_python_in_to_thread_fails_naming_the_workers_line_and_share(pytester):
-    result = run(
-        pytester,
+def test_pure_python_in_to_thread_fails_naming_the_workers_line_and_share(inner):
+    result = inner.run(
         """
 @pytest.mark.asyncio
 async def test_offloaded(loopguard):
@@ -40,7 +39,7 @@ async def test_offloaded(loopguard):
 """,
     )
     result.assert_outcomes(failed=1)
-    n = line(pytester, "the spinning line")
+    n = inner.line("the spinning line")
     result.stdout.fnmatch_lines(
         [
             "*OffloadError: loopguard: offloaded work held the GIL inside offload_check() "
@@ -56,10 +55,9 @@ async def test_offloaded(loopguard):
     assert "event loop blocked" not in result.stdout.str()
 
 
-def test_work_that_releases_the_gil_passes(pytester):
+def test_work_that_releases_the_gil_passes(inner):
     pytest.importorskip("PIL")
-    result = run(
-        pytester,
+    result = inner.run(
         """
 from PIL import Image
 
@@ -96,9 +94,8 @@ async def test_offloaded(loopguard, work, cpu_heavy):
     result.assert_outcomes(passed=3)
 
 
-def test_a_block_on_the_loop_inside_the_check_fails_as_a_block(pytester):
-    result = run(
-        pytester,
+def test_a_block_on_the_loop_inside_the_check_fails_as_a_block(inner):
+    result = inner.run(
         """
 @pytest.mark.asyncio
 async def test_blocks(loopguard):
@@ -118,7 +115,7 @@ async def test_blocks(loopguard):
         "--loopguard-mode=warn",
     )
     result.assert_outcomes(passed=1)
-    n = line(pytester, "blocks the loop")
+    n = inner.line("blocks the loop")
     result.stdout.fnmatch_lines(
         [
             "*REPORT",
@@ -128,9 +125,8 @@ async def test_blocks(loopguard):
     )
 
 
-def test_nested_checks_each_see_their_own_threads(pytester):
-    result = run(
-        pytester,
+def test_nested_checks_each_see_their_own_threads(inner):
+    result = inner.run(
         """
 @pytest.mark.asyncio
 async def test_nested(loopguard):
@@ -150,9 +146,8 @@ async def test_nested(loopguard):
     result.assert_outcomes(passed=1)
 
 
-def test_works_without_the_plugin_as_sync_and_async_context_manager(pytester):
-    result = run(
-        pytester,
+def test_works_without_the_plugin_as_sync_and_async_context_manager(inner):
+    result = inner.run(
         """
 def test_sync():
     with loopguard.offload_check() as check:
@@ -191,9 +186,8 @@ def test_sync_around_asyncio_run():
     result.assert_outcomes(passed=3)
 
 
-def test_a_thread_that_starts_and_ends_inside_is_listed(pytester):
-    result = run(
-        pytester,
+def test_a_thread_that_starts_and_ends_inside_is_listed(inner):
+    result = inner.run(
         """
 def test_short_lived(loopguard):
     with loopguard.offload_check() as check:
@@ -209,11 +203,10 @@ def test_short_lived(loopguard):
     result.assert_outcomes(passed=1)
 
 
-def test_a_thread_that_starts_threads_is_listed_once(pytester):
+def test_a_thread_that_starts_threads_is_listed_once(inner):
     # A new thread's state is made by the thread that starts it and, before 3.12, carries the
     # starter's ids until the new thread runs: the sampler must not list the starter twice.
-    result = run(
-        pytester,
+    result = inner.run(
         """
 def test_many_starts():
     with loopguard.offload_check() as check:
@@ -229,9 +222,8 @@ def test_many_starts():
     result.assert_outcomes(passed=1)
 
 
-def test_bad_input_names_the_value_and_what_was_expected(pytester):
-    result = run(
-        pytester,
+def test_bad_input_names_the_value_and_what_was_expected(inner):
+    result = inner.run(
         """
 def test_bad(loopguard):
     expected = (

@@ -6,7 +6,8 @@ import time
 
 import loopguard
 import pytest
-from conftest import INI, line
+
+pytestmark = pytest.mark.interpreter
 
 CPU = """
 import asyncio, time
@@ -21,17 +22,16 @@ def crunch(seconds):
 """
 
 
-def test_command_line_raise_mode_raises_at_the_blocking_line(pytester):
-    pytester.makeini(INI)
-    pytester.makepyfile(
-        test_it=CPU
+def test_command_line_raise_mode_raises_at_the_blocking_line(inner):
+    result = inner.run(
+        CPU
         + """
 @pytest.mark.asyncio
 async def test_cpu():
     crunch(2.0)
-"""
+""",
+        "--loopguard-mode=raise",
     )
-    result = pytester.runpytest_subprocess("-p", "loopguard", "--loopguard-mode=raise")
     result.assert_outcomes(failed=1)
     out = result.stdout.str()
     # The test's own traceback ends in the loop, raised by raise mode...
@@ -39,7 +39,7 @@ async def test_cpu():
         [
             "*while time.thread_time() < end: x += 1  # the hot loop",
             "E*loopguard.LoopBlockedError: loopguard: this code blocked the event loop*",
-            f"test_it.py:{line(pytester, '# the hot loop')}: LoopBlockedError",
+            f"test_it.py:{inner.line('# the hot loop')}: LoopBlockedError",
         ]
     )
     # ...and the 2 s loop was cut short: the block it made ended well before 2 s.
@@ -48,10 +48,9 @@ async def test_cpu():
     assert "raised here by raise mode" in out
 
 
-def test_marker_raise_mode_and_header(pytester):
-    pytester.makeini(INI)
-    pytester.makepyfile(
-        test_it=CPU
+def test_marker_raise_mode_and_header(inner):
+    result = inner.run(
+        CPU
         + """
 @pytest.mark.asyncio
 @pytest.mark.loopguard(mode="raise")
@@ -65,7 +64,6 @@ async def test_fails_after():
     crunch(0.3)
 """
     )
-    result = pytester.runpytest_subprocess("-p", "loopguard")
     # The first test caught the raised error itself, but its block is still judged.
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(
@@ -76,27 +74,24 @@ async def test_fails_after():
     )
 
 
-def test_an_idle_loop_is_never_interrupted(pytester):
-    pytester.makeini(INI)
-    pytester.makepyfile(
-        test_it="""
+def test_an_idle_loop_is_never_interrupted(inner):
+    result = inner.run(
+        """
 import asyncio, pytest
 
 @pytest.mark.asyncio
 async def test_waits():
     await asyncio.sleep(0.5)
     await asyncio.to_thread(__import__("time").sleep, 0.3)
-"""
+""",
+        "--loopguard-mode=raise",
     )
-    result = pytester.runpytest_subprocess("-p", "loopguard", "--loopguard-mode=raise")
     result.assert_outcomes(passed=1)
 
 
 @pytest.mark.parametrize("value", ["explode", "RAISE", ""])
-def test_invalid_mode_is_a_usage_error(pytester, value):
-    pytester.makeini(INI)
-    pytester.makepyfile(test_it="def test_x():\n    pass\n")
-    result = pytester.runpytest_subprocess("-p", "loopguard", f"--loopguard-mode={value}")
+def test_invalid_mode_is_a_usage_error(inner, value):
+    result = inner.run("def test_x():\n    pass\n", f"--loopguard-mode={value}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [

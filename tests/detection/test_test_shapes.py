@@ -4,7 +4,7 @@
 ``*name`` because 3.11+ report qualified names, ``TestService.test_blocks``.)
 """
 
-from conftest import INI, line
+import pytest
 
 HEADER = """
 import asyncio, time, unittest
@@ -12,15 +12,13 @@ import pytest
 """
 
 
-def run(pytester, source, *args, filename="test_it"):
-    pytester.makeini(INI)
-    pytester.makepyfile(**{filename: HEADER + source})
-    return pytester.runpytest_subprocess("-p", "loopguard", "-rA", *args)
+@pytest.fixture
+def inner(inner):
+    return inner.using(header=HEADER, args=("-rA",))
 
 
-def test_methods_of_a_plain_class(pytester):
-    result = run(
-        pytester,
+def test_methods_of_a_plain_class(inner):
+    result = inner.run(
         """
 class TestService:
     @pytest.fixture
@@ -49,8 +47,8 @@ class TestService:
     result.assert_outcomes(failed=2, passed=1)
     result.stdout.fnmatch_lines_random(
         [
-            f"*test_it.py:{line(pytester, '# method block')} in *test_blocks",
-            f"*test_it.py:{line(pytester, '# sync method block')} in *main",
+            inner.site("# method block", "*test_blocks"),
+            inner.site("# sync method block", "*main"),
             "FAILED test_it.py::TestService::test_blocks - loopguard: * at *",
             "FAILED test_it.py::TestService::test_sync_method_runs_a_loop - loopguard:*",
             "PASSED test_it.py::TestService::test_fine",
@@ -59,9 +57,8 @@ class TestService:
     assert "required positional argument" not in result.stdout.str()
 
 
-def test_unittest_testcase(pytester):
-    result = run(
-        pytester,
+def test_unittest_testcase(inner):
+    result = inner.run(
         """
 class TestCase(unittest.TestCase):
     def setUp(self):
@@ -82,16 +79,15 @@ class TestCase(unittest.TestCase):
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines_random(
         [
-            f"*test_it.py:{line(pytester, '# testcase block')} in *main",
+            inner.site("# testcase block", "*main"),
             "FAILED test_it.py::TestCase::test_blocks - loopguard: * at *",
             "PASSED test_it.py::TestCase::test_fine",
         ]
     )
 
 
-def test_isolated_asyncio_testcase(pytester):
-    result = run(
-        pytester,
+def test_isolated_asyncio_testcase(inner):
+    result = inner.run(
         """
 class TestAsync(unittest.IsolatedAsyncioTestCase):
     async def asyncSetUp(self):
@@ -113,7 +109,7 @@ class TestAsync(unittest.IsolatedAsyncioTestCase):
     result.assert_outcomes(failed=2, passed=1)
     result.stdout.fnmatch_lines_random(
         [
-            f"*test_it.py:{line(pytester, '# isolated block')} in *test_blocks",
+            inner.site("# isolated block", "*test_blocks"),
             "FAILED test_it.py::TestAsync::test_blocks - loopguard: * at *",
             "FAILED test_it.py::TestAsync::test_already_failing - AssertionError*",
             "PASSED test_it.py::TestAsync::test_fine",
@@ -123,9 +119,8 @@ class TestAsync(unittest.IsolatedAsyncioTestCase):
     )
 
 
-def test_parametrized_tests_are_judged_per_case(pytester):
-    result = run(
-        pytester,
+def test_parametrized_tests_are_judged_per_case(inner):
+    result = inner.run(
         """
 @pytest.mark.asyncio
 @pytest.mark.parametrize("delay", [0.0, 0.3])
@@ -149,7 +144,7 @@ async def test_marked_case(delay):
             "FAILED test_it.py::test_param[[]0.3[]] - loopguard: * at *",
             "PASSED test_it.py::test_marked_case[[]allowed[]]",
             "FAILED test_it.py::test_marked_case[[]0.3[]] - loopguard: * at *",
-            f"*test_it.py:{line(pytester, '# param block')} in test_param*",
+            inner.site("# param block", "test_param*"),
         ]
     )
     # The session summary (hotspot table; -v lists the tests) names the case.
@@ -158,9 +153,11 @@ async def test_marked_case(delay):
     )
 
 
-def test_doctests_that_run_a_loop(pytester):
-    pytester.makeini(INI)
-    pytester.makepyfile(
+def test_doctests_that_run_a_loop(inner):
+    result = inner.run(
+        None,
+        "--doctest-modules",
+        "mod.py",
         mod='''
 import asyncio, time
 
@@ -183,22 +180,20 @@ async def work(delay):
     await asyncio.sleep(0)
     time.sleep(delay)  # doctest block
     return "done"
-'''
+''',
     )
-    result = pytester.runpytest_subprocess("-p", "loopguard", "--doctest-modules", "-rA", "mod.py")
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines_random(
         [
-            f"*mod.py:{line(pytester, '# doctest block', 'mod.py')} in work",
+            f"*mod.py:{inner.line('# doctest block', 'mod.py')} in work",
             "FAILED mod.py::mod.blocker - loopguard: * at *",
             "PASSED mod.py::mod.fine",
         ]
     )
 
 
-def test_shapes_under_xdist(pytester):
-    result = run(
-        pytester,
+def test_shapes_under_xdist(inner):
+    result = inner.run(
         """
 class TestPlain:
     @pytest.mark.asyncio
@@ -238,9 +233,8 @@ LOOP = "loop_scope" if _version >= (0, 24) else "scope"
 """
 
 
-def test_tests_sharing_a_module_scoped_loop_are_judged_each_on_its_own(pytester):
-    result = run(
-        pytester,
+def test_tests_sharing_a_module_scoped_loop_are_judged_each_on_its_own(inner):
+    result = inner.run(
         LOOP_SCOPE
         + """
 pytestmark = pytest.mark.asyncio(**{LOOP: "module"})
@@ -270,8 +264,8 @@ class TestClassLoop:
     result.assert_outcomes(failed=2, passed=3)
     result.stdout.fnmatch_lines_random(
         [
-            f"*test_it.py:{line(pytester, '# shared loop block')} in test_blocks",
-            f"*test_it.py:{line(pytester, '# class loop block')} in *test_blocks_in_class",
+            inner.site("# shared loop block", "test_blocks"),
+            inner.site("# class loop block", "*test_blocks_in_class"),
             "FAILED test_it.py::test_blocks - loopguard: * at *",
             "FAILED test_it.py::TestClassLoop::test_blocks_in_class - loopguard:*",
             "PASSED test_it.py::test_first",

@@ -17,6 +17,8 @@ import loopguard
 import pytest
 from loopguard import _native
 
+pytestmark = pytest.mark.interpreter
+
 THRESHOLD = 0.1
 MARGIN = 0.05
 

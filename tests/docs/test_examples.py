@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.single_version
+
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 pytest.importorskip("pytest_asyncio")

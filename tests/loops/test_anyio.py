@@ -1,7 +1,8 @@
 """anyio's pytest plugin on both backends: a blocking test fails once per backend."""
 
 import pytest
-from conftest import INI, line
+
+pytestmark = pytest.mark.single_version
 
 pytest.importorskip("anyio")
 pytest.importorskip("trio")
@@ -20,15 +21,13 @@ async def blocker():
 """
 
 
-def run(pytester, source, *args):
-    pytester.makeini(INI)
-    pytester.makepyfile(test_it=HEADER + source)
-    return pytester.runpytest_subprocess("-p", "loopguard", *args)
+@pytest.fixture
+def inner(inner):
+    return inner.using(header=HEADER)
 
 
-def test_blocking_test_fails_once_per_backend_naming_it(pytester):
-    result = run(
-        pytester,
+def test_blocking_test_fails_once_per_backend_naming_it(inner):
+    result = inner.run(
         """
 @pytest.mark.anyio
 async def test_blocks():
@@ -41,13 +40,13 @@ async def test_fine():
 """,
     )
     result.assert_outcomes(failed=2, passed=2)
-    site = f"*test_it.py:{line(pytester, '# the blocking line')} in blocker"
+    site = inner.site("# the blocking line", "blocker")
     out = result.stdout.str()
     # Each failure's report names its backend in the detail line.
     for backend, kind in (("asyncio", "asyncio loop"), ("trio", "trio run")):
         section = out.split(f"_ test_blocks[{backend}] _", 1)[1].split("\n_", 1)[0]
         assert f"loop thread 'MainThread', {kind}" in section, section
-        assert f"test_it.py:{line(pytester, '# the blocking line')} in blocker" in section
+        assert f"test_it.py:{inner.line('# the blocking line')} in blocker" in section
     result.stdout.fnmatch_lines([site, "*", site], consecutive=False)
     assert out.count("FAILED test_it.py::test_blocks[") == 2
     result.stdout.fnmatch_lines(
@@ -58,9 +57,8 @@ async def test_fine():
     )
 
 
-def test_blocking_async_fixture_fails_setup_on_both_backends(pytester):
-    result = run(
-        pytester,
+def test_blocking_async_fixture_fails_setup_on_both_backends(inner):
+    result = inner.run(
         """
 @pytest.fixture
 async def resource():
@@ -82,9 +80,8 @@ async def test_uses_it(resource):
     result.stdout.fnmatch_lines(["*loop thread 'MainThread', trio run*"])
 
 
-def test_trio_guest_run_on_an_asyncio_host_is_reported_once(pytester):
-    result = run(
-        pytester,
+def test_trio_guest_run_on_an_asyncio_host_is_reported_once(inner):
+    result = inner.run(
         """
 import asyncio, trio
 
@@ -108,18 +105,17 @@ def test_guest():
     assert "block 1 of 2" not in out
     result.stdout.fnmatch_lines(
         [
-            f"*test_it.py:{line(pytester, '# the blocking line')} in blocker",
+            inner.site("# the blocking line", "blocker"),
             "*loop thread 'MainThread', asyncio loop*",
         ]
     )
 
 
-def test_trio_run_suspended_between_tests_is_not_blocked(pytester):
+def test_trio_run_suspended_between_tests_is_not_blocked(inner):
     # anyio drives its trio run only while a test or fixture runs; a module-scoped fixture's
     # task that wakes up every 20 ms waits, without being blocked, while pytest does other work.
-    pytester.makeini(INI)
-    pytester.makepyfile(
-        test_it="""
+    result = inner.run(
+        """
 import time
 import anyio, pytest
 
@@ -152,7 +148,8 @@ def test_no_event_was_recorded():
     from loopguard._runtime import runtime
     runtime.collect()
     assert runtime.take_events(lambda e: True) == []
-"""
+""",
+        "-p",
+        "no:randomly",
     )
-    result = pytester.runpytest_subprocess("-p", "loopguard", "-p", "no:randomly")
     result.assert_outcomes(passed=4)

@@ -5,7 +5,8 @@ import json
 import re
 
 import pytest
-from conftest import INI, line
+
+pytestmark = pytest.mark.single_version
 
 SOURCE = """
 import asyncio, time
@@ -32,12 +33,8 @@ async def test_one_long_among_them():
 
 
 @pytest.fixture
-def report(pytester):
-    pytester.makeini(INI)
-    pytester.makepyfile(test_it=SOURCE)
-    result = pytester.runpytest_subprocess(
-        "-p", "loopguard", "--loopguard-threshold=100ms", "--loopguard-json=r.json"
-    )
+def report(pytester, inner):
+    result = inner.run(SOURCE, "--loopguard-threshold=100ms", "--loopguard-json=r.json")
     data = json.loads((pytester.path / "r.json").read_text())
     return result, data
 
@@ -46,7 +43,7 @@ def events_of(data, name):
     return [e for e in data["events"] if e["test"].endswith(name)]
 
 
-def test_many_short_callbacks_in_one_iteration_are_recorded_not_failed(report, pytester):
+def test_many_short_callbacks_in_one_iteration_are_recorded_not_failed(report, inner):
     result, data = report
     result.assert_outcomes(passed=1, failed=1)
     [ev] = events_of(data, "test_many_short")
@@ -58,7 +55,7 @@ def test_many_short_callbacks_in_one_iteration_are_recorded_not_failed(report, p
     assert n >= 5, ev["callbacks"]
     assert ev["reason"].startswith(f"{n} callbacks in one loop iteration, the longest at most ")
     # Sampled in the sleep or on the callback's next line, just before it yields: both are short's.
-    first = line(pytester, "# short")
+    first = inner.line("# short")
     assert re.search(
         rf"at test_it\.py:({first}|{first + 1}) in short; none reached the threshold$", ev["reason"]
     ), ev["reason"]
@@ -68,30 +65,27 @@ def test_many_short_callbacks_in_one_iteration_are_recorded_not_failed(report, p
     result.stdout.fnmatch_lines(["MEDIUM * recorded *(many callbacks) time.sleep(0.005)"])
 
 
-def test_one_callback_that_blocks_among_short_ones_fails_at_its_line(report, pytester):
+def test_one_callback_that_blocks_among_short_ones_fails_at_its_line(report, inner):
     result, data = report
     [ev] = events_of(data, "test_one_long_among_them")
     assert ev["outcome"] == "failed"
-    assert ev["site"]["line"] == line(pytester, "# long")
+    assert ev["site"]["line"] == inner.line("# long")
     longest = max(ev["callbacks"], key=lambda c: c["min_ms"])
     assert longest["min_ms"] > 60 and longest["max_ms"] >= 100, ev["callbacks"]
-    assert longest["site"]["line"] == line(pytester, "# long")
+    assert longest["site"]["line"] == inner.line("# long")
     result.stdout.fnmatch_lines(
         [
             "loopguard: event loop blocked for * (threshold 100 ms)",
             "",
-            f"    test_it.py:{line(pytester, '# long')} in long",
+            f"    test_it.py:{inner.line('# long')} in long",
             "  >     time.sleep(0.15)  # long",
         ]
     )
 
 
-def test_stacks_read_with_the_gil_cannot_tell_callbacks_apart_and_fail_as_before(pytester):
-    pytester.makeini(INI)
-    pytester.makepyfile(test_it=SOURCE)
-    result = pytester.runpytest_subprocess(
-        "-p",
-        "loopguard",
+def test_stacks_read_with_the_gil_cannot_tell_callbacks_apart_and_fail_as_before(pytester, inner):
+    result = inner.run(
+        SOURCE,
         "--loopguard-threshold=100ms",
         "--loopguard-sampler=gil",
         "--loopguard-json=r.json",

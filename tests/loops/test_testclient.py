@@ -1,16 +1,15 @@
 """Starlette/FastAPI ``TestClient``: the app's loop runs in a portal thread."""
 
 import pytest
-from conftest import INI, line
+
+pytestmark = pytest.mark.single_version
 
 pytest.importorskip("starlette")
 pytest.importorskip("httpx")
 
 
-def test_blocking_endpoint_fails_naming_the_endpoint_line(pytester):
-    pytester.makeini(INI)
-    pytester.makepyfile(
-        test_it="""
+def test_blocking_endpoint_fails_naming_the_endpoint_line(inner):
+    result = inner.run("""
 import time
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
@@ -33,14 +32,12 @@ def test_slow():
 def test_fast():
     with TestClient(app) as client:
         assert client.get("/fast").json() == {"ok": True}
-"""
-    )
-    result = pytester.runpytest_subprocess("-p", "loopguard")
+""")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
             "*event loop blocked for*",
-            f"*test_it.py:{line(pytester, '# blocking endpoint')} in slow",
+            inner.site("# blocking endpoint", "slow"),
             "*>*time.sleep(0.3)  # blocking endpoint",
             "FAILED test_it.py::test_slow*",
         ]

@@ -1,7 +1,9 @@
-"""trio runs (pytest-trio, trio.run, anyio.run) are watched through trio's instrument hooks."""
+"""trio runs are watched through trio's instrument hooks: what is particular to trio (the cases
+every kind of loop shares are in test_loop_kinds.py)."""
 
 import pytest
-from conftest import INI, line
+
+pytestmark = pytest.mark.single_version
 
 pytest.importorskip("trio")
 
@@ -15,18 +17,17 @@ async def blocker():
 """
 
 
-def run(pytester, source, *args, ini=INI):
-    pytester.makeini(ini)
-    pytester.makepyfile(test_it=HEADER + source)
-    return pytester.runpytest_subprocess("-p", "loopguard", *args)
+@pytest.fixture
+def inner(inner):
+    return inner.using(header=HEADER)
 
 
-def assert_reported(result, pytester, test, **outcomes):
-    result.assert_outcomes(**(outcomes or {"failed": 1}))
+def assert_reported(result, inner, test):
+    inner.assert_blocked_at(result, "# the blocking line", "blocker")
     result.stdout.fnmatch_lines(
         [
             "*loopguard: event loop blocked for [34]?? ms (threshold 100 ms)*",
-            f"*test_it.py:{line(pytester, '# the blocking line')} in blocker",
+            inner.site("# the blocking line", "blocker"),
             "*>*time.sleep(0.4)  # the blocking line",
             "*loop thread 'MainThread', trio run*",
             f"FAILED test_it.py::{test} - loopguard: * at *",
@@ -34,10 +35,9 @@ def assert_reported(result, pytester, test, **outcomes):
     )
 
 
-def test_report_starts_at_the_trio_task(pytester):
+def test_report_starts_at_the_trio_task(inner):
     pytest.importorskip("pytest_trio")
-    result = run(
-        pytester,
+    result = inner.run(
         """
 @pytest.mark.trio
 async def test_trio():
@@ -49,66 +49,8 @@ async def test_trio():
     result.stdout.no_fnmatch_line("*unrolled_run*")
 
 
-def test_pytest_trio_marked_test(pytester):
-    pytest.importorskip("pytest_trio")
-    result = run(
-        pytester,
-        """
-@pytest.mark.trio
-async def test_trio():
-    await blocker()
-""",
-    )
-    assert_reported(result, pytester, "test_trio")
-
-
-def test_pytest_trio_mode(pytester):
-    pytest.importorskip("pytest_trio")
-    result = run(
-        pytester,
-        """
-async def test_auto():
-    await blocker()
-
-async def test_fine():
-    await trio.sleep(0.3)
-""",
-        ini=INI + "trio_mode = true\n",
-    )
-    assert_reported(result, pytester, "test_auto", failed=1, passed=1)
-
-
-@pytest.mark.parametrize(
-    "call", ["trio.run(blocker)", "import anyio; anyio.run(blocker, backend='trio')"]
-)
-def test_trio_run_in_a_sync_test(pytester, call):
-    result = run(pytester, f"\ndef test_sync():\n    {call}\n")
-    assert_reported(result, pytester, "test_sync")
-
-
-def test_idle_short_and_offloaded_work_passes(pytester):
-    result = run(
-        pytester,
-        """
-async def fine():
-    await trio.sleep(0.4)  # idle for longer than the threshold
-    for _ in range(5):
-        time.sleep(0.03)  # short blocks
-        await trio.sleep(0)
-    await trio.to_thread.run_sync(time.sleep, 0.3)  # offloaded
-    with trio.move_on_after(0.3):
-        await trio.sleep_forever()  # waiting with no deadline of its own
-
-def test_fine():
-    trio.run(fine)
-""",
-    )
-    result.assert_outcomes(passed=1)
-
-
-def test_user_instruments_and_clock_are_kept(pytester):
-    result = run(
-        pytester,
+def test_user_instruments_and_clock_are_kept(inner):
+    result = inner.run(
         """
 from trio.testing import MockClock
 
@@ -127,34 +69,12 @@ def test_with_clock():
     assert Counter.steps > 0
 """,
     )
-    assert_reported(result, pytester, "test_with_clock")
+    assert_reported(result, inner, "test_with_clock")
 
 
-def test_trio_in_a_background_thread(pytester):
-    result = run(
-        pytester,
-        """
-import threading
-
-def test_thread():
-    t = threading.Thread(target=trio.run, args=(blocker,), name="trio-worker")
-    t.start()
-    t.join()
-""",
-    )
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(
-        [
-            f"*test_it.py:{line(pytester, '# the blocking line')} in blocker",
-            "*loop thread 'trio-worker', trio run*",
-        ]
-    )
-
-
-def test_raise_mode_raises_in_the_blocked_trio_task(pytester):
+def test_raise_mode_raises_in_the_blocked_trio_task(inner):
     pytest.importorskip("pytest_trio")
-    result = run(
-        pytester,
+    result = inner.run(
         """
 @pytest.mark.trio
 async def test_spins():
@@ -167,7 +87,7 @@ async def test_spins():
     )
     result.assert_outcomes(failed=1)
     # Raised in the task (trio wraps it in the nursery's ExceptionGroup), at the spinning loop.
-    spin = line(pytester, "# spinning line")
+    spin = inner.line("# spinning line")
     result.stdout.re_match_lines(
         [
             rf".*File \".*test_it\.py\", line ({spin - 1}|{spin}), in test_spins",

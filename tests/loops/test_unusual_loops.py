@@ -1,7 +1,8 @@
 """Loops nobody expects: shared, long-lived, concurrent, abandoned and many."""
 
 import pytest
-from conftest import INI, line
+
+pytestmark = pytest.mark.single_version
 
 HEADER = """
 import asyncio, threading, time
@@ -23,19 +24,13 @@ class Rendezvous:
 """
 
 
-def run(pytester, source, *args):
-    pytester.makeini(INI)
-    pytester.makepyfile(test_it=HEADER + source)
-    return pytester.runpytest_subprocess("-p", "loopguard", "-p", "no:randomly", *args)
+@pytest.fixture
+def inner(inner):
+    return inner.using(header=HEADER, args=("-p", "no:randomly"))
 
 
-def site(pytester, marker="# the blocking line", function="blocker"):
-    return f"*test_it.py:{line(pytester, marker)} in {function}"
-
-
-def test_loop_from_a_session_fixture_reused_by_many_tests(pytester):
-    result = run(
-        pytester,
+def test_loop_from_a_session_fixture_reused_by_many_tests(inner):
+    result = inner.run(
         """
 @pytest.fixture(scope="session")
 def loop():
@@ -56,13 +51,15 @@ def test_fine_after(loop):
     )
     result.assert_outcomes(passed=6, failed=1)
     result.stdout.fnmatch_lines(
-        [site(pytester), "FAILED test_it.py::test_blocks - loopguard: * at *"]
+        [
+            inner.site("# the blocking line", "blocker"),
+            "FAILED test_it.py::test_blocks - loopguard: * at *",
+        ]
     )
 
 
-def test_pytest_asyncio_session_scoped_loop(pytester):
-    result = run(
-        pytester,
+def test_pytest_asyncio_session_scoped_loop(inner):
+    result = inner.run(
         """
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -78,7 +75,10 @@ async def test_three():
     )
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(
-        [site(pytester), "FAILED test_it.py::test_blocks - loopguard: * at *"]
+        [
+            inner.site("# the blocking line", "blocker"),
+            "FAILED test_it.py::test_blocks - loopguard: * at *",
+        ]
     )
 
 
@@ -104,9 +104,8 @@ def block_in(loop, seconds):
 """
 
 
-def test_background_loop_for_the_whole_session_blames_the_running_test(pytester):
-    result = run(
-        pytester,
+def test_background_loop_for_the_whole_session_blames_the_running_test(inner):
+    result = inner.run(
         BACKGROUND
         + """
 def on_the_loop(loop, coro):
@@ -134,9 +133,9 @@ def test_last(bg):
     result.assert_outcomes(passed=2, failed=2)
     result.stdout.fnmatch_lines(
         [
-            site(pytester),
+            inner.site("# the blocking line", "blocker"),
             "*loop thread 'bg-loop', asyncio loop*",
-            site(pytester, "# callback blocking line", "*callback"),
+            inner.site("# callback blocking line", "*callback"),
             "*loop thread 'bg-loop', asyncio loop*",
         ]
     )
@@ -148,9 +147,8 @@ def test_last(bg):
     )
 
 
-def test_two_loops_blocking_at_once_in_two_threads(pytester):
-    result = run(
-        pytester,
+def test_two_loops_blocking_at_once_in_two_threads(inner):
+    result = inner.run(
         """
 def test_both():
     barrier = Rendezvous(2)
@@ -186,15 +184,14 @@ def test_both():
         result.stdout.fnmatch_lines(
             [
                 "*loopguard: block ? of 2: event loop blocked*",
-                site(pytester, marker, function),
+                inner.site(marker, function),
                 f"*loop thread '{thread}', asyncio loop*",
             ]
         )
 
 
-def test_loop_left_by_an_exception_and_closed_without_being_stopped(pytester):
-    result = run(
-        pytester,
+def test_loop_left_by_an_exception_and_closed_without_being_stopped(inner):
+    result = inner.run(
         """
 def test_escapes():
     loop = asyncio.new_event_loop()
@@ -216,15 +213,14 @@ def test_next_loop_is_fine():
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines(
         [
-            site(pytester, "# blocking before escaping", "*boom"),
+            inner.site("# blocking before escaping", "*boom"),
             "FAILED test_it.py::test_escapes - loopguard*",
         ]
     )
 
 
-def test_thread_exiting_inside_its_running_loop(pytester):
-    result = run(
-        pytester,
+def test_thread_exiting_inside_its_running_loop(inner):
+    result = inner.run(
         """
 import _thread
 
@@ -246,16 +242,15 @@ def test_nothing_left():
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines(
         [
-            site(pytester, "# blocking before the thread exits", "*bye"),
+            inner.site("# blocking before the thread exits", "*bye"),
             "*loop thread 'leaving', asyncio loop*",
         ]
     )
 
 
-def test_thread_exiting_with_its_trio_guest_run_still_registered(pytester):
+def test_thread_exiting_with_its_trio_guest_run_still_registered(inner):
     pytest.importorskip("trio")
-    result = run(
-        pytester,
+    result = inner.run(
         """
 import queue, trio
 from loopguard import _native
@@ -293,7 +288,7 @@ def test_later_loops_are_fine():
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines(
         [
-            site(pytester, "# guest blocking line", "*main"),
+            inner.site("# guest blocking line", "*main"),
             "*loop thread 'guest-host', trio run*",
             "FAILED test_it.py::test_abandoned - loopguard*",
         ]
@@ -301,12 +296,11 @@ def test_later_loops_are_fine():
 
 
 @pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
-def test_200_loops_in_200_threads(pytester, kind):
+def test_200_loops_in_200_threads(inner, kind):
     if kind == "uvloop":
         pytest.importorskip("uvloop")
     runner = "asyncio.run" if kind == "asyncio" else "uvloop.run"
-    result = run(
-        pytester,
+    result = inner.run(
         f"""
 {"import uvloop" if kind == "uvloop" else ""}
 
@@ -336,14 +330,14 @@ def test_many():
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            site(pytester, "# loop 137 blocks here", "*work"),
+            inner.site("# loop 137 blocks here", "*work"),
             f"*loop thread 'loop-137', {kind} loop*",
         ]
     )
     # No other loop blocked anywhere in the test's code. (On a loaded 2-core machine some of
     # the 200 threads may really wait more than the threshold for the CPU or the GIL when they
     # wake up: those are reported as starved, at their selector, and are not asserted on.)
-    blocking = f"test_it.py:{line(pytester, '# loop 137 blocks here')} in"
+    blocking = f"test_it.py:{inner.line('# loop 137 blocks here')} in"
     sites = [
         s.strip()
         for s in result.stdout.lines
@@ -358,9 +352,8 @@ def json_events(pytester):
     return json.loads((pytester.path / "lg.json").read_text())["events"]
 
 
-def test_background_block_ending_in_a_later_phase_fails_that_phase(pytester):
-    result = run(
-        pytester,
+def test_background_block_ending_in_a_later_phase_fails_that_phase(pytester, inner):
+    result = inner.run(
         BACKGROUND
         + """
 @pytest.fixture
@@ -380,7 +373,7 @@ def test_next(bg):
     result.stdout.fnmatch_lines(
         [
             "*ERROR at teardown of test_leaves_its_loop_blocked*",
-            site(pytester, "# the late block", "*callback"),
+            inner.site("# the late block", "*callback"),
         ]
     )
     [ev] = json_events(pytester)
@@ -392,11 +385,10 @@ def test_next(bg):
 
 
 @pytest.mark.parametrize("xdist", [(), ("-n", "1")], ids=["", "xdist"])
-def test_background_block_ending_after_its_test_is_recorded(pytester, xdist):
+def test_background_block_ending_after_its_test_is_recorded(pytester, inner, xdist):
     # Under xdist the worker hands the block to the controller when it ends its session: no
     # report carries it.
-    result = run(
-        pytester,
+    result = inner.run(
         BACKGROUND
         + """
 def test_leaves_its_loop_blocked(bg):
@@ -413,7 +405,7 @@ def test_next(bg):
     result.stdout.fnmatch_lines(
         [
             "*= loopguard: blocking hotspots =*",
-            f"MEDIUM * recorded  test_it.py:{line(pytester, '# the late block')} in *callback*",
+            f"MEDIUM * recorded  test_it.py:{inner.line('# the late block')} in *callback*",
             "1 block at 1 call site in 1 test, * blocked in total: 1 recorded",
         ]
     )
@@ -426,9 +418,8 @@ def test_next(bg):
     )
 
 
-def test_block_outside_any_test_is_recorded(pytester):
-    result = run(
-        pytester,
+def test_block_outside_any_test_is_recorded(pytester, inner):
+    result = inner.run(
         """
 # A loop run while the module is collected.
 asyncio.run(blocker())
@@ -441,7 +432,7 @@ def test_fine():
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
-            f"MEDIUM * recorded  {site(pytester)[1:]}*",
+            f"MEDIUM * recorded  {inner.site('# the blocking line', 'blocker')[1:]}*",
             "1 block at 1 call site in 0 tests, * blocked in total: 1 recorded",
         ]
     )
@@ -458,11 +449,12 @@ def test_fine():
     assert json.loads((pytester.path / "lg.json").read_text())["tests"] == []
 
 
-def test_background_block_outliving_many_short_tests_belongs_to_the_test_it_began_in(pytester):
+def test_background_block_outliving_many_short_tests_belongs_to_the_test_it_began_in(
+    pytester, inner
+):
     # Hundreds of tests begin and end while the block lasts: each switches loopguard's context
     # twice or more before the block is even detected.
-    result = run(
-        pytester,
+    result = inner.run(
         BACKGROUND
         + """
 def test_leaves_its_loop_blocked(bg):
@@ -488,11 +480,10 @@ def test_waits_for_the_block_to_end(bg):
     )
 
 
-def test_a_finished_tests_marker_still_judges_its_late_block(pytester):
+def test_a_finished_tests_marker_still_judges_its_late_block(pytester, inner):
     # The test that began the block is over when the block ends: its own settings (here: off)
     # decide, not those of the test running then.
-    result = run(
-        pytester,
+    result = inner.run(
         BACKGROUND
         + """
 @pytest.mark.loopguard(enabled=False)

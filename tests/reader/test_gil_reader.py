@@ -16,12 +16,15 @@ import time
 import pytest
 from loopguard import _native
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux")
-    or hasattr(sys, "gettotalrefcount")
-    or bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
-    reason="the GIL reader supports release GIL builds on Linux",
-)
+pytestmark = [
+    pytest.mark.interpreter,
+    pytest.mark.skipif(
+        not sys.platform.startswith("linux")
+        or hasattr(sys, "gettotalrefcount")
+        or bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
+        reason="the GIL reader supports release GIL builds on Linux",
+    ),
+]
 
 _PyThreadState_Get = ctypes.pythonapi.PyThreadState_Get
 _PyThreadState_Get.restype = ctypes.c_void_p

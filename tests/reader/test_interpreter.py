@@ -44,6 +44,6 @@ def test_importing_on_a_free_threaded_build_fails_before_the_native_module_loads
 
 
 def test_the_version_comes_from_cargo_toml():
-    cargo = (Path(__file__).parent.parent / "Cargo.toml").read_text()
+    cargo = (Path(__file__).parents[2] / "Cargo.toml").read_text()
     want = re.search(r'^version = "([^"]+)"', cargo, re.M).group(1)
     assert loopguard.__version__ == want

@@ -53,10 +53,13 @@ native = _load_native()
 PY311 = sys.version_info >= (3, 11)
 STRESS_SECONDS = float(os.environ.get("LOOPGUARD_STRESS_SECONDS", "3"))
 
-pytestmark = pytest.mark.skipif(
-    native.reader_unavailable() is not None,
-    reason=f"native reader unavailable: {native.reader_unavailable()}",
-)
+pytestmark = [
+    pytest.mark.interpreter,
+    pytest.mark.skipif(
+        native.reader_unavailable() is not None,
+        reason=f"native reader unavailable: {native.reader_unavailable()}",
+    ),
+]
 
 
 def qualname(code) -> str:

@@ -2,7 +2,9 @@
 
 import xml.etree.ElementTree as ET
 
-from conftest import INI, line
+import pytest
+
+pytestmark = pytest.mark.single_version
 
 SOURCE = """
 import asyncio, time
@@ -26,26 +28,23 @@ async def test_short():
 """
 
 
-def run(pytester, *args):
-    pytester.makeini(INI)
-    pytester.makepyfile(test_it=SOURCE)
+@pytest.fixture
+def inner(inner, pytester):
     (pytester.path / "b.json").write_text(
         '{"version": 1, "sites": [{"file": "test_it.py", "function": "known"}]}'
     )
-    return pytester.runpytest_subprocess(
-        "-p", "loopguard", "--loopguard-baseline=b.json", "--loopguard-record-threshold=30ms", *args
-    )
+    return inner.using(args=("--loopguard-baseline=b.json", "--loopguard-record-threshold=30ms"))
 
 
-def test_github_annotations_one_per_call_site(pytester, monkeypatch):
+def test_github_annotations_one_per_call_site(inner, monkeypatch):
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
     monkeypatch.delenv("GITHUB_WORKSPACE", raising=False)
-    result = run(pytester)
+    result = inner.run(SOURCE)
     result.assert_outcomes(failed=2, passed=2)
     failing, known, short = (
-        line(pytester, "# failing site"),
-        line(pytester, "# known site"),
-        line(pytester, "# recorded site"),
+        inner.line("# failing site"),
+        inner.line("# known site"),
+        inner.line("# recorded site"),
     )
     annotations = [s for s in result.outlines if s.startswith("::")]
     assert len(annotations) == 3, annotations
@@ -63,27 +62,27 @@ def test_github_annotations_one_per_call_site(pytester, monkeypatch):
     )
 
 
-def test_annotation_paths_are_relative_to_the_workspace(pytester, monkeypatch):
+def test_annotation_paths_are_relative_to_the_workspace(pytester, inner, monkeypatch):
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
     monkeypatch.setenv("GITHUB_WORKSPACE", str(pytester.path.parent))
-    result = run(pytester)
+    result = inner.run(SOURCE)
     result.stdout.fnmatch_lines([f"::error file={pytester.path.name}/test_it.py,line=*"])
 
 
-def test_no_annotations_outside_github_actions(pytester, monkeypatch):
+def test_no_annotations_outside_github_actions(inner, monkeypatch):
     monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
-    result = run(pytester)
+    result = inner.run(SOURCE)
     assert not [s for s in result.outlines if s.startswith("::")]
 
 
-def test_junit_xml_properties_of_failing_tests(pytester, monkeypatch):
+def test_junit_xml_properties_of_failing_tests(pytester, inner, monkeypatch):
     monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
-    result = run(pytester, "--junitxml=junit.xml")
+    result = inner.run(SOURCE, "--junitxml=junit.xml")
     result.assert_outcomes(failed=2, passed=2)
     root = ET.parse(pytester.path / "junit.xml").getroot()
     cases = {c.get("name"): c for c in root.iter("testcase")}
     props = {p.get("name"): p.get("value") for p in cases["test_fails[1]"].iter("property")}
-    assert props["loopguard_site"] == f"test_it.py:{line(pytester, '# failing site')} in test_fails"
+    assert props["loopguard_site"] == f"test_it.py:{inner.line('# failing site')} in test_fails"
     assert 280 <= int(props["loopguard_duration_ms"]) <= 2000
     assert props["loopguard_blocks"] == "1"
     assert not list(cases["test_known"].iter("property"))

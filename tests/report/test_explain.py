@@ -1,7 +1,8 @@
 """Blocks spent importing or in garbage collection are labelled, with a hint."""
 
 import pytest
-from conftest import INI
+
+pytestmark = pytest.mark.single_version
 
 HEADER = """
 import asyncio, gc, sys, time
@@ -9,15 +10,13 @@ import pytest
 """
 
 
-def run(pytester, source, *args, **files):
-    pytester.makeini(INI)
-    pytester.makepyfile(test_it=HEADER + source, **files)
-    return pytester.runpytest_subprocess("-p", "loopguard", *args)
+@pytest.fixture
+def inner(inner):
+    return inner.using(header=HEADER)
 
 
-def test_a_first_import_in_a_coroutine_is_labelled(pytester):
-    result = run(
-        pytester,
+def test_a_first_import_in_a_coroutine_is_labelled(inner):
+    result = inner.run(
         """
 @pytest.mark.asyncio
 async def test_import():
@@ -65,10 +64,10 @@ def _collected_in(result):
     return float(text.split("COLLECTED IN ")[1].split()[0]) if "COLLECTED IN" in text else None
 
 
-def test_a_block_that_is_garbage_collection_is_recorded_not_failed(pytester):
+def test_a_block_that_is_garbage_collection_is_recorded_not_failed(pytester, inner):
     import json
 
-    result = run(pytester, GC_SOURCE, "--loopguard-json=r.json", "-s")
+    result = inner.run(GC_SOURCE, "--loopguard-json=r.json", "-s")
     took = _collected_in(result)
     assert took is not None and took > 0.15, f"the collection took {took} s: too quick to test"
     result.assert_outcomes(passed=1)
@@ -79,8 +78,8 @@ def test_a_block_that_is_garbage_collection_is_recorded_not_failed(pytester):
     assert json.loads((pytester.path / "r.json").read_text())["settings"]["gc"] == "exclude"
 
 
-def test_gc_include_judges_the_whole_block(pytester):
-    result = run(pytester, GC_SOURCE, "--loopguard-gc=include", "-s")
+def test_gc_include_judges_the_whole_block(inner):
+    result = inner.run(GC_SOURCE, "--loopguard-gc=include", "-s")
     took = _collected_in(result)
     assert took is not None and took > 0.15, f"the collection took {took} s: too quick to test"
     result.assert_outcomes(failed=1)
@@ -93,10 +92,8 @@ def test_gc_include_judges_the_whole_block(pytester):
     )
 
 
-def test_invalid_gc_value_is_a_usage_error(pytester):
-    pytester.makeini(INI)
-    pytester.makepyfile(test_it="def test_x(): pass\n")
-    result = pytester.runpytest_subprocess("-p", "loopguard", "--loopguard-gc=sometimes")
+def test_invalid_gc_value_is_a_usage_error(inner):
+    result = inner.run("def test_x(): pass\n", "--loopguard-gc=sometimes")
     assert result.ret == 4
     result.stderr.fnmatch_lines(
         [
@@ -164,9 +161,8 @@ def test_hint_for_a_collection_started_by_an_allocation():
 HINT_LINE = 1  # the module docstring's line: any line that is not a gc.collect() call
 
 
-def test_ordinary_blocks_get_no_label(pytester):
-    result = run(
-        pytester,
+def test_ordinary_blocks_get_no_label(inner):
+    result = inner.run(
         """
 @pytest.mark.asyncio
 async def test_sleep():

@@ -5,10 +5,11 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import INI, line
+
+pytestmark = pytest.mark.single_version
 
 SCHEMA = json.loads(
-    (Path(__file__).resolve().parent.parent / "docs" / "report-schema.json").read_text()
+    (Path(__file__).resolve().parents[2] / "docs" / "report-schema.json").read_text()
 )
 
 SOURCE = """
@@ -41,6 +42,11 @@ async def test_starved():
 def test_no_loop():
     pass
 """
+
+
+@pytest.fixture
+def inner(inner):
+    return inner.using(args=("--loopguard-record-threshold=30ms",))
 
 
 # --- a small JSON Schema validator (the subset docs/report-schema.json uses) ----------------
@@ -109,17 +115,9 @@ def test_validator_rejects_what_the_schema_forbids():
 # --- the report -----------------------------------------------------------------------------
 
 
-def run(pytester, *args, ini=""):
-    pytester.makeini(INI + ini)
-    pytester.makepyfile(test_it=SOURCE)
-    return pytester.runpytest_subprocess(
-        "-p", "loopguard", "--loopguard-record-threshold=30ms", *args
-    )
-
-
-def test_report_matches_the_schema_and_describes_every_block(pytester):
+def test_report_matches_the_schema_and_describes_every_block(pytester, inner):
     (pytester.path / "out").mkdir()
-    result = run(pytester, "--loopguard-json=out/report.json")
+    result = inner.run(SOURCE, "--loopguard-json=out/report.json")
     result.assert_outcomes(failed=2, passed=3)
     path = pytester.path / "out" / "report.json"
     result.stdout.fnmatch_lines([f"loopguard: JSON report written to {path}"])
@@ -148,7 +146,7 @@ def test_report_matches_the_schema_and_describes_every_block(pytester):
     assert 280 <= fails["duration_ms"] <= 2000
     assert fails["site"] == {
         "file": "test_it.py",
-        "line": line(pytester, "# failing block"),
+        "line": inner.line("# failing block"),
         "function": "test_fails",
     }
     assert fails["stack"][-1] == fails["site"]
@@ -180,40 +178,38 @@ def test_report_matches_the_schema_and_describes_every_block(pytester):
     assert "test_no_loop" not in totals
 
 
-def test_ini_path_is_relative_to_the_ini_file(pytester):
-    result = run(pytester, ini="loopguard_json = lg.json\n")
+def test_ini_path_is_relative_to_the_ini_file(pytester, inner):
+    result = inner.run(SOURCE, ini="loopguard_json = lg.json\n")
     result.assert_outcomes(failed=2, passed=3)
     validate(json.loads((pytester.path / "lg.json").read_text()), SCHEMA)
 
 
-def test_report_is_written_atomically(pytester):
+def test_report_is_written_atomically(pytester, inner):
     # Nothing but the final file is left in its directory (no temporary files).
     (pytester.path / "out").mkdir()
-    run(pytester, "--loopguard-json=out/report.json")
+    inner.run(SOURCE, "--loopguard-json=out/report.json")
     assert os.listdir(pytester.path / "out") == ["report.json"]
 
 
-def test_report_has_the_permissions_of_a_file_made_with_open(pytester):
+def test_report_has_the_permissions_of_a_file_made_with_open(pytester, inner):
     # 0666 less the umask for a new file (not the temporary file's 0600); an existing file's
     # own permissions are kept.
     import stat
 
     old = os.umask(0o027)
     try:
-        run(pytester, "--loopguard-json=new.json")
+        inner.run(SOURCE, "--loopguard-json=new.json")
         (pytester.path / "kept.json").write_text("{}")
         os.chmod(pytester.path / "kept.json", 0o604)
-        run(pytester, "--loopguard-json=kept.json")
+        inner.run(SOURCE, "--loopguard-json=kept.json")
     finally:
         os.umask(old)
     assert stat.S_IMODE((pytester.path / "new.json").stat().st_mode) == 0o640
     assert stat.S_IMODE((pytester.path / "kept.json").stat().st_mode) == 0o604
 
 
-def test_a_report_without_blocks_is_still_written(pytester):
-    pytester.makeini(INI)
-    pytester.makepyfile(test_it="def test_ok():\n    pass\n")
-    result = pytester.runpytest_subprocess("-p", "loopguard", "--loopguard-json=r.json")
+def test_a_report_without_blocks_is_still_written(pytester, inner):
+    result = inner.using(args=()).run("def test_ok():\n    pass\n", "--loopguard-json=r.json")
     result.assert_outcomes(passed=1)
     data = json.loads((pytester.path / "r.json").read_text())
     validate(data, SCHEMA)
@@ -228,14 +224,14 @@ def test_a_report_without_blocks_is_still_written(pytester):
         ("ro/report.json", "cannot write in *"),
     ],
 )
-def test_unwritable_path_is_a_usage_error_at_start_up(pytester, value, problem):
+def test_unwritable_path_is_a_usage_error_at_start_up(pytester, inner, value, problem):
     ro = pytester.path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
     if value.startswith("ro/") and os.access(ro, os.W_OK):
         pytest.skip("running as a user who can write anywhere")
     try:
-        result = run(pytester, f"--loopguard-json={value}")
+        result = inner.run(SOURCE, f"--loopguard-json={value}")
     finally:
         ro.chmod(0o700)
     assert result.ret == pytest.ExitCode.USAGE_ERROR

@@ -4,7 +4,6 @@ import json
 import textwrap
 
 import pytest
-from conftest import INI, line
 
 # Two installed-looking packages (their directory is named site-packages, so loopguard counts
 # them as libraries, not as the project's code). ``outerlib`` calls back into the project
@@ -54,32 +53,31 @@ async def test_blocks():
 """
 
 
-def run(pytester, *args, ini=""):
-    pytester.makeini(INI + "pythonpath = lib/site-packages\n" + ini)
+@pytest.fixture
+def inner(inner, pytester):
     libs = pytester.path / "lib" / "site-packages"
     for name, source in (("outerlib", OUTERLIB), ("helperlib", HELPERLIB), ("innerlib", INNERLIB)):
         (libs / name).mkdir(parents=True, exist_ok=True)
         (libs / name / "__init__.py").write_text(textwrap.dedent(source))
-    pytester.makepyfile(test_it=TEST)
-    return pytester.runpytest_subprocess("-p", "loopguard", "-p", "no:cacheprovider", *args)
+    return inner.using(ini="pythonpath = lib/site-packages\n", args=("-p", "no:cacheprovider"))
 
 
 def frame(name, function):
     return f'    File "*lib/site-packages/{name}/__init__.py", line *, in {function}'
 
 
-def test_library_runs_between_project_frames_fold_into_one_line(pytester):
-    result = run(pytester)
+def test_library_runs_between_project_frames_fold_into_one_line(inner):
+    result = inner.run(TEST)
     result.assert_outcomes(failed=1)
     lib = "lib/site-packages/innerlib/__init__.py"
     result.stdout.fnmatch_lines(
         [
             "  Python stack of the loop thread (most recent call last):",
             "    ... * outer frames (test runner and event loop) not shown ...",
-            f'    File "test_it.py", line {line(pytester, "# the test calls")}, in test_blocks',
+            f'    File "test_it.py", line {inner.line("# the test calls")}, in test_blocks',
             "      outerlib.call(handler)  # the test calls into a library",
             "    ... 3 frames in outerlib, helperlib ...",
-            f'    File "test_it.py", line {line(pytester, "# the project calls")}, in handler',
+            f'    File "test_it.py", line {inner.line("# the project calls")}, in handler',
             "      innerlib.wait(0.3)  # the project calls the library",
             # The entry into the library, then its innermost frames: where it blocked.
             frame("innerlib", "wait"),
@@ -107,8 +105,8 @@ def test_library_runs_between_project_frames_fold_into_one_line(pytester):
         ("--loopguard-stack", "full", "-q"),
     ],
 )
-def test_full_stack_shows_every_frame(pytester, how):
-    result = run(pytester, *how)
+def test_full_stack_shows_every_frame(inner, how):
+    result = inner.run(TEST, *how)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -130,13 +128,13 @@ def test_full_stack_shows_every_frame(pytester, how):
     result.stdout.fnmatch_lines(["*_pytest/python.py*"])
 
 
-def test_stack_setting_from_ini_and_environment(pytester, monkeypatch):
-    result = run(pytester, ini="loopguard_stack = full\n")
+def test_stack_setting_from_ini_and_environment(inner, monkeypatch):
+    result = inner.run(TEST, ini="loopguard_stack = full\n")
     result.stdout.fnmatch_lines(
         ["loopguard: full stacks (from loopguard_stack)", frame("innerlib", "_b")]
     )
     monkeypatch.setenv("LOOPGUARD_STACK", "short")  # the environment wins over the ini file
-    result = run(pytester, ini="loopguard_stack = full\n")
+    result = inner.run(TEST, ini="loopguard_stack = full\n")
     result.stdout.fnmatch_lines(["    ... 2 frames in innerlib ..."])
 
 
@@ -157,16 +155,16 @@ def test_stack_setting_from_ini_and_environment(pytester, monkeypatch):
         ),
     ],
 )
-def test_invalid_stack_value_is_a_usage_error(pytester, monkeypatch, args, env, expected):
+def test_invalid_stack_value_is_a_usage_error(inner, monkeypatch, args, env, expected):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    result = run(pytester, *args)
+    result = inner.run(TEST, *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([expected])
 
 
-def test_invalid_stack_value_in_the_ini_file_names_it(pytester):
-    result = run(pytester, ini="loopguard_stack = everything\n")
+def test_invalid_stack_value_in_the_ini_file_names_it(inner):
+    result = inner.run(TEST, ini="loopguard_stack = everything\n")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
@@ -176,8 +174,8 @@ def test_invalid_stack_value_in_the_ini_file_names_it(pytester):
     )
 
 
-def test_json_report_keeps_every_frame(pytester):
-    result = run(pytester, "--loopguard-json=report.json")
+def test_json_report_keeps_every_frame(pytester, inner):
+    result = inner.run(TEST, "--loopguard-json=report.json")
     result.assert_outcomes(failed=1)
     data = json.loads((pytester.path / "report.json").read_text())
     functions = [f["function"] for f in data["events"][0]["stack"]]
@@ -200,18 +198,16 @@ async def test_upload():
 """
 
 
-def summary(pytester, *args):
-    pytester.makeini(INI)
-    pytester.makepyfile(test_app=SLOW)
-    result = pytester.runpytest_subprocess("-p", "loopguard", "-p", "no:cacheprovider", *args)
+def summary(inner, *args):
+    result = inner.run(None, *args, test_app=SLOW)
     result.assert_outcomes(failed=1)
     return [x for x in result.outlines if x.startswith("FAILED ")]
 
 
-def test_short_summary_names_the_site_when_cut_to_80_columns(pytester, monkeypatch):
+def test_short_summary_names_the_site_when_cut_to_80_columns(inner, monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")
-    (failed,) = summary(pytester)
-    site = f"test_app.py:{line(pytester, '# blocking line', 'test_app.py')} in scan"
+    (failed,) = summary(inner)
+    site = f"test_app.py:{inner.line('# blocking line', 'test_app.py')} in scan"
     assert len(failed) <= 80, failed
     assert failed.startswith("FAILED test_app.py::test_upload - loopguard: "), failed
     pytest.LineMatcher([failed]).fnmatch_lines([f"* - loopguard: * at {site}*"])
@@ -221,14 +217,14 @@ PYTEST_8 = int(pytest.__version__.split(".")[0]) >= 8
 
 
 @pytest.mark.parametrize("how", ["CI", "-vv"])
-def test_short_summary_is_whole_on_ci_and_with_vv(pytester, monkeypatch, how):
+def test_short_summary_is_whole_on_ci_and_with_vv(inner, monkeypatch, how):
     monkeypatch.setenv("COLUMNS", "80")
     if how == "CI":
         monkeypatch.setenv("CI", "true")
-        (failed,) = summary(pytester)
+        (failed,) = summary(inner)
     else:
-        (failed,) = summary(pytester, "-vv")
-    site = f"test_app.py:{line(pytester, '# blocking line', 'test_app.py')} in scan"
+        (failed,) = summary(inner, "-vv")
+    site = f"test_app.py:{inner.line('# blocking line', 'test_app.py')} in scan"
     whole = (
         f"FAILED test_app.py::test_upload - loopguard: * at {site} "
         "(event loop blocked, threshold 100 ms)"
@@ -245,20 +241,16 @@ def test_short_summary_is_whole_on_ci_and_with_vv(pytester, monkeypatch, how):
 ESC = "\x1b["
 
 
-def coloured(pytester, *args):
-    pytester.makeini(INI)
-    pytester.makepyfile(test_app=SLOW)
-    result = pytester.runpytest_subprocess(
-        "-p", "loopguard", "-p", "no:cacheprovider", "--loopguard-json=report.json", *args
-    )
+def coloured(inner, *args):
+    result = inner.run(None, "--loopguard-json=report.json", *args, test_app=SLOW)
     result.assert_outcomes(failed=1)
-    report = (pytester.path / "report.json").read_text()
+    report = (inner.pytester.path / "report.json").read_text()
     assert ESC not in report and "\\u001b" not in report
     return result.outlines
 
 
-def test_colour_follows_pytest_when_asked_for(pytester):
-    lines = coloured(pytester, "--color=yes")
+def test_colour_follows_pytest_when_asked_for(inner):
+    lines = coloured(inner, "--color=yes")
     # The report's first line in red and bold, the severity row in its colour (MEDIUM: yellow).
     head = next(x for x in lines if "loopguard: event loop blocked for" in x)
     assert head.startswith(ESC) and "\x1b[31m" in head and "\x1b[1m" in head, repr(head)
@@ -267,20 +259,20 @@ def test_colour_follows_pytest_when_asked_for(pytester):
 
 
 @pytest.mark.parametrize("how", ["piped", "--color=no", "NO_COLOR"])
-def test_no_colour_when_piped_or_turned_off(pytester, monkeypatch, how):
+def test_no_colour_when_piped_or_turned_off(inner, monkeypatch, how):
     args = []
     if how == "--color=no":
         monkeypatch.setenv("PY_COLORS", "1")  # the command line wins
         args = ["--color=no"]
     elif how == "NO_COLOR":
         monkeypatch.setenv("NO_COLOR", "1")
-    lines = coloured(pytester, *args)
+    lines = coloured(inner, *args)
     assert any("MEDIUM" in x for x in lines)
     assert not [x for x in lines if ESC in x]
 
 
-def test_py_colors_turns_colour_on_when_piped(pytester, monkeypatch):
+def test_py_colors_turns_colour_on_when_piped(inner, monkeypatch):
     monkeypatch.setenv("PY_COLORS", "1")
-    lines = coloured(pytester)
+    lines = coloured(inner)
     row = next(x for x in lines if "MEDIUM" in x)
     assert "\x1b[33m" in row, repr(row)

@@ -3,7 +3,8 @@
 import re
 
 import pytest
-from conftest import INI, line
+
+pytestmark = pytest.mark.single_version
 
 HEADER = """
 import asyncio, time
@@ -35,16 +36,10 @@ async def test_high():
 )
 
 
-def run(pytester, source, *args, ini=""):
-    pytester.makeini(INI + ini)
-    pytester.makepyfile(test_it=source)
-    return pytester.runpytest_subprocess("-p", "loopguard", *args)
-
-
-def test_hotspots_are_sorted_by_severity_then_total(pytester):
-    result = run(pytester, MIXED)
+def test_hotspots_are_sorted_by_severity_then_total(inner):
+    result = inner.run(MIXED)
     result.assert_outcomes(failed=4)
-    medium, high = line(pytester, "# medium site"), line(pytester, "# high site")
+    medium, high = inner.line("# medium site"), inner.line("# high site")
     result.stdout.fnmatch_lines(
         [
             "*= loopguard: blocking hotspots =*",
@@ -58,7 +53,7 @@ def test_hotspots_are_sorted_by_severity_then_total(pytester):
     )
 
 
-def test_quiet_keeps_the_table_short(pytester):
+def test_quiet_keeps_the_table_short(inner):
     source = HEADER + "".join(
         f"""
 @pytest.mark.asyncio
@@ -67,21 +62,20 @@ async def test_{i}():
 """
         for i in range(7)
     )
-    result = run(pytester, source, "-q")
+    result = inner.run(source, "-q")
     result.assert_outcomes(failed=7)
     out = result.stdout.str()
     assert len(re.findall(r"^MEDIUM ", out, re.MULTILINE)) == 5
     result.stdout.fnmatch_lines(
         ["... 2 more call sites (without -q: all)", "7 blocks at 7 call sites in 7 tests*"]
     )
-    result = run(pytester, source, "-qq")
+    result = inner.run(source, "-qq")
     assert not re.findall(r"^MEDIUM ", result.stdout.str(), re.MULTILINE)
     result.stdout.fnmatch_lines(["7 blocks at 7 call sites in 7 tests*"])
 
 
-def test_rows_are_coloured_by_severity(pytester):
-    result = run(
-        pytester,
+def test_rows_are_coloured_by_severity(inner):
+    result = inner.run(
         HEADER + "\n@pytest.mark.asyncio\nasync def test_a():\n    time.sleep(0.3)\n",
         "--color=yes",
     )
@@ -90,9 +84,8 @@ def test_rows_are_coloured_by_severity(pytester):
     assert rows and "\x1b[33m" in rows[0]  # yellow
 
 
-def test_nothing_is_printed_without_blocks(pytester):
-    result = run(
-        pytester,
+def test_nothing_is_printed_without_blocks(inner):
+    result = inner.run(
         HEADER + "\n@pytest.mark.asyncio\nasync def test_ok():\n    await asyncio.sleep(0.01)\n",
     )
     result.assert_outcomes(passed=1)
@@ -109,10 +102,10 @@ async def test_short_block():
 )
 
 
-def test_record_threshold_records_short_blocks_as_monitor_without_failing(pytester):
-    result = run(pytester, RECORDED, "--loopguard-record-threshold=20ms")
+def test_record_threshold_records_short_blocks_as_monitor_without_failing(inner):
+    result = inner.run(RECORDED, "--loopguard-record-threshold=20ms")
     result.assert_outcomes(passed=1)
-    n = line(pytester, "# short")
+    n = inner.line("# short")
     result.stdout.fnmatch_lines(
         [
             "loopguard: *recording blocks over 20 ms*",
@@ -122,17 +115,17 @@ def test_record_threshold_records_short_blocks_as_monitor_without_failing(pytest
     )
 
 
-def test_without_a_record_threshold_short_blocks_are_not_seen(pytester):
-    result = run(pytester, RECORDED)
+def test_without_a_record_threshold_short_blocks_are_not_seen(inner):
+    result = inner.run(RECORDED)
     result.assert_outcomes(passed=1)
     assert "hotspots" not in result.stdout.str()
 
 
-def test_record_threshold_from_ini_and_env(pytester, monkeypatch):
-    result = run(pytester, RECORDED, ini="loopguard_record_threshold = 20ms\n")
+def test_record_threshold_from_ini_and_env(inner, monkeypatch):
+    result = inner.run(RECORDED, ini="loopguard_record_threshold = 20ms\n")
     result.stdout.fnmatch_lines(["*1 recorded"])
     monkeypatch.setenv("LOOPGUARD_RECORD_THRESHOLD", "0.02")
-    result = run(pytester, RECORDED)
+    result = inner.run(RECORDED)
     result.stdout.fnmatch_lines(["*1 recorded"])
 
 
@@ -151,8 +144,8 @@ def test_record_threshold_from_ini_and_env(pytester, monkeypatch):
         ),
     ],
 )
-def test_invalid_record_threshold_is_a_usage_error(pytester, value, message):
-    result = run(pytester, RECORDED, f"--loopguard-record-threshold={value}")
+def test_invalid_record_threshold_is_a_usage_error(inner, value, message):
+    result = inner.run(RECORDED, f"--loopguard-record-threshold={value}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
 
@@ -170,8 +163,8 @@ def test_severity_scale():
     assert severity(0.5, 1.0) == "MONITOR"
 
 
-def test_verbose_lists_the_tests_of_each_hotspot(pytester):
-    result = run(pytester, MIXED, "-v")
+def test_verbose_lists_the_tests_of_each_hotspot(inner):
+    result = inner.run(MIXED, "-v")
     result.stdout.fnmatch_lines(
         [
             "HIGH  * test_it.py:* in high *",

@@ -7,39 +7,32 @@ import sys
 import textwrap
 
 import pytest
-from conftest import INI, line
+
+pytestmark = pytest.mark.interpreter
 
 
-def test_without_process_vm_readv_stacks_are_read_with_the_gil_and_marked_late(
-    pytester, monkeypatch
-):
+def test_without_process_vm_readv_stacks_are_read_with_the_gil_and_marked_late(inner, monkeypatch):
     monkeypatch.setenv("LOOPGUARD_DISABLE_VM_READV", "1")
-    pytester.makeini(INI)
-    pytester.makepyfile(
-        test_it="""
+    result = inner.run("""
 import asyncio, time, pytest
 
 @pytest.mark.asyncio
 async def test_sleepy():
     time.sleep(0.3)  # blocking
-"""
-    )
-    result = pytester.runpytest_subprocess("-p", "loopguard")
+""")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
             "loopguard: threshold 100 ms, stacks read by taking the GIL (may be late)",
-            f"*test_it.py:{line(pytester, '# blocking')} in test_sleepy",
+            inner.site("# blocking", "test_sleepy"),
             "*(read with the GIL: it may show where the loop was after the block)*",
         ]
     )
 
 
-def test_native_sampler_required_but_unavailable_is_a_usage_error(pytester, monkeypatch):
+def test_native_sampler_required_but_unavailable_is_a_usage_error(inner, monkeypatch):
     monkeypatch.setenv("LOOPGUARD_DISABLE_VM_READV", "1")
-    pytester.makeini(INI)
-    pytester.makepyfile(test_it="def test_x():\n    pass\n")
-    result = pytester.runpytest_subprocess("-p", "loopguard", "--loopguard-sampler=native")
+    result = inner.run("def test_x():\n    pass\n", "--loopguard-sampler=native")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*loopguard: cannot start the watchdog:*process_vm_readv*"])
 
@@ -57,11 +50,9 @@ async def test_two():
 """
 
 
-def test_an_unknown_python_says_why_in_the_header_and_once_in_the_summary(pytester, monkeypatch):
+def test_an_unknown_python_says_why_in_the_header_and_once_in_the_summary(inner, monkeypatch):
     monkeypatch.setenv("LOOPGUARD_SIMULATE_PYTHON", "3.16")
-    pytester.makeini(INI)
-    pytester.makepyfile(test_it=BLOCKS_TWICE)
-    result = pytester.runpytest_subprocess("-p", "loopguard")
+    result = inner.run(BLOCKS_TWICE)
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(
         [
@@ -82,11 +73,9 @@ def test_an_unknown_python_says_why_in_the_header_and_once_in_the_summary(pytest
     ), summary
 
 
-def test_a_denied_system_call_is_named_in_the_header(pytester, monkeypatch):
+def test_a_denied_system_call_is_named_in_the_header(inner, monkeypatch):
     monkeypatch.setenv("LOOPGUARD_DISABLE_VM_READV", "1")
-    pytester.makeini(INI)
-    pytester.makepyfile(test_it="def test_x():\n    pass\n")
-    result = pytester.runpytest_subprocess("-p", "loopguard")
+    result = inner.run("def test_x():\n    pass\n")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         ["loopguard: the GIL-free stack reader is off: the system call process_vm_readv is "
@@ -96,20 +85,16 @@ def test_a_denied_system_call_is_named_in_the_header(pytester, monkeypatch):
     assert not [t for t in result.outlines if "captured late" in t]
 
 
-def test_choosing_the_gil_sampler_is_not_reported_as_a_fallback(pytester):
-    pytester.makeini(INI)
-    pytester.makepyfile(test_it=BLOCKS_TWICE)
-    result = pytester.runpytest_subprocess("-p", "loopguard", "--loopguard-sampler=gil")
+def test_choosing_the_gil_sampler_is_not_reported_as_a_fallback(inner):
+    result = inner.run(BLOCKS_TWICE, "--loopguard-sampler=gil")
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["loopguard: threshold 100 ms, stacks read by taking the GIL*"])
     assert "reader is off" not in result.stdout.str()
 
 
-def test_native_sampler_on_an_unknown_python_is_a_usage_error_naming_it(pytester, monkeypatch):
+def test_native_sampler_on_an_unknown_python_is_a_usage_error_naming_it(inner, monkeypatch):
     monkeypatch.setenv("LOOPGUARD_SIMULATE_PYTHON", "3.16")
-    pytester.makeini(INI)
-    pytester.makepyfile(test_it="def test_x():\n    pass\n")
-    result = pytester.runpytest_subprocess("-p", "loopguard", "--loopguard-sampler=native")
+    result = inner.run("def test_x():\n    pass\n", "--loopguard-sampler=native")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*loopguard: cannot start the watchdog:*Python 3.16*"])
 

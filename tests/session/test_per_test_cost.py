@@ -4,7 +4,9 @@ benchmarks/per_test_cost.py, not asserted here.)"""
 
 import json
 
-from conftest import INI
+import pytest
+
+pytestmark = pytest.mark.single_version
 
 # Records, in the inner session, how often the watchdog thread went to sleep during the
 # run-test loop (its voluntary context switches: one per wake-up, whether a timer or a message
@@ -42,22 +44,18 @@ def pytest_runtestloop(session):
 """
 
 
-def probe(pytester, n, *, plugin, kind="sync"):
-    pytester.makeini(INI)
-    pytester.makeconftest(PROBE)
+def probe(inner, n, *, plugin, kind="sync"):
     if kind == "sync":
         body = "def test_{i}():\n    pass\n"
     else:
         body = "async def test_{i}():\n    pass\n"
-    pytester.makepyfile(
-        test_many="import pytest\n\n" + "\n".join(body.format(i=i) for i in range(n))
-    )
-    args = ["-p", "loopguard", "--loopguard-threshold=10s"] if plugin else []
+    tests = "import pytest\n\n" + "\n".join(body.format(i=i) for i in range(n))
+    args = ["--loopguard-threshold=10s"] if plugin else []
     if kind == "async":
         args += ["-o", "asyncio_mode=auto"]
-    result = pytester.runpytest_subprocess(*args)
+    result = inner.run(None, *args, plugin=plugin, conftest=PROBE, test_many=tests)
     result.assert_outcomes(passed=n)
-    return json.loads((pytester.path / "probe.json").read_text())
+    return json.loads((inner.pytester.path / "probe.json").read_text())
 
 
 # The watchdog wakes up on its own at least once per threshold while it watches a loop: with a
@@ -65,28 +63,28 @@ def probe(pytester, n, *, plugin, kind="sync"):
 # test phase or per loop would be hundreds.
 
 
-def test_test_phases_without_blocks_do_not_wake_the_watchdog(pytester):
+def test_test_phases_without_blocks_do_not_wake_the_watchdog(inner):
     n = 400
-    wakeups = probe(pytester, n, plugin=True)["wakeups"]
+    wakeups = probe(inner, n, plugin=True)["wakeups"]
     assert wakeups < n / 4, f"the watchdog woke up {wakeups} times in {n} tests"
 
 
-def test_async_tests_without_blocks_wake_the_watchdog_a_few_times_per_loop(pytester):
+def test_async_tests_without_blocks_wake_the_watchdog_a_few_times_per_loop(inner):
     # Each test runs its own event loop, registered with the watchdog and unregistered. The
     # registration wakes the watchdog, without waiting for it: it must know the loop before its
     # first look at a busy stretch (an eighth of the threshold in, for the CPU-wait reading),
     # and it looks at a stretch it saw begin. A wake-up per loop iteration would be thousands.
     n = 300
-    wakeups = probe(pytester, n, plugin=True, kind="async")["wakeups"]
+    wakeups = probe(inner, n, plugin=True, kind="async")["wakeups"]
     assert wakeups <= 5 * n, f"the watchdog woke up {wakeups} times in {n} tests"
 
 
-def test_collected_tests_keep_no_objects_alive(pytester):
+def test_collected_tests_keep_no_objects_alive(inner):
     # Objects per test, with and without the plugin, from the slope between two suite sizes
     # (what the plugin keeps once, its modules and the watchdog, cancels out).
     def slope(plugin):
-        small = probe(pytester, 200, plugin=plugin)
-        large = probe(pytester, 1200, plugin=plugin)
+        small = probe(inner, 200, plugin=plugin)
+        large = probe(inner, 1200, plugin=plugin)
         return {k: (large[k] - small[k]) / 1000 for k in ("collected", "ran")}
 
     off, on = slope(False), slope(True)

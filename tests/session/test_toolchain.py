@@ -1,7 +1,6 @@
 """The rest of the toolchain: coverage, timeouts, random order, logging capture, thread checks."""
 
 import pytest
-from conftest import INI, line
 
 HEADER = """
 import asyncio, logging, threading, time
@@ -9,10 +8,9 @@ import pytest
 """
 
 
-def run(pytester, source, *args, ini=INI):
-    pytester.makeini(ini)
-    pytester.makepyfile(test_it=HEADER + source)
-    return pytester.runpytest_subprocess("-p", "loopguard", *args)
+@pytest.fixture
+def inner(inner):
+    return inner.using(header=HEADER)
 
 
 BLOCKING = """
@@ -38,14 +36,14 @@ async def test_fine():
 """
 
 
-def test_coverage_tracer_does_not_hide_blocks_or_move_the_line(pytester):
+def test_coverage_tracer_does_not_hide_blocks_or_move_the_line(inner):
     pytest.importorskip("pytest_cov")
-    result = run(pytester, BLOCKING, "--cov", "--cov-branch", "--cov-report=term", "-rA")
+    result = inner.run(BLOCKING, "--cov", "--cov-branch", "--cov-report=term", "-rA")
     result.assert_outcomes(failed=2, passed=1)
-    hot = line(pytester, "# hot loop")
+    hot = inner.line("# hot loop")
     result.stdout.re_match_lines_random(
         [
-            rf".*test_it\.py:{line(pytester, '# sleep block')} in test_sleeps",
+            rf".*test_it\.py:{inner.line('# sleep block')} in test_sleeps",
             rf".*test_it\.py:({hot}|{hot + 1}) in crunch",
             r"FAILED test_it.py::test_sleeps - loopguard: .* at .*",
             r"FAILED test_it.py::test_crunches - loopguard: .* at .*",
@@ -55,10 +53,9 @@ def test_coverage_tracer_does_not_hide_blocks_or_move_the_line(pytester):
     )
 
 
-def test_timeout_while_the_loop_is_blocked_signal_method(pytester):
+def test_timeout_while_the_loop_is_blocked_signal_method(inner):
     pytest.importorskip("pytest_timeout")
-    result = run(
-        pytester,
+    result = inner.run(
         """
 @pytest.mark.asyncio
 async def test_hangs():
@@ -78,18 +75,17 @@ async def test_after():
             "*Timeout (>1.0s) from pytest-timeout*",
             # The test failed on its own (the timeout); loopguard adds the block as a section.
             "*loopguard: blocked event loop (call)*",
-            f"*test_it.py:{line(pytester, '# hanging call')} in *test_hangs",
+            inner.site("# hanging call", "*test_hangs"),
             "PASSED test_it.py::test_after",
         ]
     )
     assert result.duration < 30
 
 
-def test_timeout_while_the_loop_is_blocked_thread_method(pytester):
+def test_timeout_while_the_loop_is_blocked_thread_method(inner):
     pytest.importorskip("pytest_timeout")
     # The thread method dumps every thread's stack and ends the process with os._exit.
-    result = run(
-        pytester,
+    result = inner.run(
         """
 @pytest.mark.asyncio
 async def test_hangs():
@@ -108,7 +104,7 @@ async def test_hangs():
     assert result.duration < 30
 
 
-def test_random_order_keeps_attribution(pytester):
+def test_random_order_keeps_attribution(inner):
     pytest.importorskip("pytest_randomly")
     source = "\n".join(
         f"""
@@ -120,23 +116,20 @@ async def test_{i}():
         for i in range(6)
     )
     for seed in ("1", "2"):
-        result = run(
-            pytester, source, "-rA", f"--randomly-seed={seed}", ini=INI.replace("addopts", "#")
-        )
+        result = inner.run(source, "-rA", f"--randomly-seed={seed}", keep_order=False)
         result.assert_outcomes(failed=3, passed=3)
         result.stdout.fnmatch_lines(["*randomly-seed=" + seed + "*"])
         for i in (1, 3, 5):
             result.stdout.fnmatch_lines_random(
                 [
                     f"FAILED test_it.py::test_{i} - loopguard: * at *",
-                    f"*test_it.py:{line(pytester, f'# line of test_{i}')} in test_{i}",
+                    f"*test_it.py:{inner.line(f'# line of test_{i}')} in test_{i}",
                 ]
             )
 
 
-def test_logging_capture(pytester):
-    result = run(
-        pytester,
+def test_logging_capture(inner):
+    result = inner.run(
         """
 log = logging.getLogger("app")
 
@@ -163,7 +156,7 @@ async def test_logs_fine(caplog):
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines_random(
         [
-            f"*test_it.py:{line(pytester, '# logged block')} in test_logs_and_blocks",
+            inner.site("# logged block", "test_logs_and_blocks"),
             "FAILED test_it.py::test_logs_and_blocks - loopguard: * at *",
             "PASSED test_it.py::test_logs_fine",
         ]
@@ -172,9 +165,8 @@ async def test_logs_fine(caplog):
     result.stdout.fnmatch_lines(["*Captured log call*", "*before the block*", "*after the block*"])
 
 
-def test_live_logging(pytester):
-    result = run(
-        pytester,
+def test_live_logging(inner):
+    result = inner.run(
         """
 @pytest.mark.asyncio
 async def test_logs_and_blocks():
@@ -185,14 +177,13 @@ async def test_logs_and_blocks():
     )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
-        ["*live message*", f"*test_it.py:{line(pytester, '# live block')} in test_logs_and_blocks"]
+        ["*live message*", inner.site("# live block", "test_logs_and_blocks")]
     )
 
 
 @pytest.mark.parametrize("sampler", ["auto", "gil"])
-def test_watchdog_thread_is_invisible_to_threading(pytester, sampler):
-    result = run(
-        pytester,
+def test_watchdog_thread_is_invisible_to_threading(inner, sampler):
+    result = inner.run(
         """
 @pytest.mark.asyncio
 @pytest.mark.loopguard(enabled=False)
@@ -214,7 +205,7 @@ async def test_no_threads_but_main_inside_a_loop():
 
 
 @pytest.mark.parametrize("phase", ["setup", "call", "teardown"])
-def test_a_failure_raised_by_another_plugins_hook_does_not_show_loopguards_frames(pytester, phase):
+def test_a_failure_raised_by_another_plugins_hook_does_not_show_loopguards_frames(inner, phase):
     # pytest's unraisable-exception check fails the test from its own hook wrapper, outside
     # loopguard's: loopguard's wrappers must not appear as the failing frame.
     body = {
@@ -223,8 +214,7 @@ def test_a_failure_raised_by_another_plugins_hook_does_not_show_loopguards_frame
         "teardown": "@pytest.fixture\ndef boom():\n    yield\n    Boom()\n\n"
         "def test_it(boom):\n    pass\n",
     }[phase]
-    result = run(
-        pytester,
+    result = inner.run(
         'class Boom:\n    def __del__(self):\n        raise RuntimeError("boom in __del__")\n\n'
         + body,
         "-W",

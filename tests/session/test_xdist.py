@@ -6,7 +6,7 @@ import re
 import time
 
 import loopguard
-from conftest import INI, line
+import pytest
 
 TESTS = """
 import asyncio, time
@@ -64,11 +64,9 @@ def pytest_terminal_summary(terminalreporter, config):
 """
 
 
-def run(pytester, *args, tests=TESTS, conftest=CONFTEST):
-    pytester.makeini(INI)
-    pytester.makeconftest(conftest)
-    pytester.makepyfile(test_it=tests)
-    return pytester.runpytest_subprocess("-p", "loopguard", *args)
+@pytest.fixture
+def inner(inner):
+    return inner.using(files={"conftest": CONFTEST})
 
 
 def events(result):
@@ -82,8 +80,8 @@ def events(result):
     )
 
 
-def test_blocking_tests_fail_in_workers_with_the_loopguard_message(pytester):
-    result = run(pytester, "-n", "2")
+def test_blocking_tests_fail_in_workers_with_the_loopguard_message(inner):
+    result = inner.run(TESTS, "-n", "2")
     result.assert_outcomes(failed=3, passed=2, xfailed=1)
     # The one-line summary keeps loopguard's message (the report crossed a process boundary).
     result.stdout.fnmatch_lines_random(
@@ -97,11 +95,11 @@ def test_blocking_tests_fail_in_workers_with_the_loopguard_message(pytester):
     result.stdout.fnmatch_lines(["*>*time.sleep(0.3)  # block a"])
 
 
-def test_controller_holds_every_workers_events_exactly_once(pytester):
-    result = run(pytester, "-n", "2")
-    a, b = line(pytester, "# block a"), line(pytester, "# block b")
-    first, second = line(pytester, "# first of two"), line(pytester, "# second of two")
-    xf = line(pytester, "# xfail block")
+def test_controller_holds_every_workers_events_exactly_once(inner):
+    result = inner.run(TESTS, "-n", "2")
+    a, b = inner.line("# block a"), inner.line("# block b")
+    first, second = inner.line("# first of two"), inner.line("# second of two")
+    xf = inner.line("# xfail block")
     assert events(result) == sorted(
         [
             ("test_it.py::test_blocks_a", "call", str(a), "True"),
@@ -114,8 +112,8 @@ def test_controller_holds_every_workers_events_exactly_once(pytester):
     result.stdout.fnmatch_lines(["LG-TOTAL all=5 failed=4"])
 
 
-def test_summary_lists_each_block_once(pytester):
-    result = run(pytester, "-n", "2", conftest="")
+def test_summary_lists_each_block_once(inner):
+    result = inner.run(TESTS, "-n", "2", conftest="")
     result.stdout.fnmatch_lines(["*= loopguard: blocking hotspots =*"])
     text = result.stdout.str()
     # The table only: the short test summary below it may repeat call sites (it is not cut to
@@ -123,27 +121,22 @@ def test_summary_lists_each_block_once(pytester):
     start = text.index("loopguard: blocking hotspots")
     summary = text[start : text.index("blocked in total", start)]
     for marker in ("# block a", "# block b", "# first of two", "# second of two"):
-        assert summary.count(f"test_it.py:{line(pytester, marker)} ") == 1, summary
+        assert summary.count(f"test_it.py:{inner.line(marker)} ") == 1, summary
     assert "# xfail block" not in summary
     # The controller's header is printed once; the workers' are not shown.
     assert text.count("loopguard: threshold 100 ms") == 1
 
 
-def test_n_auto(pytester):
-    result = run(pytester, "-n", "auto")
+def test_n_auto(inner):
+    result = inner.run(TESTS, "-n", "auto")
     result.assert_outcomes(failed=3, passed=2, xfailed=1)
     result.stdout.fnmatch_lines(["LG-TOTAL all=5 failed=4"])
 
 
-def test_block_in_a_workers_last_teardown_is_not_lost(pytester):
+def test_block_in_a_workers_last_teardown_is_not_lost(inner):
     # Session fixtures are torn down when the worker runs out of tests, just before it exits.
-    result = run(
-        pytester,
-        "-n",
-        "2",
-        "--dist",
-        "loadfile",
-        tests="""
+    result = inner.run(
+        """
 import asyncio, time
 import pytest
 
@@ -157,20 +150,24 @@ def service():
 def test_uses_service(service):
     pass
 """,
+        "-n",
+        "2",
+        "--dist",
+        "loadfile",
     )
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(
         [
             "*ERROR at teardown of test_uses_service*",
-            f"*test_it.py:{line(pytester, '# blocking shutdown')} in *shutdown",
+            inner.site("# blocking shutdown", "*shutdown"),
         ]
     )
-    n = line(pytester, "# blocking shutdown")
+    n = inner.line("# blocking shutdown")
     assert events(result) == [("test_it.py::test_uses_service", "teardown", str(n), "True")]
 
 
-def test_without_xdist_the_state_is_the_same(pytester):
-    result = run(pytester, "-p", "no:xdist")
+def test_without_xdist_the_state_is_the_same(inner):
+    result = inner.run(TESTS, "-p", "no:xdist")
     result.assert_outcomes(failed=3, passed=2, xfailed=1)
     result.stdout.fnmatch_lines(["LG-TOTAL all=5 failed=4"])
 
@@ -193,13 +190,9 @@ def test_block_events_survive_a_round_trip_through_plain_data():
     assert loopguard.BlockEvent.from_dict({**data, "new_key": 1}) == ev
 
 
-def test_raise_mode_under_xdist(pytester):
-    result = run(
-        pytester,
-        "-n",
-        "2",
-        "--loopguard-mode=raise",
-        tests="""
+def test_raise_mode_under_xdist(inner):
+    result = inner.run(
+        """
 import time
 import pytest
 
@@ -213,9 +206,12 @@ async def test_cpu():
 async def test_fine():
     pass
 """,
+        "-n",
+        "2",
+        "--loopguard-mode=raise",
     )
     result.assert_outcomes(failed=1, passed=1)
-    n = line(pytester, "# raise-mode loop")
+    n = inner.line("# raise-mode loop")
     result.stdout.fnmatch_lines(
         ["*loopguard.LoopBlockedError: loopguard: this code blocked the event loop*"]
     )

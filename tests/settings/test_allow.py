@@ -5,7 +5,8 @@ import time
 
 import loopguard
 import pytest
-from conftest import INI
+
+pytestmark = pytest.mark.single_version
 
 APP = {
     "app/__init__": "",
@@ -49,10 +50,9 @@ async def test_direct_sleep():
 """
 
 
-def run(pytester, *args, ini="", tests=TESTS):
-    pytester.makeini(INI + ini)
-    pytester.makepyfile(**APP, test_it=tests)
-    return pytester.runpytest_subprocess("-p", "loopguard", *args)
+@pytest.fixture
+def inner(inner):
+    return inner.using(files=APP)
 
 
 def failed(result):
@@ -63,8 +63,8 @@ def failed(result):
     )
 
 
-def test_without_allow_patterns_every_block_fails(pytester):
-    result = run(pytester)
+def test_without_allow_patterns_every_block_fails(inner):
+    result = inner.run(TESTS)
     result.assert_outcomes(failed=4)
 
 
@@ -82,43 +82,43 @@ def test_without_allow_patterns_every_block_fails(pytester):
         ),
     ],
 )
-def test_ini_allow_patterns_of_each_form(pytester, patterns, still_failing):
+def test_ini_allow_patterns_of_each_form(inner, patterns, still_failing):
     ini = "loopguard_allow =\n" + "".join(f"    {p}\n" for p in patterns)
-    result = run(pytester, ini=ini)
+    result = inner.run(TESTS, ini=ini)
     assert failed(result) == still_failing
     result.stdout.fnmatch_lines([f"*{4 - len(still_failing)} allowed"])
 
 
-def test_an_allow_pattern_matches_any_frame_of_the_stack(pytester):
+def test_an_allow_pattern_matches_any_frame_of_the_stack(inner):
     # Allowing the test function allows what it calls.
-    result = run(pytester, ini="loopguard_allow = test_it:test_load_model\n")
+    result = inner.run(TESTS, ini="loopguard_allow = test_it:test_load_model\n")
     assert "test_load_model" not in failed(result)
 
 
-def test_marker_allow(pytester):
+def test_marker_allow(inner):
     tests = TESTS.replace(
         "async def test_warm_cache",
         '@pytest.mark.loopguard(allow=["app.startup:warm_cache"])\nasync def test_warm_cache',
     )
-    result = run(pytester, tests=tests)
+    result = inner.run(tests)
     assert failed(result) == ["test_direct_sleep", "test_load_model", "test_read_config"]
 
 
-def test_allowed_blocks_are_counted_not_listed_in_the_summary(pytester):
-    result = run(pytester, ini="loopguard_allow = app/*.py\n")
+def test_allowed_blocks_are_counted_not_listed_in_the_summary(inner):
+    result = inner.run(TESTS, ini="loopguard_allow = app/*.py\n")
     result.stdout.fnmatch_lines(["4 blocks at 4 call sites in 4 tests, * 1 failed, 3 allowed"])
     assert "load_model  " not in result.stdout.str()
 
 
-def test_scan_restricts_judging_to_the_given_packages(pytester):
-    result = run(pytester, ini="loopguard_scan = app otherpkg\n")
+def test_scan_restricts_judging_to_the_given_packages(inner):
+    result = inner.run(TESTS, ini="loopguard_scan = app otherpkg\n")
     # The direct sleep in the test module is outside 'app': allowed.
     assert failed(result) == ["test_load_model", "test_read_config", "test_warm_cache"]
     result.stdout.fnmatch_lines(["loopguard: *scanning app, otherpkg*"])
 
 
-def test_scan_and_allow_together(pytester):
-    result = run(pytester, ini="loopguard_scan = app\nloopguard_allow = app.config\n")
+def test_scan_and_allow_together(inner):
+    result = inner.run(TESTS, ini="loopguard_scan = app\nloopguard_allow = app.config\n")
     assert failed(result) == ["test_load_model", "test_warm_cache"]
 
 
@@ -131,8 +131,8 @@ def test_scan_and_allow_together(pytester):
         ("app.startup:load model", "'load model' is not a function name"),
     ],
 )
-def test_invalid_ini_allow_pattern_is_a_usage_error(pytester, pattern, problem):
-    result = run(pytester, ini=f"loopguard_allow = {pattern}\n")
+def test_invalid_ini_allow_pattern_is_a_usage_error(inner, pattern, problem):
+    result = inner.run(TESTS, ini=f"loopguard_allow = {pattern}\n")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
@@ -163,15 +163,15 @@ def test_invalid_ini_allow_pattern_is_a_usage_error(pytester, pattern, problem):
         ),
     ],
 )
-def test_invalid_marker_allow_is_a_usage_error(pytester, marker, message):
+def test_invalid_marker_allow_is_a_usage_error(inner, marker, message):
     tests = f"import pytest\n\n@pytest.mark.loopguard({marker})\ndef test_marked():\n    pass\n"
-    result = run(pytester, tests=tests)
+    result = inner.run(tests)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
 
 
-def test_invalid_scan_is_a_usage_error(pytester):
-    result = run(pytester, ini="loopguard_scan = app my-pkg\n")
+def test_invalid_scan_is_a_usage_error(inner):
+    result = inner.run(TESTS, ini="loopguard_scan = app my-pkg\n")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [

@@ -1,7 +1,8 @@
 """``--loopguard-mode``: fail (default), warn (a LoopBlockedWarning) or record; every source."""
 
 import pytest
-from conftest import INI, line
+
+pytestmark = pytest.mark.single_version
 
 BLOCKS = """
 import asyncio, time
@@ -13,21 +14,15 @@ async def test_blocks():
 """
 
 
-def run(pytester, *args, source=BLOCKS, ini=""):
-    pytester.makeini(INI + ini)
-    pytester.makepyfile(test_it=source)
-    return pytester.runpytest_subprocess("-p", "loopguard", *args)
-
-
-def test_fail_is_the_default(pytester):
-    result = run(pytester)
+def test_fail_is_the_default(inner):
+    result = inner.run(BLOCKS)
     result.assert_outcomes(failed=1)
 
 
-def test_warn_mode_passes_with_a_loop_blocked_warning_at_the_blocking_line(pytester):
-    result = run(pytester, "--loopguard-mode=warn")
+def test_warn_mode_passes_with_a_loop_blocked_warning_at_the_blocking_line(inner):
+    result = inner.run(BLOCKS, "--loopguard-mode=warn")
     result.assert_outcomes(passed=1, warnings=1)
-    n = line(pytester, "# the blocking line")
+    n = inner.line("# the blocking line")
     result.stdout.fnmatch_lines(
         [
             "loopguard: mode warn (from --loopguard-mode)*",
@@ -39,38 +34,38 @@ def test_warn_mode_passes_with_a_loop_blocked_warning_at_the_blocking_line(pytes
     )
 
 
-def test_warnings_filter_error_turns_warn_mode_back_into_failures(pytester):
-    result = run(pytester, "--loopguard-mode=warn", "-W", "error::loopguard.LoopBlockedWarning")
+def test_warnings_filter_error_turns_warn_mode_back_into_failures(inner):
+    result = inner.run(BLOCKS, "--loopguard-mode=warn", "-W", "error::loopguard.LoopBlockedWarning")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         ["*loopguard: event loop blocked for*", "FAILED test_it.py::test_blocks - loopguard: *"]
     )
 
 
-def test_filterwarnings_marker_applies_to_the_warning(pytester):
+def test_filterwarnings_marker_applies_to_the_warning(inner):
     source = BLOCKS.replace(
         "@pytest.mark.asyncio",
         '@pytest.mark.filterwarnings("ignore::loopguard.LoopBlockedWarning")\n@pytest.mark.asyncio',
     )
-    result = run(pytester, "--loopguard-mode=warn", source=source)
+    result = inner.run(source, "--loopguard-mode=warn")
     result.assert_outcomes(passed=1)
     assert "LoopBlockedWarning" not in result.stdout.str()
 
 
-def test_filterwarnings_ini_error_fails_the_test(pytester):
-    result = run(
-        pytester,
+def test_filterwarnings_ini_error_fails_the_test(inner):
+    result = inner.run(
+        BLOCKS,
         "--loopguard-mode=warn",
         ini="filterwarnings =\n    error::loopguard.LoopBlockedWarning\n",
     )
     result.assert_outcomes(failed=1)
 
 
-def test_record_mode_passes_and_lists_the_block_in_the_summary(pytester):
-    result = run(pytester, "--loopguard-mode=record")
+def test_record_mode_passes_and_lists_the_block_in_the_summary(inner):
+    result = inner.run(BLOCKS, "--loopguard-mode=record")
     result.assert_outcomes(passed=1)
     assert "LoopBlockedWarning" not in result.stdout.str()
-    n = line(pytester, "# the blocking line")
+    n = inner.line("# the blocking line")
     result.stdout.fnmatch_lines(
         [
             "*loopguard: blocking hotspots*",
@@ -79,29 +74,29 @@ def test_record_mode_passes_and_lists_the_block_in_the_summary(pytester):
     )
 
 
-def test_ini_mode(pytester):
-    result = run(pytester, ini="loopguard_mode = record\n")
+def test_ini_mode(inner):
+    result = inner.run(BLOCKS, ini="loopguard_mode = record\n")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["loopguard: mode record (from loopguard_mode)*"])
 
 
-def test_env_mode_and_command_line_beats_it(pytester, monkeypatch):
+def test_env_mode_and_command_line_beats_it(inner, monkeypatch):
     monkeypatch.setenv("LOOPGUARD_MODE", "record")
-    result = run(pytester)
+    result = inner.run(BLOCKS)
     result.assert_outcomes(passed=1)
-    result = run(pytester, "--loopguard-mode=fail")
+    result = inner.run(BLOCKS, "--loopguard-mode=fail")
     result.assert_outcomes(failed=1)
 
 
-def test_marker_mode_beats_the_command_line(pytester):
+def test_marker_mode_beats_the_command_line(inner):
     source = BLOCKS.replace(
         "@pytest.mark.asyncio", '@pytest.mark.loopguard(mode="fail")\n@pytest.mark.asyncio'
     )
-    result = run(pytester, "--loopguard-mode=record", source=source)
+    result = inner.run(source, "--loopguard-mode=record")
     result.assert_outcomes(failed=1)
 
 
-def test_a_block_in_setup_warns_too(pytester):
+def test_a_block_in_setup_warns_too(inner):
     source = """
 import time
 import pytest, pytest_asyncio
@@ -115,7 +110,7 @@ async def slow():
 async def test_uses_it(slow):
     pass
 """
-    result = run(pytester, "--loopguard-mode=warn", source=source)
+    result = inner.run(source, "--loopguard-mode=warn")
     result.assert_outcomes(passed=1, warnings=1)
 
 
@@ -144,19 +139,19 @@ async def test_uses_it(slow):
         ),
     ],
 )
-def test_invalid_mode_is_a_usage_error(pytester, monkeypatch, args, env, ini, message):
+def test_invalid_mode_is_a_usage_error(inner, monkeypatch, args, env, ini, message):
     if env is not None:
         monkeypatch.setenv("LOOPGUARD_MODE", env)
-    result = run(pytester, *args, ini=ini)
+    result = inner.run(BLOCKS, *args, ini=ini)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
 
 
-def test_invalid_marker_mode_is_a_usage_error(pytester):
+def test_invalid_marker_mode_is_a_usage_error(inner):
     source = BLOCKS.replace(
         "@pytest.mark.asyncio", '@pytest.mark.loopguard(mode="loud")\n@pytest.mark.asyncio'
     )
-    result = run(pytester, source=source)
+    result = inner.run(source)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [

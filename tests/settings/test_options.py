@@ -1,7 +1,6 @@
 """Every source of the threshold, their precedence, and every invalid value."""
 
 import pytest
-from conftest import INI
 
 BLOCK_150 = """
 import asyncio, time
@@ -13,61 +12,47 @@ async def test_blocks_150ms():
 """
 
 
-def session(pytester, *args, ini="", env=None, monkeypatch=None):
-    pytester.makeini(INI + ini)
-    pytester.makepyfile(test_it=BLOCK_150)
-    if env is not None:
-        monkeypatch.setenv("LOOPGUARD_THRESHOLD", env)
-    return pytester.runpytest_subprocess("-p", "loopguard", *args)
-
-
-def test_default_threshold_is_100ms(pytester):
-    result = session(pytester)
+def test_default_threshold_is_100ms(inner):
+    result = inner.run(BLOCK_150)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["loopguard: threshold 100 ms, *", "*(threshold 100 ms)*"])
 
 
-def test_command_line_threshold(pytester):
-    result = session(pytester, "--loopguard-threshold=500ms")
+def test_command_line_threshold(inner):
+    result = inner.run(BLOCK_150, "--loopguard-threshold=500ms")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["loopguard: threshold 500 ms (from --loopguard-threshold)*"])
 
 
-def test_ini_threshold(pytester):
-    result = session(pytester, ini="loopguard_threshold = 0.5s\n")
+def test_ini_threshold(inner):
+    result = inner.run(BLOCK_150, ini="loopguard_threshold = 0.5s\n")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["loopguard: threshold 500 ms (from loopguard_threshold)*"])
 
 
-def test_env_threshold(pytester, monkeypatch):
-    result = session(pytester, env="0.5", monkeypatch=monkeypatch)
+def test_env_threshold(inner, monkeypatch):
+    monkeypatch.setenv("LOOPGUARD_THRESHOLD", "0.5")
+    result = inner.run(BLOCK_150)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["loopguard: threshold 500 ms (from LOOPGUARD_THRESHOLD)*"])
 
 
-def test_env_beats_ini(pytester, monkeypatch):
-    result = session(
-        pytester, ini="loopguard_threshold = 50ms\n", env="500ms", monkeypatch=monkeypatch
-    )
+def test_env_beats_ini(inner, monkeypatch):
+    monkeypatch.setenv("LOOPGUARD_THRESHOLD", "500ms")
+    result = inner.run(BLOCK_150, ini="loopguard_threshold = 50ms\n")
     result.assert_outcomes(passed=1)
 
 
-def test_command_line_beats_env_and_ini(pytester, monkeypatch):
-    result = session(
-        pytester,
-        "--loopguard-threshold=50ms",
-        ini="loopguard_threshold = 500ms\n",
-        env="500ms",
-        monkeypatch=monkeypatch,
-    )
+def test_command_line_beats_env_and_ini(inner, monkeypatch):
+    monkeypatch.setenv("LOOPGUARD_THRESHOLD", "500ms")
+    result = inner.run(BLOCK_150, "--loopguard-threshold=50ms", ini="loopguard_threshold = 500ms\n")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*(threshold 50 ms)*"])
 
 
-def test_marker_beats_command_line(pytester):
-    pytester.makeini(INI)
-    pytester.makepyfile(
-        test_it="""
+def test_marker_beats_command_line(inner):
+    result = inner.run(
+        """
 import asyncio, time
 import pytest
 
@@ -80,17 +65,15 @@ async def test_lenient():
 @pytest.mark.loopguard(threshold=0.05)
 async def test_strict():
     time.sleep(0.15)
-"""
+""",
+        "--loopguard-threshold=500ms",
     )
-    result = pytester.runpytest_subprocess("-p", "loopguard", "--loopguard-threshold=500ms")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*(threshold 50 ms)*", "FAILED test_it.py::test_strict*"])
 
 
-def test_class_marker_applies_to_methods(pytester):
-    pytester.makeini(INI)
-    pytester.makepyfile(
-        test_it="""
+def test_class_marker_applies_to_methods(inner):
+    result = inner.run("""
 import asyncio, time
 import pytest
 
@@ -99,15 +82,13 @@ class TestLenient:
     @pytest.mark.asyncio
     async def test_method(self):
         time.sleep(0.15)
-"""
-    )
-    result = pytester.runpytest_subprocess("-p", "loopguard")
+""")
     result.assert_outcomes(passed=1)
 
 
 @pytest.mark.parametrize("value", ["abc", "-5ms", "0", "5 parsecs"])
-def test_invalid_command_line_value_is_a_usage_error(pytester, value):
-    result = session(pytester, f"--loopguard-threshold={value}")
+def test_invalid_command_line_value_is_a_usage_error(inner, value):
+    result = inner.run(BLOCK_150, f"--loopguard-threshold={value}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
@@ -118,8 +99,8 @@ def test_invalid_command_line_value_is_a_usage_error(pytester, value):
 
 
 @pytest.mark.parametrize("value", ["abc", "-5ms", "0"])
-def test_invalid_ini_value_is_a_usage_error(pytester, value):
-    result = session(pytester, ini=f"loopguard_threshold = {value}\n")
+def test_invalid_ini_value_is_a_usage_error(pytester, inner, value):
+    result = inner.run(BLOCK_150, ini=f"loopguard_threshold = {value}\n")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
@@ -130,8 +111,9 @@ def test_invalid_ini_value_is_a_usage_error(pytester, value):
 
 
 @pytest.mark.parametrize("value", ["abc", "-5ms", "0", ""])
-def test_invalid_env_value_is_a_usage_error(pytester, monkeypatch, value):
-    result = session(pytester, env=value, monkeypatch=monkeypatch)
+def test_invalid_env_value_is_a_usage_error(inner, monkeypatch, value):
+    monkeypatch.setenv("LOOPGUARD_THRESHOLD", value)
+    result = inner.run(BLOCK_150)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [f"*invalid value for LOOPGUARD_THRESHOLD: '{value}' (from the environment)*"]
@@ -148,25 +130,21 @@ def test_invalid_env_value_is_a_usage_error(pytester, monkeypatch, value):
         ('enabled="no"', "*invalid value for enabled: 'no'*expected True or False*"),
     ],
 )
-def test_invalid_marker_arguments_are_usage_errors(pytester, marker, message):
-    pytester.makeini(INI)
-    pytester.makepyfile(
-        test_it=f"""
+def test_invalid_marker_arguments_are_usage_errors(inner, marker, message):
+    result = inner.run(f"""
 import pytest
 
 @pytest.mark.loopguard({marker})
 def test_marked():
     pass
-"""
-    )
-    result = pytester.runpytest_subprocess("-p", "loopguard")
+""")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
     assert "test_it.py::test_marked" in result.stderr.str()
 
 
-def test_invalid_sampler_is_a_usage_error(pytester):
-    result = session(pytester, "--loopguard-sampler=fast")
+def test_invalid_sampler_is_a_usage_error(inner):
+    result = inner.run(BLOCK_150, "--loopguard-sampler=fast")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         ["*invalid value for --loopguard-sampler: 'fast' (from the command line)*"]
@@ -183,11 +161,9 @@ def test_marker_is_registered_with_its_signature(pytester):
     )
 
 
-def test_the_command_line_sampler_beats_the_environment(pytester, monkeypatch):
+def test_the_command_line_sampler_beats_the_environment(pytester, inner, monkeypatch):
     monkeypatch.setenv("LOOPGUARD_SAMPLER", "gil")
-    pytester.makeini(INI)
-    pytester.makepyfile(test_it="def test_x():\n    pass\n")
-    result = pytester.runpytest_subprocess("-p", "loopguard", "--loopguard-sampler=native")
+    result = inner.run("def test_x():\n    pass\n", "--loopguard-sampler=native")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["loopguard: threshold 100 ms, GIL-free stack capture*"])
     # Without the option, the environment's choice stands.
