@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.single_version
+
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = sorted(
     [
