@@ -18,7 +18,7 @@ class Kind:
     name: str
     label: str  # how a report names the kind ("loop thread 'MainThread', <label>")
     needs: tuple[str, ...]  # modules without which the kind is skipped
-    imports: str
+    imports: str  # its modules, imported by the inner test file
     sleep: str  # its sleep function
     offload: str  # an awaitable running time.sleep(0.3) in a worker thread
     marker: str  # the lines before `async def test_...` that make a plugin run it on this kind
@@ -43,6 +43,27 @@ async def blocker():
     await {self.sleep}(0.01)
     time.sleep(0.4)  # the blocking line
 """
+
+
+def anyio_kind(name, label, backend=None, run=None, needs=(), **more):
+    """anyio on one of its backends: its pytest plugin (the ``anyio_backend`` fixture returns
+    ``backend``, by default ``"name"``) and, when given, ``run``."""
+    return Kind(
+        name=f"anyio-{name}",
+        label=label,
+        needs=("anyio", *needs),
+        imports="import anyio",
+        sleep="anyio.sleep",
+        offload="anyio.to_thread.run_sync(time.sleep, 0.3)",
+        marker="@pytest.mark.anyio",
+        fixtures=f"""
+@pytest.fixture
+def anyio_backend():
+    return {backend or repr(name)}
+""",
+        runs={"anyio.run": run} if run else {},
+        **more,
+    )
 
 
 IS_UVLOOP = 'assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")'
@@ -102,49 +123,13 @@ def event_loop_policy():
         },
         stack_cut_at_run=True,
     ),
-    Kind(
-        name="anyio-asyncio",
-        label="asyncio loop",
-        needs=("anyio",),
-        imports="import anyio",
-        sleep="anyio.sleep",
-        offload="anyio.to_thread.run_sync(time.sleep, 0.3)",
-        marker="@pytest.mark.anyio",
-        fixtures="""
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-""",
-        runs={"anyio.run": "anyio.run({main})"},
-    ),
-    Kind(
-        name="anyio-trio",
-        label="trio run",
-        needs=("anyio", "trio"),
-        imports="import anyio",
-        sleep="anyio.sleep",
-        offload="anyio.to_thread.run_sync(time.sleep, 0.3)",
-        marker="@pytest.mark.anyio",
-        fixtures="""
-@pytest.fixture
-def anyio_backend():
-    return "trio"
-""",
-        runs={"anyio.run": "anyio.run({main}, backend='trio')"},
-    ),
-    Kind(
-        name="anyio-uvloop",
-        label="uvloop loop",
-        needs=("anyio", "uvloop"),
-        imports="import anyio",
-        sleep="anyio.sleep",
-        offload="anyio.to_thread.run_sync(time.sleep, 0.3)",
-        marker="@pytest.mark.anyio",
-        fixtures="""
-@pytest.fixture
-def anyio_backend():
-    return ("asyncio", {"use_uvloop": True})
-""",
+    anyio_kind("asyncio", "asyncio loop", run="anyio.run({main})"),
+    anyio_kind("trio", "trio run", run="anyio.run({main}, backend='trio')", needs=("trio",)),
+    anyio_kind(
+        "uvloop",
+        "uvloop loop",
+        backend='("asyncio", {"use_uvloop": True})',
+        needs=("uvloop",),
         running_check=IS_UVLOOP,
         stack_cut_at_run=True,
     ),
