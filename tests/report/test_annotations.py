@@ -24,7 +24,7 @@ async def test_known():
 
 @pytest.mark.asyncio
 async def test_short():
-    time.sleep(0.06)  # recorded site
+    time.sleep(0.045)  # recorded site
 """
 
 

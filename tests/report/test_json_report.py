@@ -27,7 +27,7 @@ async def test_allowed():
 
 @pytest.mark.asyncio
 async def test_short():
-    time.sleep(0.06)  # recorded block
+    time.sleep(0.045)  # recorded block
 
 @pytest.mark.asyncio
 async def test_starved():

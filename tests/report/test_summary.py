@@ -97,7 +97,7 @@ RECORDED = (
     + """
 @pytest.mark.asyncio
 async def test_short_block():
-    time.sleep(0.06)  # short
+    time.sleep(0.045)  # short
 """
 )
 
