@@ -115,6 +115,9 @@ _MARKER_ARGS = {"threshold", "enabled", "mode", "allow", "max_lag"}
 
 @dataclass
 class Settings:
+    """The session's settings; ``*_source`` says where a value came from (the name the user
+    wrote, or ``"default"``), for the report header."""
+
     threshold: float
     threshold_source: str
     sampler: str

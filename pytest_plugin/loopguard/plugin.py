@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import warnings
 from collections.abc import Generator
 from pathlib import Path
@@ -74,6 +75,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.is_blocked("loopguard"):
+        # `-p loopguard -p no:loopguard`: pytest unregistered the package, not this module.
+        config.pluginmanager.unregister(sys.modules[__name__])
+        return
     config.addinivalue_line("markers", MARKER)
     try:
         settings, judge = resolve(config)
