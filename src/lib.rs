@@ -6,10 +6,17 @@
 //! timing derived from the threshold), [`offload`] and the rest. `python` is the pyo3 layer
 //! that exposes them as the private module `loopguard._native`; nothing outside it calls into
 //! it.
+//!
+//! Linux-only calls (`epoll_wait`, `process_vm_readv`, `/proc/self/task/TID/*`,
+//! `sched_setattr`) are compiled under `cfg(linux_full)`, set by `build.rs` on Linux unless the
+//! `portable` feature is on. Without it the watchdog, the heartbeat on any selector and the
+//! sampler that takes the GIL still work; the GIL-free reader, system call names, run-queue
+//! time and per-thread CPU time are absent, and say so ([`NOT_BUILT`]).
 
 pub mod callbacks;
 pub mod clock;
 pub mod context;
+#[cfg(linux_full)]
 pub mod epoll;
 pub mod event;
 pub mod offload;
@@ -23,3 +30,13 @@ pub mod syscall;
 pub mod watchdog;
 
 mod python;
+
+/// Why the Linux-only parts are not in this build, in words for a user.
+pub const NOT_BUILT: &str = if cfg!(target_os = "linux") {
+    "this build of loopguard has only its portable path (built with the `portable` feature)"
+} else {
+    "it needs Linux (process_vm_readv and /proc)"
+};
+
+/// True when this build has the Linux-only parts.
+pub const LINUX_FULL: bool = cfg!(linux_full);

@@ -6,12 +6,15 @@
 //! (it runs in the child before `fork()` returns there, while the child has a single thread).
 
 use std::sync::atomic::{AtomicU32, Ordering};
+#[cfg(unix)]
 use std::sync::Once;
 
 /// The pid read last; 0 when it must be read again.
 static PID: AtomicU32 = AtomicU32::new(0);
+#[cfg(unix)]
 static AT_FORK: Once = Once::new();
 
+#[cfg(unix)]
 extern "C" fn forget_in_child() {
     // Async-signal-safe, as a handler run in a forked child must be: one atomic store.
     PID.store(0, Ordering::Relaxed);
@@ -23,6 +26,7 @@ pub fn pid() -> u32 {
     if cached != 0 {
         return cached;
     }
+    #[cfg(unix)]
     AT_FORK.call_once(|| {
         // SAFETY: `forget_in_child` is an `extern "C" fn()` that lives as long as the process
         // and only stores to an atomic; the other two handlers may be null.
@@ -33,7 +37,7 @@ pub fn pid() -> u32 {
     pid
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 

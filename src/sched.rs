@@ -10,6 +10,7 @@
 //! the call; either way nothing changes.
 
 /// The calling thread's nice value (`getpriority(PRIO_PROCESS, 0)` is per thread on Linux).
+#[cfg(linux_full)]
 fn current_nice() -> Option<i32> {
     // SAFETY: getpriority takes no pointers; errno is thread-local. -1 is also a valid nice
     // value, so errno (cleared first) tells an error apart.
@@ -21,6 +22,7 @@ fn current_nice() -> Option<i32> {
 }
 
 /// `struct sched_attr` (linux/sched/types.h), version 1 (with utilisation clamps): 56 bytes.
+#[cfg(linux_full)]
 #[repr(C)]
 struct SchedAttr {
     size: u32,
@@ -55,6 +57,7 @@ pub fn watchdog_slice_from_env() -> Option<u64> {
 /// Asks the kernel for a time slice of `slice_ns` for the calling thread, keeping its policy
 /// (`SCHED_OTHER`) and nice value. Returns whether the kernel accepted the request (a kernel
 /// before 6.12 accepts it and ignores the slice).
+#[cfg(linux_full)]
 pub fn request_slice(slice_ns: u64) -> bool {
     let Some(nice) = current_nice() else {
         return false;
@@ -76,7 +79,13 @@ pub fn request_slice(slice_ns: u64) -> bool {
     unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) == 0 }
 }
 
-#[cfg(test)]
+/// Off Linux (and in the portable build) nothing is asked for.
+#[cfg(not(linux_full))]
+pub fn request_slice(_slice_ns: u64) -> bool {
+    false
+}
+
+#[cfg(all(test, linux_full))]
 mod tests {
     use super::*;
 

@@ -38,7 +38,7 @@ pub fn parse(text: &str) -> Option<Schedstat> {
 /// be read (the thread has exited, `/proc` is not mounted, or the kernel keeps no such
 /// statistics).
 pub fn read(tid: i64) -> Option<Schedstat> {
-    if tid <= 0 {
+    if tid <= 0 || !crate::LINUX_FULL {
         return None;
     }
     let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
@@ -51,12 +51,19 @@ pub fn run_queue_ns(tid: i64) -> Option<u64> {
 }
 
 /// True when this kernel reports run-queue time for the calling thread.
+#[cfg(linux_full)]
 pub fn available() -> bool {
     // SAFETY: gettid has no preconditions.
     run_queue_ns(i64::from(unsafe { libc::gettid() })).is_some()
 }
 
-#[cfg(test)]
+/// Off Linux (and in the portable build) run-queue time is unknown.
+#[cfg(not(linux_full))]
+pub fn available() -> bool {
+    false
+}
+
+#[cfg(all(test, linux_full))]
 pub(crate) mod tests {
     use super::*;
     use std::time::{Duration, Instant};

@@ -46,7 +46,7 @@ impl KernelState {
     /// file cannot be read (the thread has exited, `/proc` is not mounted, or the kernel was built
     /// without it).
     pub fn of_thread(tid: i64) -> Option<KernelState> {
-        if tid <= 0 {
+        if tid <= 0 || !crate::LINUX_FULL {
             return None;
         }
         let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).ok()?;
@@ -57,7 +57,7 @@ impl KernelState {
     /// whose condition variables and mutexes are what a thread waiting for the GIL sleeps on.
     pub fn waits_on(&self, span: &Range<usize>) -> bool {
         match *self {
-            KernelState::Syscall { nr, args } if nr == libc::SYS_futex => {
+            KernelState::Syscall { nr, args } if nr == FUTEX => {
                 usize::try_from(args[0]).is_ok_and(|addr| span.contains(&addr))
             }
             _ => false,
@@ -79,7 +79,18 @@ impl KernelState {
     }
 }
 
+/// The number of `futex` (none off Linux, where no state is read).
+#[cfg(target_os = "linux")]
+const FUTEX: i64 = libc::SYS_futex;
+#[cfg(not(target_os = "linux"))]
+const FUTEX: i64 = -1;
+
+/// Off Linux no call is named (nor read: see [`KernelState::of_thread`]).
+#[cfg(not(target_os = "linux"))]
+const NAMES: &[(i64, &str)] = &[];
+
 /// The blocking system calls worth naming, by this architecture's numbers (from `libc`).
+#[cfg(target_os = "linux")]
 const NAMES: &[(i64, &str)] = &[
     (libc::SYS_read, "read"),
     (libc::SYS_write, "write"),
@@ -126,7 +137,7 @@ const NAMES: &[(i64, &str)] = &[
     (libc::SYS_pause, "pause"),
 ];
 
-#[cfg(test)]
+#[cfg(all(test, linux_full))]
 mod tests {
     use super::*;
 

@@ -1131,6 +1131,7 @@ mod tests {
         assert!(events[0].callbacks.is_empty());
     }
 
+    #[cfg(linux_full)]
     #[test]
     fn the_wait_for_a_cpu_is_measured_from_the_first_look_to_the_end() {
         if !crate::schedstat::available() {

@@ -10,7 +10,6 @@ use parking_lot::Mutex;
 use pyo3::prelude::*;
 
 use super::{current_thread_state, require};
-use crate::clock::now_ns;
 use crate::policy::{beat_interval, selector_cap};
 use crate::sampler::Target;
 use crate::watchdog::LoopSlot;
@@ -82,10 +81,14 @@ fn register(
     Ok(Slot { slot })
 }
 
-/// The calling thread's `PyThreadState*` and kernel thread id.
+/// The calling thread's `PyThreadState*` and kernel thread id (0 where nothing reads it: off
+/// Linux and in the portable build).
 fn thread_identity(py: Python<'_>) -> (usize, i64) {
+    #[cfg(linux_full)]
     // SAFETY: `gettid` has no preconditions.
     let tid = unsafe { libc::gettid() } as i64;
+    #[cfg(not(linux_full))]
+    let tid = 0;
     (current_thread_state(py), tid)
 }
 
@@ -205,7 +208,9 @@ impl SelectorProxy {
 /// Wraps the `select.epoll` object inside an `EpollSelector`: marks the loop idle around each
 /// `poll`, which it performs itself (the same `epoll_wait`, GIL released, signals checked and
 /// the wait resumed on `EINTR`, as CPython's `epoll.poll` does). This is the cheapest hook there
-/// is on stdlib asyncio: one native call replaces another.
+/// is on stdlib asyncio: one native call replaces another. Linux only (not in the portable
+/// build, where `EpollSelector` gets the selector subclass instead).
+#[cfg(linux_full)]
 #[pyclass(module = "loopguard._native", frozen)]
 struct EpollProxy {
     inner: Py<PyAny>,
@@ -214,6 +219,7 @@ struct EpollProxy {
     slot: Arc<LoopSlot>,
 }
 
+#[cfg(linux_full)]
 #[pymethods]
 impl EpollProxy {
     #[new]
@@ -269,7 +275,7 @@ impl EpollProxy {
                     if let Err(sig) = py.check_signals() {
                         break Err(sig);
                     }
-                    left_ns = deadline.saturating_sub(now_ns());
+                    left_ns = deadline.saturating_sub(crate::clock::now_ns());
                 }
                 Err(e) => break Err(PyErr::from(e)),
                 Ok(n) => break Ok(n),
@@ -335,6 +341,7 @@ pub(super) fn add_to_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(register, m)?)?;
     m.add_class::<Slot>()?;
     m.add_class::<SelectorProxy>()?;
+    #[cfg(linux_full)]
     m.add_class::<EpollProxy>()?;
     Ok(())
 }

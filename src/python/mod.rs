@@ -73,6 +73,13 @@ fn reader_unavailable(py: Python<'_>) -> PyResult<Option<String>> {
     Ok(crate::reader::native_sampler(info).err())
 }
 
+/// Why the Linux-only parts (the GIL-free reader, system call names, run-queue and CPU time,
+/// the epoll hook) are not in this build, in words for a user; None when they are.
+#[pyfunction]
+fn portable() -> Option<&'static str> {
+    (!crate::LINUX_FULL).then_some(crate::NOT_BUILT)
+}
+
 /// Facts about the running interpreter that the GIL-free reader depends on.
 ///
 /// `LOOPGUARD_SIMULATE_PYTHON=X.Y` makes the readers believe they run on CPython X.Y (for the
@@ -245,6 +252,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(is_running, m)?)?;
     m.add_function(wrap_pyfunction!(sampler_name, m)?)?;
     m.add_function(wrap_pyfunction!(reader_unavailable, m)?)?;
+    m.add_function(wrap_pyfunction!(portable, m)?)?;
     m.add_function(wrap_pyfunction!(set_threshold, m)?)?;
     m.add_function(wrap_pyfunction!(threshold, m)?)?;
     m.add_function(wrap_pyfunction!(set_context, m)?)?;

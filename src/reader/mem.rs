@@ -19,6 +19,8 @@ pub enum MemError {
     Unavailable(i32),
     /// Any other errno.
     Os(i32),
+    /// This build has no `process_vm_readv`: not Linux, or the `portable` feature.
+    NotBuilt,
 }
 
 impl fmt::Display for MemError {
@@ -34,6 +36,7 @@ impl fmt::Display for MemError {
                  sandbox, such as a container's default profile, does that)"
             ),
             MemError::Os(e) => write!(f, "process_vm_readv failed (errno {e})"),
+            MemError::NotBuilt => write!(f, "{}", crate::NOT_BUILT),
         }
     }
 }
@@ -41,7 +44,7 @@ impl fmt::Display for MemError {
 /// A reader of this process's memory.
 #[derive(Clone, Debug)]
 pub struct Memory {
-    pid: libc::pid_t,
+    pid: i32,
 }
 
 impl Memory {
@@ -55,8 +58,11 @@ impl Memory {
         if std::env::var_os("LOOPGUARD_DISABLE_VM_READV").is_some_and(|v| v == "1") {
             return Err(MemError::Unavailable(libc::EPERM));
         }
+        if cfg!(not(linux_full)) {
+            return Err(MemError::NotBuilt);
+        }
         let m = Memory {
-            pid: std::process::id() as libc::pid_t,
+            pid: std::process::id() as i32,
         };
         let probe: u64 = 0x6c6f_6f70_6775_6172;
         let got = m.read_u64(&probe as *const u64 as usize)?;
@@ -74,6 +80,18 @@ impl Memory {
         if addr < 4096 {
             return Err(MemError::Fault(addr));
         }
+        self.read_unchecked(addr, buf)
+    }
+
+    #[cfg(not(linux_full))]
+    fn read_unchecked(&self, _addr: usize, _buf: &mut [u8]) -> Result<(), MemError> {
+        // `new` refuses to make a `Memory` here.
+        let _ = self.pid;
+        Err(MemError::NotBuilt)
+    }
+
+    #[cfg(linux_full)]
+    fn read_unchecked(&self, addr: usize, buf: &mut [u8]) -> Result<(), MemError> {
         let local = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
@@ -158,6 +176,7 @@ impl Memory {
 }
 
 /// Looks up a symbol of the running process (e.g. `_PyRuntime`) with `dlsym`.
+#[cfg(unix)]
 pub fn symbol_address(name: &str) -> Option<usize> {
     let cname = std::ffi::CString::new(name).ok()?;
     // SAFETY: `cname` is a valid NUL-terminated string that outlives the call, and
@@ -170,7 +189,13 @@ pub fn symbol_address(name: &str) -> Option<usize> {
     }
 }
 
-#[cfg(test)]
+/// Without `dlsym` (Windows) no symbol is found.
+#[cfg(not(unix))]
+pub fn symbol_address(_name: &str) -> Option<usize> {
+    None
+}
+
+#[cfg(all(test, linux_full))]
 mod tests {
     use super::*;
 

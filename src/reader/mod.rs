@@ -54,7 +54,10 @@ impl PyInfo {
     /// # Errors
     /// Why `what` cannot work on this platform or build.
     pub fn check_supported(&self, what: &str) -> Result<(), String> {
-        if cfg!(not(all(target_pointer_width = "64", target_os = "linux"))) {
+        if cfg!(not(linux_full)) {
+            return Err(crate::NOT_BUILT.to_owned());
+        }
+        if cfg!(not(target_pointer_width = "64")) {
             return Err(format!("{what} supports 64-bit Linux only"));
         }
         if self.debug {
@@ -162,7 +165,7 @@ impl Sampler for NativeSampler {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, linux_full))]
 mod tests {
     use super::*;
 
