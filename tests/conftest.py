@@ -2,8 +2,27 @@ import dataclasses
 import os
 
 import pytest
+from loopguard import _native
 
 pytest_plugins = ["pytester"]
+
+# Why the installed native module lacks its Linux-only parts (the portable path that macOS and
+# Windows get, built on Linux by script/test-portable), or None.
+PORTABLE = _native.portable()
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "linux_full: needs the native module's Linux-only parts (the GIL-free reader, system "
+        "call names, run-queue and CPU time, the epoll hook); skipped on the portable path",
+    )
+
+
+def pytest_runtest_setup(item):
+    if PORTABLE is not None and item.get_closest_marker("linux_full") is not None:
+        pytest.skip(f"the portable path: {PORTABLE}")
+
 
 # Inner pytest sessions inherit the environment. These variables change what they print (CI
 # turns off pytest's cutting of summary lines to the terminal's width; GITHUB_ACTIONS turns on

@@ -30,6 +30,7 @@ __all__ = [
     "flush",
     "is_running",
     "now_ns",
+    "portable",
     "reader_unavailable",
     "register",
     "registered_loops",
@@ -53,6 +54,10 @@ def is_running() -> bool: ...
 def sampler_name() -> Optional[str]: ...
 def reader_unavailable() -> Optional[str]:
     """Why the GIL-free stack reader cannot be used here, or None."""
+
+def portable() -> Optional[str]:
+    """Why the Linux-only parts are not in this build (off Linux, or the ``portable`` feature;
+    ``EpollProxy`` is then absent too), or None."""
 
 def set_threshold(ns: int) -> None: ...
 def threshold() -> int: ...

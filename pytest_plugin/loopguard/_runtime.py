@@ -345,7 +345,9 @@ class _LagProbe:
 
 
 _EPOLL_SELECTOR = getattr(selectors, "EpollSelector", ())
-_EPOLL = getattr(select, "epoll", ())
+# The portable build (every platform but Linux) has no EpollProxy: its EpollSelector, like any
+# other selector, gets the subclass below.
+_EPOLL = getattr(select, "epoll", ()) if hasattr(_native, "EpollProxy") else ()
 _guarded_classes: dict[type, type] = {}
 
 

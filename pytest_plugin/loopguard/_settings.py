@@ -499,7 +499,15 @@ def header_lines(
     )
     src = "" if s.threshold_source == "default" else f" (from {s.threshold_source})"
     lines = [f"loopguard: threshold {format_duration(s.threshold)}{src}, {how}"]
-    if state.reader_off is not None:
+    from . import _native
+
+    portable = _native.portable()
+    if portable is not None:
+        lines.append(
+            "loopguard: the GIL-free stack reader, system call names and CPU figures are off: "
+            f"{portable}; {_LATE_CAPTURE}"
+        )
+    elif state.reader_off is not None:
         lines.append(
             f"loopguard: the GIL-free stack reader is off: {state.reader_off}; {_LATE_CAPTURE}"
         )
@@ -511,10 +519,12 @@ def header_lines(
     if s.cpu_wait != "exclude":
         extra.append(f"waiting for a CPU counts toward blocks (from {s.cpu_wait_source})")
     elif not cpu_wait_known:
-        extra.append(
-            "waiting for a CPU counts toward blocks (this kernel does not report run-queue "
-            "time: no /proc/self/task/TID/schedstat)"
+        why = (
+            "not measured in this build"
+            if portable is not None
+            else "this kernel does not report run-queue time: no /proc/self/task/TID/schedstat"
         )
+        extra.append(f"waiting for a CPU counts toward blocks ({why})")
     if s.stack != "short":
         extra.append(f"{s.stack} stacks (from {s.stack_source})")
     if s.record_threshold is not None:

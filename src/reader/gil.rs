@@ -429,7 +429,7 @@ impl GilReader {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, linux_full))]
 mod tests {
     use super::*;
 
