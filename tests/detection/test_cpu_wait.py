@@ -8,6 +8,7 @@ import pytest
 
 pytestmark = [
     pytest.mark.single_version,
+    pytest.mark.linux_full,
     pytest.mark.skipif(
         not os.path.exists(f"/proc/self/task/{os.getpid()}/schedstat"),
         reason="this kernel does not report run-queue time",

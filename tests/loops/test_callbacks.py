@@ -43,6 +43,7 @@ def events_of(data, name):
     return [e for e in data["events"] if e["test"].endswith(name)]
 
 
+@pytest.mark.linux_full  # telling callbacks apart needs the GIL-free reader
 def test_many_short_callbacks_in_one_iteration_are_recorded_not_failed(report, inner):
     result, data = report
     result.assert_outcomes(passed=1, failed=1)
@@ -65,6 +66,7 @@ def test_many_short_callbacks_in_one_iteration_are_recorded_not_failed(report, i
     result.stdout.fnmatch_lines(["MEDIUM * recorded *(many callbacks) time.sleep(0.005)"])
 
 
+@pytest.mark.linux_full  # telling callbacks apart needs the GIL-free reader
 def test_one_callback_that_blocks_among_short_ones_fails_at_its_line(report, inner):
     result, data = report
     [ev] = events_of(data, "test_one_long_among_them")

@@ -18,6 +18,7 @@ from loopguard import _native
 
 pytestmark = [
     pytest.mark.interpreter,
+    pytest.mark.linux_full,
     pytest.mark.skipif(
         not sys.platform.startswith("linux")
         or hasattr(sys, "gettotalrefcount")
