@@ -144,6 +144,7 @@ def row(site: str) -> str:
     return f"*  failed  *{site} *"
 
 
+@pytest.mark.linux_full  # its offload_check() tests need the GIL reader
 def test_example_suite_fails_exactly_the_buggy_tests(pytester, monkeypatch):
     for var in ("LOOPGUARD_THRESHOLD", "LOOPGUARD_SAMPLER"):
         monkeypatch.delenv(var, raising=False)
