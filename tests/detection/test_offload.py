@@ -4,6 +4,9 @@ import pytest
 
 pytestmark = pytest.mark.single_version
 
+# offload_check() samples threads with the GIL reader, which the portable path does not have.
+pytestmark = pytest.mark.linux_full
+
 HEADER = """
 import asyncio, concurrent.futures, hashlib, threading, time
 import pytest

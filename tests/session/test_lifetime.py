@@ -30,6 +30,7 @@ async def test_sleepy():
     )
 
 
+@pytest.mark.linux_full  # the reader's own reasons, not the build's
 def test_native_sampler_required_but_unavailable_is_a_usage_error(inner, monkeypatch):
     monkeypatch.setenv("LOOPGUARD_DISABLE_VM_READV", "1")
     result = inner.run("def test_x():\n    pass\n", "--loopguard-sampler=native")
@@ -50,6 +51,7 @@ async def test_two():
 """
 
 
+@pytest.mark.linux_full  # the reader's own reasons, not the build's
 def test_an_unknown_python_says_why_in_the_header_and_once_in_the_summary(inner, monkeypatch):
     monkeypatch.setenv("LOOPGUARD_SIMULATE_PYTHON", "3.16")
     result = inner.run(BLOCKS_TWICE)
@@ -73,6 +75,7 @@ def test_an_unknown_python_says_why_in_the_header_and_once_in_the_summary(inner,
     ), summary
 
 
+@pytest.mark.linux_full  # the reader's own reasons, not the build's
 def test_a_denied_system_call_is_named_in_the_header(inner, monkeypatch):
     monkeypatch.setenv("LOOPGUARD_DISABLE_VM_READV", "1")
     result = inner.run("def test_x():\n    pass\n")
@@ -92,6 +95,7 @@ def test_choosing_the_gil_sampler_is_not_reported_as_a_fallback(inner):
     assert "reader is off" not in result.stdout.str()
 
 
+@pytest.mark.linux_full  # the reader's own reasons, not the build's
 def test_native_sampler_on_an_unknown_python_is_a_usage_error_naming_it(inner, monkeypatch):
     monkeypatch.setenv("LOOPGUARD_SIMULATE_PYTHON", "3.16")
     result = inner.run("def test_x():\n    pass\n", "--loopguard-sampler=native")

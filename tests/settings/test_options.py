@@ -161,6 +161,7 @@ def test_marker_is_registered_with_its_signature(pytester):
     )
 
 
+@pytest.mark.linux_full  # selects the GIL-free reader
 def test_the_command_line_sampler_beats_the_environment(pytester, inner, monkeypatch):
     monkeypatch.setenv("LOOPGUARD_SAMPLER", "gil")
     result = inner.run("def test_x():\n    pass\n", "--loopguard-sampler=native")
