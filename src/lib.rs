@@ -12,6 +12,7 @@ pub mod clock;
 pub mod context;
 pub mod epoll;
 pub mod event;
+pub mod native_stack;
 pub mod offload;
 pub mod pid;
 pub mod policy;
