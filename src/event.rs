@@ -72,8 +72,9 @@ pub struct Sample {
     pub callback_tag: Option<u64>,
     /// Index of the sample's entry in [`BlockEvent::callbacks`], once the block is finished.
     pub callback: Option<u32>,
-    /// The loop thread's native frames below its Python stack, when asked for (not compared
-    /// by [`Sample::same_content`]: a folded run keeps its first sample's).
+    /// The loop thread's native frames below its Python stack, when asked for. Only whether
+    /// there are any is compared by [`Sample::same_content`]: a folded run keeps its first
+    /// sample's.
     #[serde(flatten)]
     pub native: NativeStack,
 }
@@ -109,6 +110,7 @@ impl Sample {
             && self.running == other.running
             && self.callback_tag == other.callback_tag
             && self.callback == other.callback
+            && self.native.raw.is_some() == other.native.raw.is_some()
     }
 }
 

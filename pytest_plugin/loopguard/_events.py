@@ -14,7 +14,15 @@ from typing import Any, Optional
 
 from ._settings import format_duration
 
-__all__ = ["BlockEvent", "Callback", "Frame", "Sample", "format_events", "is_user_file"]
+__all__ = [
+    "BlockEvent",
+    "Callback",
+    "Frame",
+    "NativeFrame",
+    "Sample",
+    "format_events",
+    "is_user_file",
+]
 
 GC_REASON = "under the threshold without garbage collection (--loopguard-gc=include counts it)"
 """Why a block is recorded when it crossed the threshold only with garbage collection."""
@@ -45,6 +53,45 @@ class Frame:
 
 
 @dataclass(frozen=True)
+class NativeFrame:
+    """One native frame below the Python stack (``--loopguard-native=on``)."""
+
+    function: Optional[str]
+    """The function's name (``sqlite3_step``); ``None`` when no symbol covers the address."""
+    library: Optional[str]
+    """The file name of the library or executable (``libsqlite3.so.0``)."""
+    offset: int
+    """The address's offset in that library."""
+    file: Optional[str] = None
+    """Source file, where debug information exists."""
+    line: Optional[int] = None
+
+    @property
+    def name(self) -> str:
+        """``sqlite3_step (libsqlite3.so.0)``; ``libfoo.so+0x1a2b`` without a symbol."""
+        if self.function is None:
+            return f"{self.library or '?'}+{self.offset:#x}"
+        return f"{self.function} ({self.library})" if self.library else self.function
+
+    def __str__(self) -> str:
+        text = self.name
+        if self.file and self.line:
+            text += f" {os.path.basename(self.file)}:{self.line}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NativeFrame:
+        return cls(d["function"], d["library"], int(d["offset"]), d.get("file"), d.get("line"))
+
+
+def _native_frames(raw: Optional[list[dict[str, Any]]]) -> list[NativeFrame]:
+    return [NativeFrame.from_dict(f) for f in raw or []]
+
+
+@dataclass(frozen=True)
 class Sample:
     """One stack sample of a blocked loop thread."""
 
@@ -69,11 +116,17 @@ class Sample:
     """True when the kernel reported the loop thread on a CPU (running code, not waiting)."""
     callback: Optional[int] = None
     """Index in the event's ``callbacks`` of the callback this sample was taken in."""
+    native_stack: list[NativeFrame] = field(default_factory=list)
+    """The native frames below the innermost Python frame, innermost first
+    (``--loopguard-native=on``)."""
+    native_note: Optional[str] = None
+    """Why there are no native frames (or only the innermost one), when they were asked for."""
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["stack"] = [f.to_dict() for f in self.stack]
         d["gil_holder_stack"] = [f.to_dict() for f in self.gil_holder_stack]
+        d["native_stack"] = [f.to_dict() for f in self.native_stack]
         return d
 
     @classmethod
@@ -81,6 +134,7 @@ class Sample:
         d = dict(d)
         d["stack"] = [Frame.from_dict(f) for f in d["stack"]]
         d["gil_holder_stack"] = [Frame.from_dict(f) for f in d["gil_holder_stack"]]
+        d["native_stack"] = _native_frames(d.get("native_stack"))
         return cls(**d)
 
 
@@ -170,6 +224,11 @@ class BlockEvent:
     callbacks: list[Callback] = field(default_factory=list)
     """The callbacks the samples saw in the block's loop iteration, in order (empty when they
     cannot be told apart)."""
+    native_stack: list[NativeFrame] = field(default_factory=list)
+    """The native frames below the innermost frame of ``stack``, innermost first, in the sample
+    that shows ``site`` (``--loopguard-native=on``)."""
+    native_note: Optional[str] = None
+    """Why ``native_stack`` is empty or holds only the innermost frame, when it was asked for."""
 
     def crosses(
         self,
@@ -248,6 +307,7 @@ class BlockEvent:
         d["stack"] = [f.to_dict() for f in self.stack]
         d["gil_holder_stack"] = [f.to_dict() for f in self.gil_holder_stack]
         d["callbacks"] = [c.to_dict() for c in self.callbacks]
+        d["native_stack"] = [f.to_dict() for f in self.native_stack]
         for key in ("site", "innermost"):
             d[key] = d[key].to_dict() if d[key] is not None else None
         return d
@@ -260,6 +320,7 @@ class BlockEvent:
         d["stack"] = [Frame.from_dict(f) for f in d.get("stack", [])]
         d["gil_holder_stack"] = [Frame.from_dict(f) for f in d.get("gil_holder_stack", [])]
         d["callbacks"] = [Callback.from_dict(c) for c in d.get("callbacks", [])]
+        d["native_stack"] = _native_frames(d.get("native_stack"))
         for key in ("site", "innermost"):
             if d.get(key) is not None:
                 d[key] = Frame.from_dict(d[key])
@@ -328,6 +389,8 @@ def events_from_json(text: str) -> list[BlockEvent]:
                     syscall=s.get("syscall"),
                     running=bool(s.get("running")),
                     callback=s.get("callback"),
+                    native_stack=_native_frames(s.get("native_stack")),
+                    native_note=s.get("native_note"),
                 )
             )
         test, phase = _split_context(raw["context"])
@@ -522,6 +585,13 @@ def _analyse(ev: BlockEvent) -> None:
     ev.gil = s.gil
     ev.syscall = s.syscall
     ev.running = s.running
+    # Samples taken before the block reached the threshold have no native part.
+    native = next(
+        (x for x in ev.samples if x.native_stack and _site_of(_culprit(x)) == ev.site),
+        next((x for x in ev.samples if x.native_note and _site_of(_culprit(x)) == ev.site), s),
+    )
+    ev.native_stack = native.native_stack
+    ev.native_note = native.native_note
     if s.gil == "other" and s.gil_holder_ident is not None:
         # The loop thread could not run because another thread held the GIL.
         ev.starved = True
@@ -593,6 +663,7 @@ def format_event(
     if ev.stack:
         lines.append("  Python stack of the loop thread (most recent call last):")
         lines.extend(_stack_lines(ev.stack, full=full))
+        lines.extend(_native_lines(ev))
     detail = [f"loop thread {ev.thread_name!r}", _KIND_TEXT.get(ev.loop_kind, ev.loop_kind)]
     if ev.task_name:
         detail.append(f"task {ev.task_name!r}")
@@ -616,6 +687,17 @@ def format_event(
             when += " (read with the GIL: it may show where the loop was after the block)"
         detail.append(when)
     lines.append("  " + ", ".join(detail))
+    return lines
+
+
+def _native_lines(ev: BlockEvent) -> list[str]:
+    """The native frames under the innermost Python frame, most recent call last."""
+    lines = []
+    if ev.native_stack:
+        lines.append("      native frames below it (most recent call last):")
+        lines.extend(f"        {f}" for f in reversed(ev.native_stack))
+    if ev.native_note:
+        lines.append(f"      (native frames: {ev.native_note})")
     return lines
 
 

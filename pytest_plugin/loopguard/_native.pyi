@@ -16,6 +16,7 @@ __all__ = [
     "_gil_state_raw",
     "_gil_thread_ids",
     "_gil_threads",
+    "_native_stack_of",
     "_reader_code",
     "_reader_current_tstate",
     "_reader_layout",
@@ -29,12 +30,14 @@ __all__ = [
     "enable_raise",
     "flush",
     "is_running",
+    "native_stacks",
     "now_ns",
     "reader_unavailable",
     "register",
     "registered_loops",
     "sampler_name",
     "set_context",
+    "set_native_stacks",
     "set_threshold",
     "start",
     "stop",
@@ -67,6 +70,10 @@ def take(timeout_s: float) -> Optional[str]:
 
 def registered_loops() -> int: ...
 def now_ns() -> int: ...
+def set_native_stacks(on: bool) -> None:
+    """Native frames on or off for blocks detected from now on."""
+
+def native_stacks() -> bool: ...
 def enable_raise(exc_class: type[BaseException]) -> None: ...
 def disable_raise() -> None: ...
 
@@ -145,3 +152,5 @@ def _gil_sample(
 def _gil_threads() -> list[tuple[int, int, Optional[int]]]: ...
 def _gil_thread_ids(tstate: int) -> tuple[int, Optional[int]]: ...
 def _gil_reader_info() -> dict[str, Any]: ...
+def _native_stack_of(native_tid: int) -> tuple[list[dict[str, Any]], Optional[str]]:
+    """The native stack of a thread now, resolved and folded, and the note on it."""

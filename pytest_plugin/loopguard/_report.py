@@ -89,6 +89,10 @@ def _operation(v: Verdict) -> str:
 
 def _plain_operation(v: Verdict) -> str:
     ev = v.event
+    if ev.native_stack:
+        # The C function the call blocked in, under the Python frame that made the call.
+        native = ev.native_stack[0].name
+        return native if ev.innermost is None else f"{_short(ev.innermost)} → {native}"
     if ev.innermost is not None:
         return _short(ev.innermost)
     if ev.site is not None and ev.site.source:
@@ -226,6 +230,8 @@ def event_data(v: Verdict, root: Path) -> dict[str, Any]:
         "cause": ev.cause,
         "hint": ev.hint,
         "cpu_wait_ms": _ms(ev.cpu_wait),
+        "native_stack": [f.to_dict() for f in ev.native_stack],
+        "native_note": ev.native_note,
         "callbacks": [
             {
                 "first_ms": _ms(c.first),

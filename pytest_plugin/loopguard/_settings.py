@@ -27,6 +27,8 @@ CPU_WAIT_CHOICES = ("exclude", "include")
 """Whether time the loop thread waited for a CPU counts toward a block's judgement."""
 """What a block over the threshold does: fail the test (raise: also raise in the blocked code),
 warn, or only record it."""
+NATIVE_CHOICES = ("off", "on")
+"""Whether a block's report shows the native frames below the Python frame that made a C call."""
 STACK_CHOICES = ("short", "full")
 """How a report prints a stack: library frames between project frames folded, or every frame."""
 

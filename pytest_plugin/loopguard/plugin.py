@@ -46,6 +46,7 @@ from ._settings import (
     DURATION_HELP,
     GC_CHOICES,
     MODES,
+    NATIVE_CHOICES,
     STACK_CHOICES,
     SettingError,
     format_duration,
@@ -110,18 +111,23 @@ STACK_HELP = (
     "how failure reports print stacks: short (the default) folds library frames between "
     "project frames into one line naming their packages; full prints every frame (as -vv does)"
 )
+NATIVE_HELP = (
+    "also record the native frames below the Python frame that made a C call (a sqlite3 query, "
+    "zlib, a regex, a C extension), read once a block is detected: off (the default) or on"
+)
 SAMPLERS = ("auto", "native", "gil")
 MARKER = (
-    "loopguard(threshold=None, enabled=True, mode=None, allow=(), max_lag=None): fail the test "
+    "loopguard(threshold=None, enabled=True, mode=None, allow=(), max_lag=None, native=None): "
+    "fail the test "
     "if an event "
     "loop is blocked for longer than threshold (e.g. '50ms', 0.05); enabled=False turns "
     "loopguard off for the test; mode='fail'|'raise'|'warn'|'record' overrides "
     "--loopguard-mode ('raise' raises LoopBlockedError at the blocking line); "
     "allow=[patterns] allows blocks at call sites such as 'mypkg.startup:load_model' or "
     "'app/config.py'; max_lag='100ms' fails the test if its loop lag (how late a timer every "
-    "10 ms runs) exceeds it"
+    "10 ms runs) exceeds it; native='on'|'off' overrides --loopguard-native"
 )
-_MARKER_ARGS = {"threshold", "enabled", "mode", "allow", "max_lag"}
+_MARKER_ARGS = {"threshold", "enabled", "mode", "allow", "max_lag", "native"}
 
 
 @dataclass
@@ -137,6 +143,8 @@ class _Settings:
     cpu_wait_source: str = "default"
     stack: str = "short"
     stack_source: str = "default"
+    native: str = "off"
+    native_source: str = "default"
     record_threshold: Optional[float] = None
     json_path: Optional[Path] = None
     baseline_path: Optional[Path] = None
@@ -160,6 +168,7 @@ class _Settings:
             "mode": self.mode,
             "gc": self.gc,
             "cpu_wait": self.cpu_wait,
+            "native": self.native,
             "sampler": self.sampler,
             "allow": [p.text for p in self.allow],
             "scan": list(self.scan),
@@ -178,6 +187,7 @@ class _TestSettings:
     mode: str
     allow: tuple[AllowPattern, ...] = ()
     max_lag: Optional[float] = None
+    native: str = "off"
 
     def floor(self, settings: _Settings) -> float:
         """The shortest block worth keeping for this test."""
@@ -195,6 +205,7 @@ class _TestState:
         "item",
         "max_lag",
         "mode",
+        "native",
         "phase",
         "phase_start_ns",
         "test_start_ns",
@@ -209,6 +220,7 @@ class _TestState:
         self.mode = settings.mode
         self.allow = settings.allow
         self.max_lag = settings.max_lag
+        self.native = settings.native
         self.verdicts: dict[str, list[Verdict]] = {}
         self.phase = "setup"
         self.phase_start_ns = 0
@@ -257,6 +269,7 @@ _VALUE_OPTIONS = (
     ("gc", "exclude|include", GC_HELP, True),
     ("cpu_wait", "exclude|include", CPU_WAIT_HELP, True),
     ("stack", "short|full", STACK_HELP, True),
+    ("native", "off|on", NATIVE_HELP, True),
     ("sampler", "KIND", SAMPLER_HELP, False),
     ("json", "PATH", JSON_HELP, True),
     ("baseline", "PATH", BASELINE_HELP, True),
@@ -359,6 +372,12 @@ def _settings(config: pytest.Config) -> tuple[_Settings, Judge]:
         value, name, where = picked
         s.stack, s.stack_source = parse_choice(value, STACK_CHOICES, name=name, source=where), name
 
+    picked = _pick(config, "native")
+    if picked is not None:
+        value, name, where = picked
+        s.native = parse_choice(value, NATIVE_CHOICES, name=name, source=where)
+        s.native_source = name
+
     picked = _pick(config, "record_threshold")
     if picked is not None:
         value, name, where = picked
@@ -427,7 +446,10 @@ def pytest_configure(config: pytest.Config) -> None:
         token = runtime.acquire(settings.floor(settings.threshold), settings.sampler)
     except RuntimeError as e:
         raise pytest.UsageError(f"loopguard: cannot start the watchdog: {e}") from None
-    default = _TestSettings(threshold=settings.threshold, enabled=True, mode=settings.mode)
+    _native.set_native_stacks(settings.native == "on")
+    default = _TestSettings(
+        threshold=settings.threshold, enabled=True, mode=settings.mode, native=settings.native
+    )
     state = config.stash[_state_key] = _State(
         settings=settings, token=token, judge=judge, default=default
     )
@@ -443,6 +465,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         if xdist_plugin is not None:
             config.pluginmanager.unregister(xdist_plugin)
         runtime.release(state.token)
+        _native.set_native_stacks(False)
         del config.stash[_state_key]
 
 
@@ -451,6 +474,13 @@ def _reader_off(settings: _Settings) -> Optional[str]:
     if runtime.sampler in ("native", None) or settings.sampler == "gil":
         return None
     return _native.reader_unavailable() or "it could not start"
+
+
+def _native_off(settings: _Settings) -> Optional[str]:
+    """Why native frames cannot be read here although asked for."""
+    if runtime.sampler != "native":
+        return "they need the GIL-free stack reader, which is off"
+    return None
 
 
 _LATE_CAPTURE = (
@@ -488,6 +518,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             "waiting for a CPU counts toward blocks (this kernel does not report run-queue "
             "time: no /proc/self/task/TID/schedstat)"
         )
+    if s.native != "off":
+        why = _native_off(s)
+        extra.append(
+            f"native frames (from {s.native_source})" if why is None else f"no native frames: {why}"
+        )
     if s.stack != "short":
         extra.append(f"{s.stack} stacks (from {s.stack_source})")
     if s.record_threshold is not None:
@@ -515,6 +550,7 @@ def _marker_settings(item: pytest.Item, state: _State) -> _TestSettings:
         return state.default
     d = state.default
     threshold, enabled, mode, max_lag = d.threshold, d.enabled, d.mode, d.max_lag
+    native = d.native
     where = f"@pytest.mark.loopguard on {item.nodeid}"
     allow: list[AllowPattern] = []
     # Closest marker wins: iter_markers yields the function's own first.
@@ -536,6 +572,8 @@ def _marker_settings(item: pytest.Item, state: _State) -> _TestSettings:
                 threshold = parse_duration(mark.kwargs["threshold"], name="threshold", source=where)
             if "mode" in mark.kwargs:
                 mode = parse_choice(mark.kwargs["mode"], MODES, name="mode", source=where)
+            if "native" in mark.kwargs:
+                native = _native_arg(mark.kwargs["native"], where)
             if "max_lag" in mark.kwargs:
                 max_lag = parse_duration(mark.kwargs["max_lag"], name="max_lag", source=where)
             if "allow" in mark.kwargs:
@@ -557,7 +595,14 @@ def _marker_settings(item: pytest.Item, state: _State) -> _TestSettings:
                     f"{where}); expected True or False"
                 )
             enabled = value
-    return _TestSettings(threshold, enabled, mode, tuple(allow), max_lag)
+    return _TestSettings(threshold, enabled, mode, tuple(allow), max_lag, native)
+
+
+def _native_arg(value: object, where: str) -> str:
+    """The marker's ``native``: ``"on"``/``"off"`` or a bool."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return parse_choice(value, NATIVE_CHOICES, name="native", source=where)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -611,6 +656,7 @@ def _enter_phase(item: pytest.Item, phase: str) -> Optional[tuple[_State, _TestS
         runtime.lag_probing = ts.enabled and ts.max_lag is not None
         runtime.update(state.token, state.settings.floor(ts.threshold))
         runtime.set_raise(state.token, ts.enabled and ts.mode == "raise")
+        _native.set_native_stacks(ts.enabled and ts.native == "on")
         runtime.check_imports()
     runtime.set_context(make_context(item.nodeid, phase))
     return found

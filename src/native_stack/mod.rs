@@ -105,21 +105,23 @@ pub struct NativeStack {
 /// Takes the native stack of the thread `tid` (a kernel thread id of this process), as
 /// described in the module docs. Call only on the watchdog thread, while the thread is blocked.
 pub fn capture(tid: i64) -> RawStack {
-    match signal::Thread::read(tid) {
-        Err(why) => RawStack {
-            ips: Vec::new(),
-            note: Some(why),
-        },
+    let from_kernel = |why: String| match signal::Thread::read(tid) {
         Ok(signal::Thread::InKernel { pc }) => RawStack {
             ips: pc.into_iter().collect(),
             note: Some(IN_KERNEL.into()),
         },
+        _ => RawStack {
+            ips: Vec::new(),
+            note: Some(why),
+        },
+    };
+    match signal::Thread::read(tid) {
+        Err(why) => from_kernel(why),
+        Ok(signal::Thread::InKernel { .. }) => from_kernel(IN_KERNEL.into()),
         Ok(signal::Thread::Running) => match signal::capture(tid) {
             Ok(ips) => RawStack { ips, note: None },
-            Err(why) => RawStack {
-                ips: Vec::new(),
-                note: Some(why),
-            },
+            // It went (back) into the kernel: where it is there is still worth naming.
+            Err(why) => from_kernel(why),
         },
     }
 }

@@ -101,6 +101,20 @@ impl Thread {
     }
 }
 
+/// The thread's count of voluntary context switches (each time it slept: a blocking system
+/// call, a lock) from `/proc/.../status` text.
+pub fn voluntary_switches(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// How long a thread must have run without sleeping before it is signalled.
+pub const SETTLED: Duration = Duration::from_millis(1);
+
 /// True when `signal` is in the blocked mask of `/proc/.../status` text.
 pub fn blocks(status: &str, signal: i32) -> Option<bool> {
     let mask = status
@@ -257,6 +271,10 @@ fn install() -> Result<i32, String> {
     Err("native frames are read on Linux x86-64 and aarch64 only".into())
 }
 
+/// Why a thread that sleeps now and then is not signalled.
+pub const SLEEPING: &str = "the thread was making system calls that wait: the native frames \
+     are not read (a signal could interrupt such a call)";
+
 /// Takes the native stack of the running thread `tid` with a signal (see the module docs).
 /// Returns the addresses, innermost first.
 ///
@@ -274,13 +292,25 @@ pub fn capture(tid: i64) -> Result<Vec<usize>, String> {
     if disposition(sig) != Some(handler_address()) {
         return Err("another library took over loopguard's signal".into());
     }
-    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
-        .map_err(|e| format!("cannot read the thread's status from /proc: {e}"))?;
-    if blocks(&status, sig) != Some(false) {
+    let status = || {
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
+            .map_err(|e| format!("cannot read the thread's status from /proc: {e}"))
+    };
+    // A thread that slept in the last `SETTLED` (a system call that waited, a lock) may be about
+    // to sleep again, and a signal that lands in such a call makes it fail with EINTR: only a
+    // thread that kept running (a regex, a compression, a query plan) is signalled. What is left
+    // is a thread whose long stretch of running ends in the microseconds between the last look
+    // below and the signal.
+    let before = voluntary_switches(&status()?);
+    std::thread::sleep(SETTLED);
+    let now = status()?;
+    if blocks(&now, sig) != Some(false) {
         return Err("the thread blocks signals".into());
     }
-    // The last look before the signal: a thread that entered a system call meanwhile is left
-    // alone (the window left is the few microseconds from here to the signal).
+    if before.is_none() || voluntary_switches(&now) != before {
+        return Err(SLEEPING.into());
+    }
+    // The last look before the signal.
     if Thread::read(tid)? != Thread::Running {
         return Err(super::IN_KERNEL.into());
     }
@@ -374,6 +404,8 @@ mod tests {
         assert_eq!(blocks(status, 35), Some(true));
         assert_eq!(blocks(status, 36), Some(false));
         assert_eq!(blocks("Name:\tx\n", 35), None);
+        let status = "voluntary_ctxt_switches:\t152\nnonvoluntary_ctxt_switches:\t3\n";
+        assert_eq!(voluntary_switches(status), Some(152));
     }
 
     #[test]
@@ -400,7 +432,7 @@ mod tests {
                     got = Some(ips);
                     break;
                 }
-                Err(e) if e == super::super::IN_KERNEL => {}
+                Err(e) if e == super::super::IN_KERNEL || e == SLEEPING => {}
                 Err(e) => panic!("{e}"),
             }
             std::thread::sleep(Duration::from_millis(5));
