@@ -72,9 +72,8 @@ pub struct Sample {
     pub callback_tag: Option<u64>,
     /// Index of the sample's entry in [`BlockEvent::callbacks`], once the block is finished.
     pub callback: Option<u32>,
-    /// The loop thread's native frames below its Python stack, when asked for. Only whether
-    /// there are any is compared by [`Sample::same_content`]: a folded run keeps its first
-    /// sample's.
+    /// The loop thread's native frames below its Python stack, when asked for (compared by
+    /// [`Sample::same_content`] without the exact instruction: see `NativeStack::same_calls`).
     #[serde(flatten)]
     pub native: NativeStack,
 }
@@ -110,7 +109,7 @@ impl Sample {
             && self.running == other.running
             && self.callback_tag == other.callback_tag
             && self.callback == other.callback
-            && self.native.raw.is_some() == other.native.raw.is_some()
+            && self.native.same_calls(&other.native)
     }
 }
 

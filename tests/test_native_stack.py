@@ -16,9 +16,7 @@ import pytest
 def run(pytester, source, *args):
     pytester.makeini(INI)
     pytester.makepyfile(test_it=HEADER + source)
-    return pytester.runpytest_subprocess(
-        "-p", "loopguard", "--loopguard-json=report.json", *args
-    )
+    return pytester.runpytest_subprocess("-p", "loopguard", "--loopguard-json=report.json", *args)
 
 
 def native_names(pytester):
@@ -60,7 +58,7 @@ def test_a_sqlite3_query_shows_sqlite3_step(pytester):
     assert names.index("sqlite3_step") < libraries.index(libraries[-1]), names
     result.stdout.fnmatch_lines(
         [
-            "*).fetchone()  # the query",
+            "*con.execute(",
             "      native frames below it (most recent call last):",
             "        * (_sqlite3*",
             "        sqlite3_step (libsqlite3.so*",

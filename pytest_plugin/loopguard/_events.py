@@ -585,11 +585,7 @@ def _analyse(ev: BlockEvent) -> None:
     ev.gil = s.gil
     ev.syscall = s.syscall
     ev.running = s.running
-    # Samples taken before the block reached the threshold have no native part.
-    native = next(
-        (x for x in ev.samples if x.native_stack and _site_of(_culprit(x)) == ev.site),
-        next((x for x in ev.samples if x.native_note and _site_of(_culprit(x)) == ev.site), s),
-    )
+    native = _native_sample(ev.samples, ev.site) or s
     ev.native_stack = native.native_stack
     ev.native_note = native.native_note
     if s.gil == "other" and s.gil_holder_ident is not None:
@@ -600,6 +596,29 @@ def _analyse(ev: BlockEvent) -> None:
     shown = _culprit(s)
     if shown and shown[-1] != ev.site:
         ev.innermost = shown[-1]
+
+
+def _native_sample(samples: list[Sample], site: Optional[Frame]) -> Optional[Sample]:
+    """The sample at ``site`` whose native stack to show: of those that have one (samples taken
+    before the block reached the threshold have none), the first that blocked in the native
+    function seen most often; else the first with a note on why there is none."""
+    at_site = [x for x in samples if _site_of(_culprit(x)) == site]
+    counts: Counter[str] = Counter()
+    for x in at_site:
+        if x.native_stack:
+            counts[blocking_native(x.native_stack).name] += x.count
+    if counts:
+        top = max(counts, key=lambda name: counts[name])  # first-seen wins ties
+        return next(
+            x for x in at_site if x.native_stack and blocking_native(x.native_stack).name == top
+        )
+    return next((x for x in at_site if x.native_note), None)
+
+
+def blocking_native(stack: list[NativeFrame]) -> NativeFrame:
+    """The native function a stack blocked in: its innermost frame with a name (inner frames
+    without one are a library's internal functions)."""
+    return next((f for f in stack if f.function is not None), stack[0])
 
 
 # --- report text ---------------------------------------------------------------------------

@@ -152,5 +152,8 @@ def _gil_sample(
 def _gil_threads() -> list[tuple[int, int, Optional[int]]]: ...
 def _gil_thread_ids(tstate: int) -> tuple[int, Optional[int]]: ...
 def _gil_reader_info() -> dict[str, Any]: ...
-def _native_stack_of(native_tid: int) -> tuple[list[dict[str, Any]], Optional[str]]:
-    """The native stack of a thread now, resolved and folded, and the note on it."""
+def _native_stack_of(
+    native_tid: int, resolve: bool = True
+) -> tuple[list[dict[str, Any]], Optional[str], int]:
+    """The native stack of a thread now (resolved and folded), the note on it, and how many
+    addresses were taken."""

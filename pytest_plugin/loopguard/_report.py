@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ._events import Frame
+from ._events import Frame, blocking_native
 from ._judge import OUTCOMES, SEVERITIES, Verdict, relative_path
 from ._settings import SettingError, format_duration
 
@@ -91,7 +91,7 @@ def _plain_operation(v: Verdict) -> str:
     ev = v.event
     if ev.native_stack:
         # The C function the call blocked in, under the Python frame that made the call.
-        native = ev.native_stack[0].name
+        native = blocking_native(ev.native_stack).name
         return native if ev.innermost is None else f"{_short(ev.innermost)} → {native}"
     if ev.innermost is not None:
         return _short(ev.innermost)

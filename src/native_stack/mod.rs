@@ -102,6 +102,18 @@ pub struct NativeStack {
     pub native_note: Option<String>,
 }
 
+impl NativeStack {
+    /// True when both were taken, or neither, and show the same chain of calls (the return
+    /// addresses: the exact instruction differs from one sample of a loop to the next).
+    pub fn same_calls(&self, other: &NativeStack) -> bool {
+        match (&self.raw, &other.raw) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.ips.get(1..) == b.ips.get(1..) && a.note == b.note,
+            _ => false,
+        }
+    }
+}
+
 /// Takes the native stack of the thread `tid` (a kernel thread id of this process), as
 /// described in the module docs. Call only on the watchdog thread, while the thread is blocked.
 pub fn capture(tid: i64) -> RawStack {
@@ -304,6 +316,21 @@ mod tests {
     fn a_stack_without_the_eval_loop_is_cut_to_a_bounded_length() {
         let stack = (0..100).map(|i| f(&format!("f{i}"), "lib.so")).collect();
         assert_eq!(fold(stack).len(), MAX_SHOWN);
+    }
+
+    #[test]
+    fn samples_in_the_same_calls_are_the_same_whatever_the_instruction() {
+        let stack = |ips: &[usize]| NativeStack {
+            raw: Some(RawStack {
+                ips: ips.to_vec(),
+                note: None,
+            }),
+            ..NativeStack::default()
+        };
+        assert!(stack(&[10, 20, 30]).same_calls(&stack(&[11, 20, 30])));
+        assert!(!stack(&[10, 20, 30]).same_calls(&stack(&[10, 21, 30])));
+        assert!(!stack(&[10, 20]).same_calls(&NativeStack::default()));
+        assert!(NativeStack::default().same_calls(&NativeStack::default()));
     }
 
     #[test]

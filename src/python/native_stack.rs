@@ -19,17 +19,28 @@ fn native_stacks() -> bool {
 }
 
 /// Takes the native stack of thread `native_tid` now, as the watchdog does for a blocked loop,
-/// and resolves it: `(frames, note)`, each frame a dict like the JSON report's. For tests and
-/// benchmarks; the GIL is released throughout.
+/// and (with `resolve`) names and folds it: `(frames, note, addresses taken)`, each frame a dict
+/// like the JSON report's. For tests and benchmarks; the GIL is released throughout.
 #[pyfunction]
-fn _native_stack_of(py: Python<'_>, native_tid: i64) -> PyResult<(Vec<Py<PyAny>>, Option<String>)> {
-    let mut stack = py.detach(|| {
+#[pyo3(signature = (native_tid, resolve=true))]
+#[allow(clippy::type_complexity)]
+fn _native_stack_of(
+    py: Python<'_>,
+    native_tid: i64,
+    resolve: bool,
+) -> PyResult<(Vec<Py<PyAny>>, Option<String>, usize)> {
+    let (mut stack, taken) = py.detach(|| {
+        let raw = native_stack::capture(native_tid);
+        let taken = raw.ips.len();
         let mut s = NativeStack {
-            raw: Some(native_stack::capture(native_tid)),
+            native_note: raw.note.clone(),
+            raw: Some(raw),
             ..NativeStack::default()
         };
-        native_stack::resolve([&mut s]);
-        s
+        if resolve {
+            native_stack::resolve([&mut s]);
+        }
+        (s, taken)
     });
     let frames = stack
         .native_stack
@@ -44,7 +55,7 @@ fn _native_stack_of(py: Python<'_>, native_tid: i64) -> PyResult<(Vec<Py<PyAny>>
             Ok(d.into_any().unbind())
         })
         .collect::<PyResult<Vec<_>>>()?;
-    Ok((frames, stack.native_note))
+    Ok((frames, stack.native_note, taken))
 }
 
 pub fn add_to_module(m: &Bound<'_, PyModule>) -> PyResult<()> {

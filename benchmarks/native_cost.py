@@ -1,0 +1,163 @@
+"""What ``--loopguard-native=on`` costs: per capture, and for a loop that never blocks.
+
+1. Per capture, on a worker thread stuck in a catastrophic regex (C code, running):
+
+   * "python only": the watchdog's Python stack sample (``_native._reader_sample``);
+   * "native, taken": the native stack taken (a 1 ms look at whether the thread keeps running,
+     then a signal; the handler walks the stack into preallocated storage);
+   * "native, named": the same, then named and folded (done once per block, when it ends; the
+     first one loads the libraries' symbol tables);
+
+   and the time the worker itself loses to the handler: its regex, run for a fixed amount of
+   work, with a capture every 20 ms vs none (thread CPU time).
+
+2. A loop that never blocks, under ``loopguard.guard()``, with native frames on vs off:
+   callbacks per second, and whether a signal handler was installed (``SigCgt`` of
+   ``/proc/self/status``). Nothing is done for native frames until a block is confirmed, so
+   the ratio is 1 within noise and no handler is installed.
+
+    python benchmarks/native_cost.py [--captures 200] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import statistics
+import sys
+import threading
+import time
+
+import loopguard
+from loopguard import _native
+
+PATTERN = re.compile(r"(a+)+$")
+
+
+def _caught_handlers() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("SigCgt:"):
+                return bin(int(line.split()[1], 16)).count("1")
+    return -1
+
+
+def _regex_worker(stop: threading.Event, box: dict) -> None:
+    box["tid"] = threading.get_native_id()
+    box["tstate"] = _native._reader_current_tstate()
+    while not stop.is_set():
+        PATTERN.match("a" * 26 + "b")  # seconds per call: always inside the regex engine
+
+
+def _per_capture(n: int) -> dict[str, list[float]]:
+    stop, box = threading.Event(), {}
+    t = threading.Thread(target=_regex_worker, args=(stop, box), daemon=True)
+    t.start()
+    while "tid" not in box:
+        time.sleep(0.001)
+    time.sleep(0.05)
+    out: dict[str, list[float]] = {"python only": [], "native, taken": [], "native, named": []}
+    notes: dict[str, int] = {}
+    try:
+        for i in range(n):
+            t0 = time.perf_counter()
+            json.loads(_native._reader_sample(box["tstate"], t.ident or 0, 0.0))
+            t1 = time.perf_counter()
+            _, note, taken = _native._native_stack_of(box["tid"], resolve=False)
+            t2 = time.perf_counter()
+            _native._native_stack_of(box["tid"], resolve=True)
+            t3 = time.perf_counter()
+            if i == 0:
+                out["first named"] = [t3 - t2]
+            out["python only"].append(t1 - t0)
+            out["native, taken"].append(t2 - t1)
+            out["native, named"].append(t3 - t2)
+            key = note or f"{taken} addresses"
+            notes[key] = notes.get(key, 0) + 1
+            time.sleep(0.005)
+    finally:
+        stop.set()
+    print("  outcomes:", ", ".join(f"{k}: {v}" for k, v in sorted(notes.items())))
+    return out
+
+
+def _work_with_captures(capture_every: float | None) -> float:
+    """Thread CPU seconds of a fixed regex run on a worker, captured every ``capture_every``."""
+    box: dict = {}
+    done = threading.Event()
+
+    def worker() -> None:
+        box["tid"] = threading.get_native_id()
+        t0 = time.thread_time()
+        for _ in range(3):
+            PATTERN.match("a" * 22 + "b")
+        box["cpu"] = time.thread_time() - t0
+        done.set()
+
+    t = threading.Thread(target=worker)
+    t.start()
+    while "tid" not in box:
+        time.sleep(0.001)
+    while capture_every is not None and not done.wait(capture_every):
+        _native._native_stack_of(box["tid"], resolve=False)
+    t.join()
+    return box["cpu"]
+
+
+def _loop_rate(native: bool, seconds: float = 1.0) -> float:
+    _native.set_native_stacks(native)
+
+    async def spin() -> int:
+        n = 0
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            await asyncio.sleep(0)
+            n += 1
+        return n
+
+    try:
+        with loopguard.guard(threshold="100ms"):
+            n = asyncio.run(spin())
+    finally:
+        _native.set_native_stacks(False)
+    return n / seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--captures", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    print(f"Python {sys.version.split()[0]}")
+
+    handlers_before = _caught_handlers()
+    print("\n2. a loop that never blocks (callbacks per second, median of rounds)")
+    off, on = [], []
+    for _ in range(args.rounds):
+        off.append(_loop_rate(False))
+        on.append(_loop_rate(True))
+    m_off, m_on = statistics.median(off), statistics.median(on)
+    print(f"  native off: {m_off:,.0f}/s   native on: {m_on:,.0f}/s   on/off {m_on / m_off:.3f}")
+    print(f"  signal handlers installed by it: {_caught_handlers() - handlers_before}")
+
+    print(f"\n1. per capture, worker in a regex ({args.captures} captures)")
+    costs = _per_capture(args.captures)
+    for name, xs in costs.items():
+        xs = sorted(xs)
+        p99 = xs[min(len(xs) - 1, int(len(xs) * 0.99))]
+        print(
+            f"  {name:<14} median {statistics.median(xs) * 1e3:8.3f} ms   p99 {p99 * 1e3:8.3f} ms"
+        )
+    base = statistics.median(_work_with_captures(None) for _ in range(args.rounds))
+    taxed = statistics.median(_work_with_captures(0.02) for _ in range(args.rounds))
+    print(
+        f"  worker CPU for a fixed regex: {base * 1e3:.0f} ms alone, {taxed * 1e3:.0f} ms with a "
+        f"capture every 20 ms (ratio {taxed / base:.3f})"
+    )
+    print(f"  signal handlers installed now: {_caught_handlers() - handlers_before}")
+
+
+if __name__ == "__main__":
+    main()
