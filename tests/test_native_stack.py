@@ -212,7 +212,8 @@ def test_repeated_captures_change_nothing_for_the_code_under_test(pytester):
     result = run(
         pytester,
         f"""
-import ctypes, hashlib, select, socket, threading
+import ctypes, hashlib, socket, threading
+from loopguard import _native
 
 LIBC = ctypes.CDLL(None, use_errno=True)
 
@@ -277,6 +278,9 @@ async def test_stress():
         os.close(r); os.close(w)
     assert not errors, errors
     assert rounds >= 3
+    # A call the signal interrupts is restarted in the handler; none may be left failed.
+    restarted, lost = _native._native_interrupted_calls()
+    assert lost == 0, (restarted, lost)
 """,
         "--loopguard-native=on",
         "--loopguard-threshold=20ms",

@@ -16,6 +16,7 @@ __all__ = [
     "_gil_state_raw",
     "_gil_thread_ids",
     "_gil_threads",
+    "_native_interrupted_calls",
     "_native_stack_of",
     "_reader_code",
     "_reader_current_tstate",
@@ -157,3 +158,5 @@ def _native_stack_of(
 ) -> tuple[list[dict[str, Any]], Optional[str], int]:
     """The native stack of a thread now (resolved and folded), the note on it, and how many
     addresses were taken."""
+def _native_interrupted_calls() -> tuple[int, int]:
+    """System calls the native-frame signal interrupted: (restarted, not restarted)."""

@@ -59,6 +59,19 @@ static SLOT: Slot = Slot {
 /// The signal in use (0 until installed), and why capture is off for good, if it is.
 static SIGNAL: AtomicU64 = AtomicU64::new(0);
 static BROKEN: AtomicBool = AtomicBool::new(false);
+/// System calls the handler found interrupted by its signal and restarted, and those it could
+/// not restart (see `repair`).
+static RESTARTED: AtomicU64 = AtomicU64::new(0);
+static LOST: AtomicU64 = AtomicU64::new(0);
+
+/// `(restarted, not restarted)`: how many system calls loopguard's signal interrupted in this
+/// process (see `repair`).
+pub fn interrupted_calls() -> (u64, u64) {
+    (
+        RESTARTED.load(Ordering::Relaxed),
+        LOST.load(Ordering::Relaxed),
+    )
+}
 static INSTALL: parking_lot::Mutex<Option<String>> = parking_lot::Mutex::new(None);
 
 fn pid() -> u64 {
@@ -148,6 +161,77 @@ unsafe fn interrupted_pc(ctx: *mut libc::c_void) -> usize {
     unsafe { (*uc).uc_mcontext.pc as usize }
 }
 
+/// Undoes the one harm the signal can do: a thread that entered a waiting system call in the
+/// microseconds between the watchdog's last look and the signal has that call interrupted, and
+/// calls such as `nanosleep`, `poll` or `epoll_wait` then return `EINTR` despite `SA_RESTART`.
+/// The handler sees it (the interrupted instruction follows a `syscall` instruction and the
+/// result is `-EINTR`) and restarts the call as the kernel does for `SA_RESTART` (back to the
+/// `syscall` instruction, the number back in `rax`; the arguments are still in their
+/// registers), when the number is known: glibc's wrappers load it just before
+/// (`mov $NR, %eax`). A timed wait restarts with its full timeout (`select`, `ppoll` and
+/// `pselect6` store the time left, so theirs is exact). Any other is counted in `LOST`, and
+/// capture is turned off for the process (see [`capture`]).
+///
+/// # Safety
+/// `ctx` must be the `ucontext_t` pointer the kernel passed to an `SA_SIGINFO` handler.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+unsafe fn repair(ctx: *mut libc::c_void) {
+    const SYSCALL: [u8; 2] = [0x0f, 0x05];
+    const MOV_EAX: u8 = 0xb8;
+    let uc = ctx.cast::<libc::ucontext_t>();
+    // SAFETY: the kernel's context stays valid and is ours to change during the handler (the
+    // registers are restored from it when the handler returns).
+    let gregs = unsafe { &mut (*uc).uc_mcontext.gregs };
+    if gregs[libc::REG_RAX as usize] != -i64::from(libc::EINTR) {
+        return;
+    }
+    let rip = gregs[libc::REG_RIP as usize] as usize;
+    // Only bytes in the page of the interrupted instruction, which is mapped and executable
+    // (so readable: glibc's text is r-x).
+    if rip < 7 || (rip - 7) / 4096 != rip / 4096 {
+        return;
+    }
+    // SAFETY: the 7 bytes before `rip` lie in `rip`'s page (checked above).
+    let code = unsafe { std::slice::from_raw_parts((rip - 7) as *const u8, 7) };
+    if code[5..] != SYSCALL {
+        return; // not back from a system call
+    }
+    if code[0] == MOV_EAX {
+        let nr = u32::from_le_bytes([code[1], code[2], code[3], code[4]]);
+        gregs[libc::REG_RAX as usize] = i64::from(nr);
+        gregs[libc::REG_RIP as usize] = (rip - 2) as i64;
+        RESTARTED.fetch_add(1, Ordering::Relaxed);
+    } else {
+        LOST.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// On aarch64 the call's first argument is overwritten by its result, so an interrupted call
+/// cannot be restarted: it is only counted (see the x86-64 version).
+///
+/// # Safety
+/// `ctx` must be the `ucontext_t` pointer the kernel passed to an `SA_SIGINFO` handler.
+#[cfg(all(target_os = "linux", target_arch = "aarch64"))]
+unsafe fn repair(ctx: *mut libc::c_void) {
+    const SVC_0: [u8; 4] = [0x01, 0x00, 0x00, 0xd4];
+    let uc = ctx.cast::<libc::ucontext_t>();
+    // SAFETY: the kernel's context stays valid during the handler.
+    let (x0, pc) = unsafe {
+        (
+            (*uc).uc_mcontext.regs[0] as i64,
+            (*uc).uc_mcontext.pc as usize,
+        )
+    };
+    if x0 != -i64::from(libc::EINTR) || pc < 4 || (pc - 4) / 4096 != pc / 4096 {
+        return;
+    }
+    // SAFETY: the 4 bytes before `pc` lie in `pc`'s page, which is mapped and executable.
+    let code = unsafe { std::slice::from_raw_parts((pc - 4) as *const u8, 4) };
+    if code == SVC_0 {
+        LOST.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 #[cfg(all(
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
@@ -195,6 +279,8 @@ extern "C" fn on_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mu
         SLOT.len.store(n, Ordering::Relaxed);
         SLOT.state.store((me << 2) | DONE, Ordering::Release);
     }
+    // SAFETY: the kernel passed `ctx` to this SA_SIGINFO handler.
+    unsafe { repair(ctx) };
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
 }
@@ -282,7 +368,11 @@ pub const SLEEPING: &str = "the thread was making system calls that wait: the na
 /// Why it could not (the reasons in the module docs), in words for a report.
 pub fn capture(tid: i64) -> Result<Vec<usize>, String> {
     if BROKEN.load(Ordering::Relaxed) {
-        return Err("turned off: an earlier capture did not finish".into());
+        return Err(
+            "turned off: an earlier capture did not finish, or interrupted a system call it \
+             could not restart"
+                .into(),
+        );
     }
     let sig = install()?;
     #[cfg(all(
@@ -338,6 +428,7 @@ pub fn capture(tid: i64) -> Result<Vec<usize>, String> {
             std::io::Error::last_os_error()
         ));
     }
+    let lost = LOST.load(Ordering::Relaxed);
     let start = Instant::now();
     loop {
         let phase = SLOT.state.load(Ordering::Acquire) & 3;
@@ -366,6 +457,9 @@ pub fn capture(tid: i64) -> Result<Vec<usize>, String> {
             return Err("the signal handler did not finish; native frames are off".into());
         }
         std::thread::sleep(Duration::from_micros(20));
+    }
+    if LOST.load(Ordering::Relaxed) != lost {
+        BROKEN.store(true, Ordering::Relaxed);
     }
     let n = SLOT.len.load(Ordering::Relaxed).min(MAX_FRAMES);
     let ips = SLOT.ips[..n]
@@ -406,6 +500,45 @@ mod tests {
         assert_eq!(blocks("Name:\tx\n", 35), None);
         let status = "voluntary_ctxt_switches:\t152\nnonvoluntary_ctxt_switches:\t3\n";
         assert_eq!(voluntary_switches(status), Some(152));
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn a_wait_the_signal_interrupts_is_restarted_not_failed() {
+        let sig = install().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sleeper = std::thread::spawn(move || {
+            // SAFETY: `gettid` has no preconditions.
+            tx.send(unsafe { libc::gettid() } as i64).unwrap();
+            let mut failed = 0;
+            for _ in 0..100 {
+                let ts = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 2_000_000,
+                };
+                // SAFETY: `ts` is a valid timespec; no remainder is asked for.
+                if unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) } != 0 {
+                    failed += 1;
+                }
+            }
+            failed
+        });
+        let tid = rx.recv().unwrap();
+        let before = interrupted_calls().0;
+        for _ in 0..60 {
+            // SAFETY: the handler is installed for `sig`; the thread exits only after its loop.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_tgkill,
+                    libc::c_long::from(crate::pid::pid() as i32),
+                    tid as libc::c_long,
+                    libc::c_long::from(sig),
+                )
+            };
+            std::thread::sleep(Duration::from_micros(2500));
+        }
+        assert_eq!(sleeper.join().unwrap(), 0);
+        assert!(interrupted_calls().0 > before);
     }
 
     #[test]

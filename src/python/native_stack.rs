@@ -58,7 +58,15 @@ fn _native_stack_of(
     Ok((frames, stack.native_note, taken))
 }
 
+/// `(restarted, not restarted)`: the system calls of this process that the capture's signal
+/// interrupted (see `native_stack::signal::repair`).
+#[pyfunction]
+fn _native_interrupted_calls() -> (u64, u64) {
+    native_stack::signal::interrupted_calls()
+}
+
 pub fn add_to_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_native_interrupted_calls, m)?)?;
     m.add_function(wrap_pyfunction!(set_native_stacks, m)?)?;
     m.add_function(wrap_pyfunction!(native_stacks, m)?)?;
     m.add_function(wrap_pyfunction!(_native_stack_of, m)?)
