@@ -132,10 +132,8 @@ async def test_regex():
         assert any("sre" in n.lower() for n in names), names
 
 
-def test_off_by_default_and_the_marker_turns_it_on(pytester):
-    result = run(
-        pytester,
-        """
+# Two compressions (each 0.3-2 s), one with a marker (its ``native=`` value to fill in).
+DEFAULT_AND_MARKED = """
 DATA = os.urandom(1 << 20) * 8
 
 @pytest.mark.asyncio
@@ -143,16 +141,23 @@ async def test_default():
     await asyncio.sleep(0)
     zlib.compress(DATA, 9)
 
-@pytest.mark.loopguard(native="on")
+@pytest.mark.loopguard(native=%s)
 @pytest.mark.asyncio
 async def test_marked():
     await asyncio.sleep(0)
     zlib.compress(DATA, 9)
-""",
-    )
-    result.assert_outcomes(failed=2)
+"""
+
+
+def by_test_name(pytester):
     report = json.loads((pytester.path / "report.json").read_text())
-    by_test = {ev["test"].rsplit("::", 1)[1]: ev for ev in report["events"]}
+    return report, {ev["test"].rsplit("::", 1)[1]: ev for ev in report["events"]}
+
+
+def test_off_by_default_and_the_marker_turns_it_on(pytester):
+    result = run(pytester, DEFAULT_AND_MARKED % '"on"')
+    result.assert_outcomes(failed=2)
+    report, by_test = by_test_name(pytester)
     assert by_test["test_default"]["native_stack"] == []
     assert by_test["test_default"]["native_note"] is None
     assert "deflate" in [f["function"] for f in by_test["test_marked"]["native_stack"]]
@@ -176,27 +181,9 @@ def test_an_invalid_value_is_a_usage_error_naming_it(pytester, monkeypatch, args
 
 def test_the_command_line_beats_the_environment_and_the_marker_beats_both(pytester, monkeypatch):
     monkeypatch.setenv("LOOPGUARD_NATIVE", "on")
-    result = run(
-        pytester,
-        """
-DATA = os.urandom(1 << 20) * 8
-
-@pytest.mark.asyncio
-async def test_default():
-    await asyncio.sleep(0)
-    zlib.compress(DATA, 9)
-
-@pytest.mark.loopguard(native=True)
-@pytest.mark.asyncio
-async def test_marked():
-    await asyncio.sleep(0)
-    zlib.compress(DATA, 9)
-""",
-        "--loopguard-native=off",
-    )
+    result = run(pytester, DEFAULT_AND_MARKED % "True", "--loopguard-native=off")
     result.assert_outcomes(failed=2)
-    report = json.loads((pytester.path / "report.json").read_text())
-    by_test = {ev["test"].rsplit("::", 1)[1]: ev for ev in report["events"]}
+    _, by_test = by_test_name(pytester)
     assert by_test["test_default"]["native_stack"] == []
     assert by_test["test_marked"]["native_stack"]
 

@@ -78,6 +78,32 @@ fn pid() -> u64 {
     u64::from(crate::pid::pid())
 }
 
+/// Moves the slot of process `me` from phase `from` to `to`; false when it was not in `from`.
+fn advance(me: u64, from: u64, to: u64) -> bool {
+    SLOT.state
+        .compare_exchange(
+            (me << 2) | from,
+            (me << 2) | to,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        )
+        .is_ok()
+}
+
+/// Sends `sig` to thread `tid` of this process; false when it could not.
+fn send(tid: i64, sig: i32) -> bool {
+    // SAFETY: tgkill only sends a signal; callers send only a signal our handler is installed
+    // for.
+    unsafe {
+        libc::syscall(
+            libc::SYS_tgkill,
+            libc::c_long::from(crate::pid::pid() as i32),
+            tid as libc::c_long,
+            libc::c_long::from(sig),
+        ) == 0
+    }
+}
+
 /// What the kernel says the thread is doing, for choosing how to read its stack.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Thread {
@@ -242,17 +268,7 @@ extern "C" fn on_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mu
     let errno = unsafe { *libc::__errno_location() };
     // SAFETY: `getpid` and `gettid` have no preconditions and are async-signal-safe.
     let (me, tid) = unsafe { (libc::getpid() as u64, libc::gettid() as u64) };
-    if SLOT.tid.load(Ordering::Acquire) == tid
-        && SLOT
-            .state
-            .compare_exchange(
-                (me << 2) | REQUESTED,
-                (me << 2) | WRITING,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
-            .is_ok()
-    {
+    if SLOT.tid.load(Ordering::Acquire) == tid && advance(me, REQUESTED, WRITING) {
         // SAFETY: the kernel passed `ctx` to this SA_SIGINFO handler.
         let pc = unsafe { interrupted_pc(ctx) };
         SLOT.ips[0].store(pc, Ordering::Relaxed);
@@ -412,15 +428,8 @@ pub fn capture(tid: i64) -> Result<Vec<usize>, String> {
     SLOT.len.store(0, Ordering::Relaxed);
     SLOT.tid.store(tid as u64, Ordering::Release);
     SLOT.state.store((me << 2) | REQUESTED, Ordering::Release);
-    // SAFETY: tgkill only sends a signal; our handler is installed for it (checked above).
-    let sent = unsafe {
-        libc::syscall(
-            libc::SYS_tgkill,
-            libc::c_long::from(crate::pid::pid() as i32),
-            tid as libc::c_long,
-            libc::c_long::from(sig),
-        )
-    } == 0;
+    // Our handler is installed for `sig` (checked above).
+    let sent = send(tid, sig);
     if !sent {
         SLOT.state.store((me << 2) | IDLE, Ordering::Release);
         return Err(format!(
@@ -438,16 +447,7 @@ pub fn capture(tid: i64) -> Result<Vec<usize>, String> {
         let waited = start.elapsed();
         if phase == REQUESTED && waited >= ANSWER {
             // Not started: take the request back, so a late signal does nothing.
-            if SLOT
-                .state
-                .compare_exchange(
-                    (me << 2) | REQUESTED,
-                    (me << 2) | IDLE,
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-            {
+            if advance(me, REQUESTED, IDLE) {
                 return Err("the thread did not take the signal in time".into());
             }
             continue;
@@ -526,15 +526,8 @@ mod tests {
         let tid = rx.recv().unwrap();
         let before = interrupted_calls().0;
         for _ in 0..60 {
-            // SAFETY: the handler is installed for `sig`; the thread exits only after its loop.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_tgkill,
-                    libc::c_long::from(crate::pid::pid() as i32),
-                    tid as libc::c_long,
-                    libc::c_long::from(sig),
-                )
-            };
+            // The handler is installed for `sig`; the thread exits only after its loop.
+            assert!(send(tid, sig));
             std::thread::sleep(Duration::from_micros(2500));
         }
         assert_eq!(sleeper.join().unwrap(), 0);
