@@ -1,4 +1,4 @@
-//! The pyo3 face of [`crate::native_stack`]: `loopguard._native.set_native_stacks` and a debug
+//! The pyo3 face of [`crate::native_stack`]: `loopguard._native.set_native_stacks` and debug
 //! entry point for tests and benchmarks.
 
 use pyo3::prelude::*;
