@@ -325,7 +325,10 @@ fn disposition(sig: i32) -> Option<usize> {
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 fn install() -> Result<i32, String> {
-    let mut failed = INSTALL.lock();
+    // Bounded: a child forked while another thread held the lock must not hang on it.
+    let Some(mut failed) = INSTALL.try_lock_for(Duration::from_millis(100)) else {
+        return Err("the signal handler's installation is stuck (a fork?)".into());
+    };
     if let Some(why) = failed.as_ref() {
         return Err(why.clone());
     }

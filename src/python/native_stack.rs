@@ -1,5 +1,5 @@
 //! The pyo3 face of [`crate::native_stack`]: `loopguard._native.set_native_stacks` and debug
-//! entry point for tests and benchmarks.
+//! entry points for tests and benchmarks.
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
