@@ -158,5 +158,6 @@ def _native_stack_of(
 ) -> tuple[list[dict[str, Any]], Optional[str], int]:
     """The native stack of a thread now (resolved and folded), the note on it, and how many
     addresses were taken."""
+
 def _native_interrupted_calls() -> tuple[int, int]:
     """System calls the native-frame signal interrupted: (restarted, not restarted)."""
