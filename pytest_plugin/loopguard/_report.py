@@ -8,6 +8,8 @@ import platform
 import sys
 import sysconfig
 import tempfile
+import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ __all__ = [
     "REPORT_VERSION",
     "annotations",
     "check_writable",
+    "fixed_lines",
     "hotspots",
     "report_data",
     "summary_lines",
@@ -51,6 +54,8 @@ class Hotspot:
     outcomes: Counter[str] = field(default_factory=Counter)
     where: list[tuple[str, str]] = field(default_factory=list)
     """``(test, phase)`` of each block, in order."""
+    worst: Optional[Verdict] = None
+    """The longest block at this site."""
 
     def outcome_text(self) -> str:
         if len(self.outcomes) == 1:
@@ -112,6 +117,8 @@ def hotspots(verdicts: list[Verdict]) -> list[Hotspot]:
             site = str(ev.site) if ev.site else "(ended before its stack was sampled)"
             spot = spots[key] = Hotspot(site=site, operation=_operation(v))
         spot.count += 1
+        if spot.worst is None or ev.duration > spot.worst.event.duration:
+            spot.worst = v
         spot.max = max(spot.max, ev.duration)
         spot.total += ev.duration
         if v.test:  # "" for a block that began outside any test
@@ -180,6 +187,16 @@ def summary_lines(
     return out
 
 
+def fixed_lines(fixed: list[tuple[str, str]]) -> list[str]:
+    """The baseline's call sites that did not block, under the hotspot table."""
+    n = len(fixed)
+    head = (
+        f"{n} call site{'s' * (n != 1)} of the baseline did not block in this run (fixed? "
+        "shrink the file with --loopguard-baseline-update):"
+    )
+    return [head, *(f"    {file} in {function}" for file, function in fixed)]
+
+
 # --- JSON report ---------------------------------------------------------------------------
 
 
@@ -193,7 +210,9 @@ def _ms(seconds: Optional[float]) -> Optional[float]:
     return None if seconds is None else round(seconds * 1000.0, 3)
 
 
-def event_data(v: Verdict, root: Path) -> dict[str, Any]:
+def event_data(v: Verdict, root: Path, clock: int = 0) -> dict[str, Any]:
+    """One event of the report. ``clock``: nanoseconds from the watchdog's monotonic clock to
+    the epoch (:func:`wall_clock_offset`), for ``start_ms``; 0 leaves ``start_ms`` out."""
     ev = v.event
     holder = None
     if ev.gil == "other" and ev.gil_holder_thread:
@@ -201,16 +220,20 @@ def event_data(v: Verdict, root: Path) -> dict[str, Any]:
             "thread": ev.gil_holder_thread,
             "stack": [_frame(f, root) for f in ev.gil_holder_stack],
         }
+    site = _frame(ev.site, root)
+    if site is not None and ev.site is not None:
+        site["source"] = ev.site.source
     return {
         "test": v.test,
         "phase": v.phase,
+        "start_ms": round((ev.start_ns + clock) / 1e6, 3) if clock and ev.start_ns else None,
         "duration_ms": _ms(ev.duration),
         "threshold_ms": _ms(v.threshold),
         "severity": v.severity,
         "outcome": v.outcome,
         "reason": v.reason,
         "mode": v.mode,
-        "site": _frame(ev.site, root),
+        "site": site,
         "operation": _frame(ev.innermost, root),
         "stack": [_frame(f, root) for f in ev.stack],
         "thread": ev.thread_name,
@@ -241,6 +264,17 @@ def event_data(v: Verdict, root: Path) -> dict[str, Any]:
     }
 
 
+def wall_clock_offset() -> int:
+    """Nanoseconds to add to a reading of the monotonic clock (the watchdog's, and every
+    process's on this machine) to get the time since the epoch."""
+    return time.time_ns() - time.monotonic_ns()
+
+
+def new_run(*, interrupted: bool) -> dict[str, Any]:
+    """The report's description of the run that wrote it (a merged report lists several)."""
+    return {"id": uuid.uuid4().hex, "interrupted": interrupted}
+
+
 def report_data(
     verdicts: list[Verdict],
     *,
@@ -250,8 +284,12 @@ def report_data(
     loopguard_version: str,
     pytest_version: str,
     sampler: Optional[str],
+    run: Optional[dict[str, Any]] = None,
+    phases: Optional[dict[str, dict[str, list[float]]]] = None,
 ) -> dict[str, Any]:
-    """The JSON report (schema: docs/report-schema.json)."""
+    """The JSON report (schema: docs/report-schema.json). ``phases``: per test, the
+    ``[start_ms, end_ms]`` (since the epoch) of each phase that ran."""
+    clock = wall_clock_offset()
     per_test: dict[str, list[Verdict]] = defaultdict(list)
     for v in verdicts:
         if v.test:
@@ -267,6 +305,7 @@ def report_data(
                 "blocked_ms": _ms(sum(v.event.duration for v in vs)),
                 "max_ms": _ms(max(v.event.duration for v in vs)),
                 "outcomes": {o: outcomes[o] for o in OUTCOMES if outcomes[o]},
+                "phases": (phases or {}).get(test, {}),
             }
         )
     outcomes = Counter(v.outcome for v in verdicts)
@@ -288,8 +327,9 @@ def report_data(
             "outcomes": {o: outcomes[o] for o in OUTCOMES},
         },
         "tests": tests,
-        "events": [event_data(v, root) for v in verdicts],
+        "events": [event_data(v, root, clock) for v in verdicts],
         "fixed": [{"file": f, "function": fn} for f, fn in fixed],
+        "runs": [run or new_run(interrupted=False)],
     }
 
 

@@ -21,6 +21,7 @@ from . import _native
 from ._events import BlockEvent, format_event, format_events, make_context
 from ._fixture import ExpectBlock, LagStats, LoopguardFixture, lag_stats
 from ._guard import DEFAULT_THRESHOLD, LoopBlockedWarning
+from ._html import attach_to_pytest_html
 from ._judge import (
     ALLOW_HELP,
     AllowPattern,
@@ -32,10 +33,13 @@ from ._judge import (
     parse_scan,
     relative_path,
 )
+from ._phases import PhaseTimes
 from ._report import (
     annotations,
     check_writable,
     dumps,
+    fixed_lines,
+    new_run,
     report_data,
     summary_lines,
     write_atomically,
@@ -97,6 +101,10 @@ SAMPLER_HELP = (
     "native (GIL-free or fail) or gil"
 )
 JSON_HELP = "write a JSON report of every block to this file at the end of the session"
+HTML_HELP = (
+    "write an HTML report (one self-contained file: hotspots, stacks, per-test timelines) to "
+    "this file at the end of the session"
+)
 BASELINE_HELP = (
     "a baseline file: blocks at the call sites it lists (file and function) do not fail tests"
 )
@@ -139,6 +147,7 @@ class _Settings:
     stack_source: str = "default"
     record_threshold: Optional[float] = None
     json_path: Optional[Path] = None
+    html_path: Optional[Path] = None
     baseline_path: Optional[Path] = None
     baseline_update: bool = False
     allow: tuple[AllowPattern, ...] = ()
@@ -259,6 +268,7 @@ _VALUE_OPTIONS = (
     ("stack", "short|full", STACK_HELP, True),
     ("sampler", "KIND", SAMPLER_HELP, False),
     ("json", "PATH", JSON_HELP, True),
+    ("html", "PATH", HTML_HELP, True),
     ("baseline", "PATH", BASELINE_HELP, True),
 )
 
@@ -377,6 +387,12 @@ def _settings(config: pytest.Config) -> tuple[_Settings, Judge]:
         s.json_path = _path(config, str(value), name, where)
         check_writable(s.json_path, name=name, source=where)
 
+    picked = _pick(config, "html")
+    if picked is not None:
+        value, name, where = picked
+        s.html_path = _path(config, str(value), name, where)
+        check_writable(s.html_path, name=name, source=where)
+
     picked = _pick(config, "baseline")
     s.baseline_update = bool(config.getoption("loopguard_baseline_update"))
     baseline = None
@@ -434,14 +450,17 @@ def pytest_configure(config: pytest.Config) -> None:
     state.reader_off = _reader_off(settings)
     if XdistPlugin.needed(config):
         config.pluginmanager.register(XdistPlugin(config, state), XdistPlugin.name)
+    if settings.json_path is not None or settings.html_path is not None:
+        config.pluginmanager.register(PhaseTimes(state.verdicts), PhaseTimes.name)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(_state_key, None)
     if state is not None:
-        xdist_plugin = config.pluginmanager.get_plugin(XdistPlugin.name)
-        if xdist_plugin is not None:
-            config.pluginmanager.unregister(xdist_plugin)
+        for name in (XdistPlugin.name, PhaseTimes.name):
+            plugin = config.pluginmanager.get_plugin(name)
+            if plugin is not None:
+                config.pluginmanager.unregister(plugin)
         runtime.release(state.token)
         del config.stash[_state_key]
 
@@ -857,12 +876,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report.user_properties.extend(props)
     item.user_properties.extend(props)
     stack = "full" if item.config.option.verbose >= 2 else state.settings.stack
+    text = format_events(events, stack=stack)
     if report.passed:
         report.outcome = "failed"
         report.longrepr = _LoopguardRepr(events, stack)
     else:
         title = f"loopguard: blocked event loop ({call.when})"
-        report.sections.append((title, format_events(events, stack=stack)))
+        report.sections.append((title, text))
+    attach_to_pytest_html(report, text)
     return report
 
 
@@ -895,9 +916,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             state.written.append(
                 f"baseline written to {s.baseline_path} ({n} call site{'s' * (n != 1)})"
             )
-    if s.json_path is not None:
+    if s.json_path is not None or s.html_path is not None:
         from . import __version__
 
+        phases = config.pluginmanager.get_plugin(PhaseTimes.name)
         data = report_data(
             state.verdicts,
             root=root,
@@ -906,9 +928,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             loopguard_version=__version__,
             pytest_version=pytest.__version__,
             sampler=runtime.sampler,
+            run=new_run(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED),
+            phases=phases.phases if phases is not None else None,
         )
-        write_atomically(s.json_path, dumps(data))
-        state.written.append(f"JSON report written to {s.json_path}")
+        if s.json_path is not None:
+            write_atomically(s.json_path, dumps(data))
+            state.written.append(f"JSON report written to {s.json_path}")
+        if s.html_path is not None:
+            from ._html import render
+
+            write_atomically(s.html_path, render(data))
+            state.written.append(f"HTML report written to {s.html_path}")
 
 
 def _cwd_relative(config: pytest.Config, nodeid: str) -> str:
@@ -935,14 +965,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             for text, markup in summary_lines(verdicts, config.option.verbose, label):
                 tr.line(text, **markup)
         if state.fixed:
-            tr.line(
-                f"{len(state.fixed)} call site{'s' * (len(state.fixed) != 1)} of the baseline "
-                "did not block in this run (fixed? shrink the file with "
-                "--loopguard-baseline-update):",
-                green=True,
-            )
-            for file, function in state.fixed:
-                tr.line(f"    {file} in {function}", green=True)
+            for text in fixed_lines(state.fixed):
+                tr.line(text, green=True)
     late = sum(1 for v in verdicts if v.event.late)
     if late and state.reader_off is not None:
         tr.write_line(
