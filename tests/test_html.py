@@ -310,3 +310,41 @@ def test_chromium_renders_the_page_without_errors(session, tmp_path):
         "title": "loopguard report",
     }  # fmt: skip
     assert len(shot["data"]) > 1000
+
+
+# --- pytest-html -----------------------------------------------------------------------------
+
+RECORDER = """
+import json
+
+WORKER = False
+
+def pytest_configure(config):
+    global WORKER
+    WORKER = hasattr(config, "workerinput")  # under xdist: what reaches the controller counts
+
+def pytest_runtest_logreport(report):
+    for extra in [] if WORKER else getattr(report, "extras", []):
+        with open("extras.jsonl", "a") as f:
+            f.write(json.dumps([report.nodeid, report.when, extra]) + "\\n")
+"""
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one process", "xdist"])
+def test_pytest_html_gets_the_failing_test_report_as_an_extra(pytester, workers):
+    pytest.importorskip("pytest_html")
+    pytester.makeini(INI)
+    pytester.makeconftest(RECORDER)
+    pytester.makepyfile(test_it=SOURCE)
+    result = pytester.runpytest_subprocess("-p", "loopguard", "--html=r.html", *workers)
+    result.assert_outcomes(passed=2, failed=2)
+    extras = [json.loads(x) for x in (pytester.path / "extras.jsonl").read_text().splitlines()]
+    assert sorted((test, when) for test, when, _ in extras) == [
+        ("test_it.py::test_fails", "call"),
+        ("test_it.py::test_starved", "call"),
+    ]
+    for _, _, extra in extras:
+        assert extra["name"] == "loopguard" and extra["format_type"] == "text"
+        assert extra["content"].startswith("loopguard: event loop ")
+        assert "Python stack of the loop thread" in extra["content"]
+    assert "loopguard" in (pytester.path / "r.html").read_text()

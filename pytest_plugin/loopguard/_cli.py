@@ -27,8 +27,8 @@ from ._merge import baseline_sites, merge
 from ._report import (
     annotations,
     check_writable,
-    dumps,
     fixed_lines,
+    report_chunks,
     summary_lines,
     write_atomically,
 )
@@ -124,7 +124,7 @@ def _check_output(args: argparse.Namespace) -> Path:
 def _merge(args: argparse.Namespace) -> int:
     out = _check_output(args)
     data = merge([read_report(p) for p in args.reports])
-    write_atomically(out, dumps(data))
+    write_atomically(out, report_chunks(data))
     t = data["totals"]
     print(
         f"loopguard: merged {len(args.reports)} reports ({t['events']} blocks in "

@@ -6,6 +6,7 @@ import json
 import linecache
 import os
 import site
+import sys
 import sysconfig
 import threading
 from collections import Counter
@@ -41,7 +42,38 @@ class Frame:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Frame:
-        return cls(d["filename"], int(d["lineno"]), d["function"])
+        return frame(d["filename"], int(d["lineno"]), d["function"])
+
+
+# Events share their frames and stacks: a suite's blocks happen in a few places, reached by a
+# few paths, so thousands of events hold references to one copy of each (a stack of 40 frames
+# is 10 KB as fresh objects, 0.3 KB as a list of shared ones). Bounded: past the limit the
+# tables start again (what is shared stays shared).
+_FRAMES: dict[tuple[str, int, str], Frame] = {}
+_STACKS: dict[tuple[Frame, ...], list[Frame]] = {}
+_INTERN_LIMIT = 1 << 16
+
+
+def frame(filename: str, lineno: int, function: str) -> Frame:
+    """The one :class:`Frame` for this place."""
+    key = (filename, lineno, function)
+    found = _FRAMES.get(key)
+    if found is None:
+        if len(_FRAMES) >= _INTERN_LIMIT:
+            _FRAMES.clear()
+        found = _FRAMES[key] = Frame(sys.intern(filename), lineno, sys.intern(function))
+    return found
+
+
+def stack_of(frames: list[Frame]) -> list[Frame]:
+    """The one list for this stack (shared by events: never modify a stack in place)."""
+    key = tuple(frames)
+    found = _STACKS.get(key)
+    if found is None:
+        if len(_STACKS) >= _INTERN_LIMIT:
+            _STACKS.clear()
+        found = _STACKS[key] = frames
+    return found
 
 
 @dataclass(frozen=True)
@@ -79,8 +111,8 @@ class Sample:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Sample:
         d = dict(d)
-        d["stack"] = [Frame.from_dict(f) for f in d["stack"]]
-        d["gil_holder_stack"] = [Frame.from_dict(f) for f in d["gil_holder_stack"]]
+        d["stack"] = stack_of([Frame.from_dict(f) for f in d["stack"]])
+        d["gil_holder_stack"] = stack_of([Frame.from_dict(f) for f in d["gil_holder_stack"]])
         return cls(**d)
 
 
@@ -238,13 +270,14 @@ class BlockEvent:
     def context(self) -> Optional[str]:
         return f"{self.test} ({self.phase})" if self.test else None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, samples: bool = True) -> dict[str, Any]:
         """Plain data (str, int, float, bool, None, lists and dicts): JSON and xdist can carry it.
 
-        :meth:`from_dict` rebuilds an equal event, without re-analysing it.
+        :meth:`from_dict` rebuilds an equal event, without re-analysing it (``samples=False``:
+        without its samples, which only a failure report shows).
         """
         d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["samples"] = [s.to_dict() for s in self.samples]
+        d["samples"] = [s.to_dict() for s in self.samples] if samples else []
         d["stack"] = [f.to_dict() for f in self.stack]
         d["gil_holder_stack"] = [f.to_dict() for f in self.gil_holder_stack]
         d["callbacks"] = [c.to_dict() for c in self.callbacks]
@@ -257,8 +290,10 @@ class BlockEvent:
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}  # newer writers may add keys
         d["samples"] = [Sample.from_dict(s) for s in d.get("samples", [])]
-        d["stack"] = [Frame.from_dict(f) for f in d.get("stack", [])]
-        d["gil_holder_stack"] = [Frame.from_dict(f) for f in d.get("gil_holder_stack", [])]
+        d["stack"] = stack_of([Frame.from_dict(f) for f in d.get("stack", [])])
+        d["gil_holder_stack"] = stack_of(
+            [Frame.from_dict(f) for f in d.get("gil_holder_stack", [])]
+        )
         d["callbacks"] = [Callback.from_dict(c) for c in d.get("callbacks", [])]
         for key in ("site", "innermost"):
             if d.get(key) is not None:
@@ -286,7 +321,7 @@ class BlockEvent:
 
 
 def _frames(raw: list[dict]) -> list[Frame]:
-    return [Frame(f["filename"], int(f["lineno"]), f["function"]) for f in raw]
+    return stack_of([frame(f["filename"], int(f["lineno"]), f["function"]) for f in raw])
 
 
 # Names of threads started while loopguard watched, kept after they exit (an executor's worker

@@ -11,10 +11,10 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from ._events import Frame
 from ._judge import OUTCOMES, SEVERITIES, Verdict, relative_path
@@ -26,6 +26,7 @@ __all__ = [
     "check_writable",
     "fixed_lines",
     "hotspots",
+    "report_chunks",
     "report_data",
     "summary_lines",
     "write_atomically",
@@ -288,7 +289,11 @@ def report_data(
     phases: Optional[dict[str, dict[str, list[float]]]] = None,
 ) -> dict[str, Any]:
     """The JSON report (schema: docs/report-schema.json). ``phases``: per test, the
-    ``[start_ms, end_ms]`` (since the epoch) of each phase that ran."""
+    ``[start_ms, end_ms]`` (since the epoch) of each phase that ran.
+
+    Its ``"events"`` is an iterator that makes each event's data when it is reached, so that
+    :func:`report_chunks` writes a large report without holding it all: make it a list to
+    read it more than once."""
     clock = wall_clock_offset()
     per_test: dict[str, list[Verdict]] = defaultdict(list)
     for v in verdicts:
@@ -327,7 +332,7 @@ def report_data(
             "outcomes": {o: outcomes[o] for o in OUTCOMES},
         },
         "tests": tests,
-        "events": [event_data(v, root, clock) for v in verdicts],
+        "events": (event_data(v, root, clock) for v in verdicts),
         "fixed": [{"file": f, "function": fn} for f, fn in fixed],
         "runs": [run or new_run(interrupted=False)],
     }
@@ -374,8 +379,9 @@ def _umask() -> int:
     return mask
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one.
+def write_atomically(path: Path, text: Union[str, Iterable[str]]) -> None:
+    """Write ``text`` (a string, or the pieces of one) to ``path`` so that readers see the
+    old file or the whole new one.
 
     The file gets the permissions of the file it replaces, or those of a file made with
     ``open()`` (0666 less the umask): not the temporary file's 0600, which would hide a CI
@@ -387,7 +393,8 @@ def write_atomically(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+            for piece in (text,) if isinstance(text, str) else text:
+                f.write(piece)
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
@@ -400,9 +407,17 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def dumps(data: dict[str, Any]) -> str:
-    # No indent: json's C encoder only runs without one (about 5x faster on large reports).
-    return json.dumps(data, ensure_ascii=False) + "\n"
+def report_chunks(data: dict[str, Any]) -> Iterator[str]:
+    """The report as JSON on one line, in pieces: one per event, whose data is made only then
+    when ``data["events"]`` is an iterator (:func:`report_data`). No indent: json's C encoder
+    only runs without one (about 5x faster on large reports)."""
+    tail = ("fixed", "runs")
+    head = {k: v for k, v in data.items() if k != "events" and k not in tail}
+    yield json.dumps(head, ensure_ascii=False)[:-1] + ', "events": ['
+    for i, event in enumerate(data["events"]):
+        yield (", " if i else "") + json.dumps(event, ensure_ascii=False)
+    rest = ", ".join(f"{json.dumps(k)}: {json.dumps(data[k], ensure_ascii=False)}" for k in tail)
+    yield f"], {rest}}}\n"
 
 
 # --- CI annotations ------------------------------------------------------------------------

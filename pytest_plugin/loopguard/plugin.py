@@ -37,9 +37,9 @@ from ._phases import PhaseTimes
 from ._report import (
     annotations,
     check_writable,
-    dumps,
     fixed_lines,
     new_run,
+    report_chunks,
     report_data,
     summary_lines,
     write_atomically,
@@ -614,8 +614,18 @@ def _test_state(item: pytest.Item, *, new: bool = False) -> Optional[tuple[_Stat
         return None
     ts = state.current
     if new or ts is None or ts.item is not item:
+        if ts is not None:
+            _forget_samples(ts)
         ts = state.current = _TestState(item, _settings_of(state, item))
     return state, ts
+
+
+def _forget_samples(ts: _TestState) -> None:
+    """Drop the stack samples of a finished test's blocks: its reports are made, and the
+    session keeps only what the summary and the reports show (a few KB less per block)."""
+    for verdicts in ts.verdicts.values():
+        for v in verdicts:
+            v.event.samples = []
 
 
 def _enter_phase(item: pytest.Item, phase: str) -> Optional[tuple[_State, _TestState]]:
@@ -931,8 +941,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             run=new_run(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED),
             phases=phases.phases if phases is not None else None,
         )
+        if s.html_path is not None:
+            data["events"] = list(data["events"])  # read twice
         if s.json_path is not None:
-            write_atomically(s.json_path, dumps(data))
+            write_atomically(s.json_path, report_chunks(data))
             state.written.append(f"JSON report written to {s.json_path}")
         if s.html_path is not None:
             from ._html import render
