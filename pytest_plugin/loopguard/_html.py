@@ -26,6 +26,9 @@ __all__ = ["attach_to_pytest_html", "render"]
 _TIMELINES = 100
 """Tests shown on timelines (those with the longest blocks first)."""
 
+_TESTS_LISTED = 20
+"""Tests listed under a call site."""
+
 _STACK_FRAMES = 60
 """Innermost frames shown in a stack."""
 
@@ -232,7 +235,12 @@ def _stack_details(raw: dict[str, Any], where: list[tuple[str, str]]) -> str:
     if raw.get("hint"):
         body.append(f"<p>{_e(raw['hint'])}</p>")
     if where:
-        tests = "".join(f"<li>{_e(t or '(outside any test)')} ({_e(p)})</li>" for t, p in where)
+        tests = "".join(
+            f"<li>{_e(t or '(outside any test)')} ({_e(p)})</li>" for t, p in where[:_TESTS_LISTED]
+        )
+        more = len(where) - _TESTS_LISTED
+        if more > 0:
+            tests += f"<li>and {more} more (the JSON report has them all)</li>"
         body.append(f"<p>Blocks in:</p><ul>{tests}</ul>")
     return f"<details><summary>stack and tests</summary>{''.join(body)}</details>"
 
