@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+from ._errors import SettingError
 from ._judge import Baseline
 from ._merge import baseline_sites, merge
 from ._report import (
@@ -33,7 +34,6 @@ from ._report import (
     write_atomically,
 )
 from ._reportfile import ReportError, read_report, verdicts
-from ._settings import SettingError
 
 __all__ = ["main"]
 

@@ -17,9 +17,9 @@ from collections import Counter, defaultdict
 from typing import Any, Optional
 
 from ._judge import Verdict
+from ._parse import format_duration
 from ._report import hotspots, totals_line
 from ._reportfile import verdicts
-from ._settings import format_duration
 
 __all__ = ["attach_to_pytest_html", "render"]
 

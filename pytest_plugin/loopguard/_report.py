@@ -1,4 +1,6 @@
-"""What loopguard tells the session: the hotspot table, the JSON report and CI annotations."""
+"""What loopguard tells the session: the hotspot table (:func:`summary_lines`, from any list of
+verdicts), the JSON report (:func:`report_data`, schema ``docs/report-schema.json``), the
+baseline file and CI annotations. Pure functions of the verdicts, but for the atomic write."""
 
 from __future__ import annotations
 
@@ -16,15 +18,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from ._errors import SettingError
 from ._events import Frame
-from ._judge import OUTCOMES, SEVERITIES, Verdict, relative_path
-from ._settings import SettingError, format_duration
+from ._failure import summary
+from ._files import relative_path
+from ._judge import OUTCOMES, SEVERITIES, Baseline, Verdict
+from ._parse import format_duration
 
 __all__ = [
     "REPORT_VERSION",
     "annotations",
+    "baseline_text",
     "check_writable",
+    "closing_lines",
     "fixed_lines",
+    "hotspot_lines",
     "hotspots",
     "report_chunks",
     "report_data",
@@ -198,6 +206,49 @@ def fixed_lines(fixed: list[tuple[str, str]]) -> list[str]:
     return [head, *(f"    {file} in {function}" for file, function in fixed)]
 
 
+def hotspot_lines(
+    verdicts: list[Verdict],
+    fixed: list[tuple[str, str]],
+    verbosity: int,
+    test_label: Callable[[str], str] = str,
+) -> list[tuple[str, dict[str, bool]]]:
+    """The terminal summary's section: the hotspot table (:func:`summary_lines`), then the
+    baseline's call sites that did not block (``fixed``)."""
+    out = summary_lines(verdicts, verbosity, test_label) if verdicts else []
+    if fixed:
+        out.extend((text, {"green": True}) for text in fixed_lines(fixed))
+    return out
+
+
+def closing_lines(
+    verdicts: list[Verdict], reader_off: Optional[str], written: list[str]
+) -> list[tuple[str, dict[str, bool]]]:
+    """The lines after the table: blocks captured late because the GIL-free reader is off
+    (``reader_off`` says why), and what was written at the end of the session."""
+    out: list[tuple[str, dict[str, bool]]] = []
+    late = sum(1 for v in verdicts if v.event.late)
+    if late and reader_off is not None:
+        out.append(
+            (
+                f"loopguard: {late} block{'s were' if late != 1 else ' was'} captured late, by "
+                f"taking the GIL: the GIL-free stack reader is off ({reader_off})",
+                {"yellow": True},
+            )
+        )
+    out.extend((f"loopguard: {text}", {}) for text in written)
+    return out
+
+
+# --- baseline ------------------------------------------------------------------------------
+
+
+def baseline_text(verdicts: list[Verdict]) -> tuple[str, int]:
+    """The baseline file written by ``--loopguard-baseline-update``: the call sites of the blocks
+    over the threshold; and how many there are."""
+    sites = [v.key for v in verdicts if v.over_threshold and v.key is not None]
+    return Baseline.dumps(sites), len(set(sites))  # type: ignore[arg-type]
+
+
 # --- JSON report ---------------------------------------------------------------------------
 
 
@@ -234,6 +285,7 @@ def event_data(v: Verdict, root: Path, clock: int = 0) -> dict[str, Any]:
         "outcome": v.outcome,
         "reason": v.reason,
         "mode": v.mode,
+        "over_threshold": v.over_threshold,
         "site": site,
         "operation": _frame(ev.innermost, root),
         "stack": [_frame(f, root) for f in ev.stack],
@@ -451,7 +503,7 @@ def annotations(verdicts: list[Verdict], *, root: Path, workspace: Optional[str]
         tests = sorted({v.test or "(outside any test)" for v in vs})
         times = "once" if len(vs) == 1 else f"{len(vs)} times"
         msg = (
-            f"{ev.summary()} in {ev.site.function if ev.site else '?'} ({times}; "
+            f"{summary(ev)} in {ev.site.function if ev.site else '?'} ({times}; "
             f"{', '.join(outcomes)}) in {', '.join(tests[:3])}"
             + (f" and {len(tests) - 3} more tests" if len(tests) > 3 else "")
         )

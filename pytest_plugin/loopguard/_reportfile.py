@@ -229,6 +229,7 @@ def verdicts(data: dict[str, Any]) -> list[Verdict]:
                 reason=e.get("reason"),
                 mode=e.get("mode") or "fail",
                 key=(site.filename, site.function) if site is not None else None,
+                over_threshold=bool(e.get("over_threshold")),
             )
         )
     return out

@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING, Any, Optional
 import pytest
 
 from ._events import BlockEvent
+from ._failure import FailureRepr
 from ._judge import Verdict
 
 if TYPE_CHECKING:
-    from .plugin import _State
+    from ._settings import State
 
 __all__ = ["ATTR", "XdistPlugin"]
 
@@ -48,7 +49,7 @@ def is_worker(config: pytest.Config) -> bool:
 class XdistPlugin:
     name = "loopguard-xdist"
 
-    def __init__(self, config: pytest.Config, state: _State) -> None:
+    def __init__(self, config: pytest.Config, state: State) -> None:
         self.config = config
         self.state = state
         self.worker = is_worker(config)
@@ -89,9 +90,7 @@ class XdistPlugin:
     @pytest.hookimpl(wrapper=True)
     def pytest_report_to_serializable(self, config: pytest.Config, report: Any) -> Any:
         data = yield
-        from .plugin import _LoopguardRepr  # plugin.py imports this module
-
-        if data is not None and isinstance(report.longrepr, _LoopguardRepr):
+        if data is not None and isinstance(report.longrepr, FailureRepr):
             data[_LONGREPR_KEY] = report.longrepr.stack  # how it prints stacks: short, full
         return data
 
@@ -125,8 +124,6 @@ class XdistPlugin:
     def pytest_report_from_serializable(self, config: pytest.Config, data: Any) -> Any:
         report = yield
         if report is not None and isinstance(data, dict) and data.get(_LONGREPR_KEY):
-            from .plugin import _LoopguardRepr  # plugin.py imports this module
-
             failing = [
                 BlockEvent.from_dict(d["event"])
                 for d in getattr(report, ATTR, None) or []
@@ -134,7 +131,7 @@ class XdistPlugin:
             ]
             if failing:
                 stack = data[_LONGREPR_KEY]
-                report.longrepr = _LoopguardRepr(failing, stack if stack == "full" else "short")
+                report.longrepr = FailureRepr(failing, stack if stack == "full" else "short")
         return report
 
     @pytest.hookimpl(optionalhook=True)
@@ -152,7 +149,16 @@ class XdistPlugin:
         self.received[worker] = self.received.get(worker, 0) + len(shipped)
 
 
-_VERDICT_FIELDS = ("test", "phase", "threshold", "severity", "outcome", "reason", "mode")
+_VERDICT_FIELDS = (
+    "test",
+    "phase",
+    "threshold",
+    "severity",
+    "outcome",
+    "reason",
+    "mode",
+    "over_threshold",
+)
 
 
 def _verdict_to_data(v: Verdict) -> dict[str, Any]:

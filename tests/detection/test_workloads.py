@@ -202,6 +202,6 @@ def test_c_code_running_without_the_gil_is_named():
 
 
 def _format(ev):
-    from loopguard._events import format_event
+    from loopguard._failure import format_event
 
     return "\n".join(format_event(ev))

@@ -1,7 +1,7 @@
 """Which line a block is blamed on, from the samples taken while it lasted (in-process)."""
 
 from loopguard import BlockEvent, Frame, Sample
-from loopguard._events import _analyse
+from loopguard._decode import _analyse
 
 RUNNER = Frame("/proj/tests/test_upload.py", 12, "test_upload")
 PARSE = Frame("/proj/app/forms.py", 40, "parse_form")

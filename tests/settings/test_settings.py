@@ -1,7 +1,8 @@
 """Unit tests of duration parsing and formatting."""
 
 import pytest
-from loopguard._settings import SettingError, format_duration, parse_duration
+from loopguard._errors import SettingError
+from loopguard._parse import format_duration, parse_duration
 
 
 @pytest.mark.parametrize(
