@@ -7,8 +7,9 @@
 //!   GIL-held time of that thread, and its stack is walked ([`Walker`]) so the time can be
 //!   attributed to a call site;
 //! * every [`Settings::threads_every`] ticks, the main interpreter's thread list and each
-//!   thread's CPU time (`/proc/self/task/TID/schedstat`, first field); a thread whose CPU time
-//!   grew since the previous reading has its stack walked too, weighted by the CPU time it used.
+//!   thread's CPU time ([`crate::schedstat`]); a thread whose CPU time grew since the previous
+//!   reading has its stack walked too, weighted by the CPU time it used. A thread is known by
+//!   its identity, not by its thread state alone (see [`distinct_threads`]).
 //!
 //! A thread's *busy time* is the larger of its CPU time and its GIL-held time inside the
 //! check (a thread can hold the GIL while it is off the CPU: descheduled by a busy machine, or
@@ -29,8 +30,9 @@ use std::time::Duration;
 
 use crate::clock::now_ns;
 use crate::event::Frame;
-use crate::reader::gil::GilReader;
+use crate::reader::gil::{GilReader, ThreadIds};
 use crate::reader::walk::Walker;
+use crate::schedstat;
 
 /// Distinct stacks remembered per thread; later new stacks are counted in no site.
 const MAX_STACKS: usize = 256;
@@ -141,20 +143,6 @@ pub struct Tally {
     pub threads: HashMap<(usize, u64), ThreadTally>,
 }
 
-/// CPU time of kernel thread `tid` (ns), from the first field of its `schedstat`.
-pub fn cpu_ns_of(tid: u64) -> Option<u64> {
-    if tid == 0 {
-        return None;
-    }
-    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
-    parse_cpu(&text)
-}
-
-/// The first field of a `schedstat` file: nanoseconds on a CPU.
-pub fn parse_cpu(text: &str) -> Option<u64> {
-    text.split_ascii_whitespace().next()?.parse().ok()
-}
-
 /// One running sampler; [`Sampling::finish`] stops it and returns what it saw.
 pub struct Sampling {
     stop: Arc<AtomicBool>,
@@ -213,8 +201,7 @@ impl Drop for Sampling {
     }
 }
 
-fn tally_for(tally: &mut Tally, gil: &GilReader, tstate: usize, now: u64) -> Option<(usize, u64)> {
-    let ids = gil.thread_ids(tstate).ok()?;
+fn tally_for(tally: &mut Tally, tstate: usize, ids: ThreadIds, now: u64) -> (usize, u64) {
     let key = (tstate, ids.ident);
     let t = tally.threads.entry(key).or_insert_with(|| ThreadTally {
         ident: ids.ident,
@@ -223,7 +210,24 @@ fn tally_for(tally: &mut Tally, gil: &GilReader, tstate: usize, now: u64) -> Opt
         ..ThreadTally::default()
     });
     t.last_seen_ns = now;
-    Some(key)
+    key
+}
+
+/// The thread states of one reading of the thread list (`list`: newest first, with their ids)
+/// that are running threads' own, oldest first, one per thread identity.
+///
+/// `threading.Thread.start()` makes the new thread's state in the starting thread, and until
+/// the new thread runs and takes it up that state carries the *starting* thread's ids (before
+/// 3.12; zeros from 3.12). On a busy machine that lasts several readings: keyed by state alone,
+/// the starting thread would be counted twice, the second time as a thread started inside with
+/// all the CPU time of its life. A thread's own state is older than any state it made, so the
+/// oldest state with an ident is that thread's.
+fn distinct_threads(list: Vec<(usize, ThreadIds)>) -> Vec<(usize, ThreadIds)> {
+    let mut idents = std::collections::HashSet::new();
+    list.into_iter()
+        .rev()
+        .filter(|(_, ids)| ids.ident != 0 && idents.insert(ids.ident))
+        .collect()
 }
 
 fn run(
@@ -248,7 +252,10 @@ fn run(
         match gil.read() {
             Ok(state) => {
                 if let Some(h) = state.holder() {
-                    holder_key = tally_for(&mut tally, gil, h, now);
+                    holder_key = gil
+                        .thread_ids(h)
+                        .ok()
+                        .map(|ids| tally_for(&mut tally, h, ids, now));
                     if let Some(key) = holder_key {
                         let frames = walker.stack(h, key.1).unwrap_or_default();
                         if let Some(t) = tally.threads.get_mut(&key) {
@@ -299,17 +306,22 @@ fn read_threads(
         tally.errors += 1;
         return;
     };
-    for tstate in list {
-        let Some(key) = tally_for(tally, gil, tstate, now) else {
-            continue;
-        };
+    let list = list
+        .into_iter()
+        .filter_map(|t| Some((t, gil.thread_ids(t).ok()?)))
+        .collect();
+    for (tstate, ids) in distinct_threads(list) {
+        let key = tally_for(tally, tstate, ids, now);
         let Some(t) = tally.threads.get_mut(&key) else {
             continue;
         };
         if first {
             t.existed_at_start = true;
         }
-        let Some(cpu) = t.native_tid.and_then(cpu_ns_of) else {
+        let cpu = t
+            .native_tid
+            .and_then(|tid| schedstat::read(i64::try_from(tid).ok()?));
+        let Some(cpu) = cpu.map(|s| s.on_cpu_ns) else {
             continue;
         };
         let before = t
@@ -341,29 +353,30 @@ fn read_threads(
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_the_first_schedstat_field() {
-        assert_eq!(parse_cpu("281637 1514601 2\n"), Some(281_637));
-        assert_eq!(parse_cpu(""), None);
-        assert_eq!(parse_cpu("x 1 2"), None);
+    fn ids(ident: u64, native_tid: u64) -> ThreadIds {
+        ThreadIds {
+            ident,
+            native_tid: Some(native_tid),
+        }
     }
 
     #[test]
-    fn reads_this_threads_cpu_time() {
-        // SAFETY: gettid has no preconditions.
-        let tid = u64::try_from(unsafe { libc::gettid() }).unwrap();
-        let a = cpu_ns_of(tid);
-        if a.is_none() {
-            return; // a kernel without CONFIG_SCHED_INFO
-        }
-        let start = std::time::Instant::now();
-        let mut x = 0u64;
-        while start.elapsed() < Duration::from_millis(20) {
-            x = x.wrapping_add(1);
-        }
-        assert!(x > 0);
-        assert!(cpu_ns_of(tid).unwrap() > a.unwrap());
-        assert_eq!(cpu_ns_of(0), None);
+    fn a_state_made_for_a_new_thread_is_not_its_makers_second_entry() {
+        // Newest first: 0x30 was made by the thread of 0x10 and still carries its ids (before
+        // 3.12); 0x40 is a state not yet taken up on 3.12+ (zeros); 0x20 is another thread.
+        let list = vec![
+            (0x40, ids(0, 0)),
+            (0x30, ids(7, 70)),
+            (0x20, ids(8, 80)),
+            (0x10, ids(7, 70)),
+        ];
+        assert_eq!(
+            distinct_threads(list),
+            vec![(0x10, ids(7, 70)), (0x20, ids(8, 80))]
+        );
+        // Once the new thread runs, its state carries its own ids and it is listed.
+        let list = vec![(0x30, ids(9, 90)), (0x20, ids(8, 80)), (0x10, ids(7, 70))];
+        assert_eq!(distinct_threads(list).len(), 3);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! How long a thread of this process has waited for a CPU, from
-//! `/proc/self/task/TID/schedstat`.
+//! How long a thread of this process has run on a CPU and waited for one, from
+//! `/proc/self/task/TID/schedstat` (the one reader of that file).
 //!
 //! The kernel keeps, per thread, the time it has spent on a CPU, the time it has spent
 //! *runnable but not running* (on a run queue, waiting for a CPU) and the number of time slices
@@ -13,25 +13,41 @@
 //! and does not disturb the thread. Kernels built without `CONFIG_SCHED_INFO` have no such file;
 //! callers then know nothing about run-queue time ([`run_queue_ns`] returns `None`).
 
-/// Parses the contents of a `schedstat` file: `ON_CPU_NS RUN_QUEUE_NS SLICES`; returns the
-/// second field.
-pub fn parse(text: &str) -> Option<u64> {
-    let mut fields = text.split_ascii_whitespace();
-    let _on_cpu: u64 = fields.next()?.parse().ok()?;
-    let waited: u64 = fields.next()?.parse().ok()?;
-    let _slices: u64 = fields.next()?.parse().ok()?;
-    Some(waited)
+/// One reading of a thread's `schedstat` (nanoseconds since the thread started).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schedstat {
+    /// Time on a CPU (the first field).
+    pub on_cpu_ns: u64,
+    /// Time runnable but waiting for a CPU (the second field).
+    pub run_queue_ns: u64,
 }
 
-/// Nanoseconds the thread `tid` (a kernel thread id of this process) has spent waiting for a
-/// CPU since it started; `None` when it cannot be read (the thread has exited, `/proc` is not
-/// mounted, or the kernel keeps no such statistics).
-pub fn run_queue_ns(tid: i64) -> Option<u64> {
+/// Parses the contents of a `schedstat` file: `ON_CPU_NS RUN_QUEUE_NS SLICES`.
+pub fn parse(text: &str) -> Option<Schedstat> {
+    let mut fields = text.split_ascii_whitespace();
+    let on_cpu_ns: u64 = fields.next()?.parse().ok()?;
+    let run_queue_ns: u64 = fields.next()?.parse().ok()?;
+    let _slices: u64 = fields.next()?.parse().ok()?;
+    Some(Schedstat {
+        on_cpu_ns,
+        run_queue_ns,
+    })
+}
+
+/// The `schedstat` of thread `tid` (a kernel thread id of this process); `None` when it cannot
+/// be read (the thread has exited, `/proc` is not mounted, or the kernel keeps no such
+/// statistics).
+pub fn read(tid: i64) -> Option<Schedstat> {
     if tid <= 0 {
         return None;
     }
     let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
     parse(&text)
+}
+
+/// Nanoseconds the thread `tid` has spent waiting for a CPU since it started (see [`read`]).
+pub fn run_queue_ns(tid: i64) -> Option<u64> {
+    read(tid).map(|s| s.run_queue_ns)
 }
 
 /// True when this kernel reports run-queue time for the calling thread.
@@ -46,9 +62,10 @@ pub(crate) mod tests {
     use std::time::{Duration, Instant};
 
     #[test]
-    fn parses_the_second_field() {
-        assert_eq!(parse("281637 1514601 2\n"), Some(1_514_601));
-        assert_eq!(parse("0 0 0"), Some(0));
+    fn parses_cpu_and_run_queue_time() {
+        let s = parse("281637 1514601 2\n").unwrap();
+        assert_eq!((s.on_cpu_ns, s.run_queue_ns), (281_637, 1_514_601));
+        assert!(parse("0 0 0").is_some());
         assert_eq!(parse(""), None);
         assert_eq!(parse("12 34"), None);
         assert_eq!(parse("12 x 3"), None);
@@ -57,8 +74,33 @@ pub(crate) mod tests {
 
     #[test]
     fn unknown_threads_have_no_reading() {
-        assert_eq!(run_queue_ns(0), None);
+        assert_eq!(read(0), None);
         assert_eq!(run_queue_ns(-5), None);
+    }
+
+    #[test]
+    fn one_reading_gives_this_threads_cpu_and_run_queue_time() {
+        if !available() {
+            eprintln!("no schedstat on this kernel");
+            return;
+        }
+        // SAFETY: gettid has no preconditions.
+        let tid = i64::from(unsafe { libc::gettid() });
+        let before = read(tid).unwrap();
+        spin(Duration::from_millis(20));
+        let after = read(tid).unwrap();
+        // 20 ms of wall time spinning: on a CPU or waiting for one (the kernel may account the
+        // running thread's time up to a scheduler tick late, hence the margin).
+        let used = after.on_cpu_ns - before.on_cpu_ns + after.run_queue_ns - before.run_queue_ns;
+        assert!(
+            after.on_cpu_ns > before.on_cpu_ns,
+            "{before:?} then {after:?}"
+        );
+        assert!(used >= 10_000_000, "{before:?} then {after:?}");
+        assert_eq!(
+            run_queue_ns(tid).map(|w| w >= after.run_queue_ns),
+            Some(true)
+        );
     }
 
     /// Pins the calling thread to `cpu` (for tests that share a CPU on purpose).

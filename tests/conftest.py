@@ -1,3 +1,4 @@
+import dataclasses
 import os
 
 import pytest
@@ -26,16 +27,66 @@ def _neutral_environment(monkeypatch):
             monkeypatch.delenv(name)
 
 
-# Written into every pytester session: keeps pytest-asyncio quiet and predictable, and the
-# order of tests as written (pytest-randomly, when installed, is tested on its own).
+# Written into every inner session's pytest.ini: keeps pytest-asyncio quiet and predictable,
+# and (KEEP_ORDER) the order of tests as written (pytest-randomly, when installed, is tested on
+# its own).
 INI = """
 [pytest]
 asyncio_default_fixture_loop_scope = function
-addopts = -p no:randomly
 """
+KEEP_ORDER = "addopts = -p no:randomly\n"
 
 
-def line(pytester, marker, filename="test_it.py"):
-    """The number of the first line of ``filename`` (in the pytester dir) containing ``marker``."""
-    lines = (pytester.path / filename).read_text().splitlines()
-    return next(i for i, text in enumerate(lines, 1) if marker in text)
+@dataclasses.dataclass(frozen=True)
+class InnerSession:
+    """Runs real pytest sessions, in a subprocess, in ``pytester``'s directory.
+
+    A test module sets what all its sessions share with ``using(...)`` (in a fixture of its own
+    named ``inner``); each ``run`` writes the ini and the test file, then runs pytest.
+    """
+
+    pytester: pytest.Pytester
+    header: str = ""  # put before the source of every test_it.py
+    ini: str = ""  # added to INI
+    args: tuple[str, ...] = ()  # pytest arguments given before each run's own
+    files: dict[str, str] = dataclasses.field(default_factory=dict)  # more files, by name
+
+    def using(self, **shared) -> "InnerSession":
+        return dataclasses.replace(self, **shared)
+
+    def write(self, source, ini="", keep_order=True, **files):
+        """Write the ini, test_it.py (``header + source``, unless ``source`` is None) and the
+        module's ``files`` updated by ``files`` (Python files, by name without ``.py``)."""
+        self.pytester.makeini(INI + (KEEP_ORDER if keep_order else "") + self.ini + ini)
+        files = {**self.files, **files}
+        if source is not None:
+            files["test_it"] = self.header + source
+        if files:
+            self.pytester.makepyfile(**files)
+
+    def run(self, source, *args, ini="", plugin=True, keep_order=True, **files):
+        """``write`` the files, then run pytest in a subprocess with loopguard (unless
+        ``plugin`` is false), the module's ``args`` and then these."""
+        self.write(source, ini, keep_order, **files)
+        plugin_args = ("-p", "loopguard") if plugin else ()
+        return self.pytester.runpytest_subprocess(*plugin_args, *self.args, *args)
+
+    def line(self, marker, filename="test_it.py"):
+        """The number of the first line of ``filename`` containing ``marker``."""
+        lines = (self.pytester.path / filename).read_text().splitlines()
+        return next(i for i, text in enumerate(lines, 1) if marker in text)
+
+    def site(self, marker, function, filename="test_it.py"):
+        """An fnmatch pattern for a report's line naming the marked line, in ``function``."""
+        return f"*{filename}:{self.line(marker, filename)} in {function}"
+
+    def assert_blocked_at(self, result, marker, function, filename="test_it.py", **outcomes):
+        """The session had ``outcomes`` (one failure by default) and its report names the line
+        marked ``marker`` as the blocking one, in ``function``."""
+        result.assert_outcomes(**(outcomes or {"failed": 1}))
+        result.stdout.fnmatch_lines([self.site(marker, function, filename)])
+
+
+@pytest.fixture
+def inner(pytester):
+    return InnerSession(pytester)

@@ -6,8 +6,8 @@ manager or decorator::
     with loopguard.guard(threshold="50ms"):
         asyncio.run(main())
 
-The pytest hooks below are re-exported from :mod:`loopguard.plugin` so that ``-p loopguard``
-loads them.
+``-p loopguard`` (or ``pytest_plugins = ["loopguard"]``) registers this package as a plugin, and
+pytest then registers :mod:`loopguard.plugin`, the hooks, from ``pytest_plugins`` below.
 """
 
 from importlib import metadata as _metadata
@@ -16,23 +16,12 @@ from . import _interpreter
 
 _interpreter.check()  # before anything loads the native module
 
+from ._errors import LoopBlockedError, LoopBlockedWarning, OffloadError  # noqa: E402
 from ._events import BlockEvent, Frame, Sample  # noqa: E402
-from ._guard import LoopBlockedError, LoopBlockedWarning, guard  # noqa: E402
-from ._offload import OffloadCheck, OffloadError, ThreadActivity, offload_check  # noqa: E402
-from .plugin import (  # noqa: E402
-    loopguard,
-    pytest_addoption,
-    pytest_collection_modifyitems,
-    pytest_configure,
-    pytest_report_header,
-    pytest_runtest_call,
-    pytest_runtest_makereport,
-    pytest_runtest_setup,
-    pytest_runtest_teardown,
-    pytest_sessionfinish,
-    pytest_terminal_summary,
-    pytest_unconfigure,
-)
+from ._guard import guard  # noqa: E402
+from ._offload import OffloadCheck, ThreadActivity, offload_check  # noqa: E402
+
+pytest_plugins = ["loopguard.plugin"]
 
 try:  # one place for the version: Cargo.toml (maturin writes it into the metadata)
     __version__ = _metadata.version("pytest-loopguard")
@@ -65,17 +54,5 @@ __all__ = [
     "ThreadActivity",
     "__version__",
     "guard",
-    "loopguard",
     "offload_check",
-    "pytest_addoption",
-    "pytest_collection_modifyitems",
-    "pytest_configure",
-    "pytest_report_header",
-    "pytest_runtest_call",
-    "pytest_runtest_makereport",
-    "pytest_runtest_setup",
-    "pytest_runtest_teardown",
-    "pytest_sessionfinish",
-    "pytest_terminal_summary",
-    "pytest_unconfigure",
 ]

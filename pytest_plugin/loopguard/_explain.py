@@ -9,7 +9,8 @@ import sys
 from typing import Optional
 
 from . import _native
-from ._events import BlockEvent, Frame, display_path
+from ._events import BlockEvent, Frame
+from ._files import display_path
 
 __all__ = ["explain", "install_gc_log"]
 

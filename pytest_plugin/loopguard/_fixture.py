@@ -10,7 +10,7 @@ from typing import Optional, Union
 from . import _native
 from ._events import BlockEvent
 from ._offload import OffloadCheck
-from ._settings import format_duration, parse_duration
+from ._parse import format_duration, parse_duration
 
 __all__ = ["ExpectBlock", "LagStats", "LoopguardFixture", "lag_stats"]
 
@@ -60,7 +60,8 @@ class ExpectBlock:
 
 @dataclass(frozen=True)
 class LagStats:
-    """Loop lag (seconds) measured by a timer every 10 ms: how late the loop ran it."""
+    """Loop lag (seconds): how late the loop ran a timer every
+    :data:`~loopguard._runtime.LAG_PROBE_INTERVAL`."""
 
     samples: int
     max: float
@@ -106,7 +107,7 @@ class LoopguardFixture:
     @property
     def lag(self) -> LagStats:
         """Loop lag of this test so far (loops that started running once the fixture was set
-        up, measured with a timer every 10 ms): ``max``, ``p50``, ``p99``, ``samples``."""
+        up): ``max``, ``p50``, ``p99``, ``samples``."""
         return self._lag()
 
     @property

@@ -9,44 +9,21 @@ from pathlib import Path
 from typing import Any, Optional, TypeVar, Union
 
 from . import _native
-from ._events import BlockEvent, format_events
-from ._judge import parse_allow
+from ._errors import LoopBlockedError
+from ._events import BlockEvent
+from ._failure import format_events
+from ._judge import Judge
+from ._parse import CPU_WAIT_CHOICES, GC_CHOICES, parse_allow_list, parse_choice, parse_duration
 from ._runtime import runtime
-from ._settings import CPU_WAIT_CHOICES, GC_CHOICES, parse_duration
+from ._settings import DEFAULT_THRESHOLD, environment_sampler
 
-__all__ = ["LoopBlockedError", "LoopBlockedWarning", "guard"]
+__all__ = ["guard"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-DEFAULT_THRESHOLD = 0.1
-
-
-RAISED_MESSAGE = (
-    "loopguard: this code blocked the event loop for longer than the threshold "
-    "(raised here by raise mode while the loop thread was still running it)"
-)
 MODES = ("fail", "raise")
-
-
-class LoopBlockedError(AssertionError):
-    """An event loop was blocked for longer than the threshold.
-
-    ``events`` lists the blocks (:class:`loopguard.BlockEvent`), in the order they began. In
-    raise mode the error is raised inside the blocked code itself, without events (the block is
-    still going on at that moment).
-    """
-
-    def __init__(self, events: Iterable[BlockEvent] = ()) -> None:
-        self.events = list(events)
-        super().__init__(format_events(self.events) if self.events else RAISED_MESSAGE)
-
-
-class LoopBlockedWarning(UserWarning):
-    """Emitted instead of failing the test in ``--loopguard-mode=warn``.
-
-    Filter it like any warning: ``-W error::loopguard.LoopBlockedWarning`` makes such blocks
-    fail their tests again, ``filterwarnings = ignore::loopguard.LoopBlockedWarning`` hides them.
-    """
+"""The modes ``guard()`` takes: it raises on exit in both."""
+_SOURCE = "loopguard.guard()"
 
 
 class guard:
@@ -80,36 +57,21 @@ class guard:
         self.threshold = (
             DEFAULT_THRESHOLD
             if threshold is None
-            else parse_duration(threshold, name="threshold", source="loopguard.guard()")
+            else parse_duration(threshold, name="threshold", source=_SOURCE)
         )
-        if mode not in MODES:
-            raise ValueError(
-                f"invalid value for mode: {mode!r} (from loopguard.guard()); "
-                f"expected one of {', '.join(MODES)}"
-            )
-        self.mode = mode
-        if gc not in GC_CHOICES:
-            raise ValueError(
-                f"invalid value for gc: {gc!r} (from loopguard.guard()); "
-                f"expected one of {', '.join(GC_CHOICES)}"
-            )
-        self.gc = gc
-        if cpu_wait not in CPU_WAIT_CHOICES:
-            raise ValueError(
-                f"invalid value for cpu_wait: {cpu_wait!r} (from loopguard.guard()); "
-                f"expected one of {', '.join(CPU_WAIT_CHOICES)}"
-            )
-        self.cpu_wait = cpu_wait
+        self.mode = parse_choice(mode, MODES, name="mode", source=_SOURCE)
+        self.gc = parse_choice(gc, GC_CHOICES, name="gc", source=_SOURCE)
+        self.cpu_wait = parse_choice(cpu_wait, CPU_WAIT_CHOICES, name="cpu_wait", source=_SOURCE)
         self.raise_ = raise_
-        if isinstance(allow, str):
-            allow = [allow]
-        self.allow = tuple(parse_allow(p, source="loopguard.guard(allow=...)") for p in allow)
+        self.allow = parse_allow_list(
+            allow if isinstance(allow, str) else tuple(allow), source="loopguard.guard(allow=...)"
+        )
         self.events: list[BlockEvent] = []
         self.allowed: list[BlockEvent] = []
         self._stack: list[tuple[int, int]] = []
 
     def __enter__(self) -> guard:
-        token = runtime.acquire(self.threshold)
+        token = runtime.acquire(self.threshold, environment_sampler())
         if self.mode == "raise":
             runtime.set_raise(token, True)
         self._stack.append((token, _native.now_ns()))
@@ -123,17 +85,18 @@ class guard:
             seen = runtime.events_between(start, end)
         finally:
             runtime.release(token)
-        interrupted = self.mode == "raise"
-        over = [
-            e
+        # Judged as the plugin judges a test's blocks (allow paths relative to the current
+        # directory); each event's threshold is this guard's.
+        judge = Judge(Path.cwd(), allow=self.allow, gc=self.gc, cpu_wait=self.cpu_wait)
+        verdicts = [
+            judge.judge(e, test="", phase="", threshold=self.threshold, mode=self.mode)
             for e in seen
-            if e.crosses(self.threshold, self.gc, self.cpu_wait, interrupted=interrupted)
         ]
-        self.allowed = [e for e in over if self._allowed(e)]
-        self.events = [e for e in over if e not in self.allowed]
+        self.allowed = [v.event for v in verdicts if v.outcome == "allowed"]
+        self.events = [v.event for v in verdicts if v.outcome == "failed"]
         if self.events and self.raise_ and exc_type is None:
             __tracebackhide__ = True
-            raise LoopBlockedError(self.events)
+            raise LoopBlockedError(self.events, format_events(self.events))
         return None
 
     def __call__(self, func: F) -> F:
@@ -154,11 +117,6 @@ class guard:
                 return func(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]
-
-    def _allowed(self, ev: BlockEvent) -> bool:
-        root = Path.cwd()
-        frames = [*ev.stack, *ev.gil_holder_stack]
-        return any(p.matches(f, root) for p in self.allow for f in frames)
 
     def _copy(self) -> guard:
         g = guard.__new__(guard)

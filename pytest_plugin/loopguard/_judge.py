@@ -13,41 +13,47 @@ A block that reached the watchdog is judged in this order:
 5. otherwise the mode decides: *failed* (``fail``), *warned* (``warn``) or *recorded*
    (``record``).
 
+Then what the test's circumstances say (:meth:`Judge.judge`): a block that an
+``expect_block()`` of the test covered is *allowed*; one that no report can carry any more (it
+began outside any test, or ended after its test had finished) is *recorded* instead of failing
+or warning; a warning that a warnings filter turned into an error *fails* the test. A failing
+block of a test that pytest reported as skipped or xfailed is *recorded*
+(:meth:`Judge.not_failing`).
+
 Allowed, baselined and recorded blocks never fail a test; all of them appear in the summary and
 the JSON report with their outcome.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import functools
+import dataclasses
 import json
-import os
-import re
-import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ._errors import SettingError
 from ._events import BlockEvent, Frame
-from ._settings import SettingError
+from ._files import modules, relative_path
+from ._parse import AllowPattern
 
 __all__ = [
     "BASELINE_VERSION",
     "OUTCOMES",
     "SEVERITIES",
-    "AllowPattern",
+    "SEVERITY_FROM",
     "Baseline",
     "Judge",
     "Verdict",
-    "parse_allow",
-    "parse_scan",
     "severity",
 ]
 
 SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "MONITOR")
-"""From worst to mildest: over 5 s, 1 to 5 s, 100 ms to 1 s, under 100 ms."""
+"""From worst to mildest (the limits: :data:`SEVERITY_FROM`)."""
+
+SEVERITY_FROM = {"CRITICAL": 5.0, "HIGH": 1.0, "MEDIUM": 0.1}
+"""The shortest block (seconds) of each severity but MONITOR; CRITICAL is strictly longer."""
 
 OUTCOMES = ("failed", "warned", "baselined", "recorded", "allowed")
 """What a block did, from the one that matters most to the one that matters least."""
@@ -59,153 +65,16 @@ def severity(duration: float, threshold: float) -> str:
     A block under the failing threshold (kept only because of the record threshold) is
     MONITOR whatever its length.
     """
-    if duration < threshold or duration < 0.1:
+    if duration < threshold or duration < SEVERITY_FROM["MEDIUM"]:
         return "MONITOR"
-    if duration > 5.0:
+    if duration > SEVERITY_FROM["CRITICAL"]:
         return "CRITICAL"
-    if duration >= 1.0:
+    if duration >= SEVERITY_FROM["HIGH"]:
         return "HIGH"
     return "MEDIUM"
 
 
-# --- where a frame is ----------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=4096)
-def relative_path(filename: str, root: Path) -> str:
-    """``filename`` relative to ``root`` with ``/`` separators, or absolute when outside it."""
-    if filename.startswith("<"):
-        return filename
-    try:
-        rel = os.path.relpath(os.path.realpath(filename), os.path.realpath(root))
-    except ValueError:
-        return filename
-    if rel.startswith(".."):
-        return Path(filename).as_posix()
-    return rel.replace(os.sep, "/")
-
-
-class _Modules:
-    """Maps source file names to dotted module names (``app/x.py`` -> ``app.x``)."""
-
-    def __init__(self) -> None:
-        self._by_file: dict[str, str] = {}
-        self._cache: dict[str, Optional[str]] = {}
-        self._seen = -1
-
-    def name(self, filename: str) -> Optional[str]:
-        if filename in self._cache:
-            return self._cache[filename]
-        real = os.path.realpath(filename)
-        if len(sys.modules) != self._seen:
-            self._seen = len(sys.modules)
-            for mod_name, mod in list(sys.modules.items()):
-                f = getattr(mod, "__file__", None)
-                if isinstance(f, str):
-                    self._by_file.setdefault(os.path.realpath(f), mod_name)
-        name = self._by_file.get(real) or self._from_sys_path(real)
-        self._cache[filename] = name
-        return name
-
-    @staticmethod
-    def _from_sys_path(real: str) -> Optional[str]:
-        if not real.endswith(".py"):
-            return None
-        best = None
-        for entry in sys.path:
-            base = os.path.realpath(entry or os.getcwd()) + os.sep
-            if real.startswith(base) and (best is None or len(base) > len(best)):
-                best = base
-        if best is None:
-            return None
-        parts = real[len(best) : -len(".py")].split(os.sep)
-        if parts[-1] == "__init__":
-            parts.pop()
-        return ".".join(parts) if parts and all(p.isidentifier() for p in parts) else None
-
-
-modules = _Modules()
-
-
-# --- allow patterns and scan ---------------------------------------------------------------
-
-ALLOW_HELP = (
-    "module:function, module, path/glob.py or path/glob.py:function "
-    "(globs allowed, paths relative to the rootdir)"
-)
-_DOTTED_GLOB = re.compile(r"^[A-Za-z_*?\[\]][\w*?\[\].]*$")
-_FUNCTION_GLOB = re.compile(r"^[\w*?\[\]<>.]+$")
-_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
-
-
-@dataclass(frozen=True)
-class AllowPattern:
-    """One ``loopguard_allow`` entry: blocks with a matching frame on their stack are allowed."""
-
-    text: str
-    source: str
-    module: Optional[str] = None
-    path: Optional[str] = None
-    function: Optional[str] = None
-
-    def matches(self, frame: Frame, root: Path) -> bool:
-        if self.function is not None:
-            last = frame.function.rsplit(".", 1)[-1]
-            if not (
-                fnmatch.fnmatchcase(frame.function, self.function)
-                or fnmatch.fnmatchcase(last, self.function)
-            ):
-                return False
-        if self.path is not None:
-            return fnmatch.fnmatchcase(relative_path(frame.filename, root), self.path)
-        name = modules.name(frame.filename)
-        return name is not None and fnmatch.fnmatchcase(name, self.module or "")
-
-
-def parse_allow(text: object, *, source: str) -> AllowPattern:
-    """Parse one allow pattern; ``source`` says where it came from (for the error)."""
-
-    def bad(why: str) -> SettingError:
-        return SettingError(
-            f"invalid allow pattern {text!r} (from {source}): {why}; expected {ALLOW_HELP}"
-        )
-
-    if not isinstance(text, str) or not text.strip():
-        raise bad("not a non-empty string")
-    where, sep, function = text.strip().rpartition(":")
-    if not sep:
-        where, function = function, ""
-    where = where.strip()
-    function = function.strip()
-    if sep and not function:
-        raise bad("nothing after ':'")
-    if function and not _FUNCTION_GLOB.match(function):
-        raise bad(f"{function!r} is not a function name")
-    if not where:
-        raise bad("no module or path before ':'")
-    fn = function or None
-    if "/" in where or where.endswith(".py") or os.sep in where:
-        path = where.replace(os.sep, "/")
-        while path.startswith("./"):
-            path = path[2:]
-        return AllowPattern(text=text, source=source, path=path, function=fn)
-    if not _DOTTED_GLOB.match(where):
-        raise bad(f"{where!r} is neither a dotted module name nor a path to a .py file")
-    return AllowPattern(text=text, source=source, module=where, function=fn)
-
-
-def parse_scan(value: object, *, name: str, source: str) -> tuple[str, ...]:
-    """``loopguard_scan``: package names separated by blanks or commas."""
-    items = value if isinstance(value, (list, tuple)) else str(value).replace(",", " ").split()
-    out = []
-    for item in items:
-        if not isinstance(item, str) or not _DOTTED.match(item.strip()):
-            raise SettingError(
-                f"invalid value for {name}: {item!r} (from {source}); expected package names "
-                "separated by blanks, such as 'mypkg otherpkg'"
-            )
-        out.append(item.strip())
-    return tuple(out)
+# --- scan ------------------------------------------------------------------------------------
 
 
 def _in_packages(frame: Frame, packages: tuple[str, ...]) -> bool:
@@ -286,12 +155,15 @@ class Baseline:
 
 @dataclass
 class Verdict:
-    """One judged block."""
+    """One judged block. Final when :meth:`Judge.judge` returns it (or, for a test that pytest
+    reported as skipped or xfailed, :meth:`Judge.not_failing`)."""
 
     event: BlockEvent
+    """The block as judged: its ``threshold`` is :attr:`threshold`."""
     test: str
     phase: str
     threshold: float
+    """The threshold it was judged against (the test's, or ``guard()``'s)."""
     severity: str
     outcome: str
     """One of :data:`OUTCOMES`."""
@@ -300,13 +172,9 @@ class Verdict:
     mode: str
     key: Optional[tuple[str, str]]
     """The call site as the baseline knows it: ``(file relative to the rootdir, function)``."""
-
-    @property
-    def over_threshold(self) -> bool:
-        """True when the block would fail a test without the baseline and the mode."""
-        return self.outcome in ("failed", "warned", "baselined") or (
-            self.outcome == "recorded" and self.reason == "mode record"
-        )
+    over_threshold: bool = False
+    """True when the block would fail a test without the baseline and the mode (what
+    ``--loopguard-baseline-update`` writes)."""
 
 
 _EXCUSE_HINTS = {
@@ -316,8 +184,15 @@ _EXCUSE_HINTS = {
     "blocked for the threshold by itself",
 }
 
+EXPECTED_REASON = "expected by loopguard.expect_block()"
+WARNING_ERROR_REASON = "LoopBlockedWarning turned into an error by a warnings filter"
+NOT_RUN_REASON = "the test was skipped or xfailed"
+
 
 class Judge:
+    """Judges blocks under the session's settings (allow patterns, scan, baseline, what counts
+    toward a block) and a test's (threshold, mode, its markers' allow patterns)."""
+
     def __init__(
         self,
         root: Path,
@@ -351,24 +226,57 @@ class Judge:
         threshold: float,
         mode: str,
         allow: tuple[AllowPattern, ...] = (),
+        expected: bool = False,
+        orphan: Optional[str] = None,
+        warn: Optional[Callable[[BlockEvent], bool]] = None,
     ) -> Verdict:
-        key = self.site_key(ev)
+        """The verdict on ``ev`` under ``threshold`` and ``mode``, in the order of this module's
+        docstring; then, in this order:
 
-        def verdict(outcome: str, reason: Optional[str]) -> Verdict:
-            return Verdict(
-                event=ev,
-                test=test,
-                phase=phase,
-                threshold=threshold,
-                severity=severity(ev.duration, threshold),
-                outcome=outcome,
-                reason=reason,
-                mode=mode,
-                key=key,
-            )
+        * ``expected``: a ``loopguard.expect_block()`` of the test covered it: *allowed*;
+        * ``orphan``: why no test report can carry it (it began outside any test, or ended after
+          its test had finished): one that would fail or warn is *recorded*, with that reason;
+        * ``warn``: emits a warned block's ``LoopBlockedWarning`` and returns False when a
+          warnings filter turned it into an error: the block then *fails* its test.
+        """
+        ev = dataclasses.replace(ev, threshold=threshold)
+        outcome, reason, over = self._decide(ev, threshold, mode, allow)
+        if expected:
+            outcome, reason, over = "allowed", EXPECTED_REASON, False
+        elif orphan is not None and outcome in ("failed", "warned"):
+            outcome, reason, over = "recorded", orphan, False
+        elif outcome == "warned" and warn is not None and not warn(ev):
+            outcome, reason = "failed", WARNING_ERROR_REASON
+        return Verdict(
+            event=ev,
+            test=test,
+            phase=phase,
+            threshold=threshold,
+            severity=severity(ev.duration, threshold),
+            outcome=outcome,
+            reason=reason,
+            mode=mode,
+            key=self.site_key(ev),
+            over_threshold=over,
+        )
 
+    @staticmethod
+    def not_failing(v: Verdict) -> Verdict:
+        """``v`` for a test that pytest reported as skipped or xfailed: a failing block is
+        *recorded* (no failure to report it in)."""
+        if v.outcome != "failed":
+            return v
+        return dataclasses.replace(
+            v, outcome="recorded", reason=NOT_RUN_REASON, over_threshold=False
+        )
+
+    def _decide(
+        self, ev: BlockEvent, threshold: float, mode: str, allow: tuple[AllowPattern, ...]
+    ) -> tuple[str, Optional[str], bool]:
+        """``(outcome, reason, over the threshold)``: the last is True from the baseline on,
+        where only the baseline and the mode keep the block from failing its test."""
         if ev.duration < threshold:
-            return verdict("recorded", "under the threshold")
+            return "recorded", "under the threshold", False
         excused = ev.excused(
             threshold, gc=self.gc, cpu_wait=self.cpu_wait, interrupted=mode == "raise"
         )
@@ -376,19 +284,21 @@ class Judge:
             ev.cause, reason = excused
             if excused[0] in _EXCUSE_HINTS:
                 ev.hint = _EXCUSE_HINTS[excused[0]]
-            return verdict("recorded", reason)
+            return "recorded", reason, False
         frames = [*ev.stack, *ev.gil_holder_stack]
         if self.scan and not any(_in_packages(f, self.scan) for f in frames):
-            return verdict("allowed", "outside loopguard_scan")
+            return "allowed", "outside loopguard_scan", False
         for pattern in (*allow, *self.allow):
-            if any(pattern.matches(f, self.root) for f in frames):
-                return verdict("allowed", f"allow {pattern.text!r} ({pattern.source})")
+            if any(pattern.matches(f.filename, f.function, self.root) for f in frames):
+                return "allowed", f"allow {pattern.text!r} ({pattern.source})", False
         if self.baseline_update:
-            return verdict("baselined", "written to the baseline")
-        if self.baseline is not None and key is not None and key in self.baseline.sites:
-            return verdict("baselined", f"in the baseline {self.baseline.path.name}")
+            return "baselined", "written to the baseline", True
+        if self.baseline is not None:
+            key = self.site_key(ev)
+            if key is not None and key in self.baseline.sites:
+                return "baselined", f"in the baseline {self.baseline.path.name}", True
         if mode == "warn":
-            return verdict("warned", "mode warn")
+            return "warned", "mode warn", True
         if mode == "record":
-            return verdict("recorded", "mode record")
-        return verdict("failed", None)
+            return "recorded", "mode record", True
+        return "failed", None, True

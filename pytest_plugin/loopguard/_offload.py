@@ -28,13 +28,16 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from . import _native
-from ._events import BlockEvent, Frame, _site_of, _thread_name, format_events
+from ._decode import site_of, thread_name
+from ._errors import OffloadError
+from ._events import BlockEvent, Frame
+from ._failure import format_events
+from ._parse import format_duration, parse_duration
 from ._runtime import runtime
-from ._settings import format_duration, parse_duration
+from ._settings import DEFAULT_THRESHOLD, environment_sampler
 
 __all__ = ["OffloadCheck", "OffloadError", "ThreadActivity", "offload_check"]
 
-DEFAULT_THRESHOLD = 0.1
 DEFAULT_MAX_GIL_SHARE = 0.5
 SAMPLE_INTERVAL = 0.001
 THREADS_EVERY = 5
@@ -49,10 +52,6 @@ _LOOP_FILES = (
     os.sep + os.path.join("trio", "_core", "_run.py"),
     "uvloop" + os.sep,
 )
-
-
-class OffloadError(AssertionError):
-    """``assert_offloaded()`` failed: the loop blocked, or offloaded work held the GIL."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +152,7 @@ class OffloadCheck:
                 f"this offload_check() was already {self._state}; "
                 "call offload_check() again for a new check"
             )
-        self._token = runtime.acquire(self.threshold)
+        self._token = runtime.acquire(self.threshold, environment_sampler())
         try:
             self._sampler = _native.OffloadSampler(SAMPLE_INTERVAL, THREADS_EVERY)
         except (RuntimeError, ValueError) as e:
@@ -212,13 +211,13 @@ class OffloadCheck:
         busy_sites: Counter[Frame] = Counter()
         gil_sites: Counter[Frame] = Counter()
         for h, c, s in stacks:
-            site = _site_of(s)
+            site = site_of(s)
             if site is not None:
                 busy_sites[site] += h + c
                 if h:
                     gil_sites[site] += h
         return ThreadActivity(
-            name=_thread_name(ident),
+            name=thread_name(ident),
             ident=ident,
             native_id=d["native_id"],
             role=role,
@@ -328,6 +327,7 @@ def offload_check(
 ) -> OffloadCheck:
     """Record which threads ran inside the block, their busy time and GIL share, and the loop's
     blocks; judge with ``check.assert_offloaded(max_gil_share=0.5)``. Works without the plugin
-    (``threshold`` defaults to 100 ms; ``min_busy``, half the threshold by default, is the least
-    busy time of a worker that is judged: shorter work cannot hold the loop past the threshold)."""
+    (``threshold`` defaults to the plugin's default threshold; ``min_busy``, half the threshold
+    by default, is the least busy time of a worker that is judged: shorter work cannot hold the
+    loop past the threshold)."""
     return OffloadCheck(threshold, min_busy=min_busy)

@@ -22,12 +22,18 @@ import threading
 from typing import Optional
 
 from . import _native, _trio, _uvloop
-from ._events import BlockEvent, events_from_json, remember_thread
-from ._explain import explain, install_gc_log
+from ._decode import decode_events, remember_thread
+from ._errors import LoopBlockedError
+from ._events import BlockEvent
+from ._explain import install_gc_log
 
-__all__ = ["Runtime", "runtime"]
+__all__ = ["LAG_PROBE_INTERVAL", "Runtime", "runtime"]
 
 _FLUSH_TIMEOUT = 5.0
+
+LAG_PROBE_INTERVAL = 0.01
+"""Seconds between the lag probe's timers: how late they run is the loop's lag (measured only
+on request: the ``loopguard`` fixture or ``max_lag=``)."""
 
 
 class Runtime:
@@ -41,23 +47,21 @@ class Runtime:
         self._sampler: Optional[str] = None
         self._raisers: set[int] = set()
         self.lag_probing = False
-        """Measure loop lag (a timer every 10 ms) on loops that start running from now on."""
+        """Measure loop lag (see :data:`LAG_PROBE_INTERVAL`) on loops that start running from now
+        on."""
         self.lag_log: collections.deque[tuple[int, float]] = collections.deque(maxlen=100_000)
         """``(when_ns, lag_seconds)`` measured by the lag probes, on the watchdog's clock."""
 
     # --- lifetime --------------------------------------------------------------------------
 
-    def acquire(self, threshold: float, sampler: Optional[str] = None) -> int:
+    def acquire(self, threshold: float, sampler: str) -> int:
         """Start watching with ``threshold`` seconds; returns a token for :meth:`release`.
 
-        ``sampler`` is how stacks are read when this call starts the watchdog: the caller's
-        resolved choice (the plugin's command line beats the environment), or ``None`` for the
-        environment's ``LOOPGUARD_SAMPLER``, else ``"auto"``. Raises ``RuntimeError`` when the
+        ``sampler`` is how stacks are read when this call starts the watchdog (the caller's
+        resolved setting: see :mod:`loopguard._settings`). Raises ``RuntimeError`` when the
         watchdog cannot start.
         """
         ns = max(1, int(threshold * 1e9))
-        if sampler is None:
-            sampler = os.environ.get("LOOPGUARD_SAMPLER") or "auto"
         with self._lock:
             if not _native.is_running():
                 self._sampler = _native.start(ns, sampler)
@@ -80,8 +84,6 @@ class Runtime:
         """Raise mode for ``token``: blocks raise ``LoopBlockedError`` in the loop thread."""
         if not on and not self._raisers:
             return  # the common case, at every test: nobody raises
-        from ._guard import LoopBlockedError
-
         with self._lock:
             if on:
                 self._raisers.add(token)
@@ -159,10 +161,7 @@ class Runtime:
         raw = _native.flush(_FLUSH_TIMEOUT) if everything else _native.take(_FLUSH_TIMEOUT)
         if raw is None:
             return []
-        # A loop thread paused at a breakpoint is the user's pause, not a block.
-        new = [e for e in events_from_json(raw) if not e.in_debugger]
-        for ev in new:
-            explain(ev)
+        new = decode_events(raw)
         with self._lock:
             self._events.extend(new)
         return new
@@ -325,10 +324,9 @@ class _InstallingLoader(importlib.abc.Loader):
 
 
 class _LagProbe:
-    """A timer every 10 ms on ``loop``: how late it runs is the loop's lag (only on request:
-    the ``loopguard`` fixture or ``max_lag=``)."""
+    """A timer every :data:`LAG_PROBE_INTERVAL` on ``loop``, logging how late it runs."""
 
-    INTERVAL = 0.01
+    INTERVAL = LAG_PROBE_INTERVAL
 
     def __init__(self, loop, log) -> None:  # type: ignore[no-untyped-def]
         self._loop = loop

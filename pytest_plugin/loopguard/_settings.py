@@ -1,81 +1,577 @@
-"""Parsing and validation of loopguard settings (durations, modes, marker arguments)."""
+"""The settings of a session and of each test, resolved once, and the state the plugin keeps.
+
+Every setting is read here, with one precedence: marker > command line > environment > ini
+(``--loopguard-KEY``, ``LOOPGUARD_KEY``, ini ``loopguard_key``, ``@pytest.mark.loopguard``).
+Values are parsed by :mod:`loopguard._parse`; an invalid one is a :class:`SettingError` naming
+the setting, the value and where it came from.
+"""
 
 from __future__ import annotations
 
-import math
-import re
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from ._errors import SettingError
+from ._files import relative_path
+from ._judge import Baseline, Judge, Verdict
+from ._parse import (
+    ALLOW_HELP,
+    CPU_WAIT_CHOICES,
+    DURATION_HELP,
+    GC_CHOICES,
+    MODES,
+    NATIVE_CHOICES,
+    SAMPLERS,
+    STACK_CHOICES,
+    AllowPattern,
+    format_duration,
+    parse_allow,
+    parse_allow_list,
+    parse_choice,
+    parse_duration,
+    parse_scan,
+)
+from ._report import check_writable
+from ._runtime import LAG_PROBE_INTERVAL
+
+if TYPE_CHECKING:
+    import pytest
+
+    from ._fixture import ExpectBlock
 
 __all__ = [
-    "MODES",
-    "SettingError",
-    "format_duration",
-    "parse_choice",
-    "parse_duration",
+    "DEFAULT_THRESHOLD",
+    "MARKER",
+    "Settings",
+    "State",
+    "TestSettings",
+    "TestState",
+    "add_options",
+    "environment_sampler",
+    "header_lines",
+    "marker_settings",
+    "resolve",
+    "settings_of",
 ]
 
-_DURATION = re.compile(
-    r"^\s*(?P<num>[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?)\s*(?P<unit>ms|s|us)?\s*$"
+DEFAULT_THRESHOLD = 0.1
+"""The threshold (seconds) when nothing sets one."""
+
+THRESHOLD_HELP = (
+    f"fail a test whose event loop is blocked for longer than this: {DURATION_HELP}; default "
+    f"{format_duration(DEFAULT_THRESHOLD)}"
 )
-_UNITS = {None: 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
+RECORD_THRESHOLD_HELP = (
+    "also record (never fail) blocks longer than this and shorter than the threshold, as "
+    f"severity MONITOR: {DURATION_HELP}; default: off"
+)
+MODE_HELP = (
+    "what a block over the threshold does: fail the test after it ran (fail, the default); "
+    "also raise loopguard.LoopBlockedError inside the blocked code, at the blocking line "
+    "(raise); emit a loopguard.LoopBlockedWarning (warn); or only record it for the summary "
+    "and reports (record)"
+)
+GC_HELP = (
+    "whether time spent in garbage collection counts toward a block: a block that crosses the "
+    "threshold only with it is recorded, not failed (exclude, the default), or judged by its "
+    "whole length (include)"
+)
+CPU_WAIT_HELP = (
+    "whether time the loop thread waited for a CPU (the machine was busy) counts toward a "
+    "block: a block that crosses the threshold only with it is recorded, not failed (exclude, "
+    "the default), or judged by its whole length (include)"
+)
+SAMPLER_HELP = (
+    "how stacks are captured: auto (GIL-free where supported, else by taking the GIL), "
+    "native (GIL-free or fail) or gil"
+)
+JSON_HELP = "write a JSON report of every block to this file at the end of the session"
+HTML_HELP = (
+    "write an HTML report (one self-contained file: hotspots, stacks, per-test timelines) to "
+    "this file at the end of the session"
+)
+BASELINE_HELP = (
+    "a baseline file: blocks at the call sites it lists (file and function) do not fail tests"
+)
+BASELINE_UPDATE_HELP = "write the baseline file from the call sites that block in this run"
+ALLOW_INI_HELP = f"call sites allowed to block, one per line: {ALLOW_HELP}"
+SCAN_HELP = (
+    "only judge blocks whose stack passes through these packages (names separated by blanks); "
+    "other blocks are allowed"
+)
+STACK_HELP = (
+    "how failure reports print stacks: short (the default) folds library frames between "
+    "project frames into one line naming their packages; full prints every frame (as -vv does)"
+)
+NATIVE_HELP = (
+    "also record the native frames below the Python frame that made a C call (a sqlite3 query, "
+    "zlib, a regex, a C extension), read once a block is detected: off (the default) or on"
+)
+MARKER = (
+    "loopguard(threshold=None, enabled=True, mode=None, allow=(), max_lag=None, native=None): "
+    "fail the test "
+    "if an event "
+    "loop is blocked for longer than threshold (e.g. '50ms', 0.05); enabled=False turns "
+    "loopguard off for the test; mode='fail'|'raise'|'warn'|'record' overrides "
+    "--loopguard-mode ('raise' raises LoopBlockedError at the blocking line); "
+    "allow=[patterns] allows blocks at call sites such as 'mypkg.startup:load_model' or "
+    "'app/config.py'; max_lag='100ms' fails the test if its loop lag (how late a timer every "
+    f"{format_duration(LAG_PROBE_INTERVAL)} runs) exceeds it; native='on'|'off' overrides "
+    "--loopguard-native"
+)
+_MARKER_ARGS = {"threshold", "enabled", "mode", "allow", "max_lag", "native"}
 
-DURATION_HELP = "a positive duration such as 100ms, 0.25s or 0.1 (seconds)"
 
-MODES = ("fail", "raise", "warn", "record")
-GC_CHOICES = ("exclude", "include")
-"""Whether time spent in garbage collection counts toward a block's judgement."""
-CPU_WAIT_CHOICES = ("exclude", "include")
-"""Whether time the loop thread waited for a CPU counts toward a block's judgement."""
-"""What a block over the threshold does: fail the test (raise: also raise in the blocked code),
-warn, or only record it."""
-NATIVE_CHOICES = ("off", "on")
-"""Whether a block's report shows the native frames below the Python frame that made a C call."""
-STACK_CHOICES = ("short", "full")
-"""How a report prints a stack: library frames between project frames folded, or every frame."""
+@dataclass
+class Settings:
+    """The session's settings; ``*_source`` says where a value came from (the name the user
+    wrote, or ``"default"``), for the report header."""
+
+    threshold: float
+    threshold_source: str
+    sampler: str
+    mode: str = "fail"
+    mode_source: str = "default"
+    gc: str = "exclude"
+    gc_source: str = "default"
+    cpu_wait: str = "exclude"
+    cpu_wait_source: str = "default"
+    stack: str = "short"
+    stack_source: str = "default"
+    native: str = "off"
+    native_source: str = "default"
+    record_threshold: Optional[float] = None
+    json_path: Optional[Path] = None
+    html_path: Optional[Path] = None
+    baseline_path: Optional[Path] = None
+    baseline_update: bool = False
+    allow: tuple[AllowPattern, ...] = ()
+    scan: tuple[str, ...] = ()
+
+    def floor(self, threshold: float) -> float:
+        """The shortest block worth keeping for a test with ``threshold``."""
+        if self.record_threshold is None:
+            return threshold
+        return min(threshold, self.record_threshold)
+
+    def as_json(self, root: Path) -> dict[str, Any]:
+        def ms(s: Optional[float]) -> Optional[float]:
+            return None if s is None else round(s * 1000.0, 3)
+
+        return {
+            "threshold_ms": ms(self.threshold),
+            "record_threshold_ms": ms(self.record_threshold),
+            "mode": self.mode,
+            "gc": self.gc,
+            "cpu_wait": self.cpu_wait,
+            "native": self.native,
+            "sampler": self.sampler,
+            "allow": [p.text for p in self.allow],
+            "scan": list(self.scan),
+            "baseline": relative_path(str(self.baseline_path), root)
+            if self.baseline_path
+            else None,
+        }
 
 
-class SettingError(ValueError):
-    """An invalid setting value. The message names the setting, the value and its source."""
+@dataclass(frozen=True)
+class TestSettings:
+    """What the markers of one test set (the session's settings where they set nothing)."""
+
+    __test__ = False  # not a test class, whoever imports it
+
+    threshold: float
+    enabled: bool
+    mode: str
+    allow: tuple[AllowPattern, ...] = ()
+    max_lag: Optional[float] = None
+    native: str = "off"
+
+    def floor(self, settings: Settings) -> float:
+        """The shortest block worth keeping for this test."""
+        return settings.floor(self.threshold)
 
 
-def parse_duration(value: object, *, name: str, source: str) -> float:
-    """Parse ``value`` (``"100ms"``, ``"0.25s"``, ``"0.1"``, or a number of seconds) to seconds.
+class TestState:
+    """The test that is running (or has just run): its settings, phase and verdicts. Only the
+    current test has one, so a collected test costs no memory until it runs."""
 
-    ``name`` is the setting as the user wrote it (``--loopguard-threshold``) and ``source``
-    where the value came from (``the command line``); both appear in the error.
-    """
-    seconds: float | None
-    if isinstance(value, bool):
-        seconds = None
-    elif isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str):
-        m = _DURATION.match(value)
-        seconds = float(m.group("num")) * _UNITS[m.group("unit")] if m else None
-    else:
-        seconds = None
-    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
-        raise SettingError(
-            f"invalid value for {name}: {value!r} (from {source}); expected {DURATION_HELP}"
-        )
-    return seconds
+    __test__ = False  # not a test class, whoever imports it
 
-
-def parse_choice(value: object, choices: tuple[str, ...], *, name: str, source: str) -> str:
-    """``value`` if it is one of ``choices`` (surrounding blanks ignored)."""
-    if isinstance(value, str) and value.strip() in choices:
-        return value.strip()
-    raise SettingError(
-        f"invalid value for {name}: {value!r} (from {source}); expected one of {', '.join(choices)}"
+    __slots__ = (
+        "allow",
+        "enabled",
+        "expects",
+        "item",
+        "max_lag",
+        "mode",
+        "native",
+        "phase",
+        "phase_start_ns",
+        "test_start_ns",
+        "threshold",
+        "verdicts",
     )
 
+    def __init__(self, item: pytest.Item, settings: TestSettings) -> None:
+        self.item = item
+        self.threshold = settings.threshold
+        self.enabled = settings.enabled
+        self.mode = settings.mode
+        self.allow = settings.allow
+        self.max_lag = settings.max_lag
+        self.native = settings.native
+        self.verdicts: dict[str, list[Verdict]] = {}
+        self.phase = "setup"
+        self.phase_start_ns = 0
+        self.test_start_ns = 0
+        self.expects: list[tuple[str, ExpectBlock]] = []
+        """``expect_block()`` contexts of the test, with the phase that opened them."""
 
-def format_duration(seconds: float) -> str:
-    """Human form of a duration: ``312 ms``, ``1.25 s``, ``0.4 ms``."""
-    ms = seconds * 1000.0
-    if ms >= 10_000:
-        return f"{seconds:.1f} s"
-    if ms >= 1000:
-        return f"{seconds:.2f} s"
-    if ms >= 10:
-        return f"{ms:.0f} ms"
-    return f"{ms:.1f} ms"
+    def floor(self, settings: Settings) -> float:
+        """The shortest block worth keeping for this test."""
+        floor = settings.floor(self.threshold)
+        if not self.expects:
+            return floor
+        return min([floor, *(e.threshold for _, e in self.expects)])
+
+
+@dataclass
+class State:
+    """The plugin's state for one session (kept in ``config.stash``)."""
+
+    settings: Settings
+    token: int
+    judge: Judge
+    default: TestSettings
+    """The settings of a test without a loopguard marker."""
+    marked: dict[str, TestSettings] = field(default_factory=dict)
+    """The settings of the tests that have a loopguard marker, by node id."""
+    collected: set[int] = field(default_factory=set)
+    """``id()`` of the items whose markers were read at collection (ints: nothing for the
+    garbage collector to visit)."""
+    current: Optional[TestState] = None
+    verdicts: list[Verdict] = field(default_factory=list)
+    """Every judged block of the session (under xdist, the controller's include the workers')."""
+    fixed: list[tuple[str, str]] = field(default_factory=list)
+    """Baseline call sites that did not block in this run."""
+    written: list[str] = field(default_factory=list)
+    """What was written at the end of the session (the JSON report, the baseline)."""
+    reader_off: Optional[str] = None
+    """Why stacks are read by taking the GIL although the user did not ask for it."""
+
+
+# The settings that take a value: (key, metavar, help, has an ini option). Each is
+# --loopguard-KEY on the command line, LOOPGUARD_KEY in the environment and, where it has one,
+# ini loopguard_key: the names `_pick` reads.
+_VALUE_OPTIONS = (
+    ("threshold", "DURATION", THRESHOLD_HELP, True),
+    ("record_threshold", "DURATION", RECORD_THRESHOLD_HELP, True),
+    ("mode", "MODE", MODE_HELP, True),
+    ("gc", "exclude|include", GC_HELP, True),
+    ("cpu_wait", "exclude|include", CPU_WAIT_HELP, True),
+    ("stack", "short|full", STACK_HELP, True),
+    ("native", "off|on", NATIVE_HELP, True),
+    ("sampler", "KIND", SAMPLER_HELP, False),
+    ("json", "PATH", JSON_HELP, True),
+    ("html", "PATH", HTML_HELP, True),
+    ("baseline", "PATH", BASELINE_HELP, True),
+)
+_INI_KEYS = frozenset(key for key, _, _, has_ini in _VALUE_OPTIONS if has_ini)
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Register the command line and ini options."""
+    group = parser.getgroup("loopguard", "fail tests that block the asyncio event loop")
+    for key, metavar, help_, has_ini in _VALUE_OPTIONS:
+        sources = f"env LOOPGUARD_{key.upper()}" + (f", ini loopguard_{key}" if has_ini else "")
+        group.addoption(
+            f"--loopguard-{key.replace('_', '-')}",
+            dest=f"loopguard_{key}",
+            metavar=metavar,
+            default=None,
+            help=f"{help_} ({sources})",
+        )
+    group.addoption(
+        "--loopguard-baseline-update",
+        dest="loopguard_baseline_update",
+        action="store_true",
+        default=False,
+        help=BASELINE_UPDATE_HELP,
+    )
+    for key, _, help_, has_ini in _VALUE_OPTIONS:
+        if has_ini:
+            parser.addini(f"loopguard_{key}", help_, default=None)
+    parser.addini("loopguard_allow", ALLOW_INI_HELP, type="linelist", default=[])
+    parser.addini("loopguard_scan", SCAN_HELP, default=None)
+
+
+def _ini_source(config: pytest.Config) -> str:
+    return f"the config file {config.inipath}" if config.inipath else "the config file"
+
+
+def _pick(config: pytest.Config, key: str) -> Optional[tuple[Any, str, str]]:
+    """The first value set for setting ``key`` (``threshold``): command line, env, ini.
+
+    Returns ``(value, name as the user wrote it, where it came from)`` or ``None``.
+    """
+    cli = config.getoption(f"loopguard_{key}")
+    if cli is not None:
+        return cli, f"--loopguard-{key.replace('_', '-')}", "the command line"
+    env = _from_environment(key)
+    if env is not None:
+        return env
+    if key not in _INI_KEYS:
+        return None
+    ini = config.getini(f"loopguard_{key}")
+    # An empty ini value means "not set"; an empty CLI or env value is a mistake.
+    if ini is not None and str(ini).strip():
+        return ini, f"loopguard_{key}", _ini_source(config)
+    return None
+
+
+def _choice(
+    config: pytest.Config, key: str, choices: tuple[str, ...], default: str
+) -> tuple[str, str]:
+    """The value of the choice setting ``key`` and where it came from (the name the user
+    wrote, or ``"default"``)."""
+    picked = _pick(config, key)
+    if picked is None:
+        return default, "default"
+    value, name, where = picked
+    return parse_choice(value, choices, name=name, source=where), name
+
+
+def _from_environment(key: str) -> Optional[tuple[str, str, str]]:
+    name = f"LOOPGUARD_{key.upper()}"
+    value = os.environ.get(name)
+    return None if value is None else (value, name, "the environment")
+
+
+def environment_sampler() -> str:
+    """How stacks are read when the watchdog starts without the plugin (``guard()``,
+    ``offload_check()``): ``LOOPGUARD_SAMPLER``, else ``"auto"``."""
+    picked = _from_environment("sampler")
+    if picked is None:
+        return "auto"
+    value, name, where = picked
+    return parse_choice(value, SAMPLERS, name=name, source=where)
+
+
+def _path(config: pytest.Config, value: str, name: str, where: str) -> Path:
+    if not value.strip():
+        raise SettingError(f"invalid value for {name}: {value!r} (from {where}); expected a path")
+    path = Path(os.path.expanduser(value.strip()))
+    if not path.is_absolute():
+        if name.startswith("loopguard_") and config.inipath:
+            path = config.inipath.parent / path  # ini values: relative to the ini file
+        else:
+            path = config.invocation_params.dir / path
+    return path
+
+
+def resolve(config: pytest.Config) -> tuple[Settings, Judge]:
+    """The session's settings, and the judge that applies them; raises :class:`SettingError`."""
+    threshold, source = DEFAULT_THRESHOLD, "default"
+    picked = _pick(config, "threshold")
+    if picked is not None:
+        value, name, where = picked
+        threshold, source = parse_duration(value, name=name, source=where), name
+    sampler, _ = _choice(config, "sampler", SAMPLERS, "auto")
+    s = Settings(threshold=threshold, threshold_source=source, sampler=sampler)
+    s.mode, s.mode_source = _choice(config, "mode", MODES, s.mode)
+    s.gc, s.gc_source = _choice(config, "gc", GC_CHOICES, s.gc)
+    s.cpu_wait, s.cpu_wait_source = _choice(config, "cpu_wait", CPU_WAIT_CHOICES, s.cpu_wait)
+    s.stack, s.stack_source = _choice(config, "stack", STACK_CHOICES, s.stack)
+    s.native, s.native_source = _choice(config, "native", NATIVE_CHOICES, s.native)
+
+    picked = _pick(config, "record_threshold")
+    if picked is not None:
+        value, name, where = picked
+        s.record_threshold = parse_duration(value, name=name, source=where)
+        if s.record_threshold >= threshold:
+            raise SettingError(
+                f"invalid value for {name}: {value!r} (from {where}); expected a duration "
+                f"below the threshold ({format_duration(threshold)})"
+            )
+
+    # Under pytest-xdist, workers ship their verdicts to the controller (see _xdist.py), which
+    # alone writes the JSON report and the baseline.
+    picked = _pick(config, "json")
+    if picked is not None:
+        value, name, where = picked
+        s.json_path = _path(config, str(value), name, where)
+        check_writable(s.json_path, name=name, source=where)
+
+    picked = _pick(config, "html")
+    if picked is not None:
+        value, name, where = picked
+        s.html_path = _path(config, str(value), name, where)
+        check_writable(s.html_path, name=name, source=where)
+
+    picked = _pick(config, "baseline")
+    s.baseline_update = bool(config.getoption("loopguard_baseline_update"))
+    baseline = None
+    if picked is not None:
+        value, name, where = picked
+        s.baseline_path = _path(config, str(value), name, where)
+        if s.baseline_update:
+            check_writable(s.baseline_path, name=name, source=where)
+            if s.baseline_path.exists():
+                Baseline.load(s.baseline_path)  # do not overwrite something else
+        else:
+            baseline = Baseline.load(s.baseline_path)
+    if picked is None and s.baseline_update:
+        raise SettingError(
+            "--loopguard-baseline-update needs the baseline's path: --loopguard-baseline=PATH "
+            "(or ini loopguard_baseline, env LOOPGUARD_BASELINE)"
+        )
+
+    ini_source = _ini_source(config)
+    s.allow = tuple(
+        parse_allow(text, source=f"loopguard_allow in {ini_source}")
+        for text in config.getini("loopguard_allow")
+    )
+    scan = config.getini("loopguard_scan")
+    if scan is not None and str(scan).strip():
+        s.scan = parse_scan(scan, name="loopguard_scan", source=ini_source)
+
+    judge = Judge(
+        config.rootpath,
+        allow=s.allow,
+        scan=s.scan,
+        baseline=baseline,
+        baseline_update=s.baseline_update,
+        gc=s.gc,
+        cpu_wait=s.cpu_wait,
+    )
+    return s, judge
+
+
+def marker_settings(item: pytest.Item, state: State) -> TestSettings:
+    """The settings of ``item``: the session's, unless loopguard markers change them (the
+    closest marker's value wins; allow patterns add up). Raises :class:`SettingError`."""
+    marks = list(item.iter_markers("loopguard"))
+    if not marks:
+        return state.default
+    d = state.default
+    threshold, enabled, mode, max_lag, native = d.threshold, d.enabled, d.mode, d.max_lag, d.native
+    where = f"@pytest.mark.loopguard on {item.nodeid}"
+    allow: list[AllowPattern] = []
+    # Closest marker wins: iter_markers yields the function's own first.
+    for mark in reversed(marks):
+        if mark.args:
+            raise SettingError(
+                f"{item.nodeid}: @pytest.mark.loopguard takes keyword arguments only "
+                f"(threshold=..., enabled=..., mode=..., allow=...), got positional "
+                f"{mark.args!r}"
+            )
+        unknown = set(mark.kwargs) - _MARKER_ARGS
+        if unknown:
+            raise SettingError(
+                f"{item.nodeid}: unknown @pytest.mark.loopguard argument(s) "
+                f"{', '.join(sorted(unknown))}; expected {', '.join(sorted(_MARKER_ARGS))}"
+            )
+        if "threshold" in mark.kwargs:
+            threshold = parse_duration(mark.kwargs["threshold"], name="threshold", source=where)
+        if "mode" in mark.kwargs:
+            mode = parse_choice(mark.kwargs["mode"], MODES, name="mode", source=where)
+        if "native" in mark.kwargs:
+            native = _native_arg(mark.kwargs["native"], where)
+        if "max_lag" in mark.kwargs:
+            max_lag = parse_duration(mark.kwargs["max_lag"], name="max_lag", source=where)
+        if "allow" in mark.kwargs:
+            allow.extend(parse_allow_list(mark.kwargs["allow"], source=where))
+        if "enabled" in mark.kwargs:
+            value = mark.kwargs["enabled"]
+            if not isinstance(value, bool):
+                raise SettingError(
+                    f"invalid value for enabled: {value!r} (from {where}); expected True or False"
+                )
+            enabled = value
+    return TestSettings(threshold, enabled, mode, tuple(allow), max_lag, native)
+
+
+def _native_arg(value: object, where: str) -> str:
+    """The marker's ``native``: ``"on"``/``"off"`` or a bool."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return parse_choice(value, NATIVE_CHOICES, name="native", source=where)
+
+
+def settings_of(state: State, item: pytest.Item) -> TestSettings:
+    """The settings of ``item``: those read at collection (nothing is kept for a test without
+    markers: whatever is kept per test, even in its stash, is one more object for every
+    garbage collection to visit), or read now for an item added later."""
+    ts = state.marked.get(item.nodeid)
+    if ts is None:
+        if id(item) in state.collected:
+            return state.default
+        ts = marker_settings(item, state)
+        if ts is not state.default:
+            state.marked[item.nodeid] = ts
+    return ts
+
+
+_LATE_CAPTURE = (
+    "a block in C code that holds the GIL (a regex, sorted(), json.dumps(), a C extension) "
+    "is seen only when that code returns, so its stack may show a later line"
+)
+
+
+def header_lines(
+    state: State, *, root: Path, sampler: Optional[str], cpu_wait_known: bool
+) -> list[str]:
+    """The report header's lines: the active settings and where the non-default ones came
+    from; ``sampler`` is the stack capture in use, ``cpu_wait_known`` whether the kernel
+    reports run-queue time."""
+    s = state.settings
+    how = (
+        "GIL-free stack capture"
+        if (sampler or "?") == "native"
+        else "stacks read by taking the GIL (may be late)"
+    )
+    src = "" if s.threshold_source == "default" else f" (from {s.threshold_source})"
+    lines = [f"loopguard: threshold {format_duration(s.threshold)}{src}, {how}"]
+    if state.reader_off is not None:
+        lines.append(
+            f"loopguard: the GIL-free stack reader is off: {state.reader_off}; {_LATE_CAPTURE}"
+        )
+    extra = []
+    if s.mode != "fail":
+        extra.append(f"mode {s.mode} (from {s.mode_source})")
+    if s.gc != "exclude":
+        extra.append(f"garbage collection counts toward blocks (from {s.gc_source})")
+    if s.cpu_wait != "exclude":
+        extra.append(f"waiting for a CPU counts toward blocks (from {s.cpu_wait_source})")
+    elif not cpu_wait_known:
+        extra.append(
+            "waiting for a CPU counts toward blocks (this kernel does not report run-queue "
+            "time: no /proc/self/task/TID/schedstat)"
+        )
+    if s.native != "off":
+        extra.append(
+            f"native frames (from {s.native_source})"
+            if sampler == "native"
+            else "no native frames: they need the GIL-free stack reader, which is off"
+        )
+    if s.stack != "short":
+        extra.append(f"{s.stack} stacks (from {s.stack_source})")
+    if s.record_threshold is not None:
+        extra.append(f"recording blocks over {format_duration(s.record_threshold)}")
+    if s.allow:
+        extra.append(f"{len(s.allow)} allow pattern{'s' * (len(s.allow) != 1)}")
+    if s.scan:
+        extra.append(f"scanning {', '.join(s.scan)}")
+    if s.baseline_path is not None:
+        verb = "updating" if s.baseline_update else "baseline"
+        judge = state.judge
+        n = f" ({len(judge.baseline.sites)} call sites)" if judge.baseline else ""
+        extra.append(f"{verb} {relative_path(str(s.baseline_path), root)}{n}")
+    if s.json_path is not None:
+        extra.append(f"JSON report {relative_path(str(s.json_path), root)}")
+    if extra:
+        lines.append("loopguard: " + ", ".join(extra))
+    return lines

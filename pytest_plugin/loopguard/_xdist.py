@@ -22,15 +22,17 @@ only there: without xdist its hooks would only add to the cost of every test.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Optional
 
 import pytest
 
 from ._events import BlockEvent
+from ._failure import FailureRepr
 from ._judge import Verdict
 
 if TYPE_CHECKING:
-    from .plugin import _State
+    from ._settings import State
 
 __all__ = ["ATTR", "XdistPlugin"]
 
@@ -47,7 +49,7 @@ def is_worker(config: pytest.Config) -> bool:
 class XdistPlugin:
     name = "loopguard-xdist"
 
-    def __init__(self, config: pytest.Config, state: _State) -> None:
+    def __init__(self, config: pytest.Config, state: State) -> None:
         self.config = config
         self.state = state
         self.worker = is_worker(config)
@@ -88,23 +90,26 @@ class XdistPlugin:
     @pytest.hookimpl(wrapper=True)
     def pytest_report_to_serializable(self, config: pytest.Config, report: Any) -> Any:
         data = yield
-        from .plugin import _LoopguardRepr  # plugin.py imports this module
-
-        if data is not None and isinstance(report.longrepr, _LoopguardRepr):
+        if data is not None and isinstance(report.longrepr, FailureRepr):
             data[_LONGREPR_KEY] = report.longrepr.stack  # how it prints stacks: short, full
         return data
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if self.worker:
-            # xdist's worker sends the report from its own pytest_runtest_logreport.
-            self._shipped.update(self._pending.pop(id(report), ()))
-            return
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> Generator[None, Any, Any]:
         shipped = getattr(report, ATTR, None)
-        if shipped:
+        if shipped and not self.worker:
             # Reports logged in this process carry no ATTR (only workers attach it), so
             # whatever arrives here came from a worker and is counted exactly once.
             self._receive(shipped, _worker_id(report))
+        try:
+            return (yield)
+        finally:
+            if self.worker:
+                # xdist's worker has sent the report from its own pytest_runtest_logreport.
+                self._shipped.update(self._pending.pop(id(report), ()))
+            if shipped:
+                # The terminal reporter keeps every report to the end: not the events' data.
+                delattr(report, ATTR)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         output = getattr(self.config, "workeroutput", None)
@@ -119,8 +124,6 @@ class XdistPlugin:
     def pytest_report_from_serializable(self, config: pytest.Config, data: Any) -> Any:
         report = yield
         if report is not None and isinstance(data, dict) and data.get(_LONGREPR_KEY):
-            from .plugin import _LoopguardRepr  # plugin.py imports this module
-
             failing = [
                 BlockEvent.from_dict(d["event"])
                 for d in getattr(report, ATTR, None) or []
@@ -128,7 +131,7 @@ class XdistPlugin:
             ]
             if failing:
                 stack = data[_LONGREPR_KEY]
-                report.longrepr = _LoopguardRepr(failing, stack if stack == "full" else "short")
+                report.longrepr = FailureRepr(failing, stack if stack == "full" else "short")
         return report
 
     @pytest.hookimpl(optionalhook=True)
@@ -140,17 +143,28 @@ class XdistPlugin:
 
     def _receive(self, shipped: list[dict[str, Any]], worker: str) -> None:
         for d in shipped:
-            self.state.verdicts.append(_verdict_from_data(d))
+            v = _verdict_from_data(d)
+            v.event.samples = []  # the report that needed them is rebuilt on its own
+            self.state.verdicts.append(v)
         self.received[worker] = self.received.get(worker, 0) + len(shipped)
 
 
-_VERDICT_FIELDS = ("test", "phase", "threshold", "severity", "outcome", "reason", "mode")
+_VERDICT_FIELDS = (
+    "test",
+    "phase",
+    "threshold",
+    "severity",
+    "outcome",
+    "reason",
+    "mode",
+    "over_threshold",
+)
 
 
 def _verdict_to_data(v: Verdict) -> dict[str, Any]:
     data: dict[str, Any] = {f: getattr(v, f) for f in _VERDICT_FIELDS}
     data["key"] = list(v.key) if v.key is not None else None
-    data["event"] = v.event.to_dict()
+    data["event"] = v.event.to_dict(samples=v.outcome == "failed")  # for its failure report
     return data
 
 

@@ -1,0 +1,152 @@
+"""Where a source file is: the project's code or a library's, its module and package name, and
+its path as a report shows it."""
+
+from __future__ import annotations
+
+import functools
+import os
+import site
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Optional
+
+__all__ = [
+    "PKG_DIR",
+    "display_path",
+    "is_user_file",
+    "modules",
+    "package_of",
+    "relative_path",
+]
+
+PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+"""loopguard's own directory: its frames are never the project's."""
+
+
+def _library_dirs() -> tuple[str, ...]:
+    dirs = set()
+    paths = sysconfig.get_paths()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        if paths.get(key):
+            dirs.add(os.path.realpath(paths[key]))
+    try:
+        for d in site.getsitepackages():
+            dirs.add(os.path.realpath(d))
+    except AttributeError:  # virtualenv's old site.py
+        pass
+    return tuple(sorted((d.rstrip(os.sep) + os.sep for d in dirs), key=len, reverse=True))
+
+
+_LIB_DIRS = _library_dirs()
+_user_cache: dict[str, bool] = {}
+
+
+def is_user_file(filename: str) -> bool:
+    """True for code of the project under test: not loopguard, the stdlib or site-packages."""
+    cached = _user_cache.get(filename)
+    if cached is not None:
+        return cached
+    if filename.startswith("<"):
+        result = False
+    else:
+        real = os.path.realpath(filename)
+        result = not (
+            real.startswith(PKG_DIR)
+            or any(real.startswith(d) for d in _LIB_DIRS)
+            or f"{os.sep}site-packages{os.sep}" in real
+            or f"{os.sep}dist-packages{os.sep}" in real
+        )
+    _user_cache[filename] = result
+    return result
+
+
+def package_of(filename: str) -> str:
+    """The package a library file belongs to: the top-level name under site-packages
+    (``httpx``), the standard library module (``asyncio``, ``json``), or the file's name."""
+    if filename.startswith("<"):
+        # <frozen importlib._bootstrap>, <string>
+        inner = filename.strip("<>").split()[-1]
+        return inner.split(".", 1)[0] or filename
+    real = os.path.realpath(filename)
+    if real.startswith(PKG_DIR):
+        return "loopguard"
+    for marker in (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}"):
+        if marker in real:
+            return _top_name(real.rsplit(marker, 1)[1])
+    for d in _LIB_DIRS:
+        if real.startswith(d):
+            return _top_name(real[len(d) :])
+    return os.path.basename(filename)
+
+
+def _top_name(relpath: str) -> str:
+    top = relpath.split(os.sep, 1)[0]
+    for suffix in (".py", ".pyc"):
+        top = top.removesuffix(suffix)
+    return top.split(".", 1)[0] if top.endswith(".so") else top
+
+
+def display_path(filename: str) -> str:
+    """``filename`` relative to the current directory, or as it is when outside it."""
+    try:
+        rel = os.path.relpath(filename)
+    except ValueError:
+        return filename
+    return filename if rel.startswith("..") else rel
+
+
+@functools.lru_cache(maxsize=4096)
+def relative_path(filename: str, root: Path) -> str:
+    """``filename`` relative to ``root`` with ``/`` separators, or absolute when outside it."""
+    if filename.startswith("<"):
+        return filename
+    try:
+        rel = os.path.relpath(os.path.realpath(filename), os.path.realpath(root))
+    except ValueError:
+        return filename
+    if rel.startswith(".."):
+        return Path(filename).as_posix()
+    return rel.replace(os.sep, "/")
+
+
+class _Modules:
+    """Maps source file names to dotted module names (``app/x.py`` -> ``app.x``)."""
+
+    def __init__(self) -> None:
+        self._by_file: dict[str, str] = {}
+        self._cache: dict[str, Optional[str]] = {}
+        self._seen = -1
+
+    def name(self, filename: str) -> Optional[str]:
+        if filename in self._cache:
+            return self._cache[filename]
+        real = os.path.realpath(filename)
+        if len(sys.modules) != self._seen:
+            self._seen = len(sys.modules)
+            for mod_name, mod in list(sys.modules.items()):
+                f = getattr(mod, "__file__", None)
+                if isinstance(f, str):
+                    self._by_file.setdefault(os.path.realpath(f), mod_name)
+        name = self._by_file.get(real) or self._from_sys_path(real)
+        self._cache[filename] = name
+        return name
+
+    @staticmethod
+    def _from_sys_path(real: str) -> Optional[str]:
+        if not real.endswith(".py"):
+            return None
+        best = None
+        for entry in sys.path:
+            base = os.path.realpath(entry or os.getcwd()) + os.sep
+            if real.startswith(base) and (best is None or len(base) > len(best)):
+                best = base
+        if best is None:
+            return None
+        parts = real[len(best) : -len(".py")].split(os.sep)
+        if parts[-1] == "__init__":
+            parts.pop()
+        return ".".join(parts) if parts and all(p.isidentifier() for p in parts) else None
+
+
+modules = _Modules()

@@ -1,0 +1,619 @@
+"""The GIL-free frame reader (``src/reader``), tested through ``loopguard._native._reader_*``.
+
+Stress duration: ``LOOPGUARD_STRESS_SECONDS`` (default 3 per run; use 30 for a soak run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import glob
+import importlib.machinery
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+import textwrap
+import threading
+import time
+import types
+import warnings
+
+import pytest
+
+
+def _load_native():
+    """``loopguard._native``; loaded directly if the package's ``__init__`` cannot import."""
+    try:
+        from loopguard import _native
+
+        return _native
+    except ImportError:
+        spec = importlib.util.find_spec("loopguard")
+        if spec is None or not spec.submodule_search_locations:
+            raise
+        for where in spec.submodule_search_locations:
+            for path in glob.glob(os.path.join(where, "_native*.so")):
+                loader = importlib.machinery.ExtensionFileLoader("loopguard._native", path)
+                mod_spec = importlib.util.spec_from_file_location(
+                    "loopguard._native", path, loader=loader
+                )
+                module = importlib.util.module_from_spec(mod_spec)
+                loader.exec_module(module)
+                return module
+        raise
+
+
+native = _load_native()
+
+PY311 = sys.version_info >= (3, 11)
+STRESS_SECONDS = float(os.environ.get("LOOPGUARD_STRESS_SECONDS", "3"))
+
+pytestmark = [
+    pytest.mark.interpreter,
+    pytest.mark.skipif(
+        native.reader_unavailable() is not None,
+        reason=f"native reader unavailable: {native.reader_unavailable()}",
+    ),
+]
+
+
+def qualname(code) -> str:
+    return code.co_qualname if PY311 else code.co_name
+
+
+# --------------------------------------------------------------------------------------------
+# Line tables
+
+
+def iter_codes(code):
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from iter_codes(const)
+
+
+def stdlib_codes():
+    """Every code object of every compilable ``.py`` file of the stdlib (site-packages aside)."""
+    stdlib = sysconfig.get_paths()["stdlib"]
+    for path in sorted(glob.glob(os.path.join(stdlib, "**", "*.py"), recursive=True)):
+        if "site-packages" in path:
+            continue
+        try:
+            with open(path, "rb") as f:
+                source = f.read()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                top = compile(source, path, "exec", dont_inherit=True)
+        except (SyntaxError, ValueError, UnicodeDecodeError, OSError):
+            continue
+        yield from iter_codes(top)
+
+
+def merged(ranges):
+    """``co_lines()``-style ranges with contiguous equal-line neighbours merged (3.12+ merges)."""
+    out = []
+    for start, end, line in ranges:
+        if out and out[-1][2] == line and out[-1][1] == start:
+            out[-1] = (out[-1][0], end, line)
+        else:
+            out.append((start, end, line))
+    return out
+
+
+def check_code(code):
+    """Compares the reader's view of ``code`` with CPython's; returns a problem or None."""
+    filename, name, first, nbytes = native._reader_code(code)
+    if (filename, name, first, nbytes) != (
+        code.co_filename,
+        qualname(code),
+        code.co_firstlineno,
+        len(code.co_code),
+    ):
+        return f"code fields: {(filename, name, first, nbytes)}"
+    got = native._reader_lines(code)
+    want = list(code.co_lines())
+    if sys.version_info < (3, 12) and got != want:
+        return f"co_lines {got} != {want}"
+    if merged(got) != merged(want):
+        return f"co_lines {merged(got)} != {merged(want)}"
+    for start, end, line in want:
+        for probe in {start, end - 2}:
+            if native._reader_line_for(code, probe) != line:
+                return f"line_for({probe}) = {native._reader_line_for(code, probe)} != {line}"
+    if native._reader_line_for(code, -2) != code.co_firstlineno:
+        return "line of a frame that has not started"
+    return None
+
+
+def test_line_tables_match_cpython_for_the_whole_stdlib():
+    checked = 0
+    failures = []
+    for code in stdlib_codes():
+        checked += 1
+        problem = check_code(code)
+        if problem is not None:
+            failures.append(f"{code.co_filename}:{code.co_firstlineno} {code.co_name}: {problem}")
+    assert checked > 10_000, checked
+    assert not failures, f"{len(failures)} of {checked} differ:\n" + "\n".join(failures[:20])
+
+
+def test_non_ascii_names_are_read():
+    src = textwrap.dedent(
+        """
+        def café():                  # UCS1
+            pass
+        def Ωmega():                 # UCS2
+            pass
+        def \U00010330x():           # UCS4 (GOTHIC LETTER AHSA)
+            pass
+        """
+    )
+    ns = {}
+    exec(compile(src, "/tmp/ünï/ṁodule-😀.py", "exec"), ns)
+    for fn in ns.values():
+        if isinstance(fn, types.FunctionType):
+            filename, name, _, _ = native._reader_code(fn.__code__)
+            assert filename == "/tmp/ünï/ṁodule-😀.py"
+            assert name == fn.__code__.co_name
+
+
+def test_reader_rejects_non_code_objects():
+    with pytest.raises(RuntimeError, match="not a code object"):
+        native._reader_code(object())
+
+
+# --------------------------------------------------------------------------------------------
+# Stacks
+
+
+def current_frames_stack(ident):
+    """The stack of thread ``ident`` per ``sys._current_frames()``, outermost first."""
+    frame = sys._current_frames()[ident]
+    out = []
+    while frame is not None:
+        out.append((frame.f_code.co_filename, frame.f_lineno, qualname(frame.f_code)))
+        frame = frame.f_back
+    return out[::-1]
+
+
+class Target(threading.Thread):
+    """A thread that publishes its thread state, then runs ``body``."""
+
+    def __init__(self, body):
+        super().__init__(daemon=True)
+        self.body = body
+        self.tstate = None
+        self.ready = threading.Event()
+
+    def run(self):
+        self.tstate = native._reader_current_tstate()
+        self.ready.set()
+        self.body()
+
+
+@contextlib.contextmanager
+def running(body):
+    """Run ``body(stop)`` in a Target thread until the block ends; yield the thread."""
+    stop = threading.Event()
+    t = Target(lambda: body(stop))
+    t.start()
+    t.ready.wait()
+    try:
+        yield t
+    finally:
+        stop.set()
+        t.join()
+
+
+def sleeper_leaf(event):
+    while not event.is_set():
+        time.sleep(0.005)
+
+
+def sleeper_middle(event):
+    return sleeper_leaf(event)
+
+
+def sleeper_gen(event):
+    yield sleeper_middle(event)
+
+
+class Sleeper:
+    def method(self, event):
+        return next(sleeper_gen(event))
+
+
+async def sleeper_coro(event):
+    Sleeper().method(event)
+
+
+def test_stack_of_a_sleeping_thread_matches_current_frames():
+    with running(lambda stop: asyncio.run(sleeper_coro(stop))) as t:
+        deadline = time.monotonic() + 10
+        while current_frames_stack(t.ident)[-1][2] != "sleeper_leaf":
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        while True:
+            # The thread sleeps with the GIL released; between our two reads it may run a few
+            # bytecodes (the `while` line), so retry until both views agree.
+            want = current_frames_stack(t.ident)
+            got = [tuple(f) for f in native._reader_stack(t.tstate, t.ident)]
+            if got == want or time.monotonic() > deadline:
+                break
+        assert got == want
+        names = [f[2] for f in got]
+        for expected in ("sleeper_coro", "sleeper_gen", "sleeper_middle", "sleeper_leaf"):
+            assert any(n.endswith(expected) for n in names), names
+        assert got[-1][0] == __file__
+
+
+def test_wrong_thread_ident_is_refused():
+    with running(sleeper_leaf) as t:
+        with pytest.raises(RuntimeError, match="no longer belongs"):
+            native._reader_stack(t.tstate, threading.get_ident())
+
+
+def test_deep_stack_is_cut_at_the_limit():
+    stop = threading.Event()
+
+    def recurse(n):
+        if n == 0:
+            sleeper_leaf(stop)
+        else:
+            recurse(n - 1)
+
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(5000)
+    t = Target(lambda: recurse(1500))
+    t.start()
+    t.ready.wait()
+    try:
+        for _ in range(100):
+            frames = native._reader_stack(t.tstate, t.ident)
+            if frames[-1][2].endswith("sleeper_leaf"):
+                break
+            time.sleep(0.01)
+        assert len(frames) == 1025
+        assert frames[0][0] == "<loopguard>"
+        assert frames[-1][2].endswith("sleeper_leaf")
+    finally:
+        stop.set()
+        t.join()
+        sys.setrecursionlimit(old)
+
+
+def innermost_hits(result, function_suffix):
+    return sum(
+        count for (_, _, fn), count in result["innermost"].items() if fn.endswith(function_suffix)
+    )
+
+
+def spin(stop):
+    n = 0
+    while not stop.is_set():
+        n += 1
+    return n
+
+
+def test_pure_python_loop_is_read_without_the_gil():
+    with running(spin) as t:
+        result = native._reader_stress(t.tstate, t.ident, 0.5)
+    assert result["ok"] > 100, result["errors"]
+    assert innermost_hits(result, "spin") > 100, result["innermost"]
+    lines = {line for (f, line, fn), _ in result["innermost"].items() if fn.endswith("spin")}
+    first = spin.__code__.co_firstlineno
+    assert lines <= {first + 2, first + 3}, lines
+
+
+def regex_worker():
+    # Catastrophic backtracking: seconds inside one C call that holds the GIL throughout.
+    return re.match(r"(a+)+$", "a" * 24 + "b")
+
+
+def sort_worker(data):
+    return sorted(data)
+
+
+@pytest.mark.parametrize("kind", ["regex", "sorted"])
+def test_c_call_holding_the_gil_is_read_while_it_runs(kind):
+    if kind == "regex":
+        body, inner = regex_worker, "match"
+    else:
+        import random
+
+        data = [random.random() for _ in range(3_000_000)]
+        body, inner = (lambda: sort_worker(data)), "sort_worker"
+    go = threading.Event()
+    started = []
+
+    def run():
+        go.wait()
+        started.append(time.monotonic())
+        body()
+        started.append(time.monotonic())
+
+    t = Target(run)
+    t.start()
+    t.ready.wait()
+    go.set()
+    # The sampler runs in Rust with the GIL released for the whole time the worker holds it.
+    result = native._reader_stress(t.tstate, t.ident, 0.6, 1000)
+    t.join()
+    busy = started[1] - started[0]
+    assert busy > 0.3, f"the {kind} call was too quick ({busy:.2f}s) to test anything"
+    hits = innermost_hits(result, inner)
+    assert hits > 50, (result["innermost"], result["errors"])
+
+
+def test_reading_the_calling_thread_works():
+    frames = native._reader_stack(native._reader_current_tstate(), threading.get_ident())
+    assert frames[-1][2].endswith("test_reading_the_calling_thread_works")
+
+
+def test_per_sample_cost_of_a_deep_blocked_stack():
+    stop = threading.Event()
+
+    def recurse(n):
+        if n == 0:
+            sleeper_leaf(stop)
+        else:
+            recurse(n - 1)
+
+    t = Target(lambda: recurse(100))
+    t.start()
+    t.ready.wait()
+    time.sleep(0.05)
+    try:
+        result = native._reader_stress(t.tstate, t.ident, 0.3)
+    finally:
+        stop.set()
+        t.join()
+    assert result["ok"] > 0
+    print(
+        f"\n{sys.version.split()[0]}: ~105-frame stack: p50 {result['p50_ns'] / 1000:.0f} us, "
+        f"p99 {result['p99_ns'] / 1000:.0f} us, samples {result['samples']}"
+    )
+    assert result["p50_ns"] < 1_000_000
+
+
+# --------------------------------------------------------------------------------------------
+# The watchdog's sampler: stack plus GIL attribution
+
+
+def test_sample_of_a_thread_in_a_gil_releasing_call():
+    with running(sleeper_leaf) as t:
+        sample = json.loads(native._reader_sample(t.tstate, t.ident, 0.05))
+    assert sample["error"] is None and sample["late"] is False
+    assert sample["frames"][-1]["function"].endswith("sleeper_leaf")
+    assert sample["gil"] in ("released", "unknown")
+
+
+def test_sample_of_a_thread_running_python_code():
+    with running(spin) as t:
+        sample = json.loads(native._reader_sample(t.tstate, t.ident, 0.05))
+    assert sample["error"] is None, sample
+    assert any(f["function"].endswith("spin") for f in sample["frames"][-2:]), sample
+    assert sample["gil"] in ("loop", "unknown")
+
+
+def test_sample_of_a_starved_thread_names_the_gil_holder():
+    stop = threading.Event()
+    go = threading.Event()
+    victim = Target(lambda: sleeper_leaf(stop))
+    victim.start()
+    victim.ready.wait()
+
+    def hog_body():
+        go.wait()
+        regex_worker()
+
+    hog = Target(hog_body)
+    hog.start()
+    hog.ready.wait()
+    go.set()
+    try:
+        # While we sleep without the GIL the hog takes it for seconds; the victim wakes from its
+        # 5 ms sleep and waits for the GIL.
+        sample = json.loads(native._reader_sample(victim.tstate, victim.ident, 0.3))
+    finally:
+        stop.set()
+        hog.join()
+        victim.join()
+    assert sample["frames"][-1]["function"].endswith("sleeper_leaf"), sample
+    if sample["gil"] == "unknown":
+        pytest.skip("the GIL reader is not available here")
+    assert sample["gil"] == "other", sample
+    assert sample["holder"]["thread_ident"] == hog.ident
+    holder_functions = [f["function"] for f in sample["holder"]["frames"]]
+    assert any(f.endswith("regex_worker") for f in holder_functions), holder_functions
+
+
+# --------------------------------------------------------------------------------------------
+# Stress: a thread that churns its frames, sampled in a tight loop without the GIL
+
+STRESS_SCRIPT = r"""
+import asyncio, gc, json, sys, threading, time, types, dis, os
+sys.path.insert(0, sys.argv[1])
+from test_reader import native, qualname, iter_codes
+
+stop = threading.Event()
+
+def rec(n):
+    if n:
+        return rec(n - 1) + 1
+    return 0
+
+def gen(n):
+    for i in range(n):
+        yield rec(i % 30)
+
+def boom(n):
+    if n:
+        return boom(n - 1)
+    raise ValueError(n)
+
+async def coro(n):
+    await asyncio.sleep(0)
+    return sum(gen(n))
+
+async def many():
+    await asyncio.gather(*(coro(20) for _ in range(10)))
+
+class Holder:
+    def __del__(self):
+        rec(10)
+
+def churn():
+    i = 0
+    while not stop.is_set():
+        i += 1
+        rec(200)
+        sum(gen(50))
+        try:
+            boom(50)
+        except ValueError:
+            pass
+        if i % 20 == 0:
+            asyncio.run(many())
+        if i % 50 == 0:
+            x = [Holder() for _ in range(10)]
+            x.append(x)
+            del x
+            gc.collect()
+        [rec(5) for _ in range(5)]
+
+box = {}
+def body():
+    box["tstate"] = native._reader_current_tstate()
+    churn()
+
+t = threading.Thread(target=body)
+t.start()
+while "tstate" not in box:
+    time.sleep(0.001)
+result = native._reader_stress(box["tstate"], t.ident, float(sys.argv[2]))
+stop.set()
+t.join()
+
+# Every code object that can have run, with its lines.
+known = {}
+def add(code):
+    lines = {code.co_firstlineno}
+    if sys.version_info >= (3, 10):
+        # 0: an instruction without a line (CPython's f_lineno is None there too).
+        lines |= {0 if l is None else l for _, _, l in code.co_lines()}
+    else:
+        lines |= {l for _, l in dis.findlinestarts(code)}
+    known.setdefault((code.co_filename, qualname(code)), set()).update(lines)
+for obj in gc.get_objects():
+    code = getattr(obj, "__code__", None) or getattr(obj, "gi_code", None) \
+        or getattr(obj, "cr_code", None)
+    if isinstance(code, types.CodeType):
+        for c in iter_codes(code):
+            add(c)
+bad = [f for f in result["frames"]
+       if f[1] not in known.get((f[0], f[2]), ()) and f[0] != "<loopguard>"]
+result["bad"] = bad
+result["frames"] = len(result["frames"])
+result["depths"] = {str(k): v for k, v in result["depths"].items()}
+del result["innermost"]
+print(json.dumps(result))
+"""
+
+
+def test_stress_sampling_a_thread_that_churns_frames(tmp_path):
+    script = tmp_path / "stress.py"
+    script.write_text(STRESS_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(script), os.path.dirname(__file__), str(STRESS_SECONDS)],
+        capture_output=True,
+        text=True,
+        timeout=STRESS_SECONDS + 120,
+    )
+    assert proc.returncode == 0, f"crashed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(
+        f"\n{sys.version.split()[0]}: {result['samples']} samples in {STRESS_SECONDS}s, "
+        f"{result['ok']} ok, errors {result['errors']}, p50 {result['p50_ns']} ns, "
+        f"p99 {result['p99_ns']} ns, max {result['max_ns']} ns"
+    )
+    assert result["ok"] > 0.2 * result["samples"], result
+    assert result["frames"] > 10
+    assert not result["bad"], result["bad"][:20]
+
+
+# --------------------------------------------------------------------------------------------
+# process_vm_readv unavailable
+
+VM_READV_SCRIPT = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from test_reader import native
+why = native.reader_unavailable()
+assert why is not None and "process_vm_readv" in why, why
+try:
+    native.start(100_000_000, "native")
+except RuntimeError as e:
+    assert "process_vm_readv" in str(e), e
+else:
+    raise AssertionError("the native sampler started")
+assert native.start(100_000_000, "auto") == "gil"
+assert native.sampler_name() == "gil"
+native.stop()
+print("ok")
+"""
+
+
+def test_without_process_vm_readv_native_is_unavailable_and_auto_falls_back(tmp_path):
+    script = tmp_path / "vm.py"
+    script.write_text(VM_READV_SCRIPT)
+    env = dict(os.environ, LOOPGUARD_DISABLE_VM_READV="1")
+    proc = subprocess.run(
+        [sys.executable, str(script), os.path.dirname(__file__)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+def test_native_sampler_is_chosen_when_available(tmp_path):
+    script = tmp_path / "auto.py"
+    script.write_text(
+        "import sys\nsys.path.insert(0, sys.argv[1])\nfrom test_reader import native\n"
+        "print(native.start(100_000_000, 'auto'), native.sampler_name())\nnative.stop()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "LOOPGUARD_DISABLE_VM_READV"}
+    proc = subprocess.run(
+        [sys.executable, str(script), os.path.dirname(__file__)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["native", "native"]
+
+
+def test_layout_source():
+    source, version = native._reader_layout()
+    assert version == sys.version_info[:2]
+    assert source == ("_Py_DebugOffsets" if sys.version_info >= (3, 13) else "headers")
+
+
+def test_gc_does_not_disturb_reading():
+    # Cached code objects that die and whose memory is reused must not be served stale.
+    for i in range(200):
+        ns = {}
+        exec(compile(f"def f{i}():\n" + "    x = 1\n" * (i % 7 + 1), f"<gen{i}>", "exec"), ns)
+        code = ns[f"f{i}"].__code__
+        assert native._reader_code(code)[:2] == (f"<gen{i}>", f"f{i}")
+        del ns, code
+        gc.collect()

@@ -1,0 +1,105 @@
+"""From the watchdog's JSON to an analysed event in one step: units, context, the call-site
+choice, starvation and debugger pauses (in-process, no watchdog)."""
+
+import bdb
+import json
+import threading
+
+from loopguard import Frame
+from loopguard._decode import decode_events, make_context, site_of
+
+TEST = "tests/test_upload.py::test_upload"
+RUNNER = {"filename": "/proj/tests/test_upload.py", "lineno": 12, "function": "test_upload"}
+HANDLER = {"filename": "/proj/app/handlers.py", "lineno": 30, "function": "handle"}
+LIBRARY = {"filename": json.__file__, "lineno": 1, "function": "dumps"}
+
+
+def raw_sample(*frames, count=1, gil="loop", holder=None, callback=None, late=False):
+    return {
+        "offset_ns": 100_000_000, "count": count, "frames": list(frames), "gil": gil,
+        "holder": holder, "late": late, "error": None, "task_name": "Task-3",
+        "syscall": None, "running": True, "callback": callback,
+    }  # fmt: skip
+
+
+CALL = make_context(TEST, "call")
+
+
+def raw_event(samples, *, context=CALL, callbacks=()):
+    return {
+        "id": 7, "loop_id": 1, "loop_kind": "asyncio", "thread_ident": 1,
+        "thread_name": "MainThread", "context": context, "start_ns": 1_000_000_000,
+        "end_ns": 1_312_000_000, "duration_ns": 312_000_000, "threshold_ns": 100_000_000,
+        "starved": False, "captured_after_ns": 101_000_000, "end_exact": True,
+        "task_name": "Task-3", "cpu_wait_ns": 2_000_000, "callbacks": list(callbacks),
+        "samples": samples,
+    }  # fmt: skip
+
+
+def decode(*events):
+    return decode_events(json.dumps(list(events)))
+
+
+def test_units_and_context_are_decoded():
+    (ev,) = decode(raw_event([raw_sample(RUNNER, HANDLER)]))
+    assert (ev.duration, ev.threshold, ev.captured_after, ev.cpu_wait) == (0.312, 0.1, 0.101, 0.002)
+    assert (ev.test, ev.phase, ev.start_ns, ev.end_ns) == (
+        TEST,
+        "call",
+        1_000_000_000,
+        1_312_000_000,
+    )
+    assert ev.samples[0].offset == 0.1
+    (outside,) = decode(raw_event([], context=""))
+    assert (outside.test, outside.phase, outside.site) == (None, None, None)
+
+
+def test_the_site_is_the_innermost_project_frame_and_the_library_frame_is_named():
+    (ev,) = decode(raw_event([raw_sample(RUNNER, HANDLER, LIBRARY)]))
+    assert ev.site == Frame(**HANDLER)
+    assert ev.innermost == Frame(**LIBRARY)
+    assert ev.stack == [Frame(**RUNNER), Frame(**HANDLER), Frame(**LIBRARY)]
+    assert (ev.gil, ev.running, ev.late, ev.starved) == ("loop", True, False, False)
+
+
+def test_a_stack_without_project_frames_is_blamed_on_its_innermost_frame():
+    assert site_of([Frame(**LIBRARY)]) == Frame(**LIBRARY)
+    assert site_of([]) is None
+
+
+def test_a_sample_taken_while_another_thread_held_the_gil_blames_that_thread():
+    worker = threading.Thread(target=lambda: None, name="cruncher")
+    worker.start()
+    worker.join()
+    holder = {"thread_ident": worker.ident, "frames": [HANDLER]}
+    sample = raw_sample(RUNNER, LIBRARY, gil="other", holder=holder, late=True)
+    (ev,) = decode(raw_event([sample]))
+    assert ev.starved
+    assert ev.site == Frame(**HANDLER)
+    assert ev.gil_holder_stack == [Frame(**HANDLER)]
+    assert ev.gil_holder_thread in ("cruncher", f"thread {worker.ident:#x}")
+    assert ev.late
+
+
+def test_a_block_of_several_callbacks_is_shown_at_the_one_that_surely_lasted_longest():
+    short = {**HANDLER, "lineno": 31, "function": "tick"}
+    spans = [
+        {"first_ns": 0, "last_ns": 0, "min_ns": 0, "max_ns": 20_000_000, "samples": 3,
+         "in_callback": True},
+        {"first_ns": 30_000_000, "last_ns": 190_000_000, "min_ns": 160_000_000,
+         "max_ns": 200_000_000, "samples": 2, "in_callback": True},
+    ]  # fmt: skip
+    samples = [
+        raw_sample(RUNNER, short, count=3, callback=0),
+        raw_sample(RUNNER, HANDLER, callback=1),
+    ]
+    (ev,) = decode(raw_event(samples, callbacks=spans))
+    assert ev.site == Frame(**HANDLER)  # not the line most samples show
+    assert [c.site for c in ev.callbacks] == [Frame(**short), Frame(**HANDLER)]
+    assert ev.callbacks[1].min == 0.16
+
+
+def test_a_loop_thread_paused_in_a_debugger_is_not_a_block():
+    pause = {"filename": bdb.__file__, "lineno": 90, "function": "dispatch_line"}
+    assert decode(raw_event([raw_sample(RUNNER, HANDLER, pause)])) == []
+    assert len(decode(raw_event([raw_sample(RUNNER, HANDLER)]))) == 1
