@@ -6,6 +6,7 @@
 use serde::Serialize;
 
 use crate::callbacks::Span;
+use crate::native_stack::NativeStack;
 
 /// One Python frame as captured from a thread's stack.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -71,6 +72,10 @@ pub struct Sample {
     pub callback_tag: Option<u64>,
     /// Index of the sample's entry in [`BlockEvent::callbacks`], once the block is finished.
     pub callback: Option<u32>,
+    /// The loop thread's native frames below its Python stack, when asked for (compared by
+    /// [`Sample::same_content`] without the exact instruction: see `NativeStack::same_calls`).
+    #[serde(flatten)]
+    pub native: NativeStack,
 }
 
 impl Sample {
@@ -89,6 +94,7 @@ impl Sample {
             running: false,
             callback_tag: None,
             callback: None,
+            native: NativeStack::default(),
         }
     }
 
@@ -103,6 +109,7 @@ impl Sample {
             && self.running == other.running
             && self.callback_tag == other.callback_tag
             && self.callback == other.callback
+            && self.native.same_calls(&other.native)
     }
 }
 

@@ -19,6 +19,7 @@ pub mod context;
 #[cfg(linux_full)]
 pub mod epoll;
 pub mod event;
+pub mod native_stack;
 pub mod offload;
 pub mod pid;
 pub mod policy;

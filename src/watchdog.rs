@@ -762,6 +762,7 @@ impl Runner {
             _ => None,
         };
         let mut samples = b.samples;
+        crate::native_stack::resolve(samples.iter_mut().map(|s| &mut s.native));
         // Spans mean something only when some sample was seen inside a callback (a sampler
         // that cannot tag, or a block in the loop's own machinery, leaves none).
         let any_callback = b.timeline.runs().iter().any(|r| r.tag.is_some());
@@ -869,7 +870,8 @@ impl Runner {
                     if !b.confirmed && now >= deadline {
                         b.confirmed = true;
                         w.slot.open_block.store(b.start, Ordering::Release);
-                        let s = self.sampler.sample(&w.slot.target, now - b.start);
+                        let mut s = self.sampler.sample(&w.slot.target, now - b.start);
+                        add_native(&mut s, &w.slot.target, b.starved);
                         observe(b, s);
                         // Counted when the sample is in hand: a sampler that had to wait (for
                         // the GIL) must not look punctual.
@@ -879,7 +881,10 @@ impl Runner {
                             let _ = self.notices.try_send((Arc::clone(&w.slot), b.start));
                         }
                     } else if now >= b.next_sample && (b.confirmed || (tags && !b.starved)) {
-                        let s = self.sampler.sample(&w.slot.target, now - b.start);
+                        let mut s = self.sampler.sample(&w.slot.target, now - b.start);
+                        if b.confirmed {
+                            add_native(&mut s, &w.slot.target, b.starved);
+                        }
                         observe(b, s);
                         b.next_sample = now_ns() + interval;
                     }
@@ -935,9 +940,12 @@ impl Runner {
             };
             if confirmed || (early_samples && now >= b.next_sample) {
                 let t0 = now_ns();
-                let s = self
+                let mut s = self
                     .sampler
                     .sample(&w.slot.target, t0.saturating_sub(start));
+                if confirmed {
+                    add_native(&mut s, &w.slot.target, starved);
+                }
                 observe(&mut b, s);
                 if confirmed {
                     b.captured_after = Some(now_ns().saturating_sub(start));
@@ -972,6 +980,23 @@ fn observe(b: &mut Block, mut s: Sample) {
         None
     };
     push_sample(&mut b.samples, s);
+}
+
+/// Adds the loop thread's native frames to `s`, a sample of a confirmed block, when they are
+/// asked for (see `native_stack`). Not for starvation: the loop thread is only waiting for the
+/// GIL then.
+fn add_native(s: &mut Sample, target: &Target, starved: bool) {
+    if starved || !crate::native_stack::enabled() {
+        return;
+    }
+    s.native.raw = Some(if s.late {
+        crate::native_stack::RawStack {
+            ips: Vec::new(),
+            note: Some(crate::native_stack::NEEDS_READER.into()),
+        }
+    } else {
+        crate::native_stack::capture(target.native_tid)
+    });
 }
 
 fn push_sample(samples: &mut Vec<Sample>, s: Sample) {
@@ -1015,6 +1040,7 @@ mod tests {
                 running: false,
                 callback_tag: None,
                 callback: None,
+                native: Default::default(),
             }
         }
 

@@ -15,7 +15,16 @@ import threading
 from collections import Counter
 from typing import Optional
 
-from ._events import BlockEvent, Callback, Frame, Sample
+from ._events import (
+    BlockEvent,
+    Callback,
+    Frame,
+    Sample,
+    blocking_native,
+    frame,
+    native_frames,
+    stack_of,
+)
 from ._explain import explain
 from ._files import is_user_file
 
@@ -23,7 +32,7 @@ __all__ = ["decode_events", "make_context", "remember_thread", "site_of", "threa
 
 
 def _frames(raw: list[dict]) -> list[Frame]:
-    return [Frame(f["filename"], int(f["lineno"]), f["function"]) for f in raw]
+    return stack_of([frame(f["filename"], int(f["lineno"]), f["function"]) for f in raw])
 
 
 # Names of threads started while loopguard watched, kept after they exit (an executor's worker
@@ -72,6 +81,8 @@ def _decode(text: str) -> list[BlockEvent]:
                     syscall=s.get("syscall"),
                     running=bool(s.get("running")),
                     callback=s.get("callback"),
+                    native_stack=native_frames(s.get("native_stack")),
+                    native_note=s.get("native_note"),
                 )
             )
         test, phase = _split_context(raw["context"])
@@ -224,6 +235,9 @@ def _analyse(ev: BlockEvent) -> None:
     ev.gil = s.gil
     ev.syscall = s.syscall
     ev.running = s.running
+    native = _native_sample(ev.samples, ev.site) or s
+    ev.native_stack = native.native_stack
+    ev.native_note = native.native_note
     if s.gil == "other" and s.gil_holder_ident is not None:
         # The loop thread could not run because another thread held the GIL.
         ev.starved = True
@@ -232,3 +246,20 @@ def _analyse(ev: BlockEvent) -> None:
     shown = _culprit(s)
     if shown and shown[-1] != ev.site:
         ev.innermost = shown[-1]
+
+
+def _native_sample(samples: list[Sample], site: Optional[Frame]) -> Optional[Sample]:
+    """The sample at ``site`` whose native stack to show: of those that have one (samples taken
+    before the block reached the threshold have none), the first that blocked in the native
+    function seen most often; else the first with a note on why there is none."""
+    at_site = [x for x in samples if site_of(_culprit(x)) == site]
+    counts: Counter[str] = Counter()
+    for x in at_site:
+        if x.native_stack:
+            counts[blocking_native(x.native_stack).name] += x.count
+    if counts:
+        top = max(counts, key=lambda name: counts[name])  # first-seen wins ties
+        return next(
+            x for x in at_site if x.native_stack and blocking_native(x.native_stack).name == top
+        )
+    return next((x for x in at_site if x.native_note), None)

@@ -9,13 +9,25 @@ event: the watchdog's JSON and the public JSON report.
 from __future__ import annotations
 
 import linecache
+import os
+import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 from ._files import display_path
 from ._parse import format_duration
 
-__all__ = ["GC_REASON", "BlockEvent", "Callback", "Frame", "Sample"]
+__all__ = [
+    "GC_REASON",
+    "BlockEvent",
+    "Callback",
+    "Frame",
+    "NativeFrame",
+    "Sample",
+    "blocking_native",
+    "frame",
+    "stack_of",
+]
 
 GC_REASON = "under the threshold without garbage collection (--loopguard-gc=include counts it)"
 """Why a block is recorded when it crossed the threshold only with garbage collection."""
@@ -42,7 +54,83 @@ class Frame:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Frame:
-        return cls(d["filename"], int(d["lineno"]), d["function"])
+        return frame(d["filename"], int(d["lineno"]), d["function"])
+
+
+# Events share their frames and stacks: a suite's blocks happen in a few places, reached by a
+# few paths, so thousands of events hold references to one copy of each (a stack of 40 frames
+# is 10 KB as fresh objects, 0.3 KB as a list of shared ones). Bounded: past the limit the
+# tables start again (what is shared stays shared).
+_FRAMES: dict[tuple[str, int, str], Frame] = {}
+_STACKS: dict[tuple[Frame, ...], list[Frame]] = {}
+_INTERN_LIMIT = 1 << 16
+
+
+def frame(filename: str, lineno: int, function: str) -> Frame:
+    """The one :class:`Frame` for this place."""
+    key = (filename, lineno, function)
+    found = _FRAMES.get(key)
+    if found is None:
+        if len(_FRAMES) >= _INTERN_LIMIT:
+            _FRAMES.clear()
+        found = _FRAMES[key] = Frame(sys.intern(filename), lineno, sys.intern(function))
+    return found
+
+
+def stack_of(frames: list[Frame]) -> list[Frame]:
+    """The one list for this stack (shared by events: never modify a stack in place)."""
+    key = tuple(frames)
+    found = _STACKS.get(key)
+    if found is None:
+        if len(_STACKS) >= _INTERN_LIMIT:
+            _STACKS.clear()
+        found = _STACKS[key] = frames
+    return found
+
+
+@dataclass(frozen=True)
+class NativeFrame:
+    """One native frame below the Python stack (``--loopguard-native=on``)."""
+
+    function: Optional[str]
+    """The function's name (``sqlite3_step``); ``None`` when no symbol covers the address."""
+    library: Optional[str]
+    """The file name of the library or executable (``libsqlite3.so.0``)."""
+    offset: int
+    """The address's offset in that library."""
+    file: Optional[str] = None
+    """Source file, where debug information exists."""
+    line: Optional[int] = None
+
+    @property
+    def name(self) -> str:
+        """``sqlite3_step (libsqlite3.so.0)``; ``libfoo.so+0x1a2b`` without a symbol."""
+        if self.function is None:
+            return f"{self.library or '?'}+{self.offset:#x}"
+        return f"{self.function} ({self.library})" if self.library else self.function
+
+    def __str__(self) -> str:
+        text = self.name
+        if self.file and self.line:
+            text += f" {os.path.basename(self.file)}:{self.line}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NativeFrame:
+        return cls(d["function"], d["library"], int(d["offset"]), d.get("file"), d.get("line"))
+
+
+def native_frames(raw: Optional[list[dict[str, Any]]]) -> list[NativeFrame]:
+    return [NativeFrame.from_dict(f) for f in raw or []]
+
+
+def blocking_native(stack: list[NativeFrame]) -> NativeFrame:
+    """The native function a stack blocked in: its innermost frame with a name (inner frames
+    without one are a library's internal functions)."""
+    return next((f for f in stack if f.function is not None), stack[0])
 
 
 @dataclass(frozen=True)
@@ -70,18 +158,25 @@ class Sample:
     """True when the kernel reported the loop thread on a CPU (running code, not waiting)."""
     callback: Optional[int] = None
     """Index in the event's ``callbacks`` of the callback this sample was taken in."""
+    native_stack: list[NativeFrame] = field(default_factory=list)
+    """The native frames below the innermost Python frame, innermost first
+    (``--loopguard-native=on``)."""
+    native_note: Optional[str] = None
+    """Why there are no native frames (or only the innermost one), when they were asked for."""
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["stack"] = [f.to_dict() for f in self.stack]
         d["gil_holder_stack"] = [f.to_dict() for f in self.gil_holder_stack]
+        d["native_stack"] = [f.to_dict() for f in self.native_stack]
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Sample:
         d = dict(d)
-        d["stack"] = [Frame.from_dict(f) for f in d["stack"]]
-        d["gil_holder_stack"] = [Frame.from_dict(f) for f in d["gil_holder_stack"]]
+        d["stack"] = stack_of([Frame.from_dict(f) for f in d["stack"]])
+        d["gil_holder_stack"] = stack_of([Frame.from_dict(f) for f in d["gil_holder_stack"]])
+        d["native_stack"] = native_frames(d.get("native_stack"))
         return cls(**d)
 
 
@@ -171,6 +266,11 @@ class BlockEvent:
     callbacks: list[Callback] = field(default_factory=list)
     """The callbacks the samples saw in the block's loop iteration, in order (empty when they
     cannot be told apart)."""
+    native_stack: list[NativeFrame] = field(default_factory=list)
+    """The native frames below the innermost frame of ``stack``, innermost first, in the sample
+    that shows ``site`` (``--loopguard-native=on``)."""
+    native_note: Optional[str] = None
+    """Why ``native_stack`` is empty or holds only the innermost frame, when it was asked for."""
 
     def crosses(
         self,
@@ -239,16 +339,18 @@ class BlockEvent:
     def context(self) -> Optional[str]:
         return f"{self.test} ({self.phase})" if self.test else None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, samples: bool = True) -> dict[str, Any]:
         """Plain data (str, int, float, bool, None, lists and dicts): JSON and xdist can carry it.
 
-        :meth:`from_dict` rebuilds an equal event, without re-analysing it.
+        :meth:`from_dict` rebuilds an equal event, without re-analysing it (``samples=False``:
+        without its samples, which only a failure report shows).
         """
         d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["samples"] = [s.to_dict() for s in self.samples]
+        d["samples"] = [s.to_dict() for s in self.samples] if samples else []
         d["stack"] = [f.to_dict() for f in self.stack]
         d["gil_holder_stack"] = [f.to_dict() for f in self.gil_holder_stack]
         d["callbacks"] = [c.to_dict() for c in self.callbacks]
+        d["native_stack"] = [f.to_dict() for f in self.native_stack]
         for key in ("site", "innermost"):
             d[key] = d[key].to_dict() if d[key] is not None else None
         return d
@@ -258,9 +360,12 @@ class BlockEvent:
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}  # newer writers may add keys
         d["samples"] = [Sample.from_dict(s) for s in d.get("samples", [])]
-        d["stack"] = [Frame.from_dict(f) for f in d.get("stack", [])]
-        d["gil_holder_stack"] = [Frame.from_dict(f) for f in d.get("gil_holder_stack", [])]
+        d["stack"] = stack_of([Frame.from_dict(f) for f in d.get("stack", [])])
+        d["gil_holder_stack"] = stack_of(
+            [Frame.from_dict(f) for f in d.get("gil_holder_stack", [])]
+        )
         d["callbacks"] = [Callback.from_dict(c) for c in d.get("callbacks", [])]
+        d["native_stack"] = native_frames(d.get("native_stack"))
         for key in ("site", "innermost"):
             if d.get(key) is not None:
                 d[key] = Frame.from_dict(d[key])

@@ -99,6 +99,7 @@ def format_event(
     if ev.stack:
         lines.append("  Python stack of the loop thread (most recent call last):")
         lines.extend(_stack_lines(ev.stack, full=full))
+        lines.extend(_native_lines(ev))
     detail = [f"loop thread {ev.thread_name!r}", _KIND_TEXT.get(ev.loop_kind, ev.loop_kind)]
     if ev.task_name:
         detail.append(f"task {ev.task_name!r}")
@@ -122,6 +123,17 @@ def format_event(
             when += " (read with the GIL: it may show where the loop was after the block)"
         detail.append(when)
     lines.append("  " + ", ".join(detail))
+    return lines
+
+
+def _native_lines(ev: BlockEvent) -> list[str]:
+    """The native frames under the innermost Python frame, most recent call last."""
+    lines = []
+    if ev.native_stack:
+        lines.append("      native frames below it (most recent call last):")
+        lines.extend(f"        {f}" for f in reversed(ev.native_stack))
+    if ev.native_note:
+        lines.append(f"      (native frames: {ev.native_note})")
     return lines
 
 

@@ -16,6 +16,8 @@ __all__ = [
     "_gil_state_raw",
     "_gil_thread_ids",
     "_gil_threads",
+    "_native_interrupted_calls",
+    "_native_stack_of",
     "_reader_code",
     "_reader_current_tstate",
     "_reader_layout",
@@ -29,6 +31,7 @@ __all__ = [
     "enable_raise",
     "flush",
     "is_running",
+    "native_stacks",
     "now_ns",
     "portable",
     "reader_unavailable",
@@ -36,6 +39,7 @@ __all__ = [
     "registered_loops",
     "sampler_name",
     "set_context",
+    "set_native_stacks",
     "set_threshold",
     "start",
     "stop",
@@ -72,6 +76,10 @@ def take(timeout_s: float) -> Optional[str]:
 
 def registered_loops() -> int: ...
 def now_ns() -> int: ...
+def set_native_stacks(on: bool) -> None:
+    """Native frames on or off for blocks detected from now on."""
+
+def native_stacks() -> bool: ...
 def enable_raise(exc_class: type[BaseException]) -> None: ...
 def disable_raise() -> None: ...
 
@@ -150,3 +158,11 @@ def _gil_sample(
 def _gil_threads() -> list[tuple[int, int, Optional[int]]]: ...
 def _gil_thread_ids(tstate: int) -> tuple[int, Optional[int]]: ...
 def _gil_reader_info() -> dict[str, Any]: ...
+def _native_stack_of(
+    native_tid: int, resolve: bool = True
+) -> tuple[list[dict[str, Any]], Optional[str], int]:
+    """The native stack of a thread now (resolved and folded), the note on it, and how many
+    addresses were taken."""
+
+def _native_interrupted_calls() -> tuple[int, int]:
+    """System calls the native-frame signal interrupted: (restarted, not restarted)."""

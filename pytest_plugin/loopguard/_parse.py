@@ -21,6 +21,7 @@ __all__ = [
     "DURATION_HELP",
     "GC_CHOICES",
     "MODES",
+    "NATIVE_CHOICES",
     "SAMPLERS",
     "STACK_CHOICES",
     "AllowPattern",
@@ -45,6 +46,8 @@ GC_CHOICES = ("exclude", "include")
 """Whether time spent in garbage collection counts toward a block's judgement."""
 CPU_WAIT_CHOICES = ("exclude", "include")
 """Whether time the loop thread waited for a CPU counts toward a block's judgement."""
+NATIVE_CHOICES = ("off", "on")
+"""Whether a block's report shows the native frames below the Python frame that made a C call."""
 STACK_CHOICES = ("short", "full")
 """How a report prints a stack: library frames between project frames folded, or every frame."""
 SAMPLERS = ("auto", "native", "gil")

@@ -10,14 +10,16 @@ import platform
 import sys
 import sysconfig
 import tempfile
+import time
+import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from ._errors import SettingError
-from ._events import Frame
+from ._events import Frame, blocking_native
 from ._failure import summary
 from ._files import relative_path
 from ._judge import OUTCOMES, SEVERITIES, Baseline, Verdict
@@ -29,9 +31,10 @@ __all__ = [
     "baseline_text",
     "check_writable",
     "closing_lines",
-    "dumps",
+    "fixed_lines",
     "hotspot_lines",
     "hotspots",
+    "report_chunks",
     "report_data",
     "summary_lines",
     "write_atomically",
@@ -60,6 +63,8 @@ class Hotspot:
     outcomes: Counter[str] = field(default_factory=Counter)
     where: list[tuple[str, str]] = field(default_factory=list)
     """``(test, phase)`` of each block, in order."""
+    worst: Optional[Verdict] = None
+    """The longest block at this site."""
 
     def outcome_text(self) -> str:
         if len(self.outcomes) == 1:
@@ -98,6 +103,10 @@ def _operation(v: Verdict) -> str:
 
 def _plain_operation(v: Verdict) -> str:
     ev = v.event
+    if ev.native_stack:
+        # The C function the call blocked in, under the Python frame that made the call.
+        native = blocking_native(ev.native_stack).name
+        return native if ev.innermost is None else f"{_short(ev.innermost)} → {native}"
     if ev.innermost is not None:
         return _short(ev.innermost)
     if ev.site is not None and ev.site.source:
@@ -121,6 +130,8 @@ def hotspots(verdicts: list[Verdict]) -> list[Hotspot]:
             site = str(ev.site) if ev.site else "(ended before its stack was sampled)"
             spot = spots[key] = Hotspot(site=site, operation=_operation(v))
         spot.count += 1
+        if spot.worst is None or ev.duration > spot.worst.event.duration:
+            spot.worst = v
         spot.max = max(spot.max, ev.duration)
         spot.total += ev.duration
         if v.test:  # "" for a block that began outside any test
@@ -189,6 +200,16 @@ def summary_lines(
     return out
 
 
+def fixed_lines(fixed: list[tuple[str, str]]) -> list[str]:
+    """The baseline's call sites that did not block, under the hotspot table."""
+    n = len(fixed)
+    head = (
+        f"{n} call site{'s' * (n != 1)} of the baseline did not block in this run (fixed? "
+        "shrink the file with --loopguard-baseline-update):"
+    )
+    return [head, *(f"    {file} in {function}" for file, function in fixed)]
+
+
 def hotspot_lines(
     verdicts: list[Verdict],
     fixed: list[tuple[str, str]],
@@ -199,15 +220,7 @@ def hotspot_lines(
     baseline's call sites that did not block (``fixed``)."""
     out = summary_lines(verdicts, verbosity, test_label) if verdicts else []
     if fixed:
-        out.append(
-            (
-                f"{len(fixed)} call site{'s' * (len(fixed) != 1)} of the baseline "
-                "did not block in this run (fixed? shrink the file with "
-                "--loopguard-baseline-update):",
-                {"green": True},
-            )
-        )
-        out.extend((f"    {file} in {function}", {"green": True}) for file, function in fixed)
+        out.extend((text, {"green": True}) for text in fixed_lines(fixed))
     return out
 
 
@@ -253,7 +266,9 @@ def _ms(seconds: Optional[float]) -> Optional[float]:
     return None if seconds is None else round(seconds * 1000.0, 3)
 
 
-def event_data(v: Verdict, root: Path) -> dict[str, Any]:
+def event_data(v: Verdict, root: Path, clock: int = 0) -> dict[str, Any]:
+    """One event of the report. ``clock``: nanoseconds from the watchdog's monotonic clock to
+    the epoch (:func:`wall_clock_offset`), for ``start_ms``; 0 leaves ``start_ms`` out."""
     ev = v.event
     holder = None
     if ev.gil == "other" and ev.gil_holder_thread:
@@ -261,16 +276,21 @@ def event_data(v: Verdict, root: Path) -> dict[str, Any]:
             "thread": ev.gil_holder_thread,
             "stack": [_frame(f, root) for f in ev.gil_holder_stack],
         }
+    site = _frame(ev.site, root)
+    if site is not None and ev.site is not None:
+        site["source"] = ev.site.source
     return {
         "test": v.test,
         "phase": v.phase,
+        "start_ms": round((ev.start_ns + clock) / 1e6, 3) if clock and ev.start_ns else None,
         "duration_ms": _ms(ev.duration),
         "threshold_ms": _ms(v.threshold),
         "severity": v.severity,
         "outcome": v.outcome,
         "reason": v.reason,
         "mode": v.mode,
-        "site": _frame(ev.site, root),
+        "over_threshold": v.over_threshold,
+        "site": site,
         "operation": _frame(ev.innermost, root),
         "stack": [_frame(f, root) for f in ev.stack],
         "thread": ev.thread_name,
@@ -286,6 +306,8 @@ def event_data(v: Verdict, root: Path) -> dict[str, Any]:
         "cause": ev.cause,
         "hint": ev.hint,
         "cpu_wait_ms": _ms(ev.cpu_wait),
+        "native_stack": [f.to_dict() for f in ev.native_stack],
+        "native_note": ev.native_note,
         "callbacks": [
             {
                 "first_ms": _ms(c.first),
@@ -301,6 +323,17 @@ def event_data(v: Verdict, root: Path) -> dict[str, Any]:
     }
 
 
+def wall_clock_offset() -> int:
+    """Nanoseconds to add to a reading of the monotonic clock (the watchdog's, and every
+    process's on this machine) to get the time since the epoch."""
+    return time.time_ns() - time.monotonic_ns()
+
+
+def new_run(*, interrupted: bool) -> dict[str, Any]:
+    """The report's description of the run that wrote it (a merged report lists several)."""
+    return {"id": uuid.uuid4().hex, "interrupted": interrupted}
+
+
 def report_data(
     verdicts: list[Verdict],
     *,
@@ -310,8 +343,16 @@ def report_data(
     loopguard_version: str,
     pytest_version: str,
     sampler: Optional[str],
+    run: Optional[dict[str, Any]] = None,
+    phases: Optional[dict[str, dict[str, list[float]]]] = None,
 ) -> dict[str, Any]:
-    """The JSON report (schema: docs/report-schema.json)."""
+    """The JSON report (schema: docs/report-schema.json). ``phases``: per test, the
+    ``[start_ms, end_ms]`` (since the epoch) of each phase that ran.
+
+    Its ``"events"`` is an iterator that makes each event's data when it is reached, so that
+    :func:`report_chunks` writes a large report without holding it all: make it a list to
+    read it more than once."""
+    clock = wall_clock_offset()
     per_test: dict[str, list[Verdict]] = defaultdict(list)
     for v in verdicts:
         if v.test:
@@ -327,6 +368,7 @@ def report_data(
                 "blocked_ms": _ms(sum(v.event.duration for v in vs)),
                 "max_ms": _ms(max(v.event.duration for v in vs)),
                 "outcomes": {o: outcomes[o] for o in OUTCOMES if outcomes[o]},
+                "phases": (phases or {}).get(test, {}),
             }
         )
     outcomes = Counter(v.outcome for v in verdicts)
@@ -348,8 +390,9 @@ def report_data(
             "outcomes": {o: outcomes[o] for o in OUTCOMES},
         },
         "tests": tests,
-        "events": [event_data(v, root) for v in verdicts],
+        "events": (event_data(v, root, clock) for v in verdicts),
         "fixed": [{"file": f, "function": fn} for f, fn in fixed],
+        "runs": [run or new_run(interrupted=False)],
     }
 
 
@@ -394,8 +437,9 @@ def _umask() -> int:
     return mask
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one.
+def write_atomically(path: Path, text: Union[str, Iterable[str]]) -> None:
+    """Write ``text`` (a string, or the pieces of one) to ``path`` so that readers see the
+    old file or the whole new one.
 
     The file gets the permissions of the file it replaces, or those of a file made with
     ``open()`` (0666 less the umask): not the temporary file's 0600, which would hide a CI
@@ -407,7 +451,8 @@ def write_atomically(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+            for piece in (text,) if isinstance(text, str) else text:
+                f.write(piece)
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
@@ -420,9 +465,17 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def dumps(data: dict[str, Any]) -> str:
-    # No indent: json's C encoder only runs without one (about 5x faster on large reports).
-    return json.dumps(data, ensure_ascii=False) + "\n"
+def report_chunks(data: dict[str, Any]) -> Iterator[str]:
+    """The report as JSON on one line, in pieces: one per event, whose data is made only then
+    when ``data["events"]`` is an iterator (:func:`report_data`). No indent: json's C encoder
+    only runs without one (about 5x faster on large reports)."""
+    tail = ("fixed", "runs")
+    head = {k: v for k, v in data.items() if k != "events" and k not in tail}
+    yield json.dumps(head, ensure_ascii=False)[:-1] + ', "events": ['
+    for i, event in enumerate(data["events"]):
+        yield (", " if i else "") + json.dumps(event, ensure_ascii=False)
+    rest = ", ".join(f"{json.dumps(k)}: {json.dumps(data[k], ensure_ascii=False)}" for k in tail)
+    yield f"], {rest}}}\n"
 
 
 # --- CI annotations ------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from ._parse import (
     DURATION_HELP,
     GC_CHOICES,
     MODES,
+    NATIVE_CHOICES,
     SAMPLERS,
     STACK_CHOICES,
     AllowPattern,
@@ -87,6 +88,10 @@ SAMPLER_HELP = (
     "native (GIL-free or fail) or gil"
 )
 JSON_HELP = "write a JSON report of every block to this file at the end of the session"
+HTML_HELP = (
+    "write an HTML report (one self-contained file: hotspots, stacks, per-test timelines) to "
+    "this file at the end of the session"
+)
 BASELINE_HELP = (
     "a baseline file: blocks at the call sites it lists (file and function) do not fail tests"
 )
@@ -100,17 +105,23 @@ STACK_HELP = (
     "how failure reports print stacks: short (the default) folds library frames between "
     "project frames into one line naming their packages; full prints every frame (as -vv does)"
 )
+NATIVE_HELP = (
+    "also record the native frames below the Python frame that made a C call (a sqlite3 query, "
+    "zlib, a regex, a C extension), read once a block is detected: off (the default) or on"
+)
 MARKER = (
-    "loopguard(threshold=None, enabled=True, mode=None, allow=(), max_lag=None): fail the test "
+    "loopguard(threshold=None, enabled=True, mode=None, allow=(), max_lag=None, native=None): "
+    "fail the test "
     "if an event "
     "loop is blocked for longer than threshold (e.g. '50ms', 0.05); enabled=False turns "
     "loopguard off for the test; mode='fail'|'raise'|'warn'|'record' overrides "
     "--loopguard-mode ('raise' raises LoopBlockedError at the blocking line); "
     "allow=[patterns] allows blocks at call sites such as 'mypkg.startup:load_model' or "
     "'app/config.py'; max_lag='100ms' fails the test if its loop lag (how late a timer every "
-    f"{format_duration(LAG_PROBE_INTERVAL)} runs) exceeds it"
+    f"{format_duration(LAG_PROBE_INTERVAL)} runs) exceeds it; native='on'|'off' overrides "
+    "--loopguard-native"
 )
-_MARKER_ARGS = {"threshold", "enabled", "mode", "allow", "max_lag"}
+_MARKER_ARGS = {"threshold", "enabled", "mode", "allow", "max_lag", "native"}
 
 
 @dataclass
@@ -129,8 +140,11 @@ class Settings:
     cpu_wait_source: str = "default"
     stack: str = "short"
     stack_source: str = "default"
+    native: str = "off"
+    native_source: str = "default"
     record_threshold: Optional[float] = None
     json_path: Optional[Path] = None
+    html_path: Optional[Path] = None
     baseline_path: Optional[Path] = None
     baseline_update: bool = False
     allow: tuple[AllowPattern, ...] = ()
@@ -152,6 +166,7 @@ class Settings:
             "mode": self.mode,
             "gc": self.gc,
             "cpu_wait": self.cpu_wait,
+            "native": self.native,
             "sampler": self.sampler,
             "allow": [p.text for p in self.allow],
             "scan": list(self.scan),
@@ -172,6 +187,7 @@ class TestSettings:
     mode: str
     allow: tuple[AllowPattern, ...] = ()
     max_lag: Optional[float] = None
+    native: str = "off"
 
     def floor(self, settings: Settings) -> float:
         """The shortest block worth keeping for this test."""
@@ -191,6 +207,7 @@ class TestState:
         "item",
         "max_lag",
         "mode",
+        "native",
         "phase",
         "phase_start_ns",
         "test_start_ns",
@@ -205,6 +222,7 @@ class TestState:
         self.mode = settings.mode
         self.allow = settings.allow
         self.max_lag = settings.max_lag
+        self.native = settings.native
         self.verdicts: dict[str, list[Verdict]] = {}
         self.phase = "setup"
         self.phase_start_ns = 0
@@ -255,8 +273,10 @@ _VALUE_OPTIONS = (
     ("gc", "exclude|include", GC_HELP, True),
     ("cpu_wait", "exclude|include", CPU_WAIT_HELP, True),
     ("stack", "short|full", STACK_HELP, True),
+    ("native", "off|on", NATIVE_HELP, True),
     ("sampler", "KIND", SAMPLER_HELP, False),
     ("json", "PATH", JSON_HELP, True),
+    ("html", "PATH", HTML_HELP, True),
     ("baseline", "PATH", BASELINE_HELP, True),
 )
 _INI_KEYS = frozenset(key for key, _, _, has_ini in _VALUE_OPTIONS if has_ini)
@@ -365,6 +385,7 @@ def resolve(config: pytest.Config) -> tuple[Settings, Judge]:
     s.gc, s.gc_source = _choice(config, "gc", GC_CHOICES, s.gc)
     s.cpu_wait, s.cpu_wait_source = _choice(config, "cpu_wait", CPU_WAIT_CHOICES, s.cpu_wait)
     s.stack, s.stack_source = _choice(config, "stack", STACK_CHOICES, s.stack)
+    s.native, s.native_source = _choice(config, "native", NATIVE_CHOICES, s.native)
 
     picked = _pick(config, "record_threshold")
     if picked is not None:
@@ -383,6 +404,12 @@ def resolve(config: pytest.Config) -> tuple[Settings, Judge]:
         value, name, where = picked
         s.json_path = _path(config, str(value), name, where)
         check_writable(s.json_path, name=name, source=where)
+
+    picked = _pick(config, "html")
+    if picked is not None:
+        value, name, where = picked
+        s.html_path = _path(config, str(value), name, where)
+        check_writable(s.html_path, name=name, source=where)
 
     picked = _pick(config, "baseline")
     s.baseline_update = bool(config.getoption("loopguard_baseline_update"))
@@ -430,7 +457,7 @@ def marker_settings(item: pytest.Item, state: State) -> TestSettings:
     if not marks:
         return state.default
     d = state.default
-    threshold, enabled, mode, max_lag = d.threshold, d.enabled, d.mode, d.max_lag
+    threshold, enabled, mode, max_lag, native = d.threshold, d.enabled, d.mode, d.max_lag, d.native
     where = f"@pytest.mark.loopguard on {item.nodeid}"
     allow: list[AllowPattern] = []
     # Closest marker wins: iter_markers yields the function's own first.
@@ -451,6 +478,8 @@ def marker_settings(item: pytest.Item, state: State) -> TestSettings:
             threshold = parse_duration(mark.kwargs["threshold"], name="threshold", source=where)
         if "mode" in mark.kwargs:
             mode = parse_choice(mark.kwargs["mode"], MODES, name="mode", source=where)
+        if "native" in mark.kwargs:
+            native = _native_arg(mark.kwargs["native"], where)
         if "max_lag" in mark.kwargs:
             max_lag = parse_duration(mark.kwargs["max_lag"], name="max_lag", source=where)
         if "allow" in mark.kwargs:
@@ -462,7 +491,14 @@ def marker_settings(item: pytest.Item, state: State) -> TestSettings:
                     f"invalid value for enabled: {value!r} (from {where}); expected True or False"
                 )
             enabled = value
-    return TestSettings(threshold, enabled, mode, tuple(allow), max_lag)
+    return TestSettings(threshold, enabled, mode, tuple(allow), max_lag, native)
+
+
+def _native_arg(value: object, where: str) -> str:
+    """The marker's ``native``: ``"on"``/``"off"`` or a bool."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return parse_choice(value, NATIVE_CHOICES, name="native", source=where)
 
 
 def settings_of(state: State, item: pytest.Item) -> TestSettings:
@@ -525,6 +561,12 @@ def header_lines(
             else "this kernel does not report run-queue time: no /proc/self/task/TID/schedstat"
         )
         extra.append(f"waiting for a CPU counts toward blocks ({why})")
+    if s.native != "off":
+        extra.append(
+            f"native frames (from {s.native_source})"
+            if sampler == "native"
+            else "no native frames: they need the GIL-free stack reader, which is off"
+        )
     if s.stack != "short":
         extra.append(f"{s.stack} stacks (from {s.stack_source})")
     if s.record_threshold is not None:

@@ -22,6 +22,7 @@ only there: without xdist its hooks would only add to the cost of every test.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Optional
 
 import pytest
@@ -93,17 +94,22 @@ class XdistPlugin:
             data[_LONGREPR_KEY] = report.longrepr.stack  # how it prints stacks: short, full
         return data
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if self.worker:
-            # xdist's worker sends the report from its own pytest_runtest_logreport.
-            self._shipped.update(self._pending.pop(id(report), ()))
-            return
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> Generator[None, Any, Any]:
         shipped = getattr(report, ATTR, None)
-        if shipped:
+        if shipped and not self.worker:
             # Reports logged in this process carry no ATTR (only workers attach it), so
             # whatever arrives here came from a worker and is counted exactly once.
             self._receive(shipped, _worker_id(report))
+        try:
+            return (yield)
+        finally:
+            if self.worker:
+                # xdist's worker has sent the report from its own pytest_runtest_logreport.
+                self._shipped.update(self._pending.pop(id(report), ()))
+            if shipped:
+                # The terminal reporter keeps every report to the end: not the events' data.
+                delattr(report, ATTR)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         output = getattr(self.config, "workeroutput", None)
@@ -137,7 +143,9 @@ class XdistPlugin:
 
     def _receive(self, shipped: list[dict[str, Any]], worker: str) -> None:
         for d in shipped:
-            self.state.verdicts.append(_verdict_from_data(d))
+            v = _verdict_from_data(d)
+            v.event.samples = []  # the report that needed them is rebuilt on its own
+            self.state.verdicts.append(v)
         self.received[worker] = self.received.get(worker, 0) + len(shipped)
 
 
@@ -156,7 +164,7 @@ _VERDICT_FIELDS = (
 def _verdict_to_data(v: Verdict) -> dict[str, Any]:
     data: dict[str, Any] = {f: getattr(v, f) for f in _VERDICT_FIELDS}
     data["key"] = list(v.key) if v.key is not None else None
-    data["event"] = v.event.to_dict()
+    data["event"] = v.event.to_dict(samples=v.outcome == "failed")  # for its failure report
     return data
 
 

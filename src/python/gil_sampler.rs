@@ -32,6 +32,7 @@ impl Sampler for GilSampler {
                 running: false,
                 callback_tag: None,
                 callback: None,
+                native: Default::default(),
             },
             Err(e) => {
                 let mut s = Sample::failed(offset_ns, e.to_string());

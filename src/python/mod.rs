@@ -29,6 +29,7 @@ mod assistant;
 mod debug;
 mod gil_sampler;
 mod hooks;
+mod native_stack;
 mod offload;
 
 /// The process's watchdog, with the pid that started it (a forked child starts afresh).
@@ -263,6 +264,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     hooks::add_to_module(m)?;
     assistant::add_to_module(m)?;
     offload::add_to_module(m)?;
+    native_stack::add_to_module(m)?;
     debug::add_to_module(m)?;
     Ok(())
 }

@@ -146,6 +146,7 @@ impl Sampler for NativeSampler {
                 task_name: None,
                 syscall: None,
                 running: false,
+                native: Default::default(),
             },
             Err(e) => Sample::failed(offset_ns, e),
         };

@@ -148,8 +148,14 @@ def test_report_matches_the_schema_and_describes_every_block(pytester, inner):
         "file": "test_it.py",
         "line": inner.line("# failing block"),
         "function": "test_fails",
+        "source": "time.sleep(0.3)  # failing block",
     }
-    assert fails["stack"][-1] == fails["site"]
+    assert fails["stack"][-1] == {k: fails["site"][k] for k in ("file", "line", "function")}
+    assert fails["start_ms"] is not None
+    (test_fails,) = [t for t in data["tests"] if t["test"].endswith("::test_fails")]
+    setup, call = test_fails["phases"]["setup"], test_fails["phases"]["call"]
+    assert setup[0] <= setup[1] <= call[0] <= fails["start_ms"] < call[1]
+    assert [r["interrupted"] for r in data["runs"]] == [False]
     assert fails["thread"] == "MainThread"
     assert fails["gil"] in ("released", "loop")
 

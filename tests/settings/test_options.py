@@ -156,7 +156,7 @@ def test_marker_is_registered_with_its_signature(pytester):
     result.stdout.fnmatch_lines(
         [
             "@pytest.mark.loopguard(threshold=None, enabled=True, mode=None, allow=(), "
-            "max_lag=None):*"
+            "max_lag=None, native=None):*"
         ]
     )
 
