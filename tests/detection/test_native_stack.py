@@ -6,6 +6,9 @@ import os
 
 import pytest
 
+# Native frames are read on the full Linux build only (the portable path notes why not).
+pytestmark = pytest.mark.linux_full
+
 HEADER = """
 import asyncio, os, re, sqlite3, time, zlib
 import pytest
