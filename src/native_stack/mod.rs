@@ -210,6 +210,8 @@ const CALL_MACHINERY: &[&str] = &[
     "method_call",
     "object_vacall",
     "callmethod",
+    "call_function", // CPython 3.10's ceval.c, between the eval loop and the callee
+    "PyVectorcall_",
     "_Py_call",
     "_PyEval_Call",
 ];
