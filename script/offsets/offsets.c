@@ -58,18 +58,29 @@ int main(void) {
 #if PY_VERSION_HEX < 0x030B0000
     FIELD("ts_frame", OFF(PyThreadState, frame));
     printf("        cframe_current: None,\n");
+    printf("        entry_link: None,\n");
     printf("        frame_kind: FrameKind::Object,\n");
     FIELD("f_back", OFF(PyFrameObject, f_back));
     FIELD("f_code", OFF(PyFrameObject, f_code));
     FIELD("f_instr", OFF(PyFrameObject, f_lasti));
     printf("        f_owner: None,\n");
+    printf("        f_gen: "); SOME(OFF(PyFrameObject, f_gen)); printf(",\n");
 #else
 #if PY_VERSION_HEX < 0x030D0000
     FIELD("ts_frame", OFF(PyThreadState, cframe));
     printf("        cframe_current: "); SOME(OFF(_PyCFrame, current_frame)); printf(",\n");
+#if PY_VERSION_HEX < 0x030C0000
+    printf("        entry_link: Some(EntryLink {\n");
+    printf("            f_is_entry: %zu,\n", OFF(_PyInterpreterFrame, is_entry));
+    printf("            cframe_previous: %zu,\n", OFF(_PyCFrame, previous));
+    printf("        }),\n");
+#else
+    printf("        entry_link: None,\n");
+#endif
 #else
     FIELD("ts_frame", OFF(PyThreadState, current_frame));
     printf("        cframe_current: None,\n");
+    printf("        entry_link: None,\n");
 #endif
     printf("        frame_kind: FrameKind::Interpreter,\n");
     FIELD("f_back", OFF(_PyInterpreterFrame, previous));
@@ -81,6 +92,7 @@ int main(void) {
     FIELD("f_instr", OFF(_PyInterpreterFrame, instr_ptr));
 #endif
     printf("        f_owner: "); SOME(OFF(_PyInterpreterFrame, owner)); printf(",\n");
+    printf("        f_gen: None,\n");
 #endif
     /* Code objects. */
     FIELD("co_firstlineno", OFF(PyCodeObject, co_firstlineno));

@@ -39,6 +39,19 @@ pub enum LineFormat {
 /// same value in 3.11–3.15).
 pub const OWNED_BY_GENERATOR: u8 = 1;
 
+/// 3.11: a frame entered from C (`_PyInterpreterFrame.is_entry`) has, as its caller, the current
+/// frame of the previous C frame (`_PyCFrame.previous`). While C code resumes generators (the
+/// interpreter enters and leaves a C frame for each resume), the thread's C frame can name a
+/// generator's frame whose link to its caller is not set, for longer than reading again takes;
+/// the walk then takes the caller from the C frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryLink {
+    /// `_PyInterpreterFrame.is_entry` (a `bool`).
+    pub f_is_entry: usize,
+    /// `_PyCFrame.previous`.
+    pub cframe_previous: usize,
+}
+
 /// Where the GIL state of the main interpreter lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GilLocation {
@@ -182,6 +195,8 @@ pub struct Layout {
     pub ts_frame: usize,
     /// `_PyCFrame.current_frame` (3.11/3.12 only).
     pub cframe_current: Option<usize>,
+    /// How a frame entered from C links to its caller (3.11 only): see [`EntryLink`].
+    pub entry_link: Option<EntryLink>,
     /// Frame kind.
     pub frame_kind: FrameKind,
     /// `f_back` / `previous`.
@@ -192,6 +207,8 @@ pub struct Layout {
     pub f_instr: usize,
     /// `_PyInterpreterFrame.owner` (a `char`), 3.11+.
     pub f_owner: Option<usize>,
+    /// `PyFrameObject.f_gen` (3.10): the generator or coroutine the frame belongs to, or NULL.
+    pub f_gen: Option<usize>,
     /// `co_firstlineno` (an `int`).
     pub co_firstlineno: usize,
     /// `co_filename`.
@@ -263,11 +280,13 @@ const TABLE: [Layout; 6] = [
         ts_native_thread_id: None,
         ts_frame: 24,
         cframe_current: None,
+        entry_link: None,
         frame_kind: FrameKind::Object,
         f_back: 24,
         f_code: 32,
         f_instr: 96,
         f_owner: None,
+        f_gen: Some(88),
         co_firstlineno: 40,
         co_filename: 104,
         co_name: 112,
@@ -301,11 +320,16 @@ const TABLE: [Layout; 6] = [
         ts_native_thread_id: Some(160),
         ts_frame: 56,
         cframe_current: Some(8),
+        entry_link: Some(EntryLink {
+            f_is_entry: 68,
+            cframe_previous: 16,
+        }),
         frame_kind: FrameKind::Interpreter,
         f_back: 48,
         f_code: 32,
         f_instr: 56,
         f_owner: Some(69),
+        f_gen: None,
         co_firstlineno: 72,
         co_filename: 112,
         co_name: 120,
@@ -339,11 +363,13 @@ const TABLE: [Layout; 6] = [
         ts_native_thread_id: Some(144),
         ts_frame: 56,
         cframe_current: Some(0),
+        entry_link: None,
         frame_kind: FrameKind::Interpreter,
         f_back: 8,
         f_code: 0,
         f_instr: 56,
         f_owner: Some(70),
+        f_gen: None,
         co_firstlineno: 68,
         co_filename: 112,
         co_name: 120,
@@ -380,11 +406,13 @@ const TABLE: [Layout; 6] = [
         ts_native_thread_id: Some(160),
         ts_frame: 72,
         cframe_current: None,
+        entry_link: None,
         frame_kind: FrameKind::Interpreter,
         f_back: 8,
         f_code: 0,
         f_instr: 56,
         f_owner: Some(70),
+        f_gen: None,
         co_firstlineno: 68,
         co_filename: 112,
         co_name: 120,
@@ -451,11 +479,13 @@ const TABLE: [Layout; 6] = [
         ts_native_thread_id: Some(160),
         ts_frame: 72,
         cframe_current: None,
+        entry_link: None,
         frame_kind: FrameKind::Interpreter,
         f_back: 8,
         f_code: 0,
         f_instr: 56,
         f_owner: Some(74),
+        f_gen: None,
         co_firstlineno: 68,
         co_filename: 112,
         co_name: 120,
@@ -522,11 +552,13 @@ const TABLE: [Layout; 6] = [
         ts_native_thread_id: Some(184),
         ts_frame: 72,
         cframe_current: None,
+        entry_link: None,
         frame_kind: FrameKind::Interpreter,
         f_back: 8,
         f_code: 0,
         f_instr: 56,
         f_owner: Some(74),
+        f_gen: None,
         co_firstlineno: 68,
         co_filename: 112,
         co_name: 120,
@@ -689,6 +721,8 @@ impl Layout {
     /// How many bytes of a frame to read to cover every field used.
     pub fn frame_read(&self) -> usize {
         let owner = self.f_owner.map_or(0, |o| o + 1);
+        let entry = self.entry_link.map_or(0, |e| e.f_is_entry + 1);
+        let gen = self.f_gen.map_or(0, |g| g + 8);
         let instr = self.f_instr + if self.lasti_in_units() { 4 } else { 8 };
         [
             self.f_back + 8,
@@ -696,6 +730,8 @@ impl Layout {
             self.ob_type + 8,
             instr,
             owner,
+            entry,
+            gen,
         ]
         .into_iter()
         .max()

@@ -350,6 +350,37 @@ def test_c_call_holding_the_gil_is_read_while_it_runs(kind):
     assert hits > 50, (result["innermost"], result["errors"])
 
 
+def nested_chunks(n):
+    for i in range(n):
+        yield from inner_chunks(i)
+
+
+def inner_chunks(i):
+    yield str(i)
+    yield ","
+
+
+def join_generators(stop):
+    # C code (str.join) resuming generators millions of times a second, as json.dumps(indent=)
+    # does: each resume enters a new C-level frame of the interpreter, at the same C stack depth.
+    while not stop.is_set():
+        "".join(nested_chunks(50_000))
+
+
+def test_a_thread_resuming_generators_from_c_is_read_whole():
+    """No sample is cut at a generator: its stack always reaches the thread's own function."""
+    with running(join_generators) as t:
+        result = native._reader_stress(t.tstate, t.ident, 0.5)
+    assert result["ok"] > 100, result["errors"]
+    in_generators = innermost_hits(result, "_chunks")
+    assert in_generators > 50, result["innermost"]
+    outer = join_generators.__code__.co_filename
+    depth = min(result["depths"])
+    # Thread bootstrap, run, join_generators, then the generators: a whole stack has at least
+    # three frames; a cut one starts at the generator (one or two frames).
+    assert depth >= 3, (result["depths"], result["innermost"], outer)
+
+
 def test_reading_the_calling_thread_works():
     frames = native._reader_stack(native._reader_current_tstate(), threading.get_ident())
     assert frames[-1][2].endswith("test_reading_the_calling_thread_works")
