@@ -173,7 +173,10 @@ def test_report_matches_the_schema_and_describes_every_block(pytester, inner):
     assert starved["gil"] == "other"
     # (The holder's name is looked up when the phase ends: this one had ended by then.)
     assert starved["gil_holder"]["thread"]
-    assert starved["gil_holder"]["stack"][-1]["function"].endswith("hog")
+    # Its stack, from the sample the event shows: in usleep (hog's line is the innermost), or
+    # still in ctypes' CDLL.__init__ if a loaded machine paused the thread there with the GIL.
+    holder = [f["function"] for f in starved["gil_holder"]["stack"]]
+    assert any(f.endswith("hog") for f in holder[-2:]), holder
 
     totals = {t["test"].split("::")[1]: t for t in data["tests"]}
     assert totals["test_fails"]["events"] == 1
