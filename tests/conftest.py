@@ -60,8 +60,9 @@ KEEP_ORDER = "addopts = -p no:randomly\n"
 class InnerSession:
     """Runs real pytest sessions, in a subprocess, in ``pytester``'s directory.
 
-    A test module sets what all its sessions share with ``using(...)`` (in a fixture of its own
-    named ``inner``); each ``run`` writes the ini and the test file, then runs pytest.
+    A test module sets what all its sessions share in a module-level ``INNER`` dict of these
+    fields (or, when that takes code, a fixture of its own named ``inner`` that calls
+    ``using(...)``); each ``run`` writes the ini and the test file, then runs pytest.
     """
 
     pytester: pytest.Pytester
@@ -107,5 +108,6 @@ class InnerSession:
 
 
 @pytest.fixture
-def inner(pytester):
-    return InnerSession(pytester)
+def inner(pytester, request):
+    """An InnerSession with what the test module shares: its ``INNER`` dict, if any."""
+    return InnerSession(pytester).using(**getattr(request.module, "INNER", {}))

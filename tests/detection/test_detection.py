@@ -11,9 +11,7 @@ import pytest
 """
 
 
-@pytest.fixture
-def inner(inner):
-    return inner.using(header=ASYNC_HEADER)
+INNER = dict(header=ASYNC_HEADER)
 
 
 def test_sleep_in_async_test_fails_naming_its_line(inner):

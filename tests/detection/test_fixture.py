@@ -10,9 +10,7 @@ import pytest
 """
 
 
-@pytest.fixture
-def inner(inner):
-    return inner.using(header=HEADER)
+INNER = dict(header=HEADER)
 
 
 def test_expect_block_passes_when_the_loop_blocks_inside_it(pytester, inner):

@@ -15,9 +15,7 @@ import pytest
 """
 
 
-@pytest.fixture
-def inner(inner):
-    return inner.using(header=HEADER, args=("--loopguard-json=report.json",))
+INNER = dict(header=HEADER, args=("--loopguard-json=report.json",))
 
 
 def native_names(pytester):

@@ -23,9 +23,7 @@ def spin(seconds):
 """
 
 
-@pytest.fixture
-def inner(inner):
-    return inner.using(header=HEADER)
+INNER = dict(header=HEADER)
 
 
 def test_pure_python_in_to_thread_fails_naming_the_workers_line_and_share(inner):

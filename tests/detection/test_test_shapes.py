@@ -4,17 +4,13 @@
 ``*name`` because 3.11+ report qualified names, ``TestService.test_blocks``.)
 """
 
-import pytest
-
 HEADER = """
 import asyncio, time, unittest
 import pytest
 """
 
 
-@pytest.fixture
-def inner(inner):
-    return inner.using(header=HEADER, args=("-rA",))
+INNER = dict(header=HEADER, args=("-rA",))
 
 
 def test_methods_of_a_plain_class(inner):

@@ -21,9 +21,7 @@ async def blocker():
 """
 
 
-@pytest.fixture
-def inner(inner):
-    return inner.using(header=HEADER)
+INNER = dict(header=HEADER)
 
 
 def test_blocking_test_fails_once_per_backend_naming_it(inner):

@@ -17,9 +17,7 @@ async def blocker():
 """
 
 
-@pytest.fixture
-def inner(inner):
-    return inner.using(header=HEADER)
+INNER = dict(header=HEADER)
 
 
 def assert_reported(result, inner, test):

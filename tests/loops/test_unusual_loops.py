@@ -24,9 +24,7 @@ class Rendezvous:
 """
 
 
-@pytest.fixture
-def inner(inner):
-    return inner.using(header=HEADER, args=("-p", "no:randomly"))
+INNER = dict(header=HEADER, args=("-p", "no:randomly"))
 
 
 def test_loop_from_a_session_fixture_reused_by_many_tests(inner):

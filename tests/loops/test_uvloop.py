@@ -20,9 +20,7 @@ async def blocker():
 """
 
 
-@pytest.fixture
-def inner(inner):
-    return inner.using(header=HEADER)
+INNER = dict(header=HEADER)
 
 
 def test_beat_is_cancelled_when_the_loop_stops(inner):

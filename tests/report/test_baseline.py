@@ -30,9 +30,7 @@ async def test_b():
 """
 
 
-@pytest.fixture
-def inner(inner):
-    return inner.using(files={"app": APP})
+INNER = dict(files={"app": APP})
 
 
 def test_baseline_life_cycle(pytester, inner):

@@ -10,9 +10,7 @@ import pytest
 """
 
 
-@pytest.fixture
-def inner(inner):
-    return inner.using(header=HEADER)
+INNER = dict(header=HEADER)
 
 
 def test_a_first_import_in_a_coroutine_is_labelled(inner):

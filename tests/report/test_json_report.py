@@ -44,9 +44,7 @@ def test_no_loop():
 """
 
 
-@pytest.fixture
-def inner(inner):
-    return inner.using(args=("--loopguard-record-threshold=30ms",))
+INNER = dict(args=("--loopguard-record-threshold=30ms",))
 
 
 # --- a small JSON Schema validator (the subset docs/report-schema.json uses) ----------------

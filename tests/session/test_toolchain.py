@@ -8,9 +8,7 @@ import pytest
 """
 
 
-@pytest.fixture
-def inner(inner):
-    return inner.using(header=HEADER)
+INNER = dict(header=HEADER)
 
 
 BLOCKING = """

@@ -6,7 +6,6 @@ import re
 import time
 
 import loopguard
-import pytest
 
 TESTS = """
 import asyncio, time
@@ -64,9 +63,7 @@ def pytest_terminal_summary(terminalreporter, config):
 """
 
 
-@pytest.fixture
-def inner(inner):
-    return inner.using(files={"conftest": CONFTEST})
+INNER = dict(files={"conftest": CONFTEST})
 
 
 def events(result):

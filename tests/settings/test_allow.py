@@ -50,9 +50,7 @@ async def test_direct_sleep():
 """
 
 
-@pytest.fixture
-def inner(inner):
-    return inner.using(files=APP)
+INNER = dict(files=APP)
 
 
 def failed(result):
