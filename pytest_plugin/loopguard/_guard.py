@@ -13,7 +13,14 @@ from ._errors import LoopBlockedError
 from ._events import BlockEvent
 from ._failure import format_events
 from ._judge import Judge
-from ._parse import CPU_WAIT_CHOICES, GC_CHOICES, parse_allow_list, parse_choice, parse_duration
+from ._parse import (
+    CPU_WAIT_CHOICES,
+    GC_CHOICES,
+    NATIVE_CHOICES,
+    parse_allow_list,
+    parse_choice,
+    parse_duration,
+)
 from ._runtime import runtime
 from ._settings import DEFAULT_THRESHOLD, environment_sampler
 
@@ -42,6 +49,9 @@ class guard:
     ``cpu_wait="exclude"`` (the default) likewise ignores a block that crossed it only because
     the loop thread waited for a CPU (a busy machine); blocks made of several callbacks of one
     loop iteration, none of which reached the threshold, are ignored too.
+    ``native="on"`` also takes the native frames below the Python frame that made a C call
+    (``native_stack`` on each event; Linux only), ``native="off"`` leaves them out; by default
+    the block keeps what is set around it (the plugin's ``--loopguard-native``).
     """
 
     def __init__(
@@ -53,6 +63,7 @@ class guard:
         allow: Iterable[str] = (),
         gc: str = "exclude",
         cpu_wait: str = "exclude",
+        native: Optional[str] = None,
     ) -> None:
         self.threshold = (
             DEFAULT_THRESHOLD
@@ -62,28 +73,37 @@ class guard:
         self.mode = parse_choice(mode, MODES, name="mode", source=_SOURCE)
         self.gc = parse_choice(gc, GC_CHOICES, name="gc", source=_SOURCE)
         self.cpu_wait = parse_choice(cpu_wait, CPU_WAIT_CHOICES, name="cpu_wait", source=_SOURCE)
+        self.native = (
+            None
+            if native is None
+            else parse_choice(native, NATIVE_CHOICES, name="native", source=_SOURCE)
+        )
         self.raise_ = raise_
         self.allow = parse_allow_list(
             allow if isinstance(allow, str) else tuple(allow), source="loopguard.guard(allow=...)"
         )
         self.events: list[BlockEvent] = []
         self.allowed: list[BlockEvent] = []
-        self._stack: list[tuple[int, int]] = []
+        self._stack: list[tuple[int, int, bool]] = []
 
     def __enter__(self) -> guard:
         token = runtime.acquire(self.threshold, environment_sampler())
         if self.mode == "raise":
             runtime.set_raise(token, True)
-        self._stack.append((token, _native.now_ns()))
+        native_before = _native.native_stacks()
+        if self.native is not None:
+            _native.set_native_stacks(self.native == "on")
+        self._stack.append((token, _native.now_ns(), native_before))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> Optional[bool]:  # type: ignore[no-untyped-def]
-        token, start = self._stack.pop()
+        token, start, native_before = self._stack.pop()
         end = _native.now_ns()
         try:
             runtime.collect()
             seen = runtime.events_between(start, end)
         finally:
+            _native.set_native_stacks(native_before)
             runtime.release(token)
         # Judged as the plugin judges a test's blocks (allow paths relative to the current
         # directory); each event's threshold is this guard's.
@@ -126,6 +146,7 @@ class guard:
         g.allow = self.allow
         g.gc = self.gc
         g.cpu_wait = self.cpu_wait
+        g.native = self.native
         g.events = []
         g.allowed = []
         g._stack = []

@@ -88,6 +88,12 @@ def test_invalid_threshold_names_the_argument():
         loopguard.guard(threshold="fast")
 
 
+def test_invalid_native_value_names_the_argument_and_the_choices():
+    expected = r"invalid value for native: 'yes' \(from loopguard.*off.*on"
+    with pytest.raises(ValueError, match=expected):
+        loopguard.guard(native="yes")
+
+
 def test_guard_in_an_autouse_fixture_without_the_plugin(pytester):
     pytester.makeconftest(
         """

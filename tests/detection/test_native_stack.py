@@ -277,3 +277,34 @@ async def test_stress():
     stacks = native_names(pytester)
     assert len(stacks) >= 3, stacks
     assert any("deflate" in " ".join(filter(None, names)) for names, _ in stacks), stacks
+
+
+def test_guard_takes_native_frames_when_asked_and_restores_the_setting():
+    import asyncio
+    import zlib
+
+    import loopguard
+    from loopguard import _native
+
+    data = os.urandom(1 << 20) * 8
+
+    async def compress():
+        await asyncio.sleep(0)
+        zlib.compress(data, 9)
+
+    assert not _native.native_stacks()
+    with pytest.raises(loopguard.LoopBlockedError) as exc:
+        with loopguard.guard(native="on"):
+            asyncio.run(compress())
+    assert not _native.native_stacks()  # as it was before the block
+    (ev,) = exc.value.events
+    names = [f.function or f.library for f in ev.native_stack]
+    assert any("deflate" in n for n in names), (names, ev.native_note)
+    assert "native frames below it" in str(exc.value)
+
+    # Without native=, the block keeps the setting around it: off here, so no frames.
+    with pytest.raises(loopguard.LoopBlockedError) as exc:
+        with loopguard.guard():
+            asyncio.run(compress())
+    (ev,) = exc.value.events
+    assert ev.native_stack == []
