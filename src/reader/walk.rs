@@ -24,6 +24,10 @@ const SAMPLE_BUDGET: std::time::Duration = std::time::Duration::from_millis(20);
 const MAX_CACHED_CODES: usize = 8192;
 /// How often two walks are attempted before giving up on agreement.
 const WALK_ATTEMPTS: usize = 8;
+/// How often a stack that starts at a generator is read again (see [`Outermost`]): each read
+/// takes a few microseconds, and under a reader slower than the generator (a loaded machine)
+/// about half of them can end at it.
+const CUT_ATTEMPTS: usize = 64;
 
 /// A stack, outermost frame first, and each frame's address.
 type StackWithAddresses = (Vec<Frame>, Vec<usize>);
@@ -221,13 +225,20 @@ impl Walker {
         thread_ident: u64,
     ) -> Result<(Vec<Frame>, Vec<usize>), String> {
         let mut last_err = String::new();
+        let mut errors = 0;
         let mut from_generator = None;
         let start = std::time::Instant::now();
-        for _ in 0..WALK_ATTEMPTS {
+        for _ in 0..CUT_ATTEMPTS {
             match self.try_stack(tstate, thread_ident) {
                 Ok((stack, Outermost::Generator)) => from_generator = Some(stack),
                 Ok((stack, Outermost::Caller)) => return Ok(stack),
-                Err(e) => last_err = e,
+                Err(e) => {
+                    last_err = e;
+                    errors += 1;
+                    if errors == WALK_ATTEMPTS {
+                        break;
+                    }
+                }
             }
             if start.elapsed() > SAMPLE_BUDGET {
                 break;
