@@ -153,6 +153,17 @@ def _majority_site(samples: list[Sample]) -> Optional[Frame]:
     return max(counts, key=lambda f: counts[f]) if counts else None
 
 
+# The frame the reader puts outermost when every read of a stack ended at a generator
+# (src/reader/walk.rs, cut_marker): the frames it has are real, the outer ones are missing.
+_CUT_PREFIX = "<outer frames not read"
+
+
+def _is_cut(stack: list[Frame]) -> bool:
+    return bool(stack) and stack[0].filename == "<loopguard>" and stack[0].function.startswith(
+        _CUT_PREFIX
+    )
+
+
 def _culprit(s: Sample) -> list[Frame]:
     """The stack to blame for a sample: the GIL holder's when another thread held the GIL."""
     if s.gil == "other" and s.gil_holder_stack:
@@ -189,9 +200,12 @@ def _common_site(samples: list[Sample], representative: Sample, total: int) -> O
 def _analyse(ev: BlockEvent) -> None:
     """Pick the dominant call site, the stack to show and the GIL attribution."""
     ev.in_debugger = any(_is_debugger_frame(f) for s in ev.samples for f in s.stack)
+    # A cut stack has no project frame to blame; it counts only when no whole stack was read.
+    whole = [s for s in ev.samples if not _is_cut(_culprit(s))]
+    judged = whole if any(site_of(_culprit(s)) for s in whole) else ev.samples
     counts: Counter[Frame] = Counter()
     first: dict[Frame, Sample] = {}
-    for s in ev.samples:
+    for s in judged:
         site_ = site_of(_culprit(s))
         if site_ is None:
             continue
@@ -206,7 +220,7 @@ def _analyse(ev: BlockEvent) -> None:
         # No line has most of the samples (a long loop in library code that calls something
         # different each time it is sampled): take the innermost user function that is on
         # the stack in most of them, so the site (and its baseline key) is the same each run.
-        common = _common_site(ev.samples, first[ev.site], total)
+        common = _common_site(judged, first[ev.site], total)
         if common is not None:
             counts[common] = counts.get(common, 0)
             first.setdefault(common, first[ev.site])

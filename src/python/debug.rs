@@ -16,7 +16,7 @@ use super::{current_thread_state, py_info};
 use crate::event::Frame;
 use crate::reader::gil::GilReader;
 use crate::reader::mem::{MemError, Memory};
-use crate::reader::walk::Walker;
+use crate::reader::walk::{cut_marker, Walker};
 use crate::sampler::Target;
 
 // ---- the stack reader (`_reader_*`) ----
@@ -153,8 +153,10 @@ fn _reader_sample(
 }
 
 /// Samples a thread in a tight loop for `seconds` with the GIL released, like the watchdog
-/// does, and returns statistics: samples, errors (by message), distinct frames seen, and the
-/// distribution of per-sample cost in nanoseconds, and how often each innermost frame was seen.
+/// does, and returns statistics: samples, errors (by message), distinct frames seen, the
+/// distribution of per-sample cost in nanoseconds, how often each innermost frame was seen, the
+/// depths of the stacks read and how many were marked as cut at a generator (`cut`, not in
+/// `depths`).
 #[pyfunction]
 #[pyo3(signature = (tstate, thread_ident, seconds, pause_us=0))]
 fn _reader_stress<'py>(
@@ -166,8 +168,10 @@ fn _reader_stress<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let mut walker = new_walker(py)?;
     let budget = Duration::from_secs_f64(seconds.max(0.0));
-    let (ok, errors, seen, mut cost, depths, innermost) = py.detach(|| {
+    let (ok, cut, errors, seen, mut cost, depths, innermost) = py.detach(|| {
         let mut ok = 0u64;
+        let mut cut = 0u64;
+        let marker = cut_marker();
         let mut innermost: HashMap<(String, u32, String), u64> = HashMap::new();
         let mut errors: BTreeMap<String, u64> = BTreeMap::new();
         let mut seen: HashSet<(String, u32, String)> = HashSet::new();
@@ -181,7 +185,11 @@ fn _reader_stress<'py>(
             match r {
                 Ok(frames) => {
                     ok += 1;
-                    *depths.entry(frames.len()).or_default() += 1;
+                    if frames.first() == Some(&marker) {
+                        cut += 1;
+                    } else {
+                        *depths.entry(frames.len()).or_default() += 1;
+                    }
                     if let Some(f) = frames.last() {
                         let key = (f.filename.clone(), f.lineno, f.function.clone());
                         *innermost.entry(key).or_default() += 1;
@@ -206,7 +214,7 @@ fn _reader_stress<'py>(
                 std::thread::sleep(Duration::from_micros(pause_us));
             }
         }
-        (ok, errors, seen, cost, depths, innermost)
+        (ok, cut, errors, seen, cost, depths, innermost)
     });
     cost.sort_unstable();
     let pct = |p: f64| -> u64 {
@@ -222,6 +230,7 @@ fn _reader_stress<'py>(
     d.set_item("errors", errors)?;
     d.set_item("frames", seen.into_iter().collect::<Vec<_>>())?;
     d.set_item("depths", depths)?;
+    d.set_item("cut", cut)?;
     d.set_item("innermost", innermost)?;
     d.set_item("p50_ns", pct(0.5))?;
     d.set_item("p99_ns", pct(0.99))?;

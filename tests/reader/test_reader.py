@@ -368,17 +368,19 @@ def join_generators(stop):
 
 
 def test_a_thread_resuming_generators_from_c_is_read_whole():
-    """No sample is cut at a generator: its stack always reaches the thread's own function."""
+    """A sample is not cut at a generator: its stack reaches the thread's own function, or (the
+    thread paused between resuming a generator and linking it, at every read) says it is cut."""
     with running(join_generators) as t:
         result = native._reader_stress(t.tstate, t.ident, 0.5)
     assert result["ok"] > 100, result["errors"]
     in_generators = innermost_hits(result, "_chunks")
     assert in_generators > 50, result["innermost"]
-    outer = join_generators.__code__.co_filename
-    depth = min(result["depths"])
     # Thread bootstrap, run, join_generators, then the generators: a whole stack has at least
-    # three frames; a cut one starts at the generator (one or two frames).
-    assert depth >= 3, (result["depths"], result["innermost"], outer)
+    # three frames; one cut at the generator has one or two, and the marker when it says so.
+    unmarked = {d: n for d, n in result["depths"].items() if d < 3}
+    assert not unmarked, (result["depths"], result["cut"])
+    # Without the reader's second look, 3 % (3.10, 3.12) to 6.5 % (3.11) of reads were cut.
+    assert result["cut"] <= 0.02 * result["ok"], (result["cut"], result["ok"])
 
 
 def test_reading_the_calling_thread_works():

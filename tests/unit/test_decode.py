@@ -67,6 +67,25 @@ def test_a_stack_without_project_frames_is_blamed_on_its_innermost_frame():
     assert site_of([]) is None
 
 
+CUT = {
+    "filename": "<loopguard>",
+    "lineno": 0,
+    "function": "<outer frames not read: a generator yielded while its stack was read>",
+}
+
+
+def test_stacks_the_reader_marked_as_cut_do_not_choose_the_site():
+    # Three reads ended at a library generator (no project frame), two were whole.
+    cut = [raw_sample(CUT, LIBRARY) for _ in range(3)]
+    whole = [raw_sample(RUNNER, HANDLER, LIBRARY) for _ in range(2)]
+    (ev,) = decode(raw_event(cut + whole))
+    assert ev.site == Frame(**HANDLER)
+    assert ev.stack[0] == Frame(**RUNNER)
+    # With nothing whole, the cut stacks are all there is to show.
+    (ev,) = decode(raw_event(cut))
+    assert ev.site == Frame(**LIBRARY)
+
+
 def test_a_sample_taken_while_another_thread_held_the_gil_blames_that_thread():
     worker = threading.Thread(target=lambda: None, name="cruncher")
     worker.start()
