@@ -376,6 +376,35 @@ fn install() -> Result<i32, String> {
     Err("native frames are read on Linux x86-64 and aarch64 only".into())
 }
 
+/// Why a running thread's native frames are not read on glibc 2.41 and later.
+pub const GLIBC_CANCELLABLE: &str = "native frames of a running thread are not read with glibc \
+     2.41 or later: its system calls that wait go through one routine that keeps the call's \
+     number in no register, so one that the signal interrupted could not be restarted";
+
+/// Whether glibc `version` (`gnu_get_libc_version()`, "2.41") makes its waiting system calls
+/// through `__syscall_cancel_arch`, which loads the call's number from a register that the
+/// call's arguments then overwrite: [`repair`] cannot find the number to restart the call.
+pub fn glibc_calls_cannot_be_restarted(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= (2, 41),
+        _ => true, // unknown: assume the worst
+    }
+}
+
+/// The C library's reason not to signal a running thread, if it has one.
+fn library_refuses() -> Option<&'static str> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: gnu_get_libc_version returns a pointer to a static NUL-terminated string.
+        let version = unsafe { std::ffi::CStr::from_ptr(libc::gnu_get_libc_version()) };
+        if glibc_calls_cannot_be_restarted(&version.to_string_lossy()) {
+            return Some(GLIBC_CANCELLABLE);
+        }
+    }
+    None
+}
+
 /// Why a thread that sleeps now and then is not signalled.
 pub const SLEEPING: &str = "the thread was making system calls that wait: the native frames \
      are not read (a signal could interrupt such a call)";
@@ -392,6 +421,9 @@ pub fn capture(tid: i64) -> Result<Vec<usize>, String> {
              could not restart"
                 .into(),
         );
+    }
+    if let Some(why) = library_refuses() {
+        return Err(why.into());
     }
     let sig = install()?;
     #[cfg(all(
@@ -493,6 +525,16 @@ mod tests {
             })
         );
         assert_eq!(Thread::parse(""), None);
+    }
+
+    #[test]
+    fn glibc_from_2_41_on_is_not_signalled() {
+        assert!(!glibc_calls_cannot_be_restarted("2.36"));
+        assert!(!glibc_calls_cannot_be_restarted("2.40"));
+        assert!(glibc_calls_cannot_be_restarted("2.41"));
+        assert!(glibc_calls_cannot_be_restarted("2.100"));
+        assert!(glibc_calls_cannot_be_restarted("3.0"));
+        assert!(glibc_calls_cannot_be_restarted("unknown"));
     }
 
     #[test]
