@@ -159,8 +159,10 @@ _CUT_PREFIX = "<outer frames not read"
 
 
 def _is_cut(stack: list[Frame]) -> bool:
-    return bool(stack) and stack[0].filename == "<loopguard>" and stack[0].function.startswith(
-        _CUT_PREFIX
+    return (
+        bool(stack)
+        and stack[0].filename == "<loopguard>"
+        and stack[0].function.startswith(_CUT_PREFIX)
     )
 
 
