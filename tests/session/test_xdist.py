@@ -164,7 +164,7 @@ def test_uses_service(service):
 
 
 # Each worker writes how many verdicts it still holds once its tests have run.
-KEPT_CONFTEST = CONFTEST + """
+KEPT = """
 def pytest_sessionfinish(session):
     config = session.config
     if hasattr(config, "workerinput"):
@@ -175,7 +175,7 @@ def pytest_sessionfinish(session):
 
 
 def test_a_worker_keeps_no_verdict_it_has_shipped(inner):
-    result = inner.run(TESTS, "-n", "2", conftest=KEPT_CONFTEST)
+    result = inner.run(TESTS, "-n", "2", conftest=CONFTEST + KEPT)
     result.assert_outcomes(failed=3, passed=2, xfailed=1)
     result.stdout.fnmatch_lines(["LG-TOTAL all=5 failed=4"])
     kept = {p.name: p.read_text() for p in inner.pytester.path.glob("kept-gw*")}
