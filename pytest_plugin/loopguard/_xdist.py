@@ -6,10 +6,12 @@ arrives in the reports. Each worker attaches the events it judged for a report t
 (``report.loopguard_events``: a list of verdicts as plain data — the verdict's fields with
 ``"event": BlockEvent.to_dict()`` — that xdist's serialization carries), and the controller
 adds them to its own ``state.verdicts`` when the report is logged: once per report, so once
-per event. The hotspot table, annotations and JSON report then cover every worker. At the
-end of its session a worker also hands over, through xdist's
-``workeroutput``, any event whose report was never logged (none, unless a plugin swallowed a
-report), so nothing is lost when it exits.
+per event. The hotspot table, annotations and JSON report then cover every worker. A worker
+writes no report of its own, so once a report is logged (xdist has sent it) it drops that
+report's verdicts: its ``state.verdicts`` holds only what the controller has not received,
+and its memory does not grow with the events it records. At the end of its session it hands
+over, through xdist's ``workeroutput``, whatever is left there (none, unless a plugin
+swallowed a report or a block ended after its test), so nothing is lost when it exits.
 
 A failure report whose longrepr is loopguard's own keeps it across the process boundary
 (rebuilt from the events on the controller), so the ``FAILED ... - loopguard: ...`` line reads
@@ -32,7 +34,7 @@ from ._failure import FailureRepr
 from ._judge import Verdict
 
 if TYPE_CHECKING:
-    from ._settings import State
+    from ._settings import State, TestState
 
 __all__ = ["ATTR", "XdistPlugin"]
 
@@ -53,12 +55,13 @@ class XdistPlugin:
         self.config = config
         self.state = state
         self.worker = is_worker(config)
-        # Worker: events attached to a report not logged yet (by id of the report), and events
-        # whose report was logged, hence sent to the controller (by id of the event).
-        self._pending: dict[int, list[int]] = {}
-        self._shipped: set[int] = set()
-        # Worker: verdicts already attached to a report (each is sent once).
-        self._sent: set[int] = set()
+        # Worker: the verdicts attached to a report not logged yet (by id of the report).
+        self._pending: dict[int, list[Verdict]] = {}
+        # Worker: the verdicts of the running test already attached to a report (each is sent
+        # once), by id: its TestState keeps them alive, so their ids stay theirs until the
+        # next test's TestState replaces it (and this set).
+        self._attached: set[int] = set()
+        self._attached_for: Optional[TestState] = None
         # Controller: how many events arrived from each worker ("gw0", ...).
         self.received: dict[str, int] = {}
 
@@ -79,12 +82,15 @@ class XdistPlugin:
             return (yield)
         report = yield
         ts = self.state.current
-        verdicts = ts.verdicts.get(call.when, []) if ts is not None and ts.item is item else []
-        new = [v for v in verdicts if id(v) not in self._sent]
+        if ts is None or ts.item is not item:
+            return report
+        if ts is not self._attached_for:
+            self._attached, self._attached_for = set(), ts
+        new = [v for v in ts.verdicts.get(call.when, ()) if id(v) not in self._attached]
         if new:
-            self._sent.update(id(v) for v in new)
+            self._attached.update(map(id, new))
             setattr(report, ATTR, [_verdict_to_data(v) for v in new])
-            self._pending[id(report)] = [id(v) for v in new]
+            self._pending[id(report)] = new
         return report
 
     @pytest.hookimpl(wrapper=True)
@@ -104,9 +110,12 @@ class XdistPlugin:
         try:
             return (yield)
         finally:
-            if self.worker:
-                # xdist's worker has sent the report from its own pytest_runtest_logreport.
-                self._shipped.update(self._pending.pop(id(report), ()))
+            sent = self._pending.pop(id(report), None) if self.worker else None
+            if sent:
+                # xdist's worker has sent the report from its own pytest_runtest_logreport:
+                # the controller has these verdicts, this process needs them no more.
+                done = {id(v) for v in sent}
+                self.state.verdicts[:] = [v for v in self.state.verdicts if id(v) not in done]
             if shipped:
                 # The terminal reporter keeps every report to the end: not the events' data.
                 delattr(report, ATTR)
@@ -115,8 +124,8 @@ class XdistPlugin:
         output = getattr(self.config, "workeroutput", None)
         if not self.worker or output is None:
             return
-        left = [v for v in self.state.verdicts if id(v) not in self._shipped]
-        output[_OUTPUT_KEY] = {"unshipped": [_verdict_to_data(v) for v in left]}
+        # What no logged report carried (shipped verdicts are no longer in the list).
+        output[_OUTPUT_KEY] = {"unshipped": [_verdict_to_data(v) for v in self.state.verdicts]}
 
     # --- controller side -------------------------------------------------------------------
 

@@ -52,7 +52,7 @@ from ._settings import (
     resolve,
     settings_of,
 )
-from ._xdist import XdistPlugin
+from ._xdist import XdistPlugin, is_worker
 
 __all__ = [
     "loopguard",
@@ -103,7 +103,10 @@ def pytest_configure(config: pytest.Config) -> None:
         state.reader_off = _native.reader_unavailable() or "it could not start"
     if XdistPlugin.needed(config):
         config.pluginmanager.register(XdistPlugin(config, state), XdistPlugin.name)
-    if settings.json_path is not None or settings.html_path is not None:
+    # The reports are written where the reports are logged: in a session without xdist, or by
+    # its controller (a worker keeps only the verdicts it has not shipped yet).
+    reports = settings.json_path is not None or settings.html_path is not None
+    if reports and not is_worker(config):
         config.pluginmanager.register(PhaseTimes(state.verdicts), PhaseTimes.name)
 
 
@@ -424,7 +427,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if runtime.active:
         runtime.collect(everything=True)
         _record_strays(state, current=None)
-    if hasattr(config, "workerinput"):
+    if is_worker(config):
         return
     s = state.settings
     root = config.rootpath

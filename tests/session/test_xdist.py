@@ -163,6 +163,25 @@ def test_uses_service(service):
     assert events(result) == [("test_it.py::test_uses_service", "teardown", str(n), "True")]
 
 
+# Each worker writes how many verdicts it still holds once its tests have run.
+KEPT = """
+def pytest_sessionfinish(session):
+    config = session.config
+    if hasattr(config, "workerinput"):
+        kept = len(config.stash[_state_key].verdicts)
+        with open("kept-" + config.workerinput["workerid"], "w") as f:
+            f.write(str(kept))
+"""
+
+
+def test_a_worker_keeps_no_verdict_it_has_shipped(inner):
+    result = inner.run(TESTS, "-n", "2", conftest=CONFTEST + KEPT)
+    result.assert_outcomes(failed=3, passed=2, xfailed=1)
+    result.stdout.fnmatch_lines(["LG-TOTAL all=5 failed=4"])
+    kept = {p.name: p.read_text() for p in inner.pytester.path.glob("kept-gw*")}
+    assert kept == {"kept-gw0": "0", "kept-gw1": "0"}
+
+
 def test_without_xdist_the_state_is_the_same(inner):
     result = inner.run(TESTS, "-p", "no:xdist")
     result.assert_outcomes(failed=3, passed=2, xfailed=1)
