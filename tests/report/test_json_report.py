@@ -171,8 +171,9 @@ def test_report_matches_the_schema_and_describes_every_block(pytester, inner):
 
     starved = by_test["test_starved"][0]
     assert starved["outcome"] == "failed"
-    assert starved["starved"] is True
     if gil_read:
+        # Starvation is told by who holds the GIL.
+        assert starved["starved"] is True
         assert starved["gil"] == "other"
         # (The holder's name is looked up when the phase ends: this one had ended by then.)
         assert starved["gil_holder"]["thread"]
