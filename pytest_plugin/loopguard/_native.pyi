@@ -163,6 +163,7 @@ def _gil_sampler_line(code: CodeType, lasti: int) -> int:
     """The line the GIL-taking sampler names for a frame of ``code`` stopped at byte offset
     ``lasti`` (an instruction with no line, such as the jump back to a loop's start on 3.10 and
     3.11, is named by the line it jumps to)."""
+
 def _native_stack_of(
     native_tid: int, resolve: bool = True
 ) -> tuple[list[dict[str, Any]], Optional[str], int]:

@@ -123,8 +123,13 @@ fn resolve_lineless(py: Python<'_>, code: &Bound<'_, PyAny>, lasti: i64) -> PyRe
             .and_then(|&(_, _, line)| line)
     };
     let dis = py.import("dis")?;
-    let mut jump_ops: Vec<u32> = dis.getattr("hasjrel")?.extract()?;
-    jump_ops.extend(dis.getattr("hasjabs")?.extract::<Vec<u32>>()?);
+    // `hasjump` from 3.13 on; `hasjrel` and `hasjabs` before.
+    let mut jump_ops = Vec::new();
+    for name in ["hasjump", "hasjrel", "hasjabs"] {
+        if let Ok(ops) = dis.getattr(name) {
+            jump_ops.extend(ops.extract::<Vec<u32>>()?);
+        }
+    }
     let mut targets = HashMap::new();
     for ins in dis.call_method1("get_instructions", (code,))?.try_iter()? {
         let ins = ins?;

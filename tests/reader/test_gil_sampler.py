@@ -74,7 +74,7 @@ def test_the_jump_back_to_a_loops_start_is_named_by_a_line_of_the_loop():
         for ins in dis.get_instructions(code):
             if not isinstance(ins.argval, int) or ins.argval >= ins.offset:
                 continue
-            if ins.opcode not in dis.hasjrel + dis.hasjabs:
+            if ins.opcode not in getattr(dis, "hasjump", dis.hasjrel + dis.hasjabs):
                 continue
             # A backward jump: named by its own line, or when it has none the loop header's.
             expected = lines[ins.offset]
