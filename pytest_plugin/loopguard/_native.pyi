@@ -12,6 +12,7 @@ __all__ = [
     "Slot",
     "_gil_reader_info",
     "_gil_sample",
+    "_gil_sampler_line",
     "_gil_state",
     "_gil_state_raw",
     "_gil_thread_ids",
@@ -158,6 +159,11 @@ def _gil_sample(
 def _gil_threads() -> list[tuple[int, int, Optional[int]]]: ...
 def _gil_thread_ids(tstate: int) -> tuple[int, Optional[int]]: ...
 def _gil_reader_info() -> dict[str, Any]: ...
+def _gil_sampler_line(code: CodeType, lasti: int) -> int:
+    """The line the GIL-taking sampler names for a frame of ``code`` stopped at byte offset
+    ``lasti`` (an instruction with no line, such as the jump back to a loop's start on 3.10 and
+    3.11, is named by the line it jumps to)."""
+
 def _native_stack_of(
     native_tid: int, resolve: bool = True
 ) -> tuple[list[dict[str, Any]], Optional[str], int]:

@@ -266,5 +266,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     offload::add_to_module(m)?;
     native_stack::add_to_module(m)?;
     debug::add_to_module(m)?;
+    m.add_function(wrap_pyfunction!(gil_sampler::_gil_sampler_line, m)?)?;
     Ok(())
 }

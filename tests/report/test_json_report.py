@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+from loopguard import _native
 
 pytestmark = pytest.mark.single_version
 
@@ -15,6 +16,7 @@ SCHEMA = json.loads(
 SOURCE = """
 import asyncio, ctypes, threading, time
 import pytest
+from loopguard import _native
 
 @pytest.mark.asyncio
 async def test_fails():
@@ -155,7 +157,9 @@ def test_report_matches_the_schema_and_describes_every_block(pytester, inner):
     assert setup[0] <= setup[1] <= call[0] <= fails["start_ms"] < call[1]
     assert [r["interrupted"] for r in data["runs"]] == [False]
     assert fails["thread"] == "MainThread"
-    assert fails["gil"] in ("released", "loop")
+    # Who holds the GIL is read on the full Linux build only (unknown on the portable path).
+    gil_read = _native.portable() is None
+    assert fails["gil"] in (("released", "loop") if gil_read else ("unknown",))
 
     (allowed,) = by_test["test_allowed"]
     assert allowed["outcome"] == "allowed"
@@ -167,14 +171,19 @@ def test_report_matches_the_schema_and_describes_every_block(pytester, inner):
 
     starved = by_test["test_starved"][0]
     assert starved["outcome"] == "failed"
-    assert starved["starved"] is True
-    assert starved["gil"] == "other"
-    # (The holder's name is looked up when the phase ends: this one had ended by then.)
-    assert starved["gil_holder"]["thread"]
-    # Its stack, from the sample the event shows: in usleep (hog's line is the innermost), or
-    # still in ctypes' CDLL.__init__ if a loaded machine paused the thread there with the GIL.
-    holder = [f["function"] for f in starved["gil_holder"]["stack"]]
-    assert any(f.endswith("hog") for f in holder[-2:]), holder
+    if gil_read:
+        # Starvation is told by who holds the GIL.
+        assert starved["starved"] is True
+        assert starved["gil"] == "other"
+        # (The holder's name is looked up when the phase ends: this one had ended by then.)
+        assert starved["gil_holder"]["thread"]
+        # Its stack, from the sample the event shows: in usleep (hog's line is the innermost),
+        # or still in ctypes' CDLL.__init__ if a loaded machine paused the thread there with
+        # the GIL.
+        holder = [f["function"] for f in starved["gil_holder"]["stack"]]
+        assert any(f.endswith("hog") for f in holder[-2:]), holder
+    else:
+        assert starved["gil"] == "unknown"
 
     totals = {t["test"].split("::")[1]: t for t in data["tests"]}
     assert totals["test_fails"]["events"] == 1
