@@ -65,6 +65,7 @@ int main(void) {
     FIELD("f_instr", OFF(PyFrameObject, f_lasti));
     printf("        f_owner: None,\n");
     printf("        f_gen: "); SOME(OFF(PyFrameObject, f_gen)); printf(",\n");
+    printf("        co_flags: "); SOME(OFF(PyCodeObject, co_flags)); printf(",\n");
 #else
 #if PY_VERSION_HEX < 0x030D0000
     FIELD("ts_frame", OFF(PyThreadState, cframe));
@@ -93,6 +94,7 @@ int main(void) {
 #endif
     printf("        f_owner: "); SOME(OFF(_PyInterpreterFrame, owner)); printf(",\n");
     printf("        f_gen: None,\n");
+    printf("        co_flags: None,\n");
 #endif
     /* Code objects. */
     FIELD("co_firstlineno", OFF(PyCodeObject, co_firstlineno));

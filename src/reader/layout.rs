@@ -209,6 +209,9 @@ pub struct Layout {
     pub f_owner: Option<usize>,
     /// `PyFrameObject.f_gen` (3.10): the generator or coroutine the frame belongs to, or NULL.
     pub f_gen: Option<usize>,
+    /// `PyCodeObject.co_flags` (an `int`; 3.10, where a finished generator's frame no longer
+    /// names its generator).
+    pub co_flags: Option<usize>,
     /// `co_firstlineno` (an `int`).
     pub co_firstlineno: usize,
     /// `co_filename`.
@@ -287,6 +290,7 @@ const TABLE: [Layout; 6] = [
         f_instr: 96,
         f_owner: None,
         f_gen: Some(88),
+        co_flags: Some(36),
         co_firstlineno: 40,
         co_filename: 104,
         co_name: 112,
@@ -330,6 +334,7 @@ const TABLE: [Layout; 6] = [
         f_instr: 56,
         f_owner: Some(69),
         f_gen: None,
+        co_flags: None,
         co_firstlineno: 72,
         co_filename: 112,
         co_name: 120,
@@ -370,6 +375,7 @@ const TABLE: [Layout; 6] = [
         f_instr: 56,
         f_owner: Some(70),
         f_gen: None,
+        co_flags: None,
         co_firstlineno: 68,
         co_filename: 112,
         co_name: 120,
@@ -413,6 +419,7 @@ const TABLE: [Layout; 6] = [
         f_instr: 56,
         f_owner: Some(70),
         f_gen: None,
+        co_flags: None,
         co_firstlineno: 68,
         co_filename: 112,
         co_name: 120,
@@ -486,6 +493,7 @@ const TABLE: [Layout; 6] = [
         f_instr: 56,
         f_owner: Some(74),
         f_gen: None,
+        co_flags: None,
         co_firstlineno: 68,
         co_filename: 112,
         co_name: 120,
@@ -559,6 +567,7 @@ const TABLE: [Layout; 6] = [
         f_instr: 56,
         f_owner: Some(74),
         f_gen: None,
+        co_flags: None,
         co_firstlineno: 68,
         co_filename: 112,
         co_name: 120,

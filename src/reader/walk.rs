@@ -29,6 +29,9 @@ const WALK_ATTEMPTS: usize = 8;
 /// about half of them can end at it.
 const CUT_ATTEMPTS: usize = 64;
 
+/// `CO_GENERATOR | CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR`.
+const GENERATOR_FLAGS: u32 = 0x20 | 0x80 | 0x100 | 0x200;
+
 /// Frame shown (outermost) when every read of a stack ended at a generator (see [`Outermost`]);
 /// the report's call-site choice leaves such samples out when others are whole.
 pub fn cut_marker() -> Frame {
@@ -50,7 +53,8 @@ type StackWithAddresses = (Vec<Frame>, Vec<usize>);
 /// yielded, and see it as the whole stack. Under C code that resumes generators millions of
 /// times a second (`str.join` of nested generators, `json.dumps(indent=...)`) both walks of a
 /// sample can agree on that cut stack (3.10: about one sample in forty), so a stack that starts
-/// at a generator is read again.
+/// at a generator's frame (its owner; 3.10: `f_gen`, or its code's flags once it finished) is
+/// read again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Outermost {
     /// A function's frame, or one of the interpreter's own (3.12+).
@@ -449,6 +453,16 @@ impl Walker {
             }
             out.push(raw);
             frame = next;
+        }
+        if let (Some(flags), Some(last), Outermost::Caller) = (l.co_flags, out.last(), outermost) {
+            // 3.10: a generator that just finished no longer names itself in its frame.
+            let mut raw = [0u8; 4];
+            pages
+                .read(mem, last.code + flags, &mut raw)
+                .map_err(|e| err("a code object", e))?;
+            if u32::from_le_bytes(raw) & GENERATOR_FLAGS != 0 {
+                outermost = Outermost::Generator;
+            }
         }
         Ok((out, false, outermost))
     }
