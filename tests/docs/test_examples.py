@@ -163,6 +163,7 @@ def test_example_suite_fails_exactly_the_buggy_tests(pytester, monkeypatch):
     sleep = line_of("app/scanner.py", "time.sleep(SCAN_LATENCY)")
     query = line_of("app/storage.py", "db.execute(TEAM_MEMBERS")
     dumps = line_of("app/pipeline.py", "json.dumps(")
+    response = line_of("app/main.py", "return Response(pipeline.export_json(rows)")
     regex = line_of("app/pipeline.py", "return QUERY_RE.match(query)")
     fixture = line_of("tests/test_users.py", "storage.seed(events=300_000)  # BUG")
     blur = line_of("app/images.py", "small = page.filter(")
@@ -185,10 +186,18 @@ def test_example_suite_fails_exactly_the_buggy_tests(pytester, monkeypatch):
             f"app/storage.py:{query} in *team_members",
             "return [[]dict(row) for row in db.execute(TEAM_MEMBERS, (team_id,))[]]",
         ),
-        "test_reports.py::test_report_export_blocks_on_json_dumps": (
-            f"app/pipeline.py:{dumps} in *export_json",
-            'return json.dumps({"count": len(rows), "rows": rows}, indent=2, sort_keys=True)',
-        ),
+        "test_reports.py::test_report_export_blocks_on_json_dumps": [
+            (
+                f"app/pipeline.py:{dumps} in *export_json",
+                'return json.dumps({"count": len(rows), "rows": rows}, indent=2, sort_keys=True)',
+            ),
+            # The endpoint's line when a busy machine let the watchdog look only late in the
+            # block, after json.dumps, while the response encoded its 10 MB.
+            (
+                f"app/main.py:{response} in *activity_report",
+                'return Response(pipeline.export_json(rows), media_type="application/json")',
+            ),
+        ],
         "test_search.py::test_search_blocks_on_catastrophic_regex": (
             f"app/pipeline.py:{regex} in *validate_query",
             "return QUERY_RE.match(query) is not None",
@@ -198,17 +207,24 @@ def test_example_suite_fails_exactly_the_buggy_tests(pytester, monkeypatch):
             "return QUERY_RE.match(query) is not None",
         ),
     }
-    for test, (site, source) in expected.items():
+    for test, sites in expected.items():
         name = test.split("::")[1]
         report = section(result.outlines, f"_* {name} _*")
-        report.fnmatch_lines(
-            [
-                "loopguard: *event loop blocked for * (threshold 100 ms)",
-                "",
-                f"    *{site}",
-                f"  >     {source}",
-            ]
-        )
+        alternatives = sites if isinstance(sites, list) else [sites]
+        for i, (site, source) in enumerate(alternatives, 1):
+            try:
+                report.fnmatch_lines(
+                    [
+                        "loopguard: *event loop blocked for * (threshold 100 ms)",
+                        "",
+                        f"    *{site}",
+                        f"  >     {source}",
+                    ]
+                )
+                break
+            except pytest.fail.Exception:
+                if i == len(alternatives):
+                    raise
         result.stdout.fnmatch_lines([row(site)])
         result.stdout.fnmatch_lines([f"FAILED *tests/{test}*"])
 
