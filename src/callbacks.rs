@@ -15,7 +15,7 @@
 //! later merges everything in between, unreadable samples are ignored (widening the gaps), and
 //! the stretch's start and end bound the first and last callbacks.
 
-use crate::event::Frame;
+use crate::event::{Frame, Span};
 
 const ASYNCIO_EVENTS: &str = "/asyncio/events.py";
 const TRIO_RUN: &str = "/trio/_core/_run.py";
@@ -106,23 +106,6 @@ impl Timeline {
     pub fn runs(&self) -> &[Run] {
         &self.runs
     }
-}
-
-/// One callback (or stretch of the loop's own work) as the samples bound it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Span {
-    /// Offset of its first sample from the start of the block.
-    pub first_ns: u64,
-    /// Offset of its last sample.
-    pub last_ns: u64,
-    /// It lasted at least this long (from its first sample to its last).
-    pub min_ns: u64,
-    /// It lasted at most this long (from the last sample before it to the first after it).
-    pub max_ns: u64,
-    /// Samples taken in it.
-    pub samples: u32,
-    /// True for a callback; false for samples outside any callback (the loop's own work).
-    pub in_callback: bool,
 }
 
 /// The spans of a stretch of `duration_ns` from its runs, and for each run the index of its

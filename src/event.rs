@@ -5,7 +5,6 @@
 
 use serde::Serialize;
 
-use crate::callbacks::Span;
 use crate::native_stack::NativeStack;
 
 /// One Python frame as captured from a thread's stack.
@@ -15,8 +14,26 @@ pub struct Frame {
     pub filename: String,
     /// Line being executed (0 when unknown).
     pub lineno: u32,
-    /// `co_name` (3.9/3.10) or `co_qualname` (3.11+) of the code object.
+    /// `co_name` (3.10) or `co_qualname` (3.11+) of the code object.
     pub function: String,
+}
+
+/// One callback (or stretch of the loop's own work) as the samples bound it (worked out in
+/// `crate::callbacks`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Span {
+    /// Offset of its first sample from the start of the block.
+    pub first_ns: u64,
+    /// Offset of its last sample.
+    pub last_ns: u64,
+    /// It lasted at least this long (from its first sample to its last).
+    pub min_ns: u64,
+    /// It lasted at most this long (from the last sample before it to the first after it).
+    pub max_ns: u64,
+    /// Samples taken in it.
+    pub samples: u32,
+    /// True for a callback; false for samples outside any callback (the loop's own work).
+    pub in_callback: bool,
 }
 
 /// Who held the GIL when a sample was taken.

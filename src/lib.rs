@@ -7,11 +7,12 @@
 //! that exposes them as the private module `loopguard._native`; nothing outside it calls into
 //! it.
 //!
-//! Linux-only calls (`epoll_wait`, `process_vm_readv`, `/proc/self/task/TID/*`,
-//! `sched_setattr`) are compiled under `cfg(linux_full)`, set by `build.rs` on Linux unless the
-//! `portable` feature is on. Without it the watchdog, the heartbeat on any selector and the
-//! sampler that takes the GIL still work; the GIL-free reader, system call names, run-queue
-//! time and per-thread CPU time are absent, and say so ([`NOT_BUILT`]).
+//! Linux-only readers (`epoll_wait`, `process_vm_readv`, `/proc/self/task/TID/*`) are compiled
+//! under `cfg(linux_full)`, set by `build.rs` on Linux unless the `portable` feature is on.
+//! Without it the watchdog, the heartbeat on any selector and the sampler that takes the GIL
+//! still work; the GIL-free reader, system call names, run-queue time and per-thread CPU time
+//! are absent, and say so ([`NOT_BUILT`]). The watchdog's wake-up hint ([`sched`]) is per
+//! system and in every build.
 
 pub mod callbacks;
 pub mod clock;

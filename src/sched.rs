@@ -2,15 +2,26 @@
 //!
 //! The watchdog sleeps until a deadline; how late it runs after that is the scheduler's
 //! wake-up latency, which on a loaded machine (a test suite running `-n auto`) reaches several
-//! milliseconds: the woken thread waits for the running one's time slice to end. Linux 6.12+
-//! lets an ordinary thread ask for a shorter slice (`sched_setattr` with `sched_runtime` on a
-//! `SCHED_OTHER` thread): its virtual deadline comes sooner, so it preempts on wake-up. It gets
-//! no more CPU than before (the watchdog runs for microseconds per wake-up), and the request
-//! needs no capability. Older kernels ignore the field; kernels without `sched_setattr` refuse
-//! the call; either way nothing changes.
+//! milliseconds, and hundreds under heavy load: the woken thread waits for the running ones'
+//! time slices to end. Each system has an unprivileged way to ask for better, and the watchdog
+//! (which runs for microseconds per wake-up) asks for it on every build, the portable one too:
+//! this is a scheduling hint, not one of the Linux-only readers.
+//!
+//! - **Linux** 6.12+ lets an ordinary thread ask for a shorter slice (`sched_setattr` with
+//!   `sched_runtime` on a `SCHED_OTHER` thread): its virtual deadline comes sooner, so it
+//!   preempts on wake-up. It gets no more CPU than before, and the request needs no capability.
+//!   Older kernels ignore the field; kernels without `sched_setattr` refuse the call; either way
+//!   nothing changes.
+//! - **macOS**: the thread's quality-of-service class becomes user-interactive (the class of a
+//!   UI's main thread), which the scheduler runs first and wakes on time.
+//! - **Windows**: the thread's priority becomes "highest" within the process's class (one step
+//!   below time-critical), which any process may set for its own threads.
+//!
+//! Only the Linux request is exercised here (the portable build on Linux makes it too); the
+//! other two are compiled for their targets by `script/lint` and not run.
 
 /// The calling thread's nice value (`getpriority(PRIO_PROCESS, 0)` is per thread on Linux).
-#[cfg(linux_full)]
+#[cfg(target_os = "linux")]
 fn current_nice() -> Option<i32> {
     // SAFETY: getpriority takes no pointers; errno is thread-local. -1 is also a valid nice
     // value, so errno (cleared first) tells an error apart.
@@ -22,7 +33,7 @@ fn current_nice() -> Option<i32> {
 }
 
 /// `struct sched_attr` (linux/sched/types.h), version 1 (with utilisation clamps): 56 bytes.
-#[cfg(linux_full)]
+#[cfg(target_os = "linux")]
 #[repr(C)]
 struct SchedAttr {
     size: u32,
@@ -57,7 +68,7 @@ pub fn watchdog_slice_from_env() -> Option<u64> {
 /// Asks the kernel for a time slice of `slice_ns` for the calling thread, keeping its policy
 /// (`SCHED_OTHER`) and nice value. Returns whether the kernel accepted the request (a kernel
 /// before 6.12 accepts it and ignores the slice).
-#[cfg(linux_full)]
+#[cfg(target_os = "linux")]
 pub fn request_slice(slice_ns: u64) -> bool {
     let Some(nice) = current_nice() else {
         return false;
@@ -79,13 +90,42 @@ pub fn request_slice(slice_ns: u64) -> bool {
     unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) == 0 }
 }
 
-/// Off Linux (and in the portable build) nothing is asked for.
-#[cfg(not(linux_full))]
+/// On macOS: the calling thread's quality-of-service class becomes user-interactive (a slice
+/// cannot be asked for, so `_slice_ns` only says that something should be). Returns whether
+/// the system accepted it.
+#[cfg(target_vendor = "apple")]
+pub fn request_slice(_slice_ns: u64) -> bool {
+    // SAFETY: pthread_set_qos_class_self_np takes no pointers and changes only the calling
+    // thread's own class; a relative priority of 0 is always valid.
+    unsafe {
+        libc::pthread_set_qos_class_self_np(libc::qos_class_t::QOS_CLASS_USER_INTERACTIVE, 0) == 0
+    }
+}
+
+/// On Windows: the calling thread's priority becomes `THREAD_PRIORITY_HIGHEST` within its
+/// process's class. Returns whether the system accepted it.
+#[cfg(windows)]
+pub fn request_slice(_slice_ns: u64) -> bool {
+    use std::ffi::c_void;
+    const THREAD_PRIORITY_HIGHEST: i32 = 2;
+    // SAFETY: these are kernel32.dll's signatures (HANDLE is a pointer, BOOL an i32); every
+    // Windows process has it loaded, and Rust's standard library links it.
+    unsafe extern "system" {
+        fn GetCurrentThread() -> *mut c_void;
+        fn SetThreadPriority(thread: *mut c_void, priority: i32) -> i32;
+    }
+    // SAFETY: GetCurrentThread returns a pseudo-handle for the calling thread that needs no
+    // closing, and SetThreadPriority only reads its two arguments.
+    unsafe { SetThreadPriority(GetCurrentThread(), THREAD_PRIORITY_HIGHEST) != 0 }
+}
+
+/// Elsewhere nothing is asked for.
+#[cfg(not(any(target_os = "linux", target_vendor = "apple", windows)))]
 pub fn request_slice(_slice_ns: u64) -> bool {
     false
 }
 
-#[cfg(all(test, linux_full))]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 

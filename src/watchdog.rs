@@ -1139,7 +1139,7 @@ mod tests {
         assert!(long.max_ns >= ms(200), "{:?}", events[0].callbacks);
     }
 
-    fn ev_longest(ev: &BlockEvent) -> &crate::callbacks::Span {
+    fn ev_longest(ev: &BlockEvent) -> &crate::event::Span {
         ev.callbacks.iter().max_by_key(|c| c.max_ns).unwrap()
     }
 
