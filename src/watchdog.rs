@@ -358,7 +358,12 @@ struct Block {
 
 struct Watched {
     slot: Arc<LoopSlot>,
+    /// The stretch in progress, once the watchdog has looked at it.
     block: Option<Block>,
+    /// A stretch that has ended and may have reached the threshold: it waits for the loop
+    /// thread's end report (see [`Runner::on_end`]), or is closed `END_GRACE_NS` after its end
+    /// was seen. Kept apart so that the stretch after it is watched meanwhile.
+    ended: Option<Block>,
 }
 
 /// A running watchdog. Dropping it does not stop the thread; call [`Watchdog::stop`].
@@ -660,14 +665,23 @@ impl Runner {
     fn handle(&mut self, msg: Msg) -> bool {
         match msg {
             Msg::Register(slot) => {
-                self.loops.insert(slot.id, Watched { slot, block: None });
+                self.loops.insert(
+                    slot.id,
+                    Watched {
+                        slot,
+                        block: None,
+                        ended: None,
+                    },
+                );
             }
             Msg::Unregister { id, closes } => {
                 if let Some(w) = self.loops.remove(&id) {
-                    if let Some(b) = w.block.filter(|b| b.confirmed) {
-                        // The exact end report (if any) was sent before the unregistration.
-                        let end = b.seen_end.unwrap_or_else(now_ns);
-                        self.finish(&w.slot, b, end, false, None);
+                    // The exact end reports (if any) were sent before the unregistration.
+                    for b in [w.ended, w.block].into_iter().flatten() {
+                        if b.confirmed {
+                            let end = b.seen_end.unwrap_or_else(now_ns);
+                            self.finish(&w.slot, b, end, false, None);
+                        }
                     }
                 }
                 if closes {
@@ -689,8 +703,9 @@ impl Runner {
                 start,
                 task_name,
             } => {
-                if let Some(b) = self.loops.get_mut(&id).and_then(|w| w.block.as_mut()) {
-                    if b.start == start {
+                if let Some(w) = self.loops.get_mut(&id) {
+                    let of_block = [w.block.as_mut(), w.ended.as_mut()].into_iter().flatten();
+                    if let Some(b) = of_block.into_iter().find(|b| b.start == start) {
                         b.task_name = Some(task_name);
                     }
                 }
@@ -715,18 +730,24 @@ impl Runner {
             return;
         };
         let slot = Arc::clone(&w.slot);
-        match w.block.take() {
-            Some(mut b) if b.start == start => {
+        let watched = if w.ended.as_ref().is_some_and(|b| b.start == start) {
+            w.ended.take()
+        } else if w.block.as_ref().is_some_and(|b| b.start == start) {
+            w.block.take()
+        } else {
+            None
+        };
+        match watched {
+            Some(mut b) => {
                 // Over the threshold, even if the watchdog had not confirmed it yet.
                 if b.captured_after.is_none() {
                     b.captured_after = b.samples.first().map(|s| s.offset_ns);
                 }
                 self.finish(&slot, b, end, true, run_queue);
             }
-            other => {
+            None => {
                 // A block the watchdog did not see in time (it ended right at the threshold):
                 // report it without a stack.
-                w.block = other;
                 let threshold = self.shared.threshold_ns();
                 let b = Block {
                     start,
@@ -817,7 +838,7 @@ impl Runner {
             .loops
             .iter()
             .filter(|(_, w)| {
-                w.block
+                w.ended
                     .as_ref()
                     .and_then(|b| b.seen_end)
                     .is_some_and(|t| now.saturating_sub(t) >= grace)
@@ -826,7 +847,7 @@ impl Runner {
             .collect();
         for id in stale {
             let w = self.loops.get_mut(&id).expect("present");
-            let b = w.block.take().expect("present");
+            let b = w.ended.take().expect("present");
             if !b.confirmed {
                 // No end report came: the stretch ended under the threshold.
                 continue;
@@ -848,6 +869,7 @@ impl Runner {
         // The earliest start of a stretch not attributed yet (see `ContextLog`): a stretch
         // that begins from now on cannot begin earlier than `now`.
         let mut horizon = now;
+        let mut superseded = Vec::new();
         for w in self.loops.values_mut() {
             let (busy, since, wake_by) = w.slot.snapshot();
             // The moment from which the loop counts as stuck, and whether it is starved.
@@ -896,16 +918,24 @@ impl Runner {
                     });
                     continue;
                 }
-                if !b.confirmed && now_ns() < deadline {
-                    // Ended under the threshold: forget it.
-                    w.block = None;
-                } else {
-                    if b.seen_end.is_none() {
-                        b.seen_end = Some(now);
+                // The stretch ended, at or before the loop's last change of state (`since`).
+                // Under the threshold for sure: forget it (the loop thread reports no end).
+                let under = !b.confirmed
+                    && (now_ns() < deadline
+                        || since.saturating_sub(b.start) < b.threshold.min(threshold));
+                let mut b = w.block.take().expect("present");
+                if !under {
+                    // Its end report decides (or the grace period runs out), while the
+                    // stretch after it is watched as any other.
+                    b.seen_end.get_or_insert(now);
+                    if let Some(old) = w.ended.replace(b).filter(|old| old.confirmed) {
+                        // Two ended stretches in a row without an end report: the older one
+                        // is closed at the end the watchdog saw.
+                        let end = old.seen_end.unwrap_or(now);
+                        superseded.push((Arc::clone(&w.slot), old, end));
                     }
                     stale = true;
                     wake_at = wake_at.min(now + END_GRACE_NS);
-                    continue;
                 }
             }
             let Some((start, starved)) = stuck_from else {
@@ -962,6 +992,9 @@ impl Runner {
                 let _ = self.notices.try_send((Arc::clone(&w.slot), start));
             }
             w.block = Some(b);
+        }
+        for (slot, b, end) in superseded {
+            self.finish(&slot, b, end, false, None);
         }
         if stale {
             self.close_stale(now, END_GRACE_NS);
@@ -1250,6 +1283,29 @@ mod tests {
         assert!(cap >= ms(50) && cap < ev.duration_ns, "{ev:?}");
         assert_eq!(ev.samples[0].frames[0].function, "handler");
         assert_eq!(ev.thread_name, "main");
+    }
+
+    #[test]
+    fn a_block_right_after_a_short_stretch_is_sampled() {
+        // A sampler without early samples sleeps until the first stretch's deadline and then
+        // finds the loop in another stretch: the first one ended under the threshold (it ended
+        // before the second began, 60 ms after it started) and must not hide the block.
+        let wd = start(ms(100));
+        let slot = wd.register("asyncio", "main", target());
+        slot.busy();
+        sleep(ms_d(60));
+        slot.idle(Some(ms(1)));
+        slot.busy();
+        sleep(ms_d(200));
+        slot.idle(Some(ms(10)));
+        let events = wd.flush(ms(2000));
+        wd.stop();
+        assert_eq!(events.len(), 1, "{events:?}");
+        let ev = &events[0];
+        assert!(ev.duration_ns >= ms(200), "{ev:?}");
+        let cap = ev.captured_after_ns.expect("sampled while it lasted");
+        assert!(cap < ev.duration_ns, "{ev:?}");
+        assert!(!ev.samples.is_empty(), "{ev:?}");
     }
 
     #[test]
