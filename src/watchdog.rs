@@ -1142,10 +1142,7 @@ mod tests {
         let slot = wd.register("asyncio", "main", target());
         let many: Vec<(u64, u64)> = (1..=30).map(|i| (i, 8)).collect();
         run_callbacks(&slot, &current, &many);
-        let events = wd.flush(ms(2000));
-        wd.stop();
-        assert_eq!(events.len(), 1, "{events:?}");
-        let ev = &events[0];
+        let ev = &the_only_event(wd);
         // Sampled from a quarter of the threshold on: well before the threshold.
         assert!(ev.samples[0].offset_ns < ms(90), "{:?}", ev.samples[0]);
         assert!(ev.callbacks.len() >= 3, "{:?}", ev.callbacks);
@@ -1261,6 +1258,14 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// Flushes and stops `wd`, asserting that it reported exactly one event.
+    fn the_only_event(wd: Watchdog) -> BlockEvent {
+        let mut events = wd.flush(ms(2000));
+        wd.stop();
+        assert_eq!(events.len(), 1, "{events:?}");
+        events.remove(0)
+    }
+
     #[test]
     fn a_long_busy_stretch_is_one_event_with_exact_duration() {
         let wd = start(ms(50));
@@ -1268,10 +1273,7 @@ mod tests {
         slot.busy();
         sleep(ms_d(200));
         slot.idle(Some(ms(10)));
-        let events = wd.flush(ms(2000));
-        wd.stop();
-        assert_eq!(events.len(), 1, "{events:?}");
-        let ev = &events[0];
+        let ev = &the_only_event(wd);
         assert!(!ev.starved);
         assert!(ev.end_exact);
         assert!(
@@ -1298,10 +1300,7 @@ mod tests {
         slot.busy();
         sleep(ms_d(200));
         slot.idle(Some(ms(10)));
-        let events = wd.flush(ms(2000));
-        wd.stop();
-        assert_eq!(events.len(), 1, "{events:?}");
-        let ev = &events[0];
+        let ev = &the_only_event(wd);
         assert!(ev.duration_ns >= ms(200), "{ev:?}");
         let cap = ev.captured_after_ns.expect("sampled while it lasted");
         assert!(cap < ev.duration_ns, "{ev:?}");
