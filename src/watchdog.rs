@@ -704,8 +704,8 @@ impl Runner {
                 task_name,
             } => {
                 if let Some(w) = self.loops.get_mut(&id) {
-                    let of_block = [w.block.as_mut(), w.ended.as_mut()].into_iter().flatten();
-                    if let Some(b) = of_block.into_iter().find(|b| b.start == start) {
+                    let mut watched = [w.block.as_mut(), w.ended.as_mut()].into_iter().flatten();
+                    if let Some(b) = watched.find(|b| b.start == start) {
                         b.task_name = Some(task_name);
                     }
                 }
