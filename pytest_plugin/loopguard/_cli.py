@@ -1,4 +1,4 @@
-"""``python -m loopguard`` (and the ``loopguard`` command): JSON reports after the session.
+"""``python -m loopguard``: JSON reports after the session.
 
 * ``merge REPORT... -o OUT``: the reports of a suite's shards as one report (:mod:`._merge`);
 * ``summary REPORT...``: the hotspot table, as the session prints it; ``--github`` adds the
@@ -48,7 +48,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
-        prog="loopguard",
+        prog="python -m loopguard",
         description="Work with loopguard's JSON reports (pytest --loopguard-json=PATH).",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

@@ -224,7 +224,7 @@ def test_a_failed_merge_leaves_the_old_output_whole(tmp_path, capsys, good):
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        ([], "usage: loopguard"),
+        ([], "usage: python -m loopguard"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["merge", "a.json"], "the following arguments are required: -o/--output"),
         (["summary"], "the following arguments are required: REPORT"),
