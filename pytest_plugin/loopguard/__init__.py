@@ -7,19 +7,36 @@ manager or decorator::
         asyncio.run(main())
 
 ``-p loopguard`` (or ``pytest_plugins = ["loopguard"]``) registers this package as a plugin, and
-pytest then registers :mod:`loopguard.plugin`, the hooks, from ``pytest_plugins`` below.
+pytest then registers :mod:`loopguard.plugin`, the hooks, from ``pytest_plugins`` below;
+``-p loopguard.plugin`` registers the hooks directly (the spelling no other distribution's
+``loopguard`` entry point can take over).
+
+On an interpreter loopguard cannot watch (free-threaded CPython) the package imports without
+its native module and exports stand-ins that warn once and run their body (see
+:mod:`loopguard._interpreter`).
 """
 
 from importlib import metadata as _metadata
 
 from . import _interpreter
 
-_interpreter.check()  # before anything loads the native module
+if _interpreter.INACTIVE is not None:  # free-threaded CPython: before anything imports it
+    _interpreter.replace_native()
 
-from ._errors import LoopBlockedError, LoopBlockedWarning, OffloadError  # noqa: E402
-from ._events import BlockEvent, Frame, Sample  # noqa: E402
-from ._guard import guard  # noqa: E402
-from ._offload import OffloadCheck, ThreadActivity, offload_check  # noqa: E402
+from ._errors import (
+    LoopBlockedError,
+    LoopBlockedWarning,
+    LoopguardInactiveWarning,
+    OffloadError,
+)
+from ._events import BlockEvent, Frame, Sample
+from ._offload import ThreadActivity
+
+if _interpreter.INACTIVE is None:
+    from ._guard import guard
+    from ._offload import OffloadCheck, offload_check
+else:  # the same names, which warn once and run their body unwatched
+    from ._inactive import OffloadCheck, guard, offload_check
 
 pytest_plugins = ["loopguard.plugin"]
 
@@ -34,6 +51,7 @@ for _public in (
     Sample,
     LoopBlockedError,
     LoopBlockedWarning,
+    LoopguardInactiveWarning,
     OffloadCheck,
     OffloadError,
     ThreadActivity,
@@ -48,6 +66,7 @@ __all__ = [
     "Frame",
     "LoopBlockedError",
     "LoopBlockedWarning",
+    "LoopguardInactiveWarning",
     "OffloadCheck",
     "OffloadError",
     "Sample",

@@ -13,6 +13,7 @@ __all__ = [
     "RAISED_MESSAGE",
     "LoopBlockedError",
     "LoopBlockedWarning",
+    "LoopguardInactiveWarning",
     "OffloadError",
     "SettingError",
 ]
@@ -50,6 +51,16 @@ class LoopBlockedWarning(UserWarning):
 
     Filter it like any warning: ``-W error::loopguard.LoopBlockedWarning`` makes such blocks
     fail their tests again, ``filterwarnings = ignore::loopguard.LoopBlockedWarning`` hides them.
+    """
+
+
+class LoopguardInactiveWarning(UserWarning):
+    """loopguard cannot watch event loops on this interpreter (free-threaded CPython): emitted
+    once per process, by the first ``guard()``, ``offload_check()`` or ``expect_block()``, whose
+    body then runs unwatched. The message says why.
+
+    A suite that turns warnings into errors runs its free-threaded job with
+    ``-W ignore::loopguard.LoopguardInactiveWarning`` (or that ``filterwarnings`` line).
     """
 
 

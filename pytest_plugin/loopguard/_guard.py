@@ -139,7 +139,8 @@ class guard:
         return wrapper  # type: ignore[return-value]
 
     def _copy(self) -> guard:
-        g = guard.__new__(guard)
+        cls = type(self)  # the inactive stand-in's copies are stand-ins too
+        g = cls.__new__(cls)
         g.threshold = self.threshold
         g.mode = self.mode
         g.raise_ = self.raise_

@@ -19,7 +19,7 @@ from typing import Any, Optional, Union
 
 import pytest
 
-from . import _native
+from . import _inactive, _interpreter, _native
 from ._decode import make_context
 from ._errors import LoopBlockedWarning, SettingError
 from ._events import BlockEvent
@@ -70,6 +70,9 @@ __all__ = [
 ]
 
 _state_key = pytest.StashKey[State]()
+# The session's threshold when loopguard is inactive (see loopguard._interpreter): the plugin
+# then checks its settings and says why it watches nothing, and starts nothing.
+_inactive_key = pytest.StashKey[float]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -87,6 +90,9 @@ def pytest_configure(config: pytest.Config) -> None:
         settings, judge = resolve(config)
     except SettingError as e:
         raise pytest.UsageError(f"loopguard: {e}") from None
+    if _interpreter.INACTIVE is not None:
+        config.stash[_inactive_key] = settings.threshold
+        return
     try:
         token = runtime.acquire(settings.floor(settings.threshold), settings.sampler)
     except RuntimeError as e:
@@ -125,7 +131,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_report_header(config: pytest.Config) -> list[str]:
     state = config.stash.get(_state_key, None)
     if state is None:
-        return []
+        return [_inactive.header()] if _inactive_key in config.stash else []
     return header_lines(
         state,
         root=config.rootpath,
@@ -288,6 +294,8 @@ def _lag(since_ns: int) -> LagStats:
 def loopguard(request: pytest.FixtureRequest) -> LoopguardFixture:
     """The current test's blocks (``loopguard.events``) and ``loopguard.expect_block()``."""
     found = _test_state(request.node)  # type: ignore[arg-type]
+    if found is None and _inactive_key in request.config.stash:
+        return _inactive.LoopguardFixture(request.node.nodeid, request.config.stash[_inactive_key])
     if found is None:
         pytest.fail("loopguard: the loopguard fixture needs the plugin (-p loopguard)")
     state, ts = found
@@ -363,8 +371,9 @@ def pytest_runtest_teardown(
     try:
         return (yield from _phase(item, "teardown"))
     finally:
-        runtime.set_context("")
-        runtime.lag_probing = False
+        if _interpreter.INACTIVE is None:
+            runtime.set_context("")
+            runtime.lag_probing = False
 
 
 @pytest.hookimpl(wrapper=True)
@@ -483,6 +492,8 @@ def _cwd_relative(config: pytest.Config, nodeid: str) -> str:
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(_state_key, None)
     if state is None:
+        if _inactive_key in config.stash:
+            terminalreporter.write_line(_inactive.header(), yellow=True)
         return
     tr = terminalreporter
     if state.verdicts or state.fixed:

@@ -1,4 +1,5 @@
-"""Interpreters loopguard refuses: a clear ImportError before the native module is loaded."""
+"""Interpreters loopguard cannot watch: decided before the native module is loaded, which is then
+not loaded at all (the end-to-end behaviour is in tests/session/test_free_threaded.py)."""
 
 import re
 import subprocess
@@ -22,25 +23,37 @@ def test_free_threaded_and_other_implementations_are_refused_with_the_reason():
     assert "not on pypy" in _interpreter.unsupported_reason("pypy", gil_disabled=False)
 
 
-def test_importing_on_a_free_threaded_build_fails_before_the_native_module_loads():
-    # A free-threaded build, as sysconfig reports it.
+def test_on_a_free_threaded_build_the_package_imports_inactive_without_its_native_module():
+    # A free-threaded build, as sysconfig reports it, where the abi3 module would not load.
     script = textwrap.dedent(
         """
         import sys, sysconfig
         real = sysconfig.get_config_var
         sysconfig.get_config_var = lambda name: 1 if name == "Py_GIL_DISABLED" else real(name)
+
+        class NoNative:
+            def find_spec(self, name, path=None, target=None):
+                if name == "loopguard._native":
+                    raise ImportError("the abi3 module does not load on this build")
+
+        sys.meta_path.insert(0, NoNative())
+        import loopguard, loopguard.plugin, loopguard._cli
+        from loopguard import _interpreter, _native
+        print("inactive:", _interpreter.INACTIVE)
+        print("stand-ins:", type(loopguard.guard()).__mro__[1].__module__,
+              type(loopguard.offload_check()).__mro__[1].__module__)
         try:
-            import loopguard
-        except ImportError as e:
-            print("refused:", e)
-        print("native loaded:", "loopguard._native" in sys.modules)
+            _native.start
+        except AttributeError as e:
+            print("tripwire:", e)
         """
     )
     out = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     ).stdout
-    assert "refused: loopguard does not support free-threaded CPython builds" in out
-    assert "native loaded: False" in out
+    assert "inactive: free-threaded CPython (" in out
+    assert "stand-ins: loopguard._guard loopguard._offload" in out
+    assert "tripwire: loopguard._native.start: the native module is not loaded: free-thr" in out
 
 
 def test_the_version_comes_from_cargo_toml():
