@@ -14,6 +14,11 @@ pytest then registers :mod:`loopguard.plugin`, the hooks, from ``pytest_plugins`
 On an interpreter loopguard cannot watch (free-threaded CPython) the package imports without
 its native module and exports stand-ins that warn once and run their body (see
 :mod:`loopguard._interpreter`).
+
+PYTEST_DONT_REWRITE: pytest marks the packages of every distribution with a plugin entry point
+(loopguard's name check) for assertion rewriting at start-up, and warns about one that was
+imported before (a program that imports loopguard, then calls ``pytest.main()``). This module
+has no assertion to rewrite.
 """
 
 from importlib import metadata as _metadata

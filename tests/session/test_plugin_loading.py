@@ -1,5 +1,7 @@
 """The documented ways to turn loopguard on (and off) load its hooks and fixture exactly once."""
 
+import sys
+
 import pytest
 
 BLOCKING = """
@@ -178,3 +180,17 @@ def test_the_distribution_ships_the_name_check_and_no_console_script():
     assert [(e.group, e.name, e.value) for e in eps] == [
         ("pytest11", "loopguard-name-check", "_loopguard_check")
     ]
+
+
+def test_loopguard_imported_before_pytest_starts_draws_no_warning(pytester):
+    # pytest marks the packages of distributions with a pytest11 entry point for assertion
+    # rewriting, and warns about those already imported.
+    pytester.makeini(INI.format(addopts=""))
+    pytester.makepyfile(test_it="def test_nothing():\n    pass\n")
+    script = (
+        "import sys, loopguard, pytest; sys.exit(pytest.main(['-p', 'no:cacheprovider', "
+        "'-W', 'error::pytest.PytestAssertRewriteWarning', 'test_it.py']))"
+    )
+    result = pytester.run(sys.executable, "-c", script)
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    assert "rewritten" not in result.stdout.str() + result.stderr.str()
