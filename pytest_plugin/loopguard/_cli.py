@@ -11,6 +11,12 @@ Commands that take several reports merge them first, with the same checks as ``m
 input (a missing file, a file that is not a report, a newer schema, two reports of the same
 run, an output path that cannot be written) is an error on stderr naming it, with exit status
 2, and nothing is written; files are written atomically.
+
+A report of a run that guarded no test (none was selected, or every one ran with loopguard
+disabled) is not a clean run: ``summary`` and ``merge`` say so on stderr and exit with status 5
+(pytest's own for a run that collected no test), and ``baseline`` refuses to write a baseline
+of it, unless ``--allow-empty``; ``html`` writes the page and says so in it. A report written
+before reports counted the guarded tests is read as "not known", with a note.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ._errors import SettingError
-from ._judge import Baseline
+from ._judge import Baseline, Verdict
 from ._merge import baseline_sites, merge
 from ._report import (
     annotations,
@@ -33,11 +39,13 @@ from ._report import (
     summary_lines,
     write_atomically,
 )
-from ._reportfile import ReportError, read_report, verdicts
+from ._reportfile import Report, ReportError, read_report
 
 __all__ = ["main"]
 
 USAGE_ERROR = 2
+NOTHING_GUARDED = 5
+"""Exit status when the reports guarded no test (pytest's own when it collects none)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,9 +67,18 @@ def _parser() -> argparse.ArgumentParser:
     def output(cmd: argparse.ArgumentParser, what: str) -> None:
         cmd.add_argument("-o", "--output", required=True, type=Path, metavar="PATH", help=what)
 
+    def allow_empty(cmd: argparse.ArgumentParser) -> None:
+        cmd.add_argument(
+            "--allow-empty",
+            action="store_true",
+            help="accept reports of runs that guarded no test (by default an error, exit "
+            f"status {NOTHING_GUARDED}: no test selected, or every one disabled)",
+        )
+
     m = sub.add_parser("merge", help="merge the reports of a suite's shards into one report")
     reports(m, "a JSON report of one shard (or a merged report)")
     output(m, "where to write the merged report")
+    allow_empty(m)
 
     s = sub.add_parser("summary", help="print the hotspot table of a report")
     reports(s, "a JSON report (several are merged first)")
@@ -81,12 +98,14 @@ def _parser() -> argparse.ArgumentParser:
         help="the rootdir of the run, for --github paths (default: the current directory); "
         "annotations are relative to $GITHUB_WORKSPACE when it is set",
     )
+    allow_empty(s)
 
     b = sub.add_parser(
         "baseline", help="write the baseline file from the reports of every shard of a run"
     )
     reports(b, "a JSON report of one shard; all of them make the baseline")
     output(b, "the baseline file to write")
+    allow_empty(b)
 
     h = sub.add_parser("html", help="write a self-contained HTML report")
     reports(h, "a JSON report (several are merged first)")
@@ -110,9 +129,51 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return USAGE_ERROR
 
 
-def _load(paths: list[Path]) -> dict[str, Any]:
+def _load(paths: list[Path]) -> tuple[list[Report], dict[str, Any], list[Verdict]]:
+    """The reports, and their data and verdicts (merged when there are several)."""
     reports = [read_report(p) for p in paths]
-    return reports[0].data if len(reports) == 1 else merge(reports)
+    if len(reports) == 1:
+        return reports, reports[0].data, reports[0].verdicts
+    return reports, merge(reports), [v for r in reports for v in r.verdicts]
+
+
+def _names(reports: list[Report]) -> str:
+    return ", ".join(str(r.path) for r in reports)
+
+
+def _nothing_guarded(reports: list[Report], *, allow_empty: bool) -> bool:
+    """Whether the reports guarded no test and that is an error (said on stderr); a note when
+    it is allowed, or not known."""
+    counts = [r.guarded for r in reports]
+    guarded = sum(n for n, _ in counts)
+    if guarded:
+        return False
+    names = _names(reports)
+    if not all(complete for _, complete in counts):
+        unknown = _names(
+            [r for r, (_, complete) in zip(reports, counts, strict=True) if not complete]
+        )
+        print(
+            f"loopguard: note: {unknown}: the report does not say how many tests were guarded "
+            "(written by an older loopguard): a run that guarded no test cannot be told from "
+            "a clean one",
+            file=sys.stderr,
+        )
+        return False
+    if allow_empty:
+        print(
+            f"loopguard: note: {names}: no test was guarded (allowed by --allow-empty)",
+            file=sys.stderr,
+        )
+        return False
+    print(
+        f"loopguard: error: {names}: NO TEST WAS GUARDED: no test ran with loopguard enabled "
+        "(none was selected, or every one was disabled, e.g. by "
+        "@pytest.mark.loopguard(enabled=False)), so nothing was checked: this is not a clean "
+        "run. Pass --allow-empty if a run that guards nothing is expected.",
+        file=sys.stderr,
+    )
+    return True
 
 
 def _check_output(args: argparse.Namespace) -> Path:
@@ -123,19 +184,19 @@ def _check_output(args: argparse.Namespace) -> Path:
 
 def _merge(args: argparse.Namespace) -> int:
     out = _check_output(args)
-    data = merge([read_report(p) for p in args.reports])
+    reports = [read_report(p) for p in args.reports]
+    data = merge(reports)
     write_atomically(out, report_chunks(data))
     t = data["totals"]
     print(
         f"loopguard: merged {len(args.reports)} reports ({t['events']} blocks in "
         f"{t['tests']} tests) into {out}"
     )
-    return 0
+    return NOTHING_GUARDED if _nothing_guarded(reports, allow_empty=args.allow_empty) else 0
 
 
 def _summary(args: argparse.Namespace) -> int:
-    data = _load(args.reports)
-    vs = verdicts(data)
+    reports, data, vs = _load(args.reports)
     if vs:
         for text, _ in summary_lines(vs, args.verbose - args.quiet):
             print(text)
@@ -148,7 +209,7 @@ def _summary(args: argparse.Namespace) -> int:
         root = args.rootdir or Path.cwd()
         for text in annotations(vs, root=root, workspace=os.environ.get("GITHUB_WORKSPACE")):
             print(text)
-    return 0
+    return NOTHING_GUARDED if _nothing_guarded(reports, allow_empty=args.allow_empty) else 0
 
 
 def _baseline(args: argparse.Namespace) -> int:
@@ -162,8 +223,13 @@ def _baseline(args: argparse.Namespace) -> int:
                 f"{r.path}: the run was interrupted, so it did not see every call site; "
                 "expected reports of complete runs"
             )
-    data = reports[0].data if len(reports) == 1 else merge(reports)
-    sites = baseline_sites(data)
+    if len(reports) > 1:
+        merge(reports)  # the same checks: shards of one run
+    if _nothing_guarded(reports, allow_empty=args.allow_empty):
+        # Its baseline would be empty, and would tolerate no site of the suite's next run.
+        print(f"loopguard: baseline not written ({out})", file=sys.stderr)
+        return NOTHING_GUARDED
+    sites = baseline_sites([v for r in reports for v in r.verdicts])
     write_atomically(out, Baseline.dumps(sites))
     print(f"loopguard: baseline written to {out} ({len(sites)} call site{'s' * (len(sites) != 1)})")
     return 0
@@ -173,9 +239,13 @@ def _html(args: argparse.Namespace) -> int:
     from ._html import render
 
     out = _check_output(args)
-    data = _load(args.reports)
+    reports, data, _ = _load(args.reports)
     write_atomically(out, render(data))
     print(f"loopguard: HTML report written to {out}")
+    guarded = [r.guarded for r in reports]
+    if all(complete for _, complete in guarded) and not sum(n for n, _ in guarded):
+        # Not a gate: the page says so at its top; the gates are summary, merge and baseline.
+        print(f"loopguard: note: {_names(reports)}: no test was guarded", file=sys.stderr)
     return 0
 
 

@@ -2,8 +2,17 @@
 
 The watchdog's JSON becomes these objects in :mod:`loopguard._decode`, their report text is
 written by :mod:`loopguard._failure`, and what a block means for its test is decided in
-:mod:`loopguard._judge`. ``docs/events.md`` maps this model onto the two other shapes of an
-event: the watchdog's JSON and the public JSON report.
+:mod:`loopguard._judge`.
+
+Each class writes itself as JSON and reads itself back with a ``to_json``/``from_json`` pair
+side by side: the only encoder and decoder of a block. The JSON report's events are these
+objects' JSON (with the verdict's fields, :meth:`loopguard._judge.Verdict.to_json`), and so is
+what an xdist worker ships to its controller; ``python -m loopguard`` reads reports back with
+the same decoders, so the summary, the merged report, the baseline and the HTML page are drawn
+from the very model the terminal's report is. Durations are milliseconds in JSON, to the
+nanosecond (a duration the watchdog measured reads back as the same float), seconds here; with
+a ``root``, file names are written relative to it and read back joined to it.
+``docs/events.md`` maps the model onto the watchdog's JSON and the report.
 """
 
 from __future__ import annotations
@@ -11,16 +20,19 @@ from __future__ import annotations
 import linecache
 import os
 import sys
-from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, TypeVar
 
-from ._files import display_path
+from ._files import display_path, relative_path
 from ._parse import format_duration
 
 __all__ = [
     "GC_REASON",
     "BlockEvent",
     "Callback",
+    "FormatError",
     "Frame",
     "NativeFrame",
     "Sample",
@@ -40,6 +52,8 @@ class Frame:
     filename: str
     lineno: int
     function: str
+    text: Optional[str] = field(default=None, compare=False, repr=False)
+    """The source line as a report recorded it (``None``: read it from the file)."""
 
     def __str__(self) -> str:
         return f"{display_path(self.filename)}:{self.lineno} in {self.function}"
@@ -47,14 +61,34 @@ class Frame:
     @property
     def source(self) -> str:
         """The source line, stripped, or ``""`` when it cannot be read."""
+        if self.text is not None:
+            return self.text
         return linecache.getline(self.filename, self.lineno).strip() if self.lineno else ""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"filename": self.filename, "lineno": self.lineno, "function": self.function}
+    def to_json(self, root: Optional[Path] = None, *, source: bool = False) -> dict[str, Any]:
+        """``{file, line, function}`` (``file`` relative to ``root``, when given); ``source``:
+        with the stripped source line under ``"source"``."""
+        file = self.filename if root is None else relative_path(self.filename, root)
+        d: dict[str, Any] = {"file": file, "line": self.lineno, "function": self.function}
+        if source:
+            d["source"] = self.source
+        return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Frame:
-        return frame(d["filename"], int(d["lineno"]), d["function"])
+    def from_json(cls, d: Any, root: Optional[Path] = None) -> Frame:
+        """The frame of :meth:`to_json`'s data, with its recorded source line, if any."""
+        if not (
+            isinstance(d, dict)
+            and isinstance(d.get("file"), str)
+            and _is(d.get("line"), int)
+            and isinstance(d.get("function"), str)
+        ):
+            raise FormatError(f"expected a frame {{file, line, function}}, found {d!r:.80}")
+        filename = _joined(d["file"], root)
+        text = d.get("source")
+        if isinstance(text, str):
+            return cls(filename, d["line"], d["function"], text)
+        return frame(filename, d["line"], d["function"])
 
 
 # Events share their frames and stacks: a suite's blocks happen in a few places, reached by a
@@ -115,16 +149,30 @@ class NativeFrame:
             text += f" {os.path.basename(self.file)}:{self.line}"
         return text
 
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "function": self.function,
+            "library": self.library,
+            "offset": self.offset,
+            "file": self.file,
+            "line": self.line,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> NativeFrame:
-        return cls(d["function"], d["library"], int(d["offset"]), d.get("file"), d.get("line"))
+    def from_json(cls, d: Any) -> NativeFrame:
+        """Also reads the watchdog's native frames (the same keys)."""
+        r = _Reader(d)
+        return cls(
+            r.get("function", str, null=True),
+            r.get("library", str, null=True),
+            r.get("offset", int),
+            r.get("file", str, null=True, default=None),
+            r.get("line", int, null=True, default=None),
+        )
 
 
-def native_frames(raw: Optional[list[dict[str, Any]]]) -> list[NativeFrame]:
-    return [NativeFrame.from_dict(f) for f in raw or []]
+def native_frames(raw: Optional[list[Any]]) -> list[NativeFrame]:
+    return [NativeFrame.from_json(f) for f in raw or []]
 
 
 def blocking_native(stack: list[NativeFrame]) -> NativeFrame:
@@ -164,20 +212,43 @@ class Sample:
     native_note: Optional[str] = None
     """Why there are no native frames (or only the innermost one), when they were asked for."""
 
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["stack"] = [f.to_dict() for f in self.stack]
-        d["gil_holder_stack"] = [f.to_dict() for f in self.gil_holder_stack]
-        d["native_stack"] = [f.to_dict() for f in self.native_stack]
-        return d
+    def to_json(self, root: Optional[Path] = None) -> dict[str, Any]:
+        return {
+            "offset_ms": _ms(self.offset),
+            "count": self.count,
+            "stack": [f.to_json(root) for f in self.stack],
+            "gil": self.gil,
+            "gil_holder_ident": self.gil_holder_ident,
+            "gil_holder_stack": [f.to_json(root) for f in self.gil_holder_stack],
+            "late": self.late,
+            "error": self.error,
+            "task": self.task_name,
+            "syscall": self.syscall,
+            "running": self.running,
+            "callback": self.callback,
+            "native_stack": [f.to_json() for f in self.native_stack],
+            "native_note": self.native_note,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Sample:
-        d = dict(d)
-        d["stack"] = stack_of([Frame.from_dict(f) for f in d["stack"]])
-        d["gil_holder_stack"] = stack_of([Frame.from_dict(f) for f in d["gil_holder_stack"]])
-        d["native_stack"] = native_frames(d.get("native_stack"))
-        return cls(**d)
+    def from_json(cls, d: Any, root: Optional[Path] = None) -> Sample:
+        r = _Reader(d)
+        return cls(
+            offset=r.seconds("offset_ms"),
+            count=r.get("count", int),
+            stack=r.stack("stack", root),
+            gil=r.get("gil", str),
+            gil_holder_ident=r.get("gil_holder_ident", int, null=True, default=None),
+            gil_holder_stack=r.stack("gil_holder_stack", root),
+            late=r.get("late", bool, default=False),
+            error=r.get("error", str, null=True, default=None),
+            task_name=r.get("task", str, null=True, default=None),
+            syscall=r.get("syscall", str, null=True, default=None),
+            running=r.get("running", bool, default=False),
+            callback=r.get("callback", int, null=True, default=None),
+            native_stack=r.each("native_stack", NativeFrame.from_json),
+            native_note=r.get("native_note", str, null=True, default=None),
+        )
 
 
 @dataclass(frozen=True)
@@ -199,16 +270,29 @@ class Callback:
     site: Optional[Frame] = None
     """The call site in its samples (as ``BlockEvent.site`` for the whole block)."""
 
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["site"] = self.site.to_dict() if self.site is not None else None
-        return d
+    def to_json(self, root: Optional[Path] = None) -> dict[str, Any]:
+        return {
+            "first_ms": _ms(self.first),
+            "last_ms": _ms(self.last),
+            "min_ms": _ms(self.min),
+            "max_ms": _ms(self.max),
+            "samples": self.samples,
+            "in_callback": self.in_callback,
+            "site": self.site.to_json(root) if self.site is not None else None,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Callback:
-        d = dict(d)
-        d["site"] = Frame.from_dict(d["site"]) if d.get("site") is not None else None
-        return cls(**d)
+    def from_json(cls, d: Any, root: Optional[Path] = None) -> Callback:
+        r = _Reader(d)
+        return cls(
+            first=r.seconds("first_ms"),
+            last=r.seconds("last_ms"),
+            min=r.seconds("min_ms"),
+            max=r.seconds("max_ms"),
+            samples=r.get("samples", int),
+            in_callback=r.get("in_callback", bool),
+            site=r.frame("site", root),
+        )
 
 
 @dataclass(slots=True)  # more than 30 attributes: a dict of its own would be 1.2 KB more
@@ -339,34 +423,192 @@ class BlockEvent:
     def context(self) -> Optional[str]:
         return f"{self.test} ({self.phase})" if self.test else None
 
-    def to_dict(self, *, samples: bool = True) -> dict[str, Any]:
-        """Plain data (str, int, float, bool, None, lists and dicts): JSON and xdist can carry it.
-
-        :meth:`from_dict` rebuilds an equal event, without re-analysing it (``samples=False``:
-        without its samples, which only a failure report shows).
-        """
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["samples"] = [s.to_dict() for s in self.samples] if samples else []
-        d["stack"] = [f.to_dict() for f in self.stack]
-        d["gil_holder_stack"] = [f.to_dict() for f in self.gil_holder_stack]
-        d["callbacks"] = [c.to_dict() for c in self.callbacks]
-        d["native_stack"] = [f.to_dict() for f in self.native_stack]
-        for key in ("site", "innermost"):
-            d[key] = d[key].to_dict() if d[key] is not None else None
+    def to_json(self, root: Optional[Path] = None, *, samples: bool = True) -> dict[str, Any]:
+        """The event as an entry of the JSON report has it (docs/report-schema.json), without
+        the verdict's fields (:meth:`loopguard._judge.Verdict.to_json` adds them). ``root``:
+        file names relative to it; ``samples``: with the stack samples (only a failure report
+        shows them; the JSON report leaves them out). ``in_debugger`` is not written: such
+        blocks are dropped before anything is reported."""
+        holder = None
+        if self.gil_holder_thread is not None:
+            holder = {
+                "thread": self.gil_holder_thread,
+                "stack": [f.to_json(root) for f in self.gil_holder_stack],
+            }
+        d = {
+            "test": self.test or "",
+            "began_in": self.phase,
+            "duration_ms": _ms(self.duration),
+            "threshold_ms": _ms(self.threshold),
+            "site": self.site.to_json(root, source=True) if self.site is not None else None,
+            "operation": self.innermost.to_json(root) if self.innermost is not None else None,
+            "stack": [f.to_json(root) for f in self.stack],
+            "thread": self.thread_name,
+            "thread_ident": self.thread_ident,
+            "task": self.task_name,
+            "loop": self.loop_kind,
+            "gil": self.gil,
+            "gil_holder": holder,
+            "syscall": self.syscall,
+            "running": self.running,
+            "starved": self.starved,
+            "several_calls": self.sites_changed,
+            "captured_after_ms": _ms(self.captured_after),
+            "late": self.late,
+            "cause": self.cause,
+            "hint": self.hint,
+            "cpu_wait_ms": _ms(self.cpu_wait),
+            "gc_ms": _ms(self.gc_time),
+            "native_stack": [f.to_json() for f in self.native_stack],
+            "native_note": self.native_note,
+            "callbacks": [c.to_json(root) for c in self.callbacks],
+            "watchdog_id": self.id,
+            "start_ns": self.start_ns,
+            "end_ns": self.end_ns,
+        }
+        if samples:
+            d["samples"] = [s.to_json(root) for s in self.samples]
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BlockEvent:
-        known = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}  # newer writers may add keys
-        d["samples"] = [Sample.from_dict(s) for s in d.get("samples", [])]
-        d["stack"] = stack_of([Frame.from_dict(f) for f in d.get("stack", [])])
-        d["gil_holder_stack"] = stack_of(
-            [Frame.from_dict(f) for f in d.get("gil_holder_stack", [])]
+    def from_json(cls, d: Any, root: Optional[Path] = None) -> BlockEvent:
+        """The event of :meth:`to_json`'s data, or of a JSON report's entry (also one written
+        by an older loopguard, without the keys added since: they take their defaults); keys
+        a newer writer adds are ignored. Raises :class:`FormatError` naming what is wrong."""
+        r = _Reader(d)
+        test = r.get("test", str)
+        phase = r.get("phase", str, null=True, default=None)
+        if "began_in" in r.d:
+            phase = r.get("began_in", str, null=True)
+        elif phase == "outside":
+            phase = None
+        holder = _Reader(r.get("gil_holder", dict, null=True, default=None) or {}, "gil_holder")
+        return cls(
+            id=r.get("watchdog_id", int, default=0),
+            duration=r.seconds("duration_ms"),
+            threshold=r.seconds("threshold_ms"),
+            thread_name=r.get("thread", str, default="?"),
+            thread_ident=r.get("thread_ident", int, default=0),
+            task_name=r.get("task", str, null=True, default=None),
+            captured_after=r.seconds("captured_after_ms", null=True),
+            starved=r.get("starved", bool, default=False),
+            loop_kind=r.get("loop", str, default="asyncio"),
+            test=test or None,
+            phase=phase,
+            start_ns=r.get("start_ns", int, default=0),
+            end_ns=r.get("end_ns", int, default=0),
+            samples=r.each("samples", lambda s: Sample.from_json(s, root)),
+            site=r.frame("site", root),
+            innermost=r.frame("operation", root),
+            stack=r.stack("stack", root, required=True),
+            gil=r.get("gil", str, default="unknown"),
+            gil_holder_thread=holder.get("thread", str, null=True, default=None),
+            gil_holder_stack=holder.stack("stack", root),
+            sites_changed=r.get("several_calls", bool, default=False),
+            late=r.get("late", bool, default=False),
+            cause=r.get("cause", str, null=True, default=None),
+            hint=r.get("hint", str, null=True, default=None),
+            gc_time=r.seconds("gc_ms", default=0.0),
+            running=r.get("running", bool, default=False),
+            syscall=r.get("syscall", str, null=True, default=None),
+            cpu_wait=r.seconds("cpu_wait_ms", null=True),
+            callbacks=r.each("callbacks", lambda c: Callback.from_json(c, root)),
+            native_stack=r.each("native_stack", NativeFrame.from_json),
+            native_note=r.get("native_note", str, null=True, default=None),
         )
-        d["callbacks"] = [Callback.from_dict(c) for c in d.get("callbacks", [])]
-        d["native_stack"] = native_frames(d.get("native_stack"))
-        for key in ("site", "innermost"):
-            if d.get(key) is not None:
-                d[key] = Frame.from_dict(d[key])
-        return cls(**d)
+
+
+# --- reading JSON ----------------------------------------------------------------------------
+
+
+class FormatError(ValueError):
+    """JSON that is not what :meth:`BlockEvent.from_json` and its kin read; the message names
+    the key (``callbacks[1]: expected 'max_ms' of type number, found nothing``)."""
+
+
+_T = TypeVar("_T")
+_REQUIRED: Any = object()
+_TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean", dict: "object"}
+
+
+def _is(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
+def _ms(seconds: Optional[float]) -> Optional[float]:
+    """Seconds as JSON's milliseconds, to the nanosecond (the watchdog's unit): read back by
+    :meth:`_Reader.seconds`, a duration the watchdog measured is the same float again."""
+    return None if seconds is None else round(seconds * 1000.0, 6)
+
+
+def _joined(file: str, root: Optional[Path]) -> str:
+    """A file name as a report has it, as this process names the file (``root``: the report's
+    names are relative to it)."""
+    if root is None or file.startswith("<") or os.path.isabs(file):
+        return file
+    return os.path.join(root, file)
+
+
+class _Reader:
+    """Typed reads of one JSON object's keys, each error naming the key (and ``where``)."""
+
+    __slots__ = ("d", "where")
+
+    def __init__(self, d: Any, where: str = "") -> None:
+        if not isinstance(d, dict):
+            prefix = f"{where}: " if where else ""
+            raise FormatError(f"{prefix}expected an object, found {_kind(d)}")
+        self.d = d
+        self.where = f"{where}: " if where else ""
+
+    def get(self, key: str, kind: type[_T], *, null: bool = False, default: Any = _REQUIRED) -> Any:
+        if key not in self.d and default is not _REQUIRED:
+            return default
+        value = self.d.get(key)
+        if value is None and null and key in self.d:
+            return None
+        if not _is(value, kind):
+            raise FormatError(
+                f"{self.where}expected {key!r} of type {_TYPE_NAMES.get(kind, kind.__name__)}"
+                f"{' or null' if null else ''}, found {_kind(value)}"
+            )
+        return value
+
+    def seconds(self, key: str, *, null: bool = False, default: Any = _REQUIRED) -> Any:
+        """A duration in milliseconds, as seconds."""
+        if null and default is _REQUIRED:
+            default = None
+        if key not in self.d and default is not _REQUIRED:
+            return default
+        ms = self.get(key, float, null=null)
+        return None if ms is None else round(ms * 1e6) / 1e9
+
+    def frame(self, key: str, root: Optional[Path]) -> Optional[Frame]:
+        value = self.d.get(key)
+        if value is None:
+            return None
+        try:
+            return Frame.from_json(value, root)
+        except FormatError as e:
+            raise FormatError(f"{self.where}{key}: {e}") from None
+
+    def each(self, key: str, read: Callable[[Any], _T], *, required: bool = False) -> list[_T]:
+        items = self.get(key, list, default=_REQUIRED if required else [])
+        out = []
+        for i, item in enumerate(items):
+            try:
+                out.append(read(item))
+            except FormatError as e:
+                raise FormatError(f"{self.where}{key}[{i}]: {e}") from None
+        return out
+
+    def stack(self, key: str, root: Optional[Path], *, required: bool = False) -> list[Frame]:
+        return stack_of(self.each(key, lambda f: Frame.from_json(f, root), required=required))

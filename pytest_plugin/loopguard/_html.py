@@ -1,10 +1,14 @@
 """The HTML report: one self-contained file (no network, no external assets).
 
-Drawn from the JSON report's data (``--loopguard-html`` at the end of a session, or
-``python -m loopguard html`` from report files), in sections: the hotspot table (the rows of
-the terminal's, severities in colour, each site's source line and a collapsible stack), a
-histogram of block durations on the severity scale, the GIL attribution with the threads that
-starved loops, and a timeline per test of its blocks against its phases. Tables are real
+Drawn from the JSON report (``--loopguard-html`` at the end of a session, or ``python -m
+loopguard html`` from report files), whose events are read back into the model the terminal's
+report is drawn from (:meth:`Verdict.from_json <loopguard._judge.Verdict.from_json>`): the
+page reads no event's JSON itself, so it shows what the terminal shows. In sections: the
+hotspot table (the terminal's rows, by the same function, severities in colour, each site's
+source line and, collapsible, its longest block's report as a failing test prints it: stacks,
+native frames, GIL, system call, cause), a histogram of block durations on the severity scale,
+the GIL attribution with the threads that starved loops, and a timeline per test of its blocks
+against its phases. A report of a run that guarded no test says so at the top. Tables are real
 ``<table>`` markup with headers; colours keep a contrast of at least 4.5:1 and are never the
 only sign (each severity is also written); printing opens every stack.
 """
@@ -16,9 +20,11 @@ import sys
 from collections import Counter, defaultdict
 from typing import Any, Optional
 
+from ._events import Frame
+from ._failure import format_event
 from ._judge import Verdict
 from ._parse import format_duration
-from ._report import hotspots, totals_line
+from ._report import guarded_count, hotspots, totals_line
 from ._reportfile import verdicts
 
 __all__ = ["attach_to_pytest_html", "render"]
@@ -28,9 +34,6 @@ _TIMELINES = 100
 
 _TESTS_LISTED = 20
 """Tests listed under a call site."""
-
-_STACK_FRAMES = 60
-"""Innermost frames shown in a stack."""
 
 # Upper bounds (ms) of the histogram's bins, on the scale severities use (MONITOR under 100 ms,
 # MEDIUM to 1 s, HIGH to 5 s, CRITICAL beyond).
@@ -61,6 +64,7 @@ pre { margin: .25rem 0; white-space: pre-wrap; word-break: break-all; }
 .sev-MEDIUM { background: var(--medium); color: #111; }
 .sev-MONITOR { background: var(--monitor); color: #111; }
 .source { display: block; color: var(--muted); }
+p.empty { background: #fef2f2; border: 2px solid var(--high); padding: .5rem .75rem; }
 details summary { cursor: pointer; color: #1d4ed8; }
 dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: .1rem 1rem;
   margin: 0; color: var(--muted); }
@@ -109,16 +113,14 @@ def _sev(severity: str) -> str:
     return f'<span class="sev sev-{_e(severity)}">{_e(severity)}</span>'
 
 
-def _frame_text(f: Optional[dict[str, Any]]) -> str:
-    if not f:
-        return "?"
-    return f"{f['file']}:{f['line']} in {f['function']}"
+def _frame_text(f: Optional[Frame]) -> str:
+    return "?" if f is None else f"{f.filename}:{f.lineno} in {f.function}"
 
 
 def render(data: dict[str, Any]) -> str:
-    """The HTML report of a JSON report's ``data``."""
+    """The HTML report of a JSON report's ``data``: its events read back as verdicts, the
+    rest (settings, environment, runs, test phases) as they are."""
     vs = verdicts(data)
-    events = data["events"]
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en">',
@@ -132,13 +134,14 @@ def render(data: dict[str, Any]) -> str:
         "<header>",
         "<h1>loopguard: blocking hotspots</h1>",
         f'<p class="totals">{_e(totals_line(vs)) if vs else "No blocks."}</p>',
+        _empty(data),
         _meta(data),
         "</header>",
         "<main>",
-        _hotspot_section(vs, events),
-        _histogram_section(events),
-        _gil_section(events),
-        _timeline_section(data),
+        _hotspot_section(vs),
+        _histogram_section(vs),
+        _gil_section(vs),
+        _timeline_section(vs, data),
         "</main>",
         f"<script>{_SCRIPT}</script>",
         "</body>",
@@ -148,9 +151,22 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(p for p in parts if p)
 
 
+def _empty(data: dict[str, Any]) -> str:
+    guarded, complete = guarded_count(data.get("runs") or [])
+    if guarded or not complete:
+        return ""
+    return (
+        '<p class="empty" role="alert"><strong>No test was guarded:</strong> no test ran with '
+        "loopguard enabled (none was selected, or every one was disabled), so nothing was "
+        "checked. This is not a clean run.</p>"
+    )
+
+
 def _meta(data: dict[str, Any]) -> str:
     s, env = data["settings"], data["environment"]
+    guarded, complete = guarded_count(data.get("runs") or [])
     rows = [
+        ("tests guarded", guarded if complete else "not known (an older report)"),
         ("threshold", _ms(s.get("threshold_ms"))),
         ("record threshold", _ms(s.get("record_threshold_ms")) or "off"),
         ("mode", s.get("mode")),
@@ -167,14 +183,13 @@ def _meta(data: dict[str, Any]) -> str:
     return f'<dl class="meta">{inner}</dl>'
 
 
-def _hotspot_section(vs: list[Verdict], events: list[dict[str, Any]]) -> str:
+def _hotspot_section(vs: list[Verdict]) -> str:
     spots = hotspots(vs)
     out = ['<section id="hotspots" aria-labelledby="h-hotspots">']
     out.append('<h2 id="h-hotspots">Hotspots</h2>')
     if not spots:
         out.append("<p>No call site blocked (allowed blocks are not listed).</p></section>")
         return "\n".join(out)
-    index = {id(v): i for i, v in enumerate(vs)}
     out.append("<table>")
     out.append(
         "<caption>One row per call site, worst first (severity, then total time blocked).</caption>"
@@ -187,9 +202,8 @@ def _hotspot_section(vs: list[Verdict], events: list[dict[str, Any]]) -> str:
     )
     out.append("<tbody>")
     for s in spots:
-        raw = events[index[id(s.worst)]] if s.worst is not None else {}
-        site = raw.get("site") or {}
-        source = site.get("source") or ""
+        worst = s.worst
+        source = worst.event.site.source if worst is not None and worst.event.site else ""
         out.append(f'<tr class="hotspot row-{_e(s.severity)}">')
         out.append(f"<td>{_sev(s.severity)}</td>")
         out.append(f'<td class="num">{s.count}</td><td class="num">{len(s.tests)}</td>')
@@ -199,7 +213,7 @@ def _hotspot_section(vs: list[Verdict], events: list[dict[str, Any]]) -> str:
         cell = f"<code>{_e(s.site)}</code>"
         if source:
             cell += f'<code class="source">&gt; {_e(source)}</code>'
-        cell += _stack_details(raw, s.where)
+        cell += _block_details(worst, s.where)
         out.append(f"<td>{cell}</td>")
         out.append(f"<td><code>{_e(s.operation)}</code></td>")
         out.append("</tr>")
@@ -207,33 +221,17 @@ def _hotspot_section(vs: list[Verdict], events: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def _stack_details(raw: dict[str, Any], where: list[tuple[str, str]]) -> str:
-    stack = raw.get("stack") or []
-    if not stack and not where:
-        return ""
-    lines = []
-    hidden = max(0, len(stack) - _STACK_FRAMES)
-    if hidden:
-        lines.append(f"... {hidden} outer frames not shown ...")
-    lines.extend(_frame_text(f) for f in stack[hidden:])
+def _block_details(worst: Optional[Verdict], where: list[tuple[str, str]]) -> str:
+    """The longest block's report, as a failing test prints it, and the tests of the site."""
     body = []
-    holder = raw.get("gil_holder")
-    if holder:
-        hs = holder.get("stack") or []
+    if worst is not None:
         body.append(
-            f"<p>The loop thread waited for the GIL, held by thread "
-            f"<code>{_e(holder.get('thread'))}</code>:</p>"
-            f"<pre>{_e(chr(10).join(_frame_text(f) for f in hs[-_STACK_FRAMES:]))}</pre>"
+            f"<p>Its longest block ({_e(format_duration(worst.event.duration))}), as a "
+            "failing test reports it (most recent call last):</p>"
+            f"<pre>{_e(chr(10).join(format_event(worst.event)))}</pre>"
         )
-    if lines:
-        dur = _ms(raw.get("duration_ms"))
-        body.append(
-            f"<p>Stack of the loop thread in its longest block ({_e(dur)}, "
-            "most recent call last):</p>"
-            f"<pre>{_e(chr(10).join(lines))}</pre>"
-        )
-    if raw.get("hint"):
-        body.append(f"<p>{_e(raw['hint'])}</p>")
+        if worst.reason:
+            body.append(f"<p>{_e(worst.outcome)}: {_e(worst.reason)}</p>")
     if where:
         tests = "".join(
             f"<li>{_e(t or '(outside any test)')} ({_e(p)})</li>" for t, p in where[:_TESTS_LISTED]
@@ -242,6 +240,8 @@ def _stack_details(raw: dict[str, Any], where: list[tuple[str, str]]) -> str:
         if more > 0:
             tests += f"<li>and {more} more (the JSON report has them all)</li>"
         body.append(f"<p>Blocks in:</p><ul>{tests}</ul>")
+    if not body:
+        return ""
     return f"<details><summary>stack and tests</summary>{''.join(body)}</details>"
 
 
@@ -264,12 +264,12 @@ def _band(high_ms: float) -> str:
     return "CRITICAL"
 
 
-def _histogram_section(events: list[dict[str, Any]]) -> str:
-    if not events:
+def _histogram_section(vs: list[Verdict]) -> str:
+    if not vs:
         return ""
     counts: Counter[int] = Counter()
-    for e in events:
-        ms = e["duration_ms"]
+    for v in vs:
+        ms = v.event.duration * 1000.0
         counts[next(i for i, b in enumerate(_BINS) if ms < b)] += 1
     first = min(counts)
     last = max(counts)
@@ -306,15 +306,15 @@ _GIL_ROWS = (
 )
 
 
-def _gil_section(events: list[dict[str, Any]]) -> str:
-    if not events:
+def _gil_section(vs: list[Verdict]) -> str:
+    if not vs:
         return ""
     by_gil: Counter[str] = Counter()
     time_by_gil: Counter[str] = Counter()
-    for e in events:
-        gil = e.get("gil") if e.get("gil") in dict(_GIL_ROWS) else "unknown"
+    for v in vs:
+        gil = v.event.gil if v.event.gil in dict(_GIL_ROWS) else "unknown"
         by_gil[gil] += 1
-        time_by_gil[gil] += e["duration_ms"]
+        time_by_gil[gil] += v.event.duration
     out = ['<section id="gil" aria-labelledby="h-gil">']
     out.append('<h2 id="h-gil">GIL attribution</h2>')
     out.append("<table><caption>Who held the GIL while the loop was blocked.</caption>")
@@ -326,17 +326,15 @@ def _gil_section(events: list[dict[str, Any]]) -> str:
         if by_gil[key]:
             out.append(
                 f'<tr><th scope="row">{_e(text)}</th><td class="num">{by_gil[key]}</td>'
-                f'<td class="num">{_e(_ms(time_by_gil[key]))}</td></tr>'
+                f'<td class="num">{_e(format_duration(time_by_gil[key]))}</td></tr>'
             )
     out.append("</tbody></table>")
-    culprits: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for e in events:
-        holder = e.get("gil_holder")
-        if e.get("starved") and holder:
-            stack = holder.get("stack") or []
-            culprits[(str(holder.get("thread")), _frame_text(stack[-1] if stack else None))].append(
-                e
-            )
+    culprits: dict[tuple[str, str], list[Verdict]] = defaultdict(list)
+    for v in vs:
+        ev = v.event
+        if ev.starved and ev.gil_holder_thread is not None:
+            inner = ev.gil_holder_stack[-1] if ev.gil_holder_stack else None
+            culprits[(ev.gil_holder_thread, _frame_text(inner))].append(v)
     if culprits:
         out.append("<table><caption>Starvation culprits: the threads that held the GIL while a")
         out.append(" loop waited for it, and where they were.</caption>")
@@ -345,14 +343,14 @@ def _gil_section(events: list[dict[str, Any]]) -> str:
             '<th scope="col" class="num">blocks</th><th scope="col" class="num">time</th>'
             '<th scope="col">tests</th></tr></thead><tbody>'
         )
-        ranked = sorted(culprits.items(), key=lambda kv: -sum(e["duration_ms"] for e in kv[1]))
-        for (thread, where), es in ranked:
-            tests = sorted({e["test"] or "(outside any test)" for e in es})
+        ranked = sorted(culprits.items(), key=lambda kv: -sum(v.event.duration for v in kv[1]))
+        for (thread, where), group in ranked:
+            tests = sorted({v.test or "(outside any test)" for v in group})
             shown = ", ".join(tests[:3]) + (f" and {len(tests) - 3} more" if len(tests) > 3 else "")
+            total = format_duration(sum(v.event.duration for v in group))
             out.append(
                 f"<tr><td><code>{_e(thread)}</code></td><td><code>{_e(where)}</code></td>"
-                f'<td class="num">{len(es)}</td>'
-                f'<td class="num">{_e(_ms(sum(e["duration_ms"] for e in es)))}</td>'
+                f'<td class="num">{len(group)}</td><td class="num">{_e(total)}</td>'
                 f"<td>{_e(shown)}</td></tr>"
             )
         out.append("</tbody></table>")
@@ -362,15 +360,15 @@ def _gil_section(events: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def _timeline_section(data: dict[str, Any]) -> str:
-    by_test: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for e in data["events"]:
-        if e["test"] and e.get("start_ms") is not None:
-            by_test[e["test"]].append(e)
+def _timeline_section(vs: list[Verdict], data: dict[str, Any]) -> str:
+    by_test: dict[str, list[Verdict]] = defaultdict(list)
+    for v in vs:
+        if v.test and v.start_ms is not None:
+            by_test[v.test].append(v)
     if not by_test:
         return ""
-    phases = {t["test"]: t.get("phases") or {} for t in data["tests"]}
-    ranked = sorted(by_test, key=lambda t: -max(e["duration_ms"] for e in by_test[t]))
+    phases = {t["test"]: t.get("phases") or {} for t in data["tests"] if isinstance(t, dict)}
+    ranked = sorted(by_test, key=lambda t: -max(v.event.duration for v in by_test[t]))
     out = ['<section id="timelines" aria-labelledby="h-timelines">']
     out.append('<h2 id="h-timelines">Timelines</h2>')
     out.append(
@@ -390,17 +388,23 @@ def _timeline_section(data: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _timeline(test: str, events: list[dict[str, Any]], phases: dict[str, list[float]]) -> str:
-    spans = [(e["start_ms"], e["start_ms"] + e["duration_ms"]) for e in events]
-    known = {p: v for p, v in phases.items() if isinstance(v, list) and len(v) == 2}
-    start = min([s for s, _ in spans] + [v[0] for v in known.values()])
-    end = max([e for _, e in spans] + [v[1] for v in known.values()])
-    width = max(end - start, 1e-3)
+def _timeline(test: str, vs: list[Verdict], phases: dict[str, list[float]]) -> str:
+    def start(v: Verdict) -> float:
+        return v.start_ms or 0.0
+
+    def length(v: Verdict) -> float:
+        return v.event.duration * 1000.0
+
+    spans = [(start(v), start(v) + length(v)) for v in vs]
+    known = {p: t for p, t in phases.items() if isinstance(t, list) and len(t) == 2}
+    first = min([s for s, _ in spans] + [t[0] for t in known.values()])
+    last = max([e for _, e in spans] + [t[1] for t in known.values()])
+    width = max(last - first, 1e-3)
 
     def pct(t: float) -> float:
-        return 100.0 * (t - start) / width
+        return 100.0 * (t - first) / width
 
-    label = [f"{test}: {len(events)} block{'s' * (len(events) != 1)} in {_ms(end - start)}"]
+    label = [f"{test}: {len(vs)} block{'s' * (len(vs) != 1)} in {_ms(last - first)}"]
     bars = []
     for phase in ("setup", "call", "teardown"):
         if phase in known:
@@ -409,25 +413,25 @@ def _timeline(test: str, events: list[dict[str, Any]], phases: dict[str, list[fl
                 f'<div class="phase phase-{phase}" style="left:{pct(a):.2f}%;'
                 f'width:{max(pct(b) - pct(a), 0.0):.2f}%">{phase}</div>'
             )
-            label.append(f"{phase} {_ms(a - start)} to {_ms(b - start)}")
+            label.append(f"{phase} {_ms(a - first)} to {_ms(b - first)}")
     items = []
-    for e in sorted(events, key=lambda e: e["start_ms"]):
-        a = e["start_ms"]
+    for v in sorted(vs, key=start):
+        a = start(v)
         text = (
-            f"{_ms(e['duration_ms'])} block at {_ms(a - start)} ({e['phase']}, "
-            f"{e['outcome']}) at {_frame_text(e.get('site'))}"
+            f"{format_duration(v.event.duration)} block at {_ms(a - first)} ({v.phase}, "
+            f"{v.outcome}) at {_frame_text(v.event.site)}"
         )
         bars.append(
-            f'<div class="block sev-{_e(e["severity"])}" style="left:{pct(a):.2f}%;'
-            f'width:{max(pct(a + e["duration_ms"]) - pct(a), 0.0):.2f}%" '
+            f'<div class="block sev-{_e(v.severity)}" style="left:{pct(a):.2f}%;'
+            f'width:{max(pct(a + length(v)) - pct(a), 0.0):.2f}%" '
             f'title="{_e(text)}"></div>'
         )
-        items.append(f"<li>{_sev(e['severity'])} {_e(text)}</li>")
+        items.append(f"<li>{_sev(v.severity)} {_e(text)}</li>")
     return (
         f'<figure class="test-timeline"><figcaption class="test-name">{_e(test)}</figcaption>'
         f'<div class="timeline" role="img" aria-label="{_e("; ".join(label))}">'
-        f"{''.join(bars)}</div><details><summary>{len(events)} block"
-        f"{'s' * (len(events) != 1)}</summary><ul>{''.join(items)}</ul></details></figure>"
+        f"{''.join(bars)}</div><details><summary>{len(vs)} block"
+        f"{'s' * (len(vs) != 1)}</summary><ul>{''.join(items)}</ul></details></figure>"
     )
 
 

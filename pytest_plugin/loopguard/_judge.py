@@ -31,10 +31,10 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from ._errors import SettingError
-from ._events import BlockEvent, Frame
+from ._events import BlockEvent, FormatError, Frame
 from ._files import modules, relative_path
 from ._parse import AllowPattern
 
@@ -175,6 +175,86 @@ class Verdict:
     over_threshold: bool = False
     """True when the block would fail a test without the baseline and the mode (what
     ``--loopguard-baseline-update`` writes)."""
+    start_ms: Optional[float] = None
+    """When the block began, milliseconds since the epoch, as a report read back recorded it
+    (a session's verdicts get theirs from the watchdog's clock when the report is written)."""
+
+    def to_json(
+        self, root: Optional[Path] = None, *, clock: int = 0, samples: bool = False
+    ) -> dict[str, Any]:
+        """One entry of the JSON report's ``"events"`` (docs/report-schema.json): the event's
+        JSON (:meth:`BlockEvent.to_json`) and the verdict's fields. ``clock``: nanoseconds
+        from the watchdog's clock to the epoch, for ``start_ms`` (0: :attr:`start_ms`)."""
+        ev = self.event
+        start_ms = self.start_ms
+        if clock and ev.start_ns:
+            start_ms = round((ev.start_ns + clock) / 1e6, 3)
+        return {
+            "test": self.test,
+            "phase": self.phase,
+            "start_ms": start_ms,
+            "severity": self.severity,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "mode": self.mode,
+            "over_threshold": self.over_threshold,
+            **ev.to_json(root, samples=samples),
+            "threshold_ms": round(self.threshold * 1000.0, 6),
+        }
+
+    @classmethod
+    def from_json(cls, d: Any, root: Optional[Path] = None) -> Verdict:
+        """The verdict of :meth:`to_json`'s data (or of a report's entry written by an older
+        loopguard); raises :class:`~loopguard._events.FormatError` naming what is wrong.
+        ``root``: the report's file names are relative to it (``None``: keep them as they
+        are)."""
+        ev = BlockEvent.from_json(d, root)
+        phase = d.get("phase")
+        if not isinstance(phase, str):
+            raise FormatError(f"expected 'phase' of type string, found {_kind(phase)}")
+        for key, allowed in (("severity", SEVERITIES), ("outcome", OUTCOMES)):
+            value = d.get(key)
+            if value not in allowed:
+                raise FormatError(
+                    f"unknown {key} {value!r}; expected one of {', '.join(allowed)}"
+                    if isinstance(value, str)
+                    else f"expected {key!r} of type string, found {_kind(value)}"
+                )
+        reason, mode, start = d.get("reason"), d.get("mode") or "fail", d.get("start_ms")
+        if reason is not None and not isinstance(reason, str):
+            raise FormatError(f"expected 'reason' of type string or null, found {_kind(reason)}")
+        if start is not None and (not isinstance(start, (int, float)) or isinstance(start, bool)):
+            raise FormatError(f"expected 'start_ms' of type number or null, found {_kind(start)}")
+        site = d.get("site")
+        return cls(
+            event=ev,
+            test=d["test"],
+            phase=phase,
+            threshold=ev.threshold,
+            severity=d["severity"],
+            outcome=d["outcome"],
+            reason=reason,
+            mode=mode,
+            # The call site as the baseline knows it: the file as the report names it.
+            key=(site["file"], site["function"]) if ev.site is not None else None,
+            over_threshold=_over_threshold(d),
+            start_ms=start,
+        )
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
+def _over_threshold(d: dict[str, Any]) -> bool:
+    """Whether the block would fail its test without the baseline and the mode. Reports
+    written before the field existed say it through the outcome and, for record mode, the
+    reason."""
+    if "over_threshold" in d:
+        return bool(d["over_threshold"])
+    return d["outcome"] in ("failed", "warned", "baselined") or (
+        d["outcome"] == "recorded" and d.get("reason") == "mode record"
+    )
 
 
 _EXCUSE_HINTS = {

@@ -8,7 +8,8 @@ the same schema, as if one session had run every test:
   a test, are refused: their events would be counted twice);
 * the settings must be the same in every shard (the verdicts were reached under them), and so
   must the environment, but for the sampler in use, which is kept only when all agree;
-* per-test totals side by side, totals recounted;
+* per-test totals side by side, totals recounted (with the same function a session uses),
+  the guarded tests summed;
 * the baseline's ``fixed`` sites: those no shard saw block (each shard lists those it did not
   see; a site is fixed when it is in every shard's list);
 * ``runs``: every shard's run, so a merged report merges again without double counting.
@@ -16,12 +17,11 @@ the same schema, as if one session had run every test:
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
-from ._judge import OUTCOMES
-from ._report import REPORT_VERSION
-from ._reportfile import Report, ReportError, verdicts
+from ._judge import Verdict
+from ._report import REPORT_VERSION, totals
+from ._reportfile import Report, ReportError
 
 __all__ = ["baseline_sites", "merge"]
 
@@ -42,31 +42,27 @@ def merge(reports: list[Report]) -> dict[str, Any]:
     environment = dict(first.data["environment"])
     samplers = {r.data["environment"].get("sampler") for r in reports}
     environment["sampler"] = samplers.pop() if len(samplers) == 1 else None
-    events = [e for r in reports for e in r.data["events"]]
     tests = sorted((t for r in reports for t in r.data["tests"]), key=lambda t: t["test"])
     fixed = _fixed(reports)
-    outcomes = Counter(e["outcome"] for e in events)
+    runs = [run for r in reports for run in r.runs]
     return {
         "version": REPORT_VERSION,
         "settings": first.data["settings"],
         "environment": environment,
-        "totals": {
-            "events": len(events),
-            "tests": len(tests),
-            "blocked_ms": round(sum(e["duration_ms"] for e in events), 3),
-            "outcomes": {o: outcomes[o] for o in OUTCOMES},
-        },
+        "totals": totals([v for r in reports for v in r.verdicts], runs),
         "tests": tests,
-        "events": events,
+        # Each shard's entries as they were written (checked on reading): with any key a newer
+        # writer of this version added.
+        "events": [e for r in reports for e in r.data["events"]],
         "fixed": [{"file": f, "function": fn} for f, fn in fixed],
-        "runs": [run for r in reports for run in r.runs],
+        "runs": runs,
     }
 
 
-def baseline_sites(report: dict[str, Any]) -> list[tuple[str, str]]:
+def baseline_sites(verdicts: list[Verdict]) -> list[tuple[str, str]]:
     """The call sites ``--loopguard-baseline-update`` would write after this run: those of
     the blocks that would fail a test without the baseline and the mode."""
-    return sorted({v.key for v in verdicts(report) if v.over_threshold and v.key is not None})
+    return sorted({v.key for v in verdicts if v.over_threshold and v.key is not None})
 
 
 def _check_runs(reports: list[Report]) -> None:

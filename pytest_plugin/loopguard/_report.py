@@ -32,11 +32,13 @@ __all__ = [
     "check_writable",
     "closing_lines",
     "fixed_lines",
+    "guarded_count",
     "hotspot_lines",
     "hotspots",
     "report_chunks",
     "report_data",
     "summary_lines",
+    "totals",
     "write_atomically",
 ]
 
@@ -253,74 +255,12 @@ def baseline_text(verdicts: list[Verdict]) -> tuple[str, int]:
     return Baseline.dumps(sites), len(set(sites))  # type: ignore[arg-type]
 
 
-# --- JSON report ---------------------------------------------------------------------------
+# --- JSON report ----------------------------------------------------------------------------
 
 
-def _frame(f: Optional[Frame], root: Path) -> Optional[dict[str, Any]]:
-    if f is None:
-        return None
-    return {"file": relative_path(f.filename, root), "line": f.lineno, "function": f.function}
-
-
-def _ms(seconds: Optional[float]) -> Optional[float]:
-    return None if seconds is None else round(seconds * 1000.0, 3)
-
-
-def event_data(v: Verdict, root: Path, clock: int = 0) -> dict[str, Any]:
-    """One event of the report. ``clock``: nanoseconds from the watchdog's monotonic clock to
-    the epoch (:func:`wall_clock_offset`), for ``start_ms``; 0 leaves ``start_ms`` out."""
-    ev = v.event
-    holder = None
-    if ev.gil == "other" and ev.gil_holder_thread:
-        holder = {
-            "thread": ev.gil_holder_thread,
-            "stack": [_frame(f, root) for f in ev.gil_holder_stack],
-        }
-    site = _frame(ev.site, root)
-    if site is not None and ev.site is not None:
-        site["source"] = ev.site.source
-    return {
-        "test": v.test,
-        "phase": v.phase,
-        "start_ms": round((ev.start_ns + clock) / 1e6, 3) if clock and ev.start_ns else None,
-        "duration_ms": _ms(ev.duration),
-        "threshold_ms": _ms(v.threshold),
-        "severity": v.severity,
-        "outcome": v.outcome,
-        "reason": v.reason,
-        "mode": v.mode,
-        "over_threshold": v.over_threshold,
-        "site": site,
-        "operation": _frame(ev.innermost, root),
-        "stack": [_frame(f, root) for f in ev.stack],
-        "thread": ev.thread_name,
-        "task": ev.task_name,
-        "loop": ev.loop_kind,
-        "gil": ev.gil,
-        "gil_holder": holder,
-        "syscall": ev.syscall,
-        "starved": ev.starved,
-        "several_calls": ev.sites_changed,
-        "captured_after_ms": _ms(ev.captured_after),
-        "late": ev.late,
-        "cause": ev.cause,
-        "hint": ev.hint,
-        "cpu_wait_ms": _ms(ev.cpu_wait),
-        "native_stack": [f.to_dict() for f in ev.native_stack],
-        "native_note": ev.native_note,
-        "callbacks": [
-            {
-                "first_ms": _ms(c.first),
-                "last_ms": _ms(c.last),
-                "min_ms": _ms(c.min),
-                "max_ms": _ms(c.max),
-                "samples": c.samples,
-                "in_callback": c.in_callback,
-                "site": _frame(c.site, root),
-            }
-            for c in ev.callbacks
-        ],
-    }
+def _ms(seconds: float) -> float:
+    """As the events have their durations (:meth:`BlockEvent.to_json`): to the nanosecond."""
+    return round(seconds * 1000.0, 6)
 
 
 def wall_clock_offset() -> int:
@@ -329,9 +269,36 @@ def wall_clock_offset() -> int:
     return time.time_ns() - time.monotonic_ns()
 
 
-def new_run(*, interrupted: bool) -> dict[str, Any]:
-    """The report's description of the run that wrote it (a merged report lists several)."""
-    return {"id": uuid.uuid4().hex, "interrupted": interrupted}
+def new_run(*, interrupted: bool, guarded: Optional[int] = None) -> dict[str, Any]:
+    """The report's description of the run that wrote it (a merged report lists several).
+    ``guarded``: how many tests ran with loopguard enabled (``None``: not known)."""
+    run: dict[str, Any] = {"id": uuid.uuid4().hex, "interrupted": interrupted}
+    if guarded is not None:
+        run["guarded"] = guarded
+    return run
+
+
+def guarded_count(runs: list[dict[str, Any]]) -> tuple[int, bool]:
+    """How many tests the runs of a report guarded (tests that ran with loopguard enabled),
+    and whether every run said (a report written before runs counted them does not: its
+    count is unknown)."""
+    counts = [r.get("guarded") for r in runs]
+    known = [n for n in counts if isinstance(n, int) and not isinstance(n, bool)]
+    return sum(known), len(known) == len(counts)
+
+
+def totals(verdicts: list[Verdict], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report's ``"totals"``: of its events, and the tests its runs guarded (``null``
+    when a run did not count them)."""
+    outcomes = Counter(v.outcome for v in verdicts)
+    guarded, complete = guarded_count(runs)
+    return {
+        "events": len(verdicts),
+        "tests": len({v.test for v in verdicts if v.test}),
+        "guarded": guarded if complete else None,
+        "blocked_ms": _ms(sum(v.event.duration for v in verdicts)),
+        "outcomes": {o: outcomes[o] for o in OUTCOMES},
+    }
 
 
 def report_data(
@@ -371,7 +338,7 @@ def report_data(
                 "phases": (phases or {}).get(test, {}),
             }
         )
-    outcomes = Counter(v.outcome for v in verdicts)
+    runs = [run or new_run(interrupted=False)]
     return {
         "version": REPORT_VERSION,
         "settings": settings,
@@ -383,16 +350,11 @@ def report_data(
             "loopguard": loopguard_version,
             "sampler": sampler,
         },
-        "totals": {
-            "events": len(verdicts),
-            "tests": len(per_test),
-            "blocked_ms": _ms(sum(v.event.duration for v in verdicts)),
-            "outcomes": {o: outcomes[o] for o in OUTCOMES},
-        },
+        "totals": totals(verdicts, runs),
         "tests": tests,
-        "events": (event_data(v, root, clock) for v in verdicts),
+        "events": (v.to_json(root, clock=clock) for v in verdicts),
         "fixed": [{"file": f, "function": fn} for f, fn in fixed],
-        "runs": [run or new_run(interrupted=False)],
+        "runs": runs,
     }
 
 

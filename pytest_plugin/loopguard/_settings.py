@@ -261,6 +261,9 @@ class State:
     """What was written at the end of the session (the JSON report, the baseline)."""
     reader_off: Optional[str] = None
     """Why stacks are read by taking the GIL although the user did not ask for it."""
+    guarded: int = 0
+    """How many tests ran their call phase with loopguard enabled (under xdist, the
+    controller's counts the workers')."""
 
 
 # The settings that take a value: (key, metavar, help, has an ini option). Each is

@@ -3,10 +3,13 @@
 Under ``pytest -n N`` every test runs in a worker process, with its own watchdog; the worker
 fails its tests as usual. The controller runs no test, so all it knows about loopguard is what
 arrives in the reports. Each worker attaches the events it judged for a report to that report
-(``report.loopguard_events``: a list of verdicts as plain data — the verdict's fields with
-``"event": BlockEvent.to_dict()`` — that xdist's serialization carries), and the controller
-adds them to its own ``state.verdicts`` when the report is logged: once per report, so once
-per event. The hotspot table, annotations and JSON report then cover every worker. A worker
+(``report.loopguard_events``: a list of verdicts as :meth:`Verdict.to_json
+<loopguard._judge.Verdict.to_json>` writes them for the JSON report, file names relative to the
+rootdir, with the stack samples of failing blocks; xdist's serialization carries them), and
+the controller adds them to its own ``state.verdicts`` when the report is logged: once per
+report, so once per event. A worker also marks the call report of a test that ran with
+loopguard enabled (``report.loopguard_guarded``), from which the controller counts the guarded
+tests. The hotspot table, annotations and JSON report then cover every worker. A worker
 writes no report of its own, so once a report is logged (xdist has sent it) it drops that
 report's verdicts: its ``state.verdicts`` holds only what the controller has not received,
 and its memory does not grow with the events it records. At the end of its session it hands
@@ -29,7 +32,6 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import pytest
 
-from ._events import BlockEvent
 from ._failure import FailureRepr
 from ._judge import Verdict
 
@@ -40,6 +42,8 @@ __all__ = ["ATTR", "XdistPlugin"]
 
 ATTR = "loopguard_events"
 """The report attribute that carries a worker's events to the controller."""
+GUARDED_ATTR = "loopguard_guarded"
+"""The report attribute that marks a test that ran with loopguard enabled (its call report)."""
 _LONGREPR_KEY = "loopguard_longrepr"
 _OUTPUT_KEY = "loopguard"
 
@@ -84,12 +88,14 @@ class XdistPlugin:
         ts = self.state.current
         if ts is None or ts.item is not item:
             return report
+        if call.when == "call" and ts.enabled:
+            setattr(report, GUARDED_ATTR, True)
         if ts is not self._attached_for:
             self._attached, self._attached_for = set(), ts
         new = [v for v in ts.verdicts.get(call.when, ()) if id(v) not in self._attached]
         if new:
             self._attached.update(map(id, new))
-            setattr(report, ATTR, [_verdict_to_data(v) for v in new])
+            setattr(report, ATTR, [self._to_data(v) for v in new])
             self._pending[id(report)] = new
         return report
 
@@ -103,6 +109,9 @@ class XdistPlugin:
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> Generator[None, Any, Any]:
         shipped = getattr(report, ATTR, None)
+        if not self.worker and getattr(report, GUARDED_ATTR, False):
+            self.state.guarded += 1  # a worker's test (reports logged here carry no mark)
+            delattr(report, GUARDED_ATTR)
         if shipped and not self.worker:
             # Reports logged in this process carry no ATTR (only workers attach it), so
             # whatever arrives here came from a worker and is counted exactly once.
@@ -125,7 +134,7 @@ class XdistPlugin:
         if not self.worker or output is None:
             return
         # What no logged report carried (shipped verdicts are no longer in the list).
-        output[_OUTPUT_KEY] = {"unshipped": [_verdict_to_data(v) for v in self.state.verdicts]}
+        output[_OUTPUT_KEY] = {"unshipped": [self._to_data(v) for v in self.state.verdicts]}
 
     # --- controller side -------------------------------------------------------------------
 
@@ -134,7 +143,7 @@ class XdistPlugin:
         report = yield
         if report is not None and isinstance(data, dict) and data.get(_LONGREPR_KEY):
             failing = [
-                BlockEvent.from_dict(d["event"])
+                Verdict.from_json(d, self.config.rootpath).event
                 for d in getattr(report, ATTR, None) or []
                 if d.get("outcome") == "failed" and d.get("phase") == report.when
             ]
@@ -152,38 +161,15 @@ class XdistPlugin:
 
     def _receive(self, shipped: list[dict[str, Any]], worker: str) -> None:
         for d in shipped:
-            v = _verdict_from_data(d)
+            v = Verdict.from_json(d, self.config.rootpath)
             v.event.samples = []  # the report that needed them is rebuilt on its own
             self.state.verdicts.append(v)
         self.received[worker] = self.received.get(worker, 0) + len(shipped)
 
-
-_VERDICT_FIELDS = (
-    "test",
-    "phase",
-    "threshold",
-    "severity",
-    "outcome",
-    "reason",
-    "mode",
-    "over_threshold",
-)
-
-
-def _verdict_to_data(v: Verdict) -> dict[str, Any]:
-    data: dict[str, Any] = {f: getattr(v, f) for f in _VERDICT_FIELDS}
-    data["key"] = list(v.key) if v.key is not None else None
-    data["event"] = v.event.to_dict(samples=v.outcome == "failed")  # for its failure report
-    return data
-
-
-def _verdict_from_data(d: dict[str, Any]) -> Verdict:
-    key = d.get("key")
-    return Verdict(
-        event=BlockEvent.from_dict(d["event"]),
-        key=(key[0], key[1]) if key else None,
-        **{f: d.get(f) for f in _VERDICT_FIELDS},
-    )
+    def _to_data(self, v: Verdict) -> dict[str, Any]:
+        """A verdict as the JSON report has it, with the samples of a failing block (for its
+        failure report, rebuilt on the controller)."""
+        return v.to_json(self.config.rootpath, samples=v.outcome == "failed")
 
 
 def _worker_id(report: Any) -> str:

@@ -188,6 +188,8 @@ def _enter_phase(item: pytest.Item, phase: str) -> Optional[tuple[State, TestSta
     state, ts = found
     ts.phase = phase
     ts.phase_start_ns = _native.now_ns()
+    if phase == "call" and ts.enabled:
+        state.guarded += 1
     if phase == "setup":
         ts.test_start_ns = ts.phase_start_ns
         runtime.lag_probing = ts.enabled and ts.max_lag is not None
@@ -466,7 +468,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             loopguard_version=__version__,
             pytest_version=pytest.__version__,
             sampler=runtime.sampler,
-            run=new_run(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED),
+            run=new_run(
+                interrupted=exitstatus == pytest.ExitCode.INTERRUPTED, guarded=state.guarded
+            ),
             phases=phases.phases if phases is not None else None,
         )
         if s.html_path is not None:
@@ -506,6 +510,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             state.verdicts, state.fixed, config.option.verbose, label
         ):
             tr.line(text, **markup)
+    if not state.guarded and not is_worker(config) and not config.option.collectonly:
+        tr.write_line(
+            "loopguard: no test was guarded: none ran with loopguard enabled (none was "
+            "selected, or every one was disabled), so nothing was checked",
+            yellow=True,
+        )
     for text, markup in closing_lines(state.verdicts, state.reader_off, state.written):
         tr.write_line(text, **markup)
     if os.environ.get("GITHUB_ACTIONS") == "true" and state.verdicts:

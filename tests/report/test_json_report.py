@@ -192,6 +192,9 @@ def test_report_matches_the_schema_and_describes_every_block(pytester, inner):
     assert data["totals"]["events"] == len(data["events"])
     assert data["totals"]["outcomes"]["allowed"] == 1
     assert "test_no_loop" not in totals
+    # Every test ran with loopguard enabled, the one without a loop too.
+    assert data["totals"]["guarded"] == 5
+    assert [r["guarded"] for r in data["runs"]] == [5]
 
 
 def test_ini_path_is_relative_to_the_ini_file(pytester, inner):

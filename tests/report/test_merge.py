@@ -103,6 +103,9 @@ def test_shards_merge_into_the_whole_run(pytester):
     ]
     assert merged["fixed"] == [{"file": "app.py", "function": "gone"}]
     assert len(merged["runs"]) == 3
+    # Each shard counted the tests it guarded; the merged report sums them: the whole suite's.
+    assert merged["totals"]["guarded"] == 5
+    assert json.loads((pytester.path / "whole.json").read_text())["totals"]["guarded"] == 5
 
     # The same table as the whole run's report, and as the whole session printed it.
     table = _masked(cli(pytester, "summary", "merged.json"))

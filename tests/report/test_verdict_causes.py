@@ -106,7 +106,7 @@ def test_the_judge_records_an_excused_block_with_its_cause(tmp_path: Path):
 
 
 def test_the_new_fields_survive_the_trip_to_an_xdist_controller():
-    ev = event(0.14, cpu_wait=0.064, callbacks=callbacks((0, 40), (3, 30)))
-    back = BlockEvent.from_dict(ev.to_dict())
+    ev = event(0.14, gc_time=0.02, cpu_wait=0.064, callbacks=callbacks((0, 40), (3, 30)))
+    back = BlockEvent.from_json(ev.to_json())
     assert back == ev
     assert back.callbacks[0].site == SHORT
