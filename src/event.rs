@@ -164,8 +164,16 @@ pub struct BlockEvent {
     pub task_name: Option<String>,
     /// Nanoseconds of the block during which the loop thread was runnable but waited for a CPU
     /// (the kernel's run-queue time), from when the watchdog first looked at the block to its
-    /// end; `None` when not known (no schedstat, or the end was not reported by the loop).
+    /// end; `None` when not known (no schedstat, or the end was not reported by the loop). For
+    /// a starved block whose GIL holders were followed (`holder_cpu_wait_ns` is not `None`),
+    /// only while no other thread held the GIL: the two then cover disjoint moments and add up.
     pub cpu_wait_ns: Option<u64>,
+    /// For a starved block: nanoseconds during which the threads holding the GIL were runnable
+    /// but waited for a CPU while they held it (their run-queue time, per holder, from the
+    /// watchdog's first look to the end; see `holder_wait`); with `cpu_wait_ns`, at most
+    /// `duration_ns`. `None` for a block that was not starvation, or when no holder's wait
+    /// could be read.
+    pub holder_cpu_wait_ns: Option<u64>,
     /// The callbacks the samples saw, in order, each bounded by the samples around it (see
     /// `callbacks`); empty when the sampler cannot tell callbacks apart.
     pub callbacks: Vec<Span>,

@@ -20,6 +20,7 @@ pub mod context;
 #[cfg(linux_full)]
 pub mod epoll;
 pub mod event;
+pub mod holder_wait;
 pub mod native_stack;
 pub mod offload;
 pub mod pid;

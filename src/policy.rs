@@ -11,6 +11,7 @@
 //! | first look at a busy stretch                  | `T/8`          | `watchdog`, `schedstat`  |
 //! | early sampling (callback tagging)             | `T/4`          | `watchdog`, `callbacks`  |
 //! | sampling interval of a block                  | `T/5`, 2–50 ms | `watchdog`               |
+//! | GIL holder looks while starved                | `T/20`, 1–10 ms| `watchdog`, `holder_wait`|
 //! | longest selector wait (hooked loops)          | `T/2`, ≥ 1 ms  | `python::hooks`          |
 //! | beat interval (loops without a hook: uvloop)  | `T/10`, 1–25 ms| `python::hooks`          |
 //! | wait for a loop thread's own end report       | 200 ms         | `watchdog`               |
@@ -60,6 +61,20 @@ pub fn early_sampling(threshold_ns: u64) -> u64 {
 #[inline]
 pub fn sample_interval(threshold_ns: u64) -> u64 {
     (threshold_ns / 5).clamp(ms(2), ms(50))
+}
+
+/// How often the watchdog looks at who holds the GIL while a loop is starved, from its first
+/// look at the stretch: a twentieth of the threshold, between 1 ms and 10 ms.
+///
+/// Each change of GIL holder is seen up to one such interval late, and a holder that has exited
+/// by the end is counted up to the last look that saw it: the holders' wait for a CPU (see
+/// `holder_wait`) is off by up to one interval per change. A look is two small memory reads and
+/// one read of a `/proc` file, and is made only while a loop is starved, so it can be finer
+/// than [`sample_interval`] (which walks stacks); the floor keeps a tiny threshold from making
+/// the watchdog spin, the ceiling keeps the error small at long thresholds.
+#[inline]
+pub fn holder_look_interval(threshold_ns: u64) -> u64 {
+    (threshold_ns / 20).clamp(ms(1), ms(10))
 }
 
 /// The longest a hooked loop's selector may wait: half the threshold, at least 1 ms.
@@ -113,6 +128,16 @@ mod tests {
         assert_eq!(sample_interval(ms(1)), ms(2));
         assert_eq!(sample_interval(ms(100)), ms(20));
         assert_eq!(sample_interval(ms(10_000)), ms(50));
+    }
+
+    #[test]
+    fn holder_looks_are_finer_than_samples_within_bounds() {
+        assert_eq!(holder_look_interval(ms(100)), ms(5));
+        assert_eq!(holder_look_interval(ms(5)), ms(1));
+        assert_eq!(holder_look_interval(ms(10_000)), ms(10));
+        for t in [ms(1), ms(10), ms(100), ms(1000), ms(60_000)] {
+            assert!(holder_look_interval(t) <= sample_interval(t), "{t}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! (and is therefore late whenever C code holds it).
 
 use crate::event::Sample;
+use crate::holder_wait::Seen;
 
 /// What a sampler needs to know about the thread it samples.
 #[derive(Clone, Debug)]
@@ -38,5 +39,12 @@ pub trait Sampler: Send {
     /// threshold, to see the callbacks a stretch began with.
     fn tags_callbacks(&self) -> bool {
         false
+    }
+
+    /// Who holds the GIL now, from the point of view of `target` (its own holding is
+    /// [`Seen::Nobody`]), with the holder's kernel thread id when known; cheap (no stack walk)
+    /// and never waits for the GIL. [`Seen::Unknown`] when the sampler cannot tell.
+    fn gil_holder(&mut self, _target: &Target) -> Seen {
+        Seen::Unknown
     }
 }

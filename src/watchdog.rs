@@ -27,7 +27,10 @@
 //! nothing is reported and nobody is told. At the block's end the loop thread reads its
 //! run-queue time again, in the cold path that reports the end: the difference is the time the
 //! block spent waiting for a CPU. The wait before the first look is not counted, so the figure
-//! errs low.
+//! errs low. From the first look at a *starved* stretch on, the watchdog also reads, every
+//! [`holder_look_interval`], which thread holds the GIL and that thread's run-queue time: the
+//! part of the starvation the holder spent waiting for a CPU while it kept the GIL was the
+//! machine's doing, not its code's (see `holder_wait`).
 //!
 //! # What a test phase costs
 //! Nothing here makes the Python layer wait for the watchdog thread, or even wake it, unless a
@@ -52,7 +55,10 @@ use crate::callbacks::{spans, Timeline};
 use crate::clock::now_ns;
 use crate::context::ContextLog;
 use crate::event::{BlockEvent, Sample};
-use crate::policy::{early_sampling, first_look, longest_sleep, sample_interval, END_GRACE_NS};
+use crate::holder_wait::HolderWait;
+use crate::policy::{
+    early_sampling, first_look, holder_look_interval, longest_sleep, sample_interval, END_GRACE_NS,
+};
 use crate::sampler::{Sampler, Target};
 
 /// Most distinct samples kept per block; later ones are folded into the last.
@@ -348,6 +354,9 @@ struct Block {
     timeline: Timeline,
     /// The loop thread's run-queue time at the first look.
     run_queue_at_look: Option<u64>,
+    /// For a starved stretch: the GIL holders' wait for a CPU, and the loop thread's own while
+    /// nobody held the GIL (see `holder_wait`).
+    holder_wait: Option<HolderWait>,
     captured_after: Option<u64>,
     next_sample: u64,
     /// When the watchdog saw the loop beat again (if it did before the end report arrived).
@@ -758,6 +767,7 @@ impl Runner {
                     samples: Vec::new(),
                     timeline: Timeline::default(),
                     run_queue_at_look: None,
+                    holder_wait: None,
                     captured_after: None,
                     next_sample: 0,
                     seen_end: None,
@@ -770,7 +780,14 @@ impl Runner {
 
     /// Reports block `b`, which ended at `end`; `run_queue` is the loop thread's run-queue time
     /// at the end, when it reported the end itself.
-    fn finish(&mut self, slot: &LoopSlot, b: Block, end: u64, exact: bool, run_queue: Option<u64>) {
+    fn finish(
+        &mut self,
+        slot: &LoopSlot,
+        mut b: Block,
+        end: u64,
+        exact: bool,
+        run_queue: Option<u64>,
+    ) {
         // Another block of this loop may be open (see `on_end`): only this one is closed.
         let _ = slot
             .open_block
@@ -778,10 +795,23 @@ impl Runner {
         let id = self.next_event;
         self.next_event += 1;
         let end = end.max(b.start);
-        let cpu_wait_ns = match (b.run_queue_at_look, run_queue) {
+        let mut cpu_wait_ns = match (b.run_queue_at_look, run_queue) {
             (Some(a), Some(z)) => z.checked_sub(a),
             _ => None,
         };
+        let mut holder_cpu_wait_ns = None;
+        if let Some(h) = b.holder_wait.as_mut() {
+            // Read now unless the watchdog saw the end itself (and read then): the end report
+            // is handled as soon as it comes.
+            h.end(run_queue, crate::schedstat::run_queue_ns);
+            let (holders, own) = h.totals(end - b.start);
+            if holders.is_some() || own.is_some() {
+                // Starvation: the loop thread's wait counts only while nobody held the GIL
+                // (see `holder_wait`).
+                holder_cpu_wait_ns = holders;
+                cpu_wait_ns = own.or(holders.map(|_| 0));
+            }
+        }
         let mut samples = b.samples;
         crate::native_stack::resolve(samples.iter_mut().map(|s| &mut s.native));
         // Spans mean something only when some sample was seen inside a callback (a sampler
@@ -822,6 +852,7 @@ impl Runner {
                 .task_name
                 .or_else(|| samples.iter().find_map(|s| s.task_name.clone())),
             cpu_wait_ns,
+            holder_cpu_wait_ns,
             callbacks,
             samples,
         };
@@ -888,6 +919,18 @@ impl Runner {
             if let Some(b) = w.block.as_mut() {
                 let still = stuck_from.is_some_and(|(s, st)| s == b.start && st == b.starved);
                 let deadline = b.start.saturating_add(b.threshold);
+                if let Some(h) = b.holder_wait.as_mut() {
+                    // Starved: who holds the GIL now; or the stretch is over and its last
+                    // holder has let go.
+                    if still {
+                        h.look(
+                            self.sampler.gil_holder(&w.slot.target),
+                            crate::schedstat::run_queue_ns,
+                        );
+                    } else {
+                        h.end(None, crate::schedstat::run_queue_ns);
+                    }
+                }
                 if still {
                     if !b.confirmed && now >= deadline {
                         b.confirmed = true;
@@ -916,6 +959,10 @@ impl Runner {
                     } else {
                         deadline
                     });
+                    if b.starved {
+                        // Who holds the GIL is looked at more often (see `holder_wait`).
+                        wake_at = wake_at.min(now_ns() + holder_look_interval(threshold));
+                    }
                     continue;
                 }
                 // The stretch ended, at or before the loop's last change of state (`since`).
@@ -954,6 +1001,13 @@ impl Runner {
             if confirmed {
                 w.slot.open_block.store(start, Ordering::Release);
             }
+            let mut holder_wait = starved.then(|| HolderWait::new(w.slot.target.native_tid));
+            if let Some(h) = holder_wait.as_mut() {
+                h.look(
+                    self.sampler.gil_holder(&w.slot.target),
+                    crate::schedstat::run_queue_ns,
+                );
+            }
             let mut b = Block {
                 start,
                 starved,
@@ -963,6 +1017,7 @@ impl Runner {
                 samples: Vec::new(),
                 timeline: Timeline::default(),
                 run_queue_at_look,
+                holder_wait,
                 captured_after: None,
                 next_sample: start.saturating_add(early_sampling(threshold)),
                 seen_end: None,
@@ -987,6 +1042,9 @@ impl Runner {
             }
             if !confirmed {
                 wake_at = wake_at.min(deadline);
+            }
+            if starved {
+                wake_at = wake_at.min(now_ns() + holder_look_interval(threshold));
             }
             if confirmed && !starved && self.shared.notify_blocks.load(Ordering::Relaxed) {
                 let _ = self.notices.try_send((Arc::clone(&w.slot), start));
@@ -1239,6 +1297,104 @@ mod tests {
         let wait = events[0].cpu_wait_ns.expect("measured");
         // About half of the 275 ms after the first look; the spinner had the CPU the rest.
         assert!(wait > ms(60) && wait < events[0].duration_ns, "{wait}");
+    }
+
+    /// A sampler that reports the thread the test names as the GIL holder (tid 0: nobody).
+    #[cfg(linux_full)]
+    struct Holding(Arc<std::sync::atomic::AtomicI64>);
+
+    #[cfg(linux_full)]
+    impl Sampler for Holding {
+        fn sample(&mut self, target: &Target, offset_ns: u64) -> Sample {
+            Fixed.sample(target, offset_ns)
+        }
+
+        fn name(&self) -> &'static str {
+            "holding"
+        }
+
+        fn gil_holder(&mut self, _target: &Target) -> crate::holder_wait::Seen {
+            use crate::holder_wait::{HolderId, Seen};
+            match self.0.load(Ordering::SeqCst) {
+                0 => Seen::Nobody,
+                tid => Seen::Holder(HolderId {
+                    ident: 2,
+                    tid: Some(tid),
+                }),
+            }
+        }
+    }
+
+    #[cfg(linux_full)]
+    #[test]
+    fn a_starved_loop_counts_its_gil_holders_wait_for_a_cpu() {
+        if !crate::schedstat::available() {
+            eprintln!("no schedstat on this kernel");
+            return;
+        }
+        let holder = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let wd = {
+            let holder = Arc::clone(&holder);
+            Watchdog::start(ms(100), move || {
+                Ok(Box::new(Holding(holder)) as Box<dyn Sampler>)
+            })
+            .unwrap()
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        // SAFETY: sched_getcpu has no preconditions.
+        let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).unwrap_or(0);
+        let spinner = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                crate::schedstat::tests::pin_to(cpu);
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        };
+        // The loop waits in its selector for 1 ms and does not come back until the "holder"
+        // has run 300 ms of wall time on a CPU it shares with the spinner.
+        let slot = wd.register("asyncio", "main", target());
+        slot.idle(Some(ms(1)));
+        let h = Arc::clone(&holder);
+        std::thread::spawn(move || {
+            crate::schedstat::tests::pin_to(cpu);
+            // SAFETY: gettid has no preconditions.
+            h.store(i64::from(unsafe { libc::gettid() }), Ordering::SeqCst);
+            let t = std::time::Instant::now();
+            while t.elapsed() < ms_d(300) {
+                std::hint::spin_loop();
+            }
+            h.store(0, Ordering::SeqCst);
+        })
+        .join()
+        .unwrap();
+        slot.busy();
+        slot.idle(None);
+        stop.store(true, Ordering::Relaxed);
+        spinner.join().unwrap();
+        let ev = the_only_event(wd);
+        assert!(ev.starved, "{ev:?}");
+        let wait = ev.holder_cpu_wait_ns.expect("measured");
+        // About half of the ~285 ms after the first look; the spinner had the CPU the rest.
+        assert!(wait > ms(60) && wait < ev.duration_ns, "{wait} of {ev:?}");
+    }
+
+    #[test]
+    fn blocks_and_unknown_holders_have_no_holder_wait() {
+        let wd = start(ms(50));
+        let slot = wd.register("asyncio", "main", target());
+        slot.idle(Some(ms(1)));
+        sleep(ms_d(150));
+        slot.busy();
+        sleep(ms_d(150));
+        slot.idle(None);
+        let events = wd.flush(ms(2000));
+        wd.stop();
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(events[0].starved && !events[1].starved, "{events:?}");
+        // The sampler cannot tell who holds the GIL; a block is not starvation.
+        assert!(events.iter().all(|e| e.holder_cpu_wait_ns.is_none()));
     }
 
     fn start(threshold: u64) -> Watchdog {

@@ -104,6 +104,11 @@ def _decode(text: str) -> list[BlockEvent]:
             end_ns=raw["end_ns"],
             samples=samples,
             cpu_wait=raw["cpu_wait_ns"] / 1e9 if raw.get("cpu_wait_ns") is not None else None,
+            holder_cpu_wait=(
+                raw["holder_cpu_wait_ns"] / 1e9
+                if raw.get("holder_cpu_wait_ns") is not None
+                else None
+            ),
         )
         ev.callbacks = [
             Callback(

@@ -346,7 +346,15 @@ class BlockEvent:
     cpu_wait: Optional[float] = None
     """Seconds of the block during which the loop thread was ready to run but waited for a CPU
     (the kernel's run-queue time), counted from an eighth of the threshold into the block;
-    ``None`` when the kernel does not say."""
+    ``None`` when the kernel does not say. For a starved block with ``holder_cpu_wait``, only
+    while no other thread held the GIL (the loop could not have run otherwise)."""
+    holder_cpu_wait: Optional[float] = None
+    """For a starved block: seconds during which the threads holding the GIL were ready to run
+    but waited for a CPU while they held it (their run-queue time, per holder, counted from an
+    eighth of the threshold into the block; each change of holder may shift it by a twentieth
+    of the threshold); ``None`` for a block that was not starvation, or when the kernel does
+    not say. It and ``cpu_wait`` cover disjoint moments: they add up (see
+    :meth:`machine_wait`)."""
     callbacks: list[Callback] = field(default_factory=list)
     """The callbacks the samples saw in the block's loop iteration, in order (empty when they
     cannot be told apart)."""
@@ -384,7 +392,8 @@ class BlockEvent:
         * ``"gc"``: under the threshold without the garbage collection that ran during it
           (``gc="exclude"``);
         * ``"cpu-wait"``: under the threshold without the time the loop thread waited for a
-          CPU (``cpu_wait="exclude"``): the machine was overloaded;
+          CPU, or, for a starved block, the time the GIL holder waited for one while it held the
+          GIL (``cpu_wait="exclude"``; see :meth:`machine_wait`): the machine was overloaded;
         * ``"callbacks"``: a loop iteration of several callbacks, none of which can have
           reached the threshold by the samples around it.
 
@@ -397,9 +406,23 @@ class BlockEvent:
             return "gc", GC_REASON
         if interrupted:
             return None
-        if cpu_wait == "exclude" and self.cpu_wait and self.duration - self.cpu_wait < threshold:
+        waited, by_holder = self.machine_wait()
+        if cpu_wait == "exclude" and waited and self.duration - waited < threshold:
+            if by_holder >= 0.001:
+                own = waited - by_holder
+                after = (
+                    f" and the {format_duration(own)} the loop thread waited for one once the "
+                    "GIL was free"
+                    if own >= 0.001
+                    else ""
+                )
+                return "cpu-wait", (
+                    f"under the threshold without the {format_duration(by_holder)} the GIL "
+                    f"holder waited for a CPU while holding the GIL{after} (the machine was "
+                    "overloaded; --loopguard-cpu-wait=include counts it)"
+                )
             return "cpu-wait", (
-                f"under the threshold without {format_duration(self.cpu_wait)} of waiting for "
+                f"under the threshold without {format_duration(waited)} of waiting for "
                 "a CPU (the machine was overloaded; --loopguard-cpu-wait=include counts it)"
             )
         longest = self.longest_callback()
@@ -411,6 +434,16 @@ class BlockEvent:
                 f"{format_duration(longest.max)}{where}; none reached the threshold"
             )
         return None
+
+    def machine_wait(self) -> tuple[float, float]:
+        """``(seconds, by_holder)``: how much of the block was the machine's doing, waiting for
+        a CPU, and how much of that the GIL holder waited while it held the GIL. For a block,
+        the loop thread's wait (``by_holder`` is 0); for a starved block, the GIL holder's wait
+        plus the loop thread's while the GIL was free: the watchdog charges each moment to one
+        of them, so the two add up."""
+        own = self.cpu_wait or 0.0
+        held = (self.holder_cpu_wait or 0.0) if self.starved else 0.0
+        return own + held, held
 
     def longest_callback(self) -> Optional[Callback]:
         """The callback (or stretch between callbacks) that may have lasted longest, when the
@@ -458,6 +491,7 @@ class BlockEvent:
             "cause": self.cause,
             "hint": self.hint,
             "cpu_wait_ms": _ms(self.cpu_wait),
+            "holder_cpu_wait_ms": _ms(self.holder_cpu_wait),
             "gc_ms": _ms(self.gc_time),
             "native_stack": [f.to_json() for f in self.native_stack],
             "native_note": self.native_note,
@@ -512,6 +546,7 @@ class BlockEvent:
             running=r.get("running", bool, default=False),
             syscall=r.get("syscall", str, null=True, default=None),
             cpu_wait=r.seconds("cpu_wait_ms", null=True),
+            holder_cpu_wait=r.seconds("holder_cpu_wait_ms", null=True),
             callbacks=r.each("callbacks", lambda c: Callback.from_json(c, root)),
             native_stack=r.each("native_stack", NativeFrame.from_json),
             native_note=r.get("native_note", str, null=True, default=None),

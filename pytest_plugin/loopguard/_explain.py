@@ -95,13 +95,19 @@ def explain(ev: BlockEvent) -> None:
                 "fewer long-lived objects, or gc.freeze() after start-up"
             )
         return
-    waited = ev.cpu_wait or 0.0
+    waited, by_holder = ev.machine_wait()
     if ev.end_ns > ev.start_ns and waited * 1e9 >= 0.5 * (ev.end_ns - ev.start_ns):
         ev.cause = "cpu-wait"
-        ev.hint = (
-            f"{waited * 1e3:.0f} ms of the block was spent waiting for a CPU, not running this "
-            "code: the machine was overloaded"
-        )
+        if by_holder >= waited / 2:
+            ev.hint = (
+                f"the GIL holder waited {by_holder * 1e3:.0f} ms for a CPU while it held the "
+                "GIL, not running its code: the machine was overloaded"
+            )
+        else:
+            ev.hint = (
+                f"{waited * 1e3:.0f} ms of the block was spent waiting for a CPU, not running "
+                "this code: the machine was overloaded"
+            )
         return
     if _coverage_active():
         ev.cause = "coverage"

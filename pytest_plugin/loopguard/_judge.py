@@ -264,6 +264,11 @@ _EXCUSE_HINTS = {
     "blocked for the threshold by itself",
 }
 
+_HOLDER_WAIT_HINT = (
+    "the machine was overloaded: the thread holding the GIL was ready to run but waited for a "
+    "CPU for much of the starvation"
+)
+
 EXPECTED_REASON = "expected by loopguard.expect_block()"
 WARNING_ERROR_REASON = "LoopBlockedWarning turned into an error by a warnings filter"
 NOT_RUN_REASON = "the test was skipped or xfailed"
@@ -362,7 +367,10 @@ class Judge:
         )
         if excused is not None:
             ev.cause, reason = excused
-            if excused[0] in _EXCUSE_HINTS:
+            waited, by_holder = ev.machine_wait()
+            if excused[0] == "cpu-wait" and by_holder >= waited / 2:
+                ev.hint = _HOLDER_WAIT_HINT
+            elif excused[0] in _EXCUSE_HINTS:
                 ev.hint = _EXCUSE_HINTS[excused[0]]
             return "recorded", reason, False
         frames = [*ev.stack, *ev.gil_holder_stack]

@@ -38,6 +38,7 @@ __all__ = [
     "reader_unavailable",
     "register",
     "registered_loops",
+    "remember_native_id",
     "sampler_name",
     "set_context",
     "set_native_stacks",
@@ -76,6 +77,9 @@ def take(timeout_s: float) -> Optional[str]:
     the end of a block is on its way to the watchdog."""
 
 def registered_loops() -> int: ...
+def remember_native_id(ident: int, native_id: int) -> None:
+    """Before 3.11: that the Python thread ``ident`` is the kernel thread ``native_id``."""
+
 def now_ns() -> int: ...
 def set_native_stacks(on: bool) -> None:
     """Native frames on or off for blocks detected from now on."""

@@ -36,6 +36,12 @@ LAG_PROBE_INTERVAL = 0.01
 on request: the ``loopguard`` fixture or ``max_lag=``)."""
 
 
+def _remember_native_id(thread: threading.Thread) -> None:
+    # A started thread's native_id is set by the time start() returns.
+    if sys.version_info < (3, 11) and thread.ident is not None and thread.native_id:
+        _native.remember_native_id(thread.ident, thread.native_id)
+
+
 class Runtime:
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -226,16 +232,20 @@ class Runtime:
 
     @staticmethod
     def _install_thread_names() -> None:
-        """Remember the names of threads started from now on (see ``remember_thread``)."""
+        """Remember the names of threads started from now on (see ``remember_thread``) and,
+        before 3.11 (whose thread states do not record it), their kernel thread ids: the
+        watchdog reads a GIL holder's wait for a CPU by that id."""
         for t in threading.enumerate():
             if t.ident is not None:
                 remember_thread(t.ident, t.name)
+                _remember_native_id(t)
         original_start = threading.Thread.start
 
         def start(self):  # type: ignore[no-untyped-def]
             original_start(self)
             if self.ident is not None:
                 remember_thread(self.ident, self.name)
+                _remember_native_id(self)
 
         start.__wrapped__ = original_start  # type: ignore[attr-defined]
         start.__doc__ = original_start.__doc__

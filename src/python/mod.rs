@@ -236,6 +236,15 @@ fn registered_loops() -> u64 {
     current().map_or(0, |wd| wd.registered())
 }
 
+/// Tells the watchdog that the Python thread `ident` is the kernel thread `native_id`, for
+/// interpreters whose thread states do not record it (before 3.11): a GIL holder is then
+/// known by its kernel thread id too (see `holder_wait`). Takes a short lock, never the
+/// watchdog's.
+#[pyfunction]
+fn remember_native_id(ident: u64, native_id: i64) {
+    crate::holder_wait::remember_tid(ident, native_id);
+}
+
 /// The watchdog clock, in nanoseconds.
 #[pyfunction(name = "now_ns")]
 fn py_now_ns() -> u64 {
@@ -261,6 +270,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(take, m)?)?;
     m.add_function(wrap_pyfunction!(py_now_ns, m)?)?;
     m.add_function(wrap_pyfunction!(registered_loops, m)?)?;
+    m.add_function(wrap_pyfunction!(remember_native_id, m)?)?;
     hooks::add_to_module(m)?;
     assistant::add_to_module(m)?;
     offload::add_to_module(m)?;

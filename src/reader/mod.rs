@@ -13,6 +13,7 @@
 //! * [`lines`] decodes each version's line table.
 
 use crate::event::{Gil, Holder, Sample};
+use crate::holder_wait::{HolderId, Seen};
 use crate::sampler::{Sampler, Target};
 use crate::syscall::KernelState;
 
@@ -163,6 +164,27 @@ impl Sampler for NativeSampler {
 
     fn tags_callbacks(&self) -> bool {
         true
+    }
+
+    fn gil_holder(&mut self, target: &Target) -> Seen {
+        let Some(g) = self.gil.as_ref() else {
+            return Seen::Unknown;
+        };
+        match g.holder() {
+            Ok(None) => Seen::Nobody,
+            Ok(Some((tstate, _))) if tstate == target.tstate => Seen::Nobody,
+            Ok(Some((_, ids))) => Seen::Holder(HolderId {
+                ident: ids.ident,
+                // 3.11+ thread states record it; before, the Python layer told it.
+                tid: ids
+                    .native_tid
+                    .and_then(|t| i64::try_from(t).ok())
+                    .filter(|&t| t > 0)
+                    .or_else(|| crate::holder_wait::remembered_tid(ids.ident)),
+            }),
+            // The holder may have just exited: its thread state is gone.
+            Err(_) => Seen::Unknown,
+        }
     }
 }
 

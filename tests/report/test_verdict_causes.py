@@ -1,21 +1,27 @@
 """What excuses a block over the threshold (garbage collection, waiting for a CPU, many short
 callbacks), each judged on its own, and how such blocks travel (in-process)."""
 
+import json
 from pathlib import Path
 
 from loopguard import BlockEvent, Frame
 from loopguard._events import Callback
 from loopguard._judge import Judge
+from loopguard._report import event_data
+from loopguard._reportfile import verdicts
 
 SHORT = Frame("/proj/app/handlers.py", 12, "handle")
 
 
-def event(duration=0.25, *, gc_time=0.0, cpu_wait=None, callbacks=(), starved=False):
+def event(
+    duration=0.25, *, gc_time=0.0, cpu_wait=None, callbacks=(), starved=False,
+    holder_cpu_wait=None,
+):  # fmt: skip
     return BlockEvent(
         id=1, duration=duration, threshold=0.1, thread_name="MainThread", thread_ident=1,
         task_name=None, captured_after=0.1, starved=starved, loop_kind="asyncio", test=None,
         phase=None, start_ns=0, end_ns=int(duration * 1e9), gc_time=gc_time, cpu_wait=cpu_wait,
-        callbacks=list(callbacks),
+        callbacks=list(callbacks), holder_cpu_wait=holder_cpu_wait,
     )  # fmt: skip
 
 
@@ -52,6 +58,50 @@ def test_waiting_for_a_cpu_excuses_only_a_block_under_the_threshold_without_it()
     assert event(0.14, cpu_wait=0.064).excused(0.1, cpu_wait="include") is None
     # Unknown (no schedstat): judged as before.
     assert event(0.14, cpu_wait=None).excused(0.1) is None
+
+
+def test_a_starvation_is_excused_by_its_gil_holders_wait_for_a_cpu():
+    # 229 ms starved, 150 ms of it the holder waiting for a CPU while holding the GIL.
+    starved = event(0.229, cpu_wait=0.0, holder_cpu_wait=0.15, starved=True)
+    cause, reason = starved.excused(0.1)
+    assert cause == "cpu-wait"
+    assert reason == (
+        "under the threshold without the 150 ms the GIL holder waited for a CPU while holding "
+        "the GIL (the machine was overloaded; --loopguard-cpu-wait=include counts it)"
+    )
+    assert starved.excused(0.1, cpu_wait="include") is None
+    # The loop thread's wait once the GIL was free covers other moments: the two add up.
+    both = event(0.229, cpu_wait=0.04, holder_cpu_wait=0.1, starved=True)
+    assert both.machine_wait() == (0.14, 0.1)
+    cause, reason = both.excused(0.1)
+    assert cause == "cpu-wait"
+    assert (
+        "the 100 ms the GIL holder waited for a CPU while holding the GIL and the 40 ms the "
+        "loop thread waited for one once the GIL was free"
+    ) in reason
+    # Without the wait the starvation still reaches the threshold: not excused.
+    assert event(0.4, cpu_wait=0.0, holder_cpu_wait=0.15, starved=True).excused(0.1) is None
+    # Not known (no schedstat, or no holder seen): judged by its whole length.
+    assert event(0.229, starved=True).excused(0.1) is None
+    # A holder's wait means nothing for a block that is not starvation.
+    assert event(0.229, holder_cpu_wait=0.15).excused(0.1) is None
+
+
+def test_the_judge_explains_a_starvation_excused_by_its_holder(tmp_path: Path):
+    ev = event(0.229, cpu_wait=0.0, holder_cpu_wait=0.15, starved=True)
+    v = Judge(tmp_path).judge(ev, test="t", phase="call", threshold=0.1, mode="fail")
+    assert (v.outcome, v.event.cause) == ("recorded", "cpu-wait")
+    assert v.event.hint == (
+        "the machine was overloaded: the thread holding the GIL was ready to run but waited "
+        "for a CPU for much of the starvation"
+    )
+    back = BlockEvent.from_dict(ev.to_dict())
+    assert back.holder_cpu_wait == 0.15
+    # Through the JSON report and back (summary, merge, baseline read it so).
+    data = {"events": [event_data(v, tmp_path)]}
+    assert data["events"][0]["holder_cpu_wait_ms"] == 150.0
+    [read] = verdicts(json.loads(json.dumps(data)))
+    assert (read.event.holder_cpu_wait, read.event.cpu_wait) == (0.15, 0.0)
 
 
 def test_each_excuse_is_judged_on_its_own():

@@ -54,6 +54,20 @@ def test_units_and_context_are_decoded():
     assert (outside.test, outside.phase, outside.site) == (None, None, None)
 
 
+def test_a_starved_blocks_holder_wait_is_decoded_and_explained():
+    raw = raw_event([raw_sample(RUNNER, gil="other", holder={"thread_ident": 5, "frames": []})])
+    (plain,) = decode(raw)
+    assert plain.holder_cpu_wait is None
+    raw.update(starved=True, cpu_wait_ns=1_000_000, holder_cpu_wait_ns=250_000_000)
+    (ev,) = decode(raw)
+    assert (ev.cpu_wait, ev.holder_cpu_wait) == (0.001, 0.25)
+    assert ev.cause == "cpu-wait"
+    assert ev.hint == (
+        "the GIL holder waited 250 ms for a CPU while it held the GIL, not running its code: "
+        "the machine was overloaded"
+    )
+
+
 def test_the_site_is_the_innermost_project_frame_and_the_library_frame_is_named():
     (ev,) = decode(raw_event([raw_sample(RUNNER, HANDLER, LIBRARY)]))
     assert ev.site == Frame(**HANDLER)

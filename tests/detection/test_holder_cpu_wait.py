@@ -1,0 +1,137 @@
+"""A loop starved of the GIL by a thread that held it while it waited for a CPU is judged
+without that wait, as a block is without the loop thread's own (--loopguard-cpu-wait)."""
+
+import json
+import os
+
+import pytest
+
+pytestmark = [
+    pytest.mark.single_version,
+    pytest.mark.linux_full,
+    pytest.mark.skipif(
+        not os.path.exists(f"/proc/self/task/{os.getpid()}/schedstat"),
+        reason="this kernel does not report run-queue time",
+    ),
+]
+
+# A worker thread runs WORK seconds of pure-Python CPU work while the loop waits in its
+# selector. Pure Python keeps the GIL as long as the switch interval lets it: a long one makes
+# the worker keep it throughout, so the loop is starved for the whole work. With SPINNERS > 0
+# the worker is pinned to one CPU beside that many processes spinning on it: it gets a share
+# of that CPU and waits in the run queue, holding the GIL, the rest of the time.
+SOURCE = """
+import asyncio, os, subprocess, sys, threading, time
+import pytest
+
+SPIN = "import os; os.sched_setaffinity(0, {%d}); print('ready', flush=True)\\nwhile 1: pass"
+
+@pytest.fixture
+def spinners():
+    cpu = max(os.sched_getaffinity(0))
+    procs = [
+        subprocess.Popen([sys.executable, "-c", SPIN % cpu], stdout=subprocess.PIPE)
+        for _ in range(SPINNERS)
+    ]
+    for p in procs:
+        assert p.stdout.readline() == b"ready\\n"
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(10.0)
+    yield cpu
+    sys.setswitchinterval(interval)
+    for p in procs:
+        p.kill()
+        p.wait()
+
+def burn(seconds):
+    t = time.thread_time()
+    while time.thread_time() - t < seconds:  # the work
+        pass
+
+def worker(cpu, walls):
+    if SPINNERS:
+        os.sched_setaffinity(0, {cpu})  # this thread only
+    time.sleep(0.02)  # let the loop get back to its selector: it is starved there
+    t = time.monotonic()
+    burn(WORK)
+    walls.append(time.monotonic() - t)
+
+@pytest.mark.asyncio
+async def test_starved(spinners):
+    walls = []
+    t = threading.Thread(target=worker, args=(spinners, walls), name="cruncher")
+    t.start()
+    while t.is_alive():
+        await asyncio.sleep(0.002)
+    print(f"WALL {walls[0]:.3f}")
+"""
+
+
+def measure(inner, work, spinners, threshold, *args):
+    result = inner.run(
+        SOURCE.replace("WORK", repr(work)).replace("SPINNERS", repr(spinners)),
+        f"--loopguard-threshold={threshold}ms",
+        "--loopguard-json=r.json",
+        "-s",
+        *args,
+    )
+    text = result.stdout.str()
+    wall = float(text.split("WALL ")[1].split()[0]) if "WALL " in text else None
+    report = json.loads((inner.pytester.path / "r.json").read_text())
+    starved = [e for e in report["events"] if e["starved"]]
+    return result, wall, report, starved
+
+
+def test_starvation_under_the_threshold_without_the_holders_cpu_wait_is_recorded(inner):
+    # 60 ms of CPU beside five spinners: about 360 ms on the clock, five sixths of it waiting
+    # for the CPU while holding the GIL. What is left without that wait is the work and what
+    # the watchdog cannot see (before its first look, 25 ms in, and as late as the busy machine
+    # wakes it; up to one look, 10 ms, at the end): well under the threshold of 200 ms.
+    result, wall, report, starved = measure(inner, 0.06, 5, 200)
+    assert wall is not None and wall > 0.25, f"the work took {wall} s: the CPU was not shared"
+    result.assert_outcomes(passed=1)
+    [ev] = starved
+    assert ev["duration_ms"] > 200, ev
+    assert ev["outcome"] == "recorded", ev
+    assert ev["cause"] == "cpu-wait", ev
+    assert ev["reason"].startswith("under the threshold without the "), ev
+    assert "the GIL holder waited for a CPU while holding the GIL" in ev["reason"], ev
+    assert ev["hint"].startswith("the machine was overloaded: the thread holding the GIL"), ev
+    assert ev["holder_cpu_wait_ms"] > 100, ev
+    assert ev["duration_ms"] - ev["holder_cpu_wait_ms"] - ev["cpu_wait_ms"] < 200, ev
+    assert ev["gil_holder"]["thread"] == "cruncher", ev
+    assert report["settings"]["cpu_wait"] == "exclude"
+    result.stdout.fnmatch_lines(["MEDIUM * recorded *(waiting for a CPU)*"])
+
+
+def test_the_same_starvation_fails_when_cpu_wait_counts(inner):
+    result, wall, report, starved = measure(inner, 0.06, 5, 200, "--loopguard-cpu-wait=include")
+    assert report["settings"]["cpu_wait"] == "include"
+    assert wall is not None and wall > 0.25, f"the work took {wall} s: the CPU was not shared"
+    result.assert_outcomes(failed=1)
+    [ev] = starved
+    assert ev["outcome"] == "failed", ev
+    assert ev["duration_ms"] > 200, ev
+    assert ev["holder_cpu_wait_ms"] > 100, ev
+    result.stdout.fnmatch_lines(
+        [
+            "*event loop starved of the GIL for * ms (threshold 200 ms)",
+            "*(the GIL holder waited * ms for a CPU while it held the GIL, not running its code: "
+            "the machine was overloaded)",
+        ],
+        consecutive=False,
+    )
+
+
+def test_a_long_starvation_still_fails_whatever_the_load(inner):
+    # 400 ms of CPU: however long the worker waited for a CPU besides, the rest is 400 ms.
+    result, wall, _report, starved = measure(inner, 0.4, 0, 100)
+    assert wall is not None and wall >= 0.4
+    result.assert_outcomes(failed=1)
+    [ev] = starved
+    assert ev["outcome"] == "failed", ev
+    assert ev["duration_ms"] >= 300, ev
+    assert ev["holder_cpu_wait_ms"] is not None, ev
+    assert ev["duration_ms"] - ev["holder_cpu_wait_ms"] - ev["cpu_wait_ms"] >= 300, ev
+    assert ev["gil_holder"]["thread"] == "cruncher", ev
+    result.stdout.fnmatch_lines(["*starved of the GIL*"])
