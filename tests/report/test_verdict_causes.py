@@ -7,7 +7,6 @@ from pathlib import Path
 from loopguard import BlockEvent, Frame
 from loopguard._events import Callback
 from loopguard._judge import Judge
-from loopguard._report import event_data
 from loopguard._reportfile import verdicts
 
 SHORT = Frame("/proj/app/handlers.py", 12, "handle")
@@ -95,10 +94,10 @@ def test_the_judge_explains_a_starvation_excused_by_its_holder(tmp_path: Path):
         "the machine was overloaded: the thread holding the GIL was ready to run but waited "
         "for a CPU for much of the starvation"
     )
-    back = BlockEvent.from_dict(ev.to_dict())
+    back = BlockEvent.from_json(ev.to_json())
     assert back.holder_cpu_wait == 0.15
     # Through the JSON report and back (summary, merge, baseline read it so).
-    data = {"events": [event_data(v, tmp_path)]}
+    data = {"events": [v.to_json(tmp_path)]}
     assert data["events"][0]["holder_cpu_wait_ms"] == 150.0
     [read] = verdicts(json.loads(json.dumps(data)))
     assert (read.event.holder_cpu_wait, read.event.cpu_wait) == (0.15, 0.0)

@@ -55,8 +55,8 @@ def full_event(root):
         innermost=LIBRARY, stack=[runner, handler, LIBRARY], gil="other",
         gil_holder_thread="cruncher", gil_holder_stack=[worker], sites_changed=True, late=True,
         cause="gc", hint="a long garbage collection", gc_time=0.2501, running=True,
-        syscall="futex", cpu_wait=0.012345678, callbacks=callbacks, native_stack=native,
-        native_note="in a system call",
+        syscall="futex", cpu_wait=0.012345678, holder_cpu_wait=0.0456789, callbacks=callbacks,
+        native_stack=native, native_note="in a system call",
     )  # fmt: skip
 
 
