@@ -7,6 +7,18 @@ import time
 import loopguard
 import pytest
 
+# Imported once, with this module: a test using pytester drops the modules imported while it
+# ran, and a second import of uvloop or trio would make classes and functions loopguard has
+# not instrumented.
+try:
+    import trio
+except ImportError:
+    trio = None
+try:
+    import uvloop
+except ImportError:
+    uvloop = None
+
 
 def blocking_main(seconds):
     async def main():
@@ -170,11 +182,17 @@ def test_guards_inside_a_running_loop_see_each_block_once():
     ]
 
 
-def test_a_loop_that_stops_inside_a_guard_does_not_look_blocked():
+@pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
+def test_a_loop_that_stops_inside_a_guard_does_not_look_blocked(kind):
     # A guard entered in one run of a loop and left in a later one (an async fixture run by
     # pytest-asyncio: setup, test and teardown each run the loop): the loop is not blocked
     # while it is not running, and its later run is watched as any loop is.
-    loop = asyncio.new_event_loop()
+    if kind == "uvloop":
+        if uvloop is None:
+            pytest.skip("uvloop is not installed")
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
     g = loopguard.guard(threshold="100ms", raise_=False)
 
     async def enter():
@@ -189,3 +207,26 @@ def test_a_loop_that_stops_inside_a_guard_does_not_look_blocked():
         loop.close()
     [ev] = g.events
     assert "guard-test-block" in ev.site.source and ev.duration >= 0.23
+
+
+def test_a_trio_run_that_ends_inside_a_guard_does_not_look_blocked():
+    if trio is None:
+        pytest.skip("trio is not installed")
+    g = loopguard.guard(threshold="100ms", raise_=False)
+
+    async def enter():
+        g.__enter__()
+
+    async def blocks():
+        await trio.sleep(0)
+        time.sleep(0.25)  # guard-trio-block
+        await trio.sleep(0)
+
+    try:
+        trio.run(enter)
+        time.sleep(0.3)  # no trio run is going on
+        trio.run(blocks)
+    finally:
+        g.__exit__(None, None, None)
+    [ev] = g.events
+    assert "guard-trio-block" in ev.site.source and ev.duration >= 0.23
