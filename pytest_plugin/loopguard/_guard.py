@@ -34,7 +34,8 @@ _SOURCE = "loopguard.guard()"
 
 
 class guard:
-    """Watch every asyncio event loop that runs inside the block.
+    """Watch every asyncio event loop that runs inside the block, and the loop (asyncio,
+    uvloop or trio) the block itself runs in, even if it started running before.
 
     On exit, raises :class:`LoopBlockedError` if any loop was blocked for longer than
     ``threshold`` (``"100ms"``, ``"0.25s"``, ``0.1``). Usable as a context manager or a
@@ -84,7 +85,7 @@ class guard:
         )
         self.events: list[BlockEvent] = []
         self.allowed: list[BlockEvent] = []
-        self._stack: list[tuple[int, int, bool]] = []
+        self._stack: list[tuple[int, int, bool, Optional[object]]] = []
 
     def __enter__(self) -> guard:
         token = runtime.acquire(self.threshold, environment_sampler())
@@ -93,15 +94,20 @@ class guard:
         native_before = _native.native_stacks()
         if self.native is not None:
             _native.set_native_stacks(self.native == "on")
-        self._stack.append((token, _native.now_ns(), native_before))
+        start = _native.now_ns()
+        # The loop running this code (if any) is watched from now on, even if it started
+        # running before anything watched loops.
+        self._stack.append((token, start, native_before, runtime.attach()))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> Optional[bool]:  # type: ignore[no-untyped-def]
-        token, start, native_before = self._stack.pop()
+        token, start, native_before, attached = self._stack.pop()
         end = _native.now_ns()
         try:
+            # Leaving the loop this guard attached closes a block still in progress on it.
+            runtime.detach(attached)
             runtime.collect()
-            seen = runtime.events_between(start, end)
+            seen = runtime.events_inside(start, end, self.threshold)
         finally:
             _native.set_native_stacks(native_before)
             runtime.release(token)

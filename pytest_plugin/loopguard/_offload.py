@@ -11,6 +11,10 @@ still competes with the loop thread for the one GIL: the loop answers late howev
 there are. Work that releases the GIL (system calls, ``hashlib`` on large buffers, Pillow's
 filters, ``sqlite3`` queries, ``time.sleep``) has a share near 0.
 
+Loop blocks: those of the loop the check runs in (watched from the check's start, whoever
+started the loop: see ``Runtime.attach``) and of loops watched anyway (the plugin's, or loops
+that start inside the check).
+
 What it cannot see: a thread that lived less than 5 ms and never held the GIL at a reading; GIL
 hand-overs shorter than a millisecond (shares are estimates, good to a few percent over tens
 of milliseconds of work); threads of sub-interpreters; and, on CPython 3.10 (whose thread states
@@ -110,9 +114,11 @@ class OffloadCheck:
     thread's busy time and GIL share, and the event-loop blocks. Judge it afterwards with
     :meth:`assert_offloaded`. Each check is used once; checks nest.
 
-    A loop block is complete once the loop gets back to its selector: ``async with`` lets it
-    before closing; a plain ``with`` on the loop thread does not see a block that is still
-    going on at its end."""
+    The loop the check runs in is watched from the check's start, even when nothing watched
+    it before (no plugin, or a loop that started before the watchdog was wanted). A loop block
+    is complete once the loop gets back to its selector: ``async with`` lets it before
+    closing; a plain ``with`` on the loop thread may not see a block that is still going on at
+    its end (it does when the check itself started watching the loop)."""
 
     def __init__(
         self,
@@ -143,6 +149,7 @@ class OffloadCheck:
         self._start_ns = 0
         self._sampler: Any = None
         self._caller = 0
+        self._attached: Optional[object] = None
 
     # --- context manager ------------------------------------------------------------------
 
@@ -160,6 +167,9 @@ class OffloadCheck:
             raise RuntimeError(f"loopguard: offload_check() cannot sample threads here: {e}") from e
         self._caller = threading.get_ident()
         self._start_ns = _native.now_ns()
+        # The loop running this code (if any) is watched from now on, even if it started
+        # running before anything watched loops.
+        self._attached = runtime.attach()
         self._state = "open"
         return self
 
@@ -170,10 +180,14 @@ class OffloadCheck:
         try:
             raw = self._sampler.finish()
             end_ns = _native.now_ns()
+            # Leaving the loop this check attached closes a block still in progress on it.
+            attached, self._attached = self._attached, None
+            runtime.detach(attached)
             runtime.collect()
-            seen = runtime.events_between(self._start_ns, end_ns)
+            seen = runtime.events_inside(self._start_ns, end_ns, self.threshold)
         finally:
             self._sampler = None
+            runtime.detach(self._attached)
             runtime.release(self._token)
         self.events = [e for e in seen if e.crosses(self.threshold, "exclude", "exclude")]
         self.duration = (end_ns - self._start_ns) / 1e9

@@ -3,6 +3,11 @@
 One watchdog serves every user in the process (the pytest plugin and any number of nested
 ``guard()`` blocks). Each user *acquires* the runtime with the threshold it needs; the watchdog
 detects at the smallest of them and each user judges events against its own.
+
+A loop is registered when it starts running while the runtime is acquired (``run_forever``,
+``trio.run``). A ``guard()`` or ``offload_check()`` opened inside a loop that started earlier
+*attaches* to it (:meth:`Runtime.attach`): the loop is registered from inside the running
+callback and unregistered when the last of them leaves or the loop stops.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import select
 import selectors
 import sys
 import threading
-from typing import Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 from . import _native, _trio, _uvloop
 from ._decode import decode_events, remember_thread
@@ -57,6 +63,10 @@ class Runtime:
         on."""
         self.lag_log: collections.deque[tuple[int, float]] = collections.deque(maxlen=100_000)
         """``(when_ns, lag_seconds)`` measured by the lag probes, on the watchdog's clock."""
+        self._watched: set[int] = set()
+        """``id()`` of the asyncio and uvloop loops registered when they started running."""
+        self._attachments: dict[object, _Attachment] = {}
+        """Loops registered while running (see :meth:`attach`), by loop."""
 
     # --- lifetime --------------------------------------------------------------------------
 
@@ -181,6 +191,21 @@ class Runtime:
         with self._lock:
             return [e for e in self._events if start_ns <= e.start_ns < end_ns]
 
+    def events_inside(self, start_ns: int, end_ns: int, threshold: float) -> list[BlockEvent]:
+        """The events of a stretch of code that ran from ``start_ns`` to ``end_ns`` (a guard, a
+        check): those that began inside it, and those that began before it but went on inside
+        it for at least ``threshold`` seconds. (A block on the loop that runs the code began
+        when the loop last came back to it: before the code, when it opened the stretch in
+        the same callback.)"""
+        least = int(threshold * 1e9)
+        with self._lock:
+            return [
+                e
+                for e in self._events
+                if start_ns <= e.start_ns < end_ns
+                or (e.start_ns < start_ns and min(e.end_ns, end_ns) - start_ns >= least)
+            ]
+
     def take_events(self, predicate) -> list[BlockEvent]:
         """Remove and return logged events matching ``predicate``."""
         with self._lock:
@@ -258,41 +283,192 @@ class Runtime:
             )
         except RuntimeError:
             return original(loop)
-        selector = getattr(loop, "_selector", None)
-        base = type(selector)
-        swapped = proxied = epoll = None
-        if isinstance(selector, _EPOLL_SELECTOR) and isinstance(
-            getattr(selector, "_selector", None), _EPOLL
-        ):
-            # The common case on Linux: wrap the epoll object (see _native.EpollProxy).
-            epoll = selector._selector
-            selector._selector = _native.EpollProxy(epoll, slot)
-        elif isinstance(selector, selectors.BaseSelector) and "_loopguard_base" not in vars(base):
-            # Give this selector a subclass whose select() beats; Python-to-Python calls stay
-            # cheap, which matters: this runs once per loop iteration.
-            try:
-                selector._loopguard_slot = slot
-                selector.__class__ = _guarded_class(base)
-                swapped = selector
-            except (TypeError, AttributeError):
-                swapped = None
-        if epoll is None and swapped is None and hasattr(selector, "select"):
-            proxied = _native.SelectorProxy(selector, slot)
-            loop._selector = proxied
+        restore = _watch_selector(loop, slot)
         probe = _LagProbe(loop, self.lag_log) if self.lag_probing else None
+        self._watched.add(id(loop))
         try:
             return original(loop)
         finally:
+            self._watched.discard(id(loop))
             if probe is not None:
                 probe.stop()
-            if epoll is not None:
-                selector._selector = epoll
-            if swapped is not None:
-                swapped.__class__ = base
-                del swapped._loopguard_slot
-            if proxied is not None and loop._selector is proxied:
-                loop._selector = selector
+            restore()
             slot.unregister()
+
+    # --- attaching to a loop that is already running ---------------------------------------
+
+    def attach(self) -> Optional[object]:
+        """Watch the event loop (asyncio, uvloop or trio) running the current thread's code,
+        when it started running before the watchdog was wanted (so nothing registered it):
+        ``guard()`` and ``offload_check()`` opened inside a running loop call this. Returns a
+        token for :meth:`detach` (call it on the loop's thread when the caller leaves), or None
+        when there is nothing to attach (no running loop, or one already watched).
+
+        The loop is registered from inside the callback running now: busy from now on, idle
+        from its next wait. Nested callers share one attachment; the last to leave puts the
+        loop back as it was and unregisters it (closing a block still in progress). So does
+        the loop's stopping (``loop.stop()``, the end of a trio run), whoever is still in: a
+        stopped loop must not look blocked, and a loop started again is registered as usual
+        when the watchdog is wanted."""
+        found = _running_loop()
+        if found is None:
+            return None
+        key, kind, loop = found
+        with self._lock:
+            attachment = self._attachments.get(key)
+            if attachment is not None:
+                attachment.users += 1
+                return attachment
+            if not _native.is_running() or self._is_watched(kind, loop):
+                return None
+            attachment = _Attachment(key)
+            try:
+                if kind == "trio":
+                    attachment.slot, restore = _trio.attach(lambda: self._end(attachment))
+                else:
+                    if kind == "asyncio":
+                        attachment.slot = _native.register(
+                            "asyncio", threading.current_thread().name, threading.get_ident(), loop
+                        )
+                        restore = _watch_selector(loop, attachment.slot)
+                    else:
+                        attachment.slot, restore = _uvloop.attach(loop)
+                    unhook = _on_stop(loop, lambda: self._end(attachment))
+                    restore = _both(unhook, restore)
+            except RuntimeError:
+                if attachment.slot is not None:
+                    attachment.slot.unregister()
+                return None
+            attachment.restore = restore
+            self._attachments[key] = attachment
+            return attachment
+
+    def detach(self, token: Optional[object]) -> None:
+        """A caller of :meth:`attach` leaves (``token``: what it returned; None does
+        nothing)."""
+        if not isinstance(token, _Attachment):
+            return
+        with self._lock:
+            if self._attachments.get(token.key) is not token:
+                return  # ended already (the loop stopped)
+            token.users -= 1
+            if token.users > 0:
+                return
+        self._end(token)
+
+    def _end(self, attachment: _Attachment) -> None:
+        with self._lock:
+            if self._attachments.get(attachment.key) is not attachment:
+                return
+            del self._attachments[attachment.key]
+        try:
+            attachment.restore()
+        finally:
+            attachment.slot.unregister()
+
+    def _is_watched(self, kind: str, loop: object) -> bool:
+        if kind == "trio":
+            return _trio.is_watched()
+        return id(loop) in self._watched
+
+
+class _Attachment:
+    """A loop registered while it was running, and how many callers of ``attach`` use it."""
+
+    def __init__(self, key: object) -> None:
+        self.key = key
+        self.slot: Any = None
+        self.restore: Callable[[], None] = lambda: None
+        self.users = 1
+
+
+def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    def both() -> None:
+        try:
+            first()
+        finally:
+            second()
+
+    return both
+
+
+def _on_stop(loop: Any, ended: Callable[[], None]) -> Callable[[], None]:
+    """Call ``ended`` when ``loop.stop()`` is called (the way out of ``run_forever``, used by
+    ``run_until_complete`` and ``asyncio.run``); returns the function that removes the hook."""
+    original = loop.stop
+
+    def stop() -> None:
+        ended()
+        original()
+
+    loop.stop = stop
+
+    def unhook() -> None:
+        if vars(loop).get("stop") is stop:
+            del loop.stop
+
+    return unhook
+
+
+def _running_loop() -> Optional[tuple[object, str, object]]:
+    """The loop running the current thread's code: ``(key, kind, loop)``, or None."""
+    loop = asyncio._get_running_loop()
+    if loop is not None:
+        if _uvloop.is_uvloop(loop):
+            return ("loop", id(loop)), "uvloop", loop
+        if isinstance(loop, asyncio.base_events.BaseEventLoop):
+            return ("loop", id(loop)), "asyncio", loop
+        return None
+    key = _trio.current_run()
+    if key is not None:
+        return ("trio", key), "trio", None
+    return None
+
+
+def _watch_selector(loop, slot):  # type: ignore[no-untyped-def]
+    """Make ``loop``'s selector report to ``slot`` when it waits; returns the function that
+    puts the selector back (call it on the loop's thread, when the loop is not waiting in it,
+    or once it has stopped)."""
+    selector = getattr(loop, "_selector", None)
+    base = type(selector)
+    if isinstance(selector, _EPOLL_SELECTOR) and isinstance(
+        getattr(selector, "_selector", None), _EPOLL
+    ):
+        # The common case on Linux: wrap the epoll object (see _native.EpollProxy).
+        epoll = selector._selector
+        proxy = _native.EpollProxy(epoll, slot)
+        selector._selector = proxy
+
+        def restore_epoll() -> None:
+            if selector._selector is proxy:
+                selector._selector = epoll
+
+        return restore_epoll
+    if isinstance(selector, selectors.BaseSelector) and "_loopguard_base" not in vars(base):
+        # Give this selector a subclass whose select() beats; Python-to-Python calls stay
+        # cheap, which matters: this runs once per loop iteration.
+        try:
+            selector._loopguard_slot = slot
+            selector.__class__ = _guarded_class(base)
+        except (TypeError, AttributeError):
+            pass
+        else:
+
+            def restore_class() -> None:
+                selector.__class__ = base
+                del selector._loopguard_slot  # type: ignore[attr-defined]
+
+            return restore_class
+    if hasattr(selector, "select"):
+        proxied = _native.SelectorProxy(selector, slot)
+        loop._selector = proxied
+
+        def restore_proxy() -> None:
+            if loop._selector is proxied:
+                loop._selector = selector
+
+        return restore_proxy
+    return lambda: None
 
 
 class _PostImportFinder(importlib.abc.MetaPathFinder):

@@ -69,6 +69,59 @@ def _wrap(rt: Any, original: Any, *, guest: bool) -> Any:
     return wrapper
 
 
+# How many watched trio runs the thread drives (0 or 1 but for guest runs).
+_watched = threading.local()
+
+
+def current_run() -> Optional[object]:
+    """The trio run of the current thread (a key for it), or None outside one."""
+    trio = sys.modules.get("trio")
+    lowlevel = getattr(trio, "lowlevel", None)
+    if lowlevel is None:
+        return None
+    try:
+        return id(lowlevel.current_trio_token())
+    except RuntimeError:
+        return None
+
+
+def is_watched() -> bool:
+    """True when the trio run of the current thread was registered when it started."""
+    return getattr(_watched, "runs", 0) > 0
+
+
+def attach(ended: Any) -> tuple[Any, Any]:
+    """Register the trio run of the current thread from inside one of its tasks, with an
+    instrument that reports its waits and calls ``ended`` when the run ends: ``(slot,
+    remove)``. Raises ``RuntimeError`` when the watchdog cannot take it."""
+    trio = sys.modules["trio"]
+    slot = _native.register("trio", threading.current_thread().name, threading.get_ident(), None)
+
+    class Attached(trio.abc.Instrument):  # type: ignore[misc, name-defined]
+        before_io_wait = staticmethod(slot.idle_for)
+
+        def after_io_wait(self, timeout: float) -> None:
+            slot.busy()
+
+        def after_run(self) -> None:
+            ended()
+
+    instrument = Attached()
+    try:
+        trio.lowlevel.add_instrument(instrument)
+    except BaseException:
+        slot.unregister()
+        raise
+
+    def remove() -> None:
+        try:
+            trio.lowlevel.remove_instrument(instrument)
+        except (RuntimeError, KeyError):
+            pass  # the run is over (or it was removed already)
+
+    return slot, remove
+
+
 # Slots of guest runs, per host thread: unregistered when the thread exits (its thread-local
 # data is released on that thread, before its thread state is freed).
 _thread_runs = threading.local()
@@ -116,6 +169,7 @@ def _make_instrument_class(trio: Any) -> type:
             except RuntimeError:
                 return
             self._slot = slot
+            _watched.runs = getattr(_watched, "runs", 0) + 1
             if self._guest:
                 _track(slot, True)
             else:
@@ -139,6 +193,7 @@ def _make_instrument_class(trio: Any) -> type:
             slot, self._slot = self._slot, None
             if slot is not None:
                 slot.unregister()
+                _watched.runs = max(0, getattr(_watched, "runs", 0) - 1)
                 if self._guest:
                     _track(slot, False)
 

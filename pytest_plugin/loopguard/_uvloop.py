@@ -36,7 +36,7 @@ def install(rt: Any) -> bool:
     def run_forever(self):  # type: ignore[no-untyped-def]
         if not rt._needs or self.is_running() or not _native.is_running():
             return original(self)
-        return _run_guarded(self, original)
+        return _run_guarded(rt, self, original)
 
     run_forever.__wrapped__ = original  # type: ignore[attr-defined]
     run_forever.__doc__ = original.__doc__
@@ -46,13 +46,26 @@ def install(rt: Any) -> bool:
     return True
 
 
-def _run_guarded(loop: Any, original: Any) -> Any:
+def _run_guarded(rt: Any, loop: Any, original: Any) -> Any:
     try:
         slot = _native.register(
             "uvloop", threading.current_thread().name, threading.get_ident(), loop
         )
     except RuntimeError:
         return original(loop)
+    stop = _beat(loop, slot)
+    rt._watched.add(id(loop))
+    try:
+        return original(loop)
+    finally:
+        rt._watched.discard(id(loop))
+        stop()
+        slot.unregister()
+
+
+def _beat(loop: Any, slot: Any) -> Any:
+    """Start the beat of ``slot`` on ``loop`` (from its thread); returns the function that
+    stops it."""
     call_later = loop.call_later
     handle = None
 
@@ -60,10 +73,21 @@ def _run_guarded(loop: Any, original: Any) -> Any:
         nonlocal handle
         handle = call_later(slot.beat(), beat)
 
-    try:
-        beat()
-        return original(loop)
-    finally:
+    def stop() -> None:
         if handle is not None:
             handle.cancel()
-        slot.unregister()
+
+    beat()
+    return stop
+
+
+def is_uvloop(loop: Any) -> bool:
+    cls = getattr(sys.modules.get("uvloop"), "Loop", None)
+    return cls is not None and isinstance(loop, cls)
+
+
+def attach(loop: Any) -> tuple[Any, Any]:
+    """Register ``loop``, running the current callback, and start its beat: ``(slot, stop)``.
+    Raises ``RuntimeError`` when the watchdog cannot take it."""
+    slot = _native.register("uvloop", threading.current_thread().name, threading.get_ident(), loop)
+    return slot, _beat(loop, slot)

@@ -7,6 +7,18 @@ import time
 import loopguard
 import pytest
 
+# Imported once, with this module: a test using pytester drops the modules imported while it
+# ran, and a second import of uvloop or trio would make classes and functions loopguard has
+# not instrumented.
+try:
+    import trio
+except ImportError:
+    trio = None
+try:
+    import uvloop
+except ImportError:
+    uvloop = None
+
 
 def blocking_main(seconds):
     async def main():
@@ -128,3 +140,93 @@ def test_fine():
             "*test_it.py:5 in *main*",
         ]
     )
+
+
+def test_guard_opened_inside_a_running_loop_watches_that_loop():
+    # The loop started before anything watched loops: the guard watches it from its start,
+    # as a context manager and as a decorator of a coroutine function.
+    async def main():
+        with loopguard.guard(threshold="100ms"):
+            time.sleep(0.3)  # guard-inside-block
+
+    @loopguard.guard(threshold="100ms")
+    async def decorated():
+        await asyncio.sleep(0)
+        time.sleep(0.3)  # guard-inside-block
+        await asyncio.sleep(0)
+
+    for coro in (main, decorated):
+        with pytest.raises(loopguard.LoopBlockedError) as exc:
+            asyncio.run(coro())
+        (ev,) = exc.value.events
+        assert ev.duration >= 0.28
+        assert "guard-inside-block" in ev.site.source
+        assert ev.loop_kind == "asyncio"
+
+
+def test_guards_inside_a_running_loop_see_each_block_once():
+    async def main():
+        with loopguard.guard(raise_=False) as outer:
+            with loopguard.guard(raise_=False) as inner:
+                time.sleep(0.25)  # guard-inner-block
+                await asyncio.sleep(0)
+            time.sleep(0.2)  # guard-outer-block
+            await asyncio.sleep(0)
+        return outer, inner
+
+    outer, inner = asyncio.run(main())
+    assert [e.site.source for e in inner.events] == ["time.sleep(0.25)  # guard-inner-block"]
+    assert [e.site.source for e in outer.events] == [
+        "time.sleep(0.25)  # guard-inner-block",
+        "time.sleep(0.2)  # guard-outer-block",
+    ]
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
+def test_a_loop_that_stops_inside_a_guard_does_not_look_blocked(kind):
+    # A guard entered in one run of a loop and left in a later one (an async fixture run by
+    # pytest-asyncio: setup, test and teardown each run the loop): the loop is not blocked
+    # while it is not running, and its later run is watched as any loop is.
+    if kind == "uvloop":
+        if uvloop is None:
+            pytest.skip("uvloop is not installed")
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    g = loopguard.guard(threshold="100ms", raise_=False)
+
+    async def enter():
+        g.__enter__()
+
+    try:
+        loop.run_until_complete(enter())
+        time.sleep(0.3)  # the loop is not running
+        loop.run_until_complete(blocking_main(0.25)())
+    finally:
+        g.__exit__(None, None, None)
+        loop.close()
+    [ev] = g.events
+    assert "guard-test-block" in ev.site.source and ev.duration >= 0.23
+
+
+def test_a_trio_run_that_ends_inside_a_guard_does_not_look_blocked():
+    if trio is None:
+        pytest.skip("trio is not installed")
+    g = loopguard.guard(threshold="100ms", raise_=False)
+
+    async def enter():
+        g.__enter__()
+
+    async def blocks():
+        await trio.sleep(0)
+        time.sleep(0.25)  # guard-trio-block
+        await trio.sleep(0)
+
+    try:
+        trio.run(enter)
+        time.sleep(0.3)  # no trio run is going on
+        trio.run(blocks)
+    finally:
+        g.__exit__(None, None, None)
+    [ev] = g.events
+    assert "guard-trio-block" in ev.site.source and ev.duration >= 0.23

@@ -1,5 +1,7 @@
 """``offload_check()``: which threads ran inside, their GIL share, and ``assert_offloaded()``."""
 
+import re
+
 import pytest
 
 pytestmark = pytest.mark.single_version
@@ -267,3 +269,221 @@ def test_nothing_is_sampled_outside_a_check():
     tasks = os.listdir("/proc/self/task")
     names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in tasks]
     assert "loopguard-offlo" not in names
+
+
+# --- the loop the check runs in: watched whoever started it and whatever the marker says ---
+
+BLOCKED = re.compile(
+    r"OffloadError: loopguard: event loop blocked for ([\d.]+) (ms|s) \(threshold 100 ms\)"
+)
+
+
+def blocked_ms(out):
+    """The durations (ms) of the loop blocks that failed ``assert_offloaded()`` in ``out``."""
+    return [float(n) * (1 if unit == "ms" else 1000) for n, unit in BLOCKED.findall(out)]
+
+
+def assert_blocks_named(inner, result, markers, function="*.<locals>.main"):
+    """Each test failed with an OffloadError for one block of the loop, at least 250 ms long
+    (the work lasted 300 ms or more), naming the line marked by each of ``markers``."""
+    result.assert_outcomes(failed=len(markers))
+    out = result.stdout.str()
+    durations = blocked_ms(out)
+    assert len(durations) == len(markers) and min(durations) >= 250, out
+    for marker in markers:
+        result.stdout.fnmatch_lines([inner.site(marker, function)])
+    assert "held the GIL inside offload_check()" not in out
+
+
+def test_without_the_plugin_a_block_of_the_running_loop_fails(inner):
+    # The loop started before anything watched loops: the check watches it from its start.
+    result = inner.run(
+        """
+def test_async_with():
+    async def main():
+        async with loopguard.offload_check() as check:
+            time.sleep(0.3)  # sleeps on the loop, async with
+        check.assert_offloaded()
+
+    asyncio.run(main())
+
+
+def test_with_inside_a_coroutine():
+    async def main():
+        with loopguard.offload_check() as check:
+            await asyncio.sleep(0)
+            time.sleep(0.3)  # sleeps on the loop, with
+        check.assert_offloaded()
+
+    asyncio.run(main())
+""",
+        "-p",
+        "no:loopguard",
+        plugin=False,
+    )
+    assert_blocks_named(
+        inner, result, ["sleeps on the loop, async with", "sleeps on the loop, with"]
+    )
+
+
+def test_without_the_plugin_cpu_bound_work_on_the_loop_fails(inner):
+    # json.dumps holds the GIL throughout: the rows are sized on this machine to take at least
+    # 400 ms of CPU, however fast it is.
+    result = inner.run(
+        """
+import json
+
+
+def rows_for(cpu_seconds):
+    rows = [{"id": i, "name": "x" * 20, "tags": list(range(10))} for i in range(5000)]
+    while True:
+        start = time.thread_time()
+        json.dumps(rows)
+        took = time.thread_time() - start
+        if took >= cpu_seconds:
+            return rows
+        rows = rows * max(2, int(cpu_seconds / max(took, 1e-3) * 1.2))
+
+
+def test_dumps():
+    rows = rows_for(0.4)
+
+    async def main():
+        async with loopguard.offload_check() as check:
+            await asyncio.sleep(0)
+            json.dumps(rows)  # serializes on the loop
+        check.assert_offloaded()
+
+    asyncio.run(main())
+""",
+        plugin=False,
+    )
+    assert_blocks_named(inner, result, ["serializes on the loop"])
+
+
+def test_without_the_plugin_offloaded_work_passes(inner):
+    result = inner.run(
+        """
+def test_async_with():
+    async def main():
+        await asyncio.to_thread(int)  # the worker thread is started before the check
+        async with loopguard.offload_check() as check:
+            await asyncio.to_thread(time.sleep, 0.3)
+        check.assert_offloaded()
+        assert check.events == [] and check.duration >= 0.3
+
+    asyncio.run(main())
+
+
+def test_with_inside_a_coroutine():
+    async def main():
+        await asyncio.to_thread(int)
+        with loopguard.offload_check() as check:
+            await asyncio.to_thread(time.sleep, 0.3)
+        check.assert_offloaded()
+        assert check.events == []
+
+    asyncio.run(main())
+""",
+        plugin=False,
+    )
+    result.assert_outcomes(passed=2)
+
+
+def test_in_a_test_the_plugin_does_not_guard_a_block_fails_the_check(inner):
+    result = inner.run(
+        """
+@pytest.mark.asyncio
+@pytest.mark.loopguard(enabled=False)
+async def test_async_with():
+    async with loopguard.offload_check() as check:
+        time.sleep(0.3)  # sleeps on the loop, async with
+    check.assert_offloaded()
+
+
+@pytest.mark.asyncio
+@pytest.mark.loopguard(enabled=False)
+async def test_with():
+    with loopguard.offload_check() as check:
+        time.sleep(0.3)  # sleeps on the loop, with
+        await asyncio.sleep(0)
+    check.assert_offloaded()
+
+
+@pytest.mark.asyncio
+@pytest.mark.loopguard(enabled=False)
+async def test_offloaded():
+    await asyncio.to_thread(int)  # the worker thread is started before the check
+    async with loopguard.offload_check() as check:
+        await asyncio.to_thread(time.sleep, 0.3)
+    check.assert_offloaded()
+""",
+    )
+    result.assert_outcomes(failed=2, passed=1)
+    out = result.stdout.str()
+    durations = blocked_ms(out)
+    assert len(durations) == 2 and min(durations) >= 250, out
+    for marker in ("sleeps on the loop, async with", "sleeps on the loop, with"):
+        result.stdout.fnmatch_lines([inner.site(marker, "test_*")])
+    # The plugin itself still ignores the disabled tests' blocks.
+    assert "blocking hotspots" not in out
+
+
+def test_in_a_guarded_test_the_block_is_counted_once(inner):
+    # The plugin watches the loop from its start: the check adds no watch of its own, and the
+    # plugin's verdict on the test is what it would be without the check.
+    result = inner.run(
+        """
+@pytest.mark.asyncio
+async def test_blocks(loopguard):
+    async with loopguard.offload_check() as check:
+        time.sleep(0.3)  # sleeps on the loop
+    assert len(check.events) == 1, check.report()
+    with pytest.raises(OffloadError):
+        check.assert_offloaded()
+""",
+        "--loopguard-mode=warn",
+    )
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(["*1 block at 1 call site in 1 test*"])
+    result.stdout.fnmatch_lines([inner.site("sleeps on the loop", "test_blocks")])
+
+
+@pytest.mark.parametrize("kind", ["uvloop", "trio"])
+def test_without_the_plugin_other_loops_are_watched_too(inner, kind):
+    pytest.importorskip(kind)
+    run = {"uvloop": "uvloop.run(main())", "trio": "trio.run(main)"}[kind]
+    pause = {"uvloop": "asyncio.sleep(0)", "trio": "trio.sleep(0)"}[kind]
+    offload = {"uvloop": "asyncio.to_thread", "trio": "trio.to_thread.run_sync"}[kind]
+    result = inner.run(
+        f"""
+import {kind}
+
+
+def test_async_with():
+    async def main():
+        async with loopguard.offload_check() as check:
+            await {pause}
+            time.sleep(0.3)  # sleeps on the loop, async with
+        check.assert_offloaded()
+
+    {run}
+
+
+def test_offloaded():
+    async def main():
+        await {offload}(int)  # the worker thread is started before the check
+        async with loopguard.offload_check() as check:
+            await {offload}(time.sleep, 0.3)
+        check.assert_offloaded()
+
+    {run}
+""",
+        plugin=False,
+    )
+    result.assert_outcomes(failed=1, passed=1)
+    out = result.stdout.str()
+    durations = blocked_ms(out)
+    # uvloop's beat dates a block from the beat it missed: up to a tenth of the threshold late.
+    assert len(durations) == 1 and durations[0] >= 250, out
+    result.stdout.fnmatch_lines([inner.site("sleeps on the loop, async with", "*.<locals>.main")])
