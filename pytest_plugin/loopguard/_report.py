@@ -306,6 +306,7 @@ def event_data(v: Verdict, root: Path, clock: int = 0) -> dict[str, Any]:
         "cause": ev.cause,
         "hint": ev.hint,
         "cpu_wait_ms": _ms(ev.cpu_wait),
+        "gc_ms": _ms(ev.gc_time),
         "native_stack": [f.to_dict() for f in ev.native_stack],
         "native_note": ev.native_note,
         "callbacks": [

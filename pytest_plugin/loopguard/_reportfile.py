@@ -205,6 +205,7 @@ def verdicts(data: dict[str, Any]) -> list[Verdict]:
             hint=e.get("hint"),
             syscall=e.get("syscall"),
             cpu_wait=_seconds(e.get("cpu_wait_ms")),
+            gc_time=_seconds(e.get("gc_ms")) or 0.0,
             callbacks=[
                 Callback(
                     first=c["first_ms"] / 1000.0,
