@@ -337,7 +337,9 @@ class BlockEvent:
     hint: Optional[str] = None
     """One line on that cause and its usual remedy."""
     gc_time: float = 0.0
-    """Seconds of the block during which a garbage collection ran (in any thread)."""
+    """Seconds of the block that garbage collection (in any thread) spent on its own work: not
+    the finalizers, weakref callbacks and system calls it ran, as far as the block's samples
+    show them (see :mod:`loopguard._explain`)."""
     running: bool = False
     """True when, in that sample, the kernel reported the loop thread on a CPU."""
     syscall: Optional[str] = None
@@ -389,8 +391,8 @@ class BlockEvent:
         """``(cause, reason)`` when this block, over ``threshold``, is not one piece of code
         blocking for that long; ``None`` when it is. In this order:
 
-        * ``"gc"``: under the threshold without the garbage collection that ran during it
-          (``gc="exclude"``);
+        * ``"gc"``: under the threshold without the collector's own work during it
+          (``gc_time``; ``gc="exclude"``);
         * ``"cpu-wait"``: under the threshold without the time the loop thread waited for a
           CPU, or, for a starved block, the time the GIL holder waited for one while it held the
           GIL (``cpu_wait="exclude"``; see :meth:`machine_wait`): the machine was overloaded;

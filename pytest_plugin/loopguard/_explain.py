@@ -1,36 +1,76 @@
 """Common causes of a block that the call site alone would hide: a first import, garbage
-collection and a coverage tracer. Each gets a label and a one-line hint."""
+collection, a coverage tracer and waiting for a CPU. Each gets a label and a one-line hint.
+
+Garbage collection is remembered through ``gc.callbacks`` (:func:`install_gc_log`): each long
+collection's start and end, which thread ran it and the Python frame that was running when it
+began (the frame whose allocation, or ``gc.collect()`` call, started it). Between its start and
+its end CPython also runs Python code: finalizers (``__del__``), weakref callbacks, and what
+they call. That time is the code's, not the collector's: :func:`gc_share` counts as garbage
+collection only what the block's stack samples do not show as something else. A sample of the
+collecting thread in another frame than the one that started the collection, or in a system
+call, or a sample showing that thread without the GIL (the collector holds it throughout its
+own work), makes the stretch it speaks for the code's. A stretch no sample speaks for (before
+the first sample) stays the collector's.
+"""
 
 from __future__ import annotations
 
 import collections
 import gc
 import sys
-from typing import Optional
+import threading
+from typing import NamedTuple, Optional
 
 from . import _native
-from ._events import BlockEvent, Frame
+from ._events import BlockEvent, Frame, Sample, frame
 from ._files import display_path
 
-__all__ = ["explain", "install_gc_log"]
+__all__ = ["Collection", "GcShare", "explain", "gc_share", "install_gc_log"]
 
 _IMPORTLIB = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>")
 _GC_MIN_NS = 1_000_000  # collections shorter than 1 ms are not worth remembering
 
-# (start_ns, end_ns) of recent garbage collections, on the watchdog's clock.
-_gc_log: collections.deque[tuple[int, int]] = collections.deque(maxlen=256)
+
+class Collection(NamedTuple):
+    """One garbage collection of 1 ms or more, on the watchdog's clock."""
+
+    start_ns: int
+    end_ns: int
+    thread: int
+    """``threading.get_ident()`` of the thread that ran it."""
+    trigger: Optional[Frame]
+    """The innermost Python frame of that thread when it began (the frame whose allocation or
+    ``gc.collect()`` call started it); ``None`` when no Python code was running."""
+
+
+# Recent long garbage collections.
+_gc_log: collections.deque[Collection] = collections.deque(maxlen=256)
 _gc_start: list[int] = [0]
 _gc_installed = [False]
 
 
 def _on_gc(phase: str, info: dict) -> None:
+    # Runs at every collection: two clock reads. Only a long one (rare) pays for more.
     if phase == "start":
         _gc_start[0] = _native.now_ns()
     elif _gc_start[0]:
         end = _native.now_ns()
         if end - _gc_start[0] >= _GC_MIN_NS:
-            _gc_log.append((_gc_start[0], end))
+            # The stop callback runs in the thread, and under the frame, that the start one
+            # did: the collection's finalizers have returned by now.
+            try:
+                f = sys._getframe(1)
+            except ValueError:  # called from C code with no Python frame
+                trigger = None
+            else:
+                code = f.f_code
+                name = getattr(code, "co_qualname", code.co_name)  # as the stack reader names it
+                trigger = frame(code.co_filename, f.f_lineno or 0, name)
+            _gc_log.append(Collection(_gc_start[0], end, threading.get_ident(), trigger))
         _gc_start[0] = 0
+
+
+_ON_GC = _on_gc.__code__
 
 
 def install_gc_log() -> None:
@@ -38,6 +78,151 @@ def install_gc_log() -> None:
     if not _gc_installed[0]:
         gc.callbacks.append(_on_gc)
         _gc_installed[0] = True
+
+
+# How the watchdog spaces the samples of a block (src/policy.rs, sample_interval: a fifth of
+# its threshold, 2-50 ms; src/watchdog.rs asks for the next reading that long after the
+# previous one was in hand), and how many distinct samples it keeps (src/watchdog.rs,
+# MAX_SAMPLES: later readings are folded into the last, whatever they showed).
+_MIN_INTERVAL_NS = 2_000_000
+_MAX_INTERVAL_NS = 50_000_000
+_MAX_SAMPLES = 200
+# A reading speaks for the stretch up to the next one, but for no more than this many sampling
+# intervals: a longer gap (the watchdog was not scheduled in time) is a stretch no sample saw.
+_HOLD_INTERVALS = 1.5
+
+
+def _sample_interval_ns(threshold: float) -> int:
+    return min(max(int(threshold * 1e9) // 5, _MIN_INTERVAL_NS), _MAX_INTERVAL_NS)
+
+
+def _stretches(ev: BlockEvent) -> list[tuple[int, int, Sample]]:
+    """``(start_ns, end_ns, sample)``: the stretch of the block that each sample speaks for.
+
+    A sample of ``count`` readings, the first at ``offset``, speaks for the time from that
+    reading to the next sample's (or the block's end), and for no more than ``count`` sampling
+    intervals (with some slack). The last sample of a full list speaks for its first reading
+    only (later ones were folded into it).
+
+    A sample read late (by taking the GIL) was read at an unknown moment after its offset,
+    perhaps once a collection that held the GIL had ended: it speaks only for the time from
+    the latest moment its first reading can have happened, which the spacing bounds (the next
+    reading is asked for one interval after the previous one is in hand), as does
+    ``captured_after`` for the first sample.
+    """
+    interval = _sample_interval_ns(ev.threshold)
+    out = []
+    n = len(ev.samples)
+    for i, s in enumerate(ev.samples):
+        start = ev.start_ns + int(s.offset * 1e9)
+        last = i + 1 == n
+        nxt = ev.end_ns if last else ev.start_ns + int(ev.samples[i + 1].offset * 1e9)
+        readings = max(s.count, 1)
+        if last and n >= _MAX_SAMPLES:
+            if s.late:
+                continue
+            readings = 1
+        if s.late:
+            # Its readings are an interval apart at least, the next sample's an interval
+            # after its last (none is asked for after the last sample's); the block's first
+            # reading was in hand ``captured_after`` into the block.
+            latest = nxt - (readings - 1 if last else readings) * interval
+            if i == 0 and ev.captured_after is not None:
+                latest = min(latest, ev.start_ns + int(ev.captured_after * 1e9))
+            start = max(start, latest)
+            end = nxt
+        else:
+            end = min(nxt, start + int(readings * interval * _HOLD_INTERVALS))
+        end = min(end, ev.end_ns)
+        if end > start:
+            out.append((start, end, s))
+    return out
+
+
+def _same_place(f: Frame, trigger: Frame) -> bool:
+    return (
+        f.filename == trigger.filename
+        and f.function == trigger.function
+        and (f.lineno == trigger.lineno or f.lineno <= 0 or trigger.lineno <= 0)
+    )
+
+
+# What a sample shows the thread that ran a collection doing (see _seen_doing).
+_COLLECTING, _FINALIZING, _ELSEWHERE = "collecting", "finalizing", "elsewhere"
+
+
+def _seen_doing(s: Sample, c: Collection, loop_thread: int) -> Optional[str]:
+    """What sample ``s`` shows the thread that ran collection ``c`` doing: the collector's own
+    work (in the frame that started the collection, or in its ``gc.callbacks`` entry of
+    loopguard's, not in a named system call), running the code's (a finalizer, a weakref
+    callback, what they call, a system call of theirs), or nothing of the collection's,
+    without the GIL (the collector holds it throughout its own work: another thread ran).
+    ``None`` when the sample cannot tell."""
+    if s.error:
+        return None
+    if c.thread == loop_thread:
+        if s.gil in ("released", "other"):
+            return _FINALIZING  # a finalizer let go of the GIL (to sleep, to wait, to read)
+        stack, syscall = s.stack, s.syscall
+    elif s.gil == "other" and s.gil_holder_ident is not None:
+        if s.gil_holder_ident != c.thread:
+            return _ELSEWHERE
+        stack, syscall = s.gil_holder_stack, None  # the loop thread's call is its GIL wait
+    elif s.gil in ("loop", "released"):
+        return _ELSEWHERE
+    else:
+        return None
+    # The collector's own system calls are memory management (mmap, munmap, madvise, brk),
+    # which the kernel report leaves unnamed ("system call N"); a named one (a sleep, a read,
+    # a lock) is a finalizer's, even one written in C.
+    if syscall is not None and not syscall.startswith("system call"):
+        return _FINALIZING
+    if not stack:
+        return None
+    innermost = stack[-1]
+    if innermost.function == _ON_GC.co_name and innermost.filename == _ON_GC.co_filename:
+        return _COLLECTING
+    if c.trigger is None or not _same_place(innermost, c.trigger):
+        return _FINALIZING
+    return _COLLECTING
+
+
+class GcShare(NamedTuple):
+    """How the garbage collections that overlapped a block spent it, in nanoseconds."""
+
+    collector: int
+    """The collector's own work, and the stretches no sample speaks for."""
+    finalizers: int
+    """The code the collector ran: finalizers, weakref callbacks, their system calls."""
+    elsewhere: int
+    """Other threads' (or the loop's own) work while a collection waited for the GIL."""
+    collection: Optional[Collection]
+    """The collection that ran the most finalizer time."""
+
+
+def gc_share(ev: BlockEvent, collections: list[Collection]) -> GcShare:
+    """How ``collections`` spent block ``ev``, by the samples of the block: the stretch each
+    sample speaks for (see :func:`_stretches`) is the collector's unless the sample shows the
+    collecting thread doing something else."""
+    stretches = _stretches(ev)
+    own = finalizers = elsewhere = 0
+    most, most_ns = None, 0
+    for c in collections:
+        lo, hi = max(c.start_ns, ev.start_ns), min(c.end_ns, ev.end_ns)
+        if hi <= lo:
+            continue
+        spent = {_FINALIZING: 0, _ELSEWHERE: 0}
+        for start, end, s in stretches:
+            overlap = min(end, hi) - max(start, lo)
+            doing = _seen_doing(s, c, ev.thread_ident) if overlap > 0 else None
+            if doing in spent:
+                spent[doing] += overlap
+        own += hi - lo - spent[_FINALIZING] - spent[_ELSEWHERE]
+        finalizers += spent[_FINALIZING]
+        elsewhere += spent[_ELSEWHERE]
+        if spent[_FINALIZING] > most_ns:
+            most, most_ns = c, spent[_FINALIZING]
+    return GcShare(own, finalizers, elsewhere, most)
 
 
 def _imported(stack: list[Frame]) -> Optional[str]:
@@ -69,9 +254,8 @@ def _coverage_active() -> bool:
 def explain(ev: BlockEvent) -> None:
     """Set ``ev.gc_time``, and ``ev.cause`` and ``ev.hint`` when a common cause explains the
     block."""
-    in_gc = sum(
-        max(0, min(end, ev.end_ns) - max(start, ev.start_ns)) for start, end in list(_gc_log)
-    )
+    share = gc_share(ev, list(_gc_log))
+    in_gc, in_finalizers = share.collector, share.finalizers
     ev.gc_time = in_gc / 1e9
     imported = _imported(ev.stack) or _imported(ev.gil_holder_stack)
     if imported is not None:
@@ -82,7 +266,8 @@ def explain(ev: BlockEvent) -> None:
             "module level or at start-up"
         )
         return
-    if ev.end_ns > ev.start_ns and in_gc >= 0.5 * (ev.end_ns - ev.start_ns):
+    length = ev.end_ns - ev.start_ns
+    if length > 0 and in_gc >= 0.5 * length:
         ev.cause = "gc"
         spent = f"{in_gc / 1e6:.0f} ms of the block was garbage collection"
         if ev.site is not None and "gc.collect(" in ev.site.source:
@@ -96,7 +281,7 @@ def explain(ev: BlockEvent) -> None:
             )
         return
     waited, by_holder = ev.machine_wait()
-    if ev.end_ns > ev.start_ns and waited * 1e9 >= 0.5 * (ev.end_ns - ev.start_ns):
+    if length > 0 and waited * 1e9 >= 0.5 * length:
         ev.cause = "cpu-wait"
         if by_holder >= waited / 2:
             ev.hint = (
@@ -108,6 +293,19 @@ def explain(ev: BlockEvent) -> None:
                 f"{waited * 1e3:.0f} ms of the block was spent waiting for a CPU, not running "
                 "this code: the machine was overloaded"
             )
+        return
+    collection = share.collection
+    if length > 0 and in_finalizers >= 0.5 * length and collection is not None:
+        # The code's own block, which a collection only set off: no cause excuses it.
+        started = ""
+        if collection.trigger is not None:
+            where = "here" if collection.trigger == ev.site else f"at {collection.trigger}"
+            started = f", in a collection started {where}"
+        ev.hint = (
+            f"{in_finalizers / 1e6:.0f} ms of the block was spent in finalizers (__del__, "
+            f"weakref callbacks) run by the garbage collector{started}: make them quick, or "
+            "release what they hold explicitly"
+        )
         return
     if _coverage_active():
         ev.cause = "coverage"

@@ -1,11 +1,15 @@
 """Blocks spent importing or in garbage collection are labelled, with a hint."""
 
+import sys
+
 import pytest
 
 pytestmark = pytest.mark.single_version
 
 HEADER = """
 import asyncio, gc, sys, time
+import sys
+
 import pytest
 """
 
@@ -73,6 +77,8 @@ def test_a_block_that_is_garbage_collection_is_recorded_not_failed(pytester, inn
     assert ev["outcome"] == "recorded"
     assert ev["reason"].startswith("under the threshold without garbage collection")
     assert ev["cause"] == "gc"
+    # The collector's own work, as a number: what brings the block under the threshold.
+    assert ev["duration_ms"] - ev["gc_ms"] < 100
     assert json.loads((pytester.path / "r.json").read_text())["settings"]["gc"] == "exclude"
 
 
@@ -136,7 +142,7 @@ def test_guard_excludes_garbage_collection_unless_asked():
 
 def test_hint_for_a_collection_started_by_an_allocation():
     from loopguard import BlockEvent, Frame
-    from loopguard._explain import _gc_log, explain
+    from loopguard._explain import Collection, _gc_log, explain
 
     here = Frame(__file__, HINT_LINE, "test_hint_for_a_collection_started_by_an_allocation")
     ev = BlockEvent(
@@ -144,7 +150,7 @@ def test_hint_for_a_collection_started_by_an_allocation():
         task_name=None, captured_after=0.1, starved=False, loop_kind="asyncio", test=None,
         phase=None, start_ns=10_000_000_000, end_ns=10_300_000_000, site=here, stack=[here],
     )  # fmt: skip
-    _gc_log.append((10_050_000_000, 10_290_000_000))
+    _gc_log.append(Collection(10_050_000_000, 10_290_000_000, 1, here))
     try:
         explain(ev)
     finally:
@@ -187,3 +193,230 @@ def test_import_machinery_frames_without_a_module_body():
     body = [user, Frame(boot, 1, "_find_and_load"), Frame("heavy.py", 2, "<module>")]
     assert _imported(body) == "heavy.py"
     assert _imported([user]) is None
+
+
+# --- how a collection's time is split by the block's samples ---------------------------------
+# A block of the loop thread (ident LOOP) starting at START, judged at a 100 ms threshold: the
+# watchdog samples it every 20 ms.
+
+LOOP, WORKER = 1, 2
+START = 10_000_000_000
+MS = 1_000_000
+OUTER = ("/proj/app/main.py", 5, "main")
+TRIGGER = ("/proj/app/jobs.py", 30, "run")  # the frame running when the collection began
+FINALIZER = ("/proj/app/resource.py", 12, "Resource.__del__")
+
+
+def frames(*places):
+    from loopguard import Frame
+
+    return [Frame(*p) for p in places]
+
+
+def sample(offset_ms, count=1, *, at=(OUTER, TRIGGER), gil="loop", syscall=None, late=False,
+           error=None, holder=None, holder_at=()):  # fmt: skip
+    from loopguard._events import Sample
+
+    return Sample(
+        offset=offset_ms / 1e3, count=count, stack=frames(*at), gil=gil,
+        gil_holder_ident=holder, gil_holder_stack=frames(*holder_at), late=late, error=error,
+        task_name=None, syscall=syscall,
+    )  # fmt: skip
+
+
+def block(duration_ms, *samples, threshold=0.1, captured_after_ms=None):
+    from loopguard import BlockEvent
+
+    return BlockEvent(
+        id=1, duration=duration_ms / 1e3, threshold=threshold, thread_name="MainThread",
+        thread_ident=LOOP, task_name=None,
+        captured_after=None if captured_after_ms is None else captured_after_ms / 1e3,
+        starved=False, loop_kind="asyncio", test=None, phase=None, start_ns=START,
+        end_ns=START + int(duration_ms * MS), samples=list(samples),
+    )  # fmt: skip
+
+
+def collection(start_ms, end_ms, thread=LOOP, trigger=TRIGGER):
+    from loopguard import Frame
+    from loopguard._explain import Collection
+
+    return Collection(
+        START + start_ms * MS, START + end_ms * MS, thread, trigger and Frame(*trigger)
+    )
+
+
+def share_ms(ev, *collections):
+    """``(collector, finalizers, elsewhere)`` in milliseconds."""
+    from loopguard._explain import gc_share
+
+    share = gc_share(ev, list(collections))
+    return tuple(round(x / MS, 3) for x in share[:3])
+
+
+def test_the_collector_at_work_in_the_frame_that_started_it_is_garbage_collection():
+    assert share_ms(block(300, sample(25, 14)), collection(0, 300)) == (300, 0, 0)
+
+
+def test_a_finalizer_during_a_collection_is_the_code_s_from_its_first_sample_on():
+    # Before the first sample (25 ms) nothing was seen: it stays the collector's.
+    in_del = sample(25, 14, at=(OUTER, TRIGGER, FINALIZER))
+    assert share_ms(block(300, in_del), collection(0, 300)) == (25, 275, 0)
+    # The collector first, then a finalizer: each sample speaks up to the next one.
+    both = block(300, sample(25, 5), sample(125, 9, at=(OUTER, TRIGGER, FINALIZER)))
+    assert share_ms(both, collection(0, 300)) == (125, 175, 0)
+
+
+def test_only_the_part_of_a_collection_inside_the_block_counts():
+    in_del = sample(25, 14, at=(OUTER, TRIGGER, FINALIZER))
+    assert share_ms(block(300, in_del), collection(50, 200)) == (0, 150, 0)
+    assert share_ms(block(300, in_del), collection(-100, 100)) == (25, 75, 0)
+    assert share_ms(block(300, in_del), collection(300, 400)) == (0, 0, 0)
+    # Two collections in one block, each judged on its own.
+    two = block(300, sample(25, 4), sample(105, 10, at=(OUTER, FINALIZER)))
+    assert share_ms(two, collection(0, 100), collection(150, 250, trigger=OUTER)) == (
+        100, 100, 0,
+    )  # fmt: skip
+
+
+def test_a_system_call_or_letting_go_of_the_gil_in_a_collection_is_a_finalizer_s():
+    # A finalizer written in C (a socket's close) shows no frame of its own.
+    assert share_ms(block(300, sample(25, 14, syscall="close")), collection(0, 300)) == (25, 275, 0)
+    released = sample(25, 14, gil="released")
+    assert share_ms(block(300, released), collection(0, 300)) == (25, 275, 0)
+    # The collector's own calls (memory management) are not named by the kernel report.
+    unnamed = sample(25, 14, syscall="system call 11")
+    assert share_ms(block(300, unnamed), collection(0, 300)) == (300, 0, 0)
+
+
+def test_the_same_function_at_another_line_is_not_where_the_collection_began():
+    other_line = sample(25, 14, at=(OUTER, ("/proj/app/jobs.py", 31, "run")))
+    assert share_ms(block(300, other_line), collection(0, 300)) == (25, 275, 0)
+    # A frame without a line (0) is taken for the same place.
+    no_line = sample(25, 14, at=(OUTER, ("/proj/app/jobs.py", 0, "run")))
+    assert share_ms(block(300, no_line), collection(0, 300)) == (300, 0, 0)
+    # No Python frame ran when it began: any frame seen is the code's.
+    assert share_ms(block(300, sample(25, 14)), collection(0, 300, trigger=None)) == (25, 275, 0)
+
+
+def test_loopguard_s_own_gc_callback_is_the_collector_s():
+    from loopguard._explain import _ON_GC
+
+    on_gc = sample(25, 14, at=(OUTER, TRIGGER, (_ON_GC.co_filename, 60, _ON_GC.co_name)))
+    assert share_ms(block(300, on_gc), collection(0, 300)) == (300, 0, 0)
+
+
+def test_a_sample_speaks_for_its_readings_intervals_not_for_a_gap_after_them():
+    # One reading, then the watchdog looked again only 175 ms later: the reading speaks for
+    # 1.5 intervals (30 ms); the gap was seen by no sample and stays the collector's.
+    gap = block(300, sample(25, 1, at=(OUTER, FINALIZER)), sample(200, 5))
+    assert share_ms(gap, collection(0, 300)) == (270, 30, 0)
+
+
+def test_the_last_of_a_full_list_of_samples_speaks_for_its_first_reading_only():
+    # At a 10 ms threshold the watchdog samples every 2 ms; past 200 distinct samples it folds
+    # every later reading into the last one, whatever it showed.
+    first = [sample(k, 1, at=(OUTER, TRIGGER, ("/proj/app/jobs.py", 40 + k % 2, "step")))
+             for k in range(199)]  # fmt: skip
+    full = block(400, *first, sample(199, 50, at=(OUTER, FINALIZER)), threshold=0.01)
+    collector, finalizers, _ = share_ms(full, collection(0, 400, trigger=("x.py", 1, "f")))
+    assert finalizers == 199 + 3  # the 199 single readings, 1 ms each, and 1.5 intervals
+    assert collector == 400 - finalizers
+
+
+def test_a_late_sample_speaks_only_from_when_it_can_have_been_read():
+    # Read by taking the GIL: the first reading was in hand 110 ms into the block, and the
+    # later ones an interval apart at least, the last one at most at the end.
+    late = sample(100, 10, at=(OUTER, TRIGGER, FINALIZER), gil="unknown", late=True)
+    assert share_ms(block(300, late, captured_after_ms=110), collection(0, 300)) == (110, 190, 0)
+    assert share_ms(block(300, late), collection(0, 300)) == (120, 180, 0)
+    # Asked for at 100 ms, read once the collection ended (the next reading was asked for an
+    # interval after it was in hand): it says nothing of the collection.
+    after = block(
+        330,
+        sample(100, 1, at=(OUTER, ("/proj/app/jobs.py", 31, "run")), gil="unknown", late=True),
+        sample(320, 1, gil="unknown", late=True),
+    )
+    assert share_ms(after, collection(0, 300)) == (300, 0, 0)
+
+
+def test_another_thread_s_collection_is_judged_on_its_stack_while_it_holds_the_gil():
+    worker = collection(0, 300, thread=WORKER)
+
+    def starved(**kw):
+        return block(300, sample(25, 14, at=(OUTER,), gil="other", **kw))
+
+    assert share_ms(starved(holder=WORKER, holder_at=(OUTER, TRIGGER)), worker) == (300, 0, 0)
+    assert share_ms(starved(holder=WORKER, holder_at=(TRIGGER, FINALIZER)), worker) == (
+        25, 275, 0,
+    )  # fmt: skip
+    # The GIL with a third thread, or the loop thread running: the collector was not at work.
+    assert share_ms(starved(holder=3, holder_at=(OUTER,)), worker) == (25, 0, 275)
+    assert share_ms(block(300, sample(25, 14, at=(OUTER,))), worker) == (25, 0, 275)
+    # Who held the GIL is not known: the samples cannot tell.
+    unknown = block(300, sample(25, 14, at=(OUTER,), gil="unknown"))
+    assert share_ms(unknown, worker) == (300, 0, 0)
+
+
+def test_an_unreadable_sample_tells_nothing():
+    bad = block(300, sample(25, 14, at=(), error="the stack changed while it was read"))
+    assert share_ms(bad, collection(0, 300)) == (300, 0, 0)
+
+
+def test_a_finalizer_s_block_is_named_and_not_excused():
+    from loopguard import Frame
+    from loopguard._explain import _gc_log, explain
+
+    ev = block(300, sample(25, 14, at=(OUTER, TRIGGER, FINALIZER)))
+    ev.site = Frame(*FINALIZER)
+    _gc_log.append(collection(0, 300))
+    try:
+        explain(ev)
+    finally:
+        _gc_log.pop()
+    assert abs(ev.gc_time - 0.025) < 1e-9
+    assert ev.cause is None
+    assert ev.hint == (
+        "275 ms of the block was spent in finalizers (__del__, weakref callbacks) run by the "
+        "garbage collector, in a collection started at /proj/app/jobs.py:30 in run: make them "
+        "quick, or release what they hold explicitly"
+    )
+    assert ev.excused(0.1) is None
+    # A finalizer in a library: the site is the project's line where the collection began.
+    ev = block(300, sample(25, 14, at=(OUTER, TRIGGER, FINALIZER)))
+    ev.site = Frame(*TRIGGER)
+    _gc_log.append(collection(0, 300))
+    try:
+        explain(ev)
+    finally:
+        _gc_log.pop()
+    assert ev.hint.startswith(
+        "275 ms of the block was spent in finalizers (__del__, weakref callbacks) run by the "
+        "garbage collector, in a collection started here: "
+    )
+
+
+def test_a_long_collection_is_remembered_with_the_thread_and_frame_that_started_it():
+    import gc
+    import threading
+
+    from loopguard import Frame
+    from loopguard._explain import _gc_log, install_gc_log
+
+    class Node:
+        def __init__(self):
+            self.me = self
+
+    install_gc_log()
+    gc.disable()
+    try:
+        junk = [Node() for _ in range(300_000)]
+        del junk
+        line = sys._getframe().f_lineno + 1
+        gc.collect()
+    finally:
+        gc.enable()
+    c = _gc_log[-1]
+    assert c.end_ns - c.start_ns >= 1_000_000
+    assert c.thread == threading.get_ident()
+    name = "test_a_long_collection_is_remembered_with_the_thread_and_frame_that_started_it"
+    assert c.trigger == Frame(__file__, line, name)

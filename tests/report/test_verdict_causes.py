@@ -159,3 +159,19 @@ def test_the_new_fields_survive_the_trip_to_an_xdist_controller():
     back = BlockEvent.from_json(ev.to_json())
     assert back == ev
     assert back.callbacks[0].site == SHORT
+
+
+def test_the_collector_s_share_is_a_number_in_the_json_report_and_read_back(tmp_path: Path):
+    from loopguard._report import event_data
+    from loopguard._reportfile import verdicts
+
+    v = Judge(tmp_path).judge(
+        event(0.25, gc_time=0.1234), test="t", phase="call", threshold=0.1, mode="fail"
+    )
+    data = event_data(v, tmp_path)
+    assert data["gc_ms"] == 123.4
+    [back] = verdicts({"events": [data]})
+    assert abs(back.event.gc_time - 0.1234) < 1e-9
+    # A report written before the field existed reads as no collection.
+    del data["gc_ms"]
+    assert verdicts({"events": [data]})[0].event.gc_time == 0.0
