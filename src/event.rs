@@ -162,6 +162,10 @@ pub struct BlockEvent {
     pub end_exact: bool,
     /// The asyncio task that was running, when known.
     pub task_name: Option<String>,
+    /// That task's await chain, outermost first: the frames of the coroutines it was running
+    /// (down to the innermost one), read while the block lasted, when the loop thread's stack
+    /// did not reach them (its code ran on another stack, a greenlet's); empty otherwise.
+    pub await_chain: Vec<Frame>,
     /// Nanoseconds of the block during which the loop thread was runnable but waited for a CPU
     /// (the kernel's run-queue time), from when the watchdog first looked at the block to its
     /// end; `None` when not known (no schedstat, or the end was not reported by the loop). For

@@ -54,7 +54,7 @@ use parking_lot::Mutex;
 use crate::callbacks::{spans, Timeline};
 use crate::clock::now_ns;
 use crate::context::ContextLog;
-use crate::event::{BlockEvent, Sample};
+use crate::event::{BlockEvent, Frame, Sample};
 use crate::holder_wait::HolderWait;
 use crate::policy::{
     early_sampling, first_look, holder_look_interval, longest_sleep, sample_interval, END_GRACE_NS,
@@ -335,6 +335,7 @@ enum Msg {
         id: u64,
         start: u64,
         task_name: String,
+        await_chain: Vec<Frame>,
     },
     Flush(Sender<()>),
     Stop,
@@ -363,6 +364,8 @@ struct Block {
     seen_end: Option<u64>,
     /// The asyncio task that was running, if someone could tell (see [`Watchdog::annotate`]).
     task_name: Option<String>,
+    /// That task's await chain, when the loop thread's stack did not reach it.
+    await_chain: Vec<Frame>,
 }
 
 struct Watched {
@@ -514,13 +517,15 @@ impl Watchdog {
         self.notices.clone()
     }
 
-    /// Names the asyncio task of the block that began at `start` on loop `loop_id`, if that
+    /// Names the asyncio task of the block that began at `start` on loop `loop_id`, with its
+    /// await chain (outermost first; empty when the loop thread's stack shows it), if that
     /// block is still being watched.
-    pub fn annotate(&self, loop_id: u64, start: u64, task_name: String) {
+    pub fn annotate(&self, loop_id: u64, start: u64, task_name: String, await_chain: Vec<Frame>) {
         let msg = Msg::Annotate {
             id: loop_id,
             start,
             task_name,
+            await_chain,
         };
         self.mailbox.post(msg, true);
     }
@@ -711,11 +716,13 @@ impl Runner {
                 id,
                 start,
                 task_name,
+                await_chain,
             } => {
                 if let Some(w) = self.loops.get_mut(&id) {
                     let mut watched = [w.block.as_mut(), w.ended.as_mut()].into_iter().flatten();
                     if let Some(b) = watched.find(|b| b.start == start) {
                         b.task_name = Some(task_name);
+                        b.await_chain = await_chain;
                     }
                 }
             }
@@ -772,6 +779,7 @@ impl Runner {
                     next_sample: 0,
                     seen_end: None,
                     task_name: None,
+                    await_chain: Vec::new(),
                 };
                 self.finish(&slot, b, end, true, None);
             }
@@ -851,6 +859,7 @@ impl Runner {
             task_name: b
                 .task_name
                 .or_else(|| samples.iter().find_map(|s| s.task_name.clone())),
+            await_chain: b.await_chain,
             cpu_wait_ns,
             holder_cpu_wait_ns,
             callbacks,
@@ -1022,6 +1031,7 @@ impl Runner {
                 next_sample: start.saturating_add(early_sampling(threshold)),
                 seen_end: None,
                 task_name: None,
+                await_chain: Vec::new(),
             };
             if confirmed || (early_samples && now >= b.next_sample) {
                 let t0 = now_ns();
@@ -1585,8 +1595,8 @@ mod tests {
         let slot = wd.register("asyncio", "main", target());
         slot.busy();
         let (noticed, start) = notices.recv_timeout(ms_d(2000)).expect("a notice");
-        wd.annotate(noticed.id, start, "Task-7".into());
-        wd.annotate(noticed.id, start + 1, "wrong block".into());
+        wd.annotate(noticed.id, start, "Task-7".into(), Vec::new());
+        wd.annotate(noticed.id, start + 1, "wrong block".into(), Vec::new());
         sleep(ms_d(20));
         slot.idle(None);
         let events = wd.flush(ms(2000));

@@ -8,7 +8,9 @@ Three ways out, depending on the kind of work:
   the result when there is one). A worker thread is no cure here: it holds the GIL while it
   computes, so the loop thread has to fight for it, and on a busy machine loopguard reports
   the loop "starved of the GIL". (A ProcessPoolExecutor is the other way out.);
-* pathological work (an exponential regex): do not offload it, fix it.
+* pathological work (an exponential regex): do not offload it, fix it;
+* an ORM query that loads every row as an object to aggregate them (SQLAlchemy's asyncio
+  extension builds the objects on the loop thread): let the database aggregate.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 
-from . import images, pipeline, scanner
+from . import images, orm, pipeline, scanner
 from .models import DocumentIn
 from .storage import ACTIVITY_COLUMNS, Storage
 
@@ -213,6 +215,12 @@ async def stream_activity(storage: Storage, limit: int, page: int = 1_000) -> As
         yield (",\n" if sent else "") + ",\n".join(lines)
         sent, last_id = sent + len(rows), rows[-1][0]
     yield f'\n],\n"count": {sent}}}\n'
+
+
+@router.get("/reports/activity-by-kind")
+async def activity_by_kind(request: Request) -> dict[str, int]:
+    async with orm.session(db(request).path) as s:
+        return await orm.activity_by_kind_v2(s)
 
 
 @router.get("/search")

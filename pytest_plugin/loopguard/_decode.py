@@ -93,6 +93,7 @@ def _decode(text: str) -> list[BlockEvent]:
             thread_name=raw["thread_name"],
             thread_ident=raw["thread_ident"],
             task_name=raw.get("task_name"),
+            await_chain=_frames(raw.get("await_chain", [])),
             captured_after=(
                 raw["captured_after_ns"] / 1e9 if raw["captured_after_ns"] is not None else None
             ),
@@ -253,6 +254,12 @@ def _analyse(ev: BlockEvent) -> None:
         if site_ is not None and shown_in:
             ev.site, s = site_, shown_in[0]
     ev.stack = s.stack
+    if ev.await_chain and s.gil != "other" and not is_user_file(ev.site.filename):
+        # The loop thread's own stack (a greenlet's) has no project frame: the call site is the
+        # project's line that awaited it, in the task's await chain.
+        awaited_at = site_of(ev.await_chain)
+        if awaited_at is not None and is_user_file(awaited_at.filename):
+            ev.site = awaited_at
     ev.gil = s.gil
     ev.syscall = s.syscall
     ev.running = s.running

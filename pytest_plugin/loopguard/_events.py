@@ -322,6 +322,12 @@ class BlockEvent:
     innermost: Optional[Frame] = None
     """The innermost frame overall, when it differs from ``site``."""
     stack: list[Frame] = field(default_factory=list)
+    await_chain: list[Frame] = field(default_factory=list)
+    """The running task's await chain, outermost first: its coroutines' frames, each at its
+    current line, down to the innermost one (SQLAlchemy's ``greenlet_spawn``), read while the
+    block lasted; empty when ``stack`` shows them (it is set only when the loop thread's stack
+    did not reach the task's coroutine: its code ran on a stack of its own, a greenlet's). The
+    coroutines awaited what ``stack`` shows."""
     gil: str = "unknown"
     gil_holder_thread: Optional[str] = None
     gil_holder_stack: list[Frame] = field(default_factory=list)
@@ -478,6 +484,7 @@ class BlockEvent:
             "site": self.site.to_json(root, source=True) if self.site is not None else None,
             "operation": self.innermost.to_json(root) if self.innermost is not None else None,
             "stack": [f.to_json(root) for f in self.stack],
+            "await_chain": [f.to_json(root) for f in self.await_chain],
             "thread": self.thread_name,
             "thread_ident": self.thread_ident,
             "task": self.task_name,
@@ -537,6 +544,7 @@ class BlockEvent:
             site=r.frame("site", root),
             innermost=r.frame("operation", root),
             stack=r.stack("stack", root, required=True),
+            await_chain=r.stack("await_chain", root),
             gil=r.get("gil", str, default="unknown"),
             gil_holder_thread=holder.get("thread", str, null=True, default=None),
             gil_holder_stack=holder.stack("stack", root),

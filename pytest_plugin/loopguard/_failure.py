@@ -98,6 +98,7 @@ def format_event(
         lines.append("")
     if ev.stack:
         lines.append("  Python stack of the loop thread (most recent call last):")
+        lines.extend(_chain_lines(ev, full=full))
         lines.extend(_stack_lines(ev.stack, full=full))
         lines.extend(_native_lines(ev))
     detail = [f"loop thread {ev.thread_name!r}", _KIND_TEXT.get(ev.loop_kind, ev.loop_kind)]
@@ -124,6 +125,20 @@ def format_event(
         detail.append(when)
     lines.append("  " + ", ".join(detail))
     return lines
+
+
+def _chain_lines(ev: BlockEvent, *, full: bool) -> list[str]:
+    """The running task's await chain, above the loop thread's own frames (which ran on a stack
+    entered from its innermost frame), each part under a marker line."""
+    if not ev.await_chain:
+        return []
+    task = f" {ev.task_name!r}" if ev.task_name else ""
+    return [
+        f"    [await chain of task{task}: the coroutines that awaited the frames below]",
+        *_stack_lines(ev.await_chain, full=full),
+        "    [awaited by the chain above: the loop thread's own frames, on a stack of their "
+        "own (a greenlet)]",
+    ]
 
 
 def _native_lines(ev: BlockEvent) -> list[str]:

@@ -2,6 +2,7 @@
 stack reader. Private: the public API is :mod:`loopguard`. Checked against the built module by
 ``script/lint`` (``mypy.stubtest``)."""
 
+from collections.abc import Callable
 from types import CodeType
 from typing import Any, Optional, final
 
@@ -42,6 +43,7 @@ __all__ = [
     "sampler_name",
     "set_context",
     "set_native_stacks",
+    "set_task_reader",
     "set_threshold",
     "start",
     "stop",
@@ -105,6 +107,11 @@ class Slot:
 def register(
     kind: str, thread_name: str, thread_ident: int, loop_obj: Optional[object] = None
 ) -> Slot: ...
+def set_task_reader(
+    reader: Optional[Callable[[Any, int], Optional[tuple[str, list[tuple[str, int, str]]]]]],
+) -> None:
+    """The function that describes a blocked loop's running task (name and await chain),
+    called on loopguard's assistant thread with the GIL held; None removes it."""
 
 @final
 class EpollProxy:

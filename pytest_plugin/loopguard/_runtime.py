@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Optional
 
-from . import _native, _trio, _uvloop
+from . import _chain, _native, _trio, _uvloop
 from ._decode import decode_events, remember_thread
 from ._errors import LoopBlockedError
 from ._events import BlockEvent
@@ -239,6 +239,7 @@ class Runtime:
             # soon as their import finishes.
             sys.meta_path.insert(0, _PostImportFinder(self))
         install_gc_log()
+        _chain.install()
         cls = asyncio.base_events.BaseEventLoop
         original = cls.run_forever
         rt = self

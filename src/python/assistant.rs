@@ -7,7 +7,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
-use super::hooks::running_task_name;
+use super::hooks::running_task;
 use super::require;
 use crate::watchdog::{BlockNotice, Watchdog};
 
@@ -63,7 +63,7 @@ pub(super) fn start(wd: &Arc<Watchdog>) -> PyResult<()> {
 
 /// The assistant: the one loopguard thread that takes the GIL. For each block the watchdog
 /// detects, while the loop thread is still in that block, it names the running asyncio task
-/// and, in raise mode, raises the configured exception in the loop thread. The watchdog never
+/// (with its await chain, see `running_task`) and, in raise mode, raises the configured exception in the loop thread. The watchdog never
 /// waits for it. Ends when the watchdog stops (its channel disconnects).
 fn assist(rx: crossbeam_channel::Receiver<BlockNotice>, wd: std::sync::Weak<Watchdog>) {
     while let Ok((slot, start)) = rx.recv() {
@@ -80,9 +80,9 @@ fn assist(rx: crossbeam_channel::Receiver<BlockNotice>, wd: std::sync::Weak<Watc
             if !late_beat && !slot.is_busy_since(start) {
                 return;
             }
-            if let Some(name) = running_task_name(py, slot.id) {
+            if let Some((name, chain)) = running_task(py, slot.id, slot.target.thread_ident) {
                 if let Some(wd) = wd.upgrade() {
-                    wd.annotate(slot.id, start, name);
+                    wd.annotate(slot.id, start, name, chain);
                 }
             }
             if late_beat || !RAISE_ON.load(Ordering::Relaxed) {

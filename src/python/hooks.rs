@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use pyo3::prelude::*;
 
 use super::{current_thread_state, require};
+use crate::event::Frame;
 use crate::policy::{beat_interval, selector_cap};
 use crate::sampler::Target;
 use crate::watchdog::LoopSlot;
@@ -18,14 +19,63 @@ use crate::watchdog::LoopSlot;
 /// Locked only by threads that hold the GIL, so it cannot deadlock with it.
 static LOOP_OBJECTS: Mutex<Option<HashMap<u64, Py<PyAny>>>> = Mutex::new(None);
 
+/// The Python function that describes a blocked loop's running task (see
+/// [`set_task_reader`]). Locked only by threads that hold the GIL.
+static TASK_READER: Mutex<Option<Py<PyAny>>> = Mutex::new(None);
+
 /// The name of the asyncio task running on loop `loop_id` now, when the loop was registered
 /// with its object and a task runs.
 pub(super) fn running_task_name(py: Python<'_>, loop_id: u64) -> Option<String> {
-    let loop_obj = LOOP_OBJECTS
+    let loop_obj = loop_object(py, loop_id)?;
+    current_task_name(py, loop_obj.bind(py)).unwrap_or(None)
+}
+
+fn loop_object(py: Python<'_>, loop_id: u64) -> Option<Py<PyAny>> {
+    LOOP_OBJECTS
         .lock()
         .as_ref()
-        .and_then(|m| m.get(&loop_id).map(|o| o.clone_ref(py)))?;
-    current_task_name(py, loop_obj.bind(py)).unwrap_or(None)
+        .and_then(|m| m.get(&loop_id).map(|o| o.clone_ref(py)))
+}
+
+/// The asyncio task running on loop `loop_id` now, as the Python layer's task reader describes
+/// it while the loop thread (`thread_ident`) is blocked: its name and its await chain (the
+/// frames of the coroutines it runs, outermost first, when the loop thread's own stack does
+/// not reach them). Without a reader, the name only. Called with the GIL held, so the loop
+/// thread cannot move on while the chain is read.
+pub(super) fn running_task(
+    py: Python<'_>,
+    loop_id: u64,
+    thread_ident: u64,
+) -> Option<(String, Vec<Frame>)> {
+    let reader = TASK_READER.lock().as_ref().map(|r| r.clone_ref(py));
+    let Some(reader) = reader else {
+        return running_task_name(py, loop_id).map(|name| (name, Vec::new()));
+    };
+    let loop_obj = loop_object(py, loop_id)?;
+    let found = reader.bind(py).call1((loop_obj, thread_ident)).ok()?;
+    if found.is_none() {
+        return None;
+    }
+    let (name, chain): (String, Vec<(String, u32, String)>) = found.extract().ok()?;
+    let frames = chain
+        .into_iter()
+        .map(|(filename, lineno, function)| Frame {
+            filename,
+            lineno,
+            function,
+        })
+        .collect();
+    Some((name, frames))
+}
+
+/// Sets the function that describes a blocked loop's running task: called as
+/// `reader(loop, thread_ident)` on loopguard's assistant thread, with the GIL held, while the
+/// loop thread is blocked; returns `(task name, [(filename, lineno, function), ...])` or None
+/// (no task runs). None removes it.
+#[pyfunction]
+#[pyo3(signature = (reader))]
+fn set_task_reader(reader: Option<Py<PyAny>>) {
+    *TASK_READER.lock() = reader;
 }
 
 fn current_task_name(py: Python<'_>, loop_obj: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
@@ -339,6 +389,7 @@ impl EpollProxy {
 /// Adds `register` and the hook classes to `loopguard._native`.
 pub(super) fn add_to_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(register, m)?)?;
+    m.add_function(wrap_pyfunction!(set_task_reader, m)?)?;
     m.add_class::<Slot>()?;
     m.add_class::<SelectorProxy>()?;
     #[cfg(linux_full)]

@@ -156,9 +156,9 @@ def test_example_suite_fails_exactly_the_buggy_tests(pytester, monkeypatch):
     )
     result = pytester.runpytest_subprocess("-p", "loopguard", "-p", "no:cacheprovider", "examples")
 
-    # 7 bugs in endpoints fail (6 blocks, 1 offload that holds the GIL), the blocking fixture
+    # 8 bugs in endpoints fail (7 blocks, 1 offload that holds the GIL), the blocking fixture
     # errors at setup, the rest passes.
-    result.assert_outcomes(failed=8, errors=1, passed=15)
+    result.assert_outcomes(failed=9, errors=1, passed=16)
 
     sleep = line_of("app/scanner.py", "time.sleep(SCAN_LATENCY)")
     query = line_of("app/storage.py", "db.execute(TEAM_MEMBERS")
@@ -167,6 +167,7 @@ def test_example_suite_fails_exactly_the_buggy_tests(pytester, monkeypatch):
     regex = line_of("app/pipeline.py", "return QUERY_RE.match(query)")
     fixture = line_of("tests/test_users.py", "storage.seed(events=300_000)  # BUG")
     blur = line_of("app/images.py", "small = page.filter(")
+    hydrate = line_of("app/orm.py", "events = (await s.scalars(select(Event))).all()")
     expected = {
         # test: (site, source line shown under it)
         "test_documents.py::test_upload_blocks_on_sync_sleep": (
@@ -198,6 +199,12 @@ def test_example_suite_fails_exactly_the_buggy_tests(pytester, monkeypatch):
                 'return Response(pipeline.export_json(rows), media_type="application/json")',
             ),
         ],
+        # The ORM hydrates the rows in a greenlet: no project frame on the loop thread's own
+        # stack; the site is the line of the await chain that awaited the bridge.
+        "test_activity.py::test_activity_by_kind_hydrates_every_row_on_the_loop": (
+            f"app/orm.py:{hydrate} in *activity_by_kind",
+            "events = (await s.scalars(select(Event))).all()",
+        ),
         "test_search.py::test_search_blocks_on_catastrophic_regex": (
             f"app/pipeline.py:{regex} in *validate_query",
             "return QUERY_RE.match(query) is not None",
@@ -252,6 +259,19 @@ def test_example_suite_fails_exactly_the_buggy_tests(pytester, monkeypatch):
         ]
     )
 
+    # The ORM's block is shown with the task's await chain: the test, then the endpoint.
+    report = section(result.outlines, "_* test_activity_by_kind_hydrates_every_row_on_the_loop _*")
+    report.fnmatch_lines(
+        [
+            "    [[]await chain of task *: the coroutines that awaited the frames below[]]",
+            '    File "*tests/test_activity.py", line *, in test_activity_by_kind_*',
+            '    File "*app/main.py", line *, in create_app.<locals>.activity_by_kind',
+            f'    File "*app/orm.py", line {hydrate}, in activity_by_kind',
+            "    File *sqlalchemy/util/concurrency.py*, in greenlet_spawn",
+            "    [[]awaited by the chain above: the loop thread's own frames*",
+        ]
+    )
+
     # The loop of TestClient runs in a worker thread; loopguard watches it all the same.
     result.stdout.fnmatch_lines(["  loop thread 'Thread-*'*"])
 
@@ -269,6 +289,7 @@ def test_example_suite_fails_exactly_the_buggy_tests(pytester, monkeypatch):
         "test_processing.py::test_thumbnails_v2_are_offloaded",
         "test_processing.py::test_layout_v2_in_slices_stays_on_the_loop",
         "test_load.py::test_v2_holds_the_slo_while_documents_process",
+        "test_activity.py::test_activity_by_kind_v2_counts_in_sql",
     ):
         result.stdout.no_fnmatch_line(f"*{test}*")
     assert result.ret == pytest.ExitCode.TESTS_FAILED

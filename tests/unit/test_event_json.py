@@ -24,6 +24,7 @@ def full_event(root):
     runner = Frame(os.path.join(root, "tests/test_upload.py"), 12, "test_upload")
     handler = Frame(os.path.join(root, "app/handlers.py"), 30, "handle")
     worker = Frame(os.path.join(root, "app/worker.py"), 7, "crunch")
+    bridge = Frame("/usr/lib/python3/site-packages/sqlalchemy/util/concurrency.py", 203, "spawn")
     native = [
         NativeFrame("deflate_slow", "libz.so.1", 0x1A2B, "deflate.c", 1871),
         NativeFrame(None, "libz.so.1", 0x99, None, None),
@@ -52,7 +53,8 @@ def full_event(root):
         thread_ident=139_000_000, task_name="Task-3", captured_after=0.101, starved=True,
         loop_kind="uvloop", test="tests/test_upload.py::test_upload", phase="setup",
         start_ns=5_000_000_123, end_ns=5_312_345_801, samples=samples, site=handler,
-        innermost=LIBRARY, stack=[runner, handler, LIBRARY], gil="other",
+        innermost=LIBRARY, stack=[runner, handler, LIBRARY], await_chain=[runner, bridge],
+        gil="other",
         gil_holder_thread="cruncher", gil_holder_stack=[worker], sites_changed=True, late=True,
         cause="gc", hint="a long garbage collection", gc_time=0.2501, running=True,
         syscall="futex", cpu_wait=0.012345678, holder_cpu_wait=0.0456789, callbacks=callbacks,
@@ -84,6 +86,10 @@ def test_a_fully_populated_event_reads_back_equal(root):
     # Paths are relative to the root in the JSON, and joined to it again.
     assert data["site"]["file"] == "app/handlers.py"
     assert data["operation"]["file"] == json.__file__  # outside the root: as it is
+    assert [f["file"] for f in data["await_chain"]] == [
+        "tests/test_upload.py",
+        "/usr/lib/python3/site-packages/sqlalchemy/util/concurrency.py",
+    ]
     # Durations in milliseconds, to the nanosecond.
     assert data["duration_ms"] == 312.345678
     assert data["gc_ms"] == 250.1 and data["cpu_wait_ms"] == 12.345678
