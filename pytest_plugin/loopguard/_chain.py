@@ -151,8 +151,14 @@ class _RunningCallee:
         self._fd: Optional[int] = None
         self._ready = False
         self._checked = False
+        self._pid = 0
 
     def callee(self, obj: Any) -> Any:
+        if self._pid != os.getpid():
+            # First use, or a forked child: the file it opened reads its parent's memory.
+            self._close()
+            self._pid = os.getpid()
+            self._checked = False
         if not self._checked:
             self._checked = True
             try:

@@ -2,6 +2,7 @@
 (in-process: loopguard's assistant does the same, natively, once per block)."""
 
 import asyncio
+import os
 import sys
 import threading
 
@@ -88,3 +89,21 @@ def test_the_memory_reader_checks_its_layout_and_is_on():
     asyncio.run(main([]))
     reader = _chain._running_callee
     assert reader is not None and reader._ready
+
+
+@pytest.mark.skipif(
+    sys.version_info >= (3, 12) or not sys.platform.startswith("linux"),
+    reason="the memory reader serves 3.10 and 3.11 on Linux",
+)
+def test_a_forked_child_reads_its_own_memory():
+    asyncio.run(main([]))  # the parent's reader is open
+    pid = os.fork()
+    if pid == 0:  # the child: the chain is read from its own memory
+        seen, ok = [], False
+        try:
+            asyncio.run(main(seen))
+            ok = [f for _, _, f in seen[0][1]] == ["main", "endpoint", "bridge"]
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
