@@ -5,7 +5,11 @@ Run the suite with loopguard:  pytest -p loopguard   (from this directory, or pa
 
 from __future__ import annotations
 
+import math
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,6 +20,7 @@ from httpx import ASGITransport, AsyncClient
 # repository root, or with this directory's path as an argument).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from app import images, pipeline
 from app.main import create_app
 from app.storage import Storage
 
@@ -25,15 +30,111 @@ PARAGRAPH = (
     "without undue delay of any event that may affect the delivery of the Services. "
 ) * 3
 
+# ---- test data sized to the machine ----
+#
+# A bug of this app blocks the loop for as long as its work takes: a contract laid out, rows
+# serialised, pages drawn. Data sized once for one machine would block a faster one for less
+# than the threshold, and the bug would go unseen there. So the session measures, once, how
+# much CPU a small sample of each workload takes on the machine that runs it (the thread's own
+# CPU time: waiting for a CPU on a busy machine does not count), and sizes that workload's data
+# so that the blocking call takes BLOCK_CPU seconds of CPU: five times loopguard's default
+# threshold (100 ms), never less than the sizes the bugs were written with.
+BLOCK_CPU = 0.5
+
+# A plausible query (a file name with a question mark). QUERY_RE takes twice as long for each
+# more character of its word before the "?": the session uses as many of these as it takes.
+SLOW_QUERY_WORD = "quarterly_reports_2024_final_draft_v3"
+SLOW_QUERY_MIN = len("quarterly_reports_2024")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The data of the buggy tests, sized so that each one blocks for ``BLOCK_CPU``."""
+
+    paragraphs: int  # of the contract: its layout is pure Python (bugs 5 and 8)
+    events: int  # activity events in the session's database: the team query scans them all
+    report_rows: int  # rows of the exported report: json.dumps (bug 3)
+    seed_events: int  # events that the blocking fixture of test_users.py inserts (bug 6)
+    slow_query: str  # a search query on which QUERY_RE backtracks (bug 4)
+    thumbnails: int  # pages drawn and made into thumbnails with Pillow (bug 7)
+
+    @property
+    def pages(self) -> int:
+        """The contract's pages: a paragraph lays out as 9 lines and a blank one, 50 lines a
+        page."""
+        return math.ceil(self.paragraphs / 5)
+
+
+def contract(paragraphs: int) -> str:
+    """A contract of ``paragraphs`` numbered paragraphs (750 bytes each)."""
+    return "\n\n".join(f"{i}. {PARAGRAPH}" for i in range(1, paragraphs + 1))
+
+
+def least_cpu(work: Callable[[], object], runs: int = 3) -> float:
+    """The least CPU time of the calling thread that ``work()`` took, over ``runs`` runs."""
+    best = math.inf
+    for _ in range(runs):
+        start = time.thread_time()
+        work()
+        best = min(best, time.thread_time() - start)
+    return max(best, 1e-6)
+
+
+def scaled(probe: int, seconds: float, floor: int, step: int = 1) -> int:
+    """The size (a multiple of ``step``, at least ``floor``) of linear work that took
+    ``seconds`` of CPU at size ``probe`` and should take ``BLOCK_CPU``."""
+    size = max(floor, math.ceil(probe * BLOCK_CPU / seconds))
+    return -(-size // step) * step
+
+
+def measure_sizes(workdir: Path) -> Sizes:
+    """Times a small sample of each workload on this machine (about half a second in all)."""
+    sample = contract(200)
+    paragraphs = scaled(200, least_cpu(lambda: pipeline.layout_lines(sample)), 1500, step=5)
+
+    # The regex: time a shorter word, then double for each character added.
+    short = SLOW_QUERY_MIN - 4
+    seconds = least_cpu(lambda: pipeline.validate_query(SLOW_QUERY_WORD[:short] + "?"))
+    length = short + max(0, math.ceil(math.log2(BLOCK_CPU / seconds)))
+    length = min(len(SLOW_QUERY_WORD), max(SLOW_QUERY_MIN, length))
+
+    # Seeding: the users take a fixed time, each event some more; the slope between two sizes.
+    small = least_cpu(lambda: Storage(workdir / "small.db").seed(events=20_000), runs=1)
+    probe = Storage(workdir / "probe.db")
+    seed = least_cpu(lambda: probe.seed(events=80_000), runs=1)
+    per_event = max(seed - small, 1e-6) / 60_000
+    seed_events = max(300_000, math.ceil((BLOCK_CPU - small) / per_event / 10_000) * 10_000)
+    team = least_cpu(lambda: probe.team_members(7), runs=2)
+    rows = probe.activity_rows(10_000)
+    dumps = least_cpu(lambda: pipeline.export_json(rows))
+    report_rows = scaled(10_000, dumps, 40_000, step=1_000)
+
+    pages = pipeline.render_pages(sample)[:2]
+    pillow = least_cpu(lambda: images.thumbnails(pages, limit=2), runs=2)
+    return Sizes(
+        paragraphs=paragraphs,
+        events=max(scaled(80_000, team, 100_000, step=10_000), report_rows),
+        report_rows=report_rows,
+        seed_events=seed_events,
+        slow_query=SLOW_QUERY_WORD[:length] + "?",
+        thumbnails=scaled(2, pillow, 3),
+    )
+
 
 @pytest.fixture(scope="session")
-def storage(tmp_path_factory: pytest.TempPathFactory) -> Storage:
-    """A database with 20,000 users and 100,000 events, shared by the whole session.
+def sizes(tmp_path_factory: pytest.TempPathFactory) -> Sizes:
+    return measure_sizes(tmp_path_factory.mktemp("sizing"))
+
+
+@pytest.fixture(scope="session")
+def storage(tmp_path_factory: pytest.TempPathFactory, sizes: Sizes) -> Storage:
+    """A database with 20,000 users and their activity events (100,000 or more), shared by
+    the whole session.
 
     A plain (sync) fixture: it runs before any event loop does, so seeding blocks nothing.
     """
     storage = Storage(tmp_path_factory.mktemp("db") / "docs.db")
-    storage.seed()
+    storage.seed(events=sizes.events)
     return storage
 
 
@@ -58,9 +159,9 @@ def offload_check(request: pytest.FixtureRequest):
 
 
 @pytest.fixture(scope="session")
-def contract_text() -> str:
-    """A long contract: 1,500 paragraphs, about 1 MB of text."""
-    return "\n\n".join(f"{i}. {PARAGRAPH}" for i in range(1, 1501))
+def contract_text(sizes: Sizes) -> str:
+    """A long contract: 1,500 paragraphs (about 1 MB of text) or more."""
+    return contract(sizes.paragraphs)
 
 
 @pytest.fixture
