@@ -33,7 +33,7 @@ def p99(values: list[float]) -> float:
 # one timer that a loaded CI machine delays while the loop thread waits for a CPU.
 @pytest.mark.loopguard(max_lag="1s")
 def test_v2_holds_the_slo_while_documents_process(loopguard, app, storage, contract_text):
-    short = "\n\n".join(contract_text.split("\n\n")[:300])  # 300 paragraphs, 60 pages
+    short = contract_text[: len(contract_text) // 5]  # 300 paragraphs, 60 pages
     ids = [storage.add_document(f"contract-{i}.txt", short) for i in range(DOCUMENTS)]
     rtts: list[float] = []
     stages: list[str] = []
