@@ -85,17 +85,19 @@ def least_cpu(work: Callable[[], object], runs: int = 3) -> float:
     return max(best, 1e-6)
 
 
-def scaled(probe: int, seconds: float, floor: int, step: int = 1) -> int:
-    """The size (a multiple of ``step``, at least ``floor``) of linear work that took
-    ``seconds`` of CPU at size ``probe`` and should take ``BLOCK_CPU``."""
-    size = max(floor, math.ceil(probe * BLOCK_CPU / seconds))
+def scaled(per_unit: float, floor: int, step: int = 1, fixed: float = 0.0) -> int:
+    """The size of work that takes ``fixed + per_unit * size`` seconds of CPU, at which it
+    takes ``BLOCK_CPU``: a multiple of ``step``, at least ``floor`` (and at most 20 times that,
+    should a sample have been timed wrong)."""
+    size = math.ceil((BLOCK_CPU - fixed) / max(per_unit, 1e-12))
+    size = min(20 * floor, max(floor, size))
     return -(-size // step) * step
 
 
 def measure_sizes(workdir: Path) -> Sizes:
-    """Times a small sample of each workload on this machine (about half a second in all)."""
+    """Times a small sample of each workload on this machine (about a second in all)."""
     sample = contract(200)
-    paragraphs = scaled(200, least_cpu(lambda: pipeline.layout_lines(sample)), 1500, step=5)
+    paragraphs = scaled(least_cpu(lambda: pipeline.layout_lines(sample)) / 200, 1500, step=5)
 
     # The regex: time a shorter word, then double for each character added.
     short = SLOW_QUERY_MIN - 4
@@ -103,26 +105,24 @@ def measure_sizes(workdir: Path) -> Sizes:
     length = short + max(0, math.ceil(math.log2(BLOCK_CPU / seconds)))
     length = min(len(SLOW_QUERY_WORD), max(SLOW_QUERY_MIN, length))
 
-    # Seeding: the users take a fixed time, each event some more; the slope between two sizes.
-    small = least_cpu(lambda: Storage(workdir / "small.db").seed(events=20_000), runs=1)
-    probe = Storage(workdir / "probe.db")
-    seed = least_cpu(lambda: probe.seed(events=80_000), runs=1)
-    per_event = max(seed - small, 1e-6) / 60_000
-    seed_events = max(300_000, math.ceil((BLOCK_CPU - small) / per_event / 10_000) * 10_000)
-    team = least_cpu(lambda: probe.team_members(7), runs=2)
+    # Seeding: the users take a fixed time, each event some more (the slope between two sizes).
+    small, probe = Storage(workdir / "small.db"), Storage(workdir / "probe.db")
+    users = least_cpu(lambda: small.seed(events=20_000), runs=1)
+    per_event = (least_cpu(lambda: probe.seed(events=80_000), runs=1) - users) / 60_000
+    seed_events = scaled(per_event, 300_000, step=10_000, fixed=users - 20_000 * per_event)
+    team = least_cpu(lambda: probe.team_members(7), runs=2)  # scans the 80,000 events
     rows = probe.activity_rows(10_000)
-    dumps = least_cpu(lambda: pipeline.export_json(rows))
-    report_rows = scaled(10_000, dumps, 40_000, step=1_000)
+    report_rows = scaled(least_cpu(lambda: pipeline.export_json(rows)) / 10_000, 40_000, 1_000)
 
-    pages = pipeline.render_pages(sample)[:2]
-    pillow = least_cpu(lambda: images.thumbnails(pages, limit=2), runs=2)
+    drawn = pipeline.render_pages(sample)[:2]
+    pillow = least_cpu(lambda: images.thumbnails(drawn, limit=2), runs=2)
     return Sizes(
         paragraphs=paragraphs,
-        events=max(scaled(80_000, team, 100_000, step=10_000), report_rows),
+        events=max(scaled(team / 80_000, 100_000, step=10_000), report_rows),
         report_rows=report_rows,
         seed_events=seed_events,
         slow_query=SLOW_QUERY_WORD[:length] + "?",
-        thumbnails=scaled(2, pillow, 3),
+        thumbnails=scaled(pillow / 2, 3),
     )
 
 
