@@ -155,12 +155,24 @@ async def client(app):
         yield client
 
 
+def plugin_fixture(request: pytest.FixtureRequest, what: str):
+    """loopguard's fixture for this test; the test is skipped (it checks ``what``) when the
+    suite runs without ``-p loopguard``."""
+    if not request.config.pluginmanager.has_plugin("loopguard"):
+        pytest.skip(f"{what} needs loopguard: run with -p loopguard")
+    return request.getfixturevalue("loopguard")
+
+
 @pytest.fixture
 def offload_check(request: pytest.FixtureRequest):
-    """``loopguard.offload_check`` of this test (the tests that use it need ``-p loopguard``)."""
-    if not request.config.pluginmanager.has_plugin("loopguard"):
-        pytest.skip("offload_check() needs loopguard: run with -p loopguard")
-    return request.getfixturevalue("loopguard").offload_check
+    """``loopguard.offload_check`` of this test."""
+    return plugin_fixture(request, "offload_check()").offload_check
+
+
+@pytest.fixture
+def loop_watch(request: pytest.FixtureRequest):
+    """loopguard's fixture of this test, for its loop's lag (``loop_watch.lag``)."""
+    return plugin_fixture(request, "the loop's lag")
 
 
 @pytest.fixture(scope="session")
