@@ -16,6 +16,7 @@ import asyncio
 import asyncio.base_events
 import atexit
 import collections
+import contextlib
 import importlib.abc
 import importlib.util
 import itertools
@@ -24,7 +25,7 @@ import select
 import selectors
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
 from . import _native, _trio, _uvloop
@@ -67,6 +68,9 @@ class Runtime:
         """``id()`` of the asyncio and uvloop loops registered when they started running."""
         self._attachments: dict[object, _Attachment] = {}
         """Loops registered while running (see :meth:`attach`), by loop."""
+        self._selector_slots: dict[int, Any] = {}
+        """The slot of the asyncio loop each thread runs, by thread ident (see
+        :meth:`own_wait`)."""
 
     # --- lifetime --------------------------------------------------------------------------
 
@@ -286,9 +290,16 @@ class Runtime:
         restore = _watch_selector(loop, slot)
         probe = _LagProbe(loop, self.lag_log) if self.lag_probing else None
         self._watched.add(id(loop))
+        thread = threading.get_ident()
+        outer = self._selector_slots.get(thread)
+        self._selector_slots[thread] = slot
         try:
             return original(loop)
         finally:
+            if outer is None:
+                self._selector_slots.pop(thread, None)
+            else:
+                self._selector_slots[thread] = outer
             self._watched.discard(id(loop))
             if probe is not None:
                 probe.stop()
@@ -331,6 +342,8 @@ class Runtime:
                             "asyncio", threading.current_thread().name, threading.get_ident(), loop
                         )
                         restore = _watch_selector(loop, attachment.slot)
+                        attachment.thread = threading.get_ident()
+                        self._selector_slots[attachment.thread] = attachment.slot
                     else:
                         attachment.slot, restore = _uvloop.attach(loop)
                     unhook = _on_stop(loop, lambda: self._end(attachment))
@@ -361,10 +374,29 @@ class Runtime:
             if self._attachments.get(attachment.key) is not attachment:
                 return
             del self._attachments[attachment.key]
+            if attachment.thread is not None:
+                self._selector_slots.pop(attachment.thread, None)
         try:
             attachment.restore()
         finally:
             attachment.slot.unregister()
+
+    @contextlib.contextmanager
+    def own_wait(self) -> Iterator[None]:
+        """Around loopguard's own waits on a loop's thread (for its offload sampler to stop, for
+        the watchdog to hand over events, when a ``guard()`` or ``offload_check()`` closes): the
+        asyncio loop this thread runs, if any, is marked idle, so that a busy machine's delay in
+        loopguard's threads is never counted as the loop's block. A block of the code before it
+        ends where the wait begins."""
+        slot = self._selector_slots.get(threading.get_ident())
+        if slot is None:
+            yield
+            return
+        slot.idle_for(None)  # no limit: the loop is not starved while loopguard waits
+        try:
+            yield
+        finally:
+            slot.busy()
 
     def _is_watched(self, kind: str, loop: object) -> bool:
         if kind == "trio":
@@ -380,6 +412,8 @@ class _Attachment:
         self.slot: Any = None
         self.restore: Callable[[], None] = lambda: None
         self.users = 1
+        self.thread: Optional[int] = None
+        """The thread of an asyncio loop's attachment (see ``Runtime.own_wait``)."""
 
 
 def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
