@@ -1644,7 +1644,17 @@ mod tests {
         // The watchdog sleeps up to one threshold between looks: a long one here.
         let wd = start(ms(60_000));
         wd.flush(ms(5000));
-        let before = wd.wakeups();
+        // The flush's ring may still be on its way (the watchdog can take the flush with a
+        // batch before it reads the ring): let the count settle first.
+        let mut before = wd.wakeups();
+        loop {
+            sleep(ms_d(100));
+            let now = wd.wakeups();
+            if now == before {
+                break;
+            }
+            before = now;
+        }
         for i in 0..50 {
             wd.set_context(&format!("setup\u{1f}test_{i}"));
             wd.set_context(&format!("call\u{1f}test_{i}"));
