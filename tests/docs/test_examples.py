@@ -52,8 +52,9 @@ _VARIABLE = [
     # Whether sqlite was sampled in C code or in a system call.
     (
         re.compile(
-            r"GIL released, (running C code that released it|in the system call \w+"
-            r"|waiting on a lock \(futex\))"
+            r"GIL released, (running C code that released it"
+            r"|in the system call \w+(?: (?:on|for) [^,]+| \(sleeping\))?"
+            r"|waiting on a lock(?: or condition)? \(futex\))"
         ),
         "GIL released, <in C code>",
     ),
