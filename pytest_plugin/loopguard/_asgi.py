@@ -32,18 +32,26 @@ _KEPT = 4096
 
 
 class _Request:
-    __slots__ = ("context", "label", "settled")
+    __slots__ = ("context", "label", "scope", "settled")
 
-    def __init__(self, label: str, context: contextvars.Context) -> None:
+    def __init__(self, label: str, context: Optional[contextvars.Context], scope: Any) -> None:
         self.label = label
         self.context = context
-        self.settled = False
+        """``None`` when no context is wanted (no ``--context-var``, no OpenTelemetry)."""
+        self.scope = scope
+        self.settled = context is None
         """True once the response started (or the call ended): the context is as the
         request's code left it."""
 
 
 _requests: collections.OrderedDict[tuple[int, str], _Request] = collections.OrderedDict()
 _lock = threading.Lock()
+_context_vars = False
+"""True when ``--context-var`` names variables: each request's context is kept."""
+
+
+def _contexts_wanted() -> bool:
+    return _context_vars or "opentelemetry.trace" in sys.modules
 
 
 def _label(scope: dict[str, Any]) -> str:
@@ -68,7 +76,7 @@ def wrap(app: Any) -> Any:
 
     async def loopguard_asgi(scope: Any, receive: Any, send: Any) -> Any:
         request = _begin(scope)
-        if request is None:
+        if request is None or request.context is None:
             return await app(scope, receive, send)
 
         async def noting_send(message: Any) -> Any:
@@ -97,9 +105,14 @@ def _begin(scope: Any) -> Optional[_Request]:
         return None
     if task is None:
         return None
-    live = _live_context(task)
-    request = _Request(_label(scope), live if live is not None else contextvars.copy_context())
     key = (threading.get_ident(), task.get_name())
+    known = _requests.get(key)
+    if known is not None and known.scope is scope:
+        return None  # the server's wrapper noted it already (a Starlette app under uvicorn)
+    context = None
+    if _contexts_wanted():
+        context = _live_context(task) or contextvars.copy_context()
+    request = _Request(_label(scope), context, scope)
     with _lock:
         _requests[key] = request
         _requests.move_to_end(key)
@@ -109,6 +122,8 @@ def _begin(scope: Any) -> Optional[_Request]:
 
 
 def _settle(request: _Request) -> None:
+    if request.context is None:
+        return
     if _live_context(asyncio.current_task()) is None:
         request.context = contextvars.copy_context()
     request.settled = True
@@ -135,13 +150,14 @@ def context_of(ev: BlockEvent, names: tuple[str, ...]) -> dict[str, Any]:
     if request is None:
         return {}
     out: dict[str, Any] = {"request": request.label}
-    if names:
+    if names and request.context is not None:
         found = {}
         for var, value in request.context.items():
             if var.name in names:
                 found[var.name] = value if isinstance(value, (str, int, float)) else repr(value)
         out["vars"] = {n: found[n] for n in names if n in found}
-    out.update(_trace(request.context))
+    if request.context is not None:
+        out.update(_trace(request.context))
     return out
 
 
@@ -189,7 +205,7 @@ def _patch_starlette(module: Any) -> None:
     @functools.wraps(call)
     async def calling(self: Any, scope: Any, receive: Any, send: Any) -> Any:
         request = _begin(scope)
-        if request is None:
+        if request is None or request.context is None:
             return await call(self, scope, receive, send)
         try:
             return await call(self, scope, receive, send)
@@ -203,9 +219,11 @@ def _patch_starlette(module: Any) -> None:
 _PATCHES = {"uvicorn.config": _patch_uvicorn, "starlette.applications": _patch_starlette}
 
 
-def install() -> None:
+def install(context_vars: bool = False) -> None:
     """Patch the servers and frameworks imported now, and those imported later when their
-    import finishes."""
+    import finishes. ``context_vars``: keep each request's context (``--context-var``)."""
+    global _context_vars
+    _context_vars = _context_vars or context_vars
     for name, patch in _PATCHES.items():
         if name in sys.modules:
             patch(sys.modules[name])

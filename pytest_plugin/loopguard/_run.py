@@ -378,7 +378,7 @@ class Session:
         runtime.set_context("")
         runtime.lag_listener = self._new_loop
         runtime.lag_probing = True
-        _asgi.install()
+        _asgi.install(bool(self.settings.context_vars))
         self._reporter = threading.Thread(
             target=self._report_loop, name="loopguard-reporter", daemon=True
         )

@@ -86,8 +86,7 @@ def test_a_script_block_is_reported_live_and_in_the_json_and_the_status_is_the_s
     assert err.count("asyncio loop ") == 1, err
     assert "max " in err.split("loop lag")[1]
     data = json.loads((tmp_path / "out.json").read_text())
-    assert data["totals"]["events"] == 1
-    (event,) = data["events"]
+    (event,) = [e for e in data["events"] if e["outcome"] == "failed"]
     assert event["site"]["line"] == line and event["site"]["function"] == "handler"
     assert event["outcome"] == "failed"
     (loop,) = data["lag"]["loops"]
@@ -211,7 +210,9 @@ def test_a_program_stopped_by_a_signal_reports_and_dies_of_it(tmp_path, signum, 
     assert proc.returncode == status, err
     assert f"waits.py:{line_of(path, '# BEFORE THE SIGNAL')} in main" in err
     data = json.loads((tmp_path / "r.json").read_text())
-    assert data["totals"]["events"] == 1
+    assert [e["site"]["line"] for e in data["events"] if e["outcome"] == "failed"] == [
+        line_of(path, "# BEFORE THE SIGNAL")
+    ]
     assert data["runs"][0]["interrupted"] is True
     assert data["runs"][0]["stopped_by"] == signum.name
 
@@ -236,6 +237,10 @@ async def health(request):
 
 app = Starlette(routes=[Route("/reports/daily", daily), Route("/health", health)])
 """
+
+
+def endpoint_blocks(data, line):
+    return [e for e in data["events"] if e["site"] and e["site"]["line"] == line]
 
 
 def free_port():
@@ -313,15 +318,11 @@ def test_a_uvicorn_server_names_the_endpoint_and_the_request(tmp_path, signum, c
     for i in range(3):
         assert f"request GET /reports/daily (request_id='req-{i}')" in err
     assert "uvloop loop 1 (thread 'MainThread')" in err
-    # nothing lost: every request's block is in the JSON, with its context
-    assert data["totals"]["events"] == 3
-    assert sorted(e["context"]["vars"]["request_id"] for e in data["events"]) == [
-        "req-0",
-        "req-1",
-        "req-2",
-    ]
-    assert {e["context"]["request"] for e in data["events"]} == {"GET /reports/daily"}
-    assert {e["site"]["line"] for e in data["events"]} == {line}
+    # nothing lost: every request's block is in the JSON, with its context (a busy machine
+    # may add a block of the server's start-up)
+    daily = endpoint_blocks(data, line)
+    assert sorted(e["context"]["vars"]["request_id"] for e in daily) == ["req-0", "req-1", "req-2"]
+    assert {e["context"]["request"] for e in daily} == {"GET /reports/daily"}
     schema_validate(data)
     # uvicorn's own ending, as without loopguard
     assert status == expected_status, err
@@ -331,13 +332,17 @@ def test_uvicorn_workers_are_watched_and_their_reports_merged(tmp_path):
     _, err, data = serve(tmp_path, "--workers", "2", signum=signal.SIGINT, requests=4)
     line = line_of(tmp_path / "app.py", "# BLOCKING ENDPOINT")
     assert err.count(f"app.py:{line} in daily") >= 4, err
-    assert data["totals"]["events"] == 4
-    assert {e["context"]["request"] for e in data["events"]} == {"GET /reports/daily"}
+    daily = endpoint_blocks(data, line)
+    assert len(daily) == 4
+    assert {e["context"]["request"] for e in daily} == {"GET /reports/daily"}
     # the supervisor's run and one per worker (each with its loop's lag)
     pids = {loop["pid"] for loop in data["lag"]["loops"]}
     assert len(pids) == 2
     assert len(data["runs"]) >= 3
-    assert "4 blocks at 1 call site" in err
+    # one row for the endpoint in the merged hotspot table: the four blocks of both workers
+    table = err.split("==== loopguard: blocking hotspots ====")[1]
+    (row,) = [r for r in table.splitlines() if f"app.py:{line} in daily" in r]
+    assert row.split()[1] == "4", row
     schema_validate(data)
 
 
