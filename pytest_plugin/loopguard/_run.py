@@ -23,8 +23,9 @@ happened.
 Child processes (multiprocessing's spawn, ``uvicorn --workers N``, any Python subprocess) are
 watched too: the environment variable :data:`CHILD_ENV` carries the settings and a directory
 put first on ``PYTHONPATH`` holds a ``sitecustomize`` module that starts a child session in
-each new interpreter (then runs the ``sitecustomize`` it hides, if any). Each child writes its
-own report into a shared directory; the parent merges them into its own at the end
+each new interpreter (then runs the ``sitecustomize`` it hides, if any); a child forked
+without a new interpreter starts its own session after the fork. Each child writes its own
+report into a shared directory; the parent merges them into its own at the end
 (:func:`loopguard._merge.merge`).
 """
 
@@ -614,7 +615,11 @@ def _say(text: str) -> None:
 # --- signals ---------------------------------------------------------------------------------
 
 
-def _install_sigterm(session: Session) -> None:
+_session: Optional[Session] = None
+"""This process's session (a forked child gets its own: see :func:`_after_fork`)."""
+
+
+def _install_sigterm() -> None:
     """Write the reports on SIGTERM when the program has no handler of its own (then die of
     it, as the program would have). A handler the program installs replaces this one; if it
     puts this one back and raises the signal again (uvicorn does), it runs then."""
@@ -622,12 +627,12 @@ def _install_sigterm(session: Session) -> None:
         return
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return
+    signal.signal(signal.SIGTERM, _on_sigterm)
 
-    def on_sigterm(signum: int, frame: Any) -> None:
-        failed = session.finish(stopped_by="SIGTERM")
-        _die(signal.SIGTERM, FAIL_ON_STATUS if failed else None)
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+def _on_sigterm(signum: int, frame: Any) -> None:
+    failed = _session.finish(stopped_by="SIGTERM") if _session is not None else False
+    _die(signal.SIGTERM, FAIL_ON_STATUS if failed else None)
 
 
 def _die(signum: int, status: Optional[int]) -> None:
@@ -657,18 +662,28 @@ def main(argv: Sequence[str]) -> int:
     except (SettingError, TargetError) as e:
         print(f"loopguard: error: {e}", file=sys.stderr)
         return USAGE_ERROR
+    global _session
     directory = tempfile.mkdtemp(prefix="loopguard-run-")
-    session = Session(settings, directory=directory, child=False)
+    session = _session = Session(settings, directory=directory, child=False)
     try:
         session.start()
     except RuntimeError as e:
         print(f"loopguard: error: cannot start the watchdog: {e}", file=sys.stderr)
         return USAGE_ERROR
     _export_to_children(settings, directory)
-    _install_sigterm(session)
+    _install_sigterm()
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_after_fork)
     outcome = run_target(target)
     _join_threads()
     stopped = "SIGINT" if outcome.signal == signal.SIGINT else None
+    if _session is not session:
+        # A forked child (os.fork, gunicorn's workers) whose program returned here.
+        if _session is not None:
+            _session.finish(stopped_by=stopped)
+        if outcome.signal is not None:
+            _die(outcome.signal, None)
+        return outcome.status
     failed = session.finish(stopped_by=stopped)
     _clean(directory)
     if failed:
@@ -707,8 +722,38 @@ def start_child() -> None:
     settings, directory = RunSettings.from_child(text)
     if not os.path.isdir(directory):
         return
-    session = Session(settings, directory=directory, child=True)
+    _start_child_session(settings, directory)
+    _install_sigterm()
+
+
+def _start_child_session(settings: RunSettings, directory: str) -> None:
+    global _session
+    session = _session = Session(settings, directory=directory, child=True)
     session.start()
     Path(directory, f"child-{os.getpid()}.started").touch()
     atexit.register(session.finish)
-    _install_sigterm(session)
+    # multiprocessing's fork children end with os._exit(), after running its finalizers (those
+    # registered once it has cleared the parent's).
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util.register_after_fork(session, _finalize_in_process)
+
+
+def _finalize_in_process(session: Session) -> None:
+    import multiprocessing.util
+
+    multiprocessing.util.Finalize(None, session.finish, exitpriority=0)
+
+
+def _after_fork() -> None:
+    """In a child forked without a new interpreter (``os.fork``, multiprocessing's fork start
+    method, gunicorn's workers): a session of its own, its report beside the others. The
+    watchdog starts afresh in the child (see ``_native.after_fork_child``)."""
+    parent = _session
+    if parent is None or parent._finished:
+        return
+    runtime.take_events(lambda e: True)  # the parent's, not collected yet: the parent's to report
+    try:
+        _start_child_session(parent.settings, parent.directory)
+    except Exception as e:
+        _say(f"loopguard: the forked process {os.getpid()} is not watched: {e}")

@@ -174,6 +174,48 @@ def test_a_loop_in_a_thread_is_watched(tmp_path):
     assert "asyncio loop 1 (thread 'worker-loop')" in done.stderr
 
 
+FORKS = """
+import asyncio, multiprocessing, os, sys, time
+
+async def work():
+    await asyncio.sleep(0.05)
+    time.sleep(0.4)  # CHILD BLOCK
+
+def child():
+    asyncio.run(work())
+
+if __name__ == "__main__":
+    if sys.argv[1] == "multiprocessing":
+        p = multiprocessing.get_context("fork").Process(target=child)
+        p.start()
+        p.join(30)
+        sys.exit(p.exitcode)
+    pid = os.fork()
+    if pid == 0:
+        child()
+        sys.exit(5)
+    _, status = os.waitpid(pid, 0)
+    sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.parametrize(("how", "status"), [("multiprocessing", 0), ("os.fork", 5)])
+def test_a_forked_child_is_watched_and_its_report_merged(tmp_path, how, status):
+    path = tmp_path / "forks.py"
+    path.write_text(FORKS)
+    done = run(tmp_path, "--json", "r.json", "--", "python", "forks.py", how)
+    assert done.returncode == status, done.stderr
+    line = line_of(path, "# CHILD BLOCK")
+    assert f"forks.py:{line} in work" in done.stderr
+    data = json.loads((tmp_path / "r.json").read_text())
+    (event,) = [e for e in data["events"] if e["outcome"] == "failed"]
+    assert event["site"]["line"] == line
+    child_pids = {run["pid"] for run in data["runs"]} - {data["runs"][0]["pid"]}
+    assert len(child_pids) == 1
+    assert {loop["pid"] for loop in data["lag"]["loops"]} == child_pids
+    schema_validate(data)
+
+
 WAITS_FOREVER = """
 import asyncio, os, sys, time
 
