@@ -75,25 +75,31 @@ def wrap(app: Any) -> Any:
         return app
 
     async def loopguard_asgi(scope: Any, receive: Any, send: Any) -> Any:
-        request = _begin(scope)
-        if request is None or request.context is None:
-            return await app(scope, receive, send)
-
-        async def noting_send(message: Any) -> Any:
-            if not request.settled and message.get("type") in (
-                "http.response.start",
-                "websocket.accept",
-            ):
-                _settle(request)
-            return await send(message)
-
-        try:
-            return await app(scope, receive, noting_send)
-        finally:
-            _settle(request)
+        return await _serve(app, scope, receive, send)
 
     loopguard_asgi._loopguard_asgi = True  # type: ignore[attr-defined]
     return loopguard_asgi
+
+
+async def _serve(app: Any, scope: Any, receive: Any, send: Any) -> Any:
+    """``app(scope, receive, send)``, the request noted (and its context, when wanted, as it
+    stands when the response starts)."""
+    request = _begin(scope)
+    if request is None or request.context is None:
+        return await app(scope, receive, send)
+
+    async def noting_send(message: Any) -> Any:
+        if not request.settled and message.get("type") in (
+            "http.response.start",
+            "websocket.accept",
+        ):
+            _settle(request)
+        return await send(message)
+
+    try:
+        return await app(scope, receive, noting_send)
+    finally:
+        _settle(request)
 
 
 def _begin(scope: Any) -> Optional[_Request]:
@@ -122,7 +128,10 @@ def _begin(scope: Any) -> Optional[_Request]:
 
 
 def _settle(request: _Request) -> None:
-    if request.context is None:
+    """The request's context as its code left it: at the start of its response (or, for one
+    that never responded, at the end of the call). The first call wins: at the end of the
+    call, the middlewares have reset what they set (an OpenTelemetry span)."""
+    if request.context is None or request.settled:
         return
     if _live_context(asyncio.current_task()) is None:
         request.context = contextvars.copy_context()
@@ -204,13 +213,7 @@ def _patch_starlette(module: Any) -> None:
 
     @functools.wraps(call)
     async def calling(self: Any, scope: Any, receive: Any, send: Any) -> Any:
-        request = _begin(scope)
-        if request is None or request.context is None:
-            return await call(self, scope, receive, send)
-        try:
-            return await call(self, scope, receive, send)
-        finally:
-            _settle(request)
+        return await _serve(functools.partial(call, self), scope, receive, send)
 
     calling._loopguard = True  # type: ignore[attr-defined]
     cls.__call__ = calling

@@ -388,6 +388,103 @@ def test_uvicorn_workers_are_watched_and_their_reports_merged(tmp_path):
     schema_validate(data)
 
 
+def test_a_starlette_app_on_any_server_names_the_request(tmp_path):
+    # No uvicorn: httpx's ASGI transport calls the app in the client's task.
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "client.py").write_text(
+        textwrap.dedent("""
+        import asyncio, httpx
+        from app import app
+
+        async def main():
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                r = await client.get("/reports/daily", headers={"x-request-id": "in-process"})
+                assert r.text == "daily"
+
+        asyncio.run(main())
+        """)
+    )
+    done = run(tmp_path, "--context-var", "request_id", "--", "python", "client.py")
+    assert done.returncode == 0, done.stderr
+    line = line_of(tmp_path / "app.py", "# BLOCKING ENDPOINT")
+    assert f"app.py:{line} in daily" in done.stderr
+    assert "request GET /reports/daily (request_id='in-process')" in done.stderr
+
+
+OTEL_APP = """
+import time
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+trace.set_tracer_provider(TracerProvider())
+tracer = trace.get_tracer("bench")
+
+
+class Traced:  # what OpenTelemetry's ASGI middleware does: one span around each request
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        with tracer.start_as_current_span("request") as span:
+            ctx = span.get_span_context()
+            print(f"SPAN {ctx.trace_id:032x} {ctx.span_id:016x}", flush=True)
+            await self.app(scope, receive, send)
+
+
+async def daily(request):
+    time.sleep(0.4)  # TRACED BLOCK
+    return PlainTextResponse("daily")
+
+async def health(request):
+    return PlainTextResponse("ok")
+
+app = Starlette(
+    routes=[Route("/reports/daily", daily), Route("/health", health)],
+    middleware=[Middleware(Traced)],
+)
+"""
+
+
+def test_opentelemetry_trace_and_span_ids_name_the_request(tmp_path):
+    pytest.importorskip("opentelemetry.sdk")
+    (tmp_path / "app.py").write_text(OTEL_APP)
+    port = free_port()
+    proc = subprocess.Popen(
+        [*RUN, "--json", "r.json", "--", "uvicorn", "app:app", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_ready(proc, f"http://127.0.0.1:{port}/health")
+        assert httpx.get(f"http://127.0.0.1:{port}/reports/daily", timeout=10).text == "daily"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        proc.kill()
+    # the span of the blocked request, as the app printed it (after /health's two spans)
+    spans = [line.split()[1:] for line in out.splitlines() if line.startswith("SPAN ")]
+    trace_id, span_id = spans[-1]
+    assert f"request GET /reports/daily trace {trace_id} span {span_id}" in err
+    (event,) = endpoint_blocks(
+        json.loads((tmp_path / "r.json").read_text()), line_of(tmp_path / "app.py", "# TRACED")
+    )
+    assert event["context"] == {
+        "request": "GET /reports/daily",
+        "trace_id": trace_id,
+        "span_id": span_id,
+    }
+
+
 # --- bad input -------------------------------------------------------------------------------
 
 
