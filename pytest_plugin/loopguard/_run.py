@@ -88,6 +88,9 @@ _POLL = 0.1
 """Seconds between the reporter's looks at the watchdog."""
 _CHILD_WAIT = 10.0
 """At most this long, the parent waits at the end for the reports of children still running."""
+_KEEP_FOR_GUARDS = 600.0
+"""Seconds a block stays in the runtime's log for a ``guard()`` of the program (one open
+longer does not see the blocks that began that much earlier)."""
 _LAG_KEPT = 100_000
 """Lag samples kept per loop for the percentiles (about 17 minutes at one every 10 ms)."""
 
@@ -368,6 +371,8 @@ class Session:
         self._reporter: Optional[threading.Thread] = None
         self._pending: list[tuple[float, BlockEvent]] = []
         self._finished = False
+        self._seen: set[int] = set()
+        """Watchdog ids of the events seen while they stay in the runtime's log."""
         self._token: Optional[int] = None
         self.stopped_by: Optional[str] = None
 
@@ -410,7 +415,7 @@ class Session:
         """Judge and print the blocks the watchdog has finished (``everything``: at the end,
         every one, without waiting for their requests to answer)."""
         runtime.collect(everything=everything)
-        new = runtime.take_events(lambda e: True) if runtime.has_events else []
+        new = self._new_events()
         now = time.monotonic()
         with self._lock:
             self._pending.extend((now, e) for e in new)
@@ -418,6 +423,23 @@ class Session:
             self._pending = [(t, e) for t, e in self._pending if not any(e is r for r in ready)]
         for ev in ready:
             self._judge(ev)
+
+    def _new_events(self) -> list[BlockEvent]:
+        """The events logged since the last look. Taken from the runtime's log while this
+        session is its only user; left there (and forgotten after :data:`_KEEP_FOR_GUARDS`)
+        while the program has a ``loopguard.guard()`` of its own open, which judges them at
+        its exit."""
+        if not runtime.has_events:
+            return []
+        if len(runtime._needs) <= 1:
+            self._seen.clear()
+            return runtime.take_events(lambda e: True)
+        new = [e for e in runtime.events_between(0, 2**63) if e.id not in self._seen]
+        self._seen.update(e.id for e in new)
+        runtime.trim(_native.now_ns() - int(_KEEP_FOR_GUARDS * 1e9))
+        if len(self._seen) > 10_000:
+            self._seen &= {e.id for e in runtime.events_between(0, 2**63)}
+        return new
 
     def _judge(self, ev: BlockEvent) -> None:
         s = self.settings

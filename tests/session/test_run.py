@@ -216,6 +216,30 @@ def test_a_forked_child_is_watched_and_its_report_merged(tmp_path, how, status):
     schema_validate(data)
 
 
+def test_a_guard_of_the_program_still_sees_its_blocks(tmp_path):
+    (tmp_path / "guarded.py").write_text(
+        textwrap.dedent("""
+        import asyncio, time, loopguard
+
+        async def main():
+            await asyncio.sleep(0.05)
+            time.sleep(0.4)  # GUARDED BLOCK
+            await asyncio.sleep(0.3)  # the reporter looks meanwhile
+
+        try:
+            with loopguard.guard(threshold="100ms"):
+                asyncio.run(main())
+        except loopguard.LoopBlockedError as e:
+            print("guard raised", len(e.events))
+        """)
+    )
+    done = run(tmp_path, "--", "python", "guarded.py")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "guard raised 1\n"
+    line = line_of(tmp_path / "guarded.py", "# GUARDED BLOCK")
+    assert f"guarded.py:{line} in main" in done.stderr.split("====")[0]  # reported live too
+
+
 WAITS_FOREVER = """
 import asyncio, os, sys, time
 
