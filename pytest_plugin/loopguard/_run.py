@@ -432,8 +432,9 @@ class Session:
         if not runtime.has_events:
             return []
         if len(runtime._needs) <= 1:
-            self._seen.clear()
-            return runtime.take_events(lambda e: True)
+            taken = runtime.take_events(lambda e: True)
+            seen, self._seen = self._seen, set()
+            return [e for e in taken if e.id not in seen]
         new = [e for e in runtime.events_between(0, 2**63) if e.id not in self._seen]
         self._seen.update(e.id for e in new)
         runtime.trim(_native.now_ns() - int(_KEEP_FOR_GUARDS * 1e9))

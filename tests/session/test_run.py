@@ -237,7 +237,9 @@ def test_a_guard_of_the_program_still_sees_its_blocks(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == "guard raised 1\n"
     line = line_of(tmp_path / "guarded.py", "# GUARDED BLOCK")
-    assert f"guarded.py:{line} in main" in done.stderr.split("====")[0]  # reported live too
+    live = done.stderr.split("====")[0]
+    assert f"guarded.py:{line} in main" in live  # reported live too, once
+    assert live.count("loopguard: event loop blocked") == 1, done.stderr
 
 
 WAITS_FOREVER = """
