@@ -45,7 +45,7 @@ class _Request:
 
 
 _requests: collections.OrderedDict[tuple[int, str], _Request] = collections.OrderedDict()
-_lock = threading.Lock()
+_lock = threading.RLock()  # see Session._lock
 _context_vars = False
 """True when ``--context-var`` names variables: each request's context is kept."""
 

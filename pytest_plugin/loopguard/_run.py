@@ -366,7 +366,7 @@ class Session:
         """Per verdict (by ``id``): the request its task served, the context variables."""
         self.loops: list[LoopLag] = []
         self._by_loop: weakref.WeakKeyDictionary[Any, LoopLag] = weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a SIGTERM handler may finish on a thread holding it
         self._stop = threading.Event()
         self._reporter: Optional[threading.Thread] = None
         self._pending: list[tuple[float, BlockEvent]] = []
@@ -623,7 +623,7 @@ def _alive(pid: int) -> bool:
         return True
 
 
-_say_lock = threading.Lock()
+_say_lock = threading.RLock()
 
 
 def _say(text: str) -> None:
