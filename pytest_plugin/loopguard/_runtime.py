@@ -64,6 +64,10 @@ class Runtime:
         on."""
         self.lag_log: collections.deque[tuple[int, float]] = collections.deque(maxlen=100_000)
         """``(when_ns, lag_seconds)`` measured by the lag probes, on the watchdog's clock."""
+        self.lag_listener: Optional[Callable[[str, Any], Optional[Callable[[float], None]]]] = None
+        """Called on the loop's thread when a lag probe starts on a loop (its kind and the
+        loop); the function it returns, if any, gets each lag measured on that loop
+        (``python -m loopguard run``'s per-loop figures)."""
         self._watched: set[int] = set()
         """``id()`` of the asyncio and uvloop loops registered when they started running."""
         self._attachments: dict[object, _Attachment] = {}
@@ -295,7 +299,7 @@ class Runtime:
         except RuntimeError:
             return original(loop)
         restore = _watch_selector(loop, slot)
-        probe = _LagProbe(loop, self.lag_log) if self.lag_probing else None
+        probe = self.start_lag_probe(loop, "asyncio")
         self._watched.add(id(loop))
         thread = threading.get_ident()
         outer = self._selector_slots.get(thread)
@@ -312,6 +316,13 @@ class Runtime:
                 probe.stop()
             restore()
             slot.unregister()
+
+    def start_lag_probe(self, loop: Any, kind: str) -> Optional[_LagProbe]:
+        """A lag probe on ``loop`` (asyncio or uvloop, about to run) when lag is measured."""
+        if not self.lag_probing:
+            return None
+        listener = self.lag_listener
+        return _LagProbe(loop, self.lag_log, listener(kind, loop) if listener else None)
 
     # --- attaching to a loop that is already running ---------------------------------------
 
@@ -556,15 +567,19 @@ class _LagProbe:
 
     INTERVAL = LAG_PROBE_INTERVAL
 
-    def __init__(self, loop, log) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, loop, log, own=None) -> None:  # type: ignore[no-untyped-def]
         self._loop = loop
         self._log = log
+        self._own = own
         self._due = loop.time() + self.INTERVAL
         self._handle = loop.call_at(self._due, self._tick)
 
     def _tick(self) -> None:
         now = self._loop.time()
-        self._log.append((_native.now_ns(), max(0.0, now - self._due)))
+        lag = max(0.0, now - self._due)
+        self._log.append((_native.now_ns(), lag))
+        if self._own is not None:
+            self._own(lag)
         self._due = now + self.INTERVAL
         self._handle = self._loop.call_at(self._due, self._tick)
 
