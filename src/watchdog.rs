@@ -226,7 +226,8 @@ impl LoopSlot {
         }
         // Read here, on the loop thread, at the end itself: only for blocks over the
         // threshold, never on the per-iteration path.
-        let run_queue_ns = crate::schedstat::run_queue_ns(self.target.native_tid);
+        let run_queue_ns = crate::schedstat::run_queue_ns(self.target.native_tid)
+            .map(|read| run_queue_at(end, read, now_ns()));
         let msg = Msg::End {
             id: self.id,
             start,
@@ -619,6 +620,17 @@ impl Watchdog {
     }
 }
 
+/// The loop thread's run-queue time at `end`, from a reading of it (`read`) that finished at
+/// `read_done`. A loop thread that reads its schedstat on a busy machine can wait for a CPU
+/// inside that read (a system call, a preemption point): after the block's end, so not the
+/// block's. All the read's time is taken off, as if it all were such a wait: the figure errs
+/// low, as its start does (the first look is an eighth of the threshold in), and never counts
+/// a wait the block's duration does not hold (a 300 ms sleep was once excused as 200 ms of
+/// waiting for a CPU).
+fn run_queue_at(end: u64, read: u64, read_done: u64) -> u64 {
+    read.saturating_sub(read_done.saturating_sub(end))
+}
+
 /// The watchdog thread's state. Owned by that thread alone: no locks but the event list.
 struct Runner {
     shared: Arc<Shared>,
@@ -804,7 +816,7 @@ impl Runner {
         self.next_event += 1;
         let end = end.max(b.start);
         let mut cpu_wait_ns = match (b.run_queue_at_look, run_queue) {
-            (Some(a), Some(z)) => z.checked_sub(a),
+            (Some(a), Some(z)) => Some(z.saturating_sub(a)),
             _ => None,
         };
         let mut holder_cpu_wait_ns = None;
@@ -1659,6 +1671,16 @@ mod tests {
         assert!(wd.take_now().expect("nothing left").is_empty());
         drop(go_tx);
         wd.stop();
+    }
+
+    #[test]
+    fn a_wait_while_the_loop_thread_reads_its_schedstat_is_not_the_blocks() {
+        // Read at once: the reading stands.
+        assert_eq!(run_queue_at(1_000, 50_000, 1_000), 50_000);
+        // The read took 200 ms (the thread waited for a CPU in it): none of that is the block's.
+        assert_eq!(run_queue_at(1_000, 250_000_000, 200_001_000), 50_000_000);
+        // Never below nothing.
+        assert_eq!(run_queue_at(1_000, 10, 5_000), 0);
     }
 
     #[test]
