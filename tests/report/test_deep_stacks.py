@@ -149,3 +149,50 @@ def test_a_stack_deeper_than_the_caps_counts_the_frames_not_read(inner, sampler)
             f'    File "test_it.py", line {inner.line("# blocks")}, in dig',
         ]
     )
+
+
+MUTUAL = """
+import sys
+import time
+
+import pytest
+
+
+def walk_a(n):
+    if n == 0:
+        time.sleep(0.3)  # blocks at the bottom
+        return
+    walk_b(n)  # a calls b
+
+
+def walk_b(n):
+    walk_a(n - 1)  # b calls a
+
+
+@pytest.mark.asyncio
+async def test_mutual():
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(10_000)
+    try:
+        walk_a(1500)  # the test's own line
+    finally:
+        sys.setrecursionlimit(old)
+"""
+
+
+def test_mutual_recursion_is_folded_to_its_cycle(inner):
+    result = inner.run(MUTUAL)
+    inner.assert_blocked_at(result, "# blocks at the bottom", "walk_a")
+    result.stdout.fnmatch_lines(
+        [
+            f'    File "test_it.py", line {inner.line("# the test")}, in test_mutual',
+            "      walk_a(1500)  # the test's own line",
+            f'    File "test_it.py", line {inner.line("# a calls b")}, in walk_a',
+            "      walk_b(n)  # a calls b",
+            f'    File "test_it.py", line {inner.line("# b calls a")}, in walk_b',
+            "      walk_a(n - 1)  # b calls a",
+            "    [[]Previous 2 lines repeated 1499 more times]",
+            f'    File "test_it.py", line {inner.line("# blocks")}, in walk_a',
+        ],
+        consecutive=True,
+    )
