@@ -27,12 +27,18 @@ from ._events import (
 )
 from ._explain import explain
 from ._files import is_user_file
+from ._repeats import unfold
 
 __all__ = ["decode_events", "make_context", "remember_thread", "site_of", "thread_name"]
 
 
-def _frames(raw: list[dict]) -> list[Frame]:
-    return stack_of([frame(f["filename"], int(f["lineno"]), f["function"]) for f in raw])
+def _frames(raw: list[dict], repeats: Optional[list[dict]] = None) -> list[Frame]:
+    """A stack of the watchdog's JSON; ``repeats``: the blocks of frames that stand for several
+    copies of themselves (the watchdog stores a deep recursion's samples folded)."""
+    frames = [frame(f["filename"], int(f["lineno"]), f["function"]) for f in raw]
+    if repeats:
+        frames = unfold(frames, [(r["at"], r["frames"], r["times"]) for r in repeats])
+    return stack_of(frames)
 
 
 # Names of threads started while loopguard watched, kept after they exit (an executor's worker
@@ -71,14 +77,15 @@ def _decode(text: str) -> list[BlockEvent]:
                 Sample(
                     offset=s["offset_ns"] / 1e9,
                     count=s["count"],
-                    stack=_frames(s["frames"]),
+                    stack=_frames(s["frames"], s.get("repeats")),
                     gil=s["gil"],
                     gil_holder_ident=holder.get("thread_ident"),
-                    gil_holder_stack=_frames(holder.get("frames", [])),
+                    gil_holder_stack=_frames(holder.get("frames", []), holder.get("repeats")),
                     late=s["late"],
                     error=s.get("error"),
                     task_name=s.get("task_name"),
                     syscall=s.get("syscall"),
+                    syscall_object=s.get("syscall_object"),
                     running=bool(s.get("running")),
                     callback=s.get("callback"),
                     native_stack=native_frames(s.get("native_stack")),
@@ -262,6 +269,15 @@ def _analyse(ev: BlockEvent) -> None:
             ev.site = awaited_at
     ev.gil = s.gil
     ev.syscall = s.syscall
+    # Samples taken before the block reached the threshold do not name the call's object.
+    ev.syscall_object = s.syscall_object or next(
+        (
+            x.syscall_object
+            for x in ev.samples
+            if x.syscall_object and x.syscall == s.syscall and x.stack == s.stack
+        ),
+        None,
+    )
     ev.running = s.running
     native = _native_sample(ev.samples, ev.site) or s
     ev.native_stack = native.native_stack

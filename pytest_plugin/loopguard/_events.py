@@ -27,6 +27,7 @@ from typing import Any, Optional, TypeVar
 
 from ._files import display_path, relative_path
 from ._parse import format_duration
+from ._repeats import RepeatError, stack_from_json, stack_to_json
 
 __all__ = [
     "GC_REASON",
@@ -202,6 +203,9 @@ class Sample:
     syscall: Optional[str] = None
     """The system call the loop thread was blocked in (``"recvfrom"``, ``"clock_nanosleep"``),
     when the kernel reported one."""
+    syscall_object: Optional[str] = None
+    """What that system call waited on (``"TCP 127.0.0.1:51234 → 127.0.0.1:8080"``, a path,
+    ``"pid 1234 (sleep 1)"``, ``"a lock or condition"``, ``"sleeping"``), Linux only."""
     running: bool = False
     """True when the kernel reported the loop thread on a CPU (running code, not waiting)."""
     callback: Optional[int] = None
@@ -216,14 +220,15 @@ class Sample:
         return {
             "offset_ms": _ms(self.offset),
             "count": self.count,
-            "stack": [f.to_json(root) for f in self.stack],
+            "stack": _stack_json(self.stack, root),
             "gil": self.gil,
             "gil_holder_ident": self.gil_holder_ident,
-            "gil_holder_stack": [f.to_json(root) for f in self.gil_holder_stack],
+            "gil_holder_stack": _stack_json(self.gil_holder_stack, root),
             "late": self.late,
             "error": self.error,
             "task": self.task_name,
             "syscall": self.syscall,
+            "syscall_object": self.syscall_object,
             "running": self.running,
             "callback": self.callback,
             "native_stack": [f.to_json() for f in self.native_stack],
@@ -244,6 +249,7 @@ class Sample:
             error=r.get("error", str, null=True, default=None),
             task_name=r.get("task", str, null=True, default=None),
             syscall=r.get("syscall", str, null=True, default=None),
+            syscall_object=r.get("syscall_object", str, null=True, default=None),
             running=r.get("running", bool, default=False),
             callback=r.get("callback", int, null=True, default=None),
             native_stack=r.each("native_stack", NativeFrame.from_json),
@@ -351,6 +357,12 @@ class BlockEvent:
     syscall: Optional[str] = None
     """The system call the loop thread was blocked in, in the sample that shows ``site``
     (``"recvfrom"``, ``"clock_nanosleep"``, ``"read"``, ...), when the kernel reported one."""
+    syscall_object: Optional[str] = None
+    """What that system call waited on, in the same sample: a socket's protocol and addresses
+    (``"TCP 127.0.0.1:51234 → 127.0.0.1:8080"``), a file's path (``"/tmp/x.fifo (FIFO)"``), the
+    child waited for (``"pid 1234 (sleep 1)"``), ``"a lock or condition"`` for a futex,
+    ``"sleeping"``, or ``"3 fds"`` for a poll on several; Linux only (the report's clause:
+    :func:`loopguard._failure.syscall_clause`)."""
     cpu_wait: Optional[float] = None
     """Seconds of the block during which the loop thread was ready to run but waited for a CPU
     (the kernel's run-queue time), counted from an eighth of the threshold into the block;
@@ -474,7 +486,7 @@ class BlockEvent:
         if self.gil_holder_thread is not None:
             holder = {
                 "thread": self.gil_holder_thread,
-                "stack": [f.to_json(root) for f in self.gil_holder_stack],
+                "stack": _stack_json(self.gil_holder_stack, root),
             }
         d = {
             "test": self.test or "",
@@ -483,8 +495,8 @@ class BlockEvent:
             "threshold_ms": _ms(self.threshold),
             "site": self.site.to_json(root, source=True) if self.site is not None else None,
             "operation": self.innermost.to_json(root) if self.innermost is not None else None,
-            "stack": [f.to_json(root) for f in self.stack],
-            "await_chain": [f.to_json(root) for f in self.await_chain],
+            "stack": _stack_json(self.stack, root),
+            "await_chain": _stack_json(self.await_chain, root),
             "thread": self.thread_name,
             "thread_ident": self.thread_ident,
             "task": self.task_name,
@@ -492,6 +504,7 @@ class BlockEvent:
             "gil": self.gil,
             "gil_holder": holder,
             "syscall": self.syscall,
+            "syscall_object": self.syscall_object,
             "running": self.running,
             "starved": self.starved,
             "several_calls": self.sites_changed,
@@ -555,6 +568,7 @@ class BlockEvent:
             gc_time=r.seconds("gc_ms", default=0.0),
             running=r.get("running", bool, default=False),
             syscall=r.get("syscall", str, null=True, default=None),
+            syscall_object=r.get("syscall_object", str, null=True, default=None),
             cpu_wait=r.seconds("cpu_wait_ms", null=True),
             holder_cpu_wait=r.seconds("holder_cpu_wait_ms", null=True),
             callbacks=r.each("callbacks", lambda c: Callback.from_json(c, root)),
@@ -656,4 +670,16 @@ class _Reader:
         return out
 
     def stack(self, key: str, root: Optional[Path], *, required: bool = False) -> list[Frame]:
-        return stack_of(self.each(key, lambda f: Frame.from_json(f, root), required=required))
+        """A stack :func:`_stack_json` wrote (a run of repeated frames written once)."""
+        frames = self.each(key, lambda f: Frame.from_json(f, root), required=required)
+        try:
+            frames = stack_from_json(self.d.get(key) or [], frames)
+        except RepeatError as e:
+            raise FormatError(f"{self.where}{key}{e}") from None
+        return stack_of(frames)
+
+
+def _stack_json(stack: list[Frame], root: Optional[Path]) -> list[dict[str, Any]]:
+    """A stack's JSON: its frames, each run of repeated frames (a recursion) written once, its
+    first frame with ``"repeat": {"frames": N, "times": M}`` (see :mod:`loopguard._repeats`)."""
+    return stack_to_json(stack, lambda f: f.to_json(root))

@@ -1,9 +1,9 @@
 """The text of a failure: what a test's report says about its blocks.
 
 :func:`format_event` writes one block's report (the call site, the stacks with library frames
-folded, the detail line); :class:`FailureRepr` is what pytest prints for a test that loopguard
-failed, and :func:`headline` the line of its short test summary. The session's report (the
-hotspot table, the JSON report, annotations) is :mod:`loopguard._report`.
+and recursion folded, the detail line); :class:`FailureRepr` is what pytest prints for a test
+that loopguard failed, and :func:`headline` the line of its short test summary. The session's
+report (the hotspot table, the JSON report, annotations) is :mod:`loopguard._report`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 from ._events import BlockEvent, Frame
 from ._files import PKG_DIR, display_path, is_user_file, package_of
 from ._parse import format_duration
+from ._repeats import Repeat, fold_repeats, frames_in, is_marker, marker_text, repeat_lines
 
 __all__ = [
     "FailureRepr",
@@ -24,6 +25,7 @@ __all__ = [
     "format_events",
     "headline",
     "summary",
+    "syscall_clause",
 ]
 
 
@@ -108,14 +110,14 @@ def format_event(
         detail.append(f"GIL held by thread {ev.gil_holder_thread!r}")
     elif ev.gil == "released" and ev.syscall == "futex":
         # A futex wait that is not for the GIL: a lock, a condition, a thread's join.
-        detail.append("GIL released, waiting on a lock (futex)")
+        detail.append(f"GIL released, waiting on {ev.syscall_object or 'a lock'} (futex)")
     elif ev.gil == "released" and ev.syscall:
-        detail.append(f"GIL released, in the system call {ev.syscall}")
+        detail.append(f"GIL released, in the system call {syscall_clause(ev)}")
     elif ev.gil == "released" and ev.running:
         detail.append("GIL released, running C code that released it")
     elif ev.gil == "loop" and ev.syscall and ev.syscall != "futex":
         # C code blocking in the kernel without letting go of the GIL: every thread waits.
-        detail.append(f"GIL held by the loop thread, in the system call {ev.syscall}")
+        detail.append(f"GIL held by the loop thread, in the system call {syscall_clause(ev)}")
     elif ev.gil in _GIL_TEXT and ev.gil != "unknown":
         detail.append(_GIL_TEXT[ev.gil])
     if ev.captured_after is not None:
@@ -139,6 +141,22 @@ def _chain_lines(ev: BlockEvent, *, full: bool) -> list[str]:
         "    [awaited by the chain above: the loop thread's own frames, on a stack of their "
         "own (a greenlet)]",
     ]
+
+
+# Calls whose object is the child they wait for ("wait4 for pid 1234 (sleep 1)").
+_WAITS_FOR = {"wait4", "waitid"}
+
+
+def syscall_clause(ev: BlockEvent) -> str:
+    """The system call and what it waited on, as a report names them: ``recvfrom on TCP
+    127.0.0.1:51234 → 127.0.0.1:8080``, ``wait4 for pid 1234 (sleep 1)``, ``clock_nanosleep
+    (sleeping)``; the call alone when its object is not known."""
+    call, obj = ev.syscall or "", ev.syscall_object
+    if not obj:
+        return call
+    if obj == "sleeping":
+        return f"{call} (sleeping)"
+    return f"{call} {'for' if call in _WAITS_FOR else 'on'} {obj}"
 
 
 def _native_lines(ev: BlockEvent) -> list[str]:
@@ -173,29 +191,59 @@ def _dispatch_index(stack: list[Frame]) -> int:
 
 
 def _stack_lines(stack: list[Frame], limit: int = 30, *, full: bool = False) -> list[str]:
-    """A stack as a traceback's lines. ``full``: every frame. Otherwise without the frames of
+    """A stack as a traceback's lines, recursion folded as CPython's traceback folds it (see
+    :mod:`loopguard._repeats`). ``full``: every other frame. Otherwise without the frames of
     the test runner and event loop outside the callback, library runs folded (see
-    :func:`fold_stack`), and the innermost ``limit`` entries (a folded run is one)."""
+    :func:`fold_stack`), and at most ``limit`` entries (a folded run is one): the innermost
+    ones, and the outermost project frame inside the callback (the test's, or the handler's)."""
     if full:
-        return [line for f in stack for line in _frame_lines(f)]
+        return [line for e in fold_repeats(stack) for line in _entry_lines(e)]
     lines = []
     cut = _dispatch_index(stack)
     if cut >= len(stack):
         cut = 0
-    entries = fold_stack(stack[cut:])
-    start = max(0, len(entries) - limit)  # a folded run is one entry
-    hidden = cut + sum(1 if isinstance(e, Frame) else e.count for e in entries[:start])
-    if hidden:
+    outer = stack[:cut]
+    if outer:
+        hidden = sum(frames_in(f) for f in outer)
         lines.append(f"    ... {hidden} outer frames (test runner and event loop) not shown ...")
-    for entry in entries[start:]:
-        if isinstance(entry, Frame):
-            lines.extend(_frame_lines(entry))
-        else:
-            lines.append(f"    ... {entry} ...")
+        lines.extend(_frame_lines(f)[0] for f in outer if is_marker(f))
+    entries = fold_repeats(fold_stack(stack[cut:]))
+    if len(entries) > limit:
+        head = _head(entries)
+        tail = entries[len(entries) - (limit - len(head)) :]
+        middle = entries[len(head) : len(entries) - len(tail)]
+        lines.extend(line for e in head for line in _entry_lines(e))
+        lines.append(f"    ... {sum(frames_in(e) for e in middle)} frames not shown ...")
+        lines.extend(_frame_lines(e)[0] for e in middle if isinstance(e, Frame) and is_marker(e))
+        entries = tail
+    lines.extend(line for e in entries for line in _entry_lines(e))
     return lines
 
 
+_HEAD = 3
+"""Entries at the outer end of a long stack searched for its outermost project frame."""
+
+
+def _head(entries: list[Any]) -> list[Any]:
+    """The outer entries a long stack keeps: up to its outermost project frame, when it is one
+    of the first few (a folded run of library frames may come before it)."""
+    for i, e in enumerate(entries[:_HEAD]):
+        if isinstance(e, Frame) and is_user_file(e.filename):
+            return entries[: i + 1]
+    return []
+
+
+def _entry_lines(entry: Any) -> list[str]:
+    if isinstance(entry, Repeat):
+        return repeat_lines(entry, _entry_lines, "    ")
+    if isinstance(entry, Fold):
+        return [f"    ... {entry} ..."]
+    return _frame_lines(entry)
+
+
 def _frame_lines(f: Frame) -> list[str]:
+    if is_marker(f):
+        return [f"    ... {marker_text(f)} ..."]
     lines = [f'    File "{display_path(f.filename)}", line {f.lineno}, in {f.function}']
     if f.source:
         lines.append(f"      {f.source}")
@@ -226,10 +274,11 @@ def fold_stack(stack: list[Frame]) -> list[Any]:
     """``stack`` (outermost first) as :class:`Frame` and :class:`Fold` entries: each run of
     two or more library frames before or between project frames becomes one :class:`Fold`.
     A run that ends the stack keeps its first frame and its innermost ones (where it blocked).
-    A stack without project frames is not folded."""
-    user = [is_user_file(f.filename) for f in stack]
-    if not any(user):
+    A stack without project frames is not folded. A marker of frames not read is kept, and
+    ends a run."""
+    if not any(is_user_file(f.filename) for f in stack):
         return list(stack)
+    user = [is_user_file(f.filename) or is_marker(f) for f in stack]
     out: list[Any] = []
     i = 0
     while i < len(stack):

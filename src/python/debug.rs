@@ -48,7 +48,7 @@ fn frames_to_py(py: Python<'_>, frames: Vec<Frame>) -> PyResult<Bound<'_, PyList
         py,
         frames
             .into_iter()
-            .map(|f| (f.filename, f.lineno, f.function)),
+            .map(|f| (f.filename.to_string(), f.lineno, f.function.to_string())),
     )
 }
 
@@ -70,8 +70,8 @@ fn _reader_code(py: Python<'_>, code: &Bound<'_, PyAny>) -> PyResult<(String, St
     let addr = code.as_ptr() as usize;
     let info = with_walker(py, |w| w.code(addr))?.map_err(PyRuntimeError::new_err)?;
     Ok((
-        info.filename.clone(),
-        info.function.clone(),
+        info.filename.to_string(),
+        info.function.to_string(),
         info.firstlineno,
         info.code_bytes,
     ))
@@ -191,13 +191,12 @@ fn _reader_stress<'py>(
                         *depths.entry(frames.len()).or_default() += 1;
                     }
                     if let Some(f) = frames.last() {
-                        let key = (f.filename.clone(), f.lineno, f.function.clone());
+                        let key = (f.filename.to_string(), f.lineno, f.function.to_string());
                         *innermost.entry(key).or_default() += 1;
                     }
                     for f in frames {
-                        if !seen.contains(&(f.filename.clone(), f.lineno, f.function.clone())) {
-                            seen.insert((f.filename, f.lineno, f.function));
-                        }
+                        let key = (f.filename.to_string(), f.lineno, f.function.to_string());
+                        seen.insert(key);
                     }
                 }
                 Err(e) => {
@@ -369,6 +368,23 @@ fn _gil_reader_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     Ok(d)
 }
 
+// ---- what a blocked system call waits on (`_waited_*`) ----
+
+/// What the thread `native_tid` (a kernel thread id of this process) is blocked on, as the
+/// watchdog names it for a block's sample (see `waited`), and how long naming it took in
+/// nanoseconds (the kernel state read not included); read with the GIL released, with no cache.
+/// `(None, ns)` when it is not in a named system call, and off Linux.
+#[pyfunction]
+fn _waited_describe(py: Python<'_>, native_tid: i64) -> (Option<String>, u64) {
+    py.detach(|| {
+        let waited = crate::waited::Waited::new();
+        let state = crate::syscall::KernelState::of_thread(native_tid);
+        let t = Instant::now();
+        let text = waited.describe(state, &mut None);
+        (text, t.elapsed().as_nanos() as u64)
+    })
+}
+
 /// Adds the test and debug entry points to `loopguard._native`.
 pub(super) fn add_to_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_reader_current_tstate, m)?)?;
@@ -385,5 +401,6 @@ pub(super) fn add_to_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_gil_threads, m)?)?;
     m.add_function(wrap_pyfunction!(_gil_thread_ids, m)?)?;
     m.add_function(wrap_pyfunction!(_gil_reader_info, m)?)?;
+    m.add_function(wrap_pyfunction!(_waited_describe, m)?)?;
     Ok(())
 }

@@ -60,9 +60,9 @@ pub(super) fn running_task(
     let frames = chain
         .into_iter()
         .map(|(filename, lineno, function)| Frame {
-            filename,
+            filename: filename.into(),
             lineno,
-            function,
+            function: function.into(),
         })
         .collect();
     Some((name, frames))

@@ -105,6 +105,7 @@ impl NativeSampler {
         Holder {
             thread_ident: ident,
             frames,
+            repeats: Vec::new(),
         }
     }
 }
@@ -140,18 +141,22 @@ impl Sampler for NativeSampler {
                 offset_ns,
                 count: 1,
                 frames,
+                repeats: Vec::new(),
                 gil,
                 holder: None,
                 late: false,
                 error: None,
                 task_name: None,
                 syscall: None,
+                syscall_object: None,
+                kernel: None,
                 running: false,
                 native: Default::default(),
             },
             Err(e) => Sample::failed(offset_ns, e),
         };
         sample.syscall = kernel.and_then(|k| k.syscall_name());
+        sample.kernel = kernel;
         sample.running = kernel == Some(KernelState::Running);
         sample.gil = gil;
         sample.holder = holder;
