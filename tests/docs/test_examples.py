@@ -38,6 +38,8 @@ _VARIABLE = [
     (re.compile(r"(?:\S*/site-packages|\.\.\.)/(\S+?\.py):\d+ in"), r".../\1:<n> in"),
     # Which line of the JSON encoder was running.
     (re.compile(r"(\S*/)?json/(\w+)\.py:\d+ in \S+"), r"json/\2.py:<line> in <function>"),
+    # Which line of a library's file blocked (as an import names the file).
+    (re.compile(r"(blocked in )(?!examples/)([\w/.]+?\.py):\d+ in"), r"\1\2:<n> in"),
     # Whether sqlite was sampled in C code or in a system call.
     (
         re.compile(
