@@ -146,7 +146,7 @@ def test_each_kind_of_block_gets_its_fix(pytester, inner):
         )
     # Under each row of the hotspot table with -v, and in the HTML page's hotspot table.
     result.stdout.fnmatch_lines(
-        ["MEDIUM * test_it.py:*in test_sleep *", f"    fix: {expected['test_sleep']}"]
+        ["* failed *test_it.py:*in test_sleep *", f"    fix: {expected['test_sleep']}"]
     )
     page = (pytester.path / "r.html").read_text()
     assert '<th scope="col">fix</th>' in page
@@ -247,7 +247,7 @@ def test_a_block_entirely_in_the_stdlib_is_named_as_an_import_names_it(
     header = lines[start:end]
     assert header[2] == f"    asyncio/events.py:{line} in Handle._run", header
     assert "    fix: await asyncio.sleep(...) instead of time.sleep" in header
-    row = next(t for t in lines if t.startswith("MEDIUM ") and "in Handle._run" in t)
+    row = next(t for t in lines if " failed " in t and "in Handle._run" in t)
     assert f"  asyncio/events.py:{line} in Handle._run  " in row
     short = next(t for t in lines if t.startswith("FAILED test_it.py::test_callback"))
     assert f"at asyncio/events.py:{line} in Handle._run" in short
