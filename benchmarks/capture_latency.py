@@ -11,7 +11,9 @@ The figure is how long after the 50 ms mark the stack was in hand, and whether i
 blocking call (the worker's ``<lambda>`` frame).
 
 Then the per-sample cost of the native reader on a thread blocked under a stack of the given
-depth.
+depth, and the cost of naming what a blocked system call waits on (a TCP socket, a FIFO, a
+child process, a lock, a sleep): the watchdog does that after a confirmed block's stack is in
+hand, and again only when the call or its descriptor changes (Linux).
 
     python benchmarks/capture_latency.py [--rounds 3] [--depths 10,50,200]
 """
@@ -24,10 +26,12 @@ import statistics
 import sys
 import threading
 import time
+from typing import Optional
 
 from loopguard import _native
 
 WORKLOADS = ["sleep", "regex", "sorted", "json"]
+OBJECT_KINDS = ["tcp recv", "fifo read", "child wait", "lock", "sleep"]
 DELAY = 0.05
 
 
@@ -106,6 +110,77 @@ def _sample_cost(depth: int, seconds: float = 1.0) -> dict:
         t.join()
 
 
+def _blocked_in(kind: str):
+    """Starts a thread blocked in a system call of ``kind`` for about a second; returns its
+    kernel thread id, and a function that ends the block and joins the thread."""
+    import os
+    import socket
+    import subprocess
+    import tempfile
+
+    box: dict = {}
+    cleanup = []
+    if kind == "tcp recv":
+        listener = socket.create_server(("127.0.0.1", 0))
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        cleanup += [client.close, server.close, listener.close]
+        release = lambda: server.sendall(b"x")  # noqa: E731
+        block = lambda: client.recv(1)  # noqa: E731
+    elif kind == "fifo read":
+        path = os.path.join(tempfile.mkdtemp(), "x.fifo")
+        os.mkfifo(path)
+        rfd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        os.set_blocking(rfd, True)
+        wfd = os.open(path, os.O_WRONLY)
+        cleanup += [lambda: os.close(rfd), lambda: os.close(wfd), lambda: os.unlink(path)]
+        release = lambda: os.write(wfd, b"x")  # noqa: E731
+        block = lambda: os.read(rfd, 1)  # noqa: E731
+    elif kind == "child wait":
+        child = subprocess.Popen(["sleep", "30"])
+        release = child.kill
+        block = child.wait
+    elif kind == "lock":
+        lock = threading.Lock()
+        lock.acquire()
+        release = lock.release
+        block = lambda: lock.acquire() and lock.release()  # noqa: E731
+    else:
+        done = threading.Event()
+        release = done.set
+        block = lambda: time.sleep(0.3)  # noqa: E731
+
+    def run() -> None:
+        box["tid"] = threading.get_native_id()
+        block()
+
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(0.1)
+
+    def end() -> None:
+        release()
+        t.join()
+        for c in cleanup:
+            c()
+
+    return box["tid"], end
+
+
+def _object_cost(kind: str, rounds: int) -> tuple[Optional[str], float]:
+    """What the watchdog names for a thread blocked in ``kind``, and the median cost (s)."""
+    texts, costs = [], []
+    for _ in range(rounds):
+        tid, end = _blocked_in(kind)
+        try:
+            text, ns = _native._waited_describe(tid)
+        finally:
+            end()
+        texts.append(text)
+        costs.append(ns / 1e9)
+    return texts[-1], statistics.median(costs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -128,6 +203,11 @@ def main() -> None:
             f"depth {depth:>4}: p50 {r['p50_ns'] / 1e3:7.1f}us  p99 {r['p99_ns'] / 1e3:7.1f}us  "
             f"mean {r['mean_ns'] / 1e3:7.1f}us  ({r['ok']}/{r['samples']} ok)"
         )
+
+    print("\nnaming what a blocked system call waits on (once per block, after the stack)")
+    for kind in OBJECT_KINDS:
+        text, cost = _object_cost(kind, args.rounds)
+        print(f"{kind:<10} {cost * 1e6:8.1f}us  {text}")
 
 
 if __name__ == "__main__":

@@ -3,13 +3,19 @@
     python examples/benchmark.py            # full load: 50 concurrent uploads per variant
     python examples/benchmark.py --quick    # reduced load, under a minute
 
-Starts the example app under uvicorn on 127.0.0.1 (a free port), in a thread of this process
-watched by ``loopguard.guard()``, and for each variant of ``POST /documents`` (an ``async def``
-that blocks, an ``async def`` that offloads, a plain ``def`` run in the threadpool) measures,
-while 5 documents are processed in the background and WebSocket clients send heartbeats:
-requests per second, upload latency p50/p99, the heartbeat round trip p99, the latency of
-``GET /health`` (the rest of the API), the loop's lag (a 10 ms timer on the server's loop: how
-late it ran, p99 and max) and the blocks loopguard saw, with their call sites.
+For each variant of ``POST /documents`` (an ``async def`` that blocks, an ``async def`` that
+offloads, a plain ``def`` run in the threadpool) starts the example app on a real uvicorn
+server on 127.0.0.1 (a free port) under ``python -m loopguard run``, as a service's CI load test
+would::
+
+    python -m loopguard run --threshold 100ms --json REPORT -- python -m uvicorn --factory \
+        benchmark:served_app --app-dir examples --host 127.0.0.1 --port PORT
+
+and measures, while 5 documents are processed in the background and WebSocket clients send
+heartbeats: requests per second, upload latency p50/p99, the heartbeat round trip p99, the
+latency of ``GET /health`` (the rest of the API); then stops the server with SIGINT and reads
+loopguard's JSON report: the loop's lag (a 10 ms timer on the server's loop: how late it ran,
+p99 and max) and the blocks on it, with their call sites and requests.
 
 SLO (the service's target): heartbeat p99 < 100 ms, API p99 < 500 ms. Exits with status 1 when
 a ``/v2`` variant breaks it. Every loop here is bounded in count and in time.
@@ -21,25 +27,28 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
-import uvicorn
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import loopguard
 from app.main import create_app
 from app.storage import Storage
+
+HERE = Path(__file__).resolve().parent
 
 HOST = "127.0.0.1"
 VARIANTS = {
@@ -73,8 +82,10 @@ class Result:
     errors: int = 0
     heartbeats: list[float] = field(default_factory=list)
     api: list[float] = field(default_factory=list)
-    lags: list[float] = field(default_factory=list)
-    blocks: list[loopguard.BlockEvent] = field(default_factory=list)
+    lag_p99: float = float("nan")
+    lag_max: float = float("nan")
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+    """The blocks of loopguard's JSON report."""
 
 
 def pct(values: list[float], p: float) -> float:
@@ -90,47 +101,55 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def served_app():  # type: ignore[no-untyped-def]
+    """The app the server process serves (uvicorn --factory): the database this script
+    seeded (``BENCHMARK_DB``)."""
+    return create_app(Storage(os.environ["BENCHMARK_DB"]))
+
+
 class Server:
-    """uvicorn in a thread; its loop also runs a lag probe (a 10 ms timer)."""
+    """uvicorn in its own process, under ``python -m loopguard run``; stopped with SIGINT,
+    after which loopguard's JSON report (``report``) holds its blocks and its loop's lag."""
 
-    def __init__(self, app, port: int) -> None:  # type: ignore[no-untyped-def]
-        config = uvicorn.Config(
-            app, host=HOST, port=port, log_level="warning", ws="websockets-sansio"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self._run, name="uvicorn", daemon=True)
-        self.lags: list[float] = []
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-    def _run(self) -> None:
-        asyncio.run(self._serve())
-
-    async def _serve(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        probe = asyncio.create_task(self._probe())
-        try:
-            await self.server.serve()
-        finally:
-            probe.cancel()
-
-    async def _probe(self) -> None:
-        while True:
-            start = time.perf_counter()
-            await asyncio.sleep(0.01)
-            self.lags.append(max(0.0, time.perf_counter() - start - 0.01))
+    def __init__(self, db: Path, port: int, report: Path) -> None:
+        self.command = [
+            sys.executable, "-m", "loopguard", "run", "--threshold", "100ms",
+            "--json", str(report), "--",
+            "python", "-m", "uvicorn", "--factory", "benchmark:served_app",
+            "--app-dir", str(HERE), "--host", HOST, "--port", str(port),
+            "--log-level", "warning", "--ws", "websockets-sansio",
+        ]  # fmt: skip
+        self.env = {**os.environ, "BENCHMARK_DB": str(db)}
+        self.base = f"http://{HOST}:{port}"
+        self.report = report
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not self.server.started:
-            raise SystemExit("benchmark: uvicorn did not start within 20 s")
-        return self
+        # loopguard's live reports go to this script's stderr, as they would in a CI log.
+        self.proc = subprocess.Popen(self.command, env=self.env)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"benchmark: the server exited ({self.proc.returncode})")
+            try:
+                if httpx.get(f"{self.base}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.1)
+        self.proc.kill()
+        raise SystemExit("benchmark: uvicorn did not start within 30 s")
 
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def loopguard_report(self) -> dict[str, Any]:
+        return json.loads(self.report.read_text())
 
 
 async def heartbeat_client(base: str, doc_id: int, stop: asyncio.Event, out: list[float]) -> None:
@@ -220,14 +239,19 @@ def table(results: list[Result]) -> str:
                 ms(pct(r.latencies, 0.99)),
                 ms(pct(r.heartbeats, 0.99)),
                 ms(pct(r.api, 0.99)),
-                ms(pct(r.lags, 0.99)),
-                ms(max(r.lags, default=float("nan"))),
+                ms(r.lag_p99),
+                ms(r.lag_max),
                 str(len(r.blocks)),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows)
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _request(event: dict[str, Any]) -> str:
+    request = (event.get("context") or {}).get("request")
+    return f" ({request})" if request else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,27 +264,29 @@ def main(argv: list[str] | None = None) -> int:
         storage.seed(users=2_000, events=10_000)
         text = "\n\n".join(f"{i}. {PARAGRAPH}" for i in range(1, 61))
         docs = [storage.add_document(f"contract-{i}.txt", text) for i in range(load.documents)]
-        port = free_port()
-        base = f"http://{HOST}:{port}"
         results: list[Result] = []
-        # One guard for the whole run keeps the server's loop watched (a loop is watched when
-        # it starts running under a guard); one per variant collects that variant's blocks.
-        with loopguard.guard(threshold="100ms", raise_=False):
-            with Server(create_app(storage), port) as server:
-                for name, path in VARIANTS.items():
-                    server.lags.clear()
-                    with loopguard.guard(threshold="100ms", raise_=False) as watch:
-                        result = asyncio.run(run_variant(name, path, base, docs, load))
-                    result.lags = list(server.lags)
-                    # The server's loop only (this script's client loop is watched too).
-                    result.blocks = [e for e in watch.events if e.thread_name == "uvicorn"]
-                    results.append(result)
+        # One server per variant: its loopguard report is that variant's blocks and lag.
+        for i, (name, path) in enumerate(VARIANTS.items()):
+            server = Server(storage.path, free_port(), Path(tmp) / f"variant-{i}.json")
+            with server:
+                result = asyncio.run(run_variant(name, path, server.base, docs, load))
+            report = server.loopguard_report()
+            loops = report["lag"]["loops"]
+            if loops:
+                result.lag_p99 = max(loop["p99_ms"] for loop in loops) / 1000
+                result.lag_max = max(loop["max_ms"] for loop in loops) / 1000
+            result.blocks = report["events"]
+            results.append(result)
     print(table(results))
     print(f"\nload: {load}; SLO: heartbeat p99 < {ms(HEARTBEAT_SLO)}, API p99 < {ms(API_SLO)}")
     for r in results:
-        sites = Counter(str(e.site) for e in r.blocks)
-        for site, n in sites.most_common(3):
-            print(f"  {r.variant}: {n} block(s) at {site}")
+        sites = Counter(
+            (f"{e['site']['file']}:{e['site']['line']} in {e['site']['function']}", _request(e))
+            for e in r.blocks
+            if e["site"]
+        )
+        for (site, request), n in sites.most_common(3):
+            print(f"  {r.variant}: {n} block(s) at {site}{request}")
     broken = [
         r.variant
         for r in results

@@ -81,6 +81,14 @@ pub struct Sample {
     /// The system call the loop thread was blocked in (`recvfrom`, `clock_nanosleep`, ...),
     /// when it was in one and the kernel said so.
     pub syscall: Option<String>,
+    /// What that system call waited on (`TCP 127.0.0.1:51234 → 127.0.0.1:8080`, `/tmp/x.fifo
+    /// (FIFO)`, `pid 1234 (sleep 1)`, `a lock or condition`, `sleeping`), for samples of a
+    /// confirmed block on Linux (see `waited`).
+    pub syscall_object: Option<String>,
+    /// The kernel's view of the thread when the sample was taken, for the watchdog to describe
+    /// what the call waited on.
+    #[serde(skip)]
+    pub kernel: Option<crate::syscall::KernelState>,
     /// True when the kernel reported the loop thread on a CPU (running code, not waiting).
     pub running: bool,
     /// The callback the sample was taken in, as the sampler tagged it (see `callbacks::tag`);
@@ -108,6 +116,8 @@ impl Sample {
             error: Some(error.into()),
             task_name: None,
             syscall: None,
+            syscall_object: None,
+            kernel: None,
             running: false,
             callback_tag: None,
             callback: None,
@@ -123,6 +133,7 @@ impl Sample {
             && self.late == other.late
             && self.error == other.error
             && self.syscall == other.syscall
+            && self.syscall_object == other.syscall_object
             && self.running == other.running
             && self.callback_tag == other.callback_tag
             && self.callback == other.callback

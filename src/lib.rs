@@ -30,6 +30,7 @@ pub mod sampler;
 pub mod sched;
 pub mod schedstat;
 pub mod syscall;
+pub mod waited;
 pub mod watchdog;
 
 mod python;

@@ -60,6 +60,7 @@ use crate::policy::{
     early_sampling, first_look, holder_look_interval, longest_sleep, sample_interval, END_GRACE_NS,
 };
 use crate::sampler::{Sampler, Target};
+use crate::waited::{Cache, Waited};
 
 /// Most distinct samples kept per block; later ones are folded into the last.
 const MAX_SAMPLES: usize = 200;
@@ -363,6 +364,9 @@ struct Block {
     seen_end: Option<u64>,
     /// The asyncio task that was running, if someone could tell (see [`Watchdog::annotate`]).
     task_name: Option<String>,
+    /// What the loop thread's system call waited on at the block's last sample, kept while
+    /// the call and its descriptor stay the same (see `waited`).
+    waited: Cache,
 }
 
 struct Watched {
@@ -623,6 +627,8 @@ struct Runner {
     rung: Receiver<()>,
     events: Arc<Mutex<Vec<BlockEvent>>>,
     sampler: Box<dyn Sampler>,
+    /// Names what a blocked system call waits on.
+    waited: Waited,
     loops: HashMap<u64, Watched>,
     next_event: u64,
     notices: Sender<BlockNotice>,
@@ -643,6 +649,7 @@ impl Runner {
             rung,
             events,
             sampler,
+            waited: Waited::new(),
             loops: HashMap::new(),
             next_event: 1,
             notices,
@@ -772,6 +779,7 @@ impl Runner {
                     next_sample: 0,
                     seen_end: None,
                     task_name: None,
+                    waited: None,
                 };
                 self.finish(&slot, b, end, true, None);
             }
@@ -937,10 +945,11 @@ impl Runner {
                         w.slot.open_block.store(b.start, Ordering::Release);
                         let mut s = self.sampler.sample(&w.slot.target, now - b.start);
                         add_native(&mut s, &w.slot.target, b.starved);
-                        observe(b, s);
                         // Counted when the sample is in hand: a sampler that had to wait (for
                         // the GIL) must not look punctual.
                         b.captured_after = Some(now_ns().saturating_sub(b.start));
+                        add_object(&self.waited, &mut s, &mut b.waited, b.starved);
+                        observe(b, s);
                         b.next_sample = now_ns() + interval;
                         if !b.starved && self.shared.notify_blocks.load(Ordering::Relaxed) {
                             let _ = self.notices.try_send((Arc::clone(&w.slot), b.start));
@@ -949,6 +958,7 @@ impl Runner {
                         let mut s = self.sampler.sample(&w.slot.target, now - b.start);
                         if b.confirmed {
                             add_native(&mut s, &w.slot.target, b.starved);
+                            add_object(&self.waited, &mut s, &mut b.waited, b.starved);
                         }
                         observe(b, s);
                         b.next_sample = now_ns() + interval;
@@ -1022,6 +1032,7 @@ impl Runner {
                 next_sample: start.saturating_add(early_sampling(threshold)),
                 seen_end: None,
                 task_name: None,
+                waited: None,
             };
             if confirmed || (early_samples && now >= b.next_sample) {
                 let t0 = now_ns();
@@ -1030,11 +1041,10 @@ impl Runner {
                     .sample(&w.slot.target, t0.saturating_sub(start));
                 if confirmed {
                     add_native(&mut s, &w.slot.target, starved);
+                    b.captured_after = Some(now_ns().saturating_sub(start));
+                    add_object(&self.waited, &mut s, &mut b.waited, starved);
                 }
                 observe(&mut b, s);
-                if confirmed {
-                    b.captured_after = Some(now_ns().saturating_sub(start));
-                }
                 b.next_sample = now_ns() + interval;
             }
             if confirmed || early_samples {
@@ -1090,6 +1100,16 @@ fn add_native(s: &mut Sample, target: &Target, starved: bool) {
     });
 }
 
+/// Names what the system call of `s`, a sample of a confirmed block, waited on (see `waited`),
+/// after the stack is in hand. Not for starvation, nor for a sample taken while another thread
+/// held the GIL: the loop thread's call is then its wait for the GIL.
+fn add_object(waited: &Waited, s: &mut Sample, cache: &mut Cache, starved: bool) {
+    if starved || s.gil == crate::event::Gil::Other {
+        return;
+    }
+    s.syscall_object = waited.describe(s.kernel, cache);
+}
+
 fn push_sample(samples: &mut Vec<Sample>, s: Sample) {
     let full = samples.len() >= MAX_SAMPLES;
     if let Some(last) = samples.last_mut() {
@@ -1128,6 +1148,8 @@ mod tests {
                 error: None,
                 task_name: None,
                 syscall: None,
+                syscall_object: None,
+                kernel: None,
                 running: false,
                 callback_tag: None,
                 callback: None,
@@ -1644,7 +1666,17 @@ mod tests {
         // The watchdog sleeps up to one threshold between looks: a long one here.
         let wd = start(ms(60_000));
         wd.flush(ms(5000));
-        let before = wd.wakeups();
+        // The flush's ring may still be on its way (the watchdog can take the flush with a
+        // batch before it reads the ring): let the count settle first.
+        let mut before = wd.wakeups();
+        loop {
+            sleep(ms_d(100));
+            let now = wd.wakeups();
+            if now == before {
+                break;
+            }
+            before = now;
+        }
         for i in 0..50 {
             wd.set_context(&format!("setup\u{1f}test_{i}"));
             wd.set_context(&format!("call\u{1f}test_{i}"));

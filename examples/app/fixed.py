@@ -72,13 +72,13 @@ async def render_in_slices(text: str, paragraphs: int = 50) -> list[list[str]]:
 
 
 @router.post("/documents/{doc_id}/thumbnails")
-async def make_thumbnails(doc_id: int, request: Request) -> dict[str, int]:
+async def make_thumbnails(doc_id: int, request: Request, pages: int = 3) -> dict[str, int]:
     """Layout in slices on the loop, then each stage that waits or runs C code in a thread:
     Pillow, the JSON checkpoint on disk, the sqlite3 insert. All three let go of the GIL."""
     doc = await asyncio.to_thread(db(request).document, doc_id)
     if doc is None:
         raise HTTPException(404, "no such document")
-    count = await process(request.app.state, doc_id, doc["body"], Job(doc_id))
+    count = await process(request.app.state, doc_id, doc["body"], Job(doc_id), thumbnails=pages)
     return {"id": doc_id, "thumbnails": count}
 
 
@@ -98,15 +98,16 @@ class Job:
         self.changed = asyncio.Event()
 
 
-async def process(state: Any, doc_id: int, text: str, job: Job) -> int:
-    """The pipeline: layout, page thumbnails, checkpoints after each stage, storage.
+async def process(state: Any, doc_id: int, text: str, job: Job, thumbnails: int = 3) -> int:
+    """The pipeline: layout, thumbnails of the first pages, checkpoints after each stage,
+    storage.
 
     Several documents are processed at once: layout slices are small (~5 ms), so that the loop
     stays responsive while their slices take turns."""
     pages = await render_in_slices(text, paragraphs=10)
     await asyncio.to_thread(checkpoint, state.workdir, doc_id, "layout", {"pages": len(pages)})
     job.advance("layout")
-    pngs = await asyncio.to_thread(images.thumbnails, pages)
+    pngs = await asyncio.to_thread(images.thumbnails, pages, thumbnails)
     await asyncio.to_thread(
         checkpoint, state.workdir, doc_id, "thumbnails", {"sizes": [len(p) for p in pngs]}
     )

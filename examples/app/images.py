@@ -2,7 +2,7 @@
 
 Pillow does its pixel work in C and lets go of the GIL while it filters and resizes: in a
 worker thread it runs beside the event loop, not against it. On the loop thread it is a block
-like any other (a few hundred ms for three A4 pages at 150 dpi).
+like any other (tens of milliseconds for each A4 page at 150 dpi).
 """
 
 from __future__ import annotations

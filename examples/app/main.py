@@ -63,13 +63,13 @@ def create_app(storage: Storage, workdir: Optional[Path] = None) -> FastAPI:
         return {"id": doc_id, "pages": len(pages)}
 
     @app.post("/documents/{doc_id}/thumbnails")
-    async def make_thumbnails(doc_id: int, request: Request) -> dict[str, int]:
+    async def make_thumbnails(doc_id: int, request: Request, pages: int = 3) -> dict[str, int]:
         doc = await asyncio.to_thread(db(request).document, doc_id)
         if doc is None:
             raise HTTPException(404, "no such document")
-        pages = await fixed.render_in_slices(doc["body"])
+        layout = await fixed.render_in_slices(doc["body"])
         # BUG: Pillow's filters run in C, but here they run on the loop thread.
-        pngs = images.thumbnails(pages)
+        pngs = images.thumbnails(layout, limit=pages)
         count = await asyncio.to_thread(db(request).save_thumbnails, doc_id, pngs)
         return {"id": doc_id, "thumbnails": count}
 

@@ -14,10 +14,10 @@ async def test_upload_blocks_on_sync_sleep(client):
 
 
 @pytest.mark.asyncio
-async def test_render_blocks_on_cpu_loop(client, contract_id):
-    resp = await client.post(f"/documents/{contract_id}/render")
+async def test_render_blocks_on_cpu_loop(client, long_contract_id, sizes):
+    resp = await client.post(f"/documents/{long_contract_id}/render")
     assert resp.status_code == 200
-    assert resp.json()["pages"] == 300
+    assert resp.json()["pages"] == sizes.pages
 
 
 # ---- fixed: the scan waits in a thread, the layout runs in slices; these PASS ----

@@ -15,16 +15,20 @@ import pytest
 
 
 @pytest.mark.asyncio
-async def test_thumbnails_block_on_pillow(client, contract_id):
-    resp = await client.post(f"/documents/{contract_id}/thumbnails")
-    assert resp.json() == {"id": contract_id, "thumbnails": 3}
+async def test_thumbnails_block_on_pillow(client, contract_id, sizes):
+    resp = await client.post(
+        f"/documents/{contract_id}/thumbnails", params={"pages": sizes.thumbnails}
+    )
+    assert resp.json() == {"id": contract_id, "thumbnails": sizes.thumbnails}
 
 
 @pytest.mark.asyncio
-async def test_layout_in_a_thread_still_holds_the_gil(client, contract_id, offload_check):
+async def test_layout_in_a_thread_still_holds_the_gil(
+    client, long_contract_id, sizes, offload_check
+):
     async with offload_check() as check:
-        resp = await client.post(f"/documents/{contract_id}/layout")
-    assert resp.json()["pages"] == 300
+        resp = await client.post(f"/documents/{long_contract_id}/layout")
+    assert resp.json()["pages"] == sizes.pages
     check.assert_offloaded()  # fails: the worker held the GIL ~100% of its time
 
 
@@ -32,16 +36,18 @@ async def test_layout_in_a_thread_still_holds_the_gil(client, contract_id, offlo
 
 
 @pytest.mark.asyncio
-async def test_thumbnails_v2_are_offloaded(client, app, contract_id, offload_check):
+async def test_thumbnails_v2_are_offloaded(client, app, contract_id, sizes, offload_check):
     async with offload_check() as check:
-        resp = await client.post(f"/v2/documents/{contract_id}/thumbnails")
-    assert resp.json() == {"id": contract_id, "thumbnails": 3}
+        resp = await client.post(
+            f"/v2/documents/{contract_id}/thumbnails", params={"pages": sizes.thumbnails}
+        )
+    assert resp.json() == {"id": contract_id, "thumbnails": sizes.thumbnails}
     check.assert_offloaded()
     workers = [t for t in check.threads if t.role == "worker" and t.busy > 0.05]
     assert workers, check.report()  # Pillow's work was seen, in a thread
     folder = app.state.workdir / str(contract_id)
     assert json.loads((folder / "layout.json").read_text())["pages"] == 300
-    assert len(json.loads((folder / "thumbnails.json").read_text())["sizes"]) == 3
+    assert len(json.loads((folder / "thumbnails.json").read_text())["sizes"]) == sizes.thumbnails
 
 
 @pytest.mark.asyncio

@@ -8,16 +8,16 @@ import loopguard
 import pytest
 from httpx import ASGITransport, AsyncClient
 
-# A plausible query (a file name with a question mark) that sends QUERY_RE into
-# exponential backtracking: about half a second of regex matching, with the GIL held.
-SLOW_QUERY = "quarterly_reports_2024?"
+# sizes.slow_query: a plausible query (a file name with a question mark, such as
+# "quarterly_reports_2024?") that sends QUERY_RE into exponential backtracking: half a second
+# or more of regex matching, with the GIL held.
 
 # ---- bug: a catastrophic regex on the loop; FAILS ----
 
 
 @pytest.mark.asyncio
-async def test_search_blocks_on_catastrophic_regex(client):
-    resp = await client.get("/search", params={"q": SLOW_QUERY})
+async def test_search_blocks_on_catastrophic_regex(client, sizes):
+    resp = await client.get("/search", params={"q": sizes.slow_query})
     assert resp.status_code == 422
 
 
@@ -25,8 +25,8 @@ async def test_search_blocks_on_catastrophic_regex(client):
 
 
 @pytest.mark.asyncio
-async def test_search_v2_uses_a_linear_regex(client):
-    resp = await client.get("/v2/search", params={"q": SLOW_QUERY})
+async def test_search_v2_uses_a_linear_regex(client, sizes):
+    resp = await client.get("/v2/search", params={"q": sizes.slow_query})
     assert resp.status_code == 422
     resp = await client.get("/v2/search", params={"q": "master services"})
     assert resp.status_code == 200
@@ -36,11 +36,11 @@ async def test_search_v2_uses_a_linear_regex(client):
 
 
 @pytest.mark.loopguard(enabled=False)  # the block is expected here: guard() checks it instead
-def test_guard_names_the_regex_as_the_culprit(app):
+def test_guard_names_the_regex_as_the_culprit(app, sizes):
     async def search() -> int:
         transport = ASGITransport(app=app)
         async with AsyncClient(transport=transport, base_url="http://docs.test") as client:
-            resp = await client.get("/search", params={"q": SLOW_QUERY})
+            resp = await client.get("/search", params={"q": sizes.slow_query})
             return resp.status_code
 
     with pytest.raises(loopguard.LoopBlockedError) as exc:

@@ -19,6 +19,6 @@ def test_health_with_testclient(sync_client):
 # ---- bug: the regex again; TestClient's loop runs in a worker thread, loopguard sees it ----
 
 
-def test_search_blocks_under_testclient(sync_client):
-    resp = sync_client.get("/search", params={"q": "quarterly_reports_2024?"})
+def test_search_blocks_under_testclient(sync_client, sizes):
+    resp = sync_client.get("/search", params={"q": sizes.slow_query})
     assert resp.status_code == 422

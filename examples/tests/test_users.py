@@ -34,9 +34,9 @@ async def test_team_lookup_v2_runs_in_the_threadpool(client):
 
 
 @pytest_asyncio.fixture
-async def fresh_client(tmp_path):
+async def fresh_client(tmp_path, sizes):
     storage = Storage(tmp_path / "fresh.db")
-    storage.seed(events=300_000)  # BUG: synchronous bulk insert, on the loop, in setup
+    storage.seed(events=sizes.seed_events)  # BUG: synchronous bulk insert, on the loop, in setup
     transport = ASGITransport(app=create_app(storage))
     async with AsyncClient(transport=transport, base_url="http://docs.test") as client:
         yield client
@@ -52,9 +52,9 @@ async def test_fresh_database_fixture_blocks_in_setup(fresh_client):
 
 
 @pytest_asyncio.fixture
-async def fresh_client_offloaded(tmp_path):
+async def fresh_client_offloaded(tmp_path, sizes):
     storage = await asyncio.to_thread(Storage, tmp_path / "fresh.db")
-    await asyncio.to_thread(storage.seed, events=300_000)
+    await asyncio.to_thread(storage.seed, events=sizes.seed_events)
     transport = ASGITransport(app=create_app(storage))
     async with AsyncClient(transport=transport, base_url="http://docs.test") as client:
         yield client

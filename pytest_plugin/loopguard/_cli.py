@@ -5,7 +5,9 @@
   workflow commands that annotate the pull request;
 * ``baseline REPORT... -o FILE``: the baseline file ``--loopguard-baseline-update`` would
   write had one session run every shard's tests;
-* ``html REPORT... -o FILE``: the HTML report (:mod:`._html`).
+* ``html REPORT... -o FILE``: the HTML report (:mod:`._html`);
+* ``run [OPTIONS] -- COMMAND [ARGS...]``: a program run with its event loops watched
+  (:mod:`._run`).
 
 Commands that take several reports merge them first, with the same checks as ``merge``. A bad
 input (a missing file, a file that is not a report, a newer schema, two reports of the same
@@ -110,10 +112,19 @@ def _parser() -> argparse.ArgumentParser:
     h = sub.add_parser("html", help="write a self-contained HTML report")
     reports(h, "a JSON report (several are merged first)")
     output(h, "the HTML file to write")
+    # Parsed by loopguard._run (main() hands it the arguments): listed here for --help.
+    sub.add_parser(
+        "run", help="run a Python program with its event loops watched (run --help)", add_help=False
+    )
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run"]:
+        from ._run import main as run
+
+        return run(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:

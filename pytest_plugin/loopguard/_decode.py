@@ -81,6 +81,7 @@ def _decode(text: str) -> list[BlockEvent]:
                     error=s.get("error"),
                     task_name=s.get("task_name"),
                     syscall=s.get("syscall"),
+                    syscall_object=s.get("syscall_object"),
                     running=bool(s.get("running")),
                     callback=s.get("callback"),
                     native_stack=native_frames(s.get("native_stack")),
@@ -268,6 +269,15 @@ def _analyse(ev: BlockEvent) -> None:
     ev.stack = s.stack
     ev.gil = s.gil
     ev.syscall = s.syscall
+    # Samples taken before the block reached the threshold do not name the call's object.
+    ev.syscall_object = s.syscall_object or next(
+        (
+            x.syscall_object
+            for x in ev.samples
+            if x.syscall_object and x.syscall == s.syscall and x.stack == s.stack
+        ),
+        None,
+    )
     ev.running = s.running
     native = _native_sample(ev.samples, ev.site) or s
     ev.native_stack = native.native_stack

@@ -204,6 +204,9 @@ class Sample:
     syscall: Optional[str] = None
     """The system call the loop thread was blocked in (``"recvfrom"``, ``"clock_nanosleep"``),
     when the kernel reported one."""
+    syscall_object: Optional[str] = None
+    """What that system call waited on (``"TCP 127.0.0.1:51234 → 127.0.0.1:8080"``, a path,
+    ``"pid 1234 (sleep 1)"``, ``"a lock or condition"``, ``"sleeping"``), Linux only."""
     running: bool = False
     """True when the kernel reported the loop thread on a CPU (running code, not waiting)."""
     callback: Optional[int] = None
@@ -226,6 +229,7 @@ class Sample:
             "error": self.error,
             "task": self.task_name,
             "syscall": self.syscall,
+            "syscall_object": self.syscall_object,
             "running": self.running,
             "callback": self.callback,
             "native_stack": [f.to_json() for f in self.native_stack],
@@ -246,6 +250,7 @@ class Sample:
             error=r.get("error", str, null=True, default=None),
             task_name=r.get("task", str, null=True, default=None),
             syscall=r.get("syscall", str, null=True, default=None),
+            syscall_object=r.get("syscall_object", str, null=True, default=None),
             running=r.get("running", bool, default=False),
             callback=r.get("callback", int, null=True, default=None),
             native_stack=r.each("native_stack", NativeFrame.from_json),
@@ -350,6 +355,12 @@ class BlockEvent:
     syscall: Optional[str] = None
     """The system call the loop thread was blocked in, in the sample that shows ``site``
     (``"recvfrom"``, ``"clock_nanosleep"``, ``"read"``, ...), when the kernel reported one."""
+    syscall_object: Optional[str] = None
+    """What that system call waited on, in the same sample: a socket's protocol and addresses
+    (``"TCP 127.0.0.1:51234 → 127.0.0.1:8080"``), a file's path (``"/tmp/x.fifo (FIFO)"``), the
+    child waited for (``"pid 1234 (sleep 1)"``), ``"a lock or condition"`` for a futex,
+    ``"sleeping"``, or ``"3 fds"`` for a poll on several; Linux only (the report's clause:
+    :func:`loopguard._failure.syscall_clause`)."""
     cpu_wait: Optional[float] = None
     """Seconds of the block during which the loop thread was ready to run but waited for a CPU
     (the kernel's run-queue time), counted from an eighth of the threshold into the block;
@@ -490,6 +501,7 @@ class BlockEvent:
             "gil": self.gil,
             "gil_holder": holder,
             "syscall": self.syscall,
+            "syscall_object": self.syscall_object,
             "running": self.running,
             "starved": self.starved,
             "several_calls": self.sites_changed,
@@ -554,6 +566,7 @@ class BlockEvent:
             gc_time=r.seconds("gc_ms", default=0.0),
             running=r.get("running", bool, default=False),
             syscall=r.get("syscall", str, null=True, default=None),
+            syscall_object=r.get("syscall_object", str, null=True, default=None),
             cpu_wait=r.seconds("cpu_wait_ms", null=True),
             holder_cpu_wait=r.seconds("holder_cpu_wait_ms", null=True),
             callbacks=r.each("callbacks", lambda c: Callback.from_json(c, root)),

@@ -24,6 +24,7 @@ __all__ = [
     "format_events",
     "headline",
     "summary",
+    "syscall_clause",
 ]
 
 
@@ -109,14 +110,14 @@ def format_event(
         detail.append(f"GIL held by thread {ev.gil_holder_thread!r}")
     elif ev.gil == "released" and ev.syscall == "futex":
         # A futex wait that is not for the GIL: a lock, a condition, a thread's join.
-        detail.append("GIL released, waiting on a lock (futex)")
+        detail.append(f"GIL released, waiting on {ev.syscall_object or 'a lock'} (futex)")
     elif ev.gil == "released" and ev.syscall:
-        detail.append(f"GIL released, in the system call {ev.syscall}")
+        detail.append(f"GIL released, in the system call {syscall_clause(ev)}")
     elif ev.gil == "released" and ev.running:
         detail.append("GIL released, running C code that released it")
     elif ev.gil == "loop" and ev.syscall and ev.syscall != "futex":
         # C code blocking in the kernel without letting go of the GIL: every thread waits.
-        detail.append(f"GIL held by the loop thread, in the system call {ev.syscall}")
+        detail.append(f"GIL held by the loop thread, in the system call {syscall_clause(ev)}")
     elif ev.gil in _GIL_TEXT and ev.gil != "unknown":
         detail.append(_GIL_TEXT[ev.gil])
     if ev.captured_after is not None:
@@ -126,6 +127,22 @@ def format_event(
         detail.append(when)
     lines.append("  " + ", ".join(detail))
     return lines
+
+
+# Calls whose object is the child they wait for ("wait4 for pid 1234 (sleep 1)").
+_WAITS_FOR = {"wait4", "waitid"}
+
+
+def syscall_clause(ev: BlockEvent) -> str:
+    """The system call and what it waited on, as a report names them: ``recvfrom on TCP
+    127.0.0.1:51234 → 127.0.0.1:8080``, ``wait4 for pid 1234 (sleep 1)``, ``clock_nanosleep
+    (sleeping)``; the call alone when its object is not known."""
+    call, obj = ev.syscall or "", ev.syscall_object
+    if not obj:
+        return call
+    if obj == "sleeping":
+        return f"{call} (sleeping)"
+    return f"{call} {'for' if call in _WAITS_FOR else 'on'} {obj}"
 
 
 def _native_lines(ev: BlockEvent) -> list[str]:

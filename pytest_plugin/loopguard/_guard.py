@@ -104,9 +104,10 @@ class guard:
         token, start, native_before, attached = self._stack.pop()
         end = _native.now_ns()
         try:
-            # Leaving the loop this guard attached closes a block still in progress on it.
-            runtime.detach(attached)
-            runtime.collect()
+            with runtime.own_wait():
+                # Leaving the loop this guard attached closes a block still in progress on it.
+                runtime.detach(attached)
+                runtime.collect()
             seen = runtime.events_inside(start, end, self.threshold)
         finally:
             _native.set_native_stacks(native_before)

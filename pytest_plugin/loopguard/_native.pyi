@@ -27,6 +27,7 @@ __all__ = [
     "_reader_sample",
     "_reader_stack",
     "_reader_stress",
+    "_waited_describe",
     "after_fork_child",
     "disable_raise",
     "enable_raise",
@@ -163,6 +164,10 @@ def _gil_sample(
 def _gil_threads() -> list[tuple[int, int, Optional[int]]]: ...
 def _gil_thread_ids(tstate: int) -> tuple[int, Optional[int]]: ...
 def _gil_reader_info() -> dict[str, Any]: ...
+def _waited_describe(native_tid: int) -> tuple[Optional[str], int]:
+    """What the thread ``native_tid`` is blocked on, as a block's report names it, and how many
+    nanoseconds naming it took."""
+
 def _gil_sampler_line(code: CodeType, lasti: int) -> int:
     """The line the GIL-taking sampler names for a frame of ``code`` stopped at byte offset
     ``lasti`` (an instruction with no line, such as the jump back to a loop's start on 3.10 and

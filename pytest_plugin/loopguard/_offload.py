@@ -178,12 +178,13 @@ class OffloadCheck:
             return
         self._state = "closed"
         try:
-            raw = self._sampler.finish()
-            end_ns = _native.now_ns()
-            # Leaving the loop this check attached closes a block still in progress on it.
-            attached, self._attached = self._attached, None
-            runtime.detach(attached)
-            runtime.collect()
+            with runtime.own_wait():
+                raw = self._sampler.finish()
+                end_ns = _native.now_ns()
+                # Leaving the loop this check attached closes a block still in progress on it.
+                attached, self._attached = self._attached, None
+                runtime.detach(attached)
+                runtime.collect()
             seen = runtime.events_inside(self._start_ns, end_ns, self.threshold)
         finally:
             self._sampler = None

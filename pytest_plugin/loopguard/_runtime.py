@@ -16,6 +16,7 @@ import asyncio
 import asyncio.base_events
 import atexit
 import collections
+import contextlib
 import importlib.abc
 import importlib.util
 import itertools
@@ -24,7 +25,7 @@ import select
 import selectors
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
 from . import _native, _trio, _uvloop
@@ -63,10 +64,17 @@ class Runtime:
         on."""
         self.lag_log: collections.deque[tuple[int, float]] = collections.deque(maxlen=100_000)
         """``(when_ns, lag_seconds)`` measured by the lag probes, on the watchdog's clock."""
+        self.lag_listener: Optional[Callable[[str, Any], Optional[Callable[[float], None]]]] = None
+        """Called on the loop's thread when a lag probe starts on a loop (its kind and the
+        loop); the function it returns, if any, gets each lag measured on that loop
+        (``python -m loopguard run``'s per-loop figures)."""
         self._watched: set[int] = set()
         """``id()`` of the asyncio and uvloop loops registered when they started running."""
         self._attachments: dict[object, _Attachment] = {}
         """Loops registered while running (see :meth:`attach`), by loop."""
+        self._selector_slots: dict[int, Any] = {}
+        """The slot of the asyncio loop each thread runs, by thread ident (see
+        :meth:`own_wait`)."""
 
     # --- lifetime --------------------------------------------------------------------------
 
@@ -255,19 +263,26 @@ class Runtime:
         cls.run_forever = run_forever  # type: ignore[method-assign]
         self._patched = True
 
-    @staticmethod
-    def _install_thread_names() -> None:
+    def _install_thread_names(self) -> None:
         """Remember the names of threads started from now on (see ``remember_thread``) and,
         before 3.11 (whose thread states do not record it), their kernel thread ids: the
-        watchdog reads a GIL holder's wait for a CPU by that id."""
+        watchdog reads a GIL holder's wait for a CPU by that id.
+
+        ``Thread.start()`` waits until the new thread runs: about 0.1 ms on an idle machine,
+        as long as the system takes to give the new thread a CPU on a busy one (150 ms was
+        seen beside CPU-bound processes, when ``asyncio.to_thread`` started its executor's
+        first worker on the loop). That wait is the machine's, like a wait for a CPU, so a
+        loop's thread spends it idle (:meth:`own_wait`)."""
         for t in threading.enumerate():
             if t.ident is not None:
                 remember_thread(t.ident, t.name)
                 _remember_native_id(t)
         original_start = threading.Thread.start
+        own_wait = self.own_wait
 
         def start(self):  # type: ignore[no-untyped-def]
-            original_start(self)
+            with own_wait():
+                original_start(self)
             if self.ident is not None:
                 remember_thread(self.ident, self.name)
                 _remember_native_id(self)
@@ -284,16 +299,30 @@ class Runtime:
         except RuntimeError:
             return original(loop)
         restore = _watch_selector(loop, slot)
-        probe = _LagProbe(loop, self.lag_log) if self.lag_probing else None
+        probe = self.start_lag_probe(loop, "asyncio")
         self._watched.add(id(loop))
+        thread = threading.get_ident()
+        outer = self._selector_slots.get(thread)
+        self._selector_slots[thread] = slot
         try:
             return original(loop)
         finally:
+            if outer is None:
+                self._selector_slots.pop(thread, None)
+            else:
+                self._selector_slots[thread] = outer
             self._watched.discard(id(loop))
             if probe is not None:
                 probe.stop()
             restore()
             slot.unregister()
+
+    def start_lag_probe(self, loop: Any, kind: str) -> Optional[_LagProbe]:
+        """A lag probe on ``loop`` (asyncio or uvloop, about to run) when lag is measured."""
+        if not self.lag_probing:
+            return None
+        listener = self.lag_listener
+        return _LagProbe(loop, self.lag_log, listener(kind, loop) if listener else None)
 
     # --- attaching to a loop that is already running ---------------------------------------
 
@@ -331,6 +360,8 @@ class Runtime:
                             "asyncio", threading.current_thread().name, threading.get_ident(), loop
                         )
                         restore = _watch_selector(loop, attachment.slot)
+                        attachment.thread = threading.get_ident()
+                        self._selector_slots[attachment.thread] = attachment.slot
                     else:
                         attachment.slot, restore = _uvloop.attach(loop)
                     unhook = _on_stop(loop, lambda: self._end(attachment))
@@ -361,10 +392,30 @@ class Runtime:
             if self._attachments.get(attachment.key) is not attachment:
                 return
             del self._attachments[attachment.key]
+            if attachment.thread is not None:
+                self._selector_slots.pop(attachment.thread, None)
         try:
             attachment.restore()
         finally:
             attachment.slot.unregister()
+
+    @contextlib.contextmanager
+    def own_wait(self) -> Iterator[None]:
+        """Around waits on a loop's thread that only other threads getting a CPU can end:
+        loopguard's own (for its offload sampler to stop, for the watchdog to hand over events,
+        when a ``guard()`` or ``offload_check()`` closes) and a new thread's start. The asyncio
+        loop this thread runs, if any, is marked idle, so that a busy machine's delay in
+        scheduling those threads is never counted as the loop's block. A block of the code
+        before it ends where the wait begins."""
+        slot = self._selector_slots.get(threading.get_ident())
+        if slot is None:
+            yield
+            return
+        slot.idle_for(None)  # no limit: the loop is not starved while loopguard waits
+        try:
+            yield
+        finally:
+            slot.busy()
 
     def _is_watched(self, kind: str, loop: object) -> bool:
         if kind == "trio":
@@ -380,6 +431,8 @@ class _Attachment:
         self.slot: Any = None
         self.restore: Callable[[], None] = lambda: None
         self.users = 1
+        self.thread: Optional[int] = None
+        """The thread of an asyncio loop's attachment (see ``Runtime.own_wait``)."""
 
 
 def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
@@ -514,15 +567,19 @@ class _LagProbe:
 
     INTERVAL = LAG_PROBE_INTERVAL
 
-    def __init__(self, loop, log) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, loop, log, own=None) -> None:  # type: ignore[no-untyped-def]
         self._loop = loop
         self._log = log
+        self._own = own
         self._due = loop.time() + self.INTERVAL
         self._handle = loop.call_at(self._due, self._tick)
 
     def _tick(self) -> None:
         now = self._loop.time()
-        self._log.append((_native.now_ns(), max(0.0, now - self._due)))
+        lag = max(0.0, now - self._due)
+        self._log.append((_native.now_ns(), lag))
+        if self._own is not None:
+            self._own(lag)
         self._due = now + self.INTERVAL
         self._handle = self._loop.call_at(self._due, self._tick)
 

@@ -54,11 +54,14 @@ def _run_guarded(rt: Any, loop: Any, original: Any) -> Any:
     except RuntimeError:
         return original(loop)
     stop = _beat(loop, slot)
+    probe = rt.start_lag_probe(loop, "uvloop")
     rt._watched.add(id(loop))
     try:
         return original(loop)
     finally:
         rt._watched.discard(id(loop))
+        if probe is not None:
+            probe.stop()
         stop()
         slot.unregister()
 

@@ -369,6 +369,23 @@ fn _gil_reader_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     Ok(d)
 }
 
+// ---- what a blocked system call waits on (`_waited_*`) ----
+
+/// What the thread `native_tid` (a kernel thread id of this process) is blocked on, as the
+/// watchdog names it for a block's sample (see `waited`), and how long naming it took in
+/// nanoseconds (the kernel state read not included); read with the GIL released, with no cache.
+/// `(None, ns)` when it is not in a named system call, and off Linux.
+#[pyfunction]
+fn _waited_describe(py: Python<'_>, native_tid: i64) -> (Option<String>, u64) {
+    py.detach(|| {
+        let waited = crate::waited::Waited::new();
+        let state = crate::syscall::KernelState::of_thread(native_tid);
+        let t = Instant::now();
+        let text = waited.describe(state, &mut None);
+        (text, t.elapsed().as_nanos() as u64)
+    })
+}
+
 /// Adds the test and debug entry points to `loopguard._native`.
 pub(super) fn add_to_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_reader_current_tstate, m)?)?;
@@ -385,5 +402,6 @@ pub(super) fn add_to_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_gil_threads, m)?)?;
     m.add_function(wrap_pyfunction!(_gil_thread_ids, m)?)?;
     m.add_function(wrap_pyfunction!(_gil_reader_info, m)?)?;
+    m.add_function(wrap_pyfunction!(_waited_describe, m)?)?;
     Ok(())
 }

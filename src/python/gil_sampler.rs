@@ -32,6 +32,8 @@ impl Sampler for GilSampler {
                 error: None,
                 task_name,
                 syscall: None,
+                syscall_object: None,
+                kernel: None,
                 running: false,
                 callback_tag: None,
                 callback: None,

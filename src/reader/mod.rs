@@ -146,12 +146,15 @@ impl Sampler for NativeSampler {
                 error: None,
                 task_name: None,
                 syscall: None,
+                syscall_object: None,
+                kernel: None,
                 running: false,
                 native: Default::default(),
             },
             Err(e) => Sample::failed(offset_ns, e),
         };
         sample.syscall = kernel.and_then(|k| k.syscall_name());
+        sample.kernel = kernel;
         sample.running = kernel == Some(KernelState::Running);
         sample.gil = gil;
         sample.holder = holder;

@@ -230,3 +230,91 @@ def test_a_trio_run_that_ends_inside_a_guard_does_not_look_blocked():
         g.__exit__(None, None, None)
     [ev] = g.events
     assert "guard-trio-block" in ev.site.source and ev.duration >= 0.23
+
+
+class _SlowFinish:
+    """An offload sampler whose thread a busy machine schedules late: stopping it takes
+    300 ms on the loop's thread."""
+
+    def __init__(self, sampler):
+        self._sampler = sampler
+
+    def finish(self):
+        time.sleep(0.3)
+        return self._sampler.finish()
+
+
+@pytest.mark.parametrize("started", ["before", "inside"])
+def test_loopguard_waiting_for_its_own_threads_is_not_the_loops_block(monkeypatch, started):
+    # Closing a guard or a check waits on the loop's thread for the watchdog and the offload
+    # sampler: that wait is loopguard's, never the code's block, on a loop registered when it
+    # started (inside the guard) as on one attached while running (before it).
+    from loopguard._runtime import runtime
+
+    collect = runtime.collect
+
+    def slow_collect(*args, **kwargs):
+        time.sleep(0.3)
+        return collect(*args, **kwargs)
+
+    async def checked():
+        async with loopguard.offload_check(threshold="100ms") as check:
+            check._sampler = _SlowFinish(check._sampler)
+            await asyncio.sleep(0.01)
+        return check
+
+    async def guarded():
+        with loopguard.guard(threshold="100ms", raise_=False) as g:
+            monkeypatch.setattr(runtime, "collect", slow_collect)
+            await asyncio.sleep(0.01)
+        monkeypatch.setattr(runtime, "collect", collect)
+        return g
+
+    if started == "inside":
+        with loopguard.guard(threshold="100ms") as outer:
+            check = asyncio.run(checked())
+        assert outer.events == []
+    else:
+        check = asyncio.run(checked())
+    check.assert_offloaded()
+    assert check.events == []
+    g = asyncio.run(guarded())
+    assert g.events == []
+
+
+def test_a_block_just_before_a_check_closes_is_still_the_codes():
+    # The check's own wait begins where the code's block ends: the block is still seen.
+    async def main():
+        async with loopguard.offload_check(threshold="100ms") as check:
+            check._sampler = _SlowFinish(check._sampler)
+            await asyncio.sleep(0)
+            time.sleep(0.3)  # check-last-block
+        return check
+
+    check = asyncio.run(main())
+    (ev,) = check.events
+    assert "check-last-block" in ev.site.source
+    assert 0.28 <= ev.duration < 0.55
+
+
+class _LateThread(threading.Thread):
+    """A thread that a busy machine gives a CPU 300 ms after ``start()``: ``start()`` waits
+    for it that long."""
+
+    def _bootstrap_inner(self):
+        time.sleep(0.3)
+        super()._bootstrap_inner()
+
+
+def test_waiting_for_a_new_thread_to_start_is_not_the_loops_block():
+    # Thread.start() waits until the new thread runs: the machine's delay, not the code's.
+    async def main():
+        await asyncio.sleep(0)
+        t = _LateThread(target=lambda: None)
+        t.start()  # late-thread-start
+        await asyncio.sleep(0)
+        t.join()
+
+    with loopguard.guard(threshold="100ms") as g:
+        asyncio.run(main())
+    assert g.events == []

@@ -136,3 +136,17 @@ def test_a_loop_thread_paused_in_a_debugger_is_not_a_block():
     pause = {"filename": bdb.__file__, "lineno": 90, "function": "dispatch_line"}
     assert decode(raw_event([raw_sample(RUNNER, HANDLER, pause)])) == []
     assert len(decode(raw_event([raw_sample(RUNNER, HANDLER)]))) == 1
+
+
+def test_what_a_call_waited_on_comes_from_the_samples_that_name_it():
+    # Samples taken before the block reached the threshold do not name the call's object; the
+    # event takes it from a later sample of the same call at the same place.
+    early = {**raw_sample(RUNNER, HANDLER), "syscall": "recvfrom", "running": False}
+    named = {**early, "syscall_object": "TCP 127.0.0.1:51234 → 127.0.0.1:8080", "count": 3}
+    (ev,) = decode(raw_event([early, named]))
+    assert (ev.syscall, ev.syscall_object) == ("recvfrom", "TCP 127.0.0.1:51234 → 127.0.0.1:8080")
+    assert ev.samples[1].syscall_object == named["syscall_object"]
+    # Another call's object is not borrowed.
+    other = {**named, "syscall": "read", "syscall_object": "/tmp/x"}
+    (ev,) = decode(raw_event([early, other]))
+    assert (ev.syscall, ev.syscall_object) == ("recvfrom", None)

@@ -33,8 +33,9 @@ def full_event(root):
         Sample(
             offset=0.101234567, count=3, stack=[runner, handler, LIBRARY], gil="other",
             gil_holder_ident=140_000_001, gil_holder_stack=[worker], late=True,
-            error="a read failed", task_name="Task-3", syscall="futex", running=True,
-            callback=1, native_stack=native, native_note="in a system call",
+            error="a read failed", task_name="Task-3", syscall="futex",
+            syscall_object="a lock or condition", running=True, callback=1, native_stack=native,
+            native_note="in a system call",
         ),
         Sample(
             offset=0.2, count=1, stack=[runner, handler], gil="loop", gil_holder_ident=None,
@@ -56,7 +57,8 @@ def full_event(root):
         gil_holder_thread="cruncher", gil_holder_stack=[worker], sites_changed=True, late=True,
         cause="gc", hint="a long garbage collection", fix="gc.freeze() after start-up",
         gc_time=0.2501, running=True,
-        syscall="futex", cpu_wait=0.012345678, holder_cpu_wait=0.0456789, callbacks=callbacks,
+        syscall="recvfrom", syscall_object="TCP 127.0.0.1:51234 → 127.0.0.1:8080",
+        cpu_wait=0.012345678, holder_cpu_wait=0.0456789, callbacks=callbacks,
         native_stack=native, native_note="in a system call",
     )  # fmt: skip
 
