@@ -3,19 +3,24 @@
 //! Everything here is plain data with `serde` derives: the Python layer receives
 //! finished events as JSON and turns them into `loopguard.BlockEvent` objects.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
+use crate::deep::Repeat;
 use crate::native_stack::NativeStack;
 
-/// One Python frame as captured from a thread's stack.
+/// One Python frame as captured from a thread's stack. Its strings are shared with every frame
+/// of the same code object (a deep recursion's frames cost a few words each), and two frames
+/// of one code object compare without reading them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Frame {
     /// `co_filename` of the frame's code object.
-    pub filename: String,
+    pub filename: Arc<str>,
     /// Line being executed (0 when unknown).
     pub lineno: u32,
     /// `co_name` (3.10) or `co_qualname` (3.11+) of the code object.
-    pub function: String,
+    pub function: Arc<str>,
 }
 
 /// One callback (or stretch of the loop's own work) as the samples bound it (worked out in
@@ -55,8 +60,11 @@ pub enum Gil {
 pub struct Holder {
     /// `threading.get_ident()` of the holder (its `pthread_t`), 0 when unknown.
     pub thread_ident: u64,
-    /// The holder's Python stack, outermost frame first.
+    /// The holder's Python stack, outermost frame first (folded once stored: see `repeats`).
     pub frames: Vec<Frame>,
+    /// Where `frames` repeat (see `deep::fold`); empty until folded.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repeats: Vec<Repeat>,
 }
 
 /// One stack sample of a blocked loop thread.
@@ -66,8 +74,13 @@ pub struct Sample {
     pub offset_ns: u64,
     /// How many consecutive samples had exactly this content (consecutive duplicates are folded).
     pub count: u32,
-    /// The loop thread's Python stack, outermost frame first.
+    /// The loop thread's Python stack, outermost frame first (folded once stored in a block:
+    /// see `repeats`).
     pub frames: Vec<Frame>,
+    /// Where `frames` repeat (see `deep::fold`): a block of them stands for several copies of
+    /// itself. Empty until folded, and when nothing repeats.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repeats: Vec<Repeat>,
     /// GIL attribution at the time of the sample.
     pub gil: Gil,
     /// The GIL holder when `gil == Gil::Other`.
@@ -110,6 +123,7 @@ impl Sample {
             offset_ns,
             count: 1,
             frames: Vec::new(),
+            repeats: Vec::new(),
             gil: Gil::Unknown,
             holder: None,
             late: false,
@@ -125,9 +139,28 @@ impl Sample {
         }
     }
 
+    /// Folds the stacks of the sample (the loop thread's and the GIL holder's) in place (see
+    /// `deep::fold`): how a block stores its samples.
+    pub fn fold(&mut self) {
+        if self.repeats.is_empty() {
+            self.repeats = crate::deep::fold(&mut self.frames);
+        }
+        if let Some(h) = self.holder.as_mut() {
+            if h.repeats.is_empty() {
+                h.repeats = crate::deep::fold(&mut h.frames);
+            }
+        }
+    }
+
+    /// Frames held (folded ones count once), for the watchdog's bound on a block's samples.
+    pub fn frames_held(&self) -> usize {
+        self.frames.len() + self.holder.as_ref().map_or(0, |h| h.frames.len())
+    }
+
     /// True when `other` has the same content (everything but offset and count).
     pub fn same_content(&self, other: &Sample) -> bool {
         self.frames == other.frames
+            && self.repeats == other.repeats
             && self.gil == other.gil
             && self.holder == other.holder
             && self.late == other.late

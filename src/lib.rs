@@ -2,8 +2,9 @@
 //! the blocked thread's Python stack while it is still blocked.
 //!
 //! Every module but `python` is pure Rust, with no pyo3 types, so `cargo test` covers it
-//! without an interpreter: [`watchdog`], [`event`], [`sampler`], [`reader`], [`policy`] (every
-//! timing derived from the threshold), [`offload`] and the rest. `python` is the pyo3 layer
+//! without an interpreter: [`watchdog`], [`event`], [`sampler`], [`reader`], [`deep`] (how deep
+//! a stack is read, and its repeats folded), [`policy`] (every timing derived from the
+//! threshold), [`offload`] and the rest. `python` is the pyo3 layer
 //! that exposes them as the private module `loopguard._native`; nothing outside it calls into
 //! it.
 //!
@@ -17,6 +18,7 @@
 pub mod callbacks;
 pub mod clock;
 pub mod context;
+pub mod deep;
 #[cfg(linux_full)]
 pub mod epoll;
 pub mod event;

@@ -116,7 +116,7 @@ impl ThreadTally {
         let key: StackKey = frames
             .into_iter()
             .skip(skip)
-            .map(|f| (f.filename, f.lineno, f.function))
+            .map(|f| (f.filename.to_string(), f.lineno, f.function.to_string()))
             .collect();
         if key.is_empty() || (self.stacks.len() >= MAX_STACKS && !self.stacks.contains_key(&key)) {
             return;
@@ -237,6 +237,8 @@ fn run(
     stop: &AtomicBool,
     ready: &std::sync::mpsc::Sender<()>,
 ) -> Tally {
+    // Only the innermost frames count here: the rest of a deep stack is neither read nor counted.
+    walker.limit_depth(MAX_FRAMES);
     let mut tally = Tally {
         start_ns: now_ns(),
         ..Tally::default()

@@ -64,6 +64,11 @@ use crate::waited::{Cache, Waited};
 
 /// Most distinct samples kept per block; later ones are folded into the last.
 const MAX_SAMPLES: usize = 200;
+/// Most frames the samples of a block hold (folded: a deep recursion's stack holds a few); past
+/// it later samples are folded into the last, as past [`MAX_SAMPLES`]. Bounds what a block of
+/// deep stacks that do not repeat (a 10,000-frame stack every sample) costs: about 40 bytes a
+/// frame, so 8 MB.
+const MAX_HELD_FRAMES: usize = 200_000;
 
 /// Settings and counters shared between the watchdog, the loop threads and the Python layer.
 #[derive(Debug)]
@@ -226,7 +231,8 @@ impl LoopSlot {
         }
         // Read here, on the loop thread, at the end itself: only for blocks over the
         // threshold, never on the per-iteration path.
-        let run_queue_ns = crate::schedstat::run_queue_ns(self.target.native_tid);
+        let run_queue_ns = crate::schedstat::run_queue_ns(self.target.native_tid)
+            .map(|read| run_queue_at(end, read, now_ns()));
         let msg = Msg::End {
             id: self.id,
             start,
@@ -619,6 +625,17 @@ impl Watchdog {
     }
 }
 
+/// The loop thread's run-queue time at `end`, from a reading of it (`read`) that finished at
+/// `read_done`. A loop thread that reads its schedstat on a busy machine can wait for a CPU
+/// inside that read (a system call, a preemption point): after the block's end, so not the
+/// block's. All the read's time is taken off, as if it all were such a wait: the figure errs
+/// low, as its start does (the first look is an eighth of the threshold in), and never counts
+/// a wait the block's duration does not hold (a 300 ms sleep was once excused as 200 ms of
+/// waiting for a CPU).
+fn run_queue_at(end: u64, read: u64, read_done: u64) -> u64 {
+    read.saturating_sub(read_done.saturating_sub(end))
+}
+
 /// The watchdog thread's state. Owned by that thread alone: no locks but the event list.
 struct Runner {
     shared: Arc<Shared>,
@@ -804,7 +821,7 @@ impl Runner {
         self.next_event += 1;
         let end = end.max(b.start);
         let mut cpu_wait_ns = match (b.run_queue_at_look, run_queue) {
-            (Some(a), Some(z)) => z.checked_sub(a),
+            (Some(a), Some(z)) => Some(z.saturating_sub(a)),
             _ => None,
         };
         let mut holder_cpu_wait_ns = None;
@@ -1080,6 +1097,7 @@ fn observe(b: &mut Block, mut s: Sample) {
         // Unreadable: it says nothing about which callback ran.
         None
     };
+    s.fold();
     push_sample(&mut b.samples, s);
 }
 
@@ -1111,7 +1129,9 @@ fn add_object(waited: &Waited, s: &mut Sample, cache: &mut Cache, starved: bool)
 }
 
 fn push_sample(samples: &mut Vec<Sample>, s: Sample) {
-    let full = samples.len() >= MAX_SAMPLES;
+    let full = samples.len() >= MAX_SAMPLES
+        || samples.iter().map(Sample::frames_held).sum::<usize>() + s.frames_held()
+            > MAX_HELD_FRAMES;
     if let Some(last) = samples.last_mut() {
         if full || last.same_content(&s) {
             last.count += 1;
@@ -1142,6 +1162,7 @@ mod tests {
                     lineno: 7,
                     function: "handler".into(),
                 }],
+                repeats: Vec::new(),
                 gil: Gil::Loop,
                 holder: None,
                 late: false,
@@ -1461,7 +1482,7 @@ mod tests {
         // Sampled while blocked, at (or after) the threshold.
         let cap = ev.captured_after_ns.expect("sampled");
         assert!(cap >= ms(50) && cap < ev.duration_ns, "{ev:?}");
-        assert_eq!(ev.samples[0].frames[0].function, "handler");
+        assert_eq!(&*ev.samples[0].frames[0].function, "handler");
         assert_eq!(ev.thread_name, "main");
     }
 
@@ -1662,6 +1683,16 @@ mod tests {
     }
 
     #[test]
+    fn a_wait_while_the_loop_thread_reads_its_schedstat_is_not_the_blocks() {
+        // Read at once: the reading stands.
+        assert_eq!(run_queue_at(1_000, 50_000, 1_000), 50_000);
+        // The read took 200 ms (the thread waited for a CPU in it): none of that is the block's.
+        assert_eq!(run_queue_at(1_000, 250_000_000, 200_001_000), 50_000_000);
+        // Never below nothing.
+        assert_eq!(run_queue_at(1_000, 10, 5_000), 0);
+    }
+
+    #[test]
     fn test_phases_do_not_wake_the_watchdog_and_loops_wake_it_once_each() {
         // The watchdog sleeps up to one threshold between looks: a long one here.
         let wd = start(ms(60_000));
@@ -1811,6 +1842,78 @@ mod tests {
     fn a_failing_sampler_is_reported_at_start() {
         let r = Watchdog::start(ms(10), || Err("no sampler here".to_string()));
         assert_eq!(r.err().as_deref(), Some("no sampler here"));
+    }
+
+    /// A sample of a recursion `depth` deep, blocked at line `line`.
+    fn deep_sample(depth: usize, line: u32) -> Sample {
+        let f = |lineno: u32, function: &str| Frame {
+            filename: "app.py".into(),
+            lineno,
+            function: function.into(),
+        };
+        let mut s = Fixed.sample(&target(), 0);
+        s.frames = std::iter::once(f(3, "test"))
+            .chain((0..depth).map(|_| f(10, "dig")))
+            .chain([f(line, "dig")])
+            .collect();
+        s
+    }
+
+    #[test]
+    fn samples_of_a_deep_recursion_are_stored_folded() {
+        let mut b = Vec::new();
+        for i in 0..3 {
+            let mut s = deep_sample(3000, 8);
+            s.offset_ns = i;
+            let whole = s.frames.clone();
+            s.fold();
+            assert_eq!(s.frames.len(), 3);
+            assert_eq!(crate::deep::unfold(&s.frames, &s.repeats), whole);
+            push_sample(&mut b, s);
+        }
+        // Identical deep samples stay one, counted.
+        assert_eq!((b.len(), b[0].count), (1, 3));
+        let mut other = deep_sample(3000, 9);
+        other.fold();
+        push_sample(&mut b, other);
+        assert_eq!(b.len(), 2);
+        let json = serde_json::to_string(&b[0]).unwrap();
+        assert!(
+            json.contains(r#""repeats":[{"at":1,"frames":1,"times":3000}]"#),
+            "{json}"
+        );
+        assert!(json.len() < 1000, "{}", json.len());
+    }
+
+    #[test]
+    fn the_frames_a_block_holds_are_bounded() {
+        let mut b = Vec::new();
+        // Deep stacks that do not repeat: each sample holds all its frames.
+        let distinct = |line: u32| {
+            let mut s = Fixed.sample(&target(), 0);
+            s.frames = (0..10_000u32)
+                .map(|i| Frame {
+                    filename: "app.py".into(),
+                    lineno: i,
+                    function: "f".into(),
+                })
+                .chain([Frame {
+                    filename: "app.py".into(),
+                    lineno: line,
+                    function: "g".into(),
+                }])
+                .collect();
+            s.fold();
+            s
+        };
+        for line in 0..100 {
+            push_sample(&mut b, distinct(line));
+        }
+        let held: usize = b.iter().map(Sample::frames_held).sum();
+        assert!(held <= MAX_HELD_FRAMES, "{held}");
+        assert_eq!(b.len(), MAX_HELD_FRAMES / 10_001);
+        // Every sample is still counted, in the last one kept.
+        assert_eq!(b.iter().map(|s| s.count).sum::<u32>(), 100);
     }
 
     #[test]

@@ -28,12 +28,18 @@ from ._events import (
 from ._explain import explain
 from ._files import is_user_file, is_wrapper
 from ._fixes import fix_for
+from ._repeats import unfold
 
 __all__ = ["decode_events", "make_context", "remember_thread", "site_of", "thread_name"]
 
 
-def _frames(raw: list[dict]) -> list[Frame]:
-    return stack_of([frame(f["filename"], int(f["lineno"]), f["function"]) for f in raw])
+def _frames(raw: list[dict], repeats: Optional[list[dict]] = None) -> list[Frame]:
+    """A stack of the watchdog's JSON; ``repeats``: the blocks of frames that stand for several
+    copies of themselves (the watchdog stores a deep recursion's samples folded)."""
+    frames = [frame(f["filename"], int(f["lineno"]), f["function"]) for f in raw]
+    if repeats:
+        frames = unfold(frames, [(r["at"], r["frames"], r["times"]) for r in repeats])
+    return stack_of(frames)
 
 
 # Names of threads started while loopguard watched, kept after they exit (an executor's worker
@@ -73,10 +79,10 @@ def _decode(text: str) -> list[BlockEvent]:
                 Sample(
                     offset=s["offset_ns"] / 1e9,
                     count=s["count"],
-                    stack=_frames(s["frames"]),
+                    stack=_frames(s["frames"], s.get("repeats")),
                     gil=s["gil"],
                     gil_holder_ident=holder.get("thread_ident"),
-                    gil_holder_stack=_frames(holder.get("frames", [])),
+                    gil_holder_stack=_frames(holder.get("frames", []), holder.get("repeats")),
                     late=s["late"],
                     error=s.get("error"),
                     task_name=s.get("task_name"),

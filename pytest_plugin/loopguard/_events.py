@@ -27,6 +27,7 @@ from typing import Any, Optional, TypeVar
 
 from ._files import relative_path, shown_path
 from ._parse import format_duration
+from ._repeats import RepeatError, stack_from_json, stack_to_json
 
 __all__ = [
     "GC_REASON",
@@ -221,10 +222,10 @@ class Sample:
         return {
             "offset_ms": _ms(self.offset),
             "count": self.count,
-            "stack": [f.to_json(root) for f in self.stack],
+            "stack": _stack_json(self.stack, root),
             "gil": self.gil,
             "gil_holder_ident": self.gil_holder_ident,
-            "gil_holder_stack": [f.to_json(root) for f in self.gil_holder_stack],
+            "gil_holder_stack": _stack_json(self.gil_holder_stack, root),
             "late": self.late,
             "error": self.error,
             "task": self.task_name,
@@ -484,7 +485,7 @@ class BlockEvent:
         if self.gil_holder_thread is not None:
             holder = {
                 "thread": self.gil_holder_thread,
-                "stack": [f.to_json(root) for f in self.gil_holder_stack],
+                "stack": _stack_json(self.gil_holder_stack, root),
             }
         d = {
             "test": self.test or "",
@@ -493,7 +494,7 @@ class BlockEvent:
             "threshold_ms": _ms(self.threshold),
             "site": self.site.to_json(root, source=True) if self.site is not None else None,
             "operation": self.innermost.to_json(root) if self.innermost is not None else None,
-            "stack": [f.to_json(root) for f in self.stack],
+            "stack": _stack_json(self.stack, root),
             "thread": self.thread_name,
             "thread_ident": self.thread_ident,
             "task": self.task_name,
@@ -668,4 +669,16 @@ class _Reader:
         return out
 
     def stack(self, key: str, root: Optional[Path], *, required: bool = False) -> list[Frame]:
-        return stack_of(self.each(key, lambda f: Frame.from_json(f, root), required=required))
+        """A stack :func:`_stack_json` wrote (a run of repeated frames written once)."""
+        frames = self.each(key, lambda f: Frame.from_json(f, root), required=required)
+        try:
+            frames = stack_from_json(self.d.get(key) or [], frames)
+        except RepeatError as e:
+            raise FormatError(f"{self.where}{key}{e}") from None
+        return stack_of(frames)
+
+
+def _stack_json(stack: list[Frame], root: Optional[Path]) -> list[dict[str, Any]]:
+    """A stack's JSON: its frames, each run of repeated frames (a recursion) written once, its
+    first frame with ``"repeat": {"frames": N, "times": M}`` (see :mod:`loopguard._repeats`)."""
+    return stack_to_json(stack, lambda f: f.to_json(root))

@@ -1,9 +1,9 @@
 """The text of a failure: what a test's report says about its blocks.
 
 :func:`format_event` writes one block's report (the call site, the stacks with library frames
-folded, the detail line); :class:`FailureRepr` is what pytest prints for a test that loopguard
-failed, and :func:`headline` the line of its short test summary. The session's report (the
-hotspot table, the JSON report, annotations) is :mod:`loopguard._report`.
+and recursion folded, the detail line); :class:`FailureRepr` is what pytest prints for a test
+that loopguard failed, and :func:`headline` the line of its short test summary. The session's
+report (the hotspot table, the JSON report, annotations) is :mod:`loopguard._report`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 from ._events import BlockEvent, Frame
 from ._files import PKG_DIR, display_path, is_user_file, is_wrapper, package_of
 from ._parse import format_duration
+from ._repeats import Repeat, fold_repeats, frames_in, is_marker, marker_text, repeat_lines
 
 __all__ = [
     "FailureRepr",
@@ -177,29 +178,59 @@ def _dispatch_index(stack: list[Frame]) -> int:
 
 
 def _stack_lines(stack: list[Frame], limit: int = 30, *, full: bool = False) -> list[str]:
-    """A stack as a traceback's lines. ``full``: every frame. Otherwise without the frames of
+    """A stack as a traceback's lines, recursion folded as CPython's traceback folds it (see
+    :mod:`loopguard._repeats`). ``full``: every other frame. Otherwise without the frames of
     the test runner and event loop outside the callback, library runs folded (see
-    :func:`fold_stack`), and the innermost ``limit`` entries (a folded run is one)."""
+    :func:`fold_stack`), and at most ``limit`` entries (a folded run is one): the innermost
+    ones, and the outermost project frame inside the callback (the test's, or the handler's)."""
     if full:
-        return [line for f in stack for line in _frame_lines(f)]
+        return [line for e in fold_repeats(stack) for line in _entry_lines(e)]
     lines = []
     cut = _dispatch_index(stack)
     if cut >= len(stack):
         cut = 0
-    entries = fold_stack(stack[cut:])
-    start = max(0, len(entries) - limit)  # a folded run is one entry
-    hidden = cut + sum(1 if isinstance(e, Frame) else e.count for e in entries[:start])
-    if hidden:
+    outer = stack[:cut]
+    if outer:
+        hidden = sum(frames_in(f) for f in outer)
         lines.append(f"    ... {hidden} outer frames (test runner and event loop) not shown ...")
-    for entry in entries[start:]:
-        if isinstance(entry, Frame):
-            lines.extend(_frame_lines(entry))
-        else:
-            lines.append(f"    ... {entry} ...")
+        lines.extend(_frame_lines(f)[0] for f in outer if is_marker(f))
+    entries = fold_repeats(fold_stack(stack[cut:]))
+    if len(entries) > limit:
+        head = _head(entries)
+        tail = entries[len(entries) - (limit - len(head)) :]
+        middle = entries[len(head) : len(entries) - len(tail)]
+        lines.extend(line for e in head for line in _entry_lines(e))
+        lines.append(f"    ... {sum(frames_in(e) for e in middle)} frames not shown ...")
+        lines.extend(_frame_lines(e)[0] for e in middle if isinstance(e, Frame) and is_marker(e))
+        entries = tail
+    lines.extend(line for e in entries for line in _entry_lines(e))
     return lines
 
 
+_HEAD = 3
+"""Entries at the outer end of a long stack searched for its outermost project frame."""
+
+
+def _head(entries: list[Any]) -> list[Any]:
+    """The outer entries a long stack keeps: up to its outermost project frame, when it is one
+    of the first few (a folded run of library frames may come before it)."""
+    for i, e in enumerate(entries[:_HEAD]):
+        if isinstance(e, Frame) and is_user_file(e.filename):
+            return entries[: i + 1]
+    return []
+
+
+def _entry_lines(entry: Any) -> list[str]:
+    if isinstance(entry, Repeat):
+        return repeat_lines(entry, _entry_lines, "    ")
+    if isinstance(entry, Fold):
+        return [f"    ... {entry} ..."]
+    return _frame_lines(entry)
+
+
 def _frame_lines(f: Frame) -> list[str]:
+    if is_marker(f):
+        return [f"    ... {marker_text(f)} ..."]
     lines = [f'    File "{display_path(f.filename)}", line {f.lineno}, in {f.function}']
     if f.source:
         lines.append(f"      {f.source}")
@@ -230,12 +261,13 @@ def fold_stack(stack: list[Frame]) -> list[Any]:
     """``stack`` (outermost first) as :class:`Frame` and :class:`Fold` entries: each run of
     two or more library frames before or between project frames becomes one :class:`Fold`.
     A run that ends the stack keeps its first frame and its innermost ones (where it blocked).
-    A stack without project frames is not folded. Wherever they are, the frames of a wrapper
-    that a blocking-call detector put around a function (:func:`loopguard._files.is_wrapper`)
-    are folded: the frames kept are the code's and the wrapped call's."""
-    user = [is_user_file(f.filename) for f in stack]
-    if not any(user):
+    A stack without project frames is not folded. A marker of frames not read is kept, and
+    ends a run. Wherever they are, the frames of a wrapper that a blocking-call detector put
+    around a function (:func:`loopguard._files.is_wrapper`) are folded: the frames kept are the
+    code's and the wrapped call's."""
+    if not any(is_user_file(f.filename) for f in stack):
         return _fold_wrappers(list(stack))
+    user = [is_user_file(f.filename) or is_marker(f) for f in stack]
     return _fold_wrappers(_fold_runs(stack, user))
 
 

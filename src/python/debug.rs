@@ -48,7 +48,7 @@ fn frames_to_py(py: Python<'_>, frames: Vec<Frame>) -> PyResult<Bound<'_, PyList
         py,
         frames
             .into_iter()
-            .map(|f| (f.filename, f.lineno, f.function)),
+            .map(|f| (f.filename.to_string(), f.lineno, f.function.to_string())),
     )
 }
 
@@ -70,8 +70,8 @@ fn _reader_code(py: Python<'_>, code: &Bound<'_, PyAny>) -> PyResult<(String, St
     let addr = code.as_ptr() as usize;
     let info = with_walker(py, |w| w.code(addr))?.map_err(PyRuntimeError::new_err)?;
     Ok((
-        info.filename.clone(),
-        info.function.clone(),
+        info.filename.to_string(),
+        info.function.to_string(),
         info.firstlineno,
         info.code_bytes,
     ))
@@ -191,13 +191,12 @@ fn _reader_stress<'py>(
                         *depths.entry(frames.len()).or_default() += 1;
                     }
                     if let Some(f) = frames.last() {
-                        let key = (f.filename.clone(), f.lineno, f.function.clone());
+                        let key = (f.filename.to_string(), f.lineno, f.function.to_string());
                         *innermost.entry(key).or_default() += 1;
                     }
                     for f in frames {
-                        if !seen.contains(&(f.filename.clone(), f.lineno, f.function.clone())) {
-                            seen.insert((f.filename, f.lineno, f.function));
-                        }
+                        let key = (f.filename.to_string(), f.lineno, f.function.to_string());
+                        seen.insert(key);
                     }
                 }
                 Err(e) => {

@@ -1,13 +1,16 @@
 //! The fallback sampler, for interpreters the GIL-free reader does not support (or when asked
-//! for): it takes the GIL.
+//! for): it takes the GIL. It reads as much of a deep stack as the GIL-free reader does (see
+//! `crate::deep`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::hooks::running_task_name;
+use crate::deep::{self, Chain};
 use crate::event::{Frame, Gil, Sample};
 use crate::sampler::{Sampler, Target};
 
@@ -26,6 +29,7 @@ impl Sampler for GilSampler {
                 offset_ns,
                 count: 1,
                 frames,
+                repeats: Vec::new(),
                 gil: Gil::Unknown,
                 holder: None,
                 late: true,
@@ -55,28 +59,90 @@ impl Sampler for GilSampler {
 fn gil_stack(py: Python<'_>, target: &Target) -> PyResult<(Vec<Frame>, Option<String>)> {
     let frames = py.import("sys")?.call_method0("_current_frames")?;
     let frames = frames.cast::<PyDict>()?;
-    let mut out = Vec::new();
+    // Both ends of a deep stack, and the frames between counted (see `deep`).
+    let mut chain = Chain::default();
+    let mut ended = true;
     if let Some(mut f) = frames.get_item(target.thread_ident)? {
-        while !f.is_none() && out.len() < 1000 {
-            let code = f.getattr("f_code")?;
-            let function = match code.getattr("co_qualname") {
-                Ok(q) => q.extract::<String>()?,
-                Err(_) => code.getattr("co_name")?.extract::<String>()?,
-            };
-            let lineno = match f.getattr("f_lineno")?.extract::<Option<u32>>()? {
-                Some(line) => line,
-                None => line_of_lineless(py, &code, f.getattr("f_lasti")?.extract()?)?,
-            };
-            out.push(Frame {
-                filename: code.getattr("co_filename")?.extract()?,
-                lineno,
-                function,
-            });
-            f = f.getattr("f_back")?;
+        while !f.is_none() {
+            if chain.full() {
+                ended = false;
+                break;
+            }
+            let back = f.getattr("f_back")?;
+            chain.push(f);
+            f = back;
         }
+    }
+    let cut = chain.finish(ended);
+    // A code object's names, and the line of each of its instructions, read once per stack:
+    // the frames of a recursion share them.
+    let mut names = Names::new();
+    let mut out = Vec::with_capacity(cut.inner.len() + cut.outer.len() + 1);
+    for (i, f) in cut.inner.iter().chain(&cut.outer).enumerate() {
+        if i == cut.inner.len() && cut.cut() {
+            out.push(deep::not_read_marker(cut.not_read, cut.exact));
+        }
+        out.push(frame_of(py, f, &mut names)?);
+    }
+    if cut.outer.is_empty() && cut.cut() {
+        out.push(deep::not_read_marker(cut.not_read, cut.exact));
     }
     out.reverse();
     Ok((out, running_task_name(py, target.loop_id)))
+}
+
+/// What [`frame_of`] read of the code objects of one stack (alive while it is read, so their
+/// addresses are theirs): each one's file and function, and the line of each instruction seen.
+struct Names {
+    code: HashMap<usize, (Arc<str>, Arc<str>)>,
+    lines: HashMap<(usize, i64), u32>,
+}
+
+impl Names {
+    fn new() -> Self {
+        Names {
+            code: HashMap::new(),
+            lines: HashMap::new(),
+        }
+    }
+}
+
+/// The frame of the frame object `f`.
+fn frame_of(py: Python<'_>, f: &Bound<'_, PyAny>, names: &mut Names) -> PyResult<Frame> {
+    let code = f.getattr("f_code")?;
+    let key = code.as_ptr() as usize;
+    let (filename, function) = match names.code.get(&key) {
+        Some((file, function)) => (Arc::clone(file), Arc::clone(function)),
+        None => {
+            let function: Arc<str> = match code.getattr("co_qualname") {
+                Ok(q) => q.extract::<String>()?,
+                Err(_) => code.getattr("co_name")?.extract::<String>()?,
+            }
+            .into();
+            let file: Arc<str> = code.getattr("co_filename")?.extract::<String>()?.into();
+            names
+                .code
+                .insert(key, (Arc::clone(&file), Arc::clone(&function)));
+            (file, function)
+        }
+    };
+    let lasti: i64 = f.getattr("f_lasti")?.extract()?;
+    let lineno = match names.lines.get(&(key, lasti)) {
+        Some(&line) => line,
+        None => {
+            let line = match f.getattr("f_lineno")?.extract::<Option<u32>>()? {
+                Some(line) => line,
+                None => line_of_lineless(py, &code, lasti)?,
+            };
+            names.lines.insert((key, lasti), line);
+            line
+        }
+    };
+    Ok(Frame {
+        filename,
+        lineno,
+        function,
+    })
 }
 
 /// Lines found by [`line_of_lineless`], by code object (kept alive here, so its address stays

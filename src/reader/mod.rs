@@ -105,6 +105,7 @@ impl NativeSampler {
         Holder {
             thread_ident: ident,
             frames,
+            repeats: Vec::new(),
         }
     }
 }
@@ -140,6 +141,7 @@ impl Sampler for NativeSampler {
                 offset_ns,
                 count: 1,
                 frames,
+                repeats: Vec::new(),
                 gil,
                 holder: None,
                 late: false,

@@ -2,7 +2,9 @@
 //!
 //! Nothing here trusts a pointer: every object's type is compared with the address of its type
 //! object (from `dlsym`), sizes and depths are bounded, and a stack is only accepted when two
-//! walks in a row see the same chain of frames and code objects.
+//! walks in a row see the same chain of frames and code objects. A stack deeper than
+//! `deep::INNER_FRAMES` is read at both ends, with the frames between counted (see
+//! [`crate::deep`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,10 +12,8 @@ use std::sync::Arc;
 use super::layout::{i32_at, usize_at, FrameKind, Layout, LineFormat, OWNED_BY_GENERATOR};
 use super::lines::{self, LineTable};
 use super::mem::{symbol_address, MemError, Memory};
+use crate::deep::{self, Chain, Cut};
 use crate::event::Frame;
-
-/// Deepest stack walked; deeper stacks keep their innermost frames.
-pub const MAX_DEPTH: usize = 1024;
 /// Longest string read (characters).
 const MAX_STR_CHARS: usize = 4096;
 /// Largest line table or bytecode accepted (bytes).
@@ -36,7 +36,7 @@ const GENERATOR_FLAGS: u32 = 0x20 | 0x80 | 0x100 | 0x200;
 /// the report's call-site choice leaves such samples out when others are whole.
 pub fn cut_marker() -> Frame {
     Frame {
-        filename: "<loopguard>".into(),
+        filename: deep::MARKER_FILE.into(),
         lineno: 0,
         function: "<outer frames not read: a generator yielded while its stack was read>".into(),
     }
@@ -63,22 +63,13 @@ enum Outermost {
     Generator,
 }
 
-/// Frame shown (outermost) when a stack was cut at [`MAX_DEPTH`].
-pub fn truncated_marker() -> Frame {
-    Frame {
-        filename: "<loopguard>".into(),
-        lineno: 0,
-        function: format!("<more than {MAX_DEPTH} frames, outer ones not shown>"),
-    }
-}
-
 /// A decoded code object.
 #[derive(Debug)]
 pub struct CodeInfo {
     /// `co_filename`.
-    pub filename: String,
+    pub filename: Arc<str>,
     /// `co_qualname` (3.11+) or `co_name`.
-    pub function: String,
+    pub function: Arc<str>,
     /// `co_firstlineno`.
     pub firstlineno: i32,
     /// Size of the bytecode in bytes.
@@ -117,8 +108,17 @@ struct RawFrame {
 /// Size of the pages read by [`Pages`]: mappings are page-aligned, so a page is either
 /// entirely readable or not at all.
 const PAGE: usize = 4096;
-/// Most pages one snapshot holds; reads beyond it go straight to memory.
-const MAX_PAGES: usize = 64;
+/// Most pages one snapshot holds (16 MB, taken only by a deep stack: 10,000 coroutines, each an
+/// object of its own, take about 1,000 pages); reads beyond it go straight to memory.
+const MAX_PAGES: usize = 4096;
+/// Pages kept for the next snapshot when one is cleared (more are freed: a deep stack's
+/// snapshot is not kept in memory between samples).
+const SPARE_PAGES: usize = 64;
+
+/// Pages read at once by a snapshot past its first [`SPARE_PAGES`] (a deep stack): the frames
+/// of a deep recursion, the coroutines that hold them and 3.11's C frames lie in runs of
+/// neighbouring pages, and one system call per page is most of a walk's cost.
+const CHUNK_PAGES: usize = 8;
 
 /// A snapshot of whole pages, taken on first use: one syscall serves every frame that lives in
 /// the same page (3.11+ frames sit next to each other on the thread's data stack; frame and code
@@ -126,25 +126,83 @@ const MAX_PAGES: usize = 64;
 #[derive(Default)]
 struct Pages {
     pages: Vec<(usize, Box<[u8; PAGE]>)>,
+    /// Index in `pages` by base address, once there are more than a few.
+    index: HashMap<usize, usize>,
     spare: Vec<Box<[u8; PAGE]>>,
+    /// Where a chunk of pages is read.
+    chunk: Vec<u8>,
 }
 
 impl Pages {
     fn clear(&mut self) {
+        self.index.clear();
         self.spare.extend(self.pages.drain(..).map(|(_, p)| p));
+        self.spare.truncate(SPARE_PAGES);
+    }
+
+    fn find(&self, base: usize) -> Option<usize> {
+        if self.pages.len() <= SPARE_PAGES {
+            // Most stacks: a few pages, searched from the most recent.
+            self.pages.iter().rposition(|(b, _)| *b == base)
+        } else {
+            self.index.get(&base).copied()
+        }
+    }
+
+    fn insert(&mut self, base: usize, page: Box<[u8; PAGE]>) -> usize {
+        self.pages.push((base, page));
+        let n = self.pages.len();
+        if n == SPARE_PAGES + 1 {
+            self.index = self
+                .pages
+                .iter()
+                .enumerate()
+                .map(|(i, (b, _))| (*b, i))
+                .collect();
+        } else if n > SPARE_PAGES + 1 {
+            self.index.insert(base, n - 1);
+        }
+        n - 1
+    }
+
+    fn new_page(&mut self) -> Box<[u8; PAGE]> {
+        self.spare.pop().unwrap_or_else(|| Box::new([0u8; PAGE]))
+    }
+
+    /// Reads the chunk of [`CHUNK_PAGES`] pages around `base` into the snapshot; false when
+    /// it is not readable as a whole.
+    fn read_chunk(&mut self, mem: &Memory, base: usize) -> bool {
+        let start = base & !(PAGE * CHUNK_PAGES - 1);
+        self.chunk.resize(PAGE * CHUNK_PAGES, 0);
+        if mem.read_bytes(start, &mut self.chunk).is_err() {
+            return false;
+        }
+        for k in 0..CHUNK_PAGES {
+            let b = start + k * PAGE;
+            if self.pages.len() >= MAX_PAGES || self.find(b).is_some() {
+                continue;
+            }
+            let mut page = self.new_page();
+            page.copy_from_slice(&self.chunk[k * PAGE..(k + 1) * PAGE]);
+            self.insert(b, page);
+        }
+        true
     }
 
     fn page(&mut self, mem: &Memory, base: usize) -> Result<Option<&[u8; PAGE]>, MemError> {
-        if let Some(i) = self.pages.iter().position(|(b, _)| *b == base) {
+        if let Some(i) = self.find(base) {
             return Ok(Some(&self.pages[i].1));
         }
         if self.pages.len() >= MAX_PAGES {
             return Ok(None);
         }
-        let mut page = self.spare.pop().unwrap_or_else(|| Box::new([0u8; PAGE]));
+        if self.pages.len() >= SPARE_PAGES && self.read_chunk(mem, base) {
+            return Ok(self.find(base).map(|i| &*self.pages[i].1));
+        }
+        let mut page = self.new_page();
         mem.read_bytes(base, &mut page[..])?;
-        self.pages.push((base, page));
-        Ok(self.pages.last().map(|(_, p)| &**p))
+        let i = self.insert(base, page);
+        Ok(Some(&self.pages[i].1))
     }
 
     /// Reads `out.len()` bytes at `addr` from the snapshot, taking pages as needed.
@@ -184,6 +242,9 @@ pub struct Walker {
     cache: HashMap<usize, Arc<CodeInfo>>,
     buf: Vec<u8>,
     pages: Pages,
+    /// Frames read at the inner and outer ends of a stack, and followed at most (see
+    /// [`Chain`]).
+    depth: (usize, usize, usize),
 }
 
 fn type_address(name: &str) -> Result<usize, String> {
@@ -211,7 +272,14 @@ impl Walker {
             cache: HashMap::new(),
             buf: Vec::with_capacity(256),
             pages: Pages::default(),
+            depth: (deep::INNER_FRAMES, deep::OUTER_FRAMES, deep::MAX_FOLLOWED),
         })
+    }
+
+    /// Reads only the innermost `frames` frames of a stack, and neither counts nor reads the
+    /// others (their place is marked as "at least 0 frames not read").
+    pub fn limit_depth(&mut self, frames: usize) {
+        self.depth = (frames, 0, frames);
     }
 
     /// The layout in use.
@@ -275,10 +343,11 @@ impl Walker {
         thread_ident: u64,
     ) -> Result<(StackWithAddresses, Outermost), String> {
         self.pages.clear();
-        let (first, truncated, outermost) = self.walk(tstate, thread_ident)?;
-        let mut codes: Vec<Arc<CodeInfo>> = Vec::with_capacity(first.len());
+        let (first, outermost) = self.walk(tstate, thread_ident)?;
+        let raws = || first.inner.iter().chain(&first.outer);
+        let mut codes: Vec<Arc<CodeInfo>> = Vec::with_capacity(first.inner.len());
         let mut seen: HashMap<usize, Arc<CodeInfo>> = HashMap::new();
-        for raw in &first {
+        for raw in raws() {
             let info = match seen.get(&raw.code) {
                 Some(i) => Arc::clone(i),
                 None => {
@@ -291,19 +360,35 @@ impl Walker {
         }
         // The second walk reads memory afresh.
         self.pages.clear();
-        let (second, _, _) = self.walk(tstate, thread_ident)?;
-        let same_chain = first.len() == second.len()
-            && first
-                .iter()
-                .zip(&second)
-                .all(|(a, b)| a.frame == b.frame && a.code == b.code && a.owner == b.owner);
-        if !same_chain {
+        let (second, _) = self.walk(tstate, thread_ident)?;
+        let same = |a: &[RawFrame], b: &[RawFrame]| {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|(a, b)| a.frame == b.frame && a.code == b.code && a.owner == b.owner)
+        };
+        if !same(&first.inner, &second.inner)
+            || !same(&first.outer, &second.outer)
+            || (first.not_read, first.exact) != (second.not_read, second.exact)
+        {
             return Err("the stack changed while it was read".into());
         }
-        let mut frames = Vec::with_capacity(second.len() + 1);
-        let mut addresses = Vec::with_capacity(second.len() + 1);
+        let kept = second.inner.len() + second.outer.len() + 1;
+        let mut frames = Vec::with_capacity(kept);
+        let mut addresses = Vec::with_capacity(kept);
+        let marker_at = second.inner.len();
         // Innermost first here; reversed at the end.
-        for (raw, info) in second.iter().zip(&codes) {
+        for (i, (raw, info)) in second
+            .inner
+            .iter()
+            .chain(&second.outer)
+            .zip(&codes)
+            .enumerate()
+        {
+            if i == marker_at && second.cut() {
+                frames.push(deep::not_read_marker(second.not_read, second.exact));
+                addresses.push(0);
+            }
             if raw.offset < -2 || raw.offset >= i64::from(info.code_bytes) {
                 return Err(format!(
                     "instruction offset {} outside the code of {}",
@@ -323,14 +408,14 @@ impl Walker {
                 .line_for(raw.offset, info.firstlineno)
                 .unwrap_or(0);
             frames.push(Frame {
-                filename: info.filename.clone(),
+                filename: Arc::clone(&info.filename),
                 lineno,
-                function: info.function.clone(),
+                function: Arc::clone(&info.function),
             });
             addresses.push(raw.frame);
         }
-        if truncated {
-            frames.push(truncated_marker());
+        if second.outer.is_empty() && second.cut() {
+            frames.push(deep::not_read_marker(second.not_read, second.exact));
             addresses.push(0);
         }
         frames.reverse();
@@ -338,13 +423,13 @@ impl Walker {
         Ok(((frames, addresses), outermost))
     }
 
-    /// Walks the frame chain once, innermost first; `true` when cut at [`MAX_DEPTH`]; what the
-    /// outermost frame read belongs to.
+    /// Walks the frame chain once, innermost first (both ends of a deep one, see [`Chain`]);
+    /// what the outermost frame read belongs to.
     fn walk(
         &mut self,
         tstate: usize,
         thread_ident: u64,
-    ) -> Result<(Vec<RawFrame>, bool, Outermost), String> {
+    ) -> Result<(Cut<RawFrame>, Outermost), String> {
         let l = &self.layout;
         let mem = &self.mem;
         let pages = &mut self.pages;
@@ -370,13 +455,14 @@ impl Walker {
                     .map_err(|e| err("the C frame", e))?;
             }
         }
-        let mut out = Vec::new();
+        let (inner, outer, max_followed) = self.depth;
+        let mut out = Chain::with_caps(inner, outer, max_followed);
         let buf = &mut self.buf;
         buf.resize(l.frame_read(), 0);
         let mut outermost = Outermost::Caller;
         while frame != 0 {
-            if out.len() >= MAX_DEPTH {
-                return Ok((out, true, Outermost::Caller));
+            if out.full() {
+                return Ok((out.finish(false), Outermost::Caller));
             }
             pages.read(mem, frame, buf).map_err(|e| err("a frame", e))?;
             let code = usize_at(buf, l.f_code) & !l.code_tag_bits();
@@ -454,7 +540,9 @@ impl Walker {
             out.push(raw);
             frame = next;
         }
-        if let (Some(flags), Some(last), Outermost::Caller) = (l.co_flags, out.last(), outermost) {
+        let out = out.finish(true);
+        let last = out.outer.last().or(out.inner.last());
+        if let (Some(flags), Some(last), Outermost::Caller) = (l.co_flags, last, outermost) {
             // 3.10: a generator that just finished no longer names itself in its frame.
             let mut raw = [0u8; 4];
             pages
@@ -464,7 +552,7 @@ impl Walker {
                 outermost = Outermost::Generator;
             }
         }
-        Ok((out, false, outermost))
+        Ok((out, outermost))
     }
 
     /// The decoded code object at `addr`, read afresh (from the cache when the cached entry
@@ -535,8 +623,8 @@ impl Walker {
             }
             None => 0,
         };
-        let filename = self.string(key.filename, "co_filename")?;
-        let function = self.string(key.name, "the code name")?;
+        let filename: Arc<str> = self.string(key.filename, "co_filename")?.into();
+        let function: Arc<str> = self.string(key.name, "the code name")?.into();
         let (data, len) = self.bytes_header(key.linetable, "the line table")?;
         let raw_table = self
             .mem
@@ -691,9 +779,9 @@ mod tests {
     fn markers_say_what_is_missing() {
         // pytest_plugin/loopguard/_decode.py recognises a cut stack by this prefix.
         let cut = cut_marker();
-        assert_eq!(cut.filename, "<loopguard>");
+        assert_eq!(&*cut.filename, "<loopguard>");
         assert!(cut.function.starts_with("<outer frames not read"));
-        assert!(!truncated_marker()
+        assert!(!deep::not_read_marker(10, true)
             .function
             .starts_with("<outer frames not read"));
     }

@@ -258,33 +258,62 @@ def test_wrong_thread_ident_is_refused():
             native._reader_stack(t.tstate, threading.get_ident())
 
 
-def test_deep_stack_is_cut_at_the_limit():
+def read_deep(depth):
+    """The reader's stack of a thread blocked at the bottom of a recursion ``depth`` deep, and
+    that thread's own count of its frames there."""
     stop = threading.Event()
+    counted = []
 
     def recurse(n):
         if n == 0:
+            f, k = sys._getframe(), 0
+            while f is not None:
+                f, k = f.f_back, k + 1
+            counted.append(k + 1)  # and sleeper_leaf's
             sleeper_leaf(stop)
         else:
             recurse(n - 1)
 
     old = sys.getrecursionlimit()
-    sys.setrecursionlimit(5000)
-    t = Target(lambda: recurse(1500))
-    t.start()
-    t.ready.wait()
+    old_size = threading.stack_size(256 << 20)  # 3.10 recurses in C too
+    sys.setrecursionlimit(depth + 1000)
+    t = Target(lambda: recurse(depth))
     try:
-        for _ in range(100):
+        t.start()
+        t.ready.wait()
+        for _ in range(500):
             frames = native._reader_stack(t.tstate, t.ident)
             if frames[-1][2].endswith("sleeper_leaf"):
                 break
             time.sleep(0.01)
-        assert len(frames) == 1025
-        assert frames[0][0] == "<loopguard>"
-        assert frames[-1][2].endswith("sleeper_leaf")
+        return frames, counted[0]
     finally:
         stop.set()
         t.join()
+        threading.stack_size(old_size)
         sys.setrecursionlimit(old)
+
+
+def test_a_stack_deeper_than_the_old_limit_is_read_whole():
+    frames, depth = read_deep(1500)
+    assert len(frames) == depth
+    assert all(f[0] != "<loopguard>" for f in frames)
+    assert frames[-1][2].endswith("sleeper_leaf")
+    assert frames[0][2].endswith("_bootstrap")
+
+
+def test_a_stack_deeper_than_the_caps_is_read_at_both_ends_and_counted():
+    frames, depth = read_deep(15_000)
+    # The innermost 10,000 frames, one marker, the outermost 100.
+    assert len(frames) == 10_000 + 1 + 100
+    marker = frames[100]
+    assert marker[0] == "<loopguard>"
+    not_read = depth - 10_100
+    assert marker[2].startswith(f"<{not_read} frames not read: "), marker
+    assert frames[0][2].endswith("_bootstrap")
+    assert frames[-1][2].endswith("sleeper_leaf")
+    # Every frame kept but the few outside the recursion (15,001 frames of recurse).
+    assert sum(f[2].endswith("recurse") for f in frames) == 10_100 - (depth - 15_001)
 
 
 def innermost_hits(result, function_suffix):

@@ -162,13 +162,10 @@ def test_the_new_fields_survive_the_trip_to_an_xdist_controller():
 
 
 def test_the_collector_s_share_is_a_number_in_the_json_report_and_read_back(tmp_path: Path):
-    from loopguard._report import event_data
-    from loopguard._reportfile import verdicts
-
     v = Judge(tmp_path).judge(
         event(0.25, gc_time=0.1234), test="t", phase="call", threshold=0.1, mode="fail"
     )
-    data = event_data(v, tmp_path)
+    data = v.to_json(tmp_path)
     assert data["gc_ms"] == 123.4
     [back] = verdicts({"events": [data]})
     assert abs(back.event.gc_time - 0.1234) < 1e-9
