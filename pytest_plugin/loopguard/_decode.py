@@ -26,7 +26,8 @@ from ._events import (
     stack_of,
 )
 from ._explain import explain
-from ._files import is_user_file
+from ._files import is_user_file, is_wrapper
+from ._fixes import fix_for
 from ._repeats import unfold
 
 __all__ = ["decode_events", "make_context", "remember_thread", "site_of", "thread_name"]
@@ -64,6 +65,7 @@ def decode_events(text: str) -> list[BlockEvent]:
     events = [ev for ev in _decode(text) if not ev.in_debugger]
     for ev in events:
         explain(ev)
+        ev.fix = fix_for(ev)
     return events
 
 
@@ -150,8 +152,19 @@ def _split_context(ctx: str) -> tuple[Optional[str], Optional[str]]:
 
 
 def site_of(stack: list[Frame]) -> Optional[Frame]:
+    """The innermost frame of the project's code; without one, the innermost frame that is not
+    a blocking-call detector's wrapper."""
     for f in reversed(stack):
         if is_user_file(f.filename):
+            return f
+    return _innermost(stack)
+
+
+def _innermost(stack: list[Frame]) -> Optional[Frame]:
+    """The innermost frame, looking through the wrappers that a blocking-call detector puts
+    around the functions it patches (:func:`loopguard._files.is_wrapper`)."""
+    for f in reversed(stack):
+        if not is_wrapper(f.filename, f.function):
             return f
     return stack[-1] if stack else None
 
@@ -287,9 +300,9 @@ def _analyse(ev: BlockEvent) -> None:
         ev.starved = True
         ev.gil_holder_thread = thread_name(s.gil_holder_ident)
         ev.gil_holder_stack = s.gil_holder_stack
-    shown = _culprit(s)
-    if shown and shown[-1] != ev.site:
-        ev.innermost = shown[-1]
+    innermost = _innermost(_culprit(s))
+    if innermost is not None and innermost != ev.site:
+        ev.innermost = innermost
 
 
 def _native_sample(samples: list[Sample], site: Optional[Frame]) -> Optional[Sample]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
-from ._files import display_path, relative_path
+from ._files import relative_path, shown_path
 from ._parse import format_duration
 from ._repeats import RepeatError, stack_from_json, stack_to_json
 
@@ -57,7 +57,9 @@ class Frame:
     """The source line as a report recorded it (``None``: read it from the file)."""
 
     def __str__(self) -> str:
-        return f"{display_path(self.filename)}:{self.lineno} in {self.function}"
+        """``app/x.py:12 in f``; a library's frame as an import names its file
+        (``asyncio/events.py:80 in Handle._run``)."""
+        return f"{shown_path(self.filename)}:{self.lineno} in {self.function}"
 
     @property
     def source(self) -> str:
@@ -348,6 +350,9 @@ class BlockEvent:
     """``"import"``, ``"gc"`` or ``"coverage"`` when a common cause explains the block."""
     hint: Optional[str] = None
     """One line on that cause and its usual remedy."""
+    fix: Optional[str] = None
+    """What to do instead, for this kind of block (``await asyncio.sleep(...) instead of
+    time.sleep``): the first rule of :data:`loopguard._fixes.RULES` that matches it."""
     gc_time: float = 0.0
     """Seconds of the block that garbage collection (in any thread) spent on its own work: not
     the finalizers, weakref callbacks and system calls it ran, as far as the block's samples
@@ -512,6 +517,7 @@ class BlockEvent:
             "late": self.late,
             "cause": self.cause,
             "hint": self.hint,
+            "fix": self.fix,
             "cpu_wait_ms": _ms(self.cpu_wait),
             "holder_cpu_wait_ms": _ms(self.holder_cpu_wait),
             "gc_ms": _ms(self.gc_time),
@@ -565,6 +571,7 @@ class BlockEvent:
             late=r.get("late", bool, default=False),
             cause=r.get("cause", str, null=True, default=None),
             hint=r.get("hint", str, null=True, default=None),
+            fix=r.get("fix", str, null=True, default=None),
             gc_time=r.seconds("gc_ms", default=0.0),
             running=r.get("running", bool, default=False),
             syscall=r.get("syscall", str, null=True, default=None),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._events import BlockEvent, Frame
-from ._files import PKG_DIR, display_path, is_user_file, package_of
+from ._files import PKG_DIR, display_path, is_user_file, is_wrapper, package_of
 from ._parse import format_duration
 from ._repeats import Repeat, fold_repeats, frames_in, is_marker, marker_text, repeat_lines
 
@@ -88,6 +88,8 @@ def format_event(
         lines.append("    (the stack changed during the block: it was made of several calls)")
     if ev.hint:
         lines.append(f"    ({ev.hint})")
+    if ev.fix:
+        lines.append(f"    fix: {ev.fix}")
     lines.append("")
     full = stack == "full"
     if ev.starved and ev.gil_holder_thread:
@@ -262,7 +264,7 @@ class Fold:
         names = list(self.packages)
         if len(names) > 5:
             names = [*names[:4], f"{len(names) - 4} more"]
-        return f"{self.count} frames in {', '.join(names)}"
+        return f"{self.count} frame{'s' * (self.count != 1)} in {', '.join(names)}"
 
 
 _FOLD_TAIL = 2
@@ -275,10 +277,29 @@ def fold_stack(stack: list[Frame]) -> list[Any]:
     two or more library frames before or between project frames becomes one :class:`Fold`.
     A run that ends the stack keeps its first frame and its innermost ones (where it blocked).
     A stack without project frames is not folded. A marker of frames not read is kept, and
-    ends a run."""
+    ends a run. Wherever they are, the frames of a wrapper that a blocking-call detector put
+    around a function (:func:`loopguard._files.is_wrapper`) are folded: the frames kept are the
+    code's and the wrapped call's."""
     if not any(is_user_file(f.filename) for f in stack):
-        return list(stack)
+        return _fold_wrappers(list(stack))
     user = [is_user_file(f.filename) or is_marker(f) for f in stack]
+    return _fold_wrappers(_fold_runs(stack, user))
+
+
+def _fold_wrappers(entries: list[Any]) -> list[Any]:
+    """``entries`` with each wrapper frame folded, into the fold beside it if there is one."""
+    out: list[Any] = []
+    for entry in entries:
+        if isinstance(entry, Frame) and is_wrapper(entry.filename, entry.function):
+            entry = _fold([entry])
+        if isinstance(entry, Fold) and out and isinstance(out[-1], Fold):
+            packages = dict.fromkeys((*out[-1].packages, *entry.packages))
+            entry = Fold(out.pop().count + entry.count, tuple(packages))
+        out.append(entry)
+    return out
+
+
+def _fold_runs(stack: list[Frame], user: list[bool]) -> list[Any]:
     out: list[Any] = []
     i = 0
     while i < len(stack):

@@ -15,13 +15,19 @@ __all__ = [
     "PKG_DIR",
     "display_path",
     "is_user_file",
+    "is_wrapper",
+    "library_path",
     "modules",
     "package_of",
     "relative_path",
+    "shown_path",
 ]
 
 PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 """loopguard's own directory: its frames are never the project's."""
+
+_PKG_REAL = os.path.realpath(PKG_DIR) + os.sep
+"""The same, symbolic links resolved (a package directory linked into site-packages)."""
 
 
 def _library_dirs() -> tuple[str, ...]:
@@ -52,7 +58,7 @@ def is_user_file(filename: str) -> bool:
     else:
         real = os.path.realpath(filename)
         result = not (
-            real.startswith(PKG_DIR)
+            real.startswith((PKG_DIR, _PKG_REAL))
             or any(real.startswith(d) for d in _LIB_DIRS)
             or f"{os.sep}site-packages{os.sep}" in real
             or f"{os.sep}dist-packages{os.sep}" in real
@@ -69,7 +75,7 @@ def package_of(filename: str) -> str:
         inner = filename.strip("<>").split()[-1]
         return inner.split(".", 1)[0] or filename
     real = os.path.realpath(filename)
-    if real.startswith(PKG_DIR):
+    if real.startswith((PKG_DIR, _PKG_REAL)):
         return "loopguard"
     for marker in (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}"):
         if marker in real:
@@ -94,6 +100,62 @@ def display_path(filename: str) -> str:
     except ValueError:
         return filename
     return filename if rel.startswith("..") else rel
+
+
+@functools.lru_cache(maxsize=4096)
+def library_path(filename: str) -> Optional[str]:
+    """A library file's path inside its installation directory, ``/``-separated, as an import
+    names it (``asyncio/events.py``, ``requests/sessions.py``, ``loopguard/_runtime.py``);
+    ``None`` for the project's files and names in angle brackets (``<string>``)."""
+    if filename.startswith("<") or is_user_file(filename):
+        return None
+    real = os.path.realpath(filename)
+    rel = None
+    for pkg in (PKG_DIR, _PKG_REAL):
+        if real.startswith(pkg):
+            rel = os.path.join("loopguard", real[len(pkg) :])
+    for marker in (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}"):
+        if rel is None and marker in real:
+            rel = real.rsplit(marker, 1)[1]
+    for d in _LIB_DIRS:
+        if rel is None and real.startswith(d):
+            rel = real[len(d) :]
+    if rel is None:
+        return None
+    parts = rel.split(os.sep)
+    if parts[0] == "lib-dynload":
+        parts = parts[1:]
+    return "/".join(parts)
+
+
+def shown_path(filename: str) -> str:
+    """``filename`` as a report names a place: a project file relative to the current
+    directory (:func:`display_path`), a library's or the standard library's as an import
+    names it (:func:`library_path`: ``asyncio/events.py``), never by the interpreter's
+    installation directory."""
+    return library_path(filename) or display_path(filename)
+
+
+# Frames that another tool puts between the code and a blocking function it wraps (to detect
+# blocking calls by patching them): a report looks through them to the wrapped call. Each entry
+# is the end of a file's path and the wrapper's function names (qualified on Python 3.11+).
+_WRAPPERS: tuple[tuple[str, frozenset[str]], ...] = (
+    # blockbuster: _wrap_blocking's inner function replaces time.sleep, socket and file methods,
+    # sqlite3, locks...
+    ("blockbuster/blockbuster.py", frozenset({"wrapper", "_wrap_blocking.<locals>.wrapper"})),
+)
+
+
+@functools.lru_cache(maxsize=1024)
+def is_wrapper(filename: str, function: str) -> bool:
+    """True for a frame of a wrapper that a blocking-call detector put around the function it
+    called (see ``_WRAPPERS``): not the blocking operation itself."""
+    path = filename.replace(os.sep, "/")
+    return any(
+        path.endswith("/" + end) and function in names
+        for end, names in _WRAPPERS
+        if not is_user_file(filename)
+    )
 
 
 @functools.lru_cache(maxsize=4096)

@@ -10,7 +10,8 @@ native frames, GIL, system call, cause), a histogram of block durations on the s
 the GIL attribution with the threads that starved loops, and a timeline per test of its blocks
 against its phases. A report of a run that guarded no test says so at the top. Tables are real
 ``<table>`` markup with headers; colours keep a contrast of at least 4.5:1 and are never the
-only sign (each severity is also written); printing opens every stack.
+only sign (each severity is also written); printing opens every stack. A hotspot's last column
+is the fix for its kind of block (``BlockEvent.fix``).
 """
 
 from __future__ import annotations
@@ -198,7 +199,8 @@ def _hotspot_section(vs: list[Verdict]) -> str:
         '<thead><tr><th scope="col">severity</th><th scope="col" class="num">count</th>'
         '<th scope="col" class="num">tests</th><th scope="col" class="num">max</th>'
         '<th scope="col" class="num">total</th><th scope="col">outcome</th>'
-        '<th scope="col">call site</th><th scope="col">blocking operation</th></tr></thead>'
+        '<th scope="col">call site</th><th scope="col">blocking operation</th>'
+        '<th scope="col">fix</th></tr></thead>'
     )
     out.append("<tbody>")
     for s in spots:
@@ -216,6 +218,7 @@ def _hotspot_section(vs: list[Verdict]) -> str:
         cell += _block_details(worst, s.where)
         out.append(f"<td>{cell}</td>")
         out.append(f"<td><code>{_e(s.operation)}</code></td>")
+        out.append(f"<td>{_e(s.fix or '')}</td>")
         out.append("</tr>")
     out.append("</tbody></table></section>")
     return "\n".join(out)

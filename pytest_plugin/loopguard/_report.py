@@ -8,7 +8,6 @@ import json
 import os
 import platform
 import sys
-import sysconfig
 import tempfile
 import time
 import uuid
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ._errors import SettingError
-from ._events import Frame, blocking_native
+from ._events import blocking_native
 from ._failure import summary
 from ._files import relative_path
 from ._judge import OUTCOMES, SEVERITIES, Baseline, Verdict
@@ -67,27 +66,13 @@ class Hotspot:
     """``(test, phase)`` of each block, in order."""
     worst: Optional[Verdict] = None
     """The longest block at this site."""
+    fix: Optional[str] = None
+    """What to do instead (``BlockEvent.fix``), as the first block at this site with one says."""
 
     def outcome_text(self) -> str:
         if len(self.outcomes) == 1:
             return next(iter(self.outcomes))
         return ", ".join(f"{self.outcomes[o]} {o}" for o in OUTCOMES if self.outcomes[o])
-
-
-def _short(f: Frame) -> str:
-    """A library frame without its installation directory: ``json/encoder.py:383 in f``."""
-    text = str(f)
-    for marker in ("site-packages/", "dist-packages/"):
-        if marker in text:
-            return text.rsplit(marker, 1)[1]
-    real = os.path.realpath(f.filename)
-    for d in _STDLIB:
-        if real.startswith(d):
-            return f"{real[len(d) :]}:{f.lineno} in {f.function}"
-    return text
-
-
-_STDLIB = tuple({os.path.realpath(p) + os.sep for p in (sysconfig.get_paths()["stdlib"],) if p})
 
 
 _CAUSES = {
@@ -108,9 +93,9 @@ def _plain_operation(v: Verdict) -> str:
     if ev.native_stack:
         # The C function the call blocked in, under the Python frame that made the call.
         native = blocking_native(ev.native_stack).name
-        return native if ev.innermost is None else f"{_short(ev.innermost)} → {native}"
+        return native if ev.innermost is None else f"{ev.innermost} → {native}"
     if ev.innermost is not None:
-        return _short(ev.innermost)
+        return str(ev.innermost)
     if ev.site is not None and ev.site.source:
         text = ev.site.source.split("  # ", 1)[0]
         return text if len(text) <= 48 else text[:45] + "..."
@@ -132,6 +117,8 @@ def hotspots(verdicts: list[Verdict]) -> list[Hotspot]:
             site = str(ev.site) if ev.site else "(ended before its stack was sampled)"
             spot = spots[key] = Hotspot(site=site, operation=_operation(v))
         spot.count += 1
+        if spot.fix is None:
+            spot.fix = ev.fix
         if spot.worst is None or ev.duration > spot.worst.event.duration:
             spot.worst = v
         spot.max = max(spot.max, ev.duration)
@@ -174,7 +161,7 @@ def summary_lines(
     verdicts: list[Verdict], verbosity: int, test_label: Callable[[str], str] = str
 ) -> list[tuple[str, dict[str, bool]]]:
     """The hotspot table as ``(text, markup)`` lines; ``-q`` shortens it, ``-qq`` to totals,
-    ``-v`` lists each row's tests under it (as ``test_label`` shows them)."""
+    ``-v`` adds under each row its fix and its tests (as ``test_label`` shows them)."""
     out: list[tuple[str, dict[str, bool]]] = []
     spots = hotspots(verdicts)
     shown = spots if verbosity >= 0 else spots[:_SHORT_ROWS] if verbosity == -1 else []
@@ -194,6 +181,8 @@ def summary_lines(
             )
             out.append((text, _SEVERITY_MARKUP[s.severity]))
             if verbosity > 0:
+                if s.fix:
+                    out.append((f"    fix: {s.fix}", {}))
                 out.extend((f"    {test_label(t)} ({phase})", {}) for t, phase in s.where)
         if len(shown) < len(spots):
             out.append((f"... {len(spots) - len(shown)} more call sites (without -q: all)", {}))

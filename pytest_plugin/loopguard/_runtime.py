@@ -264,26 +264,19 @@ class Runtime:
         cls.run_forever = run_forever  # type: ignore[method-assign]
         self._patched = True
 
-    def _install_thread_names(self) -> None:
+    @staticmethod
+    def _install_thread_names() -> None:
         """Remember the names of threads started from now on (see ``remember_thread``) and,
         before 3.11 (whose thread states do not record it), their kernel thread ids: the
-        watchdog reads a GIL holder's wait for a CPU by that id.
-
-        ``Thread.start()`` waits until the new thread runs: about 0.1 ms on an idle machine,
-        as long as the system takes to give the new thread a CPU on a busy one (150 ms was
-        seen beside CPU-bound processes, when ``asyncio.to_thread`` started its executor's
-        first worker on the loop). That wait is the machine's, like a wait for a CPU, so a
-        loop's thread spends it idle (:meth:`own_wait`)."""
+        watchdog reads a GIL holder's wait for a CPU by that id."""
         for t in threading.enumerate():
             if t.ident is not None:
                 remember_thread(t.ident, t.name)
                 _remember_native_id(t)
         original_start = threading.Thread.start
-        own_wait = self.own_wait
 
         def start(self):  # type: ignore[no-untyped-def]
-            with own_wait():
-                original_start(self)
+            original_start(self)
             if self.ident is not None:
                 remember_thread(self.ident, self.name)
                 _remember_native_id(self)
@@ -402,12 +395,11 @@ class Runtime:
 
     @contextlib.contextmanager
     def own_wait(self) -> Iterator[None]:
-        """Around waits on a loop's thread that only other threads getting a CPU can end:
-        loopguard's own (for its offload sampler to stop, for the watchdog to hand over events,
-        when a ``guard()`` or ``offload_check()`` closes) and a new thread's start. The asyncio
-        loop this thread runs, if any, is marked idle, so that a busy machine's delay in
-        scheduling those threads is never counted as the loop's block. A block of the code
-        before it ends where the wait begins."""
+        """Around loopguard's own waits on a loop's thread (for its offload sampler to stop, for
+        the watchdog to hand over events, when a ``guard()`` or ``offload_check()`` closes): the
+        asyncio loop this thread runs, if any, is marked idle, so that a busy machine's delay in
+        loopguard's threads is never counted as the loop's block. A block of the code before it
+        ends where the wait begins."""
         slot = self._selector_slots.get(threading.get_ident())
         if slot is None:
             yield

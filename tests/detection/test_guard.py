@@ -295,26 +295,3 @@ def test_a_block_just_before_a_check_closes_is_still_the_codes():
     (ev,) = check.events
     assert "check-last-block" in ev.site.source
     assert 0.28 <= ev.duration < 0.55
-
-
-class _LateThread(threading.Thread):
-    """A thread that a busy machine gives a CPU 300 ms after ``start()``: ``start()`` waits
-    for it that long."""
-
-    def _bootstrap_inner(self):
-        time.sleep(0.3)
-        super()._bootstrap_inner()
-
-
-def test_waiting_for_a_new_thread_to_start_is_not_the_loops_block():
-    # Thread.start() waits until the new thread runs: the machine's delay, not the code's.
-    async def main():
-        await asyncio.sleep(0)
-        t = _LateThread(target=lambda: None)
-        t.start()  # late-thread-start
-        await asyncio.sleep(0)
-        t.join()
-
-    with loopguard.guard(threshold="100ms") as g:
-        asyncio.run(main())
-    assert g.events == []

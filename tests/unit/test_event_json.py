@@ -57,7 +57,8 @@ def full_event(root):
         innermost=LIBRARY, stack=[runner, handler, LIBRARY], await_chain=[runner, bridge],
         gil="other",
         gil_holder_thread="cruncher", gil_holder_stack=[worker], sites_changed=True, late=True,
-        cause="gc", hint="a long garbage collection", gc_time=0.2501, running=True,
+        cause="gc", hint="a long garbage collection", fix="gc.freeze() after start-up",
+        gc_time=0.2501, running=True,
         syscall="recvfrom", syscall_object="TCP 127.0.0.1:51234 → 127.0.0.1:8080",
         cpu_wait=0.012345678, holder_cpu_wait=0.0456789, callbacks=callbacks,
         native_stack=native, native_note="in a system call",
@@ -95,6 +96,7 @@ def test_a_fully_populated_event_reads_back_equal(root):
     # Durations in milliseconds, to the nanosecond.
     assert data["duration_ms"] == 312.345678
     assert data["gc_ms"] == 250.1 and data["cpu_wait_ms"] == 12.345678
+    assert data["fix"] == "gc.freeze() after start-up"
     # And once more: the JSON of what was read is the JSON that was written.
     assert back.to_json(root) == data
 
@@ -159,6 +161,7 @@ def test_an_entry_of_an_older_report_reads_with_defaults():
     )
     assert v.key == ("app/x.py", "f") and v.over_threshold  # from the outcome
     assert v.event.site.source == ""  # recorded as unreadable: not read from here
+    assert v.event.fix is None  # written before blocks had a fix
 
 
 @pytest.mark.parametrize(
