@@ -18,13 +18,12 @@ import asyncio
 import collections
 import contextvars
 import functools
-import importlib.abc
-import importlib.util
 import sys
 import threading
 from typing import Any, Optional
 
 from ._events import BlockEvent
+from ._imports import PostImportFinder
 
 __all__ = ["context_of", "install", "settled", "wrap"]
 
@@ -230,43 +229,8 @@ def install(context_vars: bool = False) -> None:
     for name, patch in _PATCHES.items():
         if name in sys.modules:
             patch(sys.modules[name])
-    if not any(isinstance(f, _Finder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _Finder())
+    if _FINDER not in sys.meta_path:
+        sys.meta_path.insert(0, _FINDER)
 
 
-class _Finder(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: wraps the loader of the modules of :data:`_PATCHES` so that they
-    are patched right after they ran."""
-
-    def __init__(self) -> None:
-        self._finding = threading.local()
-
-    def find_spec(self, fullname, path=None, target=None):  # type: ignore[no-untyped-def]
-        patch = _PATCHES.get(fullname)
-        if patch is None or getattr(self._finding, "name", None):
-            return None
-        self._finding.name = fullname
-        try:
-            spec = importlib.util.find_spec(fullname)
-        finally:
-            self._finding.name = None
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return None
-        spec.loader = _Loader(spec.loader, patch)
-        return spec
-
-
-class _Loader(importlib.abc.Loader):
-    def __init__(self, inner: Any, patch: Any) -> None:
-        self._inner = inner
-        self._patch = patch
-
-    def create_module(self, spec):  # type: ignore[no-untyped-def]
-        return self._inner.create_module(spec)
-
-    def exec_module(self, module) -> None:  # type: ignore[no-untyped-def]
-        self._inner.exec_module(module)
-        self._patch(module)
-
-    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
-        return getattr(self._inner, name)
+_FINDER = PostImportFinder(_PATCHES.get)

@@ -17,8 +17,6 @@ import asyncio.base_events
 import atexit
 import collections
 import contextlib
-import importlib.abc
-import importlib.util
 import itertools
 import os
 import select
@@ -33,6 +31,7 @@ from ._decode import decode_events, remember_thread
 from ._errors import LoopBlockedError
 from ._events import BlockEvent
 from ._explain import install_gc_log
+from ._imports import PostImportFinder
 
 __all__ = ["LAG_PROBE_INTERVAL", "Runtime", "runtime"]
 
@@ -237,6 +236,12 @@ class Runtime:
                 if name in sys.modules and install(self):
                     del self._optional[name]
 
+    def _after_import(self, name: str) -> Optional[Callable[[object], None]]:
+        """For the import hook: instrument uvloop or trio once its import finishes."""
+        if name not in self._optional:
+            return None
+        return lambda module: self._install_optional()
+
     def _install(self) -> None:
         self._install_optional()
         if self._patched:
@@ -245,7 +250,7 @@ class Runtime:
         if self._optional:
             # uvloop and trio imported later (inside a guard(), in a test) are instrumented as
             # soon as their import finishes.
-            sys.meta_path.insert(0, _PostImportFinder(self))
+            sys.meta_path.insert(0, PostImportFinder(self._after_import))
         install_gc_log()
         _chain.install()
         cls = asyncio.base_events.BaseEventLoop
@@ -515,44 +520,6 @@ def _watch_selector(loop, slot):  # type: ignore[no-untyped-def]
 
         return restore_proxy
     return lambda: None
-
-
-class _PostImportFinder(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: when uvloop or trio is imported, wraps its loader so that
-    loopguard instruments it right after the module has run."""
-
-    def __init__(self, rt: Runtime) -> None:
-        self._rt = rt
-        self._finding = threading.local()
-
-    def find_spec(self, fullname, path=None, target=None):  # type: ignore[no-untyped-def]
-        if fullname not in self._rt._optional or getattr(self._finding, "name", None):
-            return None
-        self._finding.name = fullname
-        try:
-            spec = importlib.util.find_spec(fullname)
-        finally:
-            self._finding.name = None
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return None
-        spec.loader = _InstallingLoader(spec.loader, self._rt._install_optional)
-        return spec
-
-
-class _InstallingLoader(importlib.abc.Loader):
-    def __init__(self, inner, after) -> None:  # type: ignore[no-untyped-def]
-        self._inner = inner
-        self._after = after
-
-    def create_module(self, spec):  # type: ignore[no-untyped-def]
-        return self._inner.create_module(spec)
-
-    def exec_module(self, module) -> None:  # type: ignore[no-untyped-def]
-        self._inner.exec_module(module)
-        self._after()
-
-    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
-        return getattr(self._inner, name)
 
 
 class _LagProbe:
