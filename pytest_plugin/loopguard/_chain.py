@@ -25,7 +25,6 @@ Nothing here runs on the loop thread or per loop iteration.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import gc
 import os
 import sys
@@ -198,11 +197,13 @@ class _RunningCallee:
             except (OSError, ValueError):
                 continue
             # A live coroutine that this frame is running (the interpreter holds it).
+            import ctypes  # here: only 3.10 and 3.11 read a running frame's value stack
+
             return ctypes.cast(addr, ctypes.py_object).value
         return None
 
     def _open(self) -> None:
-        if ctypes.sizeof(ctypes.c_void_p) != 8:
+        if sys.maxsize != 2**63 - 1:  # 64-bit pointers only
             return
         self._fd = os.open("/proc/self/mem", os.O_RDONLY)
         marker = object()

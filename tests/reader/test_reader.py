@@ -573,9 +573,13 @@ def add(code):
     else:
         lines |= {l for _, l in dis.findlinestarts(code)}
     known.setdefault((code.co_filename, qualname(code)), set()).update(lines)
+def attr(obj, name):
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # a __getattr__ that does more than look up (ctypes' library loaders)
+        return None
 for obj in gc.get_objects():
-    code = getattr(obj, "__code__", None) or getattr(obj, "gi_code", None) \
-        or getattr(obj, "cr_code", None)
+    code = attr(obj, "__code__") or attr(obj, "gi_code") or attr(obj, "cr_code")
     if isinstance(code, types.CodeType):
         for c in iter_codes(code):
             add(c)
