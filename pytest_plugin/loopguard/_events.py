@@ -178,10 +178,19 @@ def native_frames(raw: Optional[list[Any]]) -> list[NativeFrame]:
     return [NativeFrame.from_json(f) for f in raw or []]
 
 
+_C_RUNTIME = ("libc.so", "libc.musl", "ld-linux", "ld-musl", "libpthread.so", "libm.so", "libdl.so")
+"""The C runtime's libraries: a function of theirs (a lock, ``memcpy``) that a library's code
+was in when sampled names the call less well than that library's own function."""
+
+
 def blocking_native(stack: list[NativeFrame]) -> NativeFrame:
     """The native function a stack blocked in: its innermost frame with a name (inner frames
-    without one are a library's internal functions)."""
-    return next((f for f in stack if f.function is not None), stack[0])
+    without one are a library's internal functions) outside the C runtime (``sqlite3VdbeExec``
+    rather than the ``pthread_mutex_unlock`` it was in), or in it when the stack has nothing
+    else (``clock_nanosleep``, ``recv``)."""
+    named = [f for f in stack if f.function is not None]
+    own = (f for f in named if not (f.library or "").startswith(_C_RUNTIME))
+    return next(own, named[0] if named else stack[0])
 
 
 @dataclass(frozen=True)

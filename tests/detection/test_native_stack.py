@@ -113,7 +113,7 @@ def test_a_catastrophic_regex_shows_the_regex_engine(inner, pytester):
 @pytest.mark.asyncio
 async def test_regex():
     await asyncio.sleep(0)
-    re.match(r"(a+)+$", "a" * 22 + "b")
+    re.match(r"(a+)+$", "a" * 24 + "b")  # 0.3-2 s: each "a" doubles it
 """,
         "--loopguard-native=on",
     )
@@ -276,7 +276,11 @@ async def test_stress():
     result.assert_outcomes(passed=1)
     stacks = native_names(pytester)
     assert len(stacks) >= 3, stacks
-    assert any("deflate" in " ".join(filter(None, names)) for names, _ in stacks), stacks
+    # Some block was read inside the zlib call: in deflate, or in the zlib module's own code
+    # around it (copying its output buffer), whichever the samples caught most.
+    assert any(
+        "deflate" in n or n.startswith("zlib_") for names, _ in stacks for n in filter(None, names)
+    ), stacks
 
 
 def test_guard_takes_native_frames_when_asked_and_restores_the_setting():

@@ -150,3 +150,23 @@ def test_what_a_call_waited_on_comes_from_the_samples_that_name_it():
     other = {**named, "syscall": "read", "syscall_object": "/tmp/x"}
     (ev,) = decode(raw_event([early, other]))
     assert (ev.syscall, ev.syscall_object) == ("recvfrom", None)
+
+
+def test_the_blocking_native_function_is_a_librarys_own_not_the_c_runtimes():
+    from loopguard._events import NativeFrame, blocking_native
+
+    def nf(function, library):
+        return NativeFrame(function, library, 0x10)
+
+    # Sampled while sqlite3 was inside a libc lock: sqlite3's function names the call.
+    stack = [
+        nf("lll_mutex_unlock_optimized", "libc.so.6"),
+        nf(None, "libsqlite3.so.0"),
+        nf("sqlite3VdbeMemGrow", "libsqlite3.so.0"),
+        nf("sqlite3_step", "libsqlite3.so.0"),
+    ]
+    assert blocking_native(stack).function == "sqlite3VdbeMemGrow"
+    # Only the C runtime below the Python frame: its function is the call (a sleep, a recv).
+    assert blocking_native([nf("clock_nanosleep", "libc.so.6")]).function == "clock_nanosleep"
+    # No name at all: the innermost frame.
+    assert blocking_native([nf(None, "libfoo.so")]).library == "libfoo.so"
