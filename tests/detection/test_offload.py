@@ -283,7 +283,7 @@ def blocked_ms(out):
     return [float(n) * (1 if unit == "ms" else 1000) for n, unit in BLOCKED.findall(out)]
 
 
-def assert_blocks_named(inner, result, markers, function="*.<locals>.main"):
+def assert_blocks_named(inner, result, markers, function="*main"):  # 3.10: no qualname
     """Each test failed with an OffloadError for one block of the loop, at least 250 ms long
     (the work lasted 300 ms or more), naming the line marked by each of ``markers``."""
     result.assert_outcomes(failed=len(markers))
@@ -444,8 +444,8 @@ async def test_blocks(loopguard):
 """,
         "--loopguard-mode=warn",
     )
-    result.assert_outcomes(passed=1, warnings=1)
-    result.stdout.fnmatch_lines(["*1 block at 1 call site in 1 test*"])
+    result.assert_outcomes(passed=1)  # older pytest-asyncio versions add a warning of theirs
+    result.stdout.fnmatch_lines(["*LoopBlockedWarning*", "*1 block at 1 call site in 1 test*"])
     result.stdout.fnmatch_lines([inner.site("sleeps on the loop", "test_blocks")])
 
 
@@ -486,4 +486,4 @@ def test_offloaded():
     durations = blocked_ms(out)
     # uvloop's beat dates a block from the beat it missed: up to a tenth of the threshold late.
     assert len(durations) == 1 and durations[0] >= 250, out
-    result.stdout.fnmatch_lines([inner.site("sleeps on the loop, async with", "*.<locals>.main")])
+    result.stdout.fnmatch_lines([inner.site("sleeps on the loop, async with", "*main")])

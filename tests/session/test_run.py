@@ -13,12 +13,14 @@ import textwrap
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from loopguard._run import FAIL_ON_STATUS, parse
 from loopguard._target import TargetError, resolve_target
 
-pytestmark = pytest.mark.linux_full
+httpx = pytest.importorskip("httpx")  # the main suite's (the version matrix installs less)
+
+# Servers and clients from the main suite's requirements: under its Python and pytest only.
+pytestmark = [pytest.mark.linux_full, pytest.mark.single_version]
 
 RUN = [sys.executable, "-m", "loopguard", "run"]
 TIMEOUT = 60
