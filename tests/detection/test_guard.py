@@ -244,6 +244,7 @@ class _SlowFinish:
         return self._sampler.finish()
 
 
+@pytest.mark.linux_full  # offload_check() samples threads on the full Linux build only
 @pytest.mark.parametrize("started", ["before", "inside"])
 def test_loopguard_waiting_for_its_own_threads_is_not_the_loops_block(monkeypatch, started):
     # Closing a guard or a check waits on the loop's thread for the watchdog and the offload
@@ -282,6 +283,7 @@ def test_loopguard_waiting_for_its_own_threads_is_not_the_loops_block(monkeypatc
     assert g.events == []
 
 
+@pytest.mark.linux_full
 def test_a_block_just_before_a_check_closes_is_still_the_codes():
     # The check's own wait begins where the code's block ends: the block is still seen.
     async def main():
