@@ -187,7 +187,7 @@ def test_a_collection_started_by_an_allocation_is_still_excused(pytester, inner)
 def garbage():
     # Made outside the loop: only the collection blocks it.
     gc.disable()
-    junk = [Node() for _ in range(1_500_000)]
+    junk = [Node() for _ in range(3_000_000)]
     junk.clear()
     yield
     gc.enable()
