@@ -3,6 +3,7 @@
 import sys
 
 import pytest
+from garbage import GARBAGE_FILES
 
 pytestmark = pytest.mark.single_version
 
@@ -14,7 +15,7 @@ import pytest
 """
 
 
-INNER = dict(header=HEADER)
+INNER = dict(header=HEADER, files=GARBAGE_FILES)
 
 
 def test_a_first_import_in_a_coroutine_is_labelled(inner):
@@ -38,16 +39,12 @@ async def test_import():
 
 
 GC_SOURCE = """
-class Node:
-    def __init__(self):
-        self.me = self
+from garbage import make_garbage
 
 @pytest.fixture
 def garbage():
     # Made outside the loop: only the collection blocks it.
-    gc.disable()
-    junk = [Node() for _ in range(1_500_000)]
-    junk.clear()
+    make_garbage()
     yield
     gc.enable()
 
@@ -113,23 +110,18 @@ def test_guard_excludes_garbage_collection_unless_asked():
 
     import loopguard
 
-    class Node:
-        def __init__(self):
-            self.me = self
+    from garbage import make_garbage
 
     async def main():
         await asyncio.sleep(0)
         gc.collect()
 
-    gc.disable()
     try:
-        junk = [Node() for _ in range(1_500_000)]
-        del junk
+        make_garbage(0.3)
         with loopguard.guard(threshold="50ms") as g:
             asyncio.run(main())
         assert g.events == []
-        junk = [Node() for _ in range(1_500_000)]
-        del junk
+        make_garbage(0.3)
         with pytest.raises(loopguard.LoopBlockedError) as exc:
             with loopguard.guard(threshold="50ms", gc="include"):
                 asyncio.run(main())

@@ -8,10 +8,12 @@ interpreter's next check from 3.12 on) and how frames are named differ between v
 import json
 
 import pytest
+from garbage import GARBAGE_FILES
 
 HEADER = """
 import asyncio, gc, threading, time, weakref
 import pytest
+from garbage import make_garbage
 
 
 class Slow:
@@ -42,7 +44,7 @@ def slow_callback(ref):
     time.sleep(0.4)  # the weakref callback
 """
 
-INNER = dict(header=HEADER, args=("--loopguard-json=r.json",))
+INNER = dict(header=HEADER, args=("--loopguard-json=r.json",), files=GARBAGE_FILES)
 
 
 def events(pytester):
@@ -186,9 +188,7 @@ def test_a_collection_started_by_an_allocation_is_still_excused(pytester, inner)
 @pytest.fixture
 def garbage():
     # Made outside the loop: only the collection blocks it.
-    gc.disable()
-    junk = [Node() for _ in range(3_000_000)]
-    junk.clear()
+    make_garbage()
     yield
     gc.enable()
 
@@ -219,9 +219,7 @@ def test_the_gil_taking_sampler_tells_a_finalizer_from_the_collector(pytester, i
         """
 @pytest.fixture
 def garbage():
-    gc.disable()
-    junk = [Node() for _ in range(1_500_000)]
-    junk.clear()
+    make_garbage()
     yield
     gc.enable()
 
