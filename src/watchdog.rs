@@ -60,6 +60,7 @@ use crate::policy::{
     early_sampling, first_look, holder_look_interval, longest_sleep, sample_interval, END_GRACE_NS,
 };
 use crate::sampler::{Sampler, Target};
+use crate::schedstat::KnownSleep;
 use crate::waited::{Cache, Waited};
 
 /// Most distinct samples kept per block; later ones are folded into the last.
@@ -362,6 +363,9 @@ struct Block {
     timeline: Timeline,
     /// The loop thread's run-queue time at the first look.
     run_queue_at_look: Option<u64>,
+    /// Where the loop thread was seen asleep throughout: never a wait for a CPU (see
+    /// `schedstat`).
+    slept: KnownSleep,
     /// For a starved stretch: the GIL holders' wait for a CPU, and the loop thread's own while
     /// nobody held the GIL (see `holder_wait`).
     holder_wait: Option<HolderWait>,
@@ -798,6 +802,7 @@ impl Runner {
                     samples: Vec::new(),
                     timeline: Timeline::default(),
                     run_queue_at_look: None,
+                    slept: KnownSleep::default(),
                     holder_wait: None,
                     captured_after: None,
                     next_sample: 0,
@@ -828,8 +833,12 @@ impl Runner {
         let id = self.next_event;
         self.next_event += 1;
         let end = end.max(b.start);
+        // No more than the block holds outside the time its thread was seen asleep.
         let mut cpu_wait_ns = match (b.run_queue_at_look, run_queue) {
-            (Some(a), Some(z)) => Some(z.saturating_sub(a)),
+            (Some(a), Some(z)) => Some(
+                z.saturating_sub(a)
+                    .min((end - b.start).saturating_sub(b.slept.total_ns)),
+            ),
             _ => None,
         };
         let mut holder_cpu_wait_ns = None;
@@ -966,6 +975,9 @@ impl Runner {
                     }
                 }
                 if still {
+                    if !b.starved {
+                        b.slept.look_at(w.slot.target.native_tid, now_ns);
+                    }
                     if !b.confirmed && now >= deadline {
                         b.confirmed = true;
                         w.slot.open_block.store(b.start, Ordering::Release);
@@ -1033,6 +1045,10 @@ impl Runner {
             let confirmed = now >= deadline;
             let early_samples = tags && !starved;
             let run_queue_at_look = crate::schedstat::run_queue_ns(w.slot.target.native_tid);
+            let mut slept = KnownSleep::default();
+            if !starved {
+                slept.look_at(w.slot.target.native_tid, now_ns);
+            }
             let context = self.shared.contexts.at(start);
             if confirmed {
                 w.slot.open_block.store(start, Ordering::Release);
@@ -1053,6 +1069,7 @@ impl Runner {
                 samples: Vec::new(),
                 timeline: Timeline::default(),
                 run_queue_at_look,
+                slept,
                 holder_wait,
                 captured_after: None,
                 next_sample: start.saturating_add(early_sampling(threshold)),
