@@ -109,7 +109,6 @@ def test_guard_excludes_garbage_collection_unless_asked():
     import gc
 
     import loopguard
-
     from garbage import make_garbage
 
     async def main():
