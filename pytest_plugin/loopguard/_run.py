@@ -431,7 +431,7 @@ class Session:
         its exit."""
         if not runtime.has_events:
             return []
-        if len(runtime._needs) <= 1:
+        if runtime.users <= 1:
             taken = runtime.take_events(lambda e: True)
             seen, self._seen = self._seen, set()
             return [e for e in taken if e.id not in seen]
