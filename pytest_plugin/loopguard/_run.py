@@ -54,6 +54,7 @@ from ._failure import format_event
 from ._judge import Judge, Verdict
 from ._parse import (
     CPU_WAIT_CHOICES,
+    DEFAULT_THRESHOLD,
     DURATION_HELP,
     GC_CHOICES,
     NATIVE_CHOICES,
@@ -73,7 +74,6 @@ from ._report import (
     write_atomically,
 )
 from ._runtime import LAG_PROBE_INTERVAL, runtime
-from ._settings import DEFAULT_THRESHOLD
 
 __all__ = ["CHILD_ENV", "FAIL_ON_STATUS", "RunSettings", "Session", "main", "start_child"]
 
