@@ -392,6 +392,10 @@ class BlockEvent:
     that shows ``site`` (``--loopguard-native=on``)."""
     native_note: Optional[str] = None
     """Why ``native_stack`` is empty or holds only the innermost frame, when it was asked for."""
+    request: Optional[dict[str, Any]] = None
+    """The ASGI request the blocked task served, under ``python -m loopguard run``:
+    ``{"request": "GET /reports/daily", "vars": {...}, "trace_id": ..., "span_id": ...}``
+    (see :func:`loopguard._asgi.context_of`); ``None`` otherwise."""
 
     def machine_wait(self) -> tuple[float, float]:
         """``(seconds, by_holder)``: how much of the block was the machine's doing, waiting for
@@ -418,8 +422,9 @@ class BlockEvent:
         """The event as an entry of the JSON report has it (docs/report-schema.json), without
         the verdict's fields (:meth:`loopguard._judge.Verdict.to_json` adds them). ``root``:
         file names relative to it; ``samples``: with the stack samples (only a failure report
-        shows them; the JSON report leaves them out). ``in_debugger`` is not written: such
-        blocks are dropped before anything is reported."""
+        shows them; the JSON report leaves them out). ``request`` is written as ``context``, and
+        only when there is one. ``in_debugger`` is not written: such blocks are dropped before
+        anything is reported."""
         holder = None
         if self.gil_holder_thread is not None:
             holder = {
@@ -461,6 +466,8 @@ class BlockEvent:
             "start_ns": self.start_ns,
             "end_ns": self.end_ns,
         }
+        if self.request is not None:
+            d["context"] = self.request
         if samples:
             d["samples"] = [s.to_json(root) for s in self.samples]
         return d
@@ -514,6 +521,7 @@ class BlockEvent:
             callbacks=r.each("callbacks", lambda c: Callback.from_json(c, root)),
             native_stack=r.each("native_stack", NativeFrame.from_json),
             native_note=r.get("native_note", str, null=True, default=None),
+            request=r.get("context", dict, null=True, default=None),
         )
 
 
