@@ -36,7 +36,7 @@ from ._failure import FailureRepr
 from ._judge import Verdict
 
 if TYPE_CHECKING:
-    from ._settings import State, TestState
+    from ._state import State, TestState
 
 __all__ = ["ATTR", "XdistPlugin"]
 
