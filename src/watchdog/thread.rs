@@ -484,6 +484,7 @@ impl Runner {
                             self.sampler.gil_holder(&w.slot.target),
                             crate::schedstat::run_queue_ns,
                         );
+                        h.look_asleep(now_ns);
                     } else {
                         h.end(None, crate::schedstat::run_queue_ns);
                     }
@@ -573,6 +574,7 @@ impl Runner {
                     self.sampler.gil_holder(&w.slot.target),
                     crate::schedstat::run_queue_ns,
                 );
+                h.look_asleep(now_ns);
             }
             let mut b = Block {
                 start,
