@@ -404,10 +404,10 @@ def test_next(bg):
         [
             "*= loopguard: blocking hotspots =*",
             f"MEDIUM * recorded  test_it.py:{inner.line('# the late block')} in *callback*",
-            "1 block at 1 call site in 1 test, * blocked in total: 1 recorded",
         ]
     )
-    [ev] = json_events(pytester)
+    # A loaded machine may add a recorded wait for a CPU.
+    [ev] = [e for e in json_events(pytester) if e["cause"] != "cpu-wait"]
     assert (ev["test"], ev["phase"], ev["outcome"], ev["reason"]) == (
         "test_it.py::test_leaves_its_loop_blocked",
         "call",
