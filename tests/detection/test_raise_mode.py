@@ -91,7 +91,7 @@ async def test_waits():
 
 @pytest.mark.parametrize("value", ["explode", "RAISE", ""])
 def test_invalid_mode_is_a_usage_error(inner, value):
-    result = inner.run("def test_x():\n    pass\n", f"--loopguard-mode={value}")
+    result = inner.run("def test_x():\n    pass\n", f"--loopguard-mode={value}", inprocess=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
