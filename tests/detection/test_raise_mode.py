@@ -85,6 +85,7 @@ async def test_waits():
     await asyncio.to_thread(__import__("time").sleep, 0.3)
 """,
         "--loopguard-mode=raise",
+        inprocess=True,
     )
     result.assert_outcomes(passed=1)
 
