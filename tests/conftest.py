@@ -1,8 +1,14 @@
 import dataclasses
 import os
 
+# Loaded now, before any test's pytester snapshot of sys.modules: an in-process inner session
+# (see InnerSession.run) then finds the plugin and its runtime already imported and leaves them
+# in place, instead of importing fresh copies that pytester drops after each test (each copy
+# would install its own patches, garbage collection callback and import hook again).
+import loopguard.plugin  # noqa: F401  (imported for its side effect on sys.modules)
 import pytest
 from loopguard import _native
+from loopguard._runtime import runtime
 
 pytest_plugins = ["pytester"]
 
@@ -58,11 +64,17 @@ KEEP_ORDER = "addopts = -p no:randomly\n"
 
 @dataclasses.dataclass(frozen=True)
 class InnerSession:
-    """Runs real pytest sessions, in a subprocess, in ``pytester``'s directory.
+    """Runs real pytest sessions, in a subprocess or in this process, in ``pytester``'s
+    directory.
 
     A test module sets what all its sessions share in a module-level ``INNER`` dict of these
     fields (or, when that takes code, a fixture of its own named ``inner`` that calls
     ``using(...)``); each ``run`` writes the ini and the test file, then runs pytest.
+
+    ``inprocess``: run the sessions in this process (``pytester.runpytest_inprocess``), for
+    what needs no watchdog to fire: settings that are only parsed, usage errors, reports read
+    or written from given data. A session whose test must really be caught blocking runs in a
+    subprocess, on a process of its own (the default).
     """
 
     pytester: pytest.Pytester
@@ -70,6 +82,7 @@ class InnerSession:
     ini: str = ""  # added to INI
     args: tuple[str, ...] = ()  # pytest arguments given before each run's own
     files: dict[str, str] = dataclasses.field(default_factory=dict)  # more files, by name
+    inprocess: bool = False  # each run's default: see run
 
     def using(self, **shared) -> "InnerSession":
         return dataclasses.replace(self, **shared)
@@ -84,12 +97,15 @@ class InnerSession:
         if files:
             self.pytester.makepyfile(**files)
 
-    def run(self, source, *args, ini="", plugin=True, keep_order=True, **files):
-        """``write`` the files, then run pytest in a subprocess with loopguard (unless
-        ``plugin`` is false), the module's ``args`` and then these."""
+    def run(self, source, *args, ini="", plugin=True, keep_order=True, inprocess=None, **files):
+        """``write`` the files, then run pytest with loopguard (unless ``plugin`` is false),
+        the module's ``args`` and then these: in a subprocess, or in this process when
+        ``inprocess`` (by default, the module's ``inprocess``) is true."""
         self.write(source, ini, keep_order, **files)
-        plugin_args = ("-p", "loopguard") if plugin else ()
-        return self.pytester.runpytest_subprocess(*plugin_args, *self.args, *args)
+        args = (*(("-p", "loopguard") if plugin else ()), *self.args, *args)
+        if self.inprocess if inprocess is None else inprocess:
+            return run_inprocess(self.pytester, *args)
+        return self.pytester.runpytest_subprocess(*args)
 
     def line(self, marker, filename="test_it.py"):
         """The number of the first line of ``filename`` containing ``marker``."""
@@ -105,6 +121,34 @@ class InnerSession:
         marked ``marker`` as the blocking one, in ``function``."""
         result.assert_outcomes(**(outcomes or {"failed": 1}))
         result.stdout.fnmatch_lines([self.site(marker, function, filename)])
+
+
+def run_inprocess(pytester, *args):
+    """``pytester.runpytest_inprocess(*args)``, leaving this process as it was.
+
+    The inner session shares this interpreter. Its loopguard plugin acquires the process-wide
+    runtime and releases it at the session's end; the instrumentation the runtime installs on
+    first use (asyncio's ``run_forever``, ``Thread.start``, the import hook, the garbage
+    collection callback) stays, and does nothing while nobody holds the runtime, as after any
+    ``guard()`` or ``offload_check()`` in this process. What else it could leave is checked
+    here: the runtime must be released (no threshold, no raise mode, no lag probe, no events
+    kept). The watchdog is stopped before and after the session (nobody holds it then), so
+    that the session starts its own with its own settings, as a new process would (the sampler
+    is chosen when the watchdog starts).
+    """
+    assert not runtime.active, "an in-process session needs the runtime free"
+    runtime.shutdown()  # left running by a guard() of an earlier test: the session starts its own
+    try:
+        return pytester.runpytest_inprocess(*args)
+    finally:
+        held = runtime.active
+        raising = bool(getattr(runtime, "_raisers", ()))
+        probing = runtime.lag_probing
+        runtime.shutdown()
+        assert not held, "the in-process session did not release loopguard's runtime"
+        assert not raising, "the in-process session left raise mode on"
+        assert not probing, "the in-process session left the lag probe on"
+        assert not runtime.has_events, "the in-process session left events in the log"
 
 
 @pytest.fixture

@@ -130,7 +130,7 @@ def test_cpu_wait_include_judges_the_whole_block(inner):
 def test_invalid_cpu_wait_value_is_a_usage_error(inner, monkeypatch, args, env, ini, message):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    result = inner.run("def test_x(): pass\n", *args, ini=ini)
+    result = inner.run("def test_x(): pass\n", *args, ini=ini, inprocess=True)
     assert result.ret == 4
     result.stderr.fnmatch_lines([message])
 

@@ -148,6 +148,7 @@ def test_invalid_max_lag_is_a_usage_error(inner):
 def test_marked():
     pass
 """,
+        inprocess=True,
     )
     assert result.ret != 0
     result.stderr.fnmatch_lines(

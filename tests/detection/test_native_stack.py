@@ -173,7 +173,7 @@ def test_an_invalid_value_is_a_usage_error_naming_it(
 ):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    result = inner.run("def test_nothing():\n    pass\n", *args)
+    result = inner.run("def test_nothing():\n    pass\n", *args, inprocess=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*invalid value for " + expected + "expected one of off, on*"])
 

@@ -85,13 +85,14 @@ async def test_waits():
     await asyncio.to_thread(__import__("time").sleep, 0.3)
 """,
         "--loopguard-mode=raise",
+        inprocess=True,
     )
     result.assert_outcomes(passed=1)
 
 
 @pytest.mark.parametrize("value", ["explode", "RAISE", ""])
 def test_invalid_mode_is_a_usage_error(inner, value):
-    result = inner.run("def test_x():\n    pass\n", f"--loopguard-mode={value}")
+    result = inner.run("def test_x():\n    pass\n", f"--loopguard-mode={value}", inprocess=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [

@@ -119,7 +119,7 @@ def test_ini_baseline(pytester, inner):
 )
 def test_malformed_baseline_is_a_usage_error_naming_the_file(pytester, inner, content, problem):
     (pytester.path / "b.json").write_text(content)
-    result = inner.run(TESTS, "--loopguard-baseline=b.json")
+    result = inner.run(TESTS, "--loopguard-baseline=b.json", inprocess=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [f"*loopguard: invalid baseline file {pytester.path}/b.json: {problem}"]
@@ -128,13 +128,15 @@ def test_malformed_baseline_is_a_usage_error_naming_the_file(pytester, inner, co
 
 def test_malformed_baseline_is_not_overwritten_by_update(pytester, inner):
     (pytester.path / "b.json").write_text("precious notes")
-    result = inner.run(TESTS, "--loopguard-baseline=b.json", "--loopguard-baseline-update")
+    result = inner.run(
+        TESTS, "--loopguard-baseline=b.json", "--loopguard-baseline-update", inprocess=True
+    )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert (pytester.path / "b.json").read_text() == "precious notes"
 
 
 def test_missing_baseline_is_a_usage_error(inner):
-    result = inner.run(TESTS, "--loopguard-baseline=nope.json")
+    result = inner.run(TESTS, "--loopguard-baseline=nope.json", inprocess=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         ["*baseline file */nope.json does not exist; create it with --loopguard-baseline-update*"]
@@ -142,7 +144,7 @@ def test_missing_baseline_is_a_usage_error(inner):
 
 
 def test_update_without_a_path_is_a_usage_error(inner):
-    result = inner.run(TESTS, "--loopguard-baseline-update")
+    result = inner.run(TESTS, "--loopguard-baseline-update", inprocess=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         ["*--loopguard-baseline-update needs the baseline's path: --loopguard-baseline=PATH*"]

@@ -60,7 +60,7 @@ async def test_blocks():
 
 
 def test_a_run_that_selects_no_test_is_refused(inner, pytester):
-    result = inner.run(SOME, "--loopguard-json=report.json", "-k", "no_such_test")
+    result = inner.run(SOME, "--loopguard-json=report.json", "-k", "no_such_test", inprocess=True)
     assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
     result.stdout.fnmatch_lines(["loopguard: no test was guarded*"])
     assert guarded(pytester) == 0
@@ -80,7 +80,7 @@ def test_sync():
 
 
 def test_a_run_whose_every_test_is_disabled_is_refused(inner, pytester):
-    result = inner.run(DISABLED, "--loopguard-json=report.json")
+    result = inner.run(DISABLED, "--loopguard-json=report.json", inprocess=True)
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["loopguard: no test was guarded: none ran with loopguard*"])
     assert guarded(pytester) == 0

@@ -94,7 +94,7 @@ def test_gc_include_judges_the_whole_block(inner):
 
 
 def test_invalid_gc_value_is_a_usage_error(inner):
-    result = inner.run("def test_x(): pass\n", "--loopguard-gc=sometimes")
+    result = inner.run("def test_x(): pass\n", "--loopguard-gc=sometimes", inprocess=True)
     assert result.ret == 4
     result.stderr.fnmatch_lines(
         [

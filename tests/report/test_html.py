@@ -132,19 +132,17 @@ def test_the_command_draws_the_same_page_from_the_json_report(session, pytester)
     assert (session / "cli.html").read_text() == (session / "report.html").read_text()
 
 
-def test_an_empty_report_is_a_page_too(pytester):
-    pytester.makeini(INI)
-    pytester.makepyfile(test_it="def test_nothing():\n    pass\n")
-    result = pytester.runpytest_subprocess("-p", "loopguard", "--loopguard-html=r.html")
+def test_an_empty_report_is_a_page_too(pytester, inner):
+    result = inner.run("def test_nothing():\n    pass\n", "--loopguard-html=r.html", inprocess=True)
     result.assert_outcomes(passed=1)
     page = parse((pytester.path / "r.html").read_text())
     assert page.text["h2"] == ["Hotspots"] and page.find("tr", "hotspot") == []
 
 
-def test_an_unwritable_html_path_is_a_usage_error(pytester):
-    pytester.makeini(INI)
-    pytester.makepyfile(test_it="def test_nothing():\n    pass\n")
-    result = pytester.runpytest_subprocess("-p", "loopguard", "--loopguard-html=missing/r.html")
+def test_an_unwritable_html_path_is_a_usage_error(inner):
+    result = inner.run(
+        "def test_nothing():\n    pass\n", "--loopguard-html=missing/r.html", inprocess=True
+    )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [

@@ -228,7 +228,9 @@ def test_report_has_the_permissions_of_a_file_made_with_open(pytester, inner):
 
 
 def test_a_report_without_blocks_is_still_written(pytester, inner):
-    result = inner.using(args=()).run("def test_ok():\n    pass\n", "--loopguard-json=r.json")
+    result = inner.using(args=()).run(
+        "def test_ok():\n    pass\n", "--loopguard-json=r.json", inprocess=True
+    )
     result.assert_outcomes(passed=1)
     data = json.loads((pytester.path / "r.json").read_text())
     validate(data, SCHEMA)
@@ -250,7 +252,7 @@ def test_unwritable_path_is_a_usage_error_at_start_up(pytester, inner, value, pr
     if value.startswith("ro/") and os.access(ro, os.W_OK):
         pytest.skip("running as a user who can write anywhere")
     try:
-        result = inner.run(SOURCE, f"--loopguard-json={value}")
+        result = inner.run(SOURCE, f"--loopguard-json={value}", inprocess=True)
     finally:
         ro.chmod(0o700)
     assert result.ret == pytest.ExitCode.USAGE_ERROR

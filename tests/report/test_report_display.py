@@ -158,13 +158,13 @@ def test_stack_setting_from_ini_and_environment(inner, monkeypatch):
 def test_invalid_stack_value_is_a_usage_error(inner, monkeypatch, args, env, expected):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    result = inner.run(TEST, *args)
+    result = inner.run(TEST, *args, inprocess=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([expected])
 
 
 def test_invalid_stack_value_in_the_ini_file_names_it(inner):
-    result = inner.run(TEST, ini="loopguard_stack = everything\n")
+    result = inner.run(TEST, ini="loopguard_stack = everything\n", inprocess=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [

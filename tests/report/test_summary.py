@@ -87,6 +87,7 @@ def test_rows_are_coloured_by_severity(inner):
 def test_nothing_is_printed_without_blocks(inner):
     result = inner.run(
         HEADER + "\n@pytest.mark.asyncio\nasync def test_ok():\n    await asyncio.sleep(0.01)\n",
+        inprocess=True,
     )
     result.assert_outcomes(passed=1)
     assert "hotspots" not in result.stdout.str()
@@ -145,7 +146,7 @@ def test_record_threshold_from_ini_and_env(inner, monkeypatch):
     ],
 )
 def test_invalid_record_threshold_is_a_usage_error(inner, value, message):
-    result = inner.run(RECORDED, f"--loopguard-record-threshold={value}")
+    result = inner.run(RECORDED, f"--loopguard-record-threshold={value}", inprocess=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
 

@@ -130,7 +130,7 @@ def test_scan_and_allow_together(inner):
     ],
 )
 def test_invalid_ini_allow_pattern_is_a_usage_error(inner, pattern, problem):
-    result = inner.run(TESTS, ini=f"loopguard_allow = {pattern}\n")
+    result = inner.run(TESTS, ini=f"loopguard_allow = {pattern}\n", inprocess=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
@@ -163,13 +163,13 @@ def test_invalid_ini_allow_pattern_is_a_usage_error(inner, pattern, problem):
 )
 def test_invalid_marker_allow_is_a_usage_error(inner, marker, message):
     tests = f"import pytest\n\n@pytest.mark.loopguard({marker})\ndef test_marked():\n    pass\n"
-    result = inner.run(tests)
+    result = inner.run(tests, inprocess=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
 
 
 def test_invalid_scan_is_a_usage_error(inner):
-    result = inner.run(TESTS, ini="loopguard_scan = app my-pkg\n")
+    result = inner.run(TESTS, ini="loopguard_scan = app my-pkg\n", inprocess=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [

@@ -142,7 +142,7 @@ async def test_uses_it(slow):
 def test_invalid_mode_is_a_usage_error(inner, monkeypatch, args, env, ini, message):
     if env is not None:
         monkeypatch.setenv("LOOPGUARD_MODE", env)
-    result = inner.run(BLOCKS, *args, ini=ini)
+    result = inner.run(BLOCKS, *args, ini=ini, inprocess=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
 
@@ -151,7 +151,7 @@ def test_invalid_marker_mode_is_a_usage_error(inner):
     source = BLOCKS.replace(
         "@pytest.mark.asyncio", '@pytest.mark.loopguard(mode="loud")\n@pytest.mark.asyncio'
     )
-    result = inner.run(source)
+    result = inner.run(source, inprocess=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [

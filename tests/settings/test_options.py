@@ -19,27 +19,27 @@ def test_default_threshold_is_100ms(inner):
 
 
 def test_command_line_threshold(inner):
-    result = inner.run(BLOCK_150, "--loopguard-threshold=500ms")
+    result = inner.run(BLOCK_150, "--loopguard-threshold=500ms", inprocess=True)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["loopguard: threshold 500 ms (from --loopguard-threshold)*"])
 
 
 def test_ini_threshold(inner):
-    result = inner.run(BLOCK_150, ini="loopguard_threshold = 0.5s\n")
+    result = inner.run(BLOCK_150, ini="loopguard_threshold = 0.5s\n", inprocess=True)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["loopguard: threshold 500 ms (from loopguard_threshold)*"])
 
 
 def test_env_threshold(inner, monkeypatch):
     monkeypatch.setenv("LOOPGUARD_THRESHOLD", "0.5")
-    result = inner.run(BLOCK_150)
+    result = inner.run(BLOCK_150, inprocess=True)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["loopguard: threshold 500 ms (from LOOPGUARD_THRESHOLD)*"])
 
 
 def test_env_beats_ini(inner, monkeypatch):
     monkeypatch.setenv("LOOPGUARD_THRESHOLD", "500ms")
-    result = inner.run(BLOCK_150, ini="loopguard_threshold = 50ms\n")
+    result = inner.run(BLOCK_150, ini="loopguard_threshold = 50ms\n", inprocess=True)
     result.assert_outcomes(passed=1)
 
 
@@ -73,7 +73,8 @@ async def test_strict():
 
 
 def test_class_marker_applies_to_methods(inner):
-    result = inner.run("""
+    result = inner.run(
+        """
 import asyncio, time
 import pytest
 
@@ -82,13 +83,15 @@ class TestLenient:
     @pytest.mark.asyncio
     async def test_method(self):
         time.sleep(0.15)
-""")
+""",
+        inprocess=True,
+    )
     result.assert_outcomes(passed=1)
 
 
 @pytest.mark.parametrize("value", ["abc", "-5ms", "0", "5 parsecs"])
 def test_invalid_command_line_value_is_a_usage_error(inner, value):
-    result = inner.run(BLOCK_150, f"--loopguard-threshold={value}")
+    result = inner.run(BLOCK_150, f"--loopguard-threshold={value}", inprocess=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
@@ -100,7 +103,7 @@ def test_invalid_command_line_value_is_a_usage_error(inner, value):
 
 @pytest.mark.parametrize("value", ["abc", "-5ms", "0"])
 def test_invalid_ini_value_is_a_usage_error(pytester, inner, value):
-    result = inner.run(BLOCK_150, ini=f"loopguard_threshold = {value}\n")
+    result = inner.run(BLOCK_150, ini=f"loopguard_threshold = {value}\n", inprocess=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
@@ -113,7 +116,7 @@ def test_invalid_ini_value_is_a_usage_error(pytester, inner, value):
 @pytest.mark.parametrize("value", ["abc", "-5ms", "0", ""])
 def test_invalid_env_value_is_a_usage_error(inner, monkeypatch, value):
     monkeypatch.setenv("LOOPGUARD_THRESHOLD", value)
-    result = inner.run(BLOCK_150)
+    result = inner.run(BLOCK_150, inprocess=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [f"*invalid value for LOOPGUARD_THRESHOLD: '{value}' (from the environment)*"]
@@ -131,28 +134,31 @@ def test_invalid_env_value_is_a_usage_error(inner, monkeypatch, value):
     ],
 )
 def test_invalid_marker_arguments_are_usage_errors(inner, marker, message):
-    result = inner.run(f"""
+    result = inner.run(
+        f"""
 import pytest
 
 @pytest.mark.loopguard({marker})
 def test_marked():
     pass
-""")
+""",
+        inprocess=True,
+    )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
     assert "test_it.py::test_marked" in result.stderr.str()
 
 
 def test_invalid_sampler_is_a_usage_error(inner):
-    result = inner.run(BLOCK_150, "--loopguard-sampler=fast")
+    result = inner.run(BLOCK_150, "--loopguard-sampler=fast", inprocess=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         ["*invalid value for --loopguard-sampler: 'fast' (from the command line)*"]
     )
 
 
-def test_marker_is_registered_with_its_signature(pytester):
-    result = pytester.runpytest_subprocess("-p", "loopguard", "--markers")
+def test_marker_is_registered_with_its_signature(inner):
+    result = inner.run(None, "--markers", inprocess=True)
     result.stdout.fnmatch_lines(
         [
             "@pytest.mark.loopguard(threshold=None, enabled=True, mode=None, allow=(), "
@@ -162,11 +168,11 @@ def test_marker_is_registered_with_its_signature(pytester):
 
 
 @pytest.mark.linux_full  # selects the GIL-free reader
-def test_the_command_line_sampler_beats_the_environment(pytester, inner, monkeypatch):
+def test_the_command_line_sampler_beats_the_environment(inner, monkeypatch):
     monkeypatch.setenv("LOOPGUARD_SAMPLER", "gil")
-    result = inner.run("def test_x():\n    pass\n", "--loopguard-sampler=native")
+    result = inner.run("def test_x():\n    pass\n", "--loopguard-sampler=native", inprocess=True)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["loopguard: threshold 100 ms, GIL-free stack capture*"])
     # Without the option, the environment's choice stands.
-    result = pytester.runpytest_subprocess("-p", "loopguard")
+    result = inner.run(None, inprocess=True)
     result.stdout.fnmatch_lines(["loopguard: threshold 100 ms, stacks read by taking the GIL*"])
