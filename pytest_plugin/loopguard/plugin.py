@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from ._judge import Verdict
 
 # What a run needs only when something happened (a block, a report to write, xdist) is imported
-# then: the failure text, the reports, the fixture, xdist's hooks (see CONTRIBUTING.md).
+# then: the failure text, the reports, the HTML page, the fixture.
 
 __all__ = [
     "loopguard",
