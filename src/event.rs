@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::deep::Repeat;
+use crate::fold::Repeat;
 use crate::native_stack::NativeStack;
 
 /// One Python frame as captured from a thread's stack. Its strings are shared with every frame
@@ -62,7 +62,7 @@ pub struct Holder {
     pub thread_ident: u64,
     /// The holder's Python stack, outermost frame first (folded once stored: see `repeats`).
     pub frames: Vec<Frame>,
-    /// Where `frames` repeat (see `deep::fold`); empty until folded.
+    /// Where `frames` repeat (see `fold::fold`); empty until folded.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub repeats: Vec<Repeat>,
 }
@@ -77,7 +77,7 @@ pub struct Sample {
     /// The loop thread's Python stack, outermost frame first (folded once stored in a block:
     /// see `repeats`).
     pub frames: Vec<Frame>,
-    /// Where `frames` repeat (see `deep::fold`): a block of them stands for several copies of
+    /// Where `frames` repeat (see `fold::fold`): a block of them stands for several copies of
     /// itself. Empty until folded, and when nothing repeats.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub repeats: Vec<Repeat>,
@@ -140,14 +140,14 @@ impl Sample {
     }
 
     /// Folds the stacks of the sample (the loop thread's and the GIL holder's) in place (see
-    /// `deep::fold`): how a block stores its samples.
+    /// `fold::fold`): how a block stores its samples.
     pub fn fold(&mut self) {
         if self.repeats.is_empty() {
-            self.repeats = crate::deep::fold(&mut self.frames);
+            self.repeats = crate::fold::fold(&mut self.frames);
         }
         if let Some(h) = self.holder.as_mut() {
             if h.repeats.is_empty() {
-                h.repeats = crate::deep::fold(&mut h.frames);
+                h.repeats = crate::fold::fold(&mut h.frames);
             }
         }
     }

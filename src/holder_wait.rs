@@ -40,6 +40,11 @@
 //! to one interval). The loop thread's last reading is the one it takes itself when it reports
 //! the end. The totals are capped at the stretch's length.
 //!
+//! A holder seen asleep at two looks in a row, and given no CPU in between, slept throughout
+//! (in a C call that keeps the GIL: `usleep` through `ctypes.PyDLL`, a driver's blocking read):
+//! that stretch is never its wait for a CPU, whatever the kernel's figure says (see
+//! `schedstat`), so the holders' total is at most the stretch less those.
+//!
 //! On 3.11+ a thread state records its kernel thread id; before, the Python layer tells the
 //! ids of the threads it sees start ([`remember_tid`]), and a holder not in that table is not
 //! measured.
@@ -47,6 +52,8 @@
 use std::collections::HashMap;
 
 use parking_lot::Mutex;
+
+use crate::schedstat::KnownSleep;
 
 /// Most thread ids remembered by [`remember_tid`]; the table is emptied when full.
 const MAX_TIDS: usize = 4096;
@@ -126,6 +133,10 @@ pub struct HolderWait {
     loop_prev: Option<u64>,
     holders: Total,
     own: Total,
+    /// Where the holder being charged was seen asleep, since its charge began.
+    asleep: KnownSleep,
+    /// The same, for the holders charged before it.
+    slept_ns: u64,
 }
 
 impl HolderWait {
@@ -137,6 +148,8 @@ impl HolderWait {
             loop_prev: None,
             holders: Total::default(),
             own: Total::default(),
+            asleep: KnownSleep::default(),
+            slept_ns: 0,
         }
     }
 
@@ -201,10 +214,40 @@ impl HolderWait {
         self.loop_prev = None;
     }
 
+    /// After a [`HolderWait::look`]: whether the holder it charges is asleep, from a look at
+    /// it that began at `began` and ended at `ended` (`asleep`: see
+    /// [`crate::schedstat::asleep_after`]).
+    pub fn note_asleep(&mut self, began: u64, ended: u64, asleep: Option<u64>) {
+        if matches!(
+            self.current,
+            Some(Charge {
+                who: Charged::Holder(_),
+                ..
+            })
+        ) {
+            self.asleep.look(began, ended, asleep);
+        }
+    }
+
+    /// [`HolderWait::note_asleep`] from a look at the holder being charged now, if any, with
+    /// its kernel thread id known.
+    pub fn look_asleep(&mut self, now: impl Fn() -> u64) {
+        if let Some(Charge {
+            who: Charged::Holder(HolderId { tid: Some(tid), .. }),
+            ..
+        }) = self.current
+        {
+            let began = now();
+            let asleep = crate::schedstat::asleep_after(tid);
+            self.note_asleep(began, now(), asleep);
+        }
+    }
+
     fn close(&mut self, loop_at_end: Option<u64>, read: &impl Fn(i64) -> Option<u64>) {
         let Some(c) = self.current.take() else {
             return;
         };
+        self.slept_ns += std::mem::take(&mut self.asleep).total_ns;
         let now = match c.who {
             Charged::Loop => loop_at_end.or_else(|| read(self.loop_tid)),
             Charged::Holder(h) => h.tid.and_then(read),
@@ -225,11 +268,13 @@ impl HolderWait {
         total.measured = true;
     }
 
-    /// `(holders, own)`: the GIL holders' wait while they held the GIL, and the loop thread's
-    /// while nobody held it, so far, together at most `limit_ns` (the stretch's length); each
-    /// `None` when nothing was measured.
+    /// `(holders, own)`: the GIL holders' wait while they held the GIL (at most `limit_ns`, the
+    /// stretch's length, less the time they were seen asleep), and the loop thread's while
+    /// nobody held it, so far, together at most `limit_ns`; each `None` when nothing was
+    /// measured.
     pub fn totals(&self, limit_ns: u64) -> (Option<u64>, Option<u64>) {
-        let holders = self.holders.ns.min(limit_ns);
+        let slept = self.slept_ns + self.asleep.total_ns;
+        let holders = self.holders.ns.min(limit_ns.saturating_sub(slept));
         let own = self.own.ns.min(limit_ns - holders);
         (
             self.holders.measured.then_some(holders),
@@ -290,6 +335,32 @@ mod tests {
         c.set(7, 900_000);
         w.end(None, c.read());
         assert_eq!(w.totals(u64::MAX), (Some(149_000), Some(2_000)));
+    }
+
+    #[test]
+    fn a_holder_seen_asleep_throughout_was_not_waiting_for_a_cpu_then() {
+        let c = Clock::default();
+        let mut w = HolderWait::new(LOOP);
+        c.set(7, 0);
+        c.set(LOOP, 0);
+        w.look(holder(1, 7), c.read());
+        w.note_asleep(10, 11, Some(3)); // asleep in a C call that keeps the GIL
+        w.look(holder(1, 7), c.read());
+        w.note_asleep(200_010, 200_011, Some(3)); // still, and given no CPU since
+        w.look(holder(1, 7), c.read());
+        w.note_asleep(300_000, 300_001, None); // woken
+                                               // The kernel charged nearly all of it to the run queue.
+        c.set(7, 290_000);
+        w.end(Some(0), c.read());
+        // At most the 400 000 stretch less the 199 999 known asleep.
+        assert_eq!(w.totals(400_000).0, Some(200_001));
+        // Without those looks, all of it counts.
+        let mut plain = HolderWait::new(LOOP);
+        c.set(7, 0);
+        plain.look(holder(1, 7), c.read());
+        c.set(7, 290_000);
+        plain.end(Some(0), c.read());
+        assert_eq!(plain.totals(400_000).0, Some(290_000));
     }
 
     #[test]

@@ -3,10 +3,9 @@
 //!
 //! Every module but `python` is pure Rust, with no pyo3 types, so `cargo test` covers it
 //! without an interpreter: [`watchdog`], [`event`], [`sampler`], [`reader`], [`deep`] (how deep
-//! a stack is read, and its repeats folded), [`policy`] (every timing derived from the
-//! threshold), [`offload`] and the rest. `python` is the pyo3 layer
-//! that exposes them as the private module `loopguard._native`; nothing outside it calls into
-//! it.
+//! a stack is read), [`fold`] (a stack's repeats folded), [`policy`] (every timing derived
+//! from the threshold), [`offload`] and the rest. `python` is the pyo3 layer that exposes them
+//! as the private module `loopguard._native`; nothing outside it calls into it.
 //!
 //! Linux-only readers (`epoll_wait`, `process_vm_readv`, `/proc/self/task/TID/*`) are compiled
 //! under `cfg(linux_full)`, set by `build.rs` on Linux unless the `portable` feature is on.
@@ -22,6 +21,7 @@ pub mod deep;
 #[cfg(linux_full)]
 pub mod epoll;
 pub mod event;
+pub mod fold;
 pub mod holder_wait;
 pub mod native_stack;
 pub mod offload;

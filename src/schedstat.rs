@@ -12,6 +12,12 @@
 //! leaves out the wait in progress, which the next reading includes. Reading needs no privilege
 //! and does not disturb the thread. Kernels built without `CONFIG_SCHED_INFO` have no such file;
 //! callers then know nothing about run-queue time ([`run_queue_ns`] returns `None`).
+//!
+//! The run-queue figure is not always all waiting for a CPU: on Linux 6.18 here, a thread that
+//! slept 300 ms in `time.sleep` on a loaded machine was charged up to 288 ms of run-queue time
+//! over that sleep (a sleeping thread can stay on its run queue for the scheduler's books until
+//! it is picked, and the kernel counts that as waiting). [`KnownSleep`] bounds the figure by
+//! what the watchdog saw for itself: the stretches over which the thread was asleep throughout.
 
 /// One reading of a thread's `schedstat` (nanoseconds since the thread started).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,6 +26,8 @@ pub struct Schedstat {
     pub on_cpu_ns: u64,
     /// Time runnable but waiting for a CPU (the second field).
     pub run_queue_ns: u64,
+    /// How many times the thread was given a CPU (the third field).
+    pub slices: u64,
 }
 
 /// Parses the contents of a `schedstat` file: `ON_CPU_NS RUN_QUEUE_NS SLICES`.
@@ -27,10 +35,11 @@ pub fn parse(text: &str) -> Option<Schedstat> {
     let mut fields = text.split_ascii_whitespace();
     let on_cpu_ns: u64 = fields.next()?.parse().ok()?;
     let run_queue_ns: u64 = fields.next()?.parse().ok()?;
-    let _slices: u64 = fields.next()?.parse().ok()?;
+    let slices: u64 = fields.next()?.parse().ok()?;
     Some(Schedstat {
         on_cpu_ns,
         run_queue_ns,
+        slices,
     })
 }
 
@@ -48,6 +57,60 @@ pub fn read(tid: i64) -> Option<Schedstat> {
 /// Nanoseconds the thread `tid` has spent waiting for a CPU since it started (see [`read`]).
 pub fn run_queue_ns(tid: i64) -> Option<u64> {
     read(tid).map(|s| s.run_queue_ns)
+}
+
+/// The scheduling state letter of `/proc/.../stat` (`R`, `S`, `D`, ...): the first field after
+/// the command name, which is in parentheses and may itself hold any character.
+pub fn parse_state(stat: &str) -> Option<char> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().next()?.chars().next()
+}
+
+/// When thread `tid` is asleep now (state `S` or `D`: in a system call, waiting for something
+/// other than a CPU), how many times it has been given a CPU so far; `None` when it is runnable
+/// or running, or cannot be read. The count is read before and after the state, and must not
+/// have moved: the state then holds for that count.
+pub fn asleep_after(tid: i64) -> Option<u64> {
+    if tid <= 0 || !crate::LINUX_FULL {
+        return None;
+    }
+    let before = read(tid)?.slices;
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    let asleep = matches!(parse_state(&stat)?, 'S' | 'D');
+    (asleep && read(tid)?.slices == before).then_some(before)
+}
+
+/// The time over which a thread is known to have slept, from looks at it (see the module
+/// docs): two looks that both found it asleep, with no CPU given to it in between, bound a
+/// stretch it slept throughout. It cannot have waited for a CPU then: to be woken and fall
+/// asleep again it must have run, which the count of CPUs given would show.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KnownSleep {
+    /// The latest look, when it found the thread asleep: when it ended, and the count.
+    last: Option<(u64, u64)>,
+    /// Nanoseconds known asleep so far.
+    pub total_ns: u64,
+}
+
+impl KnownSleep {
+    /// Records a look that began at `began` and ended at `ended` (nanoseconds on one clock);
+    /// `asleep` is [`asleep_after`]'s answer. Only the time between two looks counts, never
+    /// the looks' own.
+    pub fn look(&mut self, began: u64, ended: u64, asleep: Option<u64>) {
+        if let (Some((prev_end, prev)), Some(now)) = (self.last, asleep) {
+            if prev == now {
+                self.total_ns += began.saturating_sub(prev_end);
+            }
+        }
+        self.last = asleep.map(|count| (ended, count));
+    }
+
+    /// Looks at thread `tid` now (`now` gives the clock).
+    pub fn look_at(&mut self, tid: i64, now: impl Fn() -> u64) {
+        let began = now();
+        let asleep = asleep_after(tid);
+        self.look(began, now(), asleep);
+    }
 }
 
 /// True when this kernel reports run-queue time for the calling thread.
@@ -77,6 +140,57 @@ pub(crate) mod tests {
         assert_eq!(parse("12 34"), None);
         assert_eq!(parse("12 x 3"), None);
         assert_eq!(parse("-1 2 3"), None);
+    }
+
+    #[test]
+    fn the_state_follows_the_command_name_whatever_it_holds() {
+        assert_eq!(parse_state("12 (python3) S 1 12 12 0"), Some('S'));
+        assert_eq!(parse_state("12 (a) R (b)) D 1 2"), Some('D'));
+        assert_eq!(parse_state("12 (x"), None);
+        assert_eq!(parse_state("12 (x)"), None);
+    }
+
+    #[test]
+    fn only_stretches_between_two_looks_asleep_with_no_cpu_given_count_as_sleep() {
+        let mut k = KnownSleep::default();
+        k.look(0, 1, Some(5)); // asleep after 5 slices
+        k.look(10, 11, Some(5)); // still: 1..10 slept
+        k.look(20, 21, Some(5)); // still: 11..20
+        assert_eq!(k.total_ns, 18);
+        k.look(30, 31, Some(6)); // asleep again, but it ran in between: nothing known
+        assert_eq!(k.total_ns, 18);
+        k.look(40, 41, None); // running or waiting for a CPU
+        k.look(50, 51, Some(6)); // asleep, but it was not at the look before
+        assert_eq!(k.total_ns, 18);
+        k.look(60, 61, Some(6));
+        assert_eq!(k.total_ns, 27);
+    }
+
+    #[test]
+    fn a_thread_in_a_sleep_is_known_asleep_and_a_spinning_one_is_not() {
+        if !available() {
+            eprintln!("no schedstat on this kernel");
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sleeper = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tx.send(i64::from(unsafe { libc::gettid() })).unwrap();
+            std::thread::sleep(Duration::from_millis(400));
+        });
+        let tid = rx.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let mut k = KnownSleep::default();
+        let t0 = Instant::now();
+        let now = || t0.elapsed().as_nanos() as u64;
+        k.look_at(tid, now);
+        std::thread::sleep(Duration::from_millis(100));
+        k.look_at(tid, now);
+        sleeper.join().unwrap();
+        assert!(k.total_ns >= 90_000_000, "{k:?}");
+        // SAFETY: gettid has no preconditions.
+        let me = i64::from(unsafe { libc::gettid() });
+        assert_eq!(asleep_after(me), None, "the reading thread runs");
     }
 
     #[test]

@@ -26,11 +26,9 @@ from pathlib import Path
 from typing import Any, Optional, TypeVar
 
 from ._files import relative_path, shown_path
-from ._parse import format_duration
 from ._repeats import RepeatError, stack_from_json, stack_to_json
 
 __all__ = [
-    "GC_REASON",
     "BlockEvent",
     "Callback",
     "FormatError",
@@ -41,9 +39,6 @@ __all__ = [
     "frame",
     "stack_of",
 ]
-
-GC_REASON = "under the threshold without garbage collection (--loopguard-gc=include counts it)"
-"""Why a block is recorded when it crossed the threshold only with garbage collection."""
 
 
 @dataclass(frozen=True)
@@ -397,77 +392,10 @@ class BlockEvent:
     that shows ``site`` (``--loopguard-native=on``)."""
     native_note: Optional[str] = None
     """Why ``native_stack`` is empty or holds only the innermost frame, when it was asked for."""
-
-    def crosses(
-        self,
-        threshold: float,
-        gc: str = "exclude",
-        cpu_wait: str = "exclude",
-        *,
-        interrupted: bool = False,
-    ) -> bool:
-        """Longer than ``threshold``, and not only because of something that was not the
-        code's doing (see :meth:`excused`)."""
-        if self.duration < threshold:
-            return False
-        return self.excused(threshold, gc=gc, cpu_wait=cpu_wait, interrupted=interrupted) is None
-
-    def excused(
-        self,
-        threshold: float,
-        *,
-        gc: str = "exclude",
-        cpu_wait: str = "exclude",
-        interrupted: bool = False,
-    ) -> Optional[tuple[str, str]]:
-        """``(cause, reason)`` when this block, over ``threshold``, is not one piece of code
-        blocking for that long; ``None`` when it is. In this order:
-
-        * ``"gc"``: under the threshold without the collector's own work during it
-          (``gc_time``; ``gc="exclude"``);
-        * ``"cpu-wait"``: under the threshold without the time the loop thread waited for a
-          CPU, or, for a starved block, the time the GIL holder waited for one while it held the
-          GIL (``cpu_wait="exclude"``; see :meth:`machine_wait`): the machine was overloaded;
-        * ``"callbacks"``: a loop iteration of several callbacks, none of which can have
-          reached the threshold by the samples around it.
-
-        Each is judged on its own: a block that needs two of them together to get under the
-        threshold is not excused. ``interrupted``: raise mode raised inside the block when it
-        reached the threshold, so how long its code would have run is not known; only garbage
-        collection excuses it.
-        """
-        if gc == "exclude" and self.gc_time and self.duration - self.gc_time < threshold:
-            return "gc", GC_REASON
-        if interrupted:
-            return None
-        waited, by_holder = self.machine_wait()
-        if cpu_wait == "exclude" and waited and self.duration - waited < threshold:
-            if by_holder >= 0.001:
-                own = waited - by_holder
-                after = (
-                    f" and the {format_duration(own)} the loop thread waited for one once the "
-                    "GIL was free"
-                    if own >= 0.001
-                    else ""
-                )
-                return "cpu-wait", (
-                    f"under the threshold without the {format_duration(by_holder)} the GIL "
-                    f"holder waited for a CPU while holding the GIL{after} (the machine was "
-                    "overloaded; --loopguard-cpu-wait=include counts it)"
-                )
-            return "cpu-wait", (
-                f"under the threshold without {format_duration(waited)} of waiting for "
-                "a CPU (the machine was overloaded; --loopguard-cpu-wait=include counts it)"
-            )
-        longest = self.longest_callback()
-        if longest is not None and not self.starved and longest.max < threshold:
-            n = sum(1 for c in self.callbacks if c.in_callback)
-            where = f" at {longest.site}" if longest.site is not None else ""
-            return "callbacks", (
-                f"{n} callbacks in one loop iteration, the longest at most "
-                f"{format_duration(longest.max)}{where}; none reached the threshold"
-            )
-        return None
+    request: Optional[dict[str, Any]] = None
+    """The ASGI request the blocked task served, under ``python -m loopguard run``:
+    ``{"request": "GET /reports/daily", "vars": {...}, "trace_id": ..., "span_id": ...}``
+    (see :func:`loopguard._asgi.context_of`); ``None`` otherwise."""
 
     def machine_wait(self) -> tuple[float, float]:
         """``(seconds, by_holder)``: how much of the block was the machine's doing, waiting for
@@ -494,8 +422,9 @@ class BlockEvent:
         """The event as an entry of the JSON report has it (docs/report-schema.json), without
         the verdict's fields (:meth:`loopguard._judge.Verdict.to_json` adds them). ``root``:
         file names relative to it; ``samples``: with the stack samples (only a failure report
-        shows them; the JSON report leaves them out). ``in_debugger`` is not written: such
-        blocks are dropped before anything is reported."""
+        shows them; the JSON report leaves them out). ``request`` is written as ``context``, and
+        only when there is one. ``in_debugger`` is not written: such blocks are dropped before
+        anything is reported."""
         holder = None
         if self.gil_holder_thread is not None:
             holder = {
@@ -537,6 +466,8 @@ class BlockEvent:
             "start_ns": self.start_ns,
             "end_ns": self.end_ns,
         }
+        if self.request is not None:
+            d["context"] = self.request
         if samples:
             d["samples"] = [s.to_json(root) for s in self.samples]
         return d
@@ -590,6 +521,7 @@ class BlockEvent:
             callbacks=r.each("callbacks", lambda c: Callback.from_json(c, root)),
             native_stack=r.each("native_stack", NativeFrame.from_json),
             native_note=r.get("native_note", str, null=True, default=None),
+            request=r.get("context", dict, null=True, default=None),
         )
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "format_event",
     "format_events",
     "headline",
+    "request_text",
     "summary",
     "syscall_clause",
 ]
@@ -128,7 +129,23 @@ def format_event(
             when += " (read with the GIL: it may show where the loop was after the block)"
         detail.append(when)
     lines.append("  " + ", ".join(detail))
+    if ev.request:
+        lines.append("  " + request_text(ev.request))
     return lines
+
+
+def request_text(request: dict[str, Any]) -> str:
+    """The request a blocked task served (``BlockEvent.request``): ``request GET
+    /reports/daily (request_id='abc')``, with its trace and span when it had them."""
+    parts = []
+    if request.get("request"):
+        parts.append(f"request {request['request']}")
+    variables = request.get("vars") or {}
+    if variables:
+        parts.append("(" + ", ".join(f"{k}={v!r}" for k, v in variables.items()) + ")")
+    if request.get("trace_id"):
+        parts.append(f"trace {request['trace_id']} span {request.get('span_id')}")
+    return " ".join(parts)
 
 
 def _chain_lines(ev: BlockEvent, *, full: bool) -> list[str]:

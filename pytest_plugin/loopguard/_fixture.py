@@ -20,8 +20,9 @@ class ExpectBlock:
     """A stretch of a test that must block the event loop for at least ``threshold``.
 
     Judged when the test phase ends (a block is only complete once its loop gets back to its
-    selector, which cannot happen while the blocking code is still on the loop thread); the
-    blocks it expected never fail the test and are reported as allowed.
+    selector, which cannot happen while the blocking code is still on the loop thread), by
+    :meth:`loopguard._judge.Judge.judge_phase`: the blocks it expected never fail the test and
+    are reported as allowed; the phase that opened it fails if it saw none.
     """
 
     threshold: float
@@ -30,19 +31,6 @@ class ExpectBlock:
     end_ns: Optional[int] = None
     events: list[BlockEvent] = field(default_factory=list)
     """The blocks seen inside, once the phase has ended."""
-
-    def covers(self, ev: BlockEvent) -> bool:
-        end = self.end_ns if self.end_ns is not None else _native.now_ns()
-        return ev.duration >= self.threshold and ev.start_ns < end and ev.end_ns > self.start_ns
-
-    def failure(self) -> Optional[str]:
-        if self.events:
-            return None
-        return (
-            f"loopguard: expected the event loop to block for at least "
-            f"{format_duration(self.threshold)} inside expect_block() ({self.where}), "
-            "but it did not"
-        )
 
     def __enter__(self) -> ExpectBlock:
         self.start_ns = _native.now_ns()

@@ -15,14 +15,15 @@ from ._failure import format_events
 from ._judge import Judge
 from ._parse import (
     CPU_WAIT_CHOICES,
+    DEFAULT_THRESHOLD,
     GC_CHOICES,
     NATIVE_CHOICES,
+    environment_sampler,
     parse_allow_list,
     parse_choice,
     parse_duration,
 )
 from ._runtime import runtime
-from ._settings import DEFAULT_THRESHOLD, environment_sampler
 
 __all__ = ["guard"]
 

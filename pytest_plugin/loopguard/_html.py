@@ -115,7 +115,8 @@ def _sev(severity: str) -> str:
 
 
 def _frame_text(f: Optional[Frame]) -> str:
-    return "?" if f is None else f"{f.filename}:{f.lineno} in {f.function}"
+    """A frame as the terminal names it (a library's file as an import names it)."""
+    return "?" if f is None else str(f)
 
 
 def render(data: dict[str, Any]) -> str:

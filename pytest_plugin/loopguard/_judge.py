@@ -1,9 +1,16 @@
-"""Verdicts: what one block means for its test.
+"""Verdicts: what one block means for its test, decided here and nowhere else.
+
+Every judgement of a block goes through :class:`Judge`: the plugin's (a test's phase,
+:meth:`Judge.judge_phase`; a block no test report can carry, :meth:`Judge.judge_stray`; a test
+that pytest skipped or xfailed, :meth:`Judge.not_failing`), ``guard()``'s, ``offload_check()``'s
+and ``python -m loopguard run``'s (:meth:`Judge.judge`). Each returns its decision as an object
+(a :class:`Verdict`, or a phase's :class:`Ruling`), made once, that the caller only applies:
+the hooks fail, warn or record what it says, and decide nothing themselves.
 
 A block that reached the watchdog is judged in this order:
 
 1. under the test's threshold (but over the record threshold): *recorded*, severity MONITOR;
-2. over it only because of what was not the code's doing (:meth:`BlockEvent.excused`): the
+2. over it only because of what was not the code's doing (:func:`excuse`): the
    garbage collection that ran during it (``--loopguard-gc``), the time the loop thread waited
    for a CPU (``--loopguard-cpu-wait``), or several callbacks of one loop iteration none of
    which reached the threshold (the last two not in raise mode, which cuts blocks short):
@@ -14,40 +21,46 @@ A block that reached the watchdog is judged in this order:
    (``record``).
 
 Then what the test's circumstances say (:meth:`Judge.judge`): a block that an
-``expect_block()`` of the test covered is *allowed*; one that no report can carry any more (it
-began outside any test, or ended after its test had finished) is *recorded* instead of failing
-or warning; a warning that a warnings filter turned into an error *fails* the test. A failing
-block of a test that pytest reported as skipped or xfailed is *recorded*
-(:meth:`Judge.not_failing`).
+``expect_block()`` of the test covered (long enough, and inside it) is *allowed*; one that no
+report can carry any more (it began outside any test, or ended after its test had finished) is
+*recorded* instead of failing or warning; a warning that a warnings filter turned into an
+error *fails* the test. A failing block of a test that pytest reported as skipped or xfailed
+is *recorded* (:meth:`Judge.not_failing`).
 
 Allowed, baselined and recorded blocks never fail a test; all of them appear in the summary and
-the JSON report with their outcome.
+the JSON report with their outcome. A phase also fails, besides its blocks, when an
+``expect_block()`` opened in it saw no block, or when its loop lag went over the marker's
+``max_lag`` (:meth:`Judge.judge_phase`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from ._errors import SettingError
 from ._files import modules, relative_path
-from ._parse import AllowPattern
+from ._parse import AllowPattern, format_duration
 
 if TYPE_CHECKING:
     from ._events import BlockEvent, Frame
 
 __all__ = [
     "BASELINE_VERSION",
+    "GC_REASON",
     "OUTCOMES",
     "SEVERITIES",
     "SEVERITY_FROM",
     "Baseline",
+    "Expectation",
     "Judge",
+    "Ruling",
     "Verdict",
+    "excuse",
     "severity",
 ]
 
@@ -74,6 +87,71 @@ def severity(duration: float, threshold: float) -> str:
     if duration >= SEVERITY_FROM["HIGH"]:
         return "HIGH"
     return "MEDIUM"
+
+
+# --- excuses -------------------------------------------------------------------------------
+
+GC_REASON = "under the threshold without garbage collection (--loopguard-gc=include counts it)"
+"""Why a block is recorded when it crossed the threshold only with garbage collection."""
+
+
+def excuse(
+    ev: BlockEvent,
+    threshold: float,
+    *,
+    gc: str = "exclude",
+    cpu_wait: str = "exclude",
+    interrupted: bool = False,
+) -> Optional[tuple[str, str]]:
+    """``(cause, reason)`` when ``ev``, over ``threshold``, is not one piece of code blocking
+    for that long; ``None`` when it is. In this order:
+
+    * ``"gc"``: under the threshold without the collector's own work during it
+      (``gc_time``; ``gc="exclude"``);
+    * ``"cpu-wait"``: under the threshold without the time the loop thread waited for a
+      CPU, or, for a starved block, the time the GIL holder waited for one while it held the
+      GIL (``cpu_wait="exclude"``; see :meth:`BlockEvent.machine_wait`): the machine was
+      overloaded;
+    * ``"callbacks"``: a loop iteration of several callbacks, none of which can have
+      reached the threshold by the samples around it.
+
+    Each is judged on its own: a block that needs two of them together to get under the
+    threshold is not excused. ``interrupted``: raise mode raised inside the block when it
+    reached the threshold, so how long its code would have run is not known; only garbage
+    collection excuses it.
+    """
+    if gc == "exclude" and ev.gc_time and ev.duration - ev.gc_time < threshold:
+        return "gc", GC_REASON
+    if interrupted:
+        return None
+    waited, by_holder = ev.machine_wait()
+    if cpu_wait == "exclude" and waited and ev.duration - waited < threshold:
+        if by_holder >= 0.001:
+            own = waited - by_holder
+            after = (
+                f" and the {format_duration(own)} the loop thread waited for one once the "
+                "GIL was free"
+                if own >= 0.001
+                else ""
+            )
+            return "cpu-wait", (
+                f"under the threshold without the {format_duration(by_holder)} the GIL "
+                f"holder waited for a CPU while holding the GIL{after} (the machine was "
+                "overloaded; --loopguard-cpu-wait=include counts it)"
+            )
+        return "cpu-wait", (
+            f"under the threshold without {format_duration(waited)} of waiting for "
+            "a CPU (the machine was overloaded; --loopguard-cpu-wait=include counts it)"
+        )
+    longest = ev.longest_callback()
+    if longest is not None and not ev.starved and longest.max < threshold:
+        n = sum(1 for c in ev.callbacks if c.in_callback)
+        where = f" at {longest.site}" if longest.site is not None else ""
+        return "callbacks", (
+            f"{n} callbacks in one loop iteration, the longest at most "
+            f"{format_duration(longest.max)}{where}; none reached the threshold"
+        )
+    return None
 
 
 # --- scan ------------------------------------------------------------------------------------
@@ -278,6 +356,41 @@ WARNING_ERROR_REASON = "LoopBlockedWarning turned into an error by a warnings fi
 NOT_RUN_REASON = "the test was skipped or xfailed"
 
 
+class Expectation(Protocol):
+    """What the judge reads of an ``expect_block()`` (:class:`loopguard._fixture.ExpectBlock`):
+    the least block it expects, where it was opened, and when it was open (``end_ns``:
+    ``None`` while it still is)."""
+
+    threshold: float
+    where: str
+    start_ns: int
+    end_ns: Optional[int]
+    events: list[BlockEvent]
+    """The blocks it saw, in the phases judged so far."""
+
+
+class Lag(Protocol):
+    """What the judge reads of a test's loop lag (:class:`loopguard._fixture.LagStats`): its
+    worst, and its text for the failure."""
+
+    @property
+    def max(self) -> float: ...
+
+
+@dataclass
+class Ruling:
+    """The judge's decision on one phase of a test (:meth:`Judge.judge_phase`), which the
+    plugin's hooks only apply."""
+
+    verdicts: list[Verdict]
+    """The verdict on each block kept (in the order the blocks were logged)."""
+    expected: list[tuple[Expectation, BlockEvent]]
+    """Each block an ``expect_block()`` covered, for its ``events``."""
+    failures: list[str]
+    """Why the phase fails besides its blocks, first reason first: an ``expect_block()``
+    opened in it saw no block, its loop lag went over ``max_lag``."""
+
+
 class Judge:
     """Judges blocks under the session's settings (allow patterns, scan, baseline, what counts
     toward a block) and a test's (threshold, mode, its markers' allow patterns)."""
@@ -349,6 +462,100 @@ class Judge:
             over_threshold=over,
         )
 
+    def judge_phase(
+        self,
+        events: Iterable[BlockEvent],
+        *,
+        test: str,
+        phase: str,
+        threshold: float,
+        mode: str,
+        allow: tuple[AllowPattern, ...] = (),
+        floor: float,
+        expects: Sequence[tuple[str, Expectation]] = (),
+        now_ns: Optional[int] = None,
+        max_lag: Optional[float] = None,
+        lag: Optional[Callable[[], Lag]] = None,
+        warn: Optional[Callable[[BlockEvent], bool]] = None,
+        finished: bool = True,
+    ) -> Ruling:
+        """The ruling on phase ``phase`` of ``test``, whose blocks are ``events``, under the
+        test's settings (``threshold``, ``mode``, its markers' ``allow``):
+
+        * a block shorter than ``floor`` (the least worth keeping) gets no verdict;
+        * a block that one of ``expects`` (the test's ``expect_block()`` contexts, each with
+          the phase that opened it) covers, at least as long as the expected block and inside
+          the context (one still open: until ``now_ns``, the phase's end; to this day without
+          it), is *allowed*;
+        * otherwise :meth:`judge` decides, ``warn`` emitting a warned block's warning.
+
+        ``finished``: the phase ran to its end. Only then are warnings emitted, and does the
+        phase fail when an ``expect_block()`` opened in it saw no block, or when the loop lag
+        (``lag()``: since the phase began) went over ``max_lag``. A phase that raised fails
+        anyway: its blocks are only judged.
+        """
+        verdicts: list[Verdict] = []
+        expected: list[tuple[Expectation, BlockEvent]] = []
+        for ev in events:
+            if ev.duration < floor:
+                continue  # too short to keep
+            covering = [e for _, e in expects if _covers(e, ev, now_ns)]
+            v = self.judge(
+                ev,
+                test=test,
+                phase=phase,
+                threshold=threshold,
+                mode=mode,
+                allow=allow,
+                expected=bool(covering),
+                warn=warn if finished else None,
+            )
+            expected.extend((e, v.event) for e in covering)
+            verdicts.append(v)
+        failures: list[str] = []
+        if finished:
+            for opened_in, e in expects:
+                if opened_in == phase and not e.events and not any(x is e for x, _ in expected):
+                    failures.append(
+                        "loopguard: expected the event loop to block for at least "
+                        f"{format_duration(e.threshold)} inside expect_block() ({e.where}), "
+                        "but it did not"
+                    )
+            if max_lag is not None and lag is not None:
+                stats = lag()
+                if stats.max > max_lag:
+                    failures.append(
+                        f"loopguard: event loop lag {format_duration(stats.max)} exceeded "
+                        f"max_lag {format_duration(max_lag)} (from @pytest.mark.loopguard on "
+                        f"{test}); lag {stats}"
+                    )
+        return Ruling(verdicts, expected, failures)
+
+    def judge_stray(
+        self,
+        ev: BlockEvent,
+        *,
+        threshold: float,
+        mode: str,
+        allow: tuple[AllowPattern, ...] = (),
+        enabled: bool = True,
+        floor: float,
+    ) -> Optional[Verdict]:
+        """The verdict on a block that no test report can carry any more: one that began
+        outside any test (judged under the session's settings), or ended after its test had
+        finished (under that test's). ``None`` when it is not kept: its test ran with
+        loopguard disabled, or it is shorter than ``floor``. Its outcome is never *failed* or
+        *warned* (see :meth:`judge`'s ``orphan``)."""
+        if not enabled or ev.duration < floor:
+            return None
+        if ev.test is None:
+            test, phase, orphan = "", "outside", "began outside any test"
+        else:
+            test, phase, orphan = ev.test, ev.phase or "call", "ended after its test had finished"
+        return self.judge(
+            ev, test=test, phase=phase, threshold=threshold, mode=mode, allow=allow, orphan=orphan
+        )
+
     @staticmethod
     def not_failing(v: Verdict) -> Verdict:
         """``v`` for a test that pytest reported as skipped or xfailed: a failing block is
@@ -366,8 +573,8 @@ class Judge:
         where only the baseline and the mode keep the block from failing its test."""
         if ev.duration < threshold:
             return "recorded", "under the threshold", False
-        excused = ev.excused(
-            threshold, gc=self.gc, cpu_wait=self.cpu_wait, interrupted=mode == "raise"
+        excused = excuse(
+            ev, threshold, gc=self.gc, cpu_wait=self.cpu_wait, interrupted=mode == "raise"
         )
         if excused is not None:
             ev.cause, reason = excused
@@ -394,3 +601,12 @@ class Judge:
         if mode == "record":
             return "recorded", "mode record", True
         return "failed", None, True
+
+
+def _covers(expect: Expectation, ev: BlockEvent, now_ns: Optional[int]) -> bool:
+    """Whether ``expect`` covers ``ev``: at least as long as the block it expects, and
+    overlapping the time it was open (until ``now_ns`` if it still is; ``None``: no end)."""
+    end = expect.end_ns if expect.end_ns is not None else now_ns
+    if end is None:
+        return ev.duration >= expect.threshold and ev.end_ns > expect.start_ns
+    return ev.duration >= expect.threshold and ev.start_ns < end and ev.end_ns > expect.start_ns

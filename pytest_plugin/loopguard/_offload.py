@@ -29,6 +29,7 @@ import sys
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional, Union
 
 from . import _native
@@ -36,9 +37,9 @@ from ._decode import site_of, thread_name
 from ._errors import OffloadError
 from ._events import BlockEvent, Frame
 from ._failure import format_events
-from ._parse import format_duration, parse_duration
+from ._judge import Judge
+from ._parse import DEFAULT_THRESHOLD, environment_sampler, format_duration, parse_duration
 from ._runtime import runtime
-from ._settings import DEFAULT_THRESHOLD, environment_sampler
 
 __all__ = ["OffloadCheck", "OffloadError", "ThreadActivity", "offload_check"]
 
@@ -190,7 +191,13 @@ class OffloadCheck:
             self._sampler = None
             runtime.detach(self._attached)
             runtime.release(self._token)
-        self.events = [e for e in seen if e.crosses(self.threshold, "exclude", "exclude")]
+        # Judged as guard() judges its blocks, under the check's threshold (each event's is
+        # the check's), with nothing allowed: the blocks that fail are the check's.
+        judge = Judge(Path.cwd())
+        verdicts = [
+            judge.judge(e, test="", phase="", threshold=self.threshold, mode="fail") for e in seen
+        ]
+        self.events = [v.event for v in verdicts if v.outcome == "failed"]
         self.duration = (end_ns - self._start_ns) / 1e9
         self.readings = int(raw["ticks"])
         loop_idents = {e.thread_ident for e in self.events}

@@ -1,6 +1,10 @@
 """Parsing and validation of setting values: durations, choices, allow patterns and package
 lists. Every parser takes the value, the setting's name as the user wrote it and where the value
-came from, and raises :class:`SettingError` naming all three."""
+came from, and raises :class:`SettingError` naming all three.
+
+Also the defaults and the environment variables that the plugin-free API (``guard()``,
+``offload_check()``) shares with the plugin, so that the API needs nothing of the plugin's
+settings (:mod:`loopguard._settings`)."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from ._files import modules, relative_path
 __all__ = [
     "ALLOW_HELP",
     "CPU_WAIT_CHOICES",
+    "DEFAULT_THRESHOLD",
     "DURATION_HELP",
     "GC_CHOICES",
     "MODES",
@@ -26,6 +31,8 @@ __all__ = [
     "SAMPLERS",
     "STACK_CHOICES",
     "AllowPattern",
+    "environment_sampler",
+    "environment_value",
     "format_duration",
     "parse_allow",
     "parse_choice",
@@ -54,6 +61,10 @@ STACK_CHOICES = ("short", "full")
 SAMPLERS = ("auto", "native", "gil")
 """How stacks are read: GIL-free where supported (else by taking the GIL), GIL-free only, or by
 taking the GIL."""
+
+DEFAULT_THRESHOLD = 0.1
+"""The threshold (seconds) when nothing sets one: the plugin's, ``guard()``'s and
+``offload_check()``'s."""
 
 
 def parse_duration(value: object, *, name: str, source: str) -> float:
@@ -86,6 +97,24 @@ def parse_choice(value: object, choices: tuple[str, ...], *, name: str, source: 
     raise SettingError(
         f"invalid value for {name}: {value!r} (from {source}); expected one of {', '.join(choices)}"
     )
+
+
+def environment_value(key: str) -> Optional[tuple[str, str, str]]:
+    """The value of setting ``key`` (``threshold``) in the environment (``LOOPGUARD_KEY``), as
+    ``(value, variable's name, "the environment")``, or ``None`` when it is not set."""
+    name = f"LOOPGUARD_{key.upper()}"
+    value = os.environ.get(name)
+    return None if value is None else (value, name, "the environment")
+
+
+def environment_sampler() -> str:
+    """How stacks are read when the watchdog starts without the plugin (``guard()``,
+    ``offload_check()``): ``LOOPGUARD_SAMPLER``, else ``"auto"``."""
+    picked = environment_value("sampler")
+    if picked is None:
+        return "auto"
+    value, name, where = picked
+    return parse_choice(value, SAMPLERS, name=name, source=where)
 
 
 def format_duration(seconds: float) -> str:

@@ -10,7 +10,7 @@ then ``[Previous line repeated 2997 more times]``; a cycle of several is shown o
 carrying ``"repeat": {"frames": 2, "times": 1500}`` (:func:`stack_to_json`,
 :func:`stack_from_json`): exact, and small.
 
-The watchdog folds its samples the same way (``src/deep.rs``), with ``repeats`` beside the
+The watchdog folds its samples the same way (``src/fold.rs``), with ``repeats`` beside the
 frames; :func:`unfold` restores them.
 
 The samplers read at most the innermost 10,000 and the outermost 100 frames of a stack; a frame

@@ -54,6 +54,7 @@ from ._failure import format_event
 from ._judge import Judge, Verdict
 from ._parse import (
     CPU_WAIT_CHOICES,
+    DEFAULT_THRESHOLD,
     DURATION_HELP,
     GC_CHOICES,
     NATIVE_CHOICES,
@@ -73,7 +74,6 @@ from ._report import (
     write_atomically,
 )
 from ._runtime import LAG_PROBE_INTERVAL, runtime
-from ._settings import DEFAULT_THRESHOLD
 
 __all__ = ["CHILD_ENV", "FAIL_ON_STATUS", "RunSettings", "Session", "main", "start_child"]
 
@@ -362,8 +362,6 @@ class Session:
             Path.cwd(), allow=settings.patterns(), gc=settings.gc, cpu_wait=settings.cpu_wait
         )
         self.verdicts: list[Verdict] = []
-        self.contexts: dict[int, dict[str, Any]] = {}
-        """Per verdict (by ``id``): the request its task served, the context variables."""
         self.loops: list[LoopLag] = []
         self._by_loop: weakref.WeakKeyDictionary[Any, LoopLag] = weakref.WeakKeyDictionary()
         self._lock = threading.RLock()  # a SIGTERM handler may finish on a thread holding it
@@ -431,7 +429,7 @@ class Session:
         its exit."""
         if not runtime.has_events:
             return []
-        if len(runtime._needs) <= 1:
+        if runtime.users <= 1:
             taken = runtime.take_events(lambda e: True)
             seen, self._seen = self._seen, set()
             return [e for e in taken if e.id not in seen]
@@ -447,17 +445,13 @@ class Session:
         if ev.duration < s.threshold:
             return
         v = self.judge.judge(ev, test="", phase="outside", threshold=s.threshold, mode="fail")
-        context = _asgi.context_of(ev, s.context_vars)
+        v.event.request = _asgi.context_of(ev, s.context_vars) or None  # the judged copy's
         with self._lock:
             self.verdicts.append(v)
-            if context:
-                self.contexts[id(v)] = context
         if v.outcome == "allowed":
             return
         if v.outcome == "failed":
-            lines = format_event(v.event)
-            if context:
-                lines.append("  " + context_text(context))
+            lines = format_event(v.event)  # with the request it served
             if self.child:
                 lines[0] += f" (pid {os.getpid()})"
             _say("\n".join(lines) + "\n")
@@ -497,7 +491,6 @@ class Session:
 
         with self._lock:
             verdicts = list(self.verdicts)
-            contexts = dict(self.contexts)
             loops = [lag.to_json() for lag in self.loops if lag.samples]
         run = new_run(interrupted=self.stopped_by is not None, guarded=1)
         run["pid"] = os.getpid()
@@ -514,10 +507,7 @@ class Session:
             sampler=runtime.sampler,
             run=run,
         )
-        data["events"] = [
-            {**entry, **({"context": contexts[id(v)]} if id(v) in contexts else {})}
-            for v, entry in zip(verdicts, data["events"], strict=True)
-        ]
+        data["events"] = list(data["events"])  # read more than once (JSON report, HTML page)
         data["lag"] = {
             "probe_interval_ms": LAG_PROBE_INTERVAL * 1000.0,
             "max_lag_ms": self.settings.as_json()["max_lag_ms"],
@@ -594,19 +584,6 @@ class Session:
             if not waiting or time.monotonic() > deadline:
                 return sorted(d.glob("child-*.json"))
             time.sleep(0.05)
-
-
-def context_text(context: dict[str, Any]) -> str:
-    """``request GET /reports/daily (request_id='abc')``."""
-    parts = []
-    if context.get("request"):
-        parts.append(f"request {context['request']}")
-    variables = context.get("vars") or {}
-    if variables:
-        parts.append("(" + ", ".join(f"{k}={v!r}" for k, v in variables.items()) + ")")
-    if context.get("trace_id"):
-        parts.append(f"trace {context['trace_id']} span {context.get('span_id')}")
-    return " ".join(parts)
 
 
 def _alive(pid: int) -> bool:

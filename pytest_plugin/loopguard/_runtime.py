@@ -1,4 +1,4 @@
-"""Process-wide runtime: the native watchdog, loop instrumentation and the event log.
+"""Process-wide runtime: the native watchdog, the loops it watches and the event log.
 
 One watchdog serves every user in the process (the pytest plugin and any number of nested
 ``guard()`` blocks). Each user *acquires* the runtime with the threshold it needs; the watchdog
@@ -7,32 +7,30 @@ detects at the smallest of them and each user judges events against its own.
 A loop is registered when it starts running while the runtime is acquired (``run_forever``,
 ``trio.run``). A ``guard()`` or ``offload_check()`` opened inside a loop that started earlier
 *attaches* to it (:meth:`Runtime.attach`): the loop is registered from inside the running
-callback and unregistered when the last of them leaves or the loop stops.
+callback and unregistered when the last of them leaves or the loop stops. How each kind of loop
+is instrumented is its adapter's business (:mod:`loopguard._adapter`: asyncio, uvloop, trio).
 """
 
 from __future__ import annotations
 
-import asyncio
-import asyncio.base_events
 import atexit
 import collections
 import contextlib
 import itertools
 import os
-import select
-import selectors
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Any, Optional
 
-from . import _chain, _native, _trio, _uvloop
+from . import _asyncio, _chain, _native, _trio, _uvloop
 from ._decode import decode_events, remember_thread
 from ._errors import LoopBlockedError
 from ._explain import install_gc_log
 from ._imports import PostImportFinder
 
 if TYPE_CHECKING:
+    from ._adapter import LoopAdapter
     from ._events import BlockEvent
 
 __all__ = ["LAG_PROBE_INTERVAL", "Runtime", "runtime"]
@@ -56,7 +54,14 @@ class Runtime:
         self._needs: dict[int, int] = {}
         self._tokens = itertools.count(1)
         self._patched = False
-        self._optional = {"uvloop": _uvloop.install, "trio": _trio.install}
+        self._adapters: tuple[LoopAdapter, ...] = (
+            _uvloop.adapter,
+            _asyncio.adapter,
+            _trio.adapter,
+        )
+        """Every kind of loop, in the order :meth:`attach` asks which one runs the code."""
+        self._pending = {a.module: a for a in self._adapters if a.module is not None}
+        """Adapters installed once their module is imported, by module name, until they are."""
         self._events: list[BlockEvent] = []
         self._sampler: Optional[str] = None
         self._raisers: set[int] = set()
@@ -69,13 +74,8 @@ class Runtime:
         """Called on the loop's thread when a lag probe starts on a loop (its kind and the
         loop); the function it returns, if any, gets each lag measured on that loop
         (``python -m loopguard run``'s per-loop figures)."""
-        self._watched: set[int] = set()
-        """``id()`` of the asyncio and uvloop loops registered when they started running."""
-        self._attachments: dict[object, _Attachment] = {}
+        self._attachments: dict[Hashable, _Attachment] = {}
         """Loops registered while running (see :meth:`attach`), by loop."""
-        self._selector_slots: dict[int, Any] = {}
-        """The slot of the asyncio loop each thread runs, by thread ident (see
-        :meth:`own_wait`)."""
 
     # --- lifetime --------------------------------------------------------------------------
 
@@ -132,7 +132,13 @@ class Runtime:
 
     @property
     def active(self) -> bool:
+        """True while somebody has acquired the runtime and not released it."""
         return bool(self._needs)
+
+    @property
+    def users(self) -> int:
+        """How many have acquired the runtime and not released it."""
+        return len(self._needs)
 
     @property
     def sampler(self) -> Optional[str]:
@@ -170,9 +176,9 @@ class Runtime:
     def check_imports(self) -> None:
         """Instrument uvloop and trio if they were imported in a way the import hook missed
         (called at the start of every test: cheap)."""
-        for name in self._optional:
+        for name in self._pending:
             if name in sys.modules:
-                self._install_optional()
+                self._install_pending()
                 return
 
     def collect(self, *, everything: bool = False) -> list[BlockEvent]:
@@ -231,44 +237,33 @@ class Runtime:
 
     # --- instrumentation -------------------------------------------------------------------
 
-    def _install_optional(self) -> None:
+    def _install_pending(self) -> None:
         """Instrument uvloop and trio once they are imported (checked at every phase: cheap)."""
         with self._lock:
-            for name, install in list(self._optional.items()):
-                if name in sys.modules and install(self):
-                    del self._optional[name]
+            for name, adapter in list(self._pending.items()):
+                if name in sys.modules and adapter.install(self):
+                    del self._pending[name]
 
     def _after_import(self, name: str) -> Optional[Callable[[object], None]]:
         """For the import hook: instrument uvloop or trio once its import finishes."""
-        if name not in self._optional:
+        if name not in self._pending:
             return None
-        return lambda module: self._install_optional()
+        return lambda module: self._install_pending()
 
     def _install(self) -> None:
-        self._install_optional()
+        self._install_pending()
         if self._patched:
             return
         self._install_thread_names()
-        if self._optional:
+        if self._pending:
             # uvloop and trio imported later (inside a guard(), in a test) are instrumented as
             # soon as their import finishes.
             sys.meta_path.insert(0, PostImportFinder(self._after_import))
         install_gc_log()
         _chain.install()
-        cls = asyncio.base_events.BaseEventLoop
-        original = cls.run_forever
-        rt = self
-
-        def run_forever(self):  # type: ignore[no-untyped-def]
-            if not rt._needs or self.is_running() or not _native.is_running():
-                return original(self)
-            return rt._run_guarded(self, original)
-
-        run_forever.__wrapped__ = original  # type: ignore[attr-defined]
-        run_forever.__doc__ = original.__doc__
-        run_forever.__qualname__ = original.__qualname__
-        run_forever._loopguard = True  # type: ignore[attr-defined]
-        cls.run_forever = run_forever  # type: ignore[method-assign]
+        for adapter in self._adapters:
+            if adapter.module is None:
+                adapter.install(self)
         self._patched = True
 
     @staticmethod
@@ -292,32 +287,6 @@ class Runtime:
         start.__doc__ = original_start.__doc__
         threading.Thread.start = start  # type: ignore[method-assign]
 
-    def _run_guarded(self, loop, original):  # type: ignore[no-untyped-def]
-        try:
-            slot = _native.register(
-                "asyncio", threading.current_thread().name, threading.get_ident(), loop
-            )
-        except RuntimeError:
-            return original(loop)
-        restore = _watch_selector(loop, slot)
-        probe = self.start_lag_probe(loop, "asyncio")
-        self._watched.add(id(loop))
-        thread = threading.get_ident()
-        outer = self._selector_slots.get(thread)
-        self._selector_slots[thread] = slot
-        try:
-            return original(loop)
-        finally:
-            if outer is None:
-                self._selector_slots.pop(thread, None)
-            else:
-                self._selector_slots[thread] = outer
-            self._watched.discard(id(loop))
-            if probe is not None:
-                probe.stop()
-            restore()
-            slot.unregister()
-
     def start_lag_probe(self, loop: Any, kind: str) -> Optional[_LagProbe]:
         """A lag probe on ``loop`` (asyncio or uvloop, about to run) when lag is measured."""
         if not self.lag_probing:
@@ -340,40 +309,34 @@ class Runtime:
         the loop's stopping (``loop.stop()``, the end of a trio run), whoever is still in: a
         stopped loop must not look blocked, and a loop started again is registered as usual
         when the watchdog is wanted."""
-        found = _running_loop()
+        found = self._running_loop()
         if found is None:
             return None
-        key, kind, loop = found
+        adapter, key, loop = found
         with self._lock:
             attachment = self._attachments.get(key)
             if attachment is not None:
                 attachment.users += 1
                 return attachment
-            if not _native.is_running() or self._is_watched(kind, loop):
+            if not _native.is_running() or adapter.is_watched(loop):
                 return None
             attachment = _Attachment(key)
             try:
-                if kind == "trio":
-                    attachment.slot, restore = _trio.attach(lambda: self._end(attachment))
-                else:
-                    if kind == "asyncio":
-                        attachment.slot = _native.register(
-                            "asyncio", threading.current_thread().name, threading.get_ident(), loop
-                        )
-                        restore = _watch_selector(loop, attachment.slot)
-                        attachment.thread = threading.get_ident()
-                        self._selector_slots[attachment.thread] = attachment.slot
-                    else:
-                        attachment.slot, restore = _uvloop.attach(loop)
-                    unhook = _on_stop(loop, lambda: self._end(attachment))
-                    restore = _both(unhook, restore)
+                attachment.slot, attachment.restore = adapter.attach(
+                    loop, lambda: self._end(attachment)
+                )
             except RuntimeError:
-                if attachment.slot is not None:
-                    attachment.slot.unregister()
                 return None
-            attachment.restore = restore
             self._attachments[key] = attachment
             return attachment
+
+    def _running_loop(self) -> Optional[tuple[LoopAdapter, Hashable, Any]]:
+        """The loop running the current thread's code: ``(adapter, key, loop)``, or None."""
+        for adapter in self._adapters:
+            found = adapter.running()
+            if found is not None:
+                return adapter, *found
+        return None
 
     def detach(self, token: Optional[object]) -> None:
         """A caller of :meth:`attach` leaves (``token``: what it returned; None does
@@ -393,8 +356,6 @@ class Runtime:
             if self._attachments.get(attachment.key) is not attachment:
                 return
             del self._attachments[attachment.key]
-            if attachment.thread is not None:
-                self._selector_slots.pop(attachment.thread, None)
         try:
             attachment.restore()
         finally:
@@ -407,7 +368,7 @@ class Runtime:
         asyncio loop this thread runs, if any, is marked idle, so that a busy machine's delay in
         loopguard's threads is never counted as the loop's block. A block of the code before it
         ends where the wait begins."""
-        slot = self._selector_slots.get(threading.get_ident())
+        slot = _asyncio.adapter.thread_slot()
         if slot is None:
             yield
             return
@@ -417,111 +378,15 @@ class Runtime:
         finally:
             slot.busy()
 
-    def _is_watched(self, kind: str, loop: object) -> bool:
-        if kind == "trio":
-            return _trio.is_watched()
-        return id(loop) in self._watched
-
 
 class _Attachment:
     """A loop registered while it was running, and how many callers of ``attach`` use it."""
 
-    def __init__(self, key: object) -> None:
+    def __init__(self, key: Hashable) -> None:
         self.key = key
         self.slot: Any = None
         self.restore: Callable[[], None] = lambda: None
         self.users = 1
-        self.thread: Optional[int] = None
-        """The thread of an asyncio loop's attachment (see ``Runtime.own_wait``)."""
-
-
-def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
-    def both() -> None:
-        try:
-            first()
-        finally:
-            second()
-
-    return both
-
-
-def _on_stop(loop: Any, ended: Callable[[], None]) -> Callable[[], None]:
-    """Call ``ended`` when ``loop.stop()`` is called (the way out of ``run_forever``, used by
-    ``run_until_complete`` and ``asyncio.run``); returns the function that removes the hook."""
-    original = loop.stop
-
-    def stop() -> None:
-        ended()
-        original()
-
-    loop.stop = stop
-
-    def unhook() -> None:
-        if vars(loop).get("stop") is stop:
-            del loop.stop
-
-    return unhook
-
-
-def _running_loop() -> Optional[tuple[object, str, object]]:
-    """The loop running the current thread's code: ``(key, kind, loop)``, or None."""
-    loop = asyncio._get_running_loop()
-    if loop is not None:
-        if _uvloop.is_uvloop(loop):
-            return ("loop", id(loop)), "uvloop", loop
-        if isinstance(loop, asyncio.base_events.BaseEventLoop):
-            return ("loop", id(loop)), "asyncio", loop
-        return None
-    key = _trio.current_run()
-    if key is not None:
-        return ("trio", key), "trio", None
-    return None
-
-
-def _watch_selector(loop, slot):  # type: ignore[no-untyped-def]
-    """Make ``loop``'s selector report to ``slot`` when it waits; returns the function that
-    puts the selector back (call it on the loop's thread, when the loop is not waiting in it,
-    or once it has stopped)."""
-    selector = getattr(loop, "_selector", None)
-    base = type(selector)
-    if isinstance(selector, _EPOLL_SELECTOR) and isinstance(
-        getattr(selector, "_selector", None), _EPOLL
-    ):
-        # The common case on Linux: wrap the epoll object (see _native.EpollProxy).
-        epoll = selector._selector
-        proxy = _native.EpollProxy(epoll, slot)
-        selector._selector = proxy
-
-        def restore_epoll() -> None:
-            if selector._selector is proxy:
-                selector._selector = epoll
-
-        return restore_epoll
-    if isinstance(selector, selectors.BaseSelector) and "_loopguard_base" not in vars(base):
-        # Give this selector a subclass whose select() beats; Python-to-Python calls stay
-        # cheap, which matters: this runs once per loop iteration.
-        try:
-            selector._loopguard_slot = slot
-            selector.__class__ = _guarded_class(base)
-        except (TypeError, AttributeError):
-            pass
-        else:
-
-            def restore_class() -> None:
-                selector.__class__ = base
-                del selector._loopguard_slot  # type: ignore[attr-defined]
-
-            return restore_class
-    if hasattr(selector, "select"):
-        proxied = _native.SelectorProxy(selector, slot)
-        loop._selector = proxied
-
-        def restore_proxy() -> None:
-            if loop._selector is proxied:
-                loop._selector = selector
-
-        return restore_proxy
-    return lambda: None
 
 
 class _LagProbe:
@@ -547,35 +412,6 @@ class _LagProbe:
 
     def stop(self) -> None:
         self._handle.cancel()
-
-
-_EPOLL_SELECTOR = getattr(selectors, "EpollSelector", ())
-# The portable build (every platform but Linux) has no EpollProxy: its EpollSelector, like any
-# other selector, gets the subclass below.
-_EPOLL = getattr(select, "epoll", ()) if hasattr(_native, "EpollProxy") else ()
-_guarded_classes: dict[type, type] = {}
-
-
-def _guarded_class(base: type) -> type:
-    """A subclass of the selector class ``base`` whose ``select`` reports idle/busy."""
-    cls = _guarded_classes.get(base)
-    if cls is None:
-        original = base.select
-
-        def select(self, timeout=None):  # type: ignore[no-untyped-def]
-            slot = self._loopguard_slot
-            ready = original(self, slot.idle(timeout))
-            slot.busy()
-            return ready
-
-        select.__qualname__ = f"{base.__qualname__}.select"
-        cls = type(
-            base.__name__,
-            (base,),
-            {"select": select, "__module__": base.__module__, "_loopguard_base": base},
-        )
-        _guarded_classes[base] = cls
-    return cls
 
 
 runtime = Runtime()

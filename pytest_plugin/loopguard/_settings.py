@@ -1,4 +1,5 @@
-"""The settings of a session and of each test, resolved once, and the state the plugin keeps.
+"""The settings of a session and of each test, resolved once (the plugin's state, which holds
+them, is :mod:`loopguard._state`).
 
 Every setting is read here, with one precedence: marker > command line > environment > ini
 (``--loopguard-KEY``, ``LOOPGUARD_KEY``, ini ``loopguard_key``, ``@pytest.mark.loopguard``).
@@ -9,16 +10,17 @@ the setting, the value and where it came from.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from ._errors import SettingError
 from ._files import relative_path
-from ._judge import Baseline, Judge, Verdict
+from ._judge import Baseline, Judge
 from ._parse import (
     ALLOW_HELP,
     CPU_WAIT_CHOICES,
+    DEFAULT_THRESHOLD,
     DURATION_HELP,
     GC_CHOICES,
     MODES,
@@ -26,6 +28,7 @@ from ._parse import (
     SAMPLERS,
     STACK_CHOICES,
     AllowPattern,
+    environment_value,
     format_duration,
     parse_allow,
     parse_allow_list,
@@ -38,8 +41,6 @@ from ._runtime import LAG_PROBE_INTERVAL
 if TYPE_CHECKING:
     import pytest
 
-    from ._fixture import ExpectBlock
-
 
 def check_writable(path: Path, *, name: str, source: str) -> None:
     """:func:`loopguard._report.check_writable`: the reports' module is imported only when a
@@ -50,22 +51,14 @@ def check_writable(path: Path, *, name: str, source: str) -> None:
 
 
 __all__ = [
-    "DEFAULT_THRESHOLD",
     "MARKER",
     "Settings",
-    "State",
     "TestSettings",
-    "TestState",
     "add_options",
-    "environment_sampler",
     "header_lines",
     "marker_settings",
     "resolve",
-    "settings_of",
 ]
-
-DEFAULT_THRESHOLD = 0.1
-"""The threshold (seconds) when nothing sets one."""
 
 THRESHOLD_HELP = (
     f"fail a test whose event loop is blocked for longer than this: {DURATION_HELP}; default "
@@ -202,78 +195,6 @@ class TestSettings:
         return settings.floor(self.threshold)
 
 
-class TestState:
-    """The test that is running (or has just run): its settings, phase and verdicts. Only the
-    current test has one, so a collected test costs no memory until it runs."""
-
-    __test__ = False  # not a test class, whoever imports it
-
-    __slots__ = (
-        "allow",
-        "enabled",
-        "expects",
-        "item",
-        "max_lag",
-        "mode",
-        "native",
-        "phase",
-        "phase_start_ns",
-        "test_start_ns",
-        "threshold",
-        "verdicts",
-    )
-
-    def __init__(self, item: pytest.Item, settings: TestSettings) -> None:
-        self.item = item
-        self.threshold = settings.threshold
-        self.enabled = settings.enabled
-        self.mode = settings.mode
-        self.allow = settings.allow
-        self.max_lag = settings.max_lag
-        self.native = settings.native
-        self.verdicts: dict[str, list[Verdict]] = {}
-        self.phase = "setup"
-        self.phase_start_ns = 0
-        self.test_start_ns = 0
-        self.expects: list[tuple[str, ExpectBlock]] = []
-        """``expect_block()`` contexts of the test, with the phase that opened them."""
-
-    def floor(self, settings: Settings) -> float:
-        """The shortest block worth keeping for this test."""
-        floor = settings.floor(self.threshold)
-        if not self.expects:
-            return floor
-        return min([floor, *(e.threshold for _, e in self.expects)])
-
-
-@dataclass
-class State:
-    """The plugin's state for one session (kept in ``config.stash``)."""
-
-    settings: Settings
-    token: int
-    judge: Judge
-    default: TestSettings
-    """The settings of a test without a loopguard marker."""
-    marked: dict[str, TestSettings] = field(default_factory=dict)
-    """The settings of the tests that have a loopguard marker, by node id."""
-    collected: set[int] = field(default_factory=set)
-    """``id()`` of the items whose markers were read at collection (ints: nothing for the
-    garbage collector to visit)."""
-    current: Optional[TestState] = None
-    verdicts: list[Verdict] = field(default_factory=list)
-    """Every judged block of the session (under xdist, the controller's include the workers')."""
-    fixed: list[tuple[str, str]] = field(default_factory=list)
-    """Baseline call sites that did not block in this run."""
-    written: list[str] = field(default_factory=list)
-    """What was written at the end of the session (the JSON report, the baseline)."""
-    reader_off: Optional[str] = None
-    """Why stacks are read by taking the GIL although the user did not ask for it."""
-    guarded: int = 0
-    """How many tests ran their call phase with loopguard enabled (under xdist, the
-    controller's counts the workers')."""
-
-
 # The settings that take a value: (key, metavar, help, has an ini option). Each is
 # --loopguard-KEY on the command line, LOOPGUARD_KEY in the environment and, where it has one,
 # ini loopguard_key: the names `_pick` reads.
@@ -331,7 +252,7 @@ def _pick(config: pytest.Config, key: str) -> Optional[tuple[Any, str, str]]:
     cli = config.getoption(f"loopguard_{key}")
     if cli is not None:
         return cli, f"--loopguard-{key.replace('_', '-')}", "the command line"
-    env = _from_environment(key)
+    env = environment_value(key)
     if env is not None:
         return env
     if key not in _INI_KEYS:
@@ -353,22 +274,6 @@ def _choice(
         return default, "default"
     value, name, where = picked
     return parse_choice(value, choices, name=name, source=where), name
-
-
-def _from_environment(key: str) -> Optional[tuple[str, str, str]]:
-    name = f"LOOPGUARD_{key.upper()}"
-    value = os.environ.get(name)
-    return None if value is None else (value, name, "the environment")
-
-
-def environment_sampler() -> str:
-    """How stacks are read when the watchdog starts without the plugin (``guard()``,
-    ``offload_check()``): ``LOOPGUARD_SAMPLER``, else ``"auto"``."""
-    picked = _from_environment("sampler")
-    if picked is None:
-        return "auto"
-    value, name, where = picked
-    return parse_choice(value, SAMPLERS, name=name, source=where)
 
 
 def _path(config: pytest.Config, value: str, name: str, where: str) -> Path:
@@ -461,13 +366,14 @@ def resolve(config: pytest.Config) -> tuple[Settings, Judge]:
     return s, judge
 
 
-def marker_settings(item: pytest.Item, state: State) -> TestSettings:
-    """The settings of ``item``: the session's, unless loopguard markers change them (the
-    closest marker's value wins; allow patterns add up). Raises :class:`SettingError`."""
+def marker_settings(item: pytest.Item, default: TestSettings) -> TestSettings:
+    """The settings of ``item``: ``default`` (the session's), unless loopguard markers change
+    them (the closest marker's value wins; allow patterns add up). Raises
+    :class:`SettingError`."""
     marks = list(item.iter_markers("loopguard"))
     if not marks:
-        return state.default
-    d = state.default
+        return default
+    d = default
     threshold, enabled, mode, max_lag, native = d.threshold, d.enabled, d.mode, d.max_lag, d.native
     where = f"@pytest.mark.loopguard on {item.nodeid}"
     allow: list[AllowPattern] = []
@@ -512,20 +418,6 @@ def _native_arg(value: object, where: str) -> str:
     return parse_choice(value, NATIVE_CHOICES, name="native", source=where)
 
 
-def settings_of(state: State, item: pytest.Item) -> TestSettings:
-    """The settings of ``item``: those read at collection (nothing is kept for a test without
-    markers: whatever is kept per test, even in its stash, is one more object for every
-    garbage collection to visit), or read now for an item added later."""
-    ts = state.marked.get(item.nodeid)
-    if ts is None:
-        if id(item) in state.collected:
-            return state.default
-        ts = marker_settings(item, state)
-        if ts is not state.default:
-            state.marked[item.nodeid] = ts
-    return ts
-
-
 _LATE_CAPTURE = (
     "a block in C code that holds the GIL (a regex, sorted(), json.dumps(), a C extension) "
     "is seen only when that code returns, so its stack may show a later line"
@@ -533,12 +425,18 @@ _LATE_CAPTURE = (
 
 
 def header_lines(
-    state: State, *, root: Path, sampler: Optional[str], cpu_wait_known: bool
+    s: Settings,
+    *,
+    baseline: Optional[Baseline],
+    reader_off: Optional[str],
+    root: Path,
+    sampler: Optional[str],
+    cpu_wait_known: bool,
 ) -> list[str]:
     """The report header's lines: the active settings and where the non-default ones came
-    from; ``sampler`` is the stack capture in use, ``cpu_wait_known`` whether the kernel
-    reports run-queue time."""
-    s = state.settings
+    from; ``baseline`` is the one loaded, ``reader_off`` why the GIL-free stack reader is off
+    (when the user did not ask for that), ``sampler`` the stack capture in use,
+    ``cpu_wait_known`` whether the kernel reports run-queue time."""
     how = (
         "GIL-free stack capture"
         if (sampler or "?") == "native"
@@ -554,10 +452,8 @@ def header_lines(
             "loopguard: the GIL-free stack reader, system call names and CPU figures are off: "
             f"{portable}; {_LATE_CAPTURE}"
         )
-    elif state.reader_off is not None:
-        lines.append(
-            f"loopguard: the GIL-free stack reader is off: {state.reader_off}; {_LATE_CAPTURE}"
-        )
+    elif reader_off is not None:
+        lines.append(f"loopguard: the GIL-free stack reader is off: {reader_off}; {_LATE_CAPTURE}")
     extra = []
     if s.mode != "fail":
         extra.append(f"mode {s.mode} (from {s.mode_source})")
@@ -588,8 +484,7 @@ def header_lines(
         extra.append(f"scanning {', '.join(s.scan)}")
     if s.baseline_path is not None:
         verb = "updating" if s.baseline_update else "baseline"
-        judge = state.judge
-        n = f" ({len(judge.baseline.sites)} call sites)" if judge.baseline else ""
+        n = f" ({len(baseline.sites)} call sites)" if baseline else ""
         extra.append(f"{verb} {relative_path(str(s.baseline_path), root)}{n}")
     if s.json_path is not None:
         extra.append(f"JSON report {relative_path(str(s.json_path), root)}")

@@ -19,6 +19,9 @@ A guest run is never counted as starved (its host decides when it resumes, see
 registered: the host loop's own heartbeat covers it (registering both would report each block
 twice). A guest run whose host thread exits before the run finishes is unregistered when the
 thread exits.
+
+A run that started before the runtime was wanted is attached from inside one of its tasks (see
+:meth:`TrioAdapter.attach`), with an instrument of its own, and let go when the run ends.
 """
 
 from __future__ import annotations
@@ -27,33 +30,68 @@ import asyncio
 import functools
 import sys
 import threading
-from typing import Any, Optional
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any, Optional
 
 from . import _native
+
+if TYPE_CHECKING:
+    from ._adapter import Host
+    from ._native import Slot
+
+__all__ = ["TrioAdapter", "adapter"]
 
 _instrument_class: Optional[type] = None
 
 
-def install(rt: Any) -> bool:
-    """Wrap ``trio.run`` and ``trio.lowlevel.start_guest_run`` if trio is imported."""
-    trio = sys.modules.get("trio")
-    lowlevel = getattr(trio, "lowlevel", None)
-    if trio is None or lowlevel is None or not hasattr(trio, "run"):
-        return False
-    global _instrument_class
-    if _instrument_class is None:
-        _instrument_class = _make_instrument_class(trio)
-    for module, name in ((trio, "run"), (lowlevel, "start_guest_run")):
-        original = getattr(module, name, None)
-        if original is not None and not getattr(original, "_loopguard", False):
-            setattr(module, name, _wrap(rt, original, guest=name == "start_guest_run"))
-    return True
+class TrioAdapter:
+    """The :class:`~loopguard._adapter.LoopAdapter` of trio's runs."""
+
+    kind = "trio"
+    module: Optional[str] = "trio"
+
+    def install(self, host: Host) -> bool:
+        """Wrap ``trio.run`` and ``trio.lowlevel.start_guest_run`` if trio is imported."""
+        trio = sys.modules.get("trio")
+        lowlevel = getattr(trio, "lowlevel", None)
+        if trio is None or lowlevel is None or not hasattr(trio, "run"):
+            return False
+        global _instrument_class
+        if _instrument_class is None:
+            _instrument_class = _make_instrument_class(trio)
+        for module, name in ((trio, "run"), (lowlevel, "start_guest_run")):
+            original = getattr(module, name, None)
+            if original is not None and not getattr(original, "_loopguard", False):
+                setattr(module, name, _wrap(host, original, guest=name == "start_guest_run"))
+        return True
+
+    def running(self) -> Optional[tuple[Hashable, Any]]:
+        """The trio run of the current thread, unless an asyncio loop (of any kind) runs the
+        thread's code: that loop is then the one to attach to, if any (a guest run's host)."""
+        if asyncio._get_running_loop() is not None:
+            return None
+        key = _current_run()
+        if key is None:
+            return None
+        return ("trio", key), None
+
+    def is_watched(self, loop: Any) -> bool:
+        """True when the trio run of the current thread was registered when it started."""
+        return getattr(_watched, "runs", 0) > 0
+
+    def attach(self, loop: Any, ended: Callable[[], None]) -> tuple[Slot, Callable[[], None]]:
+        """Register the trio run of the current thread from inside one of its tasks, with an
+        instrument that reports its waits and calls ``ended`` when the run ends."""
+        return _attach(ended)
 
 
-def _wrap(rt: Any, original: Any, *, guest: bool) -> Any:
+adapter = TrioAdapter()
+
+
+def _wrap(host: Host, original: Any, *, guest: bool) -> Any:
     @functools.wraps(original)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not rt._needs or not _native.is_running():
+        if not host.active or not _native.is_running():
             return original(*args, **kwargs)
         assert _instrument_class is not None
         instrument = _instrument_class(guest)
@@ -73,7 +111,7 @@ def _wrap(rt: Any, original: Any, *, guest: bool) -> Any:
 _watched = threading.local()
 
 
-def current_run() -> Optional[object]:
+def _current_run() -> Optional[object]:
     """The trio run of the current thread (a key for it), or None outside one."""
     trio = sys.modules.get("trio")
     lowlevel = getattr(trio, "lowlevel", None)
@@ -85,15 +123,9 @@ def current_run() -> Optional[object]:
         return None
 
 
-def is_watched() -> bool:
-    """True when the trio run of the current thread was registered when it started."""
-    return getattr(_watched, "runs", 0) > 0
-
-
-def attach(ended: Any) -> tuple[Any, Any]:
-    """Register the trio run of the current thread from inside one of its tasks, with an
-    instrument that reports its waits and calls ``ended`` when the run ends: ``(slot,
-    remove)``. Raises ``RuntimeError`` when the watchdog cannot take it."""
+def _attach(ended: Callable[[], None]) -> tuple[Slot, Callable[[], None]]:
+    """See :meth:`TrioAdapter.attach`: ``(slot, remove)``. Raises ``RuntimeError`` when the
+    watchdog cannot take the run."""
     trio = sys.modules["trio"]
     slot = _native.register("trio", threading.current_thread().name, threading.get_ident(), None)
 

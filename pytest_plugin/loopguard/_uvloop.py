@@ -12,58 +12,105 @@ detected up to one beat interval late and its reported duration is short by up t
 granularity. ``uvloop.Loop.run_until_complete`` calls ``self.run_forever()`` by attribute, so
 ``uvloop.run()``, ``uvloop.new_event_loop()``, the uvloop policy and
 ``asyncio.Runner(loop_factory=uvloop.new_event_loop)`` all go through it.
+
+A loop that started running before the runtime was wanted is attached from inside a callback
+(see :meth:`UvloopAdapter.attach`) and let go when ``loop.stop()`` is called, as asyncio's are.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
-from typing import Any
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any, Optional
 
 from . import _native
+from ._asyncio import both, on_stop
+
+if TYPE_CHECKING:
+    from ._adapter import Host
+    from ._native import Slot
+
+__all__ = ["UvloopAdapter", "adapter", "is_uvloop"]
 
 
-def install(rt: Any) -> bool:
-    """Patch ``uvloop.Loop.run_forever`` if uvloop is imported; True once patched."""
-    uvloop = sys.modules.get("uvloop")
-    cls = getattr(uvloop, "Loop", None)
-    if cls is None:
-        return False
-    if getattr(cls.run_forever, "_loopguard", False):
+class UvloopAdapter:
+    """The :class:`~loopguard._adapter.LoopAdapter` of uvloop's loops."""
+
+    kind = "uvloop"
+    module: Optional[str] = "uvloop"
+
+    def __init__(self) -> None:
+        self._watched: set[int] = set()
+        """``id()`` of the loops registered when they started running."""
+
+    def install(self, host: Host) -> bool:
+        """Patch ``uvloop.Loop.run_forever`` if uvloop is imported; True once patched."""
+        uvloop = sys.modules.get("uvloop")
+        cls = getattr(uvloop, "Loop", None)
+        if cls is None:
+            return False
+        if getattr(cls.run_forever, "_loopguard", False):
+            return True
+        original = cls.run_forever
+        watch = self._run_guarded
+
+        def run_forever(self):  # type: ignore[no-untyped-def]
+            if not host.active or self.is_running() or not _native.is_running():
+                return original(self)
+            return watch(host, self, original)
+
+        run_forever.__wrapped__ = original  # type: ignore[attr-defined]
+        run_forever.__doc__ = original.__doc__
+        run_forever.__qualname__ = f"{cls.__qualname__}.run_forever"
+        run_forever._loopguard = True  # type: ignore[attr-defined]
+        cls.run_forever = run_forever
         return True
-    original = cls.run_forever
 
-    def run_forever(self):  # type: ignore[no-untyped-def]
-        if not rt._needs or self.is_running() or not _native.is_running():
-            return original(self)
-        return _run_guarded(rt, self, original)
+    def _run_guarded(self, host: Host, loop: Any, original: Any) -> Any:
+        try:
+            slot = _native.register(
+                "uvloop", threading.current_thread().name, threading.get_ident(), loop
+            )
+        except RuntimeError:
+            return original(loop)
+        stop = _beat(loop, slot)
+        probe = host.start_lag_probe(loop, "uvloop")
+        self._watched.add(id(loop))
+        try:
+            return original(loop)
+        finally:
+            self._watched.discard(id(loop))
+            if probe is not None:
+                probe.stop()
+            stop()
+            slot.unregister()
 
-    run_forever.__wrapped__ = original  # type: ignore[attr-defined]
-    run_forever.__doc__ = original.__doc__
-    run_forever.__qualname__ = f"{cls.__qualname__}.run_forever"
-    run_forever._loopguard = True  # type: ignore[attr-defined]
-    cls.run_forever = run_forever
-    return True
+    def running(self) -> Optional[tuple[Hashable, Any]]:
+        loop = asyncio._get_running_loop()
+        if loop is not None and is_uvloop(loop):
+            return ("loop", id(loop)), loop
+        return None
 
+    def is_watched(self, loop: Any) -> bool:
+        return id(loop) in self._watched
 
-def _run_guarded(rt: Any, loop: Any, original: Any) -> Any:
-    try:
+    def attach(self, loop: Any, ended: Callable[[], None]) -> tuple[Slot, Callable[[], None]]:
+        """Register ``loop``, running the current callback, and start its beat."""
         slot = _native.register(
             "uvloop", threading.current_thread().name, threading.get_ident(), loop
         )
-    except RuntimeError:
-        return original(loop)
-    stop = _beat(loop, slot)
-    probe = rt.start_lag_probe(loop, "uvloop")
-    rt._watched.add(id(loop))
-    try:
-        return original(loop)
-    finally:
-        rt._watched.discard(id(loop))
-        if probe is not None:
-            probe.stop()
-        stop()
-        slot.unregister()
+        try:
+            stop = _beat(loop, slot)
+            unhook = on_stop(loop, ended)
+        except BaseException:
+            slot.unregister()
+            raise
+        return slot, both(unhook, stop)
+
+
+adapter = UvloopAdapter()
 
 
 def _beat(loop: Any, slot: Any) -> Any:
@@ -87,10 +134,3 @@ def _beat(loop: Any, slot: Any) -> Any:
 def is_uvloop(loop: Any) -> bool:
     cls = getattr(sys.modules.get("uvloop"), "Loop", None)
     return cls is not None and isinstance(loop, cls)
-
-
-def attach(loop: Any) -> tuple[Any, Any]:
-    """Register ``loop``, running the current callback, and start its beat: ``(slot, stop)``.
-    Raises ``RuntimeError`` when the watchdog cannot take it."""
-    slot = _native.register("uvloop", threading.current_thread().name, threading.get_ident(), loop)
-    return slot, _beat(loop, slot)

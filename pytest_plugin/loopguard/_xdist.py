@@ -35,7 +35,7 @@ import pytest
 
 if TYPE_CHECKING:
     from ._judge import Verdict
-    from ._settings import State, TestState
+    from ._state import State, TestState
 
 __all__ = ["ATTR", "XdistPlugin"]
 

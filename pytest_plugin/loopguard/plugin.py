@@ -2,13 +2,10 @@
 ``pytest_plugins``).
 
 This module is the hooks and the ``loopguard`` fixture, nothing else: settings are resolved in
-:mod:`loopguard._settings`, what a block means is decided in :mod:`loopguard._judge`, a failing
-test's report is written by :mod:`loopguard._failure`, and what the session is told, by
-:mod:`loopguard._report`.
-
-PYTEST_DONT_REWRITE: imported by loopguard's own finder, not pytest's assertion rewriter (see
-the package's docstring); pytest warns about a module it was asked to rewrite after it was
-imported unless its docstring says this.
+:mod:`loopguard._settings` and kept in :mod:`loopguard._state`, what a block means (and whether a
+phase fails for an ``expect_block()`` or ``max_lag``) is decided in :mod:`loopguard._judge`,
+whose decisions the hooks only apply, a failing test's report is written by
+:mod:`loopguard._failure`, and what the session is told, by :mod:`loopguard._report`.
 """
 
 from __future__ import annotations
@@ -19,27 +16,24 @@ import sys
 import warnings
 from collections.abc import Generator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional
 
 import pytest
 
 from . import _interpreter, _native
 from ._decode import make_context
 from ._errors import LoopBlockedWarning, SettingError
-from ._parse import format_duration
 from ._phases import PhaseTimes
 from ._runtime import runtime
 from ._settings import (
     MARKER,
-    State,
     TestSettings,
-    TestState,
     add_options,
     header_lines,
     marker_settings,
     resolve,
-    settings_of,
 )
+from ._state import State, TestState
 from ._xdist import XdistPlugin, is_worker
 
 if TYPE_CHECKING:
@@ -133,7 +127,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
         return [_inactive.header()]
     return header_lines(
-        state,
+        state.settings,
+        baseline=state.judge.baseline,
+        reader_off=state.reader_off,
         root=config.rootpath,
         sampler=runtime.sampler,
         cpu_wait_known=runtime.cpu_wait_known,
@@ -148,7 +144,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     for item in items:
         try:
-            ts = marker_settings(item, state)
+            ts = marker_settings(item, state.default)
         except SettingError as e:
             raise pytest.UsageError(f"loopguard: {e}") from None
         if ts is not state.default:
@@ -167,7 +163,7 @@ def _test_state(item: pytest.Item, *, new: bool = False) -> Optional[tuple[State
         if ts is not None:
             _forget_samples(ts)
         try:
-            ts = state.current = TestState(item, settings_of(state, item))
+            ts = state.current = TestState(item, state.settings_of(item))
         except SettingError as e:
             raise pytest.UsageError(f"loopguard: {e}") from None
     return state, ts
@@ -204,7 +200,9 @@ def _enter_phase(item: pytest.Item, phase: str) -> Optional[tuple[State, TestSta
 def _leave_phase(
     item: pytest.Item, phase: str, *, warn: bool, found: Optional[tuple[State, TestState]]
 ) -> None:
-    """Judge the blocks that began in this phase; in warn mode, emit their warnings."""
+    """Judge the blocks that began in this phase (``warn``: the phase ran to its end, so its
+    warnings are emitted and an ``expect_block()`` or ``max_lag`` may fail it), and apply the
+    judge's ruling."""
     if found is None:
         return
     state, ts = found
@@ -220,72 +218,48 @@ def _leave_phase(
     _record_strays(state, current=item.nodeid)
     if not ts.enabled:
         return
-    emit = functools.partial(_warn, item) if warn else None
-    verdicts = []
-    for ev in events:
-        if ev.duration < ts.floor(state.settings):
-            continue  # too short to keep
-        expected = [e for _, e in ts.expects if e.covers(ev)]
-        v = state.judge.judge(
-            ev,
-            test=item.nodeid,
-            phase=phase,
-            threshold=ts.threshold,
-            mode=ts.mode,
-            allow=ts.allow,
-            expected=bool(expected),
-            warn=emit,
-        )
-        for e in expected:
-            e.events.append(v.event)
-        verdicts.append(v)
-    ts.verdicts[phase] = verdicts
-    state.verdicts.extend(verdicts)
-    if warn:
-        for opened_in, expect in ts.expects:
-            message = expect.failure() if opened_in == phase else None
-            if message:
-                pytest.fail(message, pytrace=False)
-        if ts.max_lag is not None:
-            lag = _lag(ts.phase_start_ns)
-            if lag.max > ts.max_lag:
-                pytest.fail(
-                    f"loopguard: event loop lag {format_duration(lag.max)} exceeded max_lag "
-                    f"{format_duration(ts.max_lag)} (from @pytest.mark.loopguard on "
-                    f"{item.nodeid}); lag {lag}",
-                    pytrace=False,
-                )
+    ruling = state.judge.judge_phase(
+        events,
+        test=item.nodeid,
+        phase=phase,
+        threshold=ts.threshold,
+        mode=ts.mode,
+        allow=ts.allow,
+        floor=ts.floor(state.settings),
+        expects=ts.expects,
+        now_ns=_native.now_ns(),
+        max_lag=ts.max_lag,
+        lag=lambda: _lag(ts.phase_start_ns),
+        warn=functools.partial(_warn, item),
+        finished=warn,
+    )
+    ts.verdicts[phase] = ruling.verdicts
+    state.verdicts.extend(ruling.verdicts)
+    for expect, ev in ruling.expected:
+        expect.events.append(ev)
+    if ruling.failures:
+        pytest.fail(ruling.failures[0], pytrace=False)
 
 
 def _record_strays(state: State, current: Optional[str]) -> None:
     """Record the blocks that no report can carry any more: those of a test that has finished
     (a loop in another thread was still blocked when its last phase was reported) and those
-    that began outside any test (during collection, between tests). They are judged as usual
-    (outside any test: under the session's settings) and kept for the summary and the JSON
-    report."""
+    that began outside any test (during collection, between tests), as the judge decides
+    (:meth:`Judge.judge_stray`), for the summary and the JSON report."""
     if not runtime.has_events:
         return
     for ev in runtime.take_events(lambda e: e.test != current):
-        ts: Union[TestSettings, TestState] = (
-            state.marked.get(ev.test, state.default) if ev.test is not None else state.default
+        ts = state.settings_of_test(ev.test)
+        v = state.judge.judge_stray(
+            ev,
+            threshold=ts.threshold,
+            mode=ts.mode,
+            allow=ts.allow,
+            enabled=ts.enabled,
+            floor=ts.floor(state.settings),
         )
-        if not ts.enabled or ev.duration < ts.floor(state.settings):
-            continue
-        if ev.test is None:
-            test, phase, orphan = "", "outside", "began outside any test"
-        else:
-            test, phase, orphan = ev.test, ev.phase or "call", "ended after its test had finished"
-        state.verdicts.append(
-            state.judge.judge(
-                ev,
-                test=test,
-                phase=phase,
-                threshold=ts.threshold,
-                mode=ts.mode,
-                allow=ts.allow,
-                orphan=orphan,
-            )
-        )
+        if v is not None:
+            state.verdicts.append(v)
 
 
 def _lag(since_ns: int) -> LagStats:
@@ -521,11 +495,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     tr = terminalreporter
     if state.verdicts or state.fixed:
         failed = any(v.outcome == "failed" for v in state.verdicts)
-        from ._report import hotspot_lines
-
         tr.section(
             "loopguard: blocking hotspots", sep="=", red=failed, yellow=not failed, bold=True
         )
+        from ._report import hotspot_lines
+
         label = functools.partial(_cwd_relative, config)
         for text, markup in hotspot_lines(
             state.verdicts, state.fixed, config.option.verbose, label

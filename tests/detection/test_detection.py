@@ -130,6 +130,7 @@ async def test_sleepy():
     )
     result.assert_outcomes(failed=1)
     assert "loopguard/_runtime.py" not in result.stdout.str()
+    assert "loopguard/_asyncio.py" not in result.stdout.str()
     assert "loopguard/plugin.py" not in result.stdout.str()
 
 

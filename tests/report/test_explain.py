@@ -109,7 +109,6 @@ def test_guard_excludes_garbage_collection_unless_asked():
     import gc
 
     import loopguard
-
     from garbage import make_garbage
 
     async def main():
@@ -357,6 +356,7 @@ def test_an_unreadable_sample_tells_nothing():
 def test_a_finalizer_s_block_is_named_and_not_excused():
     from loopguard import Frame
     from loopguard._explain import _gc_log, explain
+    from loopguard._judge import excuse
 
     ev = block(300, sample(25, 14, at=(OUTER, TRIGGER, FINALIZER)))
     ev.site = Frame(*FINALIZER)
@@ -372,7 +372,7 @@ def test_a_finalizer_s_block_is_named_and_not_excused():
         "garbage collector, in a collection started at /proj/app/jobs.py:30 in run: make them "
         "quick, or release what they hold explicitly"
     )
-    assert ev.excused(0.1) is None
+    assert excuse(ev, 0.1) is None
     # A finalizer in a library: the site is the project's line where the collection began.
     ev = block(300, sample(25, 14, at=(OUTER, TRIGGER, FINALIZER)))
     ev.site = Frame(*TRIGGER)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from loopguard import BlockEvent, Frame
 from loopguard._events import Callback
-from loopguard._judge import Judge
+from loopguard._judge import Judge, excuse
 from loopguard._reportfile import verdicts
 
 SHORT = Frame("/proj/app/handlers.py", 12, "handle")
@@ -40,50 +40,52 @@ def callbacks(*bounds):
     ]
 
 
-def test_a_block_without_an_excuse_is_not_excused():
-    assert event().excused(0.1) is None
-    assert event().crosses(0.1)
-    assert not event(0.05).crosses(0.1)
+def test_a_block_without_an_excuse_is_not_excused(tmp_path: Path):
+    assert excuse(event(), 0.1) is None
+    judged = Judge(tmp_path).judge(event(), test="t", phase="call", threshold=0.1, mode="fail")
+    assert judged.outcome == "failed"
+    short = Judge(tmp_path).judge(event(0.05), test="t", phase="call", threshold=0.1, mode="fail")
+    assert short.outcome == "recorded"
 
 
 def test_waiting_for_a_cpu_excuses_only_a_block_under_the_threshold_without_it():
-    cause, reason = event(0.14, cpu_wait=0.064).excused(0.1)
+    cause, reason = excuse(event(0.14, cpu_wait=0.064), 0.1)
     assert cause == "cpu-wait"
     assert reason == (
         "under the threshold without 64 ms of waiting for a CPU (the machine was overloaded; "
         "--loopguard-cpu-wait=include counts it)"
     )
-    assert event(0.2, cpu_wait=0.064).excused(0.1) is None
-    assert event(0.14, cpu_wait=0.064).excused(0.1, cpu_wait="include") is None
+    assert excuse(event(0.2, cpu_wait=0.064), 0.1) is None
+    assert excuse(event(0.14, cpu_wait=0.064), 0.1, cpu_wait="include") is None
     # Unknown (no schedstat): judged as before.
-    assert event(0.14, cpu_wait=None).excused(0.1) is None
+    assert excuse(event(0.14, cpu_wait=None), 0.1) is None
 
 
 def test_a_starvation_is_excused_by_its_gil_holders_wait_for_a_cpu():
     # 229 ms starved, 150 ms of it the holder waiting for a CPU while holding the GIL.
     starved = event(0.229, cpu_wait=0.0, holder_cpu_wait=0.15, starved=True)
-    cause, reason = starved.excused(0.1)
+    cause, reason = excuse(starved, 0.1)
     assert cause == "cpu-wait"
     assert reason == (
         "under the threshold without the 150 ms the GIL holder waited for a CPU while holding "
         "the GIL (the machine was overloaded; --loopguard-cpu-wait=include counts it)"
     )
-    assert starved.excused(0.1, cpu_wait="include") is None
+    assert excuse(starved, 0.1, cpu_wait="include") is None
     # The loop thread's wait once the GIL was free covers other moments: the two add up.
     both = event(0.229, cpu_wait=0.04, holder_cpu_wait=0.1, starved=True)
     assert both.machine_wait() == (0.14, 0.1)
-    cause, reason = both.excused(0.1)
+    cause, reason = excuse(both, 0.1)
     assert cause == "cpu-wait"
     assert (
         "the 100 ms the GIL holder waited for a CPU while holding the GIL and the 40 ms the "
         "loop thread waited for one once the GIL was free"
     ) in reason
     # Without the wait the starvation still reaches the threshold: not excused.
-    assert event(0.4, cpu_wait=0.0, holder_cpu_wait=0.15, starved=True).excused(0.1) is None
+    assert excuse(event(0.4, cpu_wait=0.0, holder_cpu_wait=0.15, starved=True), 0.1) is None
     # Not known (no schedstat, or no holder seen): judged by its whole length.
-    assert event(0.229, starved=True).excused(0.1) is None
+    assert excuse(event(0.229, starved=True), 0.1) is None
     # A holder's wait means nothing for a block that is not starvation.
-    assert event(0.229, holder_cpu_wait=0.15).excused(0.1) is None
+    assert excuse(event(0.229, holder_cpu_wait=0.15), 0.1) is None
 
 
 def test_the_judge_explains_a_starvation_excused_by_its_holder(tmp_path: Path):
@@ -105,13 +107,13 @@ def test_the_judge_explains_a_starvation_excused_by_its_holder(tmp_path: Path):
 
 def test_each_excuse_is_judged_on_its_own():
     # 60 ms of collection and 60 ms of waiting: neither alone brings 200 ms under 100 ms.
-    assert event(0.2, gc_time=0.06, cpu_wait=0.06).excused(0.1) is None
-    assert event(0.2, gc_time=0.15, cpu_wait=0.15).excused(0.1)[0] == "gc"
+    assert excuse(event(0.2, gc_time=0.06, cpu_wait=0.06), 0.1) is None
+    assert excuse(event(0.2, gc_time=0.15, cpu_wait=0.15), 0.1)[0] == "gc"
 
 
 def test_many_callbacks_none_reaching_the_threshold_are_excused():
     ev = event(callbacks=callbacks((0, 40), (5, 45), (0, 38)))
-    cause, reason = ev.excused(0.1)
+    cause, reason = excuse(ev, 0.1)
     assert cause == "callbacks"
     assert reason == (
         "3 callbacks in one loop iteration, the longest at most 45 ms at "
@@ -121,17 +123,17 @@ def test_many_callbacks_none_reaching_the_threshold_are_excused():
 
 def test_callbacks_that_may_have_reached_the_threshold_are_not_excused():
     # The samples around the second leave room for 100 ms: it may have blocked that long.
-    assert event(callbacks=callbacks((0, 40), (0, 100), (0, 38))).excused(0.1) is None
+    assert excuse(event(callbacks=callbacks((0, 40), (0, 100), (0, 38))), 0.1) is None
     # One callback seen: nothing to tell apart.
-    assert event(callbacks=callbacks((0, 40))).excused(0.1) is None
+    assert excuse(event(callbacks=callbacks((0, 40))), 0.1) is None
     # Starvation is another thread's doing, not the loop's callbacks.
-    assert event(callbacks=callbacks((0, 40), (0, 40)), starved=True).excused(0.1) is None
+    assert excuse(event(callbacks=callbacks((0, 40), (0, 40)), starved=True), 0.1) is None
 
 
 def test_a_block_cut_short_by_raise_mode_is_excused_only_by_garbage_collection(tmp_path: Path):
     busy = event(0.14, cpu_wait=0.064, callbacks=callbacks((0, 40), (0, 40)))
-    assert busy.excused(0.1, interrupted=True) is None
-    assert event(0.14, gc_time=0.05).excused(0.1, interrupted=True)[0] == "gc"
+    assert excuse(busy, 0.1, interrupted=True) is None
+    assert excuse(event(0.14, gc_time=0.05), 0.1, interrupted=True)[0] == "gc"
     v = Judge(tmp_path).judge(busy, test="t", phase="call", threshold=0.1, mode="raise")
     assert v.outcome == "failed"
 

@@ -4,10 +4,13 @@ that the JSON report, xdist and ``python -m loopguard`` share (in-process, no wa
 import dataclasses
 import json
 import os
+import re
+from pathlib import Path
 
 import pytest
 from loopguard import BlockEvent, Frame, Sample
 from loopguard._events import Callback, FormatError, NativeFrame
+from loopguard._failure import format_event
 from loopguard._judge import Verdict
 
 ROOT_FILES = ("app/handlers.py", "tests/test_upload.py")
@@ -62,6 +65,7 @@ def full_event(root):
         syscall="recvfrom", syscall_object="TCP 127.0.0.1:51234 → 127.0.0.1:8080",
         cpu_wait=0.012345678, holder_cpu_wait=0.0456789, callbacks=callbacks,
         native_stack=native, native_note="in a system call",
+        request={"request": "POST /upload", "vars": {"request_id": "r-1"}},
     )  # fmt: skip
 
 
@@ -190,3 +194,29 @@ def test_what_is_wrong_is_named(root, change, message):
     with pytest.raises(FormatError) as exc:
         Verdict.from_json(data, root)
     assert message in str(exc.value)
+
+
+def test_the_request_a_block_served_travels_with_it_and_is_shown(root):
+    ev = full_event(root)
+    data = json.loads(json.dumps(ev.to_json(root)))
+    assert data["context"] == {"request": "POST /upload", "vars": {"request_id": "r-1"}}
+    assert "context" not in dataclasses.replace(ev, request=None).to_json(root)
+    # The report read back (summary, html) shows it as the live report did.
+    back = BlockEvent.from_json(data, root)
+    assert format_event(back) == format_event(ev)
+    assert format_event(back)[-1] == "  request POST /upload (request_id='r-1')"
+
+
+def test_docs_events_md_names_every_key_of_the_json(root):
+    ev = full_event(root)
+    v = Verdict(
+        event=ev, test=ev.test, phase="call", threshold=0.1, severity="MEDIUM",
+        outcome="failed", reason=None, mode="fail", key=None, start_ms=1.0,
+    )  # fmt: skip
+    data = v.to_json(root, samples=True, clock=1)
+    keys = set(data) | set(data["samples"][0]) | set(data["callbacks"][0])
+    keys |= set(data["gil_holder"]) | set(data["native_stack"][0]) | set(data["site"])
+    keys |= {"trace_id", "span_id"} | set(data["context"])  # as _asgi.context_of() writes it
+    docs = Path(__file__).resolve().parents[2] / "docs" / "events.md"
+    quoted = " ".join(re.findall(r"`([^`]+)`", docs.read_text(encoding="utf-8")))
+    assert sorted(k for k in keys if not re.search(rf"\b{k}\b", quoted)) == []

@@ -1,0 +1,108 @@
+"""The plugin's state: the session's (:class:`State`, kept in ``config.stash``) and the running
+test's (:class:`TestState`). What is in them is resolved by :mod:`loopguard._settings` and
+judged by :mod:`loopguard._judge`; the hooks of :mod:`loopguard.plugin` keep them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Optional
+
+from ._judge import Judge, Verdict
+from ._settings import Settings, TestSettings, marker_settings
+
+if TYPE_CHECKING:
+    import pytest
+
+    from ._fixture import ExpectBlock
+
+__all__ = ["State", "TestState"]
+
+
+class TestState:
+    """The test that is running (or has just run): its settings, phase and verdicts. Only the
+    current test has one, so a collected test costs no memory until it runs."""
+
+    __test__ = False  # not a test class, whoever imports it
+
+    __slots__ = (
+        "allow",
+        "enabled",
+        "expects",
+        "item",
+        "max_lag",
+        "mode",
+        "native",
+        "phase",
+        "phase_start_ns",
+        "test_start_ns",
+        "threshold",
+        "verdicts",
+    )
+
+    def __init__(self, item: pytest.Item, settings: TestSettings) -> None:
+        self.item = item
+        self.threshold = settings.threshold
+        self.enabled = settings.enabled
+        self.mode = settings.mode
+        self.allow = settings.allow
+        self.max_lag = settings.max_lag
+        self.native = settings.native
+        self.verdicts: dict[str, list[Verdict]] = {}
+        self.phase = "setup"
+        self.phase_start_ns = 0
+        self.test_start_ns = 0
+        self.expects: list[tuple[str, ExpectBlock]] = []
+        """``expect_block()`` contexts of the test, with the phase that opened them."""
+
+    def floor(self, settings: Settings) -> float:
+        """The shortest block worth keeping for this test."""
+        floor = settings.floor(self.threshold)
+        if not self.expects:
+            return floor
+        return min([floor, *(e.threshold for _, e in self.expects)])
+
+
+@dataclass
+class State:
+    """The plugin's state for one session (kept in ``config.stash``)."""
+
+    settings: Settings
+    token: int
+    judge: Judge
+    default: TestSettings
+    """The settings of a test without a loopguard marker."""
+    marked: dict[str, TestSettings] = field(default_factory=dict)
+    """The settings of the tests that have a loopguard marker, by node id."""
+    collected: set[int] = field(default_factory=set)
+    """``id()`` of the items whose markers were read at collection (ints: nothing for the
+    garbage collector to visit)."""
+    current: Optional[TestState] = None
+    verdicts: list[Verdict] = field(default_factory=list)
+    """Every judged block of the session (under xdist, the controller's include the workers')."""
+    fixed: list[tuple[str, str]] = field(default_factory=list)
+    """Baseline call sites that did not block in this run."""
+    written: list[str] = field(default_factory=list)
+    """What was written at the end of the session (the JSON report, the baseline)."""
+    reader_off: Optional[str] = None
+    """Why stacks are read by taking the GIL although the user did not ask for it."""
+    guarded: int = 0
+    """How many tests ran their call phase with loopguard enabled (under xdist, the
+    controller's counts the workers')."""
+
+    def settings_of(self, item: pytest.Item) -> TestSettings:
+        """The settings of ``item``: those read at collection (nothing is kept for a test
+        without markers: whatever is kept per test, even in its stash, is one more object for
+        every garbage collection to visit), or read now for an item added later."""
+        ts = self.marked.get(item.nodeid)
+        if ts is None:
+            if id(item) in self.collected:
+                return self.default
+            ts = marker_settings(item, self.default)
+            if ts is not self.default:
+                self.marked[item.nodeid] = ts
+        return ts
+
+    def settings_of_test(self, nodeid: Optional[str]) -> TestSettings:
+        """The settings of the test ``nodeid`` once it has finished (``None``: outside any
+        test, the session's)."""
+        return self.default if nodeid is None else self.marked.get(nodeid, self.default)
