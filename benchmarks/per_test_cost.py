@@ -30,13 +30,24 @@ sides run the same hooks but loopguard's. Bytecode caching is on (``PYTHONDONTWR
 is removed from the children's environment), as on a developer's machine: without it, pytest
 compiles every plugin module it rewrites for assertions, loopguard's included, at every run.
 
+``--callgrind`` takes several sizes (``--tests 500,2000``): the instructions per test between
+one size and the next then show whether the cost per test grows with the suite.
+
+``--startup`` measures what loading the plugin costs a one-test run: instructions (callgrind)
+with and without ``-p loopguard``, with bytecode caching on and off (``PYTHONDONTWRITEBYTECODE``,
+common in CI images: pytest's own cache of rewritten modules is not written then), and the
+``-X importtime`` entries of the modules only the plugin's side imports, largest first (median
+self time over the runs; a loaded machine moves these, not the instructions).
+
     python benchmarks/per_test_cost.py [--tests 2000] [--rounds 5] [--load 3] [--kinds sync,async]
-    python benchmarks/per_test_cost.py --callgrind [--tests 200]
+    python benchmarks/per_test_cost.py --callgrind [--tests 200,2000]
+    python benchmarks/per_test_cost.py --startup [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -172,45 +183,120 @@ def _instructions(suite: Path, root: Path, plugin: bool) -> int:
     return instructions(_pytest(plugin), cwd=str(suite), env=env)
 
 
-def _callgrind(n: int, kinds: list[str]) -> None:
-    print(f"python {sys.version.split()[0]}, instructions counted by callgrind, {n} tests")
+def _callgrind(sizes: list[int], kinds: list[str]) -> None:
+    print(f"python {sys.version.split()[0]}, instructions counted by callgrind, tests {sizes}")
     with tempfile.TemporaryDirectory(prefix="loopguard-per-test-") as tmp:
         root = Path(tmp)
-        many = _write_suites(root / "many", n)
-        one = _write_suites(root / "one", 1)
+        suites = {n: _write_suites(root / f"n{n}", n) for n in sorted({1, *sizes})}
         for kind in kinds:
-            for suites in (many, one):  # compile and cache the bytecode first
-                _run(suites[kind], suites[kind].parent, False)
-                _run(suites[kind], suites[kind].parent, True)
-            counts = {
-                (size, plugin): _instructions(suites[kind], suites[kind].parent, plugin)
-                for size, suites in (("many", many), ("one", one))
-                for plugin in (False, True)
-            }
-            off = (counts["many", False] - counts["one", False]) / (n - 1)
-            on = (counts["many", True] - counts["one", True]) / (n - 1)
-            fixed = counts["one", True] - counts["one", False]
+            counts = {}
+            for n, by_kind in suites.items():
+                suite = by_kind[kind]
+                for plugin in (False, True):
+                    _run(suite, suite.parent, plugin)  # compile and cache the bytecode first
+                    counts[n, plugin] = _instructions(suite, suite.parent, plugin)
+            fixed = counts[1, True] - counts[1, False]
+            print(f"{kind:<6} fixed {fixed / 1e6:+.1f} M", flush=True)
+            sizes_seen = sorted(suites)
+            for lo, hi in itertools.pairwise(sizes_seen):
+                off = (counts[hi, False] - counts[lo, False]) / (hi - lo)
+                on = (counts[hi, True] - counts[lo, True]) / (hi - lo)
+                print(
+                    f"{kind:<6} tests {lo:>5} -> {hi:<5} per test {off:10.0f} -> {on:10.0f} "
+                    f"instructions ({on / off:.3f}x, {on - off:+.0f})",
+                    flush=True,
+                )
+
+
+def _importtime(suite: Path, root: Path, plugin: bool) -> dict[str, int]:
+    """Self time in microseconds of each module imported by one run (``-X importtime``)."""
+    cmd = [sys.executable, "-X", "importtime", *_pytest(plugin)[1:]]
+    r = subprocess.run(cmd, cwd=suite, env=_env(root), capture_output=True, text=True)
+    out = {}
+    for line in r.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            fields = line[len("import time:") :].split("|")
+            if fields[0].strip().isdigit():
+                out[fields[2].strip()] = int(fields[0])
+    return out
+
+
+def _installed_copy(root: Path) -> str:
+    """A copy of the loopguard package with Python's bytecode and none of pytest's."""
+    import compileall
+    import shutil
+
+    import loopguard
+
+    dest = root / "installed"
+    src = Path(loopguard.__file__).resolve().parent
+    shutil.copytree(src, dest / "loopguard", ignore=shutil.ignore_patterns("__pycache__"))
+    compileall.compile_dir(dest, quiet=1)
+    return str(dest)
+
+
+def _startup(rounds: int) -> None:
+    print(f"python {sys.version.split()[0]}, a one-test run, with and without -p loopguard")
+    with tempfile.TemporaryDirectory(prefix="loopguard-startup-") as tmp:
+        root = Path(tmp)
+        suite = _write_suites(root, 1)["sync"]
+        for cache in (True, False):
+            env = dict(_env(root), LOOPGUARD_THRESHOLD="60s")
+            if not cache:
+                # An installed copy as pip leaves it (Python's bytecode compiled), where pytest's
+                # own cache of rewritten modules is never written.
+                env["PYTHONDONTWRITEBYTECODE"] = "1"
+                env["PYTHONPATH"] = os.pathsep.join((_installed_copy(root), env["PYTHONPATH"]))
+            for plugin in (False, True):
+                subprocess.run(_pytest(plugin), cwd=suite, env=env, capture_output=True)
+            off = instructions(_pytest(False), cwd=str(suite), env=env)
+            on = instructions(_pytest(True), cwd=str(suite), env=env)
+            label = "bytecode cached" if cache else "pytest's cache not written"
             print(
-                f"{kind:<6} per test {off:10.0f} -> {on:10.0f} instructions "
-                f"({on / off:.3f}x, {on - off:+.0f})   fixed {fixed / 1e6:+.1f} M",
+                f"{label:<26} {off / 1e6:8.1f} M -> {on / 1e6:8.1f} M instructions "
+                f"({(on - off) / 1e6:+.1f} M)",
                 flush=True,
             )
+        runs: dict[str, list[int]] = {}
+        plain: set[str] = set()
+        for _ in range(rounds):
+            plain |= set(_importtime(suite, root, False))
+            for name, us in _importtime(suite, root, True).items():
+                runs.setdefault(name, []).append(us)
+        mine = {n: statistics.median(v) for n, v in runs.items() if n not in plain}
+        total = sum(mine.values())
+        print(
+            f"-X importtime, modules only the plugin's side imports: {len(mine)}, "
+            f"{total / 1e3:.1f} ms self time (median of {rounds} runs)"
+        )
+        for name, us in sorted(mine.items(), key=lambda kv: -kv[1])[:15]:
+            print(f"  {us / 1e3:6.2f} ms  {name}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tests", type=int, default=2000, help="tests per suite (default 2000)")
+    ap.add_argument(
+        "--tests",
+        default="2000",
+        help="tests per suite (default 2000; --callgrind: sizes, comma-separated)",
+    )
     ap.add_argument("--rounds", type=int, default=5, help="runs per side (default 5)")
     ap.add_argument("--load", type=int, default=3, help="CPU-spinning processes (default 3)")
     ap.add_argument("--kinds", default="sync,async", help="suites to run (default sync,async)")
     ap.add_argument("--quiet-only", action="store_true", help="skip the loaded measurement")
     ap.add_argument("--json", metavar="PATH", help="also write the figures to this file")
     ap.add_argument("--callgrind", action="store_true", help="count instructions instead")
+    ap.add_argument("--startup", action="store_true", help="what loading the plugin costs")
     args = ap.parse_args()
     kinds = [k for k in args.kinds.split(",") if k]
-    if args.callgrind:
-        _callgrind(args.tests, kinds)
+    sizes = [int(n) for n in str(args.tests).split(",") if n]
+    if args.startup:
+        _startup(args.rounds)
         return
+    if args.callgrind:
+        _callgrind(sizes, kinds)
+        return
+    args.tests = sizes[0]
     print(
         f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {args.tests} tests per suite, "
         f"{args.rounds} runs per side, medians",

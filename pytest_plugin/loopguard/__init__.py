@@ -18,10 +18,15 @@ its native module and exports stand-ins that warn once and run their body (see
 PYTEST_DONT_REWRITE: pytest marks the packages of every distribution with a plugin entry point
 (loopguard's name check) for assertion rewriting at start-up, and warns about one that was
 imported before (a program that imports loopguard, then calls ``pytest.main()``). This module
-has no assertion to rewrite.
+has no assertion to rewrite; the package's other modules are imported past the rewriter
+(:class:`_OwnModules`), with Python's own bytecode cache.
+
+Importing the package loads only this module, the errors and the interpreter check: the rest
+of the public API is imported on first use, and the plugin imports the report, HTML, failure
+text and fixture modules only when a run needs them.
 """
 
-from importlib import metadata as _metadata
+import sys as _sys
 
 from . import _interpreter
 
@@ -34,35 +39,65 @@ from ._errors import (
     LoopguardInactiveWarning,
     OffloadError,
 )
-from ._events import BlockEvent, Frame, Sample
-from ._offload import ThreadActivity
 
-if _interpreter.INACTIVE is None:
-    from ._guard import guard
-    from ._offload import OffloadCheck, offload_check
-else:  # the same names, which warn once and run their body unwatched
-    from ._inactive import OffloadCheck, guard, offload_check
+
+class _OwnModules:
+    """Imports loopguard's submodules as Python itself would, ahead of pytest's assertion
+    rewriter (``-p loopguard`` marks the package for it): the rewriter compiles a module from
+    source again at every run wherever its own bytecode cache cannot be written (read-only
+    site-packages, PYTHONDONTWRITEBYTECODE), and loopguard's modules have no test assertions
+    for it to rewrite. Only pure-Python submodules: the native module is found as before."""
+
+    loopguard_own_modules = True
+
+    @staticmethod
+    def find_spec(name: str, path: object = None, target: object = None) -> object:
+        if path is None or not name.startswith("loopguard."):
+            return None
+        from importlib.machinery import PathFinder, SourceFileLoader
+
+        spec = PathFinder.find_spec(name, path)  # type: ignore[arg-type]
+        if spec is None or not isinstance(spec.loader, SourceFileLoader):
+            return None
+        return spec
+
+
+if not any(getattr(f, "loopguard_own_modules", False) for f in _sys.meta_path):
+    _sys.meta_path.insert(0, _OwnModules())  # type: ignore[arg-type]
 
 pytest_plugins = ["loopguard.plugin"]
 
-try:  # one place for the version: Cargo.toml (maturin writes it into the metadata)
-    __version__ = _metadata.version("pytest-loopguard")
-except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
-    __version__ = "0+unknown"
+__version__ = "0.1.0"
+"""The distribution's version: Cargo.toml's, which maturin writes into the metadata (a test
+holds the three equal). A constant, so that importing loopguard reads no metadata."""
 
-for _public in (
-    BlockEvent,
-    Frame,
-    Sample,
-    LoopBlockedError,
-    LoopBlockedWarning,
-    LoopguardInactiveWarning,
-    OffloadCheck,
-    OffloadError,
-    ThreadActivity,
-    guard,
-    offload_check,
-):
+# The rest of the public API is imported when first used (``loopguard.guard``, ``from loopguard
+# import BlockEvent``): ``import loopguard`` and ``-p loopguard`` load only what they need.
+_LAZY = {
+    "BlockEvent": "_events",
+    "Frame": "_events",
+    "Sample": "_events",
+    "ThreadActivity": "_offload",
+    "guard": "_guard" if _interpreter.INACTIVE is None else "_inactive",
+    "OffloadCheck": "_offload" if _interpreter.INACTIVE is None else "_inactive",
+    "offload_check": "_offload" if _interpreter.INACTIVE is None else "_inactive",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    if isinstance(value, type) or callable(value):
+        value.__module__ = __name__
+    globals()[name] = value
+    return value
+
+
+for _public in (LoopBlockedError, LoopBlockedWarning, LoopguardInactiveWarning, OffloadError):
     _public.__module__ = __name__
 del _public
 

@@ -13,22 +13,15 @@ import json
 import os
 import threading
 from collections import Counter
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from ._events import (
-    BlockEvent,
-    Callback,
-    Frame,
-    Sample,
-    blocking_native,
-    frame,
-    native_frames,
-    stack_of,
-)
-from ._explain import explain
 from ._files import is_user_file, is_wrapper
-from ._fixes import fix_for
-from ._repeats import unfold
+
+if TYPE_CHECKING:
+    from ._events import BlockEvent, Frame, Sample
+
+# The event model, the explanations and the fixes are imported by the first block decoded: a
+# run in which nothing blocks never loads them.
 
 __all__ = ["decode_events", "make_context", "remember_thread", "site_of", "thread_name"]
 
@@ -36,6 +29,9 @@ __all__ = ["decode_events", "make_context", "remember_thread", "site_of", "threa
 def _frames(raw: list[dict], repeats: Optional[list[dict]] = None) -> list[Frame]:
     """A stack of the watchdog's JSON; ``repeats``: the blocks of frames that stand for several
     copies of themselves (the watchdog stores a deep recursion's samples folded)."""
+    from ._events import frame, stack_of
+    from ._repeats import unfold
+
     frames = [frame(f["filename"], int(f["lineno"]), f["function"]) for f in raw]
     if repeats:
         frames = unfold(frames, [(r["at"], r["frames"], r["times"]) for r in repeats])
@@ -63,6 +59,11 @@ def thread_name(ident: int) -> str:
 def decode_events(text: str) -> list[BlockEvent]:
     """The events in the watchdog's JSON, analysed and explained; debugger pauses dropped."""
     events = [ev for ev in _decode(text) if not ev.in_debugger]
+    if not events:
+        return events
+    from ._explain import explain
+    from ._fixes import fix_for
+
     for ev in events:
         explain(ev)
         ev.fix = fix_for(ev)
@@ -70,8 +71,13 @@ def decode_events(text: str) -> list[BlockEvent]:
 
 
 def _decode(text: str) -> list[BlockEvent]:
+    raws = json.loads(text)
+    if not raws:
+        return []  # (without importing the event model)
+    from ._events import BlockEvent, Callback, Sample, native_frames
+
     out = []
-    for raw in json.loads(text):
+    for raw in raws:
         samples = []
         for s in raw["samples"]:
             holder = s.get("holder") or {}
@@ -309,6 +315,8 @@ def _native_sample(samples: list[Sample], site: Optional[Frame]) -> Optional[Sam
     """The sample at ``site`` whose native stack to show: of those that have one (samples taken
     before the block reached the threshold have none), the first that blocked in the native
     function seen most often; else the first with a note on why there is none."""
+    from ._events import blocking_native
+
     at_site = [x for x in samples if site_of(_culprit(x)) == site]
     counts: Counter[str] = Counter()
     for x in at_site:

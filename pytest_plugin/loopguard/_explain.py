@@ -19,11 +19,13 @@ import collections
 import gc
 import sys
 import threading
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from . import _native
-from ._events import BlockEvent, Frame, Sample, frame
 from ._files import display_path
+
+if TYPE_CHECKING:
+    from ._events import BlockEvent, Frame, Sample
 
 __all__ = ["Collection", "GcShare", "explain", "gc_share", "install_gc_log"]
 
@@ -49,6 +51,26 @@ _gc_start: list[int] = [0]
 _gc_installed = [False]
 
 
+def _frame(filename: str, lineno: int, function: str) -> Any:
+    """The trigger's :class:`~loopguard._events.Frame`; before the event model is imported (by
+    the first block), a ``(filename, lineno, function)`` tuple that :func:`_collections` turns
+    into one: a collection never imports it."""
+    make = getattr(sys.modules.get("loopguard._events"), "frame", None)
+    if make is None:
+        return (filename, lineno, function)
+    return make(filename, lineno, function)
+
+
+def _collections() -> list[Collection]:
+    """The log of long collections, every trigger a :class:`~loopguard._events.Frame`."""
+    from ._events import frame
+
+    return [
+        c._replace(trigger=frame(*c.trigger)) if isinstance(c.trigger, tuple) else c
+        for c in _gc_log
+    ]
+
+
 def _on_gc(phase: str, info: dict) -> None:
     # Runs at every collection: two clock reads. Only a long one (rare) pays for more.
     if phase == "start":
@@ -65,7 +87,7 @@ def _on_gc(phase: str, info: dict) -> None:
             else:
                 code = f.f_code
                 name = getattr(code, "co_qualname", code.co_name)  # as the stack reader names it
-                trigger = frame(code.co_filename, f.f_lineno or 0, name)
+                trigger = _frame(code.co_filename, f.f_lineno or 0, name)
             _gc_log.append(Collection(_gc_start[0], end, threading.get_ident(), trigger))
         _gc_start[0] = 0
 
@@ -254,7 +276,7 @@ def _coverage_active() -> bool:
 def explain(ev: BlockEvent) -> None:
     """Set ``ev.gc_time``, and ``ev.cause`` and ``ev.hint`` when a common cause explains the
     block."""
-    share = gc_share(ev, list(_gc_log))
+    share = gc_share(ev, _collections())
     in_gc, in_finalizers = share.collector, share.finalizers
     ev.gc_time = in_gc / 1e9
     imported = _imported(ev.stack) or _imported(ev.gil_holder_stack)

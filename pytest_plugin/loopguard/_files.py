@@ -7,7 +7,6 @@ import functools
 import os
 import site
 import sys
-import sysconfig
 from pathlib import Path
 from typing import Optional
 
@@ -30,7 +29,12 @@ _PKG_REAL = os.path.realpath(PKG_DIR) + os.sep
 """The same, symbolic links resolved (a package directory linked into site-packages)."""
 
 
+@functools.cache
 def _library_dirs() -> tuple[str, ...]:
+    """The standard library's and site-packages' directories, longest first (read at the first
+    question: the build configuration costs a few milliseconds to load)."""
+    import sysconfig
+
     dirs = set()
     paths = sysconfig.get_paths()
     for key in ("stdlib", "platstdlib", "purelib", "platlib"):
@@ -44,7 +48,6 @@ def _library_dirs() -> tuple[str, ...]:
     return tuple(sorted((d.rstrip(os.sep) + os.sep for d in dirs), key=len, reverse=True))
 
 
-_LIB_DIRS = _library_dirs()
 _user_cache: dict[str, bool] = {}
 
 
@@ -59,7 +62,7 @@ def is_user_file(filename: str) -> bool:
         real = os.path.realpath(filename)
         result = not (
             real.startswith((PKG_DIR, _PKG_REAL))
-            or any(real.startswith(d) for d in _LIB_DIRS)
+            or any(real.startswith(d) for d in _library_dirs())
             or f"{os.sep}site-packages{os.sep}" in real
             or f"{os.sep}dist-packages{os.sep}" in real
         )
@@ -80,7 +83,7 @@ def package_of(filename: str) -> str:
     for marker in (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}"):
         if marker in real:
             return _top_name(real.rsplit(marker, 1)[1])
-    for d in _LIB_DIRS:
+    for d in _library_dirs():
         if real.startswith(d):
             return _top_name(real[len(d) :])
     return os.path.basename(filename)
@@ -117,7 +120,7 @@ def library_path(filename: str) -> Optional[str]:
     for marker in (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}"):
         if rel is None and marker in real:
             rel = real.rsplit(marker, 1)[1]
-    for d in _LIB_DIRS:
+    for d in _library_dirs():
         if rel is None and real.startswith(d):
             rel = real[len(d) :]
     if rel is None:

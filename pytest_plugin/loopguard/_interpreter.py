@@ -10,11 +10,21 @@ that opts in to loopguard thus runs on every interpreter, with its own outcome.
 from __future__ import annotations
 
 import sys
-import sysconfig
 import warnings
 from typing import Optional
 
 from ._errors import LoopguardInactiveWarning
+
+
+def _gil_disabled_build() -> bool:
+    """True on a free-threaded build (``Py_GIL_DISABLED``). There is none before 3.13, where
+    the build configuration is read only if something loaded it already: loading it costs a
+    few milliseconds of every run's start-up."""
+    if sys.version_info < (3, 13) and "sysconfig" not in sys.modules:
+        return False
+    import sysconfig
+
+    return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
 
 def unsupported_reason(
@@ -31,7 +41,7 @@ def unsupported_reason(
     if implementation is None:
         implementation = sys.implementation.name
     if gil_disabled is None:
-        gil_disabled = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+        gil_disabled = _gil_disabled_build()
     if implementation != "cpython":
         return f"loopguard runs on CPython only, not on {implementation}"
     if gil_disabled:

@@ -40,12 +40,14 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from ._errors import SettingError
-from ._events import BlockEvent, FormatError, Frame
 from ._files import modules, relative_path
 from ._parse import AllowPattern, format_duration
+
+if TYPE_CHECKING:
+    from ._events import BlockEvent, Frame
 
 __all__ = [
     "BASELINE_VERSION",
@@ -286,6 +288,8 @@ class Verdict:
         loopguard); raises :class:`~loopguard._events.FormatError` naming what is wrong.
         ``root``: the report's file names are relative to it (``None``: keep them as they
         are)."""
+        from ._events import BlockEvent, FormatError
+
         ev = BlockEvent.from_json(d, root)
         phase = d.get("phase")
         if not isinstance(phase, str):

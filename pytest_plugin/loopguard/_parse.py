@@ -9,6 +9,7 @@ settings (:mod:`loopguard._settings`)."""
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
 import os
 import re
@@ -134,9 +135,17 @@ ALLOW_HELP = (
     "module:function, module, path/glob.py or path/glob.py:function "
     "(globs allowed, paths relative to the rootdir)"
 )
-_DOTTED_GLOB = re.compile(r"^[A-Za-z_*?\[\]][\w*?\[\].]*$")
-_FUNCTION_GLOB = re.compile(r"^[\w*?\[\]<>.]+$")
-_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+@functools.cache
+def _regex(pattern: str) -> re.Pattern[str]:
+    """Compiled at first use: a run without allow patterns compiles none of these."""
+    return re.compile(pattern)
+
+
+_DOTTED_GLOB = r"^[A-Za-z_*?\[\]][\w*?\[\].]*$"
+_FUNCTION_GLOB = r"^[\w*?\[\]<>.]+$"
+_DOTTED = r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$"
 
 
 @dataclass(frozen=True)
@@ -183,7 +192,7 @@ def parse_allow(text: object, *, source: str) -> AllowPattern:
     function = function.strip()
     if sep and not function:
         raise bad("nothing after ':'")
-    if function and not _FUNCTION_GLOB.match(function):
+    if function and not _regex(_FUNCTION_GLOB).match(function):
         raise bad(f"{function!r} is not a function name")
     if not where:
         raise bad("no module or path before ':'")
@@ -193,7 +202,7 @@ def parse_allow(text: object, *, source: str) -> AllowPattern:
         while path.startswith("./"):
             path = path[2:]
         return AllowPattern(text=text, source=source, path=path, function=fn)
-    if not _DOTTED_GLOB.match(where):
+    if not _regex(_DOTTED_GLOB).match(where):
         raise bad(f"{where!r} is neither a dotted module name nor a path to a .py file")
     return AllowPattern(text=text, source=source, module=where, function=fn)
 
@@ -215,7 +224,7 @@ def parse_scan(value: object, *, name: str, source: str) -> tuple[str, ...]:
     items = value if isinstance(value, (list, tuple)) else str(value).replace(",", " ").split()
     out = []
     for item in items:
-        if not isinstance(item, str) or not _DOTTED.match(item.strip()):
+        if not isinstance(item, str) or not _regex(_DOTTED).match(item.strip()):
             raise SettingError(
                 f"invalid value for {name}: {item!r} (from {source}); expected package names "
                 "separated by blanks, such as 'mypkg otherpkg'"

@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any, Optional
 from . import _asyncio, _chain, _native, _trio, _uvloop
 from ._decode import decode_events, remember_thread
 from ._errors import LoopBlockedError
-from ._events import BlockEvent
 from ._explain import install_gc_log
 from ._imports import PostImportFinder
 
 if TYPE_CHECKING:
     from ._adapter import LoopAdapter
+    from ._events import BlockEvent
 
 __all__ = ["LAG_PROBE_INTERVAL", "Runtime", "runtime"]
 

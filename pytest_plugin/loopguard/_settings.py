@@ -36,11 +36,19 @@ from ._parse import (
     parse_duration,
     parse_scan,
 )
-from ._report import check_writable
 from ._runtime import LAG_PROBE_INTERVAL
 
 if TYPE_CHECKING:
     import pytest
+
+
+def check_writable(path: Path, *, name: str, source: str) -> None:
+    """:func:`loopguard._report.check_writable`: the reports' module is imported only when a
+    report is asked for."""
+    from ._report import check_writable as check
+
+    check(path, name=name, source=source)
+
 
 __all__ = [
     "MARKER",

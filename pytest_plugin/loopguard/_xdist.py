@@ -27,15 +27,14 @@ only there: without xdist its hooks would only add to the cost of every test.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Optional
 
 import pytest
 
-from ._failure import FailureRepr
-from ._judge import Verdict
-
 if TYPE_CHECKING:
+    from ._judge import Verdict
     from ._state import State, TestState
 
 __all__ = ["ATTR", "XdistPlugin"]
@@ -102,7 +101,9 @@ class XdistPlugin:
     @pytest.hookimpl(wrapper=True)
     def pytest_report_to_serializable(self, config: pytest.Config, report: Any) -> Any:
         data = yield
-        if data is not None and isinstance(report.longrepr, FailureRepr):
+        # No FailureRepr exists before loopguard._failure is imported (by the first failure).
+        failure = sys.modules.get("loopguard._failure")
+        if data is not None and failure and isinstance(report.longrepr, failure.FailureRepr):
             data[_LONGREPR_KEY] = report.longrepr.stack  # how it prints stacks: short, full
         return data
 
@@ -142,6 +143,9 @@ class XdistPlugin:
     def pytest_report_from_serializable(self, config: pytest.Config, data: Any) -> Any:
         report = yield
         if report is not None and isinstance(data, dict) and data.get(_LONGREPR_KEY):
+            from ._failure import FailureRepr
+            from ._judge import Verdict
+
             failing = [
                 Verdict.from_json(d, self.config.rootpath).event
                 for d in getattr(report, ATTR, None) or []
@@ -160,6 +164,8 @@ class XdistPlugin:
             self._receive(mine.get("unshipped", []), _node_id(node))
 
     def _receive(self, shipped: list[dict[str, Any]], worker: str) -> None:
+        from ._judge import Verdict
+
         for d in shipped:
             v = Verdict.from_json(d, self.config.rootpath)
             v.event.samples = []  # the report that needed them is rebuilt on its own

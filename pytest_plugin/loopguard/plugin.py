@@ -16,30 +16,14 @@ import sys
 import warnings
 from collections.abc import Generator
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import pytest
 
-from . import _inactive, _interpreter, _native
+from . import _interpreter, _native
 from ._decode import make_context
 from ._errors import LoopBlockedWarning, SettingError
-from ._events import BlockEvent
-from ._failure import FailureRepr, format_events, summary
-from ._files import modules
-from ._fixture import ExpectBlock, LagStats, LoopguardFixture, lag_stats
-from ._html import attach_to_pytest_html
-from ._judge import Judge, Verdict
 from ._phases import PhaseTimes
-from ._report import (
-    annotations,
-    baseline_text,
-    closing_lines,
-    hotspot_lines,
-    new_run,
-    report_chunks,
-    report_data,
-    write_atomically,
-)
 from ._runtime import runtime
 from ._settings import (
     MARKER,
@@ -51,6 +35,14 @@ from ._settings import (
 )
 from ._state import State, TestState
 from ._xdist import XdistPlugin, is_worker
+
+if TYPE_CHECKING:
+    from ._events import BlockEvent
+    from ._fixture import ExpectBlock, LagStats, LoopguardFixture
+    from ._judge import Verdict
+
+# What a run needs only when something happened (a block, a report to write, xdist) is imported
+# then: the failure text, the reports, the HTML page, the fixture.
 
 __all__ = [
     "loopguard",
@@ -129,7 +121,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_report_header(config: pytest.Config) -> list[str]:
     state = config.stash.get(_state_key, None)
     if state is None:
-        return [_inactive.header()] if _inactive_key in config.stash else []
+        if _inactive_key not in config.stash:
+            return []
+        from . import _inactive
+
+        return [_inactive.header()]
     return header_lines(
         state.settings,
         baseline=state.judge.baseline,
@@ -267,6 +263,8 @@ def _record_strays(state: State, current: Optional[str]) -> None:
 
 
 def _lag(since_ns: int) -> LagStats:
+    from ._fixture import lag_stats
+
     return lag_stats([lag for when, lag in list(runtime.lag_log) if when >= since_ns])
 
 
@@ -275,6 +273,8 @@ def loopguard(request: pytest.FixtureRequest) -> LoopguardFixture:
     """The current test's blocks (``loopguard.events``) and ``loopguard.expect_block()``."""
     found = _test_state(request.node)  # type: ignore[arg-type]
     if found is None and _inactive_key in request.config.stash:
+        from . import _inactive
+
         return _inactive.LoopguardFixture(request.node.nodeid, request.config.stash[_inactive_key])
     if found is None:
         pytest.fail("loopguard: the loopguard fixture needs the plugin (-p loopguard)")
@@ -294,6 +294,8 @@ def loopguard(request: pytest.FixtureRequest) -> LoopguardFixture:
         ts.expects.append((ts.phase, expect))
         runtime.update(state.token, ts.floor(state.settings))
 
+    from ._fixture import LoopguardFixture
+
     runtime.lag_probing = True
     return LoopguardFixture(nodeid, ts.threshold, events, register, lambda: _lag(ts.test_start_ns))
 
@@ -301,6 +303,9 @@ def loopguard(request: pytest.FixtureRequest) -> LoopguardFixture:
 def _warn(item: pytest.Item, ev: BlockEvent) -> bool:
     """Emit the warning of a block judged in mode warn, at its call site; False when a warnings
     filter (-W error::loopguard.LoopBlockedWarning, filterwarnings) made it an error."""
+    from ._failure import summary
+    from ._files import modules
+
     message = f"loopguard: {summary(ev)}"
     if ev.site is not None:
         message += f" at {ev.site}"
@@ -370,6 +375,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.skipped or hasattr(report, "wasxfail"):
         _not_failing(state, verdicts)  # type: ignore[arg-type]
         return report
+    from ._failure import FailureRepr, format_events
+    from ._html import attach_to_pytest_html
+
     events = [v.event for v in verdicts if v.outcome == "failed"]
     worst = max(events, key=lambda e: e.duration)
     # JUnit XML (--junitxml) shows these as <property> elements of the test case. It reads
@@ -397,6 +405,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def _not_failing(state: State, verdicts: list[Verdict]) -> None:
     """The verdicts of a phase that pytest reported as skipped or xfailed, in place: a failing
     block is recorded instead (see :meth:`Judge.not_failing`)."""
+    from ._judge import Judge
+
     index = {id(v): i for i, v in enumerate(state.verdicts)}
     for i, v in enumerate(verdicts):
         final = Judge.not_failing(v)
@@ -429,6 +439,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                 f"baseline not updated: the run was interrupted ({s.baseline_path})"
             )
         else:
+            from ._report import baseline_text, write_atomically
+
             text, n = baseline_text(state.verdicts)
             write_atomically(s.baseline_path, text)
             state.written.append(
@@ -436,6 +448,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             )
     if s.json_path is not None or s.html_path is not None:
         from . import __version__
+        from ._report import new_run, report_chunks, report_data, write_atomically
 
         phases = config.pluginmanager.get_plugin(PhaseTimes.name)
         data = report_data(
@@ -475,6 +488,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     state = config.stash.get(_state_key, None)
     if state is None:
         if _inactive_key in config.stash:
+            from . import _inactive
+
             terminalreporter.write_line(_inactive.header(), yellow=True)
         return
     tr = terminalreporter
@@ -483,6 +498,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.section(
             "loopguard: blocking hotspots", sep="=", red=failed, yellow=not failed, bold=True
         )
+        from ._report import hotspot_lines
+
         label = functools.partial(_cwd_relative, config)
         for text, markup in hotspot_lines(
             state.verdicts, state.fixed, config.option.verbose, label
@@ -494,6 +511,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             "selected, or every one was disabled), so nothing was checked",
             yellow=True,
         )
+    if not (state.verdicts or state.written):
+        return  # nothing more to say (and nothing of the reports to import)
+    from ._report import annotations, closing_lines
+
     for text, markup in closing_lines(state.verdicts, state.reader_off, state.written):
         tr.write_line(text, **markup)
     if os.environ.get("GITHUB_ACTIONS") == "true" and state.verdicts:

@@ -143,15 +143,20 @@ def test_a_circle_through_a_type_checking_or_a_late_import_is_found(tmp_path: Pa
 
 
 def test_import_loopguard_loads_the_api_not_the_plugin_reports_or_cli():
-    code = (
-        "import sys, loopguard\n"
+    # The API itself is imported on first use (loopguard.guard, from loopguard import ...).
+    show = (
         "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('loopguard', 'pytest', '_pytest'))))\n"
     )
-    out = subprocess.run(
+    touch = "loopguard.guard, loopguard.offload_check, loopguard.BlockEvent\n"
+    code = f"import sys, loopguard\n{show}{touch}{show}"
+    lines = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.split()
-    assert {"loopguard._guard", "loopguard._offload", "loopguard._events"} <= set(out)
+    ).stdout.splitlines()
+    api = {"loopguard._guard", "loopguard._offload", "loopguard._events"}
+    assert not api & set(lines[0].split())
+    out = lines[1].split()
+    assert api <= set(out)
     plugin_side = {
         "pytest",
         "loopguard.plugin",
