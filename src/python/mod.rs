@@ -103,13 +103,16 @@ fn py_info(py: Python<'_>) -> PyResult<PyInfo> {
     }
     let sys = py.import("sys")?;
     let debug = sys.hasattr("gettotalrefcount")?;
-    let free_threaded = py
-        .import("sysconfig")?
-        .call_method1("get_config_var", ("Py_GIL_DISABLED",))?
-        .extract::<Option<i64>>()
-        .unwrap_or(None)
-        .unwrap_or(0)
-        != 0;
+    // Free-threaded builds exist from 3.13 on: older interpreters are spared importing
+    // sysconfig (millions of instructions at every start-up).
+    let free_threaded = py.version_info() >= (3, 13)
+        && py
+            .import("sysconfig")?
+            .call_method1("get_config_var", ("Py_GIL_DISABLED",))?
+            .extract::<Option<i64>>()
+            .unwrap_or(None)
+            .unwrap_or(0)
+            != 0;
     Ok(PyInfo {
         version: (v.major, v.minor, v.patch),
         debug,
