@@ -38,13 +38,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from ._errors import SettingError
 from ._files import modules, relative_path
 from ._parse import AllowPattern, format_duration
+from ._record import Record
 
 if TYPE_CHECKING:
     from ._events import BlockEvent, Frame
@@ -167,12 +167,15 @@ def _in_packages(frame: Frame, packages: tuple[str, ...]) -> bool:
 BASELINE_VERSION = 1
 
 
-@dataclass
-class Baseline:
+class Baseline(Record):
     """Call sites tolerated by the ratchet, as ``(file, function)`` pairs."""
 
-    path: Path
-    sites: frozenset[tuple[str, str]]
+    _fields = ("path", "sites")
+    __slots__ = _fields
+
+    def __init__(self, path: Path, sites: frozenset[tuple[str, str]]) -> None:
+        self.path = path
+        self.sites = sites
 
     @classmethod
     def load(cls, path: Path) -> Baseline:
@@ -233,31 +236,61 @@ class Baseline:
 # --- verdicts ------------------------------------------------------------------------------
 
 
-@dataclass
-class Verdict:
+class Verdict(Record):
     """One judged block. Final when :meth:`Judge.judge` returns it (or, for a test that pytest
     reported as skipped or xfailed, :meth:`Judge.not_failing`)."""
 
-    event: BlockEvent
-    """The block as judged: its ``threshold`` is :attr:`threshold`."""
-    test: str
-    phase: str
-    threshold: float
-    """The threshold it was judged against (the test's, or ``guard()``'s)."""
-    severity: str
-    outcome: str
-    """One of :data:`OUTCOMES`."""
-    reason: Optional[str]
-    """Why it was allowed, baselined or recorded (``None`` for failed blocks)."""
-    mode: str
-    key: Optional[tuple[str, str]]
-    """The call site as the baseline knows it: ``(file relative to the rootdir, function)``."""
-    over_threshold: bool = False
-    """True when the block would fail a test without the baseline and the mode (what
-    ``--loopguard-baseline-update`` writes)."""
-    start_ms: Optional[float] = None
-    """When the block began, milliseconds since the epoch, as a report read back recorded it
-    (a session's verdicts get theirs from the watchdog's clock when the report is written)."""
+    _fields = (
+        "event",
+        "test",
+        "phase",
+        "threshold",
+        "severity",
+        "outcome",
+        "reason",
+        "mode",
+        "key",
+        "over_threshold",
+        "start_ms",
+    )
+    __slots__ = _fields
+
+    def __init__(
+        self,
+        event: BlockEvent,
+        test: str,
+        phase: str,
+        threshold: float,
+        severity: str,
+        outcome: str,
+        reason: Optional[str],
+        mode: str,
+        key: Optional[tuple[str, str]],
+        over_threshold: bool = False,
+        start_ms: Optional[float] = None,
+    ) -> None:
+        self.event = event
+        """The block as judged: its ``threshold`` is :attr:`threshold`."""
+        self.test = test
+        self.phase = phase
+        self.threshold = threshold
+        """The threshold it was judged against (the test's, or ``guard()``'s)."""
+        self.severity = severity
+        self.outcome = outcome
+        """One of :data:`OUTCOMES`."""
+        self.reason = reason
+        """Why it was allowed, baselined or recorded (``None`` for failed blocks)."""
+        self.mode = mode
+        self.key = key
+        """The call site as the baseline knows it: ``(file relative to the rootdir,
+        function)``."""
+        self.over_threshold = over_threshold
+        """True when the block would fail a test without the baseline and the mode (what
+        ``--loopguard-baseline-update`` writes)."""
+        self.start_ms = start_ms
+        """When the block began, milliseconds since the epoch, as a report read back recorded
+        it (a session's verdicts get theirs from the watchdog's clock when the report is
+        written)."""
 
     def to_json(
         self, root: Optional[Path] = None, *, clock: int = 0, samples: bool = False
@@ -377,18 +410,26 @@ class Lag(Protocol):
     def max(self) -> float: ...
 
 
-@dataclass
-class Ruling:
+class Ruling(Record):
     """The judge's decision on one phase of a test (:meth:`Judge.judge_phase`), which the
     plugin's hooks only apply."""
 
-    verdicts: list[Verdict]
-    """The verdict on each block kept (in the order the blocks were logged)."""
-    expected: list[tuple[Expectation, BlockEvent]]
-    """Each block an ``expect_block()`` covered, for its ``events``."""
-    failures: list[str]
-    """Why the phase fails besides its blocks, first reason first: an ``expect_block()``
-    opened in it saw no block, its loop lag went over ``max_lag``."""
+    _fields = ("verdicts", "expected", "failures")
+    __slots__ = _fields
+
+    def __init__(
+        self,
+        verdicts: list[Verdict],
+        expected: list[tuple[Expectation, BlockEvent]],
+        failures: list[str],
+    ) -> None:
+        self.verdicts = verdicts
+        """The verdict on each block kept (in the order the blocks were logged)."""
+        self.expected = expected
+        """Each block an ``expect_block()`` covered, for its ``events``."""
+        self.failures = failures
+        """Why the phase fails besides its blocks, first reason first: an ``expect_block()``
+        opened in it saw no block, its loop lag went over ``max_lag``."""
 
 
 class Judge:
@@ -562,9 +603,7 @@ class Judge:
         *recorded* (no failure to report it in)."""
         if v.outcome != "failed":
             return v
-        return dataclasses.replace(
-            v, outcome="recorded", reason=NOT_RUN_REASON, over_threshold=False
-        )
+        return v.replace(outcome="recorded", reason=NOT_RUN_REASON, over_threshold=False)
 
     def _decide(
         self, ev: BlockEvent, threshold: float, mode: str, allow: tuple[AllowPattern, ...]

@@ -13,12 +13,12 @@ import functools
 import math
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from ._errors import SettingError
 from ._files import modules, relative_path
+from ._record import FrozenRecord
 
 __all__ = [
     "ALLOW_HELP",
@@ -148,16 +148,32 @@ _FUNCTION_GLOB = r"^[\w*?\[\]<>.]+$"
 _DOTTED = r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$"
 
 
-@dataclass(frozen=True)
-class AllowPattern:
+class AllowPattern(FrozenRecord):
     """One allow pattern (``loopguard_allow``, a marker's or ``guard()``'s ``allow``): blocks
-    with a matching frame on their stack are allowed."""
+    with a matching frame on their stack are allowed. Frozen: equal and hashed by its
+    fields."""
 
+    _fields = ("text", "source", "module", "path", "function")
+    __slots__ = _fields
     text: str
     source: str
-    module: Optional[str] = None
-    path: Optional[str] = None
-    function: Optional[str] = None
+    module: Optional[str]
+    path: Optional[str]
+    function: Optional[str]
+
+    def __init__(
+        self,
+        text: str,
+        source: str,
+        module: Optional[str] = None,
+        path: Optional[str] = None,
+        function: Optional[str] = None,
+    ) -> None:
+        self._set("text", text)
+        self._set("source", source)
+        self._set("module", module)
+        self._set("path", path)
+        self._set("function", function)
 
     def matches(self, filename: str, function: str, root: Path) -> bool:
         """True when a frame of ``function`` in ``filename`` matches (paths relative to

@@ -10,7 +10,6 @@ the setting, the value and where it came from.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -36,6 +35,7 @@ from ._parse import (
     parse_duration,
     parse_scan,
 )
+from ._record import FrozenRecord, Record
 from ._runtime import LAG_PROBE_INTERVAL
 
 if TYPE_CHECKING:
@@ -125,31 +125,77 @@ MARKER = (
 _MARKER_ARGS = {"threshold", "enabled", "mode", "allow", "max_lag", "native"}
 
 
-@dataclass
-class Settings:
+class Settings(Record):
     """The session's settings; ``*_source`` says where a value came from (the name the user
     wrote, or ``"default"``), for the report header."""
 
-    threshold: float
-    threshold_source: str
-    sampler: str
-    mode: str = "fail"
-    mode_source: str = "default"
-    gc: str = "exclude"
-    gc_source: str = "default"
-    cpu_wait: str = "exclude"
-    cpu_wait_source: str = "default"
-    stack: str = "short"
-    stack_source: str = "default"
-    native: str = "off"
-    native_source: str = "default"
-    record_threshold: Optional[float] = None
-    json_path: Optional[Path] = None
-    html_path: Optional[Path] = None
-    baseline_path: Optional[Path] = None
-    baseline_update: bool = False
-    allow: tuple[AllowPattern, ...] = ()
-    scan: tuple[str, ...] = ()
+    _fields = (
+        "threshold",
+        "threshold_source",
+        "sampler",
+        "mode",
+        "mode_source",
+        "gc",
+        "gc_source",
+        "cpu_wait",
+        "cpu_wait_source",
+        "stack",
+        "stack_source",
+        "native",
+        "native_source",
+        "record_threshold",
+        "json_path",
+        "html_path",
+        "baseline_path",
+        "baseline_update",
+        "allow",
+        "scan",
+    )
+    __slots__ = _fields
+
+    def __init__(
+        self,
+        threshold: float,
+        threshold_source: str,
+        sampler: str,
+        mode: str = "fail",
+        mode_source: str = "default",
+        gc: str = "exclude",
+        gc_source: str = "default",
+        cpu_wait: str = "exclude",
+        cpu_wait_source: str = "default",
+        stack: str = "short",
+        stack_source: str = "default",
+        native: str = "off",
+        native_source: str = "default",
+        record_threshold: Optional[float] = None,
+        json_path: Optional[Path] = None,
+        html_path: Optional[Path] = None,
+        baseline_path: Optional[Path] = None,
+        baseline_update: bool = False,
+        allow: tuple[AllowPattern, ...] = (),
+        scan: tuple[str, ...] = (),
+    ) -> None:
+        self.threshold = threshold
+        self.threshold_source = threshold_source
+        self.sampler = sampler
+        self.mode = mode
+        self.mode_source = mode_source
+        self.gc = gc
+        self.gc_source = gc_source
+        self.cpu_wait = cpu_wait
+        self.cpu_wait_source = cpu_wait_source
+        self.stack = stack
+        self.stack_source = stack_source
+        self.native = native
+        self.native_source = native_source
+        self.record_threshold = record_threshold
+        self.json_path = json_path
+        self.html_path = html_path
+        self.baseline_path = baseline_path
+        self.baseline_update = baseline_update
+        self.allow = allow
+        self.scan = scan
 
     def floor(self, threshold: float) -> float:
         """The shortest block worth keeping for a test with ``threshold``."""
@@ -177,18 +223,36 @@ class Settings:
         }
 
 
-@dataclass(frozen=True)
-class TestSettings:
-    """What the markers of one test set (the session's settings where they set nothing)."""
+class TestSettings(FrozenRecord):
+    """What the markers of one test set (the session's settings where they set nothing).
+    Frozen: equal and hashed by its fields."""
 
     __test__ = False  # not a test class, whoever imports it
 
+    _fields = ("threshold", "enabled", "mode", "allow", "max_lag", "native")
+    __slots__ = _fields
     threshold: float
     enabled: bool
     mode: str
-    allow: tuple[AllowPattern, ...] = ()
-    max_lag: Optional[float] = None
-    native: str = "off"
+    allow: tuple[AllowPattern, ...]
+    max_lag: Optional[float]
+    native: str
+
+    def __init__(
+        self,
+        threshold: float,
+        enabled: bool,
+        mode: str,
+        allow: tuple[AllowPattern, ...] = (),
+        max_lag: Optional[float] = None,
+        native: str = "off",
+    ) -> None:
+        self._set("threshold", threshold)
+        self._set("enabled", enabled)
+        self._set("mode", mode)
+        self._set("allow", allow)
+        self._set("max_lag", max_lag)
+        self._set("native", native)
 
     def floor(self, settings: Settings) -> float:
         """The shortest block worth keeping for this test."""

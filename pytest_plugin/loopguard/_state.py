@@ -4,10 +4,10 @@ judged by :mod:`loopguard._judge`; the hooks of :mod:`loopguard.plugin` keep the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
 from ._judge import Judge, Verdict
+from ._record import Record
 from ._settings import Settings, TestSettings, marker_settings
 
 if TYPE_CHECKING:
@@ -62,32 +62,63 @@ class TestState:
         return min([floor, *(e.threshold for _, e in self.expects)])
 
 
-@dataclass
-class State:
+class State(Record):
     """The plugin's state for one session (kept in ``config.stash``)."""
 
-    settings: Settings
-    token: int
-    judge: Judge
-    default: TestSettings
-    """The settings of a test without a loopguard marker."""
-    marked: dict[str, TestSettings] = field(default_factory=dict)
-    """The settings of the tests that have a loopguard marker, by node id."""
-    collected: set[int] = field(default_factory=set)
-    """``id()`` of the items whose markers were read at collection (ints: nothing for the
-    garbage collector to visit)."""
-    current: Optional[TestState] = None
-    verdicts: list[Verdict] = field(default_factory=list)
-    """Every judged block of the session (under xdist, the controller's include the workers')."""
-    fixed: list[tuple[str, str]] = field(default_factory=list)
-    """Baseline call sites that did not block in this run."""
-    written: list[str] = field(default_factory=list)
-    """What was written at the end of the session (the JSON report, the baseline)."""
-    reader_off: Optional[str] = None
-    """Why stacks are read by taking the GIL although the user did not ask for it."""
-    guarded: int = 0
-    """How many tests ran their call phase with loopguard enabled (under xdist, the
-    controller's counts the workers')."""
+    _fields = (
+        "settings",
+        "token",
+        "judge",
+        "default",
+        "marked",
+        "collected",
+        "current",
+        "verdicts",
+        "fixed",
+        "written",
+        "reader_off",
+        "guarded",
+    )
+    __slots__ = _fields
+
+    def __init__(
+        self,
+        settings: Settings,
+        token: int,
+        judge: Judge,
+        default: TestSettings,
+        marked: Optional[dict[str, TestSettings]] = None,
+        collected: Optional[set[int]] = None,
+        current: Optional[TestState] = None,
+        verdicts: Optional[list[Verdict]] = None,
+        fixed: Optional[list[tuple[str, str]]] = None,
+        written: Optional[list[str]] = None,
+        reader_off: Optional[str] = None,
+        guarded: int = 0,
+    ) -> None:
+        self.settings = settings
+        self.token = token
+        self.judge = judge
+        self.default = default
+        """The settings of a test without a loopguard marker."""
+        self.marked: dict[str, TestSettings] = {} if marked is None else marked
+        """The settings of the tests that have a loopguard marker, by node id."""
+        self.collected: set[int] = set() if collected is None else collected
+        """``id()`` of the items whose markers were read at collection (ints: nothing for the
+        garbage collector to visit)."""
+        self.current = current
+        self.verdicts: list[Verdict] = [] if verdicts is None else verdicts
+        """Every judged block of the session (under xdist, the controller's include the
+        workers')."""
+        self.fixed: list[tuple[str, str]] = [] if fixed is None else fixed
+        """Baseline call sites that did not block in this run."""
+        self.written: list[str] = [] if written is None else written
+        """What was written at the end of the session (the JSON report, the baseline)."""
+        self.reader_off = reader_off
+        """Why stacks are read by taking the GIL although the user did not ask for it."""
+        self.guarded = guarded
+        """How many tests ran their call phase with loopguard enabled (under xdist, the
+        controller's counts the workers')."""
 
     def settings_of(self, item: pytest.Item) -> TestSettings:
         """The settings of ``item``: those read at collection (nothing is kept for a test

@@ -120,7 +120,7 @@ def test_a_verdict_reads_back_equal_and_keeps_its_baseline_key(root):
     # Without the samples (the JSON report's events): the same but for them.
     lean = Verdict.from_json(json.loads(json.dumps(v.to_json(root))), root)
     assert "samples" not in v.to_json(root)
-    assert lean == dataclasses.replace(v, event=dataclasses.replace(ev, samples=[]))
+    assert lean == v.replace(event=dataclasses.replace(ev, samples=[]))
 
 
 def test_a_block_outside_any_test_reads_back_outside(root):
