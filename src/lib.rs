@@ -27,6 +27,7 @@ pub mod native_stack;
 pub mod offload;
 pub mod pid;
 pub mod policy;
+pub mod quiet;
 pub mod reader;
 pub mod sampler;
 pub mod sched;

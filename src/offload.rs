@@ -158,10 +158,11 @@ impl Sampling {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let handle = std::thread::Builder::new()
-            .name("loopguard-offload".into())
-            .spawn(move || run(&gil, walker, settings, &flag, &ready_tx))
-            .map_err(|e| format!("cannot start the offload sampler thread: {e}"))?;
+        let handle = crate::quiet::spawn(
+            std::thread::Builder::new().name("loopguard-offload".into()),
+            move || run(&gil, walker, settings, &flag, &ready_tx),
+        )
+        .map_err(|e| format!("cannot start the offload sampler thread: {e}"))?;
         // The first reading of the thread list tells which threads existed before the check:
         // wait for it, so that a thread started right after this returns counts as started
         // inside. The sampler never needs the GIL, so waiting with it held cannot deadlock.

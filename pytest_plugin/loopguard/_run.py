@@ -386,7 +386,7 @@ class Session:
         self._reporter = threading.Thread(
             target=self._report_loop, name="loopguard-reporter", daemon=True
         )
-        self._reporter.start()
+        _start_without_signals(self._reporter)
 
     def _new_loop(self, kind: str, loop: Any) -> Callable[[float], None]:
         # One loop run again (asyncio.run runs its loop three times) is one loop.
@@ -613,6 +613,25 @@ def _say(text: str) -> None:
 
 
 # --- signals ---------------------------------------------------------------------------------
+
+
+# Raised by a thread's own faults: never blocked.
+_SYNCHRONOUS = {"SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGTRAP", "SIGSYS"}
+
+
+def _start_without_signals(thread: threading.Thread) -> None:
+    """Start ``thread`` with the program's signals blocked in it (it inherits the starting
+    thread's mask, restored right after): a signal sent to the process then goes to a thread of
+    the program, as for loopguard's native threads (see ``src/quiet.rs``)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        thread.start()
+        return
+    blocked = {s for s in signal.valid_signals() if getattr(s, "name", "") not in _SYNCHRONOUS}
+    saved = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, saved)
 
 
 _session: Optional[Session] = None

@@ -52,10 +52,11 @@ fn disable_raise() {
 pub(super) fn start(wd: &Arc<Watchdog>) -> PyResult<()> {
     let rx = wd.notices();
     let weak = Arc::downgrade(wd);
-    let handle = std::thread::Builder::new()
-        .name("loopguard-assistant".into())
-        .spawn(move || assist(rx, weak))
-        .map_err(|e| PyRuntimeError::new_err(format!("cannot start loopguard's thread: {e}")))?;
+    let handle = crate::quiet::spawn(
+        std::thread::Builder::new().name("loopguard-assistant".into()),
+        move || assist(rx, weak),
+    )
+    .map_err(|e| PyRuntimeError::new_err(format!("cannot start loopguard's thread: {e}")))?;
     *INJECTOR.lock() = Some((std::process::id(), handle));
     wd.set_notify_blocks(true);
     Ok(())

@@ -108,9 +108,9 @@ impl Watchdog {
         let thread_shared = Arc::clone(&shared);
         let thread_events = Arc::clone(&events);
         let slice = crate::sched::watchdog_slice_from_env();
-        let handle = std::thread::Builder::new()
-            .name("loopguard-watchdog".into())
-            .spawn(move || {
+        let handle = crate::quiet::spawn(
+            std::thread::Builder::new().name("loopguard-watchdog".into()),
+            move || {
                 // Wake up on time even when the machine is busy (see sched.rs).
                 if let Some(ns) = slice {
                     crate::sched::request_slice(ns);
@@ -134,8 +134,9 @@ impl Watchdog {
                     notice_tx,
                 )
                 .run();
-            })
-            .map_err(|e| format!("cannot start the loopguard watchdog thread: {e}"))?;
+            },
+        )
+        .map_err(|e| format!("cannot start the loopguard watchdog thread: {e}"))?;
         let sampler_name = match ready_rx.recv() {
             Ok(Ok(name)) => name,
             Ok(Err(e)) => {

@@ -287,6 +287,46 @@ def test_a_program_stopped_by_a_signal_reports_and_dies_of_it(tmp_path, signum, 
     assert data["runs"][0]["stopped_by"] == signum.name
 
 
+THREAD_MASKS = """
+import asyncio, os, threading
+
+def masks():
+    # Each thread's name and whether it blocks SIGINT and SIGTERM (from the kernel's view).
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/comm") as f:
+            name = f.read().strip()
+        with open(f"/proc/self/task/{tid}/status") as f:
+            mask = int(next(x for x in f if x.startswith("SigBlk")).split()[1], 16)
+        bit = lambda sig: bool(mask >> (sig - 1) & 1)
+        out[int(tid)] = (name, bit(2), bit(15))
+    return out
+
+async def main():
+    await asyncio.sleep(0.3)
+    for tid, (name, sigint, sigterm) in sorted(masks().items()):
+        main = tid == threading.main_thread().native_id
+        print("MAIN" if main else "OTHER", name, sigint, sigterm)
+
+asyncio.run(main())
+"""
+
+
+def test_loopguards_threads_leave_the_programs_signals_to_the_program(tmp_path):
+    # A signal sent to the process goes to a thread that does not block it; Python runs its
+    # handler only on the main thread, which a signal taken by another thread does not wake
+    # from its selector: loopguard's threads (watchdog, assistant, reporter) block them all.
+    (tmp_path / "masks.py").write_text(THREAD_MASKS)
+    done = run(tmp_path, "--", "python", "masks.py")
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()]
+    assert [r for r in rows if r[0] == "MAIN"] == [["MAIN", "python", "False", "False"]], rows
+    others = [r for r in rows if r[0] == "OTHER"]
+    assert {r[1] for r in others} >= {"loopguard-watch", "loopguard-assis"}, rows
+    assert len(others) >= 3, rows  # and the reporter, a Python thread
+    assert all(r[2:] == ["True", "True"] for r in others), rows
+
+
 # --- a real server ---------------------------------------------------------------------------
 
 APP = """
