@@ -245,7 +245,11 @@ def test_a_guard_of_the_program_still_sees_its_blocks(tmp_path):
 
 
 WAITS_FOREVER = """
-import asyncio, os, sys, time
+import asyncio, os, signal, sys, time
+
+# SIGINT as a program started from a terminal has it: one started in the background by a shell
+# without job control (nohup ... &, as CI scripts may be) inherits it ignored, and keeps it so.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 async def main():
     await asyncio.sleep(0.05)
