@@ -17,24 +17,31 @@ class Node:
         self.me = self  # a reference cycle: only the collector frees it
 
 
-def _seconds_per_object(probe=200_000):
-    """The quickest of three timed collections of ``probe`` objects, per object (a busy
-    machine can only make one slower)."""
-    best = float("inf")
-    for _ in range(3):
-        junk = [Node() for _ in range(probe)]
-        junk.clear()
-        t = time.perf_counter()
-        gc.collect()
-        best = min(best, time.perf_counter() - t)
-    return best / probe
+def _seconds_per_object(probe=300_000):
+    """What collecting one more object costs: the quickest of three timed collections of
+    ``probe`` objects, less the quickest of three with none (a full collection also walks
+    every object the process keeps alive, which a collection of the youngest generation, the
+    one an allocation starts, does not); a busy machine can only make either slower."""
+
+    def quickest(count):
+        best = float("inf")
+        for _ in range(3):
+            junk = [Node() for _ in range(count)]
+            junk.clear()
+            t = time.perf_counter()
+            gc.collect()
+            best = min(best, time.perf_counter() - t)
+        return best
+
+    empty = quickest(0)
+    return max(quickest(probe) - empty, 0.0) / probe
 
 
 def make_garbage(seconds=0.5, most=15_000_000):
     """Leave unreachable reference cycles that take about ``seconds`` to collect here, with the
     collector disabled (the caller enables it again)."""
     gc.disable()
-    count = min(most, int(seconds / max(_seconds_per_object(), 1e-9)))
+    count = min(most, int(seconds / max(_seconds_per_object(), 1e-8)))
     junk = [Node() for _ in range(count)]
     junk.clear()
     return count
