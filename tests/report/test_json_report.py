@@ -37,10 +37,10 @@ async def test_starved():
     def hog():
         # Takes the GIL once the loop waits in its selector (a hog that took it while the loop
         # was still in Thread.start would block the loop, not starve it), then holds it for
-        # 1 s in a C call (ctypes.PyDLL does not release it): the loop, due back from its
-        # selector at 0.6 s, waits for the GIL until 1.3 s.
+        # 0.6 s in a C call (ctypes.PyDLL does not release it): the loop, due back from its
+        # selector at 0.6 s, waits for the GIL until 0.9 s.
         time.sleep(0.3)
-        usleep(1_000_000)  # hog
+        usleep(600_000)  # hog
     t = threading.Thread(target=hog, name="hog")
     t.start()
     await asyncio.sleep(0.6)
