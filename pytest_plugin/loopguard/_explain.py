@@ -19,6 +19,7 @@ import collections
 import gc
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from . import _native
@@ -43,11 +44,14 @@ class Collection(NamedTuple):
     trigger: Optional[Frame]
     """The innermost Python frame of that thread when it began (the frame whose allocation or
     ``gc.collect()`` call started it); ``None`` when no Python code was running."""
+    cpu_ns: int = 0
+    """The CPU time that thread used from its start to its end (the collector's work and the
+    finalizers it ran, not the time it waited for a CPU); 0 when not known."""
 
 
 # Recent long garbage collections.
 _gc_log: collections.deque[Collection] = collections.deque(maxlen=256)
-_gc_start: list[int] = [0]
+_gc_start: list[int] = [0, 0]  # the clock and the collecting thread's CPU time at its start
 _gc_installed = [False]
 
 
@@ -72,12 +76,15 @@ def _collections() -> list[Collection]:
 
 
 def _on_gc(phase: str, info: dict) -> None:
-    # Runs at every collection: two clock reads. Only a long one (rare) pays for more.
+    # Runs at every collection: two clock reads and a read of the thread's CPU time. Only a
+    # long one (rare) pays for more.
     if phase == "start":
+        _gc_start[1] = _thread_cpu_ns()
         _gc_start[0] = _native.now_ns()
     elif _gc_start[0]:
         end = _native.now_ns()
         if end - _gc_start[0] >= _GC_MIN_NS:
+            cpu = _thread_cpu_ns() - _gc_start[1]
             # The stop callback runs in the thread, and under the frame, that the start one
             # did: the collection's finalizers have returned by now.
             try:
@@ -88,11 +95,14 @@ def _on_gc(phase: str, info: dict) -> None:
                 code = f.f_code
                 name = getattr(code, "co_qualname", code.co_name)  # as the stack reader names it
                 trigger = _frame(code.co_filename, f.f_lineno or 0, name)
-            _gc_log.append(Collection(_gc_start[0], end, threading.get_ident(), trigger))
+            _gc_log.append(
+                Collection(_gc_start[0], end, threading.get_ident(), trigger, max(cpu, 0))
+            )
         _gc_start[0] = 0
 
 
 _ON_GC = _on_gc.__code__
+_thread_cpu_ns = time.thread_time_ns
 
 
 def install_gc_log() -> None:
@@ -220,6 +230,10 @@ class GcShare(NamedTuple):
     """Other threads' (or the loop's own) work while a collection waited for the GIL."""
     collection: Optional[Collection]
     """The collection that ran the most finalizer time."""
+    collector_cpu: int = 0
+    """Of ``collector``, the CPU time the collecting threads used, at least (what they waited
+    for a CPU is not in it): each collection's CPU time less the time it spent outside the
+    block, in finalizers and waiting for the GIL, which could all have been on a CPU."""
 
 
 def gc_share(ev: BlockEvent, collections: list[Collection]) -> GcShare:
@@ -227,7 +241,7 @@ def gc_share(ev: BlockEvent, collections: list[Collection]) -> GcShare:
     sample speaks for (see :func:`_stretches`) is the collector's unless the sample shows the
     collecting thread doing something else."""
     stretches = _stretches(ev)
-    own = finalizers = elsewhere = 0
+    own = finalizers = elsewhere = own_cpu = 0
     most, most_ns = None, 0
     for c in collections:
         lo, hi = max(c.start_ns, ev.start_ns), min(c.end_ns, ev.end_ns)
@@ -239,12 +253,16 @@ def gc_share(ev: BlockEvent, collections: list[Collection]) -> GcShare:
             doing = _seen_doing(s, c, ev.thread_ident) if overlap > 0 else None
             if doing in spent:
                 spent[doing] += overlap
-        own += hi - lo - spent[_FINALIZING] - spent[_ELSEWHERE]
+        mine = hi - lo - spent[_FINALIZING] - spent[_ELSEWHERE]
+        own += mine
+        outside = (c.end_ns - c.start_ns) - (hi - lo)
+        not_mine = outside + spent[_FINALIZING] + spent[_ELSEWHERE]
+        own_cpu += max(0, min(c.cpu_ns - not_mine, mine))
         finalizers += spent[_FINALIZING]
         elsewhere += spent[_ELSEWHERE]
         if spent[_FINALIZING] > most_ns:
             most, most_ns = c, spent[_FINALIZING]
-    return GcShare(own, finalizers, elsewhere, most)
+    return GcShare(own, finalizers, elsewhere, most, own_cpu)
 
 
 def _imported(stack: list[Frame]) -> Optional[str]:
@@ -279,6 +297,7 @@ def explain(ev: BlockEvent) -> None:
     share = gc_share(ev, _collections())
     in_gc, in_finalizers = share.collector, share.finalizers
     ev.gc_time = in_gc / 1e9
+    ev.gc_cpu_time = share.collector_cpu / 1e9
     imported = _imported(ev.stack) or _imported(ev.gil_holder_stack)
     if imported is not None:
         ev.cause = "import"

@@ -228,12 +228,16 @@ def block(duration_ms, *samples, threshold=0.1, captured_after_ms=None):
     )  # fmt: skip
 
 
-def collection(start_ms, end_ms, thread=LOOP, trigger=TRIGGER):
+def collection(start_ms, end_ms, thread=LOOP, trigger=TRIGGER, cpu_ms=0):
     from loopguard import Frame
     from loopguard._explain import Collection
 
     return Collection(
-        START + start_ms * MS, START + end_ms * MS, thread, trigger and Frame(*trigger)
+        START + start_ms * MS,
+        START + end_ms * MS,
+        thread,
+        trigger and Frame(*trigger),
+        cpu_ms * MS,
     )
 
 
@@ -278,6 +282,61 @@ def test_a_system_call_or_letting_go_of_the_gil_in_a_collection_is_a_finalizer_s
     # The collector's own calls (memory management) are not named by the kernel report.
     unnamed = sample(25, 14, syscall="system call 11")
     assert share_ms(block(300, unnamed), collection(0, 300)) == (300, 0, 0)
+
+
+def cpu_ms(ev, *collections):
+    from loopguard._explain import gc_share
+
+    return round(gc_share(ev, list(collections)).collector_cpu / MS, 3)
+
+
+def test_the_collector_s_cpu_time_is_what_it_used_less_what_may_have_been_spent_otherwise():
+    # 300 ms on the clock, 60 ms of it on a CPU (the rest waiting for one): all the collector's.
+    assert cpu_ms(block(300, sample(25, 14)), collection(0, 300, cpu_ms=60)) == 60
+    # Never more than the collector's own share of the clock.
+    assert cpu_ms(block(300, sample(25, 14)), collection(0, 300, cpu_ms=400)) == 300
+    # 175 ms in a finalizer, which may all have been on a CPU: 60 - 175 leaves nothing certain.
+    both = block(300, sample(25, 5), sample(125, 9, at=(OUTER, TRIGGER, FINALIZER)))
+    assert cpu_ms(both, collection(0, 300, cpu_ms=60)) == 0
+    assert cpu_ms(both, collection(0, 300, cpu_ms=200)) == 25
+    # Half the collection was before the block: its first 100 ms may have used 100 ms of CPU.
+    assert cpu_ms(block(300, sample(25, 14)), collection(-100, 100, cpu_ms=150)) == 50
+    # Not known (a collection logged without it): nothing.
+    assert cpu_ms(block(300, sample(25, 14)), collection(0, 300)) == 0
+
+
+def test_explain_sets_the_collector_s_cpu_time_of_a_real_collection():
+    import gc
+
+    from loopguard import BlockEvent, Frame
+    from loopguard._explain import _collections, _gc_log, _on_gc, explain
+
+    junk = [[] for _ in range(200_000)]
+    for x in junk:
+        x.append(x)  # a cycle: only the collector frees it
+    del junk
+    installed = _on_gc in gc.callbacks
+    if not installed:
+        gc.callbacks.append(_on_gc)
+    _gc_log.clear()
+    try:
+        gc.collect()
+    finally:
+        if not installed:
+            gc.callbacks.remove(_on_gc)
+    [c] = _collections()
+    # On a CPU at most as long as it took, and some of that time at least.
+    assert 0 < c.cpu_ns <= c.end_ns - c.start_ns + 2 * MS
+    here = Frame(__file__, HINT_LINE, "test")
+    ev = BlockEvent(
+        id=1, duration=(c.end_ns - c.start_ns) / 1e9, threshold=0.001, thread_name="MainThread",
+        thread_ident=c.thread, task_name=None, captured_after=None, starved=False,
+        loop_kind="asyncio", test=None, phase=None, start_ns=c.start_ns, end_ns=c.end_ns,
+        site=here, stack=[here],
+    )  # fmt: skip
+    explain(ev)
+    assert ev.gc_cpu_time == c.cpu_ns / 1e9
+    assert ev.gc_cpu_time <= ev.gc_time
 
 
 def test_the_same_function_at_another_line_is_not_where_the_collection_began():
