@@ -46,7 +46,8 @@ class Collection(NamedTuple):
     ``gc.collect()`` call started it); ``None`` when no Python code was running."""
     cpu_ns: int = 0
     """The CPU time that thread used from its start to its end (the collector's work and the
-    finalizers it ran, not the time it waited for a CPU); 0 when not known."""
+    finalizers it ran, not the time it waited for a CPU); 0 when not known (a collection of
+    the youngest generation)."""
 
 
 # Recent long garbage collections.
@@ -76,15 +77,17 @@ def _collections() -> list[Collection]:
 
 
 def _on_gc(phase: str, info: dict) -> None:
-    # Runs at every collection: two clock reads and a read of the thread's CPU time. Only a
-    # long one (rare) pays for more.
+    # Runs at every collection: two clock reads. The thread's CPU time (a system call) is read
+    # only for the older generations' collections, the long ones: a collection of the youngest
+    # (at most a few thousand objects, ten times as frequent) is long only by the finalizers
+    # it runs, and its CPU time stays unknown (0). Only a long one (rare) pays for more.
     if phase == "start":
-        _gc_start[1] = _thread_cpu_ns()
+        _gc_start[1] = _thread_cpu_ns() if info["generation"] else -1
         _gc_start[0] = _native.now_ns()
     elif _gc_start[0]:
         end = _native.now_ns()
         if end - _gc_start[0] >= _GC_MIN_NS:
-            cpu = _thread_cpu_ns() - _gc_start[1]
+            cpu = _thread_cpu_ns() - _gc_start[1] if _gc_start[1] >= 0 else 0
             # The stop callback runs in the thread, and under the frame, that the start one
             # did: the collection's finalizers have returned by now.
             try:
