@@ -225,15 +225,7 @@ def _watch_selector(loop, slot):  # type: ignore[no-untyped-def]
         getattr(selector, "_selector", None), _EPOLL
     ):
         # The common case on Linux: wrap the epoll object (see _native.EpollProxy).
-        epoll = selector._selector
-        proxy = _native.EpollProxy(epoll, slot)
-        selector._selector = proxy
-
-        def restore_epoll() -> None:
-            if selector._selector is proxy:
-                selector._selector = epoll
-
-        return restore_epoll
+        return _swap_selector(selector, _native.EpollProxy(selector._selector, slot))
     if isinstance(selector, selectors.BaseSelector) and "_loopguard_base" not in vars(base):
         # Give this selector a subclass whose select() beats; Python-to-Python calls stay
         # cheap, which matters: this runs once per loop iteration.
@@ -250,15 +242,21 @@ def _watch_selector(loop, slot):  # type: ignore[no-untyped-def]
 
             return restore_class
     if hasattr(selector, "select"):
-        proxied = _native.SelectorProxy(selector, slot)
-        loop._selector = proxied
-
-        def restore_proxy() -> None:
-            if loop._selector is proxied:
-                loop._selector = selector
-
-        return restore_proxy
+        return _swap_selector(loop, _native.SelectorProxy(selector, slot))
     return lambda: None
+
+
+def _swap_selector(owner: Any, proxy: Any) -> Callable[[], None]:
+    """Put ``proxy`` in ``owner._selector``; returns the function that puts back what was
+    there, unless something else has taken the proxy's place since."""
+    original = owner._selector
+    owner._selector = proxy
+
+    def restore() -> None:
+        if owner._selector is proxy:
+            owner._selector = original
+
+    return restore
 
 
 _EPOLL_SELECTOR = getattr(selectors, "EpollSelector", ())
