@@ -2,18 +2,10 @@
 without that wait, as a block is without the loop thread's own (--loopguard-cpu-wait)."""
 
 import json
-import os
 
-import pytest
+from cpu_share import CPU_SHARE_FILES, MARKS
 
-pytestmark = [
-    pytest.mark.single_version,
-    pytest.mark.linux_full,
-    pytest.mark.skipif(
-        not os.path.exists(f"/proc/self/task/{os.getpid()}/schedstat"),
-        reason="this kernel does not report run-queue time",
-    ),
-]
+pytestmark = MARKS
 
 # A worker thread runs WORK seconds of pure-Python CPU work while the loop waits in its
 # selector. Pure Python keeps the GIL as long as the switch interval lets it: a long one makes
@@ -21,32 +13,20 @@ pytestmark = [
 # the worker is pinned to one CPU beside that many processes spinning on it: it gets a share
 # of that CPU and waits in the run queue, holding the GIL, the rest of the time.
 SOURCE = """
-import asyncio, os, subprocess, sys, threading, time
+import asyncio, os, sys, threading, time
 import pytest
-
-SPIN = "import os; os.sched_setaffinity(0, {%d}); print('ready', flush=True)\\nwhile 1: pass"
+from cpu_share import burn, last_cpu, spinning
 
 @pytest.fixture
 def spinners():
-    cpu = max(os.sched_getaffinity(0))
-    procs = [
-        subprocess.Popen([sys.executable, "-c", SPIN % cpu], stdout=subprocess.PIPE)
-        for _ in range(SPINNERS)
-    ]
-    for p in procs:
-        assert p.stdout.readline() == b"ready\\n"
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(10.0)
-    yield cpu
-    sys.setswitchinterval(interval)
-    for p in procs:
-        p.kill()
-        p.wait()
-
-def burn(seconds):
-    t = time.thread_time()
-    while time.thread_time() - t < seconds:  # the work
-        pass
+    cpu = last_cpu()
+    with spinning(cpu, SPINNERS):
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(10.0)
+        try:
+            yield cpu
+        finally:
+            sys.setswitchinterval(interval)
 
 def worker(cpu, walls):
     if SPINNERS:
@@ -74,6 +54,7 @@ def measure(inner, work, spinners, threshold, *args):
         "--loopguard-json=r.json",
         "-s",
         *args,
+        **CPU_SHARE_FILES,
     )
     text = result.stdout.str()
     wall = float(text.split("WALL ")[1].split()[0]) if "WALL " in text else None
