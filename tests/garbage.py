@@ -9,6 +9,8 @@ import gc
 import pathlib
 import time
 
+import pytest
+
 GARBAGE_FILES = {"garbage": pathlib.Path(__file__).read_text()}
 
 
@@ -46,3 +48,18 @@ def make_garbage(seconds=0.5, most=15_000_000):
     junk = [Node() for _ in range(count)]
     junk.clear()
     return count
+
+
+@pytest.fixture
+def garbage_made():
+    """An inner session's fixture: garbage made before the test, outside its loop (so that only
+    the collection blocks the loop), the collector enabled again after the test."""
+    make_garbage()
+    yield
+    gc.enable()
+
+
+def collected_in(result):
+    """The seconds an inner test printed as ``COLLECTED IN <seconds>``, or None."""
+    text = result.stdout.str()
+    return float(text.split("COLLECTED IN ")[1].split()[0]) if "COLLECTED IN" in text else None

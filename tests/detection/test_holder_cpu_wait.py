@@ -3,19 +3,11 @@ without that wait, as a block is without the loop thread's own (--loopguard-cpu-
 garbage collection that the wait stretched, by the collector's CPU time."""
 
 import json
-import os
 
-import pytest
+from cpu_share import CPU_SHARE_FILES, MARKS
 from garbage import GARBAGE_FILES
 
-pytestmark = [
-    pytest.mark.single_version,
-    pytest.mark.linux_full,
-    pytest.mark.skipif(
-        not os.path.exists(f"/proc/self/task/{os.getpid()}/schedstat"),
-        reason="this kernel does not report run-queue time",
-    ),
-]
+pytestmark = MARKS
 
 # A worker thread runs WORK seconds of pure-Python CPU work while the loop waits in its
 # selector. Pure Python keeps the GIL as long as the switch interval lets it: a long one makes
@@ -23,32 +15,20 @@ pytestmark = [
 # the worker is pinned to one CPU beside that many processes spinning on it: it gets a share
 # of that CPU and waits in the run queue, holding the GIL, the rest of the time.
 SOURCE = """
-import asyncio, os, subprocess, sys, threading, time
+import asyncio, os, sys, threading, time
 import pytest
-
-SPIN = "import os; os.sched_setaffinity(0, {%d}); print('ready', flush=True)\\nwhile 1: pass"
+from cpu_share import burn, last_cpu, spinning
 
 @pytest.fixture
 def spinners():
-    cpu = max(os.sched_getaffinity(0))
-    procs = [
-        subprocess.Popen([sys.executable, "-c", SPIN % cpu], stdout=subprocess.PIPE)
-        for _ in range(SPINNERS)
-    ]
-    for p in procs:
-        assert p.stdout.readline() == b"ready\\n"
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(10.0)
-    yield cpu
-    sys.setswitchinterval(interval)
-    for p in procs:
-        p.kill()
-        p.wait()
-
-def burn(seconds):
-    t = time.thread_time()
-    while time.thread_time() - t < seconds:  # the work
-        pass
+    cpu = last_cpu()
+    with spinning(cpu, SPINNERS):
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(10.0)
+        try:
+            yield cpu
+        finally:
+            sys.setswitchinterval(interval)
 
 def worker(cpu, walls):
     if SPINNERS:
@@ -76,6 +56,7 @@ def measure(inner, work, spinners, threshold, *args):
         "--loopguard-json=r.json",
         "-s",
         *args,
+        **CPU_SHARE_FILES,
     )
     text = result.stdout.str()
     wall = float(text.split("WALL ")[1].split()[0]) if "WALL " in text else None
@@ -146,17 +127,19 @@ GC_SOURCE = (
         "import pytest\n", "import gc\nimport pytest\nfrom garbage import make_garbage\n", 1
     )
     .replace(
-        "    cpu = max(",
-        "    make_garbage(GC)  # before the spinners: sized on a CPU of its own\n    cpu = max(",
+        "    cpu = last_cpu()\n",
+        "    make_garbage(GC)  # sized before the spinners start\n    cpu = last_cpu()\n",
         1,
     )
     .replace("    burn(WORK)\n", "    burn(WORK)\n    gc.collect()  # the collection\n", 1)
     .replace(
-        "    sys.setswitchinterval(interval)\n",
-        "    sys.setswitchinterval(interval)\n    gc.enable()\n",
+        "            sys.setswitchinterval(interval)\n",
+        "            sys.setswitchinterval(interval)\n            gc.enable()\n",
         1,
     )
 )
+for _part in ("make_garbage(GC)", "gc.collect()", "gc.enable()"):
+    assert _part in GC_SOURCE, _part
 
 
 def measure_gc(inner, work, gc_seconds, *args):
@@ -167,7 +150,8 @@ def measure_gc(inner, work, gc_seconds, *args):
     )
     result = inner.run(
         source, "--loopguard-threshold=200ms", "--loopguard-json=r.json", "-s", *args,
-        garbage=GARBAGE_FILES["garbage"],
+        **GARBAGE_FILES,
+        **CPU_SHARE_FILES,
     )  # fmt: skip
     report = json.loads((inner.pytester.path / "r.json").read_text())
     return result, [e for e in report["events"] if e["starved"]]

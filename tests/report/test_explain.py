@@ -3,7 +3,7 @@
 import sys
 
 import pytest
-from garbage import GARBAGE_FILES
+from garbage import GARBAGE_FILES, collected_in
 
 pytestmark = pytest.mark.single_version
 
@@ -39,17 +39,10 @@ async def test_import():
 
 
 GC_SOURCE = """
-from garbage import make_garbage
-
-@pytest.fixture
-def garbage():
-    # Made outside the loop: only the collection blocks it.
-    make_garbage()
-    yield
-    gc.enable()
+from garbage import garbage_made
 
 @pytest.mark.asyncio
-async def test_gc(garbage):
+async def test_gc(garbage_made):
     await asyncio.sleep(0)
     t = time.monotonic()
     gc.collect()  # the collection
@@ -58,16 +51,11 @@ async def test_gc(garbage):
 """
 
 
-def _collected_in(result):
-    text = result.stdout.str()
-    return float(text.split("COLLECTED IN ")[1].split()[0]) if "COLLECTED IN" in text else None
-
-
 def test_a_block_that_is_garbage_collection_is_recorded_not_failed(pytester, inner):
     import json
 
     result = inner.run(GC_SOURCE, "--loopguard-json=r.json", "-s")
-    took = _collected_in(result)
+    took = collected_in(result)
     assert took is not None and took > 0.15, f"the collection took {took} s: too quick to test"
     result.assert_outcomes(passed=1)
     [ev] = json.loads((pytester.path / "r.json").read_text())["events"]
@@ -82,7 +70,7 @@ def test_a_block_that_is_garbage_collection_is_recorded_not_failed(pytester, inn
 def test_gc_include_judges_the_whole_block(inner):
     # Waiting for a CPU counts too: on a loaded machine it would excuse the collection.
     result = inner.run(GC_SOURCE, "--loopguard-gc=include", "--loopguard-cpu-wait=include", "-s")
-    took = _collected_in(result)
+    took = collected_in(result)
     assert took is not None and took > 0.15, f"the collection took {took} s: too quick to test"
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
