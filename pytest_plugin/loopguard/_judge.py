@@ -171,6 +171,18 @@ def excuse(
     return None
 
 
+def cause_explains(ev: BlockEvent) -> bool:
+    """Whether the cause ``ev`` is labelled with accounts for its length over its threshold.
+    Garbage collection and waiting for a CPU do when the block is under the threshold without
+    them (as :func:`excuse` takes them away); a block that fails all the same is the code's, and
+    is not shown as theirs. Any other cause (an import, a coverage tracer) is what the block
+    was doing, and says so."""
+    if ev.cause not in ("gc", "cpu-wait"):
+        return True
+    found = excuse(ev, ev.threshold)
+    return found is not None and found[0] in ("gc", "cpu-wait")
+
+
 # --- scan ------------------------------------------------------------------------------------
 
 
