@@ -32,6 +32,7 @@ class TestState:
         "max_lag",
         "mode",
         "native",
+        "nodeid",
         "phase",
         "phase_start_ns",
         "test_start_ns",
@@ -41,6 +42,8 @@ class TestState:
 
     def __init__(self, item: pytest.Item, settings: TestSettings) -> None:
         self.item = item
+        self.nodeid = item.nodeid
+        """``item.nodeid``, read once (a call of pytest's each time)."""
         self.threshold = settings.threshold
         self.enabled = settings.enabled
         self.mode = settings.mode
@@ -124,6 +127,8 @@ class State(Record):
         """The settings of ``item``: those read at collection (nothing is kept for a test
         without markers: whatever is kept per test, even in its stash, is one more object for
         every garbage collection to visit), or read now for an item added later."""
+        if not self.marked and id(item) in self.collected:
+            return self.default  # the common case: no test has a marker
         ts = self.marked.get(item.nodeid)
         if ts is None:
             if id(item) in self.collected:

@@ -63,6 +63,11 @@ _state_key = pytest.StashKey[State]()
 # The session's threshold when loopguard is inactive (see loopguard._interpreter): the plugin
 # then checks its settings and says why it watches nothing, and starts nothing.
 _inactive_key = pytest.StashKey[float]()
+# The session state and test state of the test that ran last, as ``_test_state`` returns them:
+# each phase of a test, and the next test of the same session, find them here rather than in
+# ``config.stash`` (whose lookups are calls of pytest's, at every phase). A session's state is
+# in ``config.stash`` all the same: an in-process session inside a test has its own.
+_last: Optional[tuple[State, TestState]] = None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -107,8 +112,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    global _last
     state = config.stash.get(_state_key, None)
     if state is not None:
+        if _last is not None and _last[0] is state:
+            _last = None
         for name in (XdistPlugin.name, PhaseTimes.name):
             plugin = config.pluginmanager.get_plugin(name)
             if plugin is not None:
@@ -142,7 +150,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     state = config.stash.get(_state_key, None)
     if state is None:
         return
+    marked_above: dict[int, bool] = {}
     for item in items:
+        if not _has_marker(item, marked_above):
+            continue  # the common case: the session's settings, nothing to read or keep
         try:
             ts = marker_settings(item, state.default)
         except SettingError as e:
@@ -153,11 +164,48 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     state.collected.update(map(id, items))
 
 
+def _has_marker(item: pytest.Item, marked_above: dict[int, bool]) -> bool:
+    """Whether ``item`` or a node above it carries a loopguard marker: where ``iter_markers``
+    looks, each node above looked at once for all the items under it (``marked_above``, by
+    ``id()`` of the node)."""
+    if _carries_marker(item):
+        return True
+    parent = item.parent
+    if parent is None:
+        return False
+    found = marked_above.get(id(parent))
+    if found is None:
+        chain = []
+        node: Optional[Any] = parent
+        while node is not None and id(node) not in marked_above:
+            chain.append(node)
+            node = node.parent
+        found = marked_above[id(node)] if node is not None else False
+        for node in reversed(chain):
+            found = found or _carries_marker(node)
+            marked_above[id(node)] = found
+    return found
+
+
+def _carries_marker(node: Any) -> bool:
+    for mark in node.own_markers:
+        if getattr(mark, "name", None) == "loopguard":
+            return True
+    return False
+
+
 def _test_state(item: pytest.Item, *, new: bool = False) -> Optional[tuple[State, TestState]]:
     """The state of ``item``, the test that is running; ``new``: it starts (again) now."""
-    state = item.config.stash.get(_state_key, None)
-    if state is None:
-        return None
+    global _last
+    last = _last
+    if last is not None and last[1].item is item and not new:
+        return last  # a later phase of the test that ran last: the common case
+    if last is not None and last[1].item.config is item.config:
+        state = last[0]  # the next test of the same session
+    else:
+        state = item.config.stash.get(_state_key, None)
+        if state is None:
+            return None
     ts = state.current
     if new or ts is None or ts.item is not item:
         if ts is not None:
@@ -166,7 +214,8 @@ def _test_state(item: pytest.Item, *, new: bool = False) -> Optional[tuple[State
             ts = state.current = TestState(item, state.settings_of(item))
         except SettingError as e:
             raise pytest.UsageError(f"loopguard: {e}") from None
-    return state, ts
+    _last = found = (state, ts)
+    return found
 
 
 def _forget_samples(ts: TestState) -> None:
@@ -193,7 +242,7 @@ def _enter_phase(item: pytest.Item, phase: str) -> Optional[tuple[State, TestSta
         runtime.set_raise(state.token, ts.enabled and ts.mode == "raise")
         _native.set_native_stacks(ts.enabled and ts.native == "on")
         runtime.check_imports()
-    runtime.set_context(make_context(item.nodeid, phase))
+    runtime.set_context(make_context(ts.nodeid, phase))
     return found
 
 
@@ -322,30 +371,36 @@ def _warn(item: pytest.Item, ev: BlockEvent) -> bool:
     return True
 
 
-def _phase(item: pytest.Item, phase: str) -> Generator[None, Any, Any]:
-    """The body of the three phase wrappers: judge the phase's blocks once it has run."""
-    # A failure raised by another plugin's hook passes through here: not ours to show.
-    __tracebackhide__ = True
-    found = _enter_phase(item, phase)
-    try:
-        result = yield
-    except BaseException:
-        _leave_phase(item, phase, warn=False, found=found)
-        raise
-    _leave_phase(item, phase, warn=True, found=found)
-    return result
+# The three phase wrappers judge the blocks of their phase once it has run. A failure raised by
+# another plugin's hook passes through them: not theirs to show (``__tracebackhide__``). Each
+# spells out the same few lines: a shared generator under each would cost every phase of every
+# test one more generator.
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, Any, Any]:
     __tracebackhide__ = True
-    return (yield from _phase(item, "setup"))
+    found = _enter_phase(item, "setup")
+    try:
+        result = yield
+    except BaseException:
+        _leave_phase(item, "setup", warn=False, found=found)
+        raise
+    _leave_phase(item, "setup", warn=True, found=found)
+    return result
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
     __tracebackhide__ = True
-    return (yield from _phase(item, "call"))
+    found = _enter_phase(item, "call")
+    try:
+        result = yield
+    except BaseException:
+        _leave_phase(item, "call", warn=False, found=found)
+        raise
+    _leave_phase(item, "call", warn=True, found=found)
+    return result
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -353,23 +408,35 @@ def pytest_runtest_teardown(
     item: pytest.Item, nextitem: Optional[pytest.Item]
 ) -> Generator[None, Any, Any]:
     __tracebackhide__ = True
+    found = _enter_phase(item, "teardown")
     try:
-        return (yield from _phase(item, "teardown"))
+        result = yield
+    except BaseException:
+        _leave_phase(item, "teardown", warn=False, found=found)
+        raise
+    else:
+        _leave_phase(item, "teardown", warn=True, found=found)
     finally:
         if _interpreter.INACTIVE is None:
             runtime.set_context("")
             runtime.lag_probing = False
+    return result
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
-    state = item.config.stash.get(_state_key, None)
-    ts = state.current if state is not None else None
-    # The phase just judged is the current test's; no verdict is the common case.
-    verdicts = ts.verdicts.get(call.when) if ts is not None and ts.item is item else None
+    last = _last
+    if last is not None and last[1].item is item:
+        state, ts = last  # the common case: the phase just judged is the current test's
+    else:
+        state = item.config.stash.get(_state_key, None)
+        ts = state.current if state is not None else None
+        if ts is None or ts.item is not item:
+            return report
+    verdicts = ts.verdicts.get(call.when)
     if not verdicts:
-        return report
+        return report  # no verdict: the common case
     if not any(v.outcome == "failed" for v in verdicts):
         return report
     if report.skipped or hasattr(report, "wasxfail"):
