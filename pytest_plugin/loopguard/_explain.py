@@ -81,13 +81,14 @@ def _on_gc(phase: str, info: dict) -> None:
     # only for the older generations' collections, the long ones: a collection of the youngest
     # (at most a few thousand objects, ten times as frequent) is long only by the finalizers
     # it runs, and its CPU time stays unknown (0). Only a long one (rare) pays for more.
+    # The CPU time is read inside the clock's readings, so that it never exceeds them.
     if phase == "start":
-        _gc_start[1] = _thread_cpu_ns() if info["generation"] else -1
         _gc_start[0] = _native.now_ns()
+        _gc_start[1] = _thread_cpu_ns() if info["generation"] else -1
     elif _gc_start[0]:
+        cpu = _thread_cpu_ns() - _gc_start[1] if _gc_start[1] >= 0 else 0
         end = _native.now_ns()
         if end - _gc_start[0] >= _GC_MIN_NS:
-            cpu = _thread_cpu_ns() - _gc_start[1] if _gc_start[1] >= 0 else 0
             # The stop callback runs in the thread, and under the frame, that the start one
             # did: the collection's finalizers have returned by now.
             try:
