@@ -10,6 +10,8 @@ import pytest
 
 pytestmark = pytest.mark.interpreter
 
+INNER = dict(plugins=("trio", "anyio"))  # the trio and anyio kinds run under their plugins
+
 
 @dataclasses.dataclass(frozen=True)
 class Kind:
