@@ -4,6 +4,7 @@ import json
 import re
 import sys
 
+import pytest
 from conftest import INI
 
 APP = """
@@ -75,6 +76,7 @@ def cli(pytester, *args):
     return result.stdout.lines
 
 
+@pytest.mark.slow
 def test_shards_merge_into_the_whole_run(pytester):
     pytester.makeini(INI)
     pytester.makepyfile(app=APP, test_it=TESTS)
