@@ -25,7 +25,7 @@ def spin(seconds):
 """
 
 
-INNER = dict(header=HEADER, plugins=("trio", "anyio"))
+INNER = dict(header=HEADER)
 
 
 def test_pure_python_in_to_thread_fails_naming_the_workers_line_and_share(inner):

@@ -24,7 +24,7 @@ class Rendezvous:
 """
 
 
-INNER = dict(header=HEADER, args=("-p", "no:randomly"), plugins=("trio", "anyio"))
+INNER = dict(header=HEADER, args=("-p", "no:randomly"))
 
 
 def test_loop_from_a_session_fixture_reused_by_many_tests(inner):

@@ -20,7 +20,7 @@ async def blocker():
 """
 
 
-INNER = dict(header=HEADER, plugins=("trio", "anyio"))
+INNER = dict(header=HEADER)
 
 
 def test_beat_is_cancelled_when_the_loop_stops(inner):
