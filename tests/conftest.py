@@ -25,6 +25,13 @@ def pytest_configure(config):
     )
 
 
+def pytest_collection_modifyitems(items):
+    """Tests marked ``slow`` first (a stable sort: the order is otherwise kept, or
+    pytest-randomly's): the parallel workers (``-n``) then start on them and finish together,
+    instead of one worker ending the run alone on a long test handed out last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def pytest_runtest_setup(item):
     if PORTABLE is not None and item.get_closest_marker("linux_full") is not None:
         pytest.skip(f"the portable path: {PORTABLE}")
@@ -61,6 +68,14 @@ asyncio_default_fixture_loop_scope = function
 """
 KEEP_ORDER = "addopts = -p no:randomly\n"
 
+# Plugins installed for the suite's sake that most inner sessions do not use, by entry-point
+# name, and slow to load: together they cost a subprocess session about half of its start-up
+# (pytest-trio and anyio's plugin import trio and anyio; pytest-html imports jinja2). An inner
+# session blocks them (``-p no:NAME``), except those its module names in ``plugins``; a module
+# whose sessions use one (a ``trio`` or ``anyio`` marker, ``--html``, ``--cov``), or that tests
+# how plugins load together, names it.
+SLOW_PLUGINS = ("trio", "anyio", "html", "html_fixtures", "metadata", "pytest_cov")
+
 
 @dataclasses.dataclass(frozen=True)
 class InnerSession:
@@ -83,6 +98,7 @@ class InnerSession:
     args: tuple[str, ...] = ()  # pytest arguments given before each run's own
     files: dict[str, str] = dataclasses.field(default_factory=dict)  # more files, by name
     inprocess: bool = False  # each run's default: see run
+    plugins: tuple[str, ...] = ()  # which of SLOW_PLUGINS stay loaded (all others are blocked)
 
     def using(self, **shared) -> "InnerSession":
         return dataclasses.replace(self, **shared)
@@ -102,7 +118,13 @@ class InnerSession:
         the module's ``args`` and then these: in a subprocess, or in this process when
         ``inprocess`` (by default, the module's ``inprocess``) is true."""
         self.write(source, ini, keep_order, **files)
-        args = (*(("-p", "loopguard") if plugin else ()), *self.args, *args)
+        blocked = [("-p", f"no:{name}") for name in SLOW_PLUGINS if name not in self.plugins]
+        args = (
+            *(("-p", "loopguard") if plugin else ()),
+            *(arg for pair in blocked for arg in pair),
+            *self.args,
+            *args,
+        )
         if self.inprocess if inprocess is None else inprocess:
             return run_inprocess(self.pytester, *args)
         return self.pytester.runpytest_subprocess(*args)

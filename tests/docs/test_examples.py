@@ -172,6 +172,7 @@ def row(site: str) -> str:
 
 
 @pytest.mark.linux_full  # its offload_check() tests need the GIL reader
+@pytest.mark.slow
 def test_example_suite_fails_exactly_the_buggy_tests(pytester, monkeypatch):
     for var in ("LOOPGUARD_THRESHOLD", "LOOPGUARD_SAMPLER"):
         monkeypatch.delenv(var, raising=False)

@@ -21,7 +21,7 @@ async def blocker():
 """
 
 
-INNER = dict(header=HEADER)
+INNER = dict(header=HEADER, plugins=("anyio",))
 
 
 def test_blocking_test_fails_once_per_backend_naming_it(inner):

@@ -23,6 +23,7 @@ class Kind:
     offload: str  # an awaitable running time.sleep(0.3) in a worker thread
     marker: str  # the lines before `async def test_...` that make a plugin run it on this kind
     marked_needs: tuple[str, ...] = ()  # and the plugin that does
+    plugins: tuple[str, ...] = ()  # the inner sessions' plugins of conftest.SLOW_PLUGINS
     fixtures: str = ""  # module-level fixtures the marked tests need
     marked_args: tuple[str, ...] = ()  # pytest arguments the marked tests need
     running_check: str = "pass"  # a statement, inside the loop, checking it is this kind
@@ -56,6 +57,7 @@ def anyio_kind(name, label, backend=None, run=None, needs=(), **more):
         sleep="anyio.sleep",
         offload="anyio.to_thread.run_sync(time.sleep, 0.3)",
         marker="@pytest.mark.anyio",
+        plugins=("anyio",),
         fixtures=f"""
 @pytest.fixture
 def anyio_backend():
@@ -90,6 +92,7 @@ KINDS = [
         offload="trio.to_thread.run_sync(time.sleep, 0.3)",
         marker="@pytest.mark.trio",
         marked_needs=("pytest_trio",),
+        plugins=("trio",),
         runs={"trio.run": "trio.run({main})"},
         auto_ini="trio_mode = true",
         more_waiting="""
@@ -151,6 +154,12 @@ def kind_runs():
 def require(kind, marked=False):
     for module in kind.needs + (kind.marked_needs if marked else ()):
         pytest.importorskip(module)
+
+
+@pytest.fixture
+def inner(inner, kind):
+    """Inner sessions with the plugin that runs the kind's marked tests, if it has one."""
+    return inner.using(plugins=kind.plugins)
 
 
 def assert_reported(result, inner, kind, test, **outcomes):

@@ -17,7 +17,7 @@ async def blocker():
 """
 
 
-INNER = dict(header=HEADER)
+INNER = dict(header=HEADER, plugins=("trio",))
 
 
 def assert_reported(result, inner, test):

@@ -130,6 +130,7 @@ def check_code(code):
     return None
 
 
+@pytest.mark.slow
 def test_line_tables_match_cpython_for_the_whole_stdlib():
     checked = 0
     failures = []

@@ -33,6 +33,7 @@ async def test_b():
 INNER = dict(files={"app": APP})
 
 
+@pytest.mark.slow
 def test_baseline_life_cycle(pytester, inner):
     base = pytester.path / "loopguard-baseline.json"
 

@@ -111,6 +111,7 @@ def test_disabled():
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one process", "xdist"])
 def test_a_normal_run_counts_its_guarded_tests_and_exits_as_before(inner, pytester, workers):
     result = inner.run(SOME + SKIPPED, "--loopguard-json=report.json", *workers)

@@ -11,6 +11,8 @@ import pytest
 
 pytestmark = [pytest.mark.single_version, pytest.mark.linux_full]  # system call names
 
+INNER = dict(plugins=("trio",))  # a trio test (pytest-trio)
+
 HEADER = """
 import asyncio, json, os, socket, sqlite3, subprocess, threading, time, urllib.request
 

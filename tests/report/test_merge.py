@@ -3,6 +3,7 @@
 import json
 import re
 
+import pytest
 from conftest import INI
 from reports import cli, hotspot_table
 
@@ -58,6 +59,7 @@ def _masked(lines):
     return [" ".join(_DURATION.sub("D", line).split()) for line in lines]
 
 
+@pytest.mark.slow
 def test_shards_merge_into_the_whole_run(pytester):
     pytester.makeini(INI)
     pytester.makepyfile(app=APP, test_it=TESTS)

@@ -79,6 +79,7 @@ def test_async_tests_without_blocks_wake_the_watchdog_a_few_times_per_loop(inner
     assert wakeups <= 5 * n, f"the watchdog woke up {wakeups} times in {n} tests"
 
 
+@pytest.mark.slow
 def test_collected_tests_keep_no_objects_alive(inner):
     # Objects per test, with and without the plugin, from the slope between two suite sizes
     # (what the plugin keeps once, its modules and the watchdog, cancels out).

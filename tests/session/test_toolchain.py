@@ -1,6 +1,7 @@
 """The rest of the toolchain: coverage, timeouts, random order, logging capture, thread checks."""
 
 import pytest
+from conftest import SLOW_PLUGINS
 
 HEADER = """
 import asyncio, logging, threading, time
@@ -8,7 +9,7 @@ import pytest
 """
 
 
-INNER = dict(header=HEADER)
+INNER = dict(header=HEADER, plugins=SLOW_PLUGINS)
 
 
 BLOCKING = """

@@ -6,6 +6,7 @@ import re
 import time
 
 import loopguard
+import pytest
 
 TESTS = """
 import asyncio, time
@@ -174,6 +175,7 @@ def pytest_sessionfinish(session):
 """
 
 
+@pytest.mark.slow
 def test_a_worker_keeps_no_verdict_it_has_shipped(inner):
     result = inner.run(TESTS, "-n", "2", conftest=CONFTEST + KEPT)
     result.assert_outcomes(failed=3, passed=2, xfailed=1)
