@@ -27,6 +27,7 @@ text and fixture modules only when a run needs them.
 """
 
 import sys as _sys
+from typing import Any
 
 from . import _interpreter
 
@@ -66,6 +67,22 @@ if not any(getattr(f, "loopguard_own_modules", False) for f in _sys.meta_path):
     _sys.meta_path.insert(0, _OwnModules())  # type: ignore[arg-type]
 
 pytest_plugins = ["loopguard.plugin"]
+
+
+def pytest_addhooks(pluginmanager: object) -> None:
+    """Registers :mod:`loopguard.plugin` as soon as pytest registers this package (``-p
+    loopguard``, ``pytest_plugins = ["loopguard"]``): pytest would otherwise import it from
+    ``pytest_plugins`` above, after reading every installed distribution's entry points once
+    more for one named ``loopguard.plugin`` (8 M instructions at every start-up). Finding it
+    registered, pytest skips that; ``pytest_plugins`` remains for a package registered before
+    its hooks are called (``pytest.main(plugins=[loopguard])``)."""
+    pm: Any = pluginmanager
+    if pm.get_plugin("loopguard.plugin") is None and not pm.is_blocked("loopguard.plugin"):
+        from . import plugin
+
+        if not pm.is_registered(plugin):
+            pm.register(plugin, "loopguard.plugin")
+
 
 __version__ = "0.1.0"
 """The distribution's version: Cargo.toml's, which maturin writes into the metadata (a test

@@ -19,12 +19,15 @@ import collections
 import gc
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, Optional
 
 from . import _native
 from ._files import display_path
 
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
     from ._events import BlockEvent, Frame, Sample
 
 __all__ = ["Collection", "GcShare", "explain", "gc_share", "install_gc_log"]
@@ -33,16 +36,35 @@ _IMPORTLIB = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_ext
 _GC_MIN_NS = 1_000_000  # collections shorter than 1 ms are not worth remembering
 
 
-class Collection(NamedTuple):
-    """One garbage collection of 1 ms or more, on the watchdog's clock."""
+class Collection(tuple):  # type: ignore[type-arg]
+    """One garbage collection of 1 ms or more, on the watchdog's clock: a tuple ``(start_ns,
+    end_ns, thread, trigger)`` with those names (a ``NamedTuple`` written out: the generated
+    one compiles its ``__new__`` from source at every import, and this module is imported at
+    every start-up).
 
-    start_ns: int
-    end_ns: int
-    thread: int
-    """``threading.get_ident()`` of the thread that ran it."""
-    trigger: Optional[Frame]
-    """The innermost Python frame of that thread when it began (the frame whose allocation or
-    ``gc.collect()`` call started it); ``None`` when no Python code was running."""
+    ``thread``: ``threading.get_ident()`` of the thread that ran it. ``trigger``: the innermost
+    Python frame of that thread when it began (the frame whose allocation or ``gc.collect()``
+    call started it); ``None`` when no Python code was running."""
+
+    __slots__ = ()
+
+    def __new__(cls, start_ns: int, end_ns: int, thread: int, trigger: Optional[Frame]) -> Self:
+        return tuple.__new__(cls, (start_ns, end_ns, thread, trigger))
+
+    start_ns: int = property(itemgetter(0))  # type: ignore[assignment]
+    end_ns: int = property(itemgetter(1))  # type: ignore[assignment]
+    thread: int = property(itemgetter(2))  # type: ignore[assignment]
+    trigger: Optional[Frame] = property(itemgetter(3))  # type: ignore[assignment]
+
+    def _replace(self, *, trigger: Optional[Frame]) -> Collection:
+        return Collection(self[0], self[1], self[2], trigger)
+
+    def __repr__(self) -> str:
+        start_ns, end_ns, thread, trigger = self
+        return f"Collection({start_ns=!r}, {end_ns=!r}, {thread=!r}, {trigger=!r})"
+
+    def __getnewargs__(self) -> tuple[Any, ...]:
+        return tuple(self)
 
 
 # Recent long garbage collections.
@@ -209,17 +231,34 @@ def _seen_doing(s: Sample, c: Collection, loop_thread: int) -> Optional[str]:
     return _COLLECTING
 
 
-class GcShare(NamedTuple):
-    """How the garbage collections that overlapped a block spent it, in nanoseconds."""
+class GcShare(tuple):  # type: ignore[type-arg]
+    """How the garbage collections that overlapped a block spent it, in nanoseconds: a tuple
+    ``(collector, finalizers, elsewhere, collection)`` with those names (written out, as
+    :class:`Collection` is).
 
-    collector: int
-    """The collector's own work, and the stretches no sample speaks for."""
-    finalizers: int
-    """The code the collector ran: finalizers, weakref callbacks, their system calls."""
-    elsewhere: int
-    """Other threads' (or the loop's own) work while a collection waited for the GIL."""
-    collection: Optional[Collection]
-    """The collection that ran the most finalizer time."""
+    ``collector``: the collector's own work, and the stretches no sample speaks for.
+    ``finalizers``: the code the collector ran (finalizers, weakref callbacks, their system
+    calls). ``elsewhere``: other threads' (or the loop's own) work while a collection waited
+    for the GIL. ``collection``: the collection that ran the most finalizer time."""
+
+    __slots__ = ()
+
+    def __new__(
+        cls, collector: int, finalizers: int, elsewhere: int, collection: Optional[Collection]
+    ) -> Self:
+        return tuple.__new__(cls, (collector, finalizers, elsewhere, collection))
+
+    collector: int = property(itemgetter(0))  # type: ignore[assignment]
+    finalizers: int = property(itemgetter(1))  # type: ignore[assignment]
+    elsewhere: int = property(itemgetter(2))  # type: ignore[assignment]
+    collection: Optional[Collection] = property(itemgetter(3))  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        collector, finalizers, elsewhere, collection = self
+        return f"GcShare({collector=!r}, {finalizers=!r}, {elsewhere=!r}, {collection=!r})"
+
+    def __getnewargs__(self) -> tuple[Any, ...]:
+        return tuple(self)
 
 
 def gc_share(ev: BlockEvent, collections: list[Collection]) -> GcShare:
