@@ -47,12 +47,37 @@ class AsyncioAdapter:
         original = cls.run_forever
         if getattr(original, "_loopguard", False):
             return True
-        watch = self._run_guarded
+        watched = self._watched
+        thread_slots = self._thread_slots
 
+        # One frame, the loop's whole run long: asyncio's debug mode (unittest's
+        # IsolatedAsyncioTestCase runs in it) walks the stack down to the test runner at every
+        # future, task and callback it creates, so each frame more here costs at each of them.
         def run_forever(self):  # type: ignore[no-untyped-def]
             if not host.active or self.is_running() or not _native.is_running():
                 return original(self)
-            return watch(host, self, original)
+            thread = threading.get_ident()
+            try:
+                slot = _native.register("asyncio", threading.current_thread().name, thread, self)
+            except RuntimeError:
+                return original(self)
+            restore = _watch_selector(self, slot)
+            probe = host.start_lag_probe(self, "asyncio")
+            watched.add(id(self))
+            outer = thread_slots.get(thread)
+            thread_slots[thread] = slot
+            try:
+                return original(self)
+            finally:
+                if outer is None:
+                    thread_slots.pop(thread, None)
+                else:
+                    thread_slots[thread] = outer
+                watched.discard(id(self))
+                if probe is not None:
+                    probe.stop()
+                restore()
+                slot.unregister()
 
         run_forever.__wrapped__ = original  # type: ignore[attr-defined]
         run_forever.__doc__ = original.__doc__
@@ -60,32 +85,6 @@ class AsyncioAdapter:
         run_forever._loopguard = True  # type: ignore[attr-defined]
         cls.run_forever = run_forever  # type: ignore[method-assign]
         return True
-
-    def _run_guarded(self, host: Host, loop: Any, original: Any) -> Any:
-        try:
-            slot = _native.register(
-                "asyncio", threading.current_thread().name, threading.get_ident(), loop
-            )
-        except RuntimeError:
-            return original(loop)
-        restore = _watch_selector(loop, slot)
-        probe = host.start_lag_probe(loop, "asyncio")
-        self._watched.add(id(loop))
-        thread = threading.get_ident()
-        outer = self._thread_slots.get(thread)
-        self._thread_slots[thread] = slot
-        try:
-            return original(loop)
-        finally:
-            if outer is None:
-                self._thread_slots.pop(thread, None)
-            else:
-                self._thread_slots[thread] = outer
-            self._watched.discard(id(loop))
-            if probe is not None:
-                probe.stop()
-            restore()
-            slot.unregister()
 
     def running(self) -> Optional[tuple[Hashable, Any]]:
         loop = asyncio._get_running_loop()

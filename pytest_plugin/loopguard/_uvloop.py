@@ -54,12 +54,30 @@ class UvloopAdapter:
         if getattr(cls.run_forever, "_loopguard", False):
             return True
         original = cls.run_forever
-        watch = self._run_guarded
+        watched = self._watched
 
+        # One frame, the loop's whole run long (see loopguard._asyncio: asyncio's debug mode
+        # walks the stack at every future it creates).
         def run_forever(self):  # type: ignore[no-untyped-def]
             if not host.active or self.is_running() or not _native.is_running():
                 return original(self)
-            return watch(host, self, original)
+            try:
+                slot = _native.register(
+                    "uvloop", threading.current_thread().name, threading.get_ident(), self
+                )
+            except RuntimeError:
+                return original(self)
+            stop = _beat(self, slot)
+            probe = host.start_lag_probe(self, "uvloop")
+            watched.add(id(self))
+            try:
+                return original(self)
+            finally:
+                watched.discard(id(self))
+                if probe is not None:
+                    probe.stop()
+                stop()
+                slot.unregister()
 
         run_forever.__wrapped__ = original  # type: ignore[attr-defined]
         run_forever.__doc__ = original.__doc__
@@ -67,25 +85,6 @@ class UvloopAdapter:
         run_forever._loopguard = True  # type: ignore[attr-defined]
         cls.run_forever = run_forever
         return True
-
-    def _run_guarded(self, host: Host, loop: Any, original: Any) -> Any:
-        try:
-            slot = _native.register(
-                "uvloop", threading.current_thread().name, threading.get_ident(), loop
-            )
-        except RuntimeError:
-            return original(loop)
-        stop = _beat(loop, slot)
-        probe = host.start_lag_probe(loop, "uvloop")
-        self._watched.add(id(loop))
-        try:
-            return original(loop)
-        finally:
-            self._watched.discard(id(loop))
-            if probe is not None:
-                probe.stop()
-            stop()
-            slot.unregister()
 
     def running(self) -> Optional[tuple[Hashable, Any]]:
         loop = asyncio._get_running_loop()
