@@ -69,19 +69,14 @@ if not any(getattr(f, "loopguard_own_modules", False) for f in _sys.meta_path):
 pytest_plugins = ["loopguard.plugin"]
 
 
-def pytest_addhooks(pluginmanager: object) -> None:
+def pytest_addhooks(pluginmanager: Any) -> None:
     """Registers :mod:`loopguard.plugin` as soon as pytest registers this package (``-p
-    loopguard``, ``pytest_plugins = ["loopguard"]``): pytest would otherwise import it from
-    ``pytest_plugins`` above, after reading every installed distribution's entry points once
-    more for one named ``loopguard.plugin`` (8 M instructions at every start-up). Finding it
-    registered, pytest skips that; ``pytest_plugins`` remains for a package registered before
-    its hooks are called (``pytest.main(plugins=[loopguard])``)."""
-    pm: Any = pluginmanager
-    if pm.get_plugin("loopguard.plugin") is None and not pm.is_blocked("loopguard.plugin"):
-        from . import plugin
-
-        if not pm.is_registered(plugin):
-            pm.register(plugin, "loopguard.plugin")
+    loopguard``, ``pytest_plugins = ["loopguard"]``): from ``pytest_plugins`` above, pytest
+    would first read every installed distribution's entry points once more, for one named
+    ``loopguard.plugin`` (8 M instructions at every start-up); this asks for the module
+    itself, and pytest then finds it registered. ``pytest_plugins`` remains for a package
+    registered before pytest calls this hook (``pytest.main(plugins=[loopguard])``)."""
+    pluginmanager.import_plugin("loopguard.plugin")
 
 
 __version__ = "0.1.0"
