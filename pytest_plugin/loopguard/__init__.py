@@ -29,18 +29,6 @@ text and fixture modules only when a run needs them.
 import sys as _sys
 from typing import Any
 
-from . import _interpreter
-
-if _interpreter.INACTIVE is not None:  # free-threaded CPython: before anything imports it
-    _interpreter.replace_native()
-
-from ._errors import (
-    LoopBlockedError,
-    LoopBlockedWarning,
-    LoopguardInactiveWarning,
-    OffloadError,
-)
-
 
 class _OwnModules:
     """Imports loopguard's submodules as Python itself would, ahead of pytest's assertion
@@ -65,6 +53,19 @@ class _OwnModules:
 
 if not any(getattr(f, "loopguard_own_modules", False) for f in _sys.meta_path):
     _sys.meta_path.insert(0, _OwnModules())  # type: ignore[arg-type]
+
+# Past that import hook: these two are not compiled again by pytest's.
+from . import _interpreter  # noqa: E402
+
+if _interpreter.INACTIVE is not None:  # free-threaded CPython: before anything imports it
+    _interpreter.replace_native()
+
+from ._errors import (  # noqa: E402
+    LoopBlockedError,
+    LoopBlockedWarning,
+    LoopguardInactiveWarning,
+    OffloadError,
+)
 
 pytest_plugins = ["loopguard.plugin"]
 
