@@ -31,7 +31,11 @@ is removed from the children's environment), as on a developer's machine: withou
 compiles every plugin module it rewrites for assertions, loopguard's included, at every run.
 
 ``--callgrind`` takes several sizes (``--tests 500,2000``): the instructions per test between
-one size and the next then show whether the cost per test grows with the suite.
+one size and the next then show whether the cost per test grows with the suite. What a test
+costs moves between sizes with when the garbage collector's full collections fall (each walks
+the whole heap, both sides' alike, once the young generations have been collected often
+enough): ``--gc-off`` also counts both sides with the collector disabled from the start, which
+leaves the cost of the calls alone (the headline figures are those with the collector on).
 
 ``--startup`` measures what loading the plugin costs a one-test run: instructions (callgrind)
 with and without ``-p loopguard``, with bytecode caching on and off (``PYTHONDONTWRITEBYTECODE``,
@@ -40,7 +44,7 @@ common in CI images: pytest's own cache of rewritten modules is not written then
 self time over the runs; a loaded machine moves these, not the instructions).
 
     python benchmarks/per_test_cost.py [--tests 2000] [--rounds 5] [--load 3] [--kinds sync,async]
-    python benchmarks/per_test_cost.py --callgrind [--tests 200,2000]
+    python benchmarks/per_test_cost.py --callgrind [--tests 200,2000] [--gc-off]
     python benchmarks/per_test_cost.py --startup [--rounds 5]
 """
 
@@ -61,8 +65,11 @@ from pathlib import Path
 from _callgrind import instructions
 
 TIMER = """
-import json, os, time
+import gc, json, os, time
 import pytest
+
+if os.environ.get("PER_TEST_COST_GC") == "off":
+    gc.disable()  # before any other plugin is imported (this one is loaded first)
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtestloop(session):
@@ -177,35 +184,39 @@ def _report(label: str, kind: str, n: int, res: dict[str, list[float]]) -> dict[
     return row
 
 
-def _instructions(suite: Path, root: Path, plugin: bool) -> int:
+def _instructions(suite: Path, root: Path, plugin: bool, gc_on: bool = True) -> int:
     """Instructions executed by one pytest process under callgrind, all threads."""
     env = dict(_env(root), LOOPGUARD_THRESHOLD="60s")
+    if not gc_on:
+        env["PER_TEST_COST_GC"] = "off"
     return instructions(_pytest(plugin), cwd=str(suite), env=env)
 
 
-def _callgrind(sizes: list[int], kinds: list[str]) -> None:
+def _callgrind(sizes: list[int], kinds: list[str], gc_off: bool) -> None:
     print(f"python {sys.version.split()[0]}, instructions counted by callgrind, tests {sizes}")
     with tempfile.TemporaryDirectory(prefix="loopguard-per-test-") as tmp:
         root = Path(tmp)
         suites = {n: _write_suites(root / f"n{n}", n) for n in sorted({1, *sizes})}
         for kind in kinds:
-            counts = {}
-            for n, by_kind in suites.items():
-                suite = by_kind[kind]
-                for plugin in (False, True):
-                    _run(suite, suite.parent, plugin)  # compile and cache the bytecode first
-                    counts[n, plugin] = _instructions(suite, suite.parent, plugin)
-            fixed = counts[1, True] - counts[1, False]
-            print(f"{kind:<6} fixed {fixed / 1e6:+.1f} M", flush=True)
-            sizes_seen = sorted(suites)
-            for lo, hi in itertools.pairwise(sizes_seen):
-                off = (counts[hi, False] - counts[lo, False]) / (hi - lo)
-                on = (counts[hi, True] - counts[lo, True]) / (hi - lo)
-                print(
-                    f"{kind:<6} tests {lo:>5} -> {hi:<5} per test {off:10.0f} -> {on:10.0f} "
-                    f"instructions ({on / off:.3f}x, {on - off:+.0f})",
-                    flush=True,
-                )
+            for gc_on in (True, False) if gc_off else (True,):
+                counts = {}
+                for n, by_kind in suites.items():
+                    suite = by_kind[kind]
+                    for plugin in (False, True):
+                        _run(suite, suite.parent, plugin)  # compile and cache the bytecode first
+                        counts[n, plugin] = _instructions(suite, suite.parent, plugin, gc_on)
+                label = kind if gc_on else f"{kind}, gc off"
+                fixed = counts[1, True] - counts[1, False]
+                print(f"{label:<6} fixed {fixed / 1e6:+.1f} M", flush=True)
+                sizes_seen = sorted(suites)
+                for lo, hi in itertools.pairwise(sizes_seen):
+                    off = (counts[hi, False] - counts[lo, False]) / (hi - lo)
+                    on = (counts[hi, True] - counts[lo, True]) / (hi - lo)
+                    print(
+                        f"{label:<6} tests {lo:>5} -> {hi:<5} per test {off:10.0f} -> {on:10.0f} "
+                        f"instructions ({on / off:.3f}x, {on - off:+.0f})",
+                        flush=True,
+                    )
 
 
 def _importtime(suite: Path, root: Path, plugin: bool) -> dict[str, int]:
@@ -286,6 +297,11 @@ def main() -> None:
     ap.add_argument("--quiet-only", action="store_true", help="skip the loaded measurement")
     ap.add_argument("--json", metavar="PATH", help="also write the figures to this file")
     ap.add_argument("--callgrind", action="store_true", help="count instructions instead")
+    ap.add_argument(
+        "--gc-off",
+        action="store_true",
+        help="--callgrind: also count with the garbage collector off on both sides",
+    )
     ap.add_argument("--startup", action="store_true", help="what loading the plugin costs")
     args = ap.parse_args()
     kinds = [k for k in args.kinds.split(",") if k]
@@ -294,7 +310,7 @@ def main() -> None:
         _startup(args.rounds)
         return
     if args.callgrind:
-        _callgrind(sizes, kinds)
+        _callgrind(sizes, kinds, args.gc_off)
         return
     args.tests = sizes[0]
     print(

@@ -117,17 +117,18 @@ pub struct Sample {
 }
 
 impl Sample {
-    /// A sample that carries only an error.
-    pub fn failed(offset_ns: u64, error: impl Into<String>) -> Sample {
+    /// A sample of the stack `frames` at `offset_ns`, seen once, the GIL's state `gil`; nothing
+    /// else known (a sampler sets what more it knows with `..Sample::new(...)`).
+    pub fn new(offset_ns: u64, frames: Vec<Frame>, gil: Gil) -> Sample {
         Sample {
             offset_ns,
             count: 1,
-            frames: Vec::new(),
+            frames,
             repeats: Vec::new(),
-            gil: Gil::Unknown,
+            gil,
             holder: None,
             late: false,
-            error: Some(error.into()),
+            error: None,
             task_name: None,
             syscall: None,
             syscall_object: None,
@@ -136,6 +137,14 @@ impl Sample {
             callback_tag: None,
             callback: None,
             native: NativeStack::default(),
+        }
+    }
+
+    /// A sample that carries only an error.
+    pub fn failed(offset_ns: u64, error: impl Into<String>) -> Sample {
+        Sample {
+            error: Some(error.into()),
+            ..Sample::new(offset_ns, Vec::new(), Gil::Unknown)
         }
     }
 

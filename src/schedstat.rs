@@ -129,6 +129,9 @@ pub fn available() -> bool {
 #[cfg(all(test, linux_full))]
 pub(crate) mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::thread::JoinHandle;
     use std::time::{Duration, Instant};
 
     #[test]
@@ -238,10 +241,66 @@ pub(crate) mod tests {
         }
     }
 
-    fn spin(d: Duration) {
+    /// Keeps the calling thread busy on its CPU for `d` of wall time.
+    pub(crate) fn spin(d: Duration) {
         let t = Instant::now();
         while t.elapsed() < d {
             std::hint::spin_loop();
+        }
+    }
+
+    /// The calling thread's kernel thread id.
+    pub(crate) fn gettid() -> i64 {
+        // SAFETY: gettid has no preconditions.
+        i64::from(unsafe { libc::gettid() })
+    }
+
+    /// A thread that spins on the CPU its creator runs on, pinned there, until it is stopped
+    /// (or dropped): a thread pinned to the same CPU ([`Spinner::cpu`]) shares it and waits
+    /// for it about half of the time.
+    pub(crate) struct Spinner {
+        pub(crate) cpu: usize,
+        stop: Arc<AtomicBool>,
+        thread: Option<JoinHandle<()>>,
+    }
+
+    impl Spinner {
+        pub(crate) fn on_this_cpu() -> Self {
+            // SAFETY: sched_getcpu has no preconditions.
+            let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).unwrap_or(0);
+            let stop = Arc::new(AtomicBool::new(false));
+            let thread = {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    pin_to(cpu);
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            };
+            Spinner {
+                cpu,
+                stop,
+                thread: Some(thread),
+            }
+        }
+
+        /// Stops the spinner and waits for its thread to end.
+        pub(crate) fn stop(self) {
+            drop(self);
+        }
+    }
+
+    impl Drop for Spinner {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+            if let Some(thread) = self.thread.take() {
+                let ended = thread.join();
+                // A test that is already failing is not made to abort by a second panic.
+                if !std::thread::panicking() {
+                    ended.unwrap();
+                }
+            }
         }
     }
 
@@ -251,22 +310,11 @@ pub(crate) mod tests {
             eprintln!("no schedstat on this kernel");
             return;
         }
-        // SAFETY: sched_getcpu has no preconditions.
-        let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).unwrap_or(0);
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let spinner = {
-            let stop = std::sync::Arc::clone(&stop);
-            std::thread::spawn(move || {
-                pin_to(cpu);
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    spin(Duration::from_millis(1));
-                }
-            })
-        };
+        let spinner = Spinner::on_this_cpu();
+        let cpu = spinner.cpu;
         let waited = std::thread::spawn(move || {
             pin_to(cpu);
-            // SAFETY: gettid has no preconditions.
-            let tid = i64::from(unsafe { libc::gettid() });
+            let tid = gettid();
             let before = run_queue_ns(tid).unwrap();
             let t = Instant::now();
             // 300 ms of wall time on a CPU shared with a spinner: about half of it waiting.
@@ -277,8 +325,7 @@ pub(crate) mod tests {
         })
         .join()
         .unwrap();
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        spinner.join().unwrap();
+        spinner.stop();
         let (wait, wall) = waited;
         assert!(
             wait > Duration::from_millis(60) && wait < wall,

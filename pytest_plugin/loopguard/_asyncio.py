@@ -27,7 +27,14 @@ if TYPE_CHECKING:
     from ._adapter import Host
     from ._native import Slot
 
-__all__ = ["AsyncioAdapter", "adapter", "both", "on_stop"]
+__all__ = [
+    "AsyncioAdapter",
+    "adapter",
+    "attach_loop",
+    "both",
+    "on_stop",
+    "patch_run_forever",
+]
 
 
 class AsyncioAdapter:
@@ -45,45 +52,16 @@ class AsyncioAdapter:
     def install(self, host: Host) -> bool:
         cls = asyncio.base_events.BaseEventLoop
         original = cls.run_forever
-        if getattr(original, "_loopguard", False):
-            return True
-        watched = self._watched
-        thread_slots = self._thread_slots
-
-        # One frame, the loop's whole run long: asyncio's debug mode (unittest's
-        # IsolatedAsyncioTestCase runs in it) walks the stack down to the test runner at every
-        # future, task and callback it creates, so each frame more here costs at each of them.
-        def run_forever(self):  # type: ignore[no-untyped-def]
-            if not host.active or self.is_running() or not _native.is_running():
-                return original(self)
-            thread = threading.get_ident()
-            try:
-                slot = _native.register("asyncio", threading.current_thread().name, thread, self)
-            except RuntimeError:
-                return original(self)
-            restore = _watch_selector(self, slot)
-            probe = host.start_lag_probe(self, "asyncio")
-            watched.add(id(self))
-            outer = thread_slots.get(thread)
-            thread_slots[thread] = slot
-            try:
-                return original(self)
-            finally:
-                if outer is None:
-                    thread_slots.pop(thread, None)
-                else:
-                    thread_slots[thread] = outer
-                watched.discard(id(self))
-                if probe is not None:
-                    probe.stop()
-                restore()
-                slot.unregister()
-
-        run_forever.__wrapped__ = original  # type: ignore[attr-defined]
-        run_forever.__doc__ = original.__doc__
-        run_forever.__qualname__ = original.__qualname__
-        run_forever._loopguard = True  # type: ignore[attr-defined]
-        cls.run_forever = run_forever  # type: ignore[method-assign]
+        if not getattr(original, "_loopguard", False):
+            patch_run_forever(
+                cls,
+                original.__qualname__,
+                host,
+                self.kind,
+                _watch_selector,
+                self._watched,
+                self._thread_slots,
+            )
         return True
 
     def running(self) -> Optional[tuple[Hashable, Any]]:
@@ -96,22 +74,7 @@ class AsyncioAdapter:
         return id(loop) in self._watched
 
     def attach(self, loop: Any, ended: Callable[[], None]) -> tuple[Slot, Callable[[], None]]:
-        slot = _native.register(
-            "asyncio", threading.current_thread().name, threading.get_ident(), loop
-        )
-        try:
-            restore = _watch_selector(loop, slot)
-            thread = threading.get_ident()
-            self._thread_slots[thread] = slot
-
-            def forget() -> None:
-                self._thread_slots.pop(thread, None)
-
-            unhook = on_stop(loop, ended)
-        except BaseException:
-            slot.unregister()
-            raise
-        return slot, both(forget, both(unhook, restore))
+        return attach_loop(loop, ended, self.kind, _watch_selector, self._thread_slots)
 
     def thread_slot(self) -> Optional[Slot]:
         """The slot of the loop the current thread runs, if it is an asyncio loop loopguard
@@ -120,6 +83,94 @@ class AsyncioAdapter:
 
 
 adapter = AsyncioAdapter()
+
+
+def patch_run_forever(
+    cls: Any,
+    qualname: str,
+    host: Host,
+    kind: str,
+    watch: Callable[[Any, Slot], Callable[[], None]],
+    watched: set[int],
+    thread_slots: Optional[dict[int, Slot]] = None,
+) -> None:
+    """Give the loop class ``cls`` a ``run_forever`` (named ``qualname``) that, while ``host``
+    is active and the watchdog runs, registers the loop as a loop of ``kind`` for as long as
+    it runs: ``watch(loop, slot)`` starts its heartbeat and returns the function that stops
+    it. ``watched`` holds the ``id()`` of the loops running registered; ``thread_slots``, if
+    given, the slot of the loop each thread runs (by thread ident; an outer loop's slot comes
+    back when an inner loop stops). Shared by asyncio's adapter and uvloop's."""
+    original = cls.run_forever
+
+    # One frame, the loop's whole run long: asyncio's debug mode (unittest's
+    # IsolatedAsyncioTestCase runs in it) walks the stack down to the test runner at every
+    # future, task and callback it creates, so each frame more here costs at each of them.
+    def run_forever(self):  # type: ignore[no-untyped-def]
+        if not host.active or self.is_running() or not _native.is_running():
+            return original(self)
+        thread = threading.get_ident()
+        try:
+            slot = _native.register(kind, threading.current_thread().name, thread, self)
+        except RuntimeError:
+            return original(self)
+        stop = watch(self, slot)
+        probe = host.start_lag_probe(self, kind)
+        watched.add(id(self))
+        outer = None
+        if thread_slots is not None:
+            outer = thread_slots.get(thread)
+            thread_slots[thread] = slot
+        try:
+            return original(self)
+        finally:
+            if thread_slots is not None:
+                if outer is None:
+                    thread_slots.pop(thread, None)
+                else:
+                    thread_slots[thread] = outer
+            watched.discard(id(self))
+            if probe is not None:
+                probe.stop()
+            stop()
+            slot.unregister()
+
+    run_forever.__wrapped__ = original  # type: ignore[attr-defined]
+    run_forever.__doc__ = original.__doc__
+    run_forever.__qualname__ = qualname
+    run_forever._loopguard = True  # type: ignore[attr-defined]
+    cls.run_forever = run_forever
+
+
+def attach_loop(
+    loop: Any,
+    ended: Callable[[], None],
+    kind: str,
+    watch: Callable[[Any, Slot], Callable[[], None]],
+    thread_slots: Optional[dict[int, Slot]] = None,
+) -> tuple[Slot, Callable[[], None]]:
+    """Register ``loop`` (running the current callback) as a loop of ``kind`` and start its
+    heartbeat (``watch``, as for :func:`patch_run_forever`): the ``LoopAdapter.attach`` of
+    asyncio's adapter and uvloop's. ``thread_slots``, if given, holds the slot for the
+    current thread until the loop is let go."""
+    thread = threading.get_ident()
+    slot = _native.register(kind, threading.current_thread().name, thread, loop)
+    try:
+        restore = watch(loop, slot)
+        if thread_slots is not None:
+            thread_slots[thread] = slot
+        unhook = on_stop(loop, ended)
+    except BaseException:
+        slot.unregister()
+        raise
+    restore = both(unhook, restore)
+    if thread_slots is not None:
+        slots = thread_slots
+
+        def forget() -> None:
+            slots.pop(thread, None)
+
+        restore = both(forget, restore)
+    return slot, restore
 
 
 def both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
@@ -163,15 +214,7 @@ def _watch_selector(loop, slot):  # type: ignore[no-untyped-def]
         getattr(selector, "_selector", None), _EPOLL
     ):
         # The common case on Linux: wrap the epoll object (see _native.EpollProxy).
-        epoll = selector._selector
-        proxy = _native.EpollProxy(epoll, slot)
-        selector._selector = proxy
-
-        def restore_epoll() -> None:
-            if selector._selector is proxy:
-                selector._selector = epoll
-
-        return restore_epoll
+        return _swap_selector(selector, _native.EpollProxy(selector._selector, slot))
     if isinstance(selector, selectors.BaseSelector) and "_loopguard_base" not in vars(base):
         # Give this selector a subclass whose select() beats; Python-to-Python calls stay
         # cheap, which matters: this runs once per loop iteration.
@@ -188,15 +231,21 @@ def _watch_selector(loop, slot):  # type: ignore[no-untyped-def]
 
             return restore_class
     if hasattr(selector, "select"):
-        proxied = _native.SelectorProxy(selector, slot)
-        loop._selector = proxied
-
-        def restore_proxy() -> None:
-            if loop._selector is proxied:
-                loop._selector = selector
-
-        return restore_proxy
+        return _swap_selector(loop, _native.SelectorProxy(selector, slot))
     return lambda: None
+
+
+def _swap_selector(owner: Any, proxy: Any) -> Callable[[], None]:
+    """Put ``proxy`` in ``owner._selector``; returns the function that puts back what was
+    there, unless something else has taken the proxy's place since."""
+    original = owner._selector
+    owner._selector = proxy
+
+    def restore() -> None:
+        if owner._selector is proxy:
+            owner._selector = original
+
+    return restore
 
 
 _EPOLL_SELECTOR = getattr(selectors, "EpollSelector", ())

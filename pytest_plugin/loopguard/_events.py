@@ -361,6 +361,10 @@ class BlockEvent:
     """Seconds of the block that garbage collection (in any thread) spent on its own work: not
     the finalizers, weakref callbacks and system calls it ran, as far as the block's samples
     show them (see :mod:`loopguard._explain`)."""
+    gc_cpu_time: float = 0.0
+    """Of ``gc_time``, the seconds the collecting threads were on a CPU, at least (their CPU
+    time during those collections, less what may have been spent otherwise): with the time
+    spent waiting for a CPU, it tells what the block's own code ran on a busy machine."""
     running: bool = False
     """True when, in that sample, the kernel reported the loop thread on a CPU."""
     syscall: Optional[str] = None
@@ -459,6 +463,7 @@ class BlockEvent:
             "cpu_wait_ms": _ms(self.cpu_wait),
             "holder_cpu_wait_ms": _ms(self.holder_cpu_wait),
             "gc_ms": _ms(self.gc_time),
+            "gc_cpu_ms": _ms(self.gc_cpu_time),
             "native_stack": [f.to_json() for f in self.native_stack],
             "native_note": self.native_note,
             "callbacks": [c.to_json(root) for c in self.callbacks],
@@ -513,6 +518,7 @@ class BlockEvent:
             hint=r.get("hint", str, null=True, default=None),
             fix=r.get("fix", str, null=True, default=None),
             gc_time=r.seconds("gc_ms", default=0.0),
+            gc_cpu_time=r.seconds("gc_cpu_ms", default=0.0),
             running=r.get("running", bool, default=False),
             syscall=r.get("syscall", str, null=True, default=None),
             syscall_object=r.get("syscall_object", str, null=True, default=None),

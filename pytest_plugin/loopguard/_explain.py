@@ -19,6 +19,7 @@ import collections
 import gc
 import sys
 import threading
+import time
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -38,30 +39,36 @@ _GC_MIN_NS = 1_000_000  # collections shorter than 1 ms are not worth rememberin
 
 class Collection(tuple):  # type: ignore[type-arg]
     """One garbage collection of 1 ms or more, on the watchdog's clock: a tuple ``(start_ns,
-    end_ns, thread, trigger)`` with those names (a ``NamedTuple`` written out: the generated
-    one compiles its ``__new__`` from source at every import, and this module is imported at
-    every start-up).
+    end_ns, thread, trigger, cpu_ns)`` with those names (a ``NamedTuple`` written out: the
+    generated one compiles its ``__new__`` from source at every import, and this module is
+    imported at every start-up).
 
     ``thread``: ``threading.get_ident()`` of the thread that ran it. ``trigger``: the innermost
     Python frame of that thread when it began (the frame whose allocation or ``gc.collect()``
-    call started it); ``None`` when no Python code was running."""
+    call started it); ``None`` when no Python code was running. ``cpu_ns``: the CPU time that
+    thread used from its start to its end (the collector's work and the finalizers it ran, not
+    the time it waited for a CPU); 0 when not known (a collection of the youngest
+    generation)."""
 
     __slots__ = ()
 
-    def __new__(cls, start_ns: int, end_ns: int, thread: int, trigger: Optional[Frame]) -> Self:
-        return tuple.__new__(cls, (start_ns, end_ns, thread, trigger))
+    def __new__(
+        cls, start_ns: int, end_ns: int, thread: int, trigger: Optional[Frame], cpu_ns: int = 0
+    ) -> Self:
+        return tuple.__new__(cls, (start_ns, end_ns, thread, trigger, cpu_ns))
 
     start_ns: int = property(itemgetter(0))  # type: ignore[assignment]
     end_ns: int = property(itemgetter(1))  # type: ignore[assignment]
     thread: int = property(itemgetter(2))  # type: ignore[assignment]
     trigger: Optional[Frame] = property(itemgetter(3))  # type: ignore[assignment]
+    cpu_ns: int = property(itemgetter(4))  # type: ignore[assignment]
 
     def _replace(self, *, trigger: Optional[Frame]) -> Collection:
-        return Collection(self[0], self[1], self[2], trigger)
+        return Collection(self[0], self[1], self[2], trigger, self[4])
 
     def __repr__(self) -> str:
-        start_ns, end_ns, thread, trigger = self
-        return f"Collection({start_ns=!r}, {end_ns=!r}, {thread=!r}, {trigger=!r})"
+        start_ns, end_ns, thread, trigger, cpu_ns = self
+        return f"Collection({start_ns=!r}, {end_ns=!r}, {thread=!r}, {trigger=!r}, {cpu_ns=!r})"
 
     def __getnewargs__(self) -> tuple[Any, ...]:
         return tuple(self)
@@ -69,7 +76,7 @@ class Collection(tuple):  # type: ignore[type-arg]
 
 # Recent long garbage collections.
 _gc_log: collections.deque[Collection] = collections.deque(maxlen=256)
-_gc_start: list[int] = [0]
+_gc_start: list[int] = [0, 0]  # the clock and the collecting thread's CPU time at its start
 _gc_installed = [False]
 
 
@@ -94,12 +101,17 @@ def _collections() -> list[Collection]:
 
 
 def _on_gc(phase: str, info: dict) -> None:
-    # Runs at every collection: two clock reads. Only a long one (rare) pays for more.
+    # Runs at every collection: two clock reads. The thread's CPU time (a system call) is read
+    # only for the older generations' collections, the long ones: a collection of the youngest
+    # (at most a few thousand objects, ten times as frequent) is long only by the finalizers
+    # it runs, and its CPU time stays unknown (0). Only a long one (rare) pays for more.
     if phase == "start":
+        _gc_start[1] = _thread_cpu_ns() if info["generation"] else -1
         _gc_start[0] = _native.now_ns()
     elif _gc_start[0]:
         end = _native.now_ns()
         if end - _gc_start[0] >= _GC_MIN_NS:
+            cpu = _thread_cpu_ns() - _gc_start[1] if _gc_start[1] >= 0 else 0
             # The stop callback runs in the thread, and under the frame, that the start one
             # did: the collection's finalizers have returned by now.
             try:
@@ -110,11 +122,14 @@ def _on_gc(phase: str, info: dict) -> None:
                 code = f.f_code
                 name = getattr(code, "co_qualname", code.co_name)  # as the stack reader names it
                 trigger = _frame(code.co_filename, f.f_lineno or 0, name)
-            _gc_log.append(Collection(_gc_start[0], end, threading.get_ident(), trigger))
+            _gc_log.append(
+                Collection(_gc_start[0], end, threading.get_ident(), trigger, max(cpu, 0))
+            )
         _gc_start[0] = 0
 
 
 _ON_GC = _on_gc.__code__
+_thread_cpu_ns = time.thread_time_ns
 
 
 def install_gc_log() -> None:
@@ -233,29 +248,42 @@ def _seen_doing(s: Sample, c: Collection, loop_thread: int) -> Optional[str]:
 
 class GcShare(tuple):  # type: ignore[type-arg]
     """How the garbage collections that overlapped a block spent it, in nanoseconds: a tuple
-    ``(collector, finalizers, elsewhere, collection)`` with those names (written out, as
-    :class:`Collection` is).
+    ``(collector, finalizers, elsewhere, collection, collector_cpu)`` with those names
+    (written out, as :class:`Collection` is).
 
     ``collector``: the collector's own work, and the stretches no sample speaks for.
     ``finalizers``: the code the collector ran (finalizers, weakref callbacks, their system
     calls). ``elsewhere``: other threads' (or the loop's own) work while a collection waited
-    for the GIL. ``collection``: the collection that ran the most finalizer time."""
+    for the GIL. ``collection``: the collection that ran the most finalizer time.
+    ``collector_cpu``: of ``collector``, the CPU time the collecting threads used, at least
+    (what they waited for a CPU is not in it): each collection's CPU time less the time it
+    spent outside the block, in finalizers and waiting for the GIL, which could all have been
+    on a CPU."""
 
     __slots__ = ()
 
     def __new__(
-        cls, collector: int, finalizers: int, elsewhere: int, collection: Optional[Collection]
+        cls,
+        collector: int,
+        finalizers: int,
+        elsewhere: int,
+        collection: Optional[Collection],
+        collector_cpu: int = 0,
     ) -> Self:
-        return tuple.__new__(cls, (collector, finalizers, elsewhere, collection))
+        return tuple.__new__(cls, (collector, finalizers, elsewhere, collection, collector_cpu))
 
     collector: int = property(itemgetter(0))  # type: ignore[assignment]
     finalizers: int = property(itemgetter(1))  # type: ignore[assignment]
     elsewhere: int = property(itemgetter(2))  # type: ignore[assignment]
     collection: Optional[Collection] = property(itemgetter(3))  # type: ignore[assignment]
+    collector_cpu: int = property(itemgetter(4))  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        collector, finalizers, elsewhere, collection = self
-        return f"GcShare({collector=!r}, {finalizers=!r}, {elsewhere=!r}, {collection=!r})"
+        collector, finalizers, elsewhere, collection, collector_cpu = self
+        return (
+            f"GcShare({collector=!r}, {finalizers=!r}, {elsewhere=!r}, {collection=!r}, "
+            f"{collector_cpu=!r})"
+        )
 
     def __getnewargs__(self) -> tuple[Any, ...]:
         return tuple(self)
@@ -266,7 +294,7 @@ def gc_share(ev: BlockEvent, collections: list[Collection]) -> GcShare:
     sample speaks for (see :func:`_stretches`) is the collector's unless the sample shows the
     collecting thread doing something else."""
     stretches = _stretches(ev)
-    own = finalizers = elsewhere = 0
+    own = finalizers = elsewhere = own_cpu = 0
     most, most_ns = None, 0
     for c in collections:
         lo, hi = max(c.start_ns, ev.start_ns), min(c.end_ns, ev.end_ns)
@@ -278,12 +306,16 @@ def gc_share(ev: BlockEvent, collections: list[Collection]) -> GcShare:
             doing = _seen_doing(s, c, ev.thread_ident) if overlap > 0 else None
             if doing in spent:
                 spent[doing] += overlap
-        own += hi - lo - spent[_FINALIZING] - spent[_ELSEWHERE]
+        mine = hi - lo - spent[_FINALIZING] - spent[_ELSEWHERE]
+        own += mine
+        outside = (c.end_ns - c.start_ns) - (hi - lo)
+        not_mine = outside + spent[_FINALIZING] + spent[_ELSEWHERE]
+        own_cpu += max(0, min(c.cpu_ns - not_mine, mine))
         finalizers += spent[_FINALIZING]
         elsewhere += spent[_ELSEWHERE]
         if spent[_FINALIZING] > most_ns:
             most, most_ns = c, spent[_FINALIZING]
-    return GcShare(own, finalizers, elsewhere, most)
+    return GcShare(own, finalizers, elsewhere, most, own_cpu)
 
 
 def _imported(stack: list[Frame]) -> Optional[str]:
@@ -318,6 +350,7 @@ def explain(ev: BlockEvent) -> None:
     share = gc_share(ev, _collections())
     in_gc, in_finalizers = share.collector, share.finalizers
     ev.gc_time = in_gc / 1e9
+    ev.gc_cpu_time = share.collector_cpu / 1e9
     imported = _imported(ev.stack) or _imported(ev.gil_holder_stack)
     if imported is not None:
         ev.cause = "import"

@@ -38,6 +38,7 @@ from typing import Optional
 from ._events import BlockEvent, Frame, NativeFrame, blocking_native
 from ._failure import _dispatch_index
 from ._files import is_user_file, is_wrapper, library_path
+from ._judge import cause_explains
 
 __all__ = ["RULES", "Facts", "Rule", "classify", "facts_of", "fix_for"]
 
@@ -56,6 +57,8 @@ class Facts:
     running: bool = False
     starved: bool = False
     cause: Optional[str] = None
+    cause_explains: bool = True
+    """The cause accounts for the block's length over its threshold (``_judge.cause_explains``)."""
     source: str = ""
     """The call site's line, when no Python frame ran below it; else ``""``."""
     site_source: str = ""
@@ -88,6 +91,7 @@ def facts_of(ev: BlockEvent) -> Facts:
         running=ev.running,
         starved=ev.starved,
         cause=ev.cause,
+        cause_explains=cause_explains(ev),
         source="" if below else site_source,
         site_source=site_source,
         stack=tuple(stack),
@@ -257,7 +261,8 @@ RULES: tuple[Rule, ...] = (
         "gc",
         "gc.freeze() after start-up, or fewer long-lived objects (the collector's work, not "
         "this line's)",
-        when=lambda f: f.cause == "gc",
+        # A block that is over the threshold without the collection is the code's.
+        when=lambda f: f.cause == "gc" and f.cause_explains,
     ),
     # Work done with the GIL held, inside whatever library asked for it.
     Rule(

@@ -112,11 +112,15 @@ def excuse(
       CPU, or, for a starved block, the time the GIL holder waited for one while it held the
       GIL (``cpu_wait="exclude"``; see :meth:`BlockEvent.machine_wait`): the machine was
       overloaded;
+    * ``"gc"`` again, on a busy machine: under the threshold without both the time spent
+      waiting for a CPU and the collector's own work on a CPU (``gc_cpu_time``): a
+      collection's time on the clock may itself be mostly a wait for a CPU, so the two
+      overlap, and only its CPU time can be taken with the wait;
     * ``"callbacks"``: a loop iteration of several callbacks, none of which can have
       reached the threshold by the samples around it.
 
-    Each is judged on its own: a block that needs two of them together to get under the
-    threshold is not excused. ``interrupted``: raise mode raised inside the block when it
+    Otherwise each is judged on its own: a block that needs two of them together to get under
+    the threshold is not excused. ``interrupted``: raise mode raised inside the block when it
     reached the threshold, so how long its code would have run is not known; only garbage
     collection excuses it.
     """
@@ -143,6 +147,19 @@ def excuse(
             f"under the threshold without {format_duration(waited)} of waiting for "
             "a CPU (the machine was overloaded; --loopguard-cpu-wait=include counts it)"
         )
+    if (
+        gc == "exclude"
+        and cpu_wait == "exclude"
+        and waited
+        and ev.gc_cpu_time
+        and ev.duration - waited - ev.gc_cpu_time < threshold
+    ):
+        return "gc", (
+            f"under the threshold without the {format_duration(ev.gc_cpu_time)} the garbage "
+            f"collector ran on a CPU and the {format_duration(waited)} spent waiting for one "
+            "(the machine was overloaded; --loopguard-gc=include or --loopguard-cpu-wait="
+            "include counts them)"
+        )
     longest = ev.longest_callback()
     if longest is not None and not ev.starved and longest.max < threshold:
         n = sum(1 for c in ev.callbacks if c.in_callback)
@@ -152,6 +169,18 @@ def excuse(
             f"{format_duration(longest.max)}{where}; none reached the threshold"
         )
     return None
+
+
+def cause_explains(ev: BlockEvent) -> bool:
+    """Whether the cause ``ev`` is labelled with accounts for its length over its threshold.
+    Garbage collection and waiting for a CPU do when the block is under the threshold without
+    them (as :func:`excuse` takes them away); a block that fails all the same is the code's, and
+    is not shown as theirs. Any other cause (an import, a coverage tracer) is what the block
+    was doing, and says so."""
+    if ev.cause not in ("gc", "cpu-wait"):
+        return True
+    found = excuse(ev, ev.threshold)
+    return found is not None and found[0] in ("gc", "cpu-wait")
 
 
 # --- scan ------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from ._errors import SettingError
 from ._events import blocking_native
 from ._failure import summary
 from ._files import relative_path
-from ._judge import OUTCOMES, SEVERITIES, Baseline, Verdict
+from ._judge import OUTCOMES, SEVERITIES, Baseline, Verdict, cause_explains
 from ._parse import format_duration
 
 __all__ = [
@@ -85,7 +85,10 @@ _CAUSES = {
 
 
 def _operation(v: Verdict) -> str:
-    return _CAUSES.get(v.event.cause or "", "") + _plain_operation(v)
+    # A collection or a wait for a CPU in a block that is over the threshold without it is
+    # not what the block was: the operation is shown alone (the failure's text has the share).
+    label = _CAUSES.get(v.event.cause or "", "") if cause_explains(v.event) else ""
+    return label + _plain_operation(v)
 
 
 def _plain_operation(v: Verdict) -> str:

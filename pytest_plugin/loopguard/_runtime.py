@@ -34,9 +34,11 @@ if TYPE_CHECKING:
     from ._adapter import LoopAdapter
     from ._events import BlockEvent
 
-__all__ = ["LAG_PROBE_INTERVAL", "Runtime", "runtime"]
+__all__ = ["FLUSH_TIMEOUT", "LAG_PROBE_INTERVAL", "Runtime", "runtime"]
 
-_FLUSH_TIMEOUT = 5.0
+FLUSH_TIMEOUT = 5.0
+"""Seconds :meth:`Runtime.collect` waits at most for the watchdog to finish the events it was
+told of."""
 
 _LATER = {"uvloop": "loopguard._uvloop", "trio": "loopguard._trio"}
 """The loop adapters imported only once their library is (by the library's name): a run that
@@ -192,9 +194,14 @@ class Runtime:
         for the watchdog to close the blocks whose end it saw without a report (at the end of
         a session).
         """
-        raw = _native.flush(_FLUSH_TIMEOUT) if everything else _native.take(_FLUSH_TIMEOUT)
+        raw = _native.flush(FLUSH_TIMEOUT) if everything else _native.take(FLUSH_TIMEOUT)
         if raw is None:
             return []
+        return self.add(raw)
+
+    def add(self, raw: str) -> list[BlockEvent]:
+        """Add the finished events ``raw`` (as ``_native.take`` returns them) to the log;
+        returns them."""
         new = decode_events(raw)
         with self._lock:
             self._events.extend(new)

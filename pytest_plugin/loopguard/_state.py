@@ -4,6 +4,7 @@ judged by :mod:`loopguard._judge`; the hooks of :mod:`loopguard.plugin` keep the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Optional
 
 from ._judge import Judge, Verdict
@@ -48,30 +49,43 @@ class TestState:
         "enabled",
         "expects",
         "item",
+        "judged",
         "max_lag",
         "mode",
         "native",
+        "nodeid",
         "phase",
         "phase_start_ns",
+        "settings",
+        "state",
         "test_start_ns",
         "threshold",
         "verdicts",
     )
 
-    def __init__(self, item: pytest.Item, settings: TestSettings) -> None:
+    def __init__(self, state: State, item: pytest.Item, settings: TestSettings) -> None:
+        self.state = state
+        """The session's state."""
         self.item = item
+        self.nodeid = item.nodeid
+        """``item.nodeid``, read once (a call of pytest's each time)."""
         self.threshold = settings.threshold
         self.enabled = settings.enabled
         self.mode = settings.mode
         self.allow = settings.allow
         self.max_lag = settings.max_lag
         self.native = settings.native
-        self.verdicts: dict[str, list[Verdict]] = {}
+        self.settings = settings
+        self.verdicts: dict[str, Sequence[Verdict]] = {}
+        """The verdicts of each phase judged so far (an empty tuple for a phase without any)."""
         self.phase = "setup"
         self.phase_start_ns = 0
         self.test_start_ns = 0
-        self.expects: list[tuple[str, ExpectBlock]] = []
-        """``expect_block()`` contexts of the test, with the phase that opened them."""
+        self.judged = False
+        """Some phase of the test had blocks to judge (whose samples are dropped after it)."""
+        self.expects: tuple[tuple[str, ExpectBlock], ...] = ()
+        """``expect_block()`` contexts of the test, with the phase that opened them (a tuple:
+        nothing allocated for the many tests without one)."""
 
     def floor(self, settings: Settings) -> float:
         """The shortest block worth keeping for this test."""
@@ -97,6 +111,7 @@ class State(Record):
         "written",
         "reader_off",
         "guarded",
+        "applied",
     )
     __slots__ = _fields
 
@@ -114,6 +129,7 @@ class State(Record):
         written: Optional[list[str]] = None,
         reader_off: Optional[str] = None,
         guarded: int = 0,
+        applied: Optional[TestSettings] = None,
     ) -> None:
         self.settings = settings
         self.token = token
@@ -138,11 +154,16 @@ class State(Record):
         self.guarded = guarded
         """How many tests ran their call phase with loopguard enabled (under xdist, the
         controller's counts the workers')."""
+        self.applied = applied
+        """The settings whose threshold and raise mode the watchdog has (those of the test that
+        started last), or ``None`` when something else changed them since."""
 
     def settings_of(self, item: pytest.Item) -> TestSettings:
         """The settings of ``item``: those read at collection (nothing is kept for a test
         without markers: whatever is kept per test, even in its stash, is one more object for
         every garbage collection to visit), or read now for an item added later."""
+        if not self.marked and id(item) in self.collected:
+            return self.default  # the common case: no test has a marker
         ts = self.marked.get(item.nodeid)
         if ts is None:
             if id(item) in self.collected:

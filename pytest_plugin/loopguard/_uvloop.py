@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import threading
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, Optional
 
-from . import _native
-from ._asyncio import both, on_stop
+from ._asyncio import attach_loop, patch_run_forever
 
 if TYPE_CHECKING:
     from ._adapter import Host
@@ -51,39 +49,10 @@ class UvloopAdapter:
         cls = getattr(uvloop, "Loop", None)
         if cls is None:
             return False
-        if getattr(cls.run_forever, "_loopguard", False):
-            return True
-        original = cls.run_forever
-        watched = self._watched
-
-        # One frame, the loop's whole run long (see loopguard._asyncio: asyncio's debug mode
-        # walks the stack at every future it creates).
-        def run_forever(self):  # type: ignore[no-untyped-def]
-            if not host.active or self.is_running() or not _native.is_running():
-                return original(self)
-            try:
-                slot = _native.register(
-                    "uvloop", threading.current_thread().name, threading.get_ident(), self
-                )
-            except RuntimeError:
-                return original(self)
-            stop = _beat(self, slot)
-            probe = host.start_lag_probe(self, "uvloop")
-            watched.add(id(self))
-            try:
-                return original(self)
-            finally:
-                watched.discard(id(self))
-                if probe is not None:
-                    probe.stop()
-                stop()
-                slot.unregister()
-
-        run_forever.__wrapped__ = original  # type: ignore[attr-defined]
-        run_forever.__doc__ = original.__doc__
-        run_forever.__qualname__ = f"{cls.__qualname__}.run_forever"
-        run_forever._loopguard = True  # type: ignore[attr-defined]
-        cls.run_forever = run_forever
+        if not getattr(cls.run_forever, "_loopguard", False):
+            patch_run_forever(
+                cls, f"{cls.__qualname__}.run_forever", host, self.kind, _beat, self._watched
+            )
         return True
 
     def running(self) -> Optional[tuple[Hashable, Any]]:
@@ -97,16 +66,7 @@ class UvloopAdapter:
 
     def attach(self, loop: Any, ended: Callable[[], None]) -> tuple[Slot, Callable[[], None]]:
         """Register ``loop``, running the current callback, and start its beat."""
-        slot = _native.register(
-            "uvloop", threading.current_thread().name, threading.get_ident(), loop
-        )
-        try:
-            stop = _beat(loop, slot)
-            unhook = on_stop(loop, ended)
-        except BaseException:
-            slot.unregister()
-            raise
-        return slot, both(unhook, stop)
+        return attach_loop(loop, ended, self.kind, _beat)
 
 
 adapter = UvloopAdapter()

@@ -14,16 +14,15 @@ import functools
 import os
 import sys
 import warnings
-from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import pytest
 
 from . import _interpreter, _native
-from ._decode import make_context
+from ._decode import CONTEXT_SEP
 from ._errors import LoopBlockedWarning, SettingError
-from ._runtime import runtime
+from ._runtime import FLUSH_TIMEOUT, runtime
 from ._settings import (
     MARKER,
     TestSettings,
@@ -61,6 +60,11 @@ _state_key = pytest.StashKey[State]()
 # The session's threshold when loopguard is inactive (see loopguard._interpreter): the plugin
 # then checks its settings and says why it watches nothing, and starts nothing.
 _inactive_key = pytest.StashKey[float]()
+# The state of the test that ran last (its ``state`` is its session's): each phase of a test,
+# and the next test of the same session, find them here rather than in ``config.stash`` (whose
+# lookups are calls of pytest's, at every phase). A session's state is in ``config.stash`` all
+# the same: an in-process session inside a test has its own.
+_last: Optional[TestState] = None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -109,8 +113,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    global _last
     state = config.stash.get(_state_key, None)
     if state is not None:
+        if _last is not None and _last.state is state:
+            _last = None
         for name in (XDIST_PLUGIN, PHASES_PLUGIN):
             plugin = config.pluginmanager.get_plugin(name)
             if plugin is not None:
@@ -144,7 +151,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     state = config.stash.get(_state_key, None)
     if state is None:
         return
+    marked_above: dict[int, bool] = {}
     for item in items:
+        if not _has_marker(item, marked_above):
+            continue  # the common case: the session's settings, nothing to read or keep
         try:
             ts = marker_settings(item, state.default)
         except SettingError as e:
@@ -155,20 +165,72 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     state.collected.update(map(id, items))
 
 
-def _test_state(item: pytest.Item, *, new: bool = False) -> Optional[tuple[State, TestState]]:
-    """The state of ``item``, the test that is running; ``new``: it starts (again) now."""
-    state = item.config.stash.get(_state_key, None)
-    if state is None:
-        return None
+def _has_marker(item: pytest.Item, marked_above: dict[int, bool]) -> bool:
+    """Whether ``item`` or a node above it carries a loopguard marker: where ``iter_markers``
+    looks, each node above looked at once for all the items under it (``marked_above``, by
+    ``id()`` of the node)."""
+    if _carries_marker(item):
+        return True
+    parent = item.parent
+    if parent is None:
+        return False
+    found = marked_above.get(id(parent))
+    if found is None:
+        chain = []
+        node: Optional[Any] = parent
+        while node is not None and id(node) not in marked_above:
+            chain.append(node)
+            node = node.parent
+        found = marked_above[id(node)] if node is not None else False
+        for node in reversed(chain):
+            found = found or _carries_marker(node)
+            marked_above[id(node)] = found
+    return found
+
+
+def _carries_marker(node: Any) -> bool:
+    for mark in node.own_markers:
+        if getattr(mark, "name", None) == "loopguard":
+            return True
+    return False
+
+
+def _test_state(item: pytest.Item) -> Optional[TestState]:
+    """The state of ``item``, the test that is running (or has just run), or ``None`` when its
+    session has no loopguard state."""
+    global _last
+    last = _last
+    if last is not None and last.item is item:
+        return last  # a later phase of the test that ran last: the common case
+    if last is not None and last.item.config is item.config:
+        state = last.state  # the next test of the same session
+    else:
+        found = item.config.stash.get(_state_key, None)
+        if found is None:
+            return None
+        state = found
     ts = state.current
-    if new or ts is None or ts.item is not item:
-        if ts is not None:
-            _forget_samples(ts)
+    if ts is None or ts.item is not item:
+        ts = _new_test(state, item)
+    _last = ts
+    return ts
+
+
+def _new_test(state: State, item: pytest.Item) -> TestState:
+    """The state of ``item``, which starts (again) now."""
+    global _last
+    ts = state.current
+    if ts is not None and ts.judged:
+        _forget_samples(ts)
+    if not state.marked and id(item) in state.collected:
+        settings = state.default  # the common case: no test has a marker
+    else:
         try:
-            ts = state.current = TestState(item, state.settings_of(item))
+            settings = state.settings_of(item)
         except SettingError as e:
             raise pytest.UsageError(f"loopguard: {e}") from None
-    return state, ts
+    ts = state.current = _last = TestState(state, item, settings)
+    return ts
 
 
 def _forget_samples(ts: TestState) -> None:
@@ -179,50 +241,34 @@ def _forget_samples(ts: TestState) -> None:
             v.event.samples = []
 
 
-def _enter_phase(item: pytest.Item, phase: str) -> Optional[tuple[State, TestState]]:
-    found = _test_state(item, new=phase == "setup")
-    if found is None:
-        return None
-    state, ts = found
-    ts.phase = phase
-    ts.phase_start_ns = _native.now_ns()
-    if phase == "call" and ts.enabled:
-        state.guarded += 1
-    if phase == "setup":
-        ts.test_start_ns = ts.phase_start_ns
-        runtime.lag_probing = ts.enabled and ts.max_lag is not None
-        runtime.update(state.token, state.settings.floor(ts.threshold))
-        runtime.set_raise(state.token, ts.enabled and ts.mode == "raise")
-        _native.set_native_stacks(ts.enabled and ts.native == "on")
-        runtime.check_imports()
-    runtime.set_context(make_context(item.nodeid, phase))
-    return found
-
-
 def _leave_phase(
-    item: pytest.Item, phase: str, *, warn: bool, found: Optional[tuple[State, TestState]]
+    ts: TestState, item: pytest.Item, call: pytest.CallInfo[None], raw: Optional[str]
 ) -> None:
-    """Judge the blocks that began in this phase (``warn``: the phase ran to its end, so its
-    warnings are emitted and an ``expect_block()`` or ``max_lag`` may fail it), and apply the
-    judge's ruling."""
-    if found is None:
-        return
-    state, ts = found
-    runtime.collect()
+    """Judge the blocks that began in phase ``call.when`` once it has run (``raw``: the events
+    the watchdog has just finished, see ``runtime.collect``), and apply the judge's ruling. A
+    phase that ran to its end (no exception) emits its warnings, and an ``expect_block()`` or
+    ``max_lag`` may fail it: the phase then fails as if it had raised that failure
+    (``call.excinfo``, which every report hook reads)."""
+    phase = call.when
+    state = ts.state
+    if raw is not None:
+        runtime.add(raw)
     if not runtime.has_events and not ts.expects and ts.max_lag is None:
-        ts.verdicts[phase] = []  # the common case: nothing blocked, nothing to check
+        ts.verdicts[phase] = ()  # nothing blocked, nothing to check
         return
+    ts.judged = True
     # This phase's blocks, and those of the test's earlier phases that ended only now (a loop in
     # another thread still blocked when the earlier phase was reported): they fail this phase.
     events = runtime.take_events(
-        lambda e: e.test == item.nodeid and (e.phase == phase or e.phase in ts.verdicts)
+        lambda e: e.test == ts.nodeid and (e.phase == phase or e.phase in ts.verdicts)
     )
-    _record_strays(state, current=item.nodeid)
+    _record_strays(state, current=ts.nodeid)
     if not ts.enabled:
         return
+    finished = call.excinfo is None
     ruling = state.judge.judge_phase(
         events,
-        test=item.nodeid,
+        test=ts.nodeid,
         phase=phase,
         threshold=ts.threshold,
         mode=ts.mode,
@@ -233,14 +279,17 @@ def _leave_phase(
         max_lag=ts.max_lag,
         lag=lambda: _lag(ts.phase_start_ns),
         warn=functools.partial(_warn, item),
-        finished=warn,
+        finished=finished,
     )
     ts.verdicts[phase] = ruling.verdicts
     state.verdicts.extend(ruling.verdicts)
     for expect, ev in ruling.expected:
         expect.events.append(ev)
     if ruling.failures:
-        pytest.fail(ruling.failures[0], pytrace=False)
+        try:
+            pytest.fail(ruling.failures[0], pytrace=False)
+        except pytest.fail.Exception:
+            call.excinfo = pytest.ExceptionInfo.from_current()
 
 
 def _record_strays(state: State, current: Optional[str]) -> None:
@@ -273,14 +322,14 @@ def _lag(since_ns: int) -> LagStats:
 @pytest.fixture
 def loopguard(request: pytest.FixtureRequest) -> LoopguardFixture:
     """The current test's blocks (``loopguard.events``) and ``loopguard.expect_block()``."""
-    found = _test_state(request.node)  # type: ignore[arg-type]
-    if found is None and _inactive_key in request.config.stash:
+    ts = _test_state(request.node)  # type: ignore[arg-type]
+    if ts is None and _inactive_key in request.config.stash:
         from . import _inactive
 
         return _inactive.LoopguardFixture(request.node.nodeid, request.config.stash[_inactive_key])
-    if found is None:
+    if ts is None:
         pytest.fail("loopguard: the loopguard fixture needs the plugin (-p loopguard)")
-    state, ts = found
+    state = ts.state
     nodeid = request.node.nodeid
 
     def events() -> list[BlockEvent]:
@@ -293,7 +342,8 @@ def loopguard(request: pytest.FixtureRequest) -> LoopguardFixture:
         return sorted([*judged, *pending], key=lambda e: e.start_ns)
 
     def register(expect: ExpectBlock) -> None:
-        ts.expects.append((ts.phase, expect))
+        ts.expects = (*ts.expects, (ts.phase, expect))
+        state.applied = None  # the next test sets its own threshold again
         runtime.update(state.token, ts.floor(state.settings))
 
     from ._fixture import LoopguardFixture
@@ -324,56 +374,104 @@ def _warn(item: pytest.Item, ev: BlockEvent) -> bool:
     return True
 
 
-def _phase(item: pytest.Item, phase: str) -> Generator[None, Any, Any]:
-    """The body of the three phase wrappers: judge the phase's blocks once it has run."""
-    # A failure raised by another plugin's hook passes through here: not ours to show.
-    __tracebackhide__ = True
-    found = _enter_phase(item, phase)
+# Each phase of a test starts in a plain hook, and its blocks are judged by the report hook
+# once it has run, before the report is made: a hook wrapper per phase would cost every test
+# three more generators (pytest calls a wrapper at several times the cost of a plain hook).
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    last = _last
+    if last is not None and last.item.config is item.config:
+        ts = _new_test(last.state, item)  # the next test of the same session: the common case
+    else:
+        state = item.config.stash.get(_state_key, None)
+        if state is None:
+            return
+        ts = _new_test(state, item)
+    state = ts.state
+    ts.phase_start_ns = ts.test_start_ns = _native.now_ns()
+    runtime.lag_probing = ts.enabled and ts.max_lag is not None
+    if state.applied is not ts.settings:
+        # Other settings than the last test's (or the last test's fixture changed the
+        # watchdog's threshold: it forgot what was applied).
+        state.applied = ts.settings
+        runtime.update(state.token, state.settings.floor(ts.threshold))
+        runtime.set_raise(state.token, ts.enabled and ts.mode == "raise")
+    _native.set_native_stacks(ts.enabled and ts.native == "on")
+    runtime.check_imports()
     try:
-        result = yield
-    except BaseException:
-        _leave_phase(item, phase, warn=False, found=found)
-        raise
-    _leave_phase(item, phase, warn=True, found=found)
-    return result
+        _native.set_context(f"setup{CONTEXT_SEP}{ts.nodeid}")
+    except RuntimeError:
+        pass  # the watchdog is not running (as in every ``set_context`` below)
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> Generator[None, Any, Any]:
-    __tracebackhide__ = True
-    return (yield from _phase(item, "setup"))
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
-    __tracebackhide__ = True
-    return (yield from _phase(item, "call"))
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_teardown(
-    item: pytest.Item, nextitem: Optional[pytest.Item]
-) -> Generator[None, Any, Any]:
-    __tracebackhide__ = True
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    ts = _last
+    if ts is None or ts.item is not item:
+        ts = _test_state(item)
+        if ts is None:
+            return
+    ts.phase = "call"
+    if ts.max_lag is not None:
+        ts.phase_start_ns = _native.now_ns()  # read only by the lag check
+    if ts.enabled:
+        ts.state.guarded += 1
     try:
-        return (yield from _phase(item, "teardown"))
-    finally:
-        if _interpreter.INACTIVE is None:
-            runtime.set_context("")
-            runtime.lag_probing = False
+        _native.set_context(f"call{CONTEXT_SEP}{ts.nodeid}")
+    except RuntimeError:
+        pass
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: Optional[pytest.Item]) -> None:
+    ts = _last
+    if ts is None or ts.item is not item:
+        ts = _test_state(item)
+        if ts is None:
+            return
+    ts.phase = "teardown"
+    if ts.max_lag is not None:
+        ts.phase_start_ns = _native.now_ns()
+    try:
+        _native.set_context(f"teardown{CONTEXT_SEP}{ts.nodeid}")
+    except RuntimeError:
+        pass
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    when = call.when
+    ts = _last
+    if ts is None or ts.item is not item:
+        state = item.config.stash.get(_state_key, None)
+        ts = state.current if state is not None else None
+        if ts is not None and ts.item is not item:
+            ts = None  # not a test that ran here
+    if ts is not None and when not in ts.verdicts:
+        # The phase has just run: judge its blocks (what the watchdog finished, the log's).
+        raw = _native.take(FLUSH_TIMEOUT)
+        if raw is None and not runtime.has_events and not ts.expects and ts.max_lag is None:
+            ts.verdicts[when] = ()  # the common case: nothing blocked, nothing to check
+        else:
+            _leave_phase(ts, item, call, raw)
+    if when == "teardown" and _interpreter.INACTIVE is None:
+        # Outside any test until the next one starts.
+        try:
+            _native.set_context("")
+        except RuntimeError:
+            pass
+        runtime.lag_probing = False
     report = yield
-    state = item.config.stash.get(_state_key, None)
-    ts = state.current if state is not None else None
-    # The phase just judged is the current test's; no verdict is the common case.
-    verdicts = ts.verdicts.get(call.when) if ts is not None and ts.item is item else None
-    if not verdicts:
+    if ts is None:
         return report
+    verdicts = ts.verdicts.get(when)
+    if not verdicts:
+        return report  # no verdict: the common case
     if not any(v.outcome == "failed" for v in verdicts):
         return report
+    state = ts.state
     if report.skipped or hasattr(report, "wasxfail"):
         _not_failing(state, verdicts)  # type: ignore[arg-type]
         return report
@@ -392,13 +490,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         props.insert(0, ("loopguard_site", str(worst.site)))
     report.user_properties.extend(props)
     item.user_properties.extend(props)
-    stack = "full" if item.config.option.verbose >= 2 else state.settings.stack  # type: ignore[union-attr]
+    stack = "full" if item.config.option.verbose >= 2 else state.settings.stack
     text = format_events(events, stack=stack)
     if report.passed:
         report.outcome = "failed"
         report.longrepr = FailureRepr(events, stack)
     else:
-        title = f"loopguard: blocked event loop ({call.when})"
+        title = f"loopguard: blocked event loop ({when})"
         report.sections.append((title, text))
     attach_to_pytest_html(report, text)
     return report

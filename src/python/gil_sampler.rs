@@ -26,22 +26,9 @@ impl Sampler for GilSampler {
         }
         Python::attach(|py| match gil_stack(py, target) {
             Ok((frames, task_name)) => Sample {
-                offset_ns,
-                count: 1,
-                frames,
-                repeats: Vec::new(),
-                gil: Gil::Unknown,
-                holder: None,
                 late: true,
-                error: None,
                 task_name,
-                syscall: None,
-                syscall_object: None,
-                kernel: None,
-                running: false,
-                callback_tag: None,
-                callback: None,
-                native: Default::default(),
+                ..Sample::new(offset_ns, frames, Gil::Unknown)
             },
             Err(e) => {
                 let mut s = Sample::failed(offset_ns, e.to_string());

@@ -137,21 +137,7 @@ impl Sampler for NativeSampler {
         {
             Ok((frames, addresses)) => Sample {
                 callback_tag: crate::callbacks::tag(&frames, &addresses),
-                callback: None,
-                offset_ns,
-                count: 1,
-                frames,
-                repeats: Vec::new(),
-                gil,
-                holder: None,
-                late: false,
-                error: None,
-                task_name: None,
-                syscall: None,
-                syscall_object: None,
-                kernel: None,
-                running: false,
-                native: Default::default(),
+                ..Sample::new(offset_ns, frames, gil)
             },
             Err(e) => Sample::failed(offset_ns, e),
         };

@@ -374,28 +374,15 @@ mod testing {
 
     impl Sampler for Fixed {
         fn sample(&mut self, _target: &Target, offset_ns: u64) -> Sample {
-            Sample {
+            Sample::new(
                 offset_ns,
-                count: 1,
-                frames: vec![Frame {
+                vec![Frame {
                     filename: "app.py".into(),
                     lineno: 7,
                     function: "handler".into(),
                 }],
-                repeats: Vec::new(),
-                gil: Gil::Loop,
-                holder: None,
-                late: false,
-                error: None,
-                task_name: None,
-                syscall: None,
-                syscall_object: None,
-                kernel: None,
-                running: false,
-                callback_tag: None,
-                callback: None,
-                native: Default::default(),
-            }
+                Gil::Loop,
+            )
         }
 
         fn name(&self) -> &'static str {

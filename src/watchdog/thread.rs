@@ -692,6 +692,8 @@ mod tests {
     use super::*;
     use crate::clock::ms;
     use crate::event::Frame;
+    #[cfg(linux_full)]
+    use crate::schedstat::tests::{gettid, pin_to, spin, Spinner};
     use std::thread::sleep;
 
     /// A sampler that tags each sample with the callback the test says is running.
@@ -807,44 +809,28 @@ mod tests {
             return;
         }
         let wd = Arc::new(start(ms(100)));
-        let stop = Arc::new(AtomicBool::new(false));
-        // SAFETY: sched_getcpu has no preconditions.
-        let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).unwrap_or(0);
-        let spinner = {
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                crate::schedstat::tests::pin_to(cpu);
-                while !stop.load(Ordering::Relaxed) {
-                    std::hint::spin_loop();
-                }
-            })
-        };
+        let spinner = Spinner::on_this_cpu();
+        let cpu = spinner.cpu;
         let loop_thread = {
             let wd = Arc::clone(&wd);
             std::thread::spawn(move || {
-                crate::schedstat::tests::pin_to(cpu);
-                // SAFETY: gettid has no preconditions.
-                let tid = i64::from(unsafe { libc::gettid() });
+                pin_to(cpu);
                 let slot = wd.register(
                     "asyncio",
                     "main",
                     Target {
-                        native_tid: tid,
+                        native_tid: gettid(),
                         ..target()
                     },
                 );
                 slot.busy();
-                let t = std::time::Instant::now();
-                while t.elapsed() < ms_d(300) {
-                    std::hint::spin_loop();
-                }
+                spin(ms_d(300));
                 slot.idle(None);
                 slot.unregister();
             })
         };
         loop_thread.join().unwrap();
-        stop.store(true, Ordering::Relaxed);
-        spinner.join().unwrap();
+        spinner.stop();
         let events = wd.flush(ms(2000));
         wd.stop();
         assert_eq!(events.len(), 1, "{events:?}");
@@ -894,39 +880,24 @@ mod tests {
             })
             .unwrap()
         };
-        let stop = Arc::new(AtomicBool::new(false));
-        // SAFETY: sched_getcpu has no preconditions.
-        let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).unwrap_or(0);
-        let spinner = {
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                crate::schedstat::tests::pin_to(cpu);
-                while !stop.load(Ordering::Relaxed) {
-                    std::hint::spin_loop();
-                }
-            })
-        };
+        let spinner = Spinner::on_this_cpu();
+        let cpu = spinner.cpu;
         // The loop waits in its selector for 1 ms and does not come back until the "holder"
         // has run 300 ms of wall time on a CPU it shares with the spinner.
         let slot = wd.register("asyncio", "main", target());
         slot.idle(Some(ms(1)));
         let h = Arc::clone(&holder);
         std::thread::spawn(move || {
-            crate::schedstat::tests::pin_to(cpu);
-            // SAFETY: gettid has no preconditions.
-            h.store(i64::from(unsafe { libc::gettid() }), Ordering::SeqCst);
-            let t = std::time::Instant::now();
-            while t.elapsed() < ms_d(300) {
-                std::hint::spin_loop();
-            }
+            pin_to(cpu);
+            h.store(gettid(), Ordering::SeqCst);
+            spin(ms_d(300));
             h.store(0, Ordering::SeqCst);
         })
         .join()
         .unwrap();
         slot.busy();
         slot.idle(None);
-        stop.store(true, Ordering::Relaxed);
-        spinner.join().unwrap();
+        spinner.stop();
         let ev = the_only_event(wd);
         assert!(ev.starved, "{ev:?}");
         let wait = ev.holder_cpu_wait_ns.expect("measured");

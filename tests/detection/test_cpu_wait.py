@@ -2,43 +2,24 @@
 not failed (--loopguard-cpu-wait)."""
 
 import json
-import os
 
 import pytest
+from cpu_share import CPU_SHARE_FILES, MARKS, burn, last_cpu, pinned, spinning
 
-pytestmark = [
-    pytest.mark.single_version,
-    pytest.mark.linux_full,
-    pytest.mark.skipif(
-        not os.path.exists(f"/proc/self/task/{os.getpid()}/schedstat"),
-        reason="this kernel does not report run-queue time",
-    ),
-]
+pytestmark = MARKS
 
 # The test pins its loop thread to one CPU beside a process that spins on the same CPU, so the
 # loop thread gets about half of it: WORK seconds of CPU take about twice as long on the clock.
 SOURCE = """
-import asyncio, os, subprocess, sys, time
+import asyncio, time
 import pytest
-
-SPIN = "import os, sys; os.sched_setaffinity(0, {%d}); print('ready', flush=True)\\nwhile 1: pass"
+from cpu_share import burn, last_cpu, pinned, spinning
 
 @pytest.fixture
 def shared_cpu():
-    cpu = max(os.sched_getaffinity(0))
-    before = os.sched_getaffinity(0)
-    spinner = subprocess.Popen([sys.executable, "-c", SPIN % cpu], stdout=subprocess.PIPE)
-    assert spinner.stdout.readline() == b"ready\\n"
-    os.sched_setaffinity(0, {cpu})  # this thread only: the loop's
-    yield
-    os.sched_setaffinity(0, before)
-    spinner.kill()
-    spinner.wait()
-
-def burn(seconds):
-    t = time.thread_time()
-    while time.thread_time() - t < seconds:  # the work
-        pass
+    cpu = last_cpu()
+    with spinning(cpu), pinned(cpu):  # this thread only: the loop's
+        yield
 
 @pytest.mark.asyncio
 async def test_work(shared_cpu):
@@ -56,6 +37,7 @@ def measure(inner, work, *args):
         "--loopguard-json=r.json",
         "-s",
         *args,
+        **CPU_SHARE_FILES,
     )
     text = result.stdout.str()
     wall = float(text.split("WALL ")[1].split()[0]) if "WALL " in text else None
@@ -137,23 +119,9 @@ def test_invalid_cpu_wait_value_is_a_usage_error(inner, monkeypatch, args, env, 
 
 def test_guard_excludes_cpu_wait_unless_asked():
     import asyncio
-    import subprocess
-    import sys
     import time
 
     import loopguard
-
-    cpu = max(os.sched_getaffinity(0))
-    before = os.sched_getaffinity(0)
-    spin = (
-        f"import os; os.sched_setaffinity(0, {{{cpu}}}); print('ready', flush=True)\nwhile 1: pass"
-    )
-    spinner = subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE)
-
-    def burn(seconds):
-        t = time.thread_time()
-        while time.thread_time() - t < seconds:
-            pass
 
     walls = []
 
@@ -163,9 +131,8 @@ def test_guard_excludes_cpu_wait_unless_asked():
         burn(0.07)
         walls.append(time.monotonic() - t)
 
-    try:
-        assert spinner.stdout.readline() == b"ready\n"
-        os.sched_setaffinity(0, {cpu})
+    cpu = last_cpu()
+    with spinning(cpu), pinned(cpu):
         with loopguard.guard(threshold="100ms") as g:
             asyncio.run(main())
         assert walls[0] > 0.12, f"the work took {walls[0]} s: the CPU was not shared"
@@ -174,9 +141,5 @@ def test_guard_excludes_cpu_wait_unless_asked():
             with loopguard.guard(threshold="100ms", cpu_wait="include"):
                 asyncio.run(main())
         assert exc.value.events[0].cpu_wait > 0.02
-    finally:
-        os.sched_setaffinity(0, before)
-        spinner.kill()
-        spinner.wait()
     with pytest.raises(ValueError, match="invalid value for cpu_wait: 'never'"):
         loopguard.guard(cpu_wait="never")

@@ -49,6 +49,49 @@ async def test_fixed(loopguard):
     )
 
 
+def test_a_phase_failed_by_expect_block_is_reported_as_if_it_had_raised(pytester, inner):
+    # The failure is the phase's own, as a failure raised in it is: an xfail test that fails
+    # it is xfailed, a fixture's expect_block() fails the setup (an error), and JUnit XML
+    # and the short summary carry its message.
+    result = inner.run(
+        """
+@pytest.fixture
+def expecting(loopguard):
+    with loopguard.expect_block("50ms"):
+        pass
+    yield
+
+@pytest.mark.asyncio
+@pytest.mark.xfail(reason="known")
+async def test_xfailed(loopguard):
+    with loopguard.expect_block("50ms"):
+        await asyncio.sleep(0)
+
+def test_in_setup(expecting):
+    pass
+
+@pytest.mark.asyncio
+async def test_failed(loopguard):
+    with loopguard.expect_block("50ms"):
+        await asyncio.sleep(0)
+""",
+        "--junitxml=j.xml",
+        "-rA",
+    )
+    result.assert_outcomes(xfailed=1, errors=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "XFAIL test_it.py::test_xfailed - known",
+            "ERROR test_it.py::test_in_setup - Failed: loopguard: expected the event loop *",
+            "FAILED test_it.py::test_failed - Failed: loopguard: expected the event loop *",
+        ]
+    )
+    junit = (pytester.path / "j.xml").read_text()
+    message = "Failed: loopguard: expected the event loop to block for at least 50 ms"
+    assert f'message="failed on setup with &quot;{message}' in junit, junit
+    assert f'message="{message}' in junit, junit
+
+
 def test_expect_block_below_the_threshold(inner):
     result = inner.run(
         """

@@ -1,6 +1,7 @@
 """``loopguard.guard()``: the context manager and decorator, used without the plugin."""
 
 import asyncio
+import selectors
 import threading
 import time
 
@@ -47,6 +48,37 @@ def test_guard_raises_with_events_describing_the_block():
     # Captured while the block lasted, not after it.
     assert 0.1 <= ev.captured_after <= ev.duration
     assert "event loop blocked for" in str(exc.value)
+
+
+class OwnSelector:
+    """A selector of a program's own: not a ``selectors.BaseSelector``, it hands every call to
+    the platform's default selector."""
+
+    def __init__(self):
+        self._inner = selectors.DefaultSelector()
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+# The default selector on Linux is an EpollSelector (watched at its epoll object, the case
+# every other test runs); a PollSelector is watched through a subclass of its class, a
+# selector that is not a BaseSelector through a proxy in its place.
+@pytest.mark.parametrize("make", [selectors.PollSelector, OwnSelector], ids=["poll", "own"])
+def test_a_loop_on_another_selector_is_watched_and_given_its_selector_back(make):
+    selector = make()
+    loop = asyncio.SelectorEventLoop(selector)
+    try:
+        with pytest.raises(loopguard.LoopBlockedError) as exc:
+            with loopguard.guard(threshold="100ms"):
+                loop.run_until_complete(blocking_main(0.3)())
+        assert loop._selector is selector
+        assert type(selector) is make
+    finally:
+        loop.close()
+    (ev,) = exc.value.events
+    assert 0.28 <= ev.duration <= 1.0
+    assert "guard-test-block" in ev.site.source
 
 
 def test_guard_passes_short_blocks():

@@ -3,7 +3,7 @@
 import sys
 
 import pytest
-from garbage import GARBAGE_FILES
+from garbage import GARBAGE_FILES, collected_in
 
 pytestmark = pytest.mark.single_version
 
@@ -39,17 +39,10 @@ async def test_import():
 
 
 GC_SOURCE = """
-from garbage import make_garbage
-
-@pytest.fixture
-def garbage():
-    # Made outside the loop: only the collection blocks it.
-    make_garbage()
-    yield
-    gc.enable()
+from garbage import garbage_made
 
 @pytest.mark.asyncio
-async def test_gc(garbage):
+async def test_gc(garbage_made):
     await asyncio.sleep(0)
     t = time.monotonic()
     gc.collect()  # the collection
@@ -58,16 +51,11 @@ async def test_gc(garbage):
 """
 
 
-def _collected_in(result):
-    text = result.stdout.str()
-    return float(text.split("COLLECTED IN ")[1].split()[0]) if "COLLECTED IN" in text else None
-
-
 def test_a_block_that_is_garbage_collection_is_recorded_not_failed(pytester, inner):
     import json
 
     result = inner.run(GC_SOURCE, "--loopguard-json=r.json", "-s")
-    took = _collected_in(result)
+    took = collected_in(result)
     assert took is not None and took > 0.15, f"the collection took {took} s: too quick to test"
     result.assert_outcomes(passed=1)
     [ev] = json.loads((pytester.path / "r.json").read_text())["events"]
@@ -82,7 +70,7 @@ def test_a_block_that_is_garbage_collection_is_recorded_not_failed(pytester, inn
 def test_gc_include_judges_the_whole_block(inner):
     # Waiting for a CPU counts too: on a loaded machine it would excuse the collection.
     result = inner.run(GC_SOURCE, "--loopguard-gc=include", "--loopguard-cpu-wait=include", "-s")
-    took = _collected_in(result)
+    took = collected_in(result)
     assert took is not None and took > 0.15, f"the collection took {took} s: too quick to test"
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
@@ -228,12 +216,16 @@ def block(duration_ms, *samples, threshold=0.1, captured_after_ms=None):
     )  # fmt: skip
 
 
-def collection(start_ms, end_ms, thread=LOOP, trigger=TRIGGER):
+def collection(start_ms, end_ms, thread=LOOP, trigger=TRIGGER, cpu_ms=0):
     from loopguard import Frame
     from loopguard._explain import Collection
 
     return Collection(
-        START + start_ms * MS, START + end_ms * MS, thread, trigger and Frame(*trigger)
+        START + start_ms * MS,
+        START + end_ms * MS,
+        thread,
+        trigger and Frame(*trigger),
+        cpu_ms * MS,
     )
 
 
@@ -278,6 +270,61 @@ def test_a_system_call_or_letting_go_of_the_gil_in_a_collection_is_a_finalizer_s
     # The collector's own calls (memory management) are not named by the kernel report.
     unnamed = sample(25, 14, syscall="system call 11")
     assert share_ms(block(300, unnamed), collection(0, 300)) == (300, 0, 0)
+
+
+def cpu_ms(ev, *collections):
+    from loopguard._explain import gc_share
+
+    return round(gc_share(ev, list(collections)).collector_cpu / MS, 3)
+
+
+def test_the_collector_s_cpu_time_is_what_it_used_less_what_may_have_been_spent_otherwise():
+    # 300 ms on the clock, 60 ms of it on a CPU (the rest waiting for one): all the collector's.
+    assert cpu_ms(block(300, sample(25, 14)), collection(0, 300, cpu_ms=60)) == 60
+    # Never more than the collector's own share of the clock.
+    assert cpu_ms(block(300, sample(25, 14)), collection(0, 300, cpu_ms=400)) == 300
+    # 175 ms in a finalizer, which may all have been on a CPU: 60 - 175 leaves nothing certain.
+    both = block(300, sample(25, 5), sample(125, 9, at=(OUTER, TRIGGER, FINALIZER)))
+    assert cpu_ms(both, collection(0, 300, cpu_ms=60)) == 0
+    assert cpu_ms(both, collection(0, 300, cpu_ms=200)) == 25
+    # Half the collection was before the block: its first 100 ms may have used 100 ms of CPU.
+    assert cpu_ms(block(300, sample(25, 14)), collection(-100, 100, cpu_ms=150)) == 50
+    # Not known (a collection logged without it): nothing.
+    assert cpu_ms(block(300, sample(25, 14)), collection(0, 300)) == 0
+
+
+def test_explain_sets_the_collector_s_cpu_time_of_a_real_collection():
+    import gc
+
+    from loopguard import BlockEvent, Frame
+    from loopguard._explain import _collections, _gc_log, _on_gc, explain
+
+    junk = [[] for _ in range(200_000)]
+    for x in junk:
+        x.append(x)  # a cycle: only the collector frees it
+    del junk
+    installed = _on_gc in gc.callbacks
+    if not installed:
+        gc.callbacks.append(_on_gc)
+    _gc_log.clear()
+    try:
+        gc.collect()
+    finally:
+        if not installed:
+            gc.callbacks.remove(_on_gc)
+    [c] = _collections()
+    # On a CPU at most as long as it took, and some of that time at least.
+    assert 0 < c.cpu_ns <= c.end_ns - c.start_ns + 2 * MS
+    here = Frame(__file__, HINT_LINE, "test")
+    ev = BlockEvent(
+        id=1, duration=(c.end_ns - c.start_ns) / 1e9, threshold=0.001, thread_name="MainThread",
+        thread_ident=c.thread, task_name=None, captured_after=None, starved=False,
+        loop_kind="asyncio", test=None, phase=None, start_ns=c.start_ns, end_ns=c.end_ns,
+        site=here, stack=[here],
+    )  # fmt: skip
+    explain(ev)
+    assert ev.gc_cpu_time == c.cpu_ns / 1e9
+    assert ev.gc_cpu_time <= ev.gc_time
 
 
 def test_the_same_function_at_another_line_is_not_where_the_collection_began():

@@ -8,12 +8,12 @@ interpreter's next check from 3.12 on) and how frames are named differ between v
 import json
 
 import pytest
-from garbage import GARBAGE_FILES
+from garbage import GARBAGE_FILES, collected_in
 
 HEADER = """
 import asyncio, gc, threading, time, weakref
 import pytest
-from garbage import make_garbage
+from garbage import garbage_made
 
 
 class Slow:
@@ -54,11 +54,6 @@ def events(pytester):
     for e in sorted(data["events"], key=lambda e: e["duration_ms"]):
         found[e["test"].split("::")[-1]] = e
     return found
-
-
-def collected_in(result):
-    text = result.stdout.str()
-    return float(text.split("COLLECTED IN ")[1].split()[0]) if "COLLECTED IN" in text else None
 
 
 def assert_failed_at(inner, ev, marker):
@@ -185,15 +180,8 @@ async def test_other_thread():
 def test_a_collection_started_by_an_allocation_is_still_excused(pytester, inner):
     result = inner.run(
         """
-@pytest.fixture
-def garbage():
-    # Made outside the loop: only the collection blocks it.
-    make_garbage()
-    yield
-    gc.enable()
-
 @pytest.mark.asyncio
-async def test_automatic(garbage):
+async def test_automatic(garbage_made):
     await asyncio.sleep(0)
     gc.enable()
     t = time.monotonic()
@@ -217,14 +205,8 @@ def test_the_gil_taking_sampler_tells_a_finalizer_from_the_collector(pytester, i
     # the time after it can have been read.
     result = inner.run(
         """
-@pytest.fixture
-def garbage():
-    make_garbage()
-    yield
-    gc.enable()
-
 @pytest.mark.asyncio
-async def test_pure(garbage):
+async def test_pure(garbage_made):
     await asyncio.sleep(0)
     t = time.monotonic()
     gc.collect()

@@ -2,9 +2,9 @@
 
 import json
 import re
-import sys
 
 from conftest import INI
+from reports import cli, hotspot_table
 
 APP = """
 import time
@@ -58,23 +58,6 @@ def _masked(lines):
     return [" ".join(_DURATION.sub("D", line).split()) for line in lines]
 
 
-def _table(stdout_lines):
-    """The hotspot table and fixed sites the session printed."""
-    start = next(i for i, s in enumerate(stdout_lines) if "loopguard: blocking hotspots" in s)
-    out = []
-    for text in stdout_lines[start + 1 :]:
-        if text.startswith(("loopguard:", "=")):
-            break
-        out.append(text)
-    return out
-
-
-def cli(pytester, *args):
-    result = pytester.run(sys.executable, "-m", "loopguard", *args)
-    assert result.ret == 0, result.stderr.str()
-    return result.stdout.lines
-
-
 def test_shards_merge_into_the_whole_run(pytester):
     pytester.makeini(INI)
     pytester.makepyfile(app=APP, test_it=TESTS)
@@ -95,7 +78,7 @@ def test_shards_merge_into_the_whole_run(pytester):
         assert shard.ret in (0, 1), shard.stdout.str()
     shards = [f"shard{i}.json" for i in range(len(SHARDS))]
 
-    printed = cli(pytester, "merge", *shards, "-o", "merged.json")
+    printed = cli(pytester, "merge", *shards, "-o", "merged.json").stdout.lines
     assert printed == ["loopguard: merged 3 reports (4 blocks in 4 tests) into merged.json"]
     merged = json.loads((pytester.path / "merged.json").read_text())
     assert sorted(e["test"] for e in merged["events"]) == [
@@ -108,9 +91,9 @@ def test_shards_merge_into_the_whole_run(pytester):
     assert json.loads((pytester.path / "whole.json").read_text())["totals"]["guarded"] == 5
 
     # The same table as the whole run's report, and as the whole session printed it.
-    table = _masked(cli(pytester, "summary", "merged.json"))
-    assert table == _masked(cli(pytester, "summary", "whole.json"))
-    assert table == _masked(_table(whole.stdout.lines))
+    table = _masked(cli(pytester, "summary", "merged.json").stdout.lines)
+    assert table == _masked(cli(pytester, "summary", "whole.json").stdout.lines)
+    assert table == _masked(hotspot_table(whole.stdout.lines))
     assert table[1].startswith("MEDIUM 2 2 D D failed app.py:4 in slow_a time.sleep(0.6)")
     assert table[2].startswith("MEDIUM 1 1 D D baselined app.py:7 in slow_b")
     assert table[3].startswith("MONITOR 1 1 D D recorded app.py:10 in short")

@@ -4,9 +4,9 @@ frames included."""
 
 import html
 import json
-import sys
 
 import pytest
+from reports import cli, hotspot_table
 
 # Native frames are read on the full Linux build only.
 pytestmark = pytest.mark.linux_full
@@ -28,23 +28,6 @@ async def test_compress():
     await asyncio.sleep(0)
     zlib.compress(DATA, 9)  # the compression
 """
-
-
-def hotspot_table(lines):
-    """The rows of the session's hotspot table, its header and totals included."""
-    start = next(i for i, s in enumerate(lines) if "loopguard: blocking hotspots" in s)
-    out = []
-    for text in lines[start + 1 :]:
-        if text.startswith(("loopguard:", "=")):
-            break
-        out.append(text)
-    return out
-
-
-def cli(pytester, *args):
-    result = pytester.run(sys.executable, "-m", "loopguard", *args)
-    assert result.ret == 0, result.stderr.str()
-    return result
 
 
 def test_the_native_frame_the_terminal_names_is_named_from_the_json_report(inner, pytester):

@@ -14,13 +14,13 @@ SHORT = Frame("/proj/app/handlers.py", 12, "handle")
 
 def event(
     duration=0.25, *, gc_time=0.0, cpu_wait=None, callbacks=(), starved=False,
-    holder_cpu_wait=None,
+    holder_cpu_wait=None, gc_cpu_time=0.0,
 ):  # fmt: skip
     return BlockEvent(
         id=1, duration=duration, threshold=0.1, thread_name="MainThread", thread_ident=1,
         task_name=None, captured_after=0.1, starved=starved, loop_kind="asyncio", test=None,
         phase=None, start_ns=0, end_ns=int(duration * 1e9), gc_time=gc_time, cpu_wait=cpu_wait,
-        callbacks=list(callbacks), holder_cpu_wait=holder_cpu_wait,
+        callbacks=list(callbacks), holder_cpu_wait=holder_cpu_wait, gc_cpu_time=gc_cpu_time,
     )  # fmt: skip
 
 
@@ -109,6 +109,30 @@ def test_each_excuse_is_judged_on_its_own():
     # 60 ms of collection and 60 ms of waiting: neither alone brings 200 ms under 100 ms.
     assert excuse(event(0.2, gc_time=0.06, cpu_wait=0.06), 0.1) is None
     assert excuse(event(0.2, gc_time=0.15, cpu_wait=0.15), 0.1)[0] == "gc"
+
+
+def test_a_collection_slowed_by_a_busy_machine_is_taken_with_the_wait_by_its_cpu_time():
+    # A starvation of 1.03 s: a holder collecting for 863 ms on the clock, and waiting for a
+    # CPU 918 ms of the block. Neither alone brings it under 100 ms (169 ms, 114 ms left), and
+    # the two overlap. The collector's 95 ms on a CPU and the wait leave 19 ms of other work.
+    busy = event(1.032, gc_time=0.863, starved=True, holder_cpu_wait=0.918, gc_cpu_time=0.095)
+    cause, reason = excuse(busy, 0.1)
+    assert cause == "gc"
+    assert reason == (
+        "under the threshold without the 95 ms the garbage collector ran on a CPU and the "
+        "918 ms spent waiting for one (the machine was overloaded; --loopguard-gc=include or "
+        "--loopguard-cpu-wait=include counts them)"
+    )
+    # The loop thread's own collection and wait, not a starvation: the same.
+    assert excuse(event(1.032, gc_time=0.863, cpu_wait=0.918, gc_cpu_time=0.095), 0.1)
+    # Without the collector's CPU time (an older report), or with too little of it, or with
+    # either counted by the settings: not excused.
+    assert excuse(event(1.032, gc_time=0.863, starved=True, holder_cpu_wait=0.918), 0.1) is None
+    short = event(1.032, gc_time=0.863, starved=True, holder_cpu_wait=0.918, gc_cpu_time=0.01)
+    assert excuse(short, 0.1) is None
+    assert excuse(busy, 0.1, gc="include") is None
+    assert excuse(busy, 0.1, cpu_wait="include") is None
+    assert excuse(busy, 0.1, interrupted=True) is None
 
 
 def test_many_callbacks_none_reaching_the_threshold_are_excused():

@@ -61,7 +61,7 @@ def full_event(root):
         gil="other",
         gil_holder_thread="cruncher", gil_holder_stack=[worker], sites_changed=True, late=True,
         cause="gc", hint="a long garbage collection", fix="gc.freeze() after start-up",
-        gc_time=0.2501, running=True,
+        gc_time=0.2501, gc_cpu_time=0.1201, running=True,
         syscall="recvfrom", syscall_object="TCP 127.0.0.1:51234 → 127.0.0.1:8080",
         cpu_wait=0.012345678, holder_cpu_wait=0.0456789, callbacks=callbacks,
         native_stack=native, native_note="in a system call",

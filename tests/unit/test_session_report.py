@@ -57,9 +57,19 @@ def test_hotspots_group_by_call_site_worst_severity_first_then_most_time():
 
 def test_the_operation_column_names_the_cause_and_the_innermost_library_frame():
     sleep = Frame("/usr/lib/python3.11/socket.py", 707, "recv_into")
-    (spot,) = hotspots([judged(SCAN, 0.3, cause="gc", innermost=sleep)])
+    (spot,) = hotspots([judged(SCAN, 0.3, "recorded", cause="gc", gc_time=0.25, innermost=sleep)])
     assert spot.operation.startswith("(garbage collection) ")
     assert spot.operation.endswith(":707 in recv_into")
+    # Over the threshold without the collection, or without the wait for a CPU: the code's
+    # block, not labelled with the cause (its failure text gives the share).
+    for cause in (dict(gc_time=0.15), dict(cpu_wait=0.15)):
+        label = "gc" if "gc_time" in cause else "cpu-wait"
+        (spot,) = hotspots([judged(SCAN, 0.3, cause=label, innermost=sleep, **cause)])
+        assert spot.operation.endswith(":707 in recv_into") and "(" not in spot.operation
+    (spot,) = hotspots([judged(SCAN, 0.3, cause="cpu-wait", cpu_wait=0.25, innermost=sleep)])
+    assert spot.operation.startswith("(waiting for a CPU) ")
+    (spot,) = hotspots([judged(SCAN, 0.3, cause="import", innermost=sleep)])
+    assert spot.operation.startswith("(importing) ")
     (unknown,) = hotspots([judged(Frame("/nowhere/x.py", 1, "x"), 0.3)])
     assert unknown.operation == "?"  # no source line to show
 
