@@ -27,18 +27,7 @@ text and fixture modules only when a run needs them.
 """
 
 import sys as _sys
-
-from . import _interpreter
-
-if _interpreter.INACTIVE is not None:  # free-threaded CPython: before anything imports it
-    _interpreter.replace_native()
-
-from ._errors import (
-    LoopBlockedError,
-    LoopBlockedWarning,
-    LoopguardInactiveWarning,
-    OffloadError,
-)
+from typing import Any
 
 
 class _OwnModules:
@@ -65,7 +54,31 @@ class _OwnModules:
 if not any(getattr(f, "loopguard_own_modules", False) for f in _sys.meta_path):
     _sys.meta_path.insert(0, _OwnModules())  # type: ignore[arg-type]
 
+# Past that import hook: these two are not compiled again by pytest's.
+from . import _interpreter  # noqa: E402
+
+if _interpreter.INACTIVE is not None:  # free-threaded CPython: before anything imports it
+    _interpreter.replace_native()
+
+from ._errors import (  # noqa: E402
+    LoopBlockedError,
+    LoopBlockedWarning,
+    LoopguardInactiveWarning,
+    OffloadError,
+)
+
 pytest_plugins = ["loopguard.plugin"]
+
+
+def pytest_addhooks(pluginmanager: Any) -> None:
+    """Registers :mod:`loopguard.plugin` as soon as pytest registers this package (``-p
+    loopguard``, ``pytest_plugins = ["loopguard"]``): from ``pytest_plugins`` above, pytest
+    would first read every installed distribution's entry points once more, for one named
+    ``loopguard.plugin`` (8 M instructions at every start-up); this asks for the module
+    itself, and pytest then finds it registered. ``pytest_plugins`` remains for a package
+    registered before pytest calls this hook (``pytest.main(plugins=[loopguard])``)."""
+    pluginmanager.import_plugin("loopguard.plugin")
+
 
 __version__ = "0.1.0"
 """The distribution's version: Cargo.toml's, which maturin writes into the metadata (a test

@@ -102,10 +102,37 @@ def patch_run_forever(
     back when an inner loop stops). Shared by asyncio's adapter and uvloop's."""
     original = cls.run_forever
 
+    # One frame, the loop's whole run long: asyncio's debug mode (unittest's
+    # IsolatedAsyncioTestCase runs in it) walks the stack down to the test runner at every
+    # future, task and callback it creates, so each frame more here costs at each of them.
     def run_forever(self):  # type: ignore[no-untyped-def]
         if not host.active or self.is_running() or not _native.is_running():
             return original(self)
-        return _run_guarded(host, self, original, kind, watch, watched, thread_slots)
+        thread = threading.get_ident()
+        try:
+            slot = _native.register(kind, threading.current_thread().name, thread, self)
+        except RuntimeError:
+            return original(self)
+        stop = watch(self, slot)
+        probe = host.start_lag_probe(self, kind)
+        watched.add(id(self))
+        outer = None
+        if thread_slots is not None:
+            outer = thread_slots.get(thread)
+            thread_slots[thread] = slot
+        try:
+            return original(self)
+        finally:
+            if thread_slots is not None:
+                if outer is None:
+                    thread_slots.pop(thread, None)
+                else:
+                    thread_slots[thread] = outer
+            watched.discard(id(self))
+            if probe is not None:
+                probe.stop()
+            stop()
+            slot.unregister()
 
     run_forever.__wrapped__ = original  # type: ignore[attr-defined]
     run_forever.__doc__ = original.__doc__
@@ -144,44 +171,6 @@ def attach_loop(
 
         restore = both(forget, restore)
     return slot, restore
-
-
-def _run_guarded(
-    host: Host,
-    loop: Any,
-    original: Callable[[Any], Any],
-    kind: str,
-    watch: Callable[[Any, Slot], Callable[[], None]],
-    watched: set[int],
-    thread_slots: Optional[dict[int, Slot]],
-) -> Any:
-    """``original(loop)`` with the loop registered for as long as it runs (see
-    :func:`patch_run_forever`); run unregistered if the watchdog cannot take it."""
-    thread = threading.get_ident()
-    try:
-        slot = _native.register(kind, threading.current_thread().name, thread, loop)
-    except RuntimeError:
-        return original(loop)
-    stop = watch(loop, slot)
-    probe = host.start_lag_probe(loop, kind)
-    watched.add(id(loop))
-    outer = None
-    if thread_slots is not None:
-        outer = thread_slots.get(thread)
-        thread_slots[thread] = slot
-    try:
-        return original(loop)
-    finally:
-        if thread_slots is not None:
-            if outer is None:
-                thread_slots.pop(thread, None)
-            else:
-                thread_slots[thread] = outer
-        watched.discard(id(loop))
-        if probe is not None:
-            probe.stop()
-        stop()
-        slot.unregister()
 
 
 def both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:

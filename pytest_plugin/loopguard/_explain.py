@@ -20,12 +20,15 @@ import gc
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, Optional
 
 from . import _native
 from ._files import display_path
 
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
     from ._events import BlockEvent, Frame, Sample
 
 __all__ = ["Collection", "GcShare", "explain", "gc_share", "install_gc_log"]
@@ -34,20 +37,41 @@ _IMPORTLIB = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_ext
 _GC_MIN_NS = 1_000_000  # collections shorter than 1 ms are not worth remembering
 
 
-class Collection(NamedTuple):
-    """One garbage collection of 1 ms or more, on the watchdog's clock."""
+class Collection(tuple):  # type: ignore[type-arg]
+    """One garbage collection of 1 ms or more, on the watchdog's clock: a tuple ``(start_ns,
+    end_ns, thread, trigger, cpu_ns)`` with those names (a ``NamedTuple`` written out: the
+    generated one compiles its ``__new__`` from source at every import, and this module is
+    imported at every start-up).
 
-    start_ns: int
-    end_ns: int
-    thread: int
-    """``threading.get_ident()`` of the thread that ran it."""
-    trigger: Optional[Frame]
-    """The innermost Python frame of that thread when it began (the frame whose allocation or
-    ``gc.collect()`` call started it); ``None`` when no Python code was running."""
-    cpu_ns: int = 0
-    """The CPU time that thread used from its start to its end (the collector's work and the
-    finalizers it ran, not the time it waited for a CPU); 0 when not known (a collection of
-    the youngest generation)."""
+    ``thread``: ``threading.get_ident()`` of the thread that ran it. ``trigger``: the innermost
+    Python frame of that thread when it began (the frame whose allocation or ``gc.collect()``
+    call started it); ``None`` when no Python code was running. ``cpu_ns``: the CPU time that
+    thread used from its start to its end (the collector's work and the finalizers it ran, not
+    the time it waited for a CPU); 0 when not known (a collection of the youngest
+    generation)."""
+
+    __slots__ = ()
+
+    def __new__(
+        cls, start_ns: int, end_ns: int, thread: int, trigger: Optional[Frame], cpu_ns: int = 0
+    ) -> Self:
+        return tuple.__new__(cls, (start_ns, end_ns, thread, trigger, cpu_ns))
+
+    start_ns: int = property(itemgetter(0))  # type: ignore[assignment]
+    end_ns: int = property(itemgetter(1))  # type: ignore[assignment]
+    thread: int = property(itemgetter(2))  # type: ignore[assignment]
+    trigger: Optional[Frame] = property(itemgetter(3))  # type: ignore[assignment]
+    cpu_ns: int = property(itemgetter(4))  # type: ignore[assignment]
+
+    def _replace(self, *, trigger: Optional[Frame]) -> Collection:
+        return Collection(self[0], self[1], self[2], trigger, self[4])
+
+    def __repr__(self) -> str:
+        start_ns, end_ns, thread, trigger, cpu_ns = self
+        return f"Collection({start_ns=!r}, {end_ns=!r}, {thread=!r}, {trigger=!r}, {cpu_ns=!r})"
+
+    def __getnewargs__(self) -> tuple[Any, ...]:
+        return tuple(self)
 
 
 # Recent long garbage collections.
@@ -223,21 +247,47 @@ def _seen_doing(s: Sample, c: Collection, loop_thread: int) -> Optional[str]:
     return _COLLECTING
 
 
-class GcShare(NamedTuple):
-    """How the garbage collections that overlapped a block spent it, in nanoseconds."""
+class GcShare(tuple):  # type: ignore[type-arg]
+    """How the garbage collections that overlapped a block spent it, in nanoseconds: a tuple
+    ``(collector, finalizers, elsewhere, collection, collector_cpu)`` with those names
+    (written out, as :class:`Collection` is).
 
-    collector: int
-    """The collector's own work, and the stretches no sample speaks for."""
-    finalizers: int
-    """The code the collector ran: finalizers, weakref callbacks, their system calls."""
-    elsewhere: int
-    """Other threads' (or the loop's own) work while a collection waited for the GIL."""
-    collection: Optional[Collection]
-    """The collection that ran the most finalizer time."""
-    collector_cpu: int = 0
-    """Of ``collector``, the CPU time the collecting threads used, at least (what they waited
-    for a CPU is not in it): each collection's CPU time less the time it spent outside the
-    block, in finalizers and waiting for the GIL, which could all have been on a CPU."""
+    ``collector``: the collector's own work, and the stretches no sample speaks for.
+    ``finalizers``: the code the collector ran (finalizers, weakref callbacks, their system
+    calls). ``elsewhere``: other threads' (or the loop's own) work while a collection waited
+    for the GIL. ``collection``: the collection that ran the most finalizer time.
+    ``collector_cpu``: of ``collector``, the CPU time the collecting threads used, at least
+    (what they waited for a CPU is not in it): each collection's CPU time less the time it
+    spent outside the block, in finalizers and waiting for the GIL, which could all have been
+    on a CPU."""
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        collector: int,
+        finalizers: int,
+        elsewhere: int,
+        collection: Optional[Collection],
+        collector_cpu: int = 0,
+    ) -> Self:
+        return tuple.__new__(cls, (collector, finalizers, elsewhere, collection, collector_cpu))
+
+    collector: int = property(itemgetter(0))  # type: ignore[assignment]
+    finalizers: int = property(itemgetter(1))  # type: ignore[assignment]
+    elsewhere: int = property(itemgetter(2))  # type: ignore[assignment]
+    collection: Optional[Collection] = property(itemgetter(3))  # type: ignore[assignment]
+    collector_cpu: int = property(itemgetter(4))  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        collector, finalizers, elsewhere, collection, collector_cpu = self
+        return (
+            f"GcShare({collector=!r}, {finalizers=!r}, {elsewhere=!r}, {collection=!r}, "
+            f"{collector_cpu=!r})"
+        )
+
+    def __getnewargs__(self) -> tuple[Any, ...]:
+        return tuple(self)
 
 
 def gc_share(ev: BlockEvent, collections: list[Collection]) -> GcShare:

@@ -40,9 +40,7 @@ __all__ = [
     "parse_scan",
 ]
 
-_DURATION = re.compile(
-    r"^\s*(?P<num>[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?)\s*(?P<unit>ms|s|us)?\s*$"
-)
+_DURATION = r"^\s*(?P<num>[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?)\s*(?P<unit>ms|s|us)?\s*$"
 _UNITS = {None: 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
 
 DURATION_HELP = "a positive duration such as 100ms, 0.25s or 0.1 (seconds)"
@@ -79,8 +77,10 @@ def parse_duration(value: object, *, name: str, source: str) -> float:
     elif isinstance(value, (int, float)):
         seconds = float(value)
     elif isinstance(value, str):
-        m = _DURATION.match(value)
-        seconds = float(m.group("num")) * _UNITS[m.group("unit")] if m else None
+        seconds = _plain_duration(value)
+        if seconds is None:
+            m = _regex(_DURATION).match(value)
+            seconds = float(m.group("num")) * _UNITS[m.group("unit")] if m else None
     else:
         seconds = None
     if seconds is None or not math.isfinite(seconds) or seconds <= 0:
@@ -88,6 +88,21 @@ def parse_duration(value: object, *, name: str, source: str) -> float:
             f"invalid value for {name}: {value!r} (from {source}); expected {DURATION_HELP}"
         )
     return seconds
+
+
+def _plain_duration(text: str) -> Optional[float]:
+    """The seconds of a duration written the usual way (``100ms``, ``0.25 s``, ``5``: digits
+    with at most one point, and a unit), else None: the full syntax (signs, exponents) is
+    left to the regular expression, compiled only for such a value."""
+    number = text.strip()
+    scale = 1.0
+    for unit in ("ms", "us", "s"):
+        if number.endswith(unit):
+            number, scale = number[: -len(unit)].rstrip(), _UNITS[unit]
+            break
+    if number.isascii() and number.replace(".", "", 1).isdigit():
+        return float(number) * scale
+    return None
 
 
 def parse_choice(value: object, choices: tuple[str, ...], *, name: str, source: str) -> str:

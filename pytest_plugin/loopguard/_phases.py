@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from ._state import PHASES_PLUGIN
+
 if TYPE_CHECKING:
     from ._judge import Verdict
 
@@ -20,7 +22,7 @@ __all__ = ["PhaseTimes"]
 
 
 class PhaseTimes:
-    name = "loopguard-phases"
+    name = PHASES_PLUGIN
 
     def __init__(self, verdicts: list[Verdict]) -> None:
         self.verdicts = verdicts

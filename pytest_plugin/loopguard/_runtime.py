@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import importlib
 import itertools
 import os
 import sys
@@ -23,7 +24,7 @@ import threading
 from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Any, Optional
 
-from . import _asyncio, _chain, _native, _trio, _uvloop
+from . import _asyncio, _chain, _native
 from ._decode import decode_events, remember_thread
 from ._errors import LoopBlockedError
 from ._explain import install_gc_log
@@ -38,6 +39,10 @@ __all__ = ["FLUSH_TIMEOUT", "LAG_PROBE_INTERVAL", "Runtime", "runtime"]
 FLUSH_TIMEOUT = 5.0
 """Seconds :meth:`Runtime.collect` waits at most for the watchdog to finish the events it was
 told of."""
+
+_LATER = {"uvloop": "loopguard._uvloop", "trio": "loopguard._trio"}
+"""The loop adapters imported only once their library is (by the library's name): a run that
+uses neither loads neither."""
 
 LAG_PROBE_INTERVAL = 0.01
 """Seconds between the lag probe's timers: how late they run is the loop's lag (measured only
@@ -56,14 +61,12 @@ class Runtime:
         self._needs: dict[int, int] = {}
         self._tokens = itertools.count(1)
         self._patched = False
-        self._adapters: tuple[LoopAdapter, ...] = (
-            _uvloop.adapter,
-            _asyncio.adapter,
-            _trio.adapter,
-        )
-        """Every kind of loop, in the order :meth:`attach` asks which one runs the code."""
-        self._pending = {a.module: a for a in self._adapters if a.module is not None}
-        """Adapters installed once their module is imported, by module name, until they are."""
+        self._adapters: tuple[LoopAdapter, ...] = (_asyncio.adapter,)
+        """Every kind of loop whose library is imported, in the order :meth:`attach` asks which
+        one runs the code (uvloop's loops are asyncio's too: uvloop first)."""
+        self._pending: dict[str, Optional[LoopAdapter]] = dict.fromkeys(_LATER)
+        """The adapters to install once their library is imported, by the library's name,
+        until they are; each is imported (None until then) with its library."""
         self._events: list[BlockEvent] = []
         self._sampler: Optional[str] = None
         self._raisers: set[int] = set()
@@ -247,9 +250,22 @@ class Runtime:
     def _install_pending(self) -> None:
         """Instrument uvloop and trio once they are imported (checked at every phase: cheap)."""
         with self._lock:
-            for name, adapter in list(self._pending.items()):
-                if name in sys.modules and adapter.install(self):
+            for name in list(self._pending):
+                if name in sys.modules and self._adapter(name).install(self):
                     del self._pending[name]
+
+    def _adapter(self, name: str) -> LoopAdapter:
+        """The adapter of library ``name`` (a key of :data:`_LATER`), imported on first use and
+        then asked, in its turn, which loop runs the code."""
+        adapter = self._pending.get(name)
+        if adapter is None:
+            adapter = importlib.import_module(_LATER[name]).adapter
+            self._pending[name] = adapter
+            order = ("uvloop", "asyncio", "trio")
+            self._adapters = tuple(
+                sorted((*self._adapters, adapter), key=lambda a: order.index(a.kind))
+            )
+        return adapter
 
     def _after_import(self, name: str) -> Optional[Callable[[object], None]]:
         """For the import hook: instrument uvloop or trio once its import finishes."""
@@ -339,6 +355,10 @@ class Runtime:
 
     def _running_loop(self) -> Optional[tuple[LoopAdapter, Hashable, Any]]:
         """The loop running the current thread's code: ``(adapter, key, loop)``, or None."""
+        for name, adapter in list(self._pending.items()):
+            if adapter is None and name in sys.modules:
+                with self._lock:
+                    self._adapter(name)
         for adapter in self._adapters:
             found = adapter.running()
             if found is not None:

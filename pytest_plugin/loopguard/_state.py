@@ -16,7 +16,26 @@ if TYPE_CHECKING:
 
     from ._fixture import ExpectBlock
 
-__all__ = ["State", "TestState"]
+__all__ = ["PHASES_PLUGIN", "XDIST_PLUGIN", "State", "TestState", "is_worker", "xdist_needed"]
+
+XDIST_PLUGIN = "loopguard-xdist"
+"""The name of :class:`loopguard._xdist.XdistPlugin` as registered (imported only by a session
+that needs it: :func:`xdist_needed`)."""
+PHASES_PLUGIN = "loopguard-phases"
+"""The name of :class:`loopguard._phases.PhaseTimes` as registered (imported only by a session
+that writes a report)."""
+
+
+def is_worker(config: pytest.Config) -> bool:
+    """True in an xdist worker."""
+    return hasattr(config, "workerinput")
+
+
+def xdist_needed(config: pytest.Config) -> bool:
+    """True in an xdist worker and in a controller that distributes tests."""
+    if is_worker(config):
+        return True
+    return getattr(config.option, "dist", "no") != "no" and bool(getattr(config.option, "tx", None))
 
 
 class TestState:

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import pytest
 
+from ._state import XDIST_PLUGIN, is_worker
+
 if TYPE_CHECKING:
     from ._judge import Verdict
     from ._state import State, TestState
@@ -47,12 +49,8 @@ _LONGREPR_KEY = "loopguard_longrepr"
 _OUTPUT_KEY = "loopguard"
 
 
-def is_worker(config: pytest.Config) -> bool:
-    return hasattr(config, "workerinput")
-
-
 class XdistPlugin:
-    name = "loopguard-xdist"
+    name = XDIST_PLUGIN
 
     def __init__(self, config: pytest.Config, state: State) -> None:
         self.config = config
@@ -67,15 +65,6 @@ class XdistPlugin:
         self._attached_for: Optional[TestState] = None
         # Controller: how many events arrived from each worker ("gw0", ...).
         self.received: dict[str, int] = {}
-
-    @staticmethod
-    def needed(config: pytest.Config) -> bool:
-        """True in an xdist worker and in a controller that distributes tests."""
-        if is_worker(config):
-            return True
-        return getattr(config.option, "dist", "no") != "no" and bool(
-            getattr(config.option, "tx", None)
-        )
 
     # --- worker side -----------------------------------------------------------------------
 

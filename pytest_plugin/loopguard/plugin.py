@@ -22,7 +22,6 @@ import pytest
 from . import _interpreter, _native
 from ._decode import CONTEXT_SEP
 from ._errors import LoopBlockedWarning, SettingError
-from ._phases import PhaseTimes
 from ._runtime import FLUSH_TIMEOUT, runtime
 from ._settings import (
     MARKER,
@@ -32,8 +31,7 @@ from ._settings import (
     marker_settings,
     resolve,
 )
-from ._state import State, TestState
-from ._xdist import XdistPlugin, is_worker
+from ._state import PHASES_PLUGIN, XDIST_PLUGIN, State, TestState, is_worker, xdist_needed
 
 if TYPE_CHECKING:
     from ._events import BlockEvent
@@ -101,13 +99,17 @@ def pytest_configure(config: pytest.Config) -> None:
     # Why the GIL-free stack reader is not in use when the sampler was left to loopguard.
     if runtime.sampler not in ("native", None) and settings.sampler != "gil":
         state.reader_off = _native.reader_unavailable() or "it could not start"
-    if XdistPlugin.needed(config):
-        config.pluginmanager.register(XdistPlugin(config, state), XdistPlugin.name)
+    if xdist_needed(config):
+        from ._xdist import XdistPlugin
+
+        config.pluginmanager.register(XdistPlugin(config, state), XDIST_PLUGIN)
     # The reports are written where the reports are logged: in a session without xdist, or by
     # its controller (a worker keeps only the verdicts it has not shipped yet).
     reports = settings.json_path is not None or settings.html_path is not None
     if reports and not is_worker(config):
-        config.pluginmanager.register(PhaseTimes(state.verdicts), PhaseTimes.name)
+        from ._phases import PhaseTimes
+
+        config.pluginmanager.register(PhaseTimes(state.verdicts), PHASES_PLUGIN)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -116,7 +118,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if state is not None:
         if _last is not None and _last.state is state:
             _last = None
-        for name in (XdistPlugin.name, PhaseTimes.name):
+        for name in (XDIST_PLUGIN, PHASES_PLUGIN):
             plugin = config.pluginmanager.get_plugin(name)
             if plugin is not None:
                 config.pluginmanager.unregister(plugin)
@@ -548,7 +550,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         from . import __version__
         from ._report import new_run, report_chunks, report_data, write_atomically
 
-        phases = config.pluginmanager.get_plugin(PhaseTimes.name)
+        phases = config.pluginmanager.get_plugin(PHASES_PLUGIN)
         data = report_data(
             state.verdicts,
             root=root,

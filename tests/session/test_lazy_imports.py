@@ -23,10 +23,12 @@ LATER = {
     "loopguard._html",
     "loopguard._merge",
     "loopguard._offload",
+    "loopguard._phases",
     "loopguard._report",
     "loopguard._reportfile",
     "loopguard._run",
     "loopguard._target",
+    "loopguard._xdist",
 }
 
 PRINT_LOADED = """
@@ -116,6 +118,62 @@ def test_a_run_without_blocks_loads_none_of_the_later_modules(pytester):
     assert loaded & LATER == set()
 
 
+# The loop adapters of trio and uvloop: imported with their library.
+ADAPTERS = {"loopguard._trio", "loopguard._uvloop"}
+
+
+def test_the_plugin_loads_no_adapter_of_a_library_not_imported():
+    loaded = _loaded(_python("import loopguard.plugin\n" + PRINT_LOADED))
+    assert "loopguard._asyncio" in loaded
+    assert loaded & (LATER | ADAPTERS) == set()
+
+
+@pytest.mark.parametrize(
+    ("library", "run", "kind"),
+    [
+        ("trio", "trio.run(main)", "trio run"),
+        ("uvloop", "uvloop.run(main())", "uvloop loop"),
+    ],
+)
+def test_a_library_first_imported_by_a_test_is_watched(pytester, library, run, kind):
+    """The library, and with it loopguard's adapter, is imported inside the test, after the
+    session has started (no plugin of the inner session imports it)."""
+    pytest.importorskip(library)
+    pytester.makeconftest(
+        f"""
+        import sys
+
+        def pytest_sessionstart(session):
+            print("AT START", "{library}" in sys.modules, "loopguard._{library}" in sys.modules)
+        """
+    )
+    pytester.makepyfile(
+        test_it=f"""
+        import time
+
+        def test_blocks():
+            import {library}
+
+            async def main():
+                time.sleep(0.3)
+
+            {run}
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "loopguard", "-s", "-p", "no:randomly", "-p", "no:trio", "-p", "no:anyio"
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "AT START False False",
+            "*loopguard: event loop blocked for * ms*",
+            "*time.sleep(0.3)*",
+            f"*loop thread 'MainThread', {kind},*",
+        ]
+    )
+
+
 BLOCKS = """
 import asyncio, time
 
@@ -134,7 +192,8 @@ def test_the_session_end_reports_are_written_by_a_run_that_imported_none_of_them
         import sys
 
         def pytest_sessionstart(session):
-            later = [m for m in ("loopguard._html", "loopguard._merge") if m in sys.modules]
+            later = ("loopguard._html", "loopguard._merge", "loopguard._xdist")
+            later = [m for m in later if m in sys.modules]
             print("AT START", later)
         """
     )

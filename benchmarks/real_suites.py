@@ -1,0 +1,249 @@
+"""Small real suites with and without loopguard: aiosqlite's, httpx's and starlette's own tests.
+
+Each project's source distribution is fetched from PyPI (``pip download --no-binary``) and
+unpacked in a work directory under /tmp (default ``/tmp/loopguard-real-suites``), never in the
+repository. Its test dependencies go into a throwaway virtual environment of its own there,
+with a copy of the loopguard package this interpreter imports (``pytest_plugin/loopguard`` of
+a checkout, its native module included). Each suite then runs from its unpacked directory,
+with plain pytest and with ``-p loopguard``, alternating which side goes first, ``--rounds``
+times; the figures are medians per side: wall time of the process and its CPU time (user +
+system, all threads).
+The suite's own pytest plugins are loaded as its developers have them (autoloading on:
+anyio's), on both sides.
+
+The threshold is ``--threshold`` (default 5 s, through ``LOOPGUARD_THRESHOLD``), so that a
+loaded machine's stalls are not judged as blocks: what is measured is what loopguard costs a
+suite in which nothing blocks, not the cost of reporting blocks.
+
+A shared machine's load moves wall time by more than the 2 % to be seen: the load average is
+printed with the figures. ``--callgrind`` also counts the instructions (valgrind's callgrind)
+of a part of each suite (a few of its files: a whole suite under valgrind takes too long) on
+each side, once: the main thread's (pytest, the tests, their loops), a ratio that the
+machine's load cannot move, and the other threads' apart (the suite's own, loopguard's
+watchdog: how often a thread wakes depends on how long the run takes, and a run under
+valgrind takes 50 times as long).
+
+    python benchmarks/real_suites.py [--suites aiosqlite,httpx,starlette] [--rounds 5]
+        [--callgrind] [--workdir /tmp/loopguard-real-suites] [--threshold 5s]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    version: str
+    install: tuple[str, ...]
+    """What its tests need, as pip requirements (the project itself is imported from the
+    unpacked source, the test run's directory)."""
+    args: tuple[str, ...]
+    """What pytest is given, from the unpacked directory."""
+    part: tuple[str, ...]
+    """The part run under callgrind."""
+
+
+SUITES = {
+    s.name: s
+    for s in (
+        Suite(
+            "aiosqlite",
+            "0.22.1",
+            (),
+            ("aiosqlite/tests/smoke.py",),
+            ("aiosqlite/tests/smoke.py",),
+        ),
+        Suite(
+            "httpx",
+            "0.29.0",
+            (
+                "httpx[brotli,zstd,cli,http2,socks]==0.29.0",
+                "trustme",
+                "uvicorn",
+                "chardet",
+                "trio",
+            ),
+            ("tests",),
+            ("tests/client/test_async_client.py", "tests/test_asgi.py"),
+        ),
+        Suite(
+            "starlette",
+            "1.10.0",
+            ("starlette[full]==1.10.0", "opentelemetry-sdk", "trio", "blockbuster", "httpx2"),
+            ("tests",),
+            ("tests/test_responses.py",),
+        ),
+    )
+}
+
+BASE = ("pytest", "anyio")
+
+
+def _venv(work: Path, suite: Suite) -> Path:
+    """The suite's throwaway environment: pytest, its dependencies, a copy of loopguard."""
+    import loopguard
+
+    venv = work / f"venv-{suite.name}"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    reqs = [*BASE, *suite.install]
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *reqs], check=True)
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    dest = site / "loopguard"
+    shutil.rmtree(dest, ignore_errors=True)
+    src = Path(loopguard.__file__).resolve().parent
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    return python
+
+
+def _unpack(work: Path, suite: Suite) -> Path:
+    """The suite's source distribution, fetched and unpacked (once)."""
+    where = work / f"{suite.name}-{suite.version}"
+    if where.exists():
+        return where
+    dl = work / "sdists"
+    dl.mkdir(parents=True, exist_ok=True)
+    spec = f"{suite.name}=={suite.version}"
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:"]
+    subprocess.run([*cmd, "-d", str(dl), spec], check=True)
+    with tarfile.open(dl / f"{suite.name}-{suite.version}.tar.gz") as tar:
+        tar.extractall(work, filter="data")
+    return where
+
+
+def _env(threshold: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOOPGUARD_", "PYTEST_"))}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.pop("PYTHONPATH", None)
+    env["LOOPGUARD_THRESHOLD"] = threshold
+    return env
+
+
+def _cmd(python: Path, args: tuple[str, ...], plugin: bool) -> list[str]:
+    cmd = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
+    return [*cmd, "-p", "loopguard"] if plugin else cmd
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, str]:
+    """(wall, cpu) seconds of one run, and its last line (pytest's outcome)."""
+    cpu0 = _children_cpu()
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    lines = r.stdout.strip().splitlines()
+    return wall, _children_cpu() - cpu0, lines[-1] if lines else r.stderr[-300:].strip()
+
+
+def _thread_instructions(cmd: list[str], cwd: Path, env: dict[str, str]) -> list[int]:
+    """Instructions of each thread of ``cmd`` under callgrind, the main thread's first."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "callgrind.out")
+        r = subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--separate-threads=yes",
+                f"--callgrind-out-file={out}",
+                *cmd,
+            ],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if r.returncode not in (0, 1):  # tests may fail (the same on both sides)
+            sys.exit(f"callgrind run of {cmd} failed:\n{r.stderr[-2000:]}")
+        counts = []
+        for name in sorted(os.listdir(tmp)):
+            with open(os.path.join(tmp, name)) as f:
+                for line in f:
+                    if line.startswith(("summary:", "totals:")):
+                        counts.append(int(line.split()[1]))
+                        break
+        return counts
+
+
+def _load() -> str:
+    return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--suites", default=",".join(SUITES), help="comma-separated")
+    ap.add_argument("--rounds", type=int, default=5, help="runs per side (default 5)")
+    ap.add_argument("--workdir", default="/tmp/loopguard-real-suites")
+    ap.add_argument("--threshold", default="5s", help="LOOPGUARD_THRESHOLD (default 5s)")
+    ap.add_argument("--callgrind", action="store_true", help="also count instructions")
+    args = ap.parse_args()
+    suites = [SUITES[n] for n in args.suites.split(",") if n]
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    dirs = {s.name: _unpack(work, s) for s in suites}
+    env = _env(args.threshold)
+    print(f"python {sys.version.split()[0]}, {args.rounds} rounds per side, {_load()}")
+    pythons = {s.name: _venv(work, s) for s in suites}
+    for s in suites:
+        cwd, python = dirs[s.name], pythons[s.name]
+        outcome = {}
+        for plugin in (False, True):  # warm-up: bytecode caches written, outcome shown
+            outcome[plugin] = _run(_cmd(python, s.args, plugin), cwd, env)[2]
+        print(f"{s.name} {s.version}: {outcome[False]}  |  with loopguard: {outcome[True]}")
+        walls: dict[bool, list[float]] = {False: [], True: []}
+        cpus: dict[bool, list[float]] = {False: [], True: []}
+        for i in range(args.rounds):
+            for plugin in (False, True) if i % 2 == 0 else (True, False):
+                wall, cpu, _ = _run(_cmd(python, s.args, plugin), cwd, env)
+                walls[plugin].append(wall)
+                cpus[plugin].append(cpu)
+        w0, w1 = statistics.median(walls[False]), statistics.median(walls[True])
+        c0, c1 = statistics.median(cpus[False]), statistics.median(cpus[True])
+        print(
+            f"  wall {w0:.3f} s -> {w1:.3f} s ({w1 / w0:.3f}x)   "
+            f"cpu {c0:.3f} s -> {c1:.3f} s ({c1 / c0:.3f}x)   {_load()}",
+            flush=True,
+        )
+        print(f"  wall runs off {sorted(round(w, 2) for w in walls[False])}")
+        print(f"  wall runs on  {sorted(round(w, 2) for w in walls[True])}")
+        if args.callgrind:
+            counts = {
+                plugin: _thread_instructions(_cmd(python, s.part, plugin), cwd, env)
+                for plugin in (False, True)
+            }
+            off, on = counts[False][0], counts[True][0]
+            print(
+                f"  callgrind, {' '.join(s.part)}: main thread {off / 1e6:.1f} M -> "
+                f"{on / 1e6:.1f} M instructions ({on / off:.4f}x, {(on - off) / 1e6:+.1f} M); "
+                f"other threads {sum(counts[False][1:]) / 1e6:.1f} M -> "
+                f"{sum(counts[True][1:]) / 1e6:.1f} M",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
