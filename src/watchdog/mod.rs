@@ -52,10 +52,10 @@
 //! context, taking events, stop). Neither side imports the other.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
 use crate::clock::now_ns;
@@ -177,12 +177,18 @@ pub type BlockNotice = (Arc<LoopSlot>, u64);
 /// posted without ringing; others ring, so the watchdog handles them at once. A loop's
 /// registration rings: the watchdog first looks at a busy stretch an eighth of a threshold after
 /// it began (run-queue time, early samples), which it cannot do for a loop it does not know yet.
-/// Ringing never makes the poster wait. The queue's lock is held only to push one message or to take
-/// them all, never while waiting for anything (the GIL included).
+///
+/// Posting never waits for the watchdog thread, not even for a lock it might hold while a busy
+/// machine has it off its CPU (a loop thread that waited 128 ms so, in its own registration,
+/// was reported blocked there): the queue is a channel that the watchdog only ever drains
+/// without blocking on it (so a send never has a sleeping receiver to wake, which takes the
+/// channel's lock), and the doorbell is the watchdog thread's park token (`Thread::unpark`:
+/// an atomic swap and, when the thread sleeps, a futex wake).
 struct Mailbox {
-    queue: Arc<Mutex<Vec<Msg>>>,
-    /// Rung by [`Mailbox::post`]; holds at most one ring, so ringing never blocks.
-    bell: Sender<()>,
+    queue: Sender<Msg>,
+    /// The watchdog thread, once it has started; ringing before that is not needed (it drains
+    /// the queue before it first sleeps).
+    bell: Arc<OnceLock<std::thread::Thread>>,
 }
 
 impl std::fmt::Debug for Mailbox {
@@ -193,12 +199,28 @@ impl std::fmt::Debug for Mailbox {
 
 impl Mailbox {
     fn post(&self, msg: Msg, ring: bool) {
-        self.queue.lock().push(msg);
+        // Unbounded: never full. Disconnected: the watchdog thread has ended and nobody will
+        // read the message.
+        let _ = self.queue.send(msg);
         if ring {
-            // Full: a ring is already waiting, which is as good. Disconnected: the watchdog
-            // thread has ended and nobody will read the message.
-            let _: Result<(), TrySendError<()>> = self.bell.try_send(());
+            self.ring();
         }
+    }
+
+    fn ring(&self) {
+        if let Some(t) = self.bell.get() {
+            t.unpark();
+        }
+    }
+}
+
+impl Drop for Mailbox {
+    /// The last handle is gone: disconnect the queue, then wake the watchdog so that it sees
+    /// it and ends.
+    fn drop(&mut self) {
+        let (gone, _) = crossbeam_channel::unbounded();
+        drop(std::mem::replace(&mut self.queue, gone));
+        self.ring();
     }
 }
 

@@ -6,9 +6,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use parking_lot::Mutex;
 
 use super::{BlockNotice, LoopSlot, Mailbox, Msg, Shared, Watchdog};
@@ -95,11 +95,11 @@ impl Watchdog {
             contexts: ContextLog::new(),
             wakeups: AtomicU64::new(0),
         });
-        let queue = Arc::new(Mutex::new(Vec::new()));
-        let (bell, rung) = crossbeam_channel::bounded(1);
+        let (queue_tx, queue) = crossbeam_channel::unbounded();
+        let bell = Arc::new(OnceLock::new());
         let mailbox = Arc::new(Mailbox {
-            queue: Arc::clone(&queue),
-            bell,
+            queue: queue_tx,
+            bell: Arc::clone(&bell),
         });
         // Bounded: if nobody consumes notices, the watchdog drops them rather than queue.
         let (notice_tx, notice_rx) = crossbeam_channel::bounded(64);
@@ -111,6 +111,7 @@ impl Watchdog {
         let handle = crate::quiet::spawn(
             std::thread::Builder::new().name("loopguard-watchdog".into()),
             move || {
+                let _ = bell.set(std::thread::current());
                 // Wake up on time even when the machine is busy (see sched.rs).
                 if let Some(ns) = slice {
                     crate::sched::request_slice(ns);
@@ -125,15 +126,7 @@ impl Watchdog {
                         return;
                     }
                 };
-                Runner::new(
-                    thread_shared,
-                    queue,
-                    rung,
-                    thread_events,
-                    sampler,
-                    notice_tx,
-                )
-                .run();
+                Runner::new(thread_shared, queue, thread_events, sampler, notice_tx).run();
             },
         )
         .map_err(|e| format!("cannot start the loopguard watchdog thread: {e}"))?;
@@ -163,9 +156,9 @@ impl Watchdog {
 /// The watchdog thread's state. Owned by that thread alone: no locks but the event list.
 struct Runner {
     shared: Arc<Shared>,
-    /// The mailbox's queue; `rung` is its doorbell (disconnected once every `Mailbox` is gone).
-    queue: Arc<Mutex<Vec<Msg>>>,
-    rung: Receiver<()>,
+    /// The mailbox's queue (disconnected once every `Mailbox` is gone); its doorbell is this
+    /// thread's park token.
+    queue: Receiver<Msg>,
     events: Arc<Mutex<Vec<BlockEvent>>>,
     sampler: Box<dyn Sampler>,
     /// Names what a blocked system call waits on.
@@ -178,8 +171,7 @@ struct Runner {
 impl Runner {
     fn new(
         shared: Arc<Shared>,
-        queue: Arc<Mutex<Vec<Msg>>>,
-        rung: Receiver<()>,
+        queue: Receiver<Msg>,
         events: Arc<Mutex<Vec<BlockEvent>>>,
         sampler: Box<dyn Sampler>,
         notices: Sender<BlockNotice>,
@@ -187,7 +179,6 @@ impl Runner {
         Runner {
             shared,
             queue,
-            rung,
             events,
             sampler,
             waited: Waited::new(),
@@ -198,22 +189,24 @@ impl Runner {
     }
 
     fn run(&mut self) {
-        let mut batch = Vec::new();
         loop {
-            // Everything posted so far, in order (the lock is held only for the swap).
-            std::mem::swap(&mut batch, &mut *self.queue.lock());
-            for msg in batch.drain(..) {
-                if !self.handle(msg) {
-                    return;
+            // Everything posted so far, in order; never blocking on the queue (see `Mailbox`).
+            loop {
+                match self.queue.try_recv() {
+                    Ok(msg) => {
+                        if !self.handle(msg) {
+                            return;
+                        }
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return,
                 }
             }
             let now = now_ns();
             let wake_at = self.check(now);
             let timeout = std::time::Duration::from_nanos(wake_at.saturating_sub(now_ns()));
-            match self.rung.recv_timeout(timeout) {
-                Ok(()) | Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
-            }
+            // Woken by a ring (or spuriously, which costs one more look), or on time.
+            std::thread::park_timeout(timeout);
             self.shared.wakeups.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -976,6 +969,42 @@ mod tests {
         wd.stop();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].context, "call\u{1f}test_a");
+    }
+
+    #[test]
+    fn a_registration_wakes_a_watchdog_that_sleeps_without_a_deadline() {
+        let wd = start(ms(100));
+        // Nothing to watch: the watchdog sleeps until rung.
+        sleep(ms_d(50));
+        let before = wd.wakeups();
+        let slot = wd.register("asyncio", "main", target());
+        let t0 = std::time::Instant::now();
+        while wd.wakeups() == before {
+            assert!(
+                t0.elapsed() < ms_d(2000),
+                "the registration did not wake the watchdog"
+            );
+            sleep(ms_d(1));
+        }
+        slot.unregister();
+        wd.stop();
+    }
+
+    #[test]
+    fn the_watchdog_thread_ends_when_every_handle_on_it_is_gone() {
+        let wd = start(ms(100));
+        let slot = wd.register("asyncio", "main", target());
+        slot.unregister();
+        drop(slot);
+        wd.flush(ms(2000)); // the watchdog has let go of the loop's slot
+        sleep(ms_d(20)); // and sleeps
+        let thread = wd.thread.lock().take().expect("a running thread");
+        drop(wd);
+        let t0 = std::time::Instant::now();
+        while !thread.is_finished() {
+            assert!(t0.elapsed() < ms_d(2000), "the watchdog thread did not end");
+            sleep(ms_d(1));
+        }
     }
 
     #[test]
