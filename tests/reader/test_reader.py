@@ -670,6 +670,51 @@ def test_native_sampler_is_chosen_when_available(tmp_path):
     assert proc.stdout.split() == ["native", "native"]
 
 
+def _two_line_tables():
+    """Two code objects alike but for their line table (of the same size)."""
+    a, b = {}, {}
+    exec("def f():\n    x = 1\n    return x\n", a)
+    exec("def f():\n    x = 1\n\n    return x\n", b)
+    return a["f"].__code__, b["f"].__code__
+
+
+@pytest.mark.parametrize("field", ["co_filename", "name", "co_linetable"])
+def test_a_code_object_at_a_reused_address_is_read_afresh(field):
+    # A code object freed with its file name (or name, or line table), then a new one made
+    # alike but for that object's contents: both land at the freed addresses (the allocators
+    # reuse the last block freed), so the new header holds the very same pointers and numbers.
+    # Structurally identical modules loaded one after the other do the same. Each must be read
+    # as itself, not as the entry cached for that address.
+    base, other = _two_line_tables()
+    assert base.co_code == other.co_code
+    assert len(base.co_linetable) == len(other.co_linetable) != 0
+    assert base.co_linetable != other.co_linetable
+    name_field = "co_qualname" if PY311 else "co_name"
+    failures = []
+    reused = 0
+    last = {}
+    for i in range(100):
+        if field == "co_filename":
+            code = base.replace(co_filename=f"/tmp/m{i:03d}.py")
+        elif field == "name":
+            code = base.replace(**{name_field: f"g{i:03d}"})
+        else:
+            table = (base, other)[i % 3 == 0].co_linetable
+            code = base.replace(co_linetable=bytes(bytearray(table)))
+        # What the reader keeps for this address: the previous code object made there.
+        key = (id(code.co_filename), id(getattr(code, name_field)), id(code.co_linetable))
+        reused += last.get(id(code)) == key
+        last[id(code)] = key
+        # Only these reads (co_code, for one, would allocate and so move the next object).
+        got = native._reader_code(code)[:2], merged(native._reader_lines(code))
+        want = (code.co_filename, getattr(code, name_field)), merged(code.co_lines())
+        if got != want:
+            failures.append(f"{i}: {got} != {want}")
+        del code, got, want
+    assert reused > 0, "no code object was made at the addresses of the previous one there"
+    assert not failures, f"{len(failures)} of 100 read wrong: {failures[:5]}"
+
+
 def test_layout_source():
     source, version = native._reader_layout()
     assert version == sys.version_info[:2]
