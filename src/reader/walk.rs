@@ -82,14 +82,20 @@ pub struct CodeInfo {
     /// What must still hold for a cached entry to describe the object at its address.
     key: CodeKey,
     /// The contents of `co_filename`, the code name and the line table, as read (see
-    /// [`Walker::contents`]): what a cached entry must still find at its key's addresses.
+    /// [`Walker::contents`]): what a cached entry without a `co_version` must still find at
+    /// its key's addresses (empty when the key has one).
     contents: Box<[u8]>,
 }
 
 /// The pointers and numbers of a code object's header that a cached entry must still find.
-/// They are not enough on their own: a code object freed with its strings and table, and a new
-/// one allocated at the same addresses (structurally identical modules loaded one after the
-/// other), has the same key, so a hit also compares [`CodeInfo::contents`].
+///
+/// Pointers alone do not tell code objects apart: one freed with its strings and table, and a
+/// new one allocated at the same addresses (structurally identical modules loaded one after
+/// the other), has the same header but for the strings' and table's contents. So a hit needs
+/// either the same nonzero `co_version` (3.12+: each code object made by an interpreter takes
+/// the next value of its counter, and keeps it, so a new object at the address has another),
+/// or, where there is none (3.10, 3.11, or the counter ran out), the same
+/// [`CodeInfo::contents`], read afresh.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct CodeKey {
     firstlineno: i32,
@@ -98,6 +104,8 @@ struct CodeKey {
     linetable: usize,
     /// `ob_size` (3.11+) or the `co_code` pointer (3.10).
     code: usize,
+    /// `co_version` (3.12+), or 0.
+    version: u32,
 }
 
 /// Where a code object's file name, code name (each with its bytes per character) and line
@@ -608,7 +616,13 @@ impl Walker {
                 Some(off) => usize_at(head, off),
                 None => usize_at(head, l.ob_size),
             },
+            version: l.co_version.map_or(0, |off| i32_at(head, off) as u32),
         };
+        if let Some(hit) = self.cache.get(&addr) {
+            if hit.key == key && key.version != 0 {
+                return Ok(Arc::clone(hit));
+            }
+        }
         let mut contents = std::mem::take(&mut self.buf);
         contents.clear();
         let read = self.contents(&key, &mut contents);
@@ -623,7 +637,11 @@ impl Walker {
             return Ok(hit);
         }
         let decoded = read.and_then(|spans| self.decode(addr, head, &key, &contents, &spans));
-        let kept: Box<[u8]> = contents.as_slice().into();
+        let kept: Box<[u8]> = if key.version == 0 {
+            contents.as_slice().into()
+        } else {
+            Box::default()
+        };
         self.buf = contents;
         let (code_bytes, first_traceable, filename, function, lines) = decoded?;
         let info = Arc::new(CodeInfo {
