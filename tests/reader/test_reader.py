@@ -12,6 +12,7 @@ import glob
 import importlib.machinery
 import importlib.util
 import json
+import marshal
 import os
 import re
 import subprocess
@@ -78,11 +79,21 @@ def iter_codes(code):
 
 
 def stdlib_codes():
-    """Every code object of every compilable ``.py`` file of the stdlib (site-packages aside)."""
+    """Every code object of every ``.py`` file of the stdlib (site-packages aside): loaded from
+    its bytecode cache where there is one (much faster than compiling, and modules alike then
+    reuse each other's freed addresses), else compiled."""
     stdlib = sysconfig.get_paths()["stdlib"]
     for path in sorted(glob.glob(os.path.join(stdlib, "**", "*.py"), recursive=True)):
         if "site-packages" in path:
             continue
+        try:
+            with open(importlib.util.cache_from_source(path), "rb") as f:
+                cached = f.read()
+            if cached[:4] == importlib.util.MAGIC_NUMBER:
+                yield from iter_codes(marshal.loads(memoryview(cached)[16:]))
+                continue
+        except (OSError, ValueError, EOFError):
+            pass
         try:
             with open(path, "rb") as f:
                 source = f.read()
