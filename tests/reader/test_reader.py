@@ -132,10 +132,12 @@ def check_code(code):
         return f"co_lines {got} != {want}"
     if merged(got) != merged(want):
         return f"co_lines {merged(got)} != {merged(want)}"
-    for start, end, line in want:
-        for probe in {start, end - 2}:
-            if native._reader_line_for(code, probe) != line:
-                return f"line_for({probe}) = {native._reader_line_for(code, probe)} != {line}"
+    probes = [(probe, line) for start, end, line in want for probe in {start, end - 2}]
+    # One read of the code object for all of them (each read takes a few system calls).
+    lines = native._reader_lines_for(code, [probe for probe, _ in probes])
+    for (probe, line), got_line in zip(probes, lines, strict=True):
+        if got_line != line:
+            return f"line_for({probe}) = {got_line} != {line}"
     if native._reader_line_for(code, -2) != code.co_firstlineno:
         return "line of a frame that has not started"
     return None
