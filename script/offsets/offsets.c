@@ -106,12 +106,18 @@ int main(void) {
     printf("        co_code: "); SOME(OFF(PyCodeObject, co_code)); printf(",\n");
     printf("        co_code_adaptive: None,\n");
     printf("        co_firsttraceable: None,\n");
+    printf("        co_version: None,\n");
 #else
     printf("        co_qualname: "); SOME(OFF(PyCodeObject, co_qualname)); printf(",\n");
     FIELD("co_linetable", OFF(PyCodeObject, co_linetable));
     printf("        co_code: None,\n");
     printf("        co_code_adaptive: "); SOME(OFF(PyCodeObject, co_code_adaptive)); printf(",\n");
     printf("        co_firsttraceable: "); SOME(OFF(PyCodeObject, _co_firsttraceable)); printf(",\n");
+#if PY_VERSION_HEX < 0x030C0000
+    printf("        co_version: None,\n");
+#else
+    printf("        co_version: "); SOME(OFF(PyCodeObject, co_version)); printf(",\n");
+#endif
 #endif
     /* Strings and bytes. */
     FIELD("bytes_sval", OFF(PyBytesObject, ob_sval));

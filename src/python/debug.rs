@@ -102,6 +102,21 @@ fn _reader_line_for(py: Python<'_>, code: &Bound<'_, PyAny>, offset: i64) -> PyR
     Ok(info.lines.line_for(offset, info.firstlineno))
 }
 
+/// Like [`_reader_line_for`] for each of `offsets`, from one read of `code`.
+#[pyfunction]
+fn _reader_lines_for(
+    py: Python<'_>,
+    code: &Bound<'_, PyAny>,
+    offsets: Vec<i64>,
+) -> PyResult<Vec<Option<u32>>> {
+    let addr = code.as_ptr() as usize;
+    let info = with_walker(py, |w| w.code(addr))?.map_err(PyRuntimeError::new_err)?;
+    Ok(offsets
+        .into_iter()
+        .map(|o| info.lines.line_for(o, info.firstlineno))
+        .collect())
+}
+
 /// The stack of the thread whose `PyThreadState*` is `tstate`, read with the GIL released,
 /// outermost first, as `(filename, lineno, function)` tuples.
 #[pyfunction]
@@ -392,6 +407,7 @@ pub(super) fn add_to_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_reader_code, m)?)?;
     m.add_function(wrap_pyfunction!(_reader_lines, m)?)?;
     m.add_function(wrap_pyfunction!(_reader_line_for, m)?)?;
+    m.add_function(wrap_pyfunction!(_reader_lines_for, m)?)?;
     m.add_function(wrap_pyfunction!(_reader_stack, m)?)?;
     m.add_function(wrap_pyfunction!(_reader_stress, m)?)?;
     m.add_function(wrap_pyfunction!(_reader_sample, m)?)?;

@@ -228,6 +228,9 @@ pub struct Layout {
     pub co_code_adaptive: Option<usize>,
     /// `_co_firsttraceable` (an `int`, 3.11+).
     pub co_firsttraceable: Option<usize>,
+    /// `co_version` (a `uint32_t`, 3.12+): set once, when the code object is made, from a
+    /// counter of the interpreter that each new code object advances (0 once it ran out).
+    pub co_version: Option<usize>,
     /// `PyBytesObject.ob_sval`.
     pub bytes_sval: usize,
     /// `PyASCIIObject.length`.
@@ -299,6 +302,7 @@ const TABLE: [Layout; 6] = [
         co_code: Some(48),
         co_code_adaptive: None,
         co_firsttraceable: None,
+        co_version: None,
         bytes_sval: 32,
         str_length: 16,
         str_state: 32,
@@ -343,6 +347,7 @@ const TABLE: [Layout; 6] = [
         co_code: None,
         co_code_adaptive: Some(184),
         co_firsttraceable: Some(168),
+        co_version: None,
         bytes_sval: 32,
         str_length: 16,
         str_state: 32,
@@ -384,6 +389,7 @@ const TABLE: [Layout; 6] = [
         co_code: None,
         co_code_adaptive: Some(192),
         co_firsttraceable: Some(176),
+        co_version: Some(92),
         bytes_sval: 32,
         str_length: 16,
         str_state: 32,
@@ -428,6 +434,7 @@ const TABLE: [Layout; 6] = [
         co_code: None,
         co_code_adaptive: Some(200),
         co_firsttraceable: Some(184),
+        co_version: Some(92),
         bytes_sval: 32,
         str_length: 16,
         str_state: 32,
@@ -502,6 +509,7 @@ const TABLE: [Layout; 6] = [
         co_code: None,
         co_code_adaptive: Some(208),
         co_firsttraceable: Some(192),
+        co_version: Some(92),
         bytes_sval: 32,
         str_length: 16,
         str_state: 32,
@@ -576,6 +584,7 @@ const TABLE: [Layout; 6] = [
         co_code: None,
         co_code_adaptive: Some(208),
         co_firsttraceable: Some(192),
+        co_version: Some(92),
         bytes_sval: 32,
         str_length: 16,
         str_state: 32,
@@ -763,6 +772,7 @@ impl Layout {
         .map(|o| o + 8)
         .chain([self.co_firstlineno + 4])
         .chain(self.co_firsttraceable.map(|o| o + 4))
+        .chain(self.co_version.map(|o| o + 4))
         .max()
         .unwrap_or(0)
     }
@@ -837,7 +847,13 @@ impl Layout {
         self.f_code = small(d.f_executable)?;
         self.f_instr = small(d.f_instr_ptr)?;
         self.f_owner = Some(small(d.f_owner)?);
-        self.co_filename = small(d.co_filename)?;
+        let filename = small(d.co_filename)?;
+        if filename != self.co_filename {
+            // `co_version` is not published: when the header moved, do without it (the code
+            // cache then compares contents, see `walk::CodeKey`).
+            self.co_version = None;
+        }
+        self.co_filename = filename;
         self.co_name = small(d.co_name)?;
         self.co_qualname = Some(small(d.co_qualname)?);
         self.co_linetable = small(d.co_linetable)?;
@@ -882,6 +898,7 @@ pub(crate) mod tests {
             assert_eq!(l.f_owner.is_some(), minor >= 11);
             assert_eq!(l.debug.is_some(), minor >= 13);
             assert_eq!(l.ts_native_thread_id.is_some(), minor >= 11);
+            assert_eq!(l.co_version.is_some(), minor >= 12);
             assert!(
                 l.code_read() <= 256,
                 "the walker reads code headers into 256 bytes"
@@ -999,6 +1016,26 @@ pub(crate) mod tests {
         assert_eq!(l.co_code_adaptive, Some(216));
         assert_eq!(l.co_firsttraceable, Some(200));
         assert_eq!(l.ts_frame, 80);
+        assert_eq!(
+            l.co_version, builtin.co_version,
+            "the code's header did not move"
+        );
+    }
+
+    #[test]
+    fn co_version_is_dropped_when_the_code_header_moved() {
+        // `co_version` is not published: a layout whose `co_filename` moved keeps none, and the
+        // code cache compares contents instead.
+        let builtin = Layout::builtin((3, 14)).unwrap();
+        assert!(builtin.co_version.is_some());
+        let d = builtin.debug.unwrap();
+        let mut raw = debug_offsets_of(&builtin);
+        raw[d.co_filename * 8..d.co_filename * 8 + 8]
+            .copy_from_slice(&(builtin.co_filename as u64 + 8).to_ne_bytes());
+        let mut l = builtin;
+        l.apply_debug_offsets(&raw).unwrap();
+        assert_eq!(l.co_filename, builtin.co_filename + 8);
+        assert_eq!(l.co_version, None);
     }
 
     #[test]

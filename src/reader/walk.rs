@@ -7,6 +7,7 @@
 //! [`crate::deep`]).
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 use super::layout::{i32_at, usize_at, FrameKind, Layout, LineFormat, OWNED_BY_GENERATOR};
@@ -80,10 +81,21 @@ pub struct CodeInfo {
     pub lines: LineTable,
     /// What must still hold for a cached entry to describe the object at its address.
     key: CodeKey,
+    /// The contents of `co_filename`, the code name and the line table, as read (see
+    /// [`Walker::contents`]): what a cached entry without a `co_version` must still find at
+    /// its key's addresses (empty when the key has one).
+    contents: Box<[u8]>,
 }
 
-/// Cheap identity of a code object: if all of these are unchanged, the object at that address is
-/// the one we decoded (its strings and table are immutable and owned by it).
+/// The pointers and numbers of a code object's header that a cached entry must still find.
+///
+/// Pointers alone do not tell code objects apart: one freed with its strings and table, and a
+/// new one allocated at the same addresses (structurally identical modules loaded one after
+/// the other), has the same header but for the strings' and table's contents. So a hit needs
+/// either the same nonzero `co_version` (3.12+: each code object made by an interpreter takes
+/// the next value of its counter, and keeps it, so a new object at the address has another),
+/// or, where there is none (3.10, 3.11, or the counter ran out), the same
+/// [`CodeInfo::contents`], read afresh.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct CodeKey {
     firstlineno: i32,
@@ -92,7 +104,21 @@ struct CodeKey {
     linetable: usize,
     /// `ob_size` (3.11+) or the `co_code` pointer (3.10).
     code: usize,
+    /// `co_version` (3.12+), or 0.
+    version: u32,
 }
+
+/// Where a code object's file name, code name (each with its bytes per character) and line
+/// table lie in its [`CodeInfo::contents`], and the size of its `co_code` (3.10).
+struct Spans {
+    filename: (Range<usize>, usize),
+    name: (Range<usize>, usize),
+    table: Range<usize>,
+    co_code: Option<usize>,
+}
+
+/// `code_bytes`, `first_traceable`, the file name, the code name and the line table.
+type Decoded = (u32, u32, Arc<str>, Arc<str>, LineTable);
 
 /// One frame as found by a walk, before decoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -590,17 +616,63 @@ impl Walker {
                 Some(off) => usize_at(head, off),
                 None => usize_at(head, l.ob_size),
             },
+            version: l.co_version.map_or(0, |off| i32_at(head, off) as u32),
         };
         if let Some(hit) = self.cache.get(&addr) {
-            if hit.key == key {
+            if hit.key == key && key.version != 0 {
                 return Ok(Arc::clone(hit));
             }
         }
-        let code_bytes = match l.co_code {
-            Some(_) => {
-                let (_, n) = self.bytes_header(key.code, "co_code")?;
-                n
+        let mut contents = std::mem::take(&mut self.buf);
+        contents.clear();
+        let read = self.contents(&key, &mut contents);
+        let hit = match (&read, self.cache.get(&addr)) {
+            (Ok(_), Some(hit)) if hit.key == key && *hit.contents == *contents => {
+                Some(Arc::clone(hit))
             }
+            _ => None,
+        };
+        if let Some(hit) = hit {
+            self.buf = contents;
+            return Ok(hit);
+        }
+        let decoded = read.and_then(|spans| self.decode(addr, head, &key, &contents, &spans));
+        let kept: Box<[u8]> = if key.version == 0 {
+            contents.as_slice().into()
+        } else {
+            Box::default()
+        };
+        self.buf = contents;
+        let (code_bytes, first_traceable, filename, function, lines) = decoded?;
+        let info = Arc::new(CodeInfo {
+            filename,
+            function,
+            firstlineno: key.firstlineno,
+            code_bytes,
+            first_traceable,
+            lines,
+            key,
+            contents: kept,
+        });
+        if self.cache.len() >= MAX_CACHED_CODES {
+            self.cache.clear();
+        }
+        self.cache.insert(addr, Arc::clone(&info));
+        Ok(info)
+    }
+
+    /// Decodes a code object from its header and its [`Walker::contents`].
+    fn decode(
+        &self,
+        addr: usize,
+        head: &[u8],
+        key: &CodeKey,
+        contents: &[u8],
+        spans: &Spans,
+    ) -> Result<Decoded, String> {
+        let l = &self.layout;
+        let code_bytes = match spans.co_code {
+            Some(n) => n,
             None => key
                 .code
                 .checked_mul(2)
@@ -623,41 +695,113 @@ impl Walker {
             }
             None => 0,
         };
-        let filename: Arc<str> = self.string(key.filename, "co_filename")?.into();
-        let function: Arc<str> = self.string(key.name, "the code name")?.into();
-        let (data, len) = self.bytes_header(key.linetable, "the line table")?;
-        let raw_table = self
-            .mem
-            .read_vec(data, len)
-            .map_err(|e| format!("cannot read the line table: {e}"))?;
-        let lines = match self.layout.line_format() {
-            LineFormat::Linetable310 => lines::decode_linetable_310(&raw_table, key.firstlineno),
-            LineFormat::Locations => lines::decode_locations(&raw_table, key.firstlineno)
+        let text = |(range, kind): &(Range<usize>, usize), what: &str| {
+            decode_str_data(&contents[range.clone()], *kind)
+                .map(Arc::<str>::from)
+                .ok_or_else(|| format!("{what} is malformed"))
+        };
+        let filename = text(&spans.filename, "co_filename")?;
+        let function = text(&spans.name, "the code name")?;
+        let raw_table = &contents[spans.table.clone()];
+        let lines = match l.line_format() {
+            LineFormat::Linetable310 => lines::decode_linetable_310(raw_table, key.firstlineno),
+            LineFormat::Locations => lines::decode_locations(raw_table, key.firstlineno)
                 .ok_or_else(|| format!("the line table of {function} is malformed"))?,
         };
-        let info = Arc::new(CodeInfo {
+        Ok((
+            code_bytes as u32,
+            first_traceable,
             filename,
             function,
-            firstlineno: key.firstlineno,
-            code_bytes: code_bytes as u32,
-            first_traceable,
             lines,
-            key,
-        });
-        if self.cache.len() >= MAX_CACHED_CODES {
-            self.cache.clear();
-        }
-        self.cache.insert(addr, Arc::clone(&info));
-        Ok(info)
+        ))
     }
 
-    /// Checks that `addr` is a bytes object; returns the address of its data and its size.
-    fn bytes_header(&self, addr: usize, what: &str) -> Result<(usize, usize), String> {
+    /// Appends to `out` the contents of the code object's `co_filename`, code name and line
+    /// table (each with its kind and length), and on 3.10 the size of `co_code`, read through
+    /// the page snapshot: most code objects of a stack share their file name's page, and their
+    /// own strings and table sit near them.
+    fn contents(&mut self, key: &CodeKey, out: &mut Vec<u8>) -> Result<Spans, String> {
+        let co_code = match self.layout.co_code {
+            Some(_) => {
+                let n = self.bytes_size(key.code, "co_code")?;
+                out.extend_from_slice(&n.to_ne_bytes());
+                Some(n)
+            }
+            None => None,
+        };
+        Ok(Spans {
+            filename: self.append_str(key.filename, "co_filename", out)?,
+            name: self.append_str(key.name, "the code name", out)?,
+            table: self.append_bytes(key.linetable, "the line table", out)?,
+            co_code,
+        })
+    }
+
+    /// Appends a `str` object's kind, length and character data to `out`; returns where the
+    /// data lies in `out` and its bytes per character.
+    fn append_str(
+        &mut self,
+        addr: usize,
+        what: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<(Range<usize>, usize), String> {
+        let l = &self.layout;
+        let mut head = [0u8; 40];
+        let n = (l.str_state + 4)
+            .max(l.str_length + 8)
+            .max(l.ob_type + 8)
+            .min(40);
+        self.pages
+            .read(&self.mem, addr, &mut head[..n])
+            .map_err(|e| format!("cannot read {what}: {e}"))?;
+        if usize_at(&head, l.ob_type) != self.str_type {
+            return Err(format!("{what} is not a str"));
+        }
+        let state = i32_at(&head, l.str_state) as u32;
+        let len = usize_at(&head, l.str_length);
+        let (kind, ascii) =
+            decode_str_header(state, len, l.str_has_ready()).map_err(|e| format!("{what}: {e}"))?;
+        let data = addr
+            + if ascii {
+                l.str_ascii_size
+            } else {
+                l.str_compact_size
+            };
+        out.push(kind as u8 | u8::from(ascii) << 4);
+        out.extend_from_slice(&len.to_ne_bytes());
+        let start = out.len();
+        out.resize(start + len * kind, 0);
+        self.pages
+            .read(&self.mem, data, &mut out[start..])
+            .map_err(|e| format!("cannot read {what}: {e}"))?;
+        Ok((start..out.len(), kind))
+    }
+
+    /// Appends a `bytes` object's size and data to `out`; returns where the data lies in `out`.
+    fn append_bytes(
+        &mut self,
+        addr: usize,
+        what: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<Range<usize>, String> {
+        let size = self.bytes_size(addr, what)?;
+        out.extend_from_slice(&size.to_ne_bytes());
+        let start = out.len();
+        out.resize(start + size, 0);
+        self.pages
+            .read(&self.mem, addr + self.layout.bytes_sval, &mut out[start..])
+            .map_err(|e| format!("cannot read {what}: {e}"))?;
+        Ok(start..out.len())
+    }
+
+    /// Checks that `addr` is a bytes object; returns its size.
+    fn bytes_size(&mut self, addr: usize, what: &str) -> Result<usize, String> {
         let l = &self.layout;
         let mut head = [0u8; 32];
-        let n = l.ob_size.max(l.ob_type) + 8;
-        self.mem
-            .read_bytes(addr, &mut head[..n.min(32)])
+        let n = (l.ob_size.max(l.ob_type) + 8).min(32);
+        self.pages
+            .read(&self.mem, addr, &mut head[..n])
             .map_err(|e| format!("cannot read {what}: {e}"))?;
         if usize_at(&head, l.ob_type) != self.bytes_type {
             return Err(format!("{what} is not a bytes object"));
@@ -666,40 +810,7 @@ impl Walker {
         if size > MAX_TABLE_BYTES {
             return Err(format!("{what} is implausibly large ({size} bytes)"));
         }
-        Ok((addr + l.bytes_sval, size))
-    }
-
-    /// Reads a `str` object.
-    fn string(&self, addr: usize, what: &str) -> Result<String, String> {
-        let l = &self.layout;
-        let mut head = [0u8; 40];
-        let n = (l.str_state + 4)
-            .max(l.str_length + 8)
-            .max(l.ob_type + 8)
-            .min(40);
-        self.mem
-            .read_bytes(addr, &mut head[..n])
-            .map_err(|e| format!("cannot read {what}: {e}"))?;
-        if usize_at(&head, l.ob_type) != self.str_type {
-            return Err(format!("{what} is not a str"));
-        }
-        let state = i32_at(&head, l.str_state) as u32;
-        let len = usize_at(&head, l.str_length);
-        decode_str_header(state, len, l.str_has_ready())
-            .map_err(|e| format!("{what}: {e}"))
-            .and_then(|(kind, ascii)| {
-                let data = addr
-                    + if ascii {
-                        l.str_ascii_size
-                    } else {
-                        l.str_compact_size
-                    };
-                let raw = self
-                    .mem
-                    .read_vec(data, len * kind)
-                    .map_err(|e| format!("cannot read {what}: {e}"))?;
-                decode_str_data(&raw, kind).ok_or_else(|| format!("{what} is malformed"))
-            })
+        Ok(size)
     }
 }
 
