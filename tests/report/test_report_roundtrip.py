@@ -18,10 +18,16 @@ import pytest
 
 INNER = dict(header=HEADER)
 
-# A compression of 8 MB at level 9 on the loop: 0.5-3 s, in zlib's C code (the default
-# threshold is 100 ms).
+# A compression at level 9 on the loop, in zlib's C code, of as many 8 MB rounds as take this
+# machine 0.6 s (measured first, off the loop: one round took 161 ms on a quick, quiet machine;
+# the default threshold is 100 ms).
 COMPRESS = """
-DATA = os.urandom(1 << 20) * 8
+import time
+
+ROUND = os.urandom(1 << 20) * 8
+_t = time.perf_counter()
+zlib.compress(ROUND, 9)
+DATA = ROUND * (int(0.6 / max(time.perf_counter() - _t, 1e-3)) + 1)
 
 @pytest.mark.asyncio
 async def test_compress():
@@ -42,10 +48,11 @@ def test_the_native_frame_the_terminal_names_is_named_from_the_json_report(inner
     (event,) = report["events"]
     names = [f["function"] for f in event["native_stack"]]
     assert any(n and "deflate" in n for n in names), event["native_stack"]
-    # The blocking operation is the innermost native function with a name, in zlib.
+    # The blocking operation is the innermost native function with a name: zlib's, or one of
+    # the C library's that it called (a memcpy, sampled on a quick machine).
     blocking = next(f for f in event["native_stack"] if f["function"] is not None)
     operation = f"{blocking['function']} ({blocking['library']})"
-    assert "libz" in blocking["library"], blocking
+    assert "libz" in blocking["library"] or "libc" in blocking["library"], blocking
 
     terminal = hotspot_table(result.stdout.lines)
     assert len(terminal) == 3, terminal  # header, the row, totals
