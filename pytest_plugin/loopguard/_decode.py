@@ -269,6 +269,18 @@ def _analyse(ev: BlockEvent) -> None:
         key != main and n >= 2 and n >= 0.2 * total for key, n in by_function.items()
     )
     s = first[ev.site]
+    if s.syscall is None and s.offset < ev.threshold:
+        # An early sample (taken before the block reached the threshold, to tell its callbacks
+        # apart) may show the thread on its way to the call it then waits in (a socket read
+        # before its poll): the first later sample of the same stack in a named system call.
+        s = next(
+            (
+                x
+                for x in judged
+                if x.stack == s.stack and x.syscall and not x.syscall.startswith("system call")
+            ),
+            s,
+        )
     # A block of several callbacks is shown at the one that surely lasted longest (the line
     # that ran most often across the callbacks may be a short one that many of them share).
     if sum(1 for c in ev.callbacks if c.in_callback) >= 2:

@@ -152,6 +152,21 @@ def test_what_a_call_waited_on_comes_from_the_samples_that_name_it():
     assert (ev.syscall, ev.syscall_object) == ("recvfrom", None)
 
 
+def test_an_early_sample_on_its_way_to_the_call_shows_the_call_it_then_waits_in():
+    # Before the threshold (30 ms in) the thread ran towards its poll; from 100 ms on it waited.
+    early = {**raw_sample(RUNNER, HANDLER), "offset_ns": 30_000_000}
+    waiting = {**raw_sample(RUNNER, HANDLER), "syscall": "poll", "running": False, "count": 3}
+    (ev,) = decode(raw_event([early, waiting]))
+    assert (ev.syscall, ev.running) == ("poll", False)
+    # An unnamed system call (the allocator's) is not what a block waits in; a sample taken
+    # from the threshold on shows what it shows.
+    alloc = {**waiting, "syscall": "system call 12", "running": True}
+    (ev,) = decode(raw_event([early, alloc]))
+    assert (ev.syscall, ev.running) == (None, True)
+    (ev,) = decode(raw_event([{**early, "offset_ns": 100_000_000}, waiting]))
+    assert ev.syscall is None
+
+
 def test_the_blocking_native_function_is_a_librarys_own_not_the_c_runtimes():
     from loopguard._events import NativeFrame, blocking_native
 
