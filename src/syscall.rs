@@ -123,6 +123,11 @@ const NAMES: &[(i64, &str)] = &[
     (libc::SYS_futex, "futex"),
     (libc::SYS_wait4, "wait4"),
     (libc::SYS_waitid, "waitid"),
+    // Starting a process: `subprocess` and `os.posix_spawn` wait in these until the child
+    // has exec'd (a loaded machine can take that long).
+    (libc::SYS_clone, "clone"),
+    (libc::SYS_clone3, "clone3"),
+    (libc::SYS_execve, "execve"),
     (libc::SYS_getrandom, "getrandom"),
     (libc::SYS_rt_sigtimedwait, "rt_sigtimedwait"),
     #[cfg(target_arch = "x86_64")]
@@ -135,6 +140,10 @@ const NAMES: &[(i64, &str)] = &[
     (libc::SYS_epoll_wait, "epoll_wait"),
     #[cfg(target_arch = "x86_64")]
     (libc::SYS_pause, "pause"),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_vfork, "vfork"),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_fork, "fork"),
 ];
 
 #[cfg(all(test, linux_full))]
@@ -190,6 +199,12 @@ mod tests {
             call(libc::SYS_recvfrom).syscall_name().as_deref(),
             Some("recvfrom")
         );
+        assert_eq!(
+            call(libc::SYS_clone3).syscall_name().as_deref(),
+            Some("clone3")
+        );
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(call(58).syscall_name().as_deref(), Some("vfork"));
         assert_eq!(
             call(100_000).syscall_name().as_deref(),
             Some("system call 100000")

@@ -76,6 +76,7 @@ def _decode(text: str) -> list[BlockEvent]:
         return []  # (without importing the event model)
     from ._events import BlockEvent, Callback, Sample, native_frames
 
+    own = _assistant_ident()
     out = []
     for raw in raws:
         samples = []
@@ -138,9 +139,19 @@ def _decode(text: str) -> list[BlockEvent]:
             )
             for i, c in enumerate(raw.get("callbacks", []))
         ]
-        _analyse(ev)
+        _analyse(ev, own)
         out.append(ev)
     return out
+
+
+def _assistant_ident() -> Optional[int]:
+    """The ident of loopguard's assistant thread, named for the reports, or None."""
+    from . import _native
+
+    ident = _native.assistant_ident()
+    if ident is not None:
+        remember_thread(ident, "loopguard-assistant")
+    return ident
 
 
 CONTEXT_SEP = "\x1f"
@@ -231,12 +242,19 @@ def _common_site(samples: list[Sample], representative: Sample, total: int) -> O
     return None
 
 
-def _analyse(ev: BlockEvent) -> None:
-    """Pick the dominant call site, the stack to show and the GIL attribution."""
+def _analyse(ev: BlockEvent, own: Optional[int] = None) -> None:
+    """Pick the dominant call site, the stack to show and the GIL attribution. ``own``: the
+    ident of loopguard's assistant thread, which takes the GIL to name a blocked loop's task:
+    a sample that found it holding the GIL shows the loop thread waiting for loopguard, not
+    what blocked it (a loaded machine can take the assistant off its CPU for a while there),
+    so such samples are left out when there are others."""
     ev.in_debugger = any(_is_debugger_frame(f) for s in ev.samples for f in s.stack)
+    samples = [
+        s for s in ev.samples if own is None or s.gil != "other" or s.gil_holder_ident != own
+    ] or ev.samples
     # A cut stack has no project frame to blame; it counts only when no whole stack was read.
-    whole = [s for s in ev.samples if not _is_cut(_culprit(s))]
-    judged = whole if any(site_of(_culprit(s)) for s in whole) else ev.samples
+    whole = [s for s in samples if not _is_cut(_culprit(s))]
+    judged = whole if any(site_of(_culprit(s)) for s in whole) else samples
     counts: Counter[Frame] = Counter()
     first: dict[Frame, Sample] = {}
     for s in judged:
@@ -272,12 +290,16 @@ def _analyse(ev: BlockEvent) -> None:
     if s.syscall is None and s.offset < ev.threshold:
         # An early sample (taken before the block reached the threshold, to tell its callbacks
         # apart) may show the thread on its way to the call it then waits in (a socket read
-        # before its poll): the first later sample of the same stack in a named system call.
+        # before its poll): the first later sample of the same stack in a named system call,
+        # not a wait for the GIL (another thread's doing, told apart by the GIL attribution).
         s = next(
             (
                 x
                 for x in judged
-                if x.stack == s.stack and x.syscall and not x.syscall.startswith("system call")
+                if x.stack == s.stack
+                and x.syscall
+                and not x.syscall.startswith("system call")
+                and x.gil != "other"
             ),
             s,
         )

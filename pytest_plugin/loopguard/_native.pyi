@@ -31,6 +31,7 @@ __all__ = [
     "_reader_stress",
     "_waited_describe",
     "after_fork_child",
+    "assistant_ident",
     "disable_raise",
     "enable_raise",
     "flush",
@@ -91,6 +92,9 @@ def set_native_stacks(on: bool) -> None:
 def native_stacks() -> bool: ...
 def enable_raise(exc_class: type[BaseException]) -> None: ...
 def disable_raise() -> None: ...
+def assistant_ident() -> Optional[int]:
+    """``threading.get_ident()`` of loopguard's assistant thread (the one that takes the GIL
+    to name a blocked loop's task), or None when it does not run."""
 
 # --- loop hooks -------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 //! The assistant: the one loopguard thread that takes the GIL, and raise mode.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -20,6 +20,10 @@ static INJECTOR: Mutex<Option<(u32, std::thread::JoinHandle<()>)>> = Mutex::new(
 
 /// Whether raise mode is on.
 static RAISE_ON: AtomicBool = AtomicBool::new(false);
+
+/// The assistant thread's `threading.get_ident()` (its `pthread_t`), 0 when none runs: a
+/// sample that finds it holding the GIL shows the loop thread waiting for loopguard itself.
+static ASSISTANT_IDENT: AtomicU64 = AtomicU64::new(0);
 
 /// Raise mode on: from now on, a block detected in a loop thread (not starvation) makes that
 /// thread raise `exc_class` at the next bytecode it runs, if the same callback is still running
@@ -57,6 +61,11 @@ pub(super) fn start(wd: &Arc<Watchdog>) -> PyResult<()> {
         move || assist(rx, weak),
     )
     .map_err(|e| PyRuntimeError::new_err(format!("cannot start loopguard's thread: {e}")))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::thread::JoinHandleExt;
+        ASSISTANT_IDENT.store(handle.as_pthread_t() as u64, Ordering::Relaxed);
+    }
     *INJECTOR.lock() = Some((std::process::id(), handle));
     wd.set_notify_blocks(true);
     Ok(())
@@ -117,10 +126,23 @@ pub(super) fn stop(py: Python<'_>) {
     }
     RAISE_CLASS.lock().take();
     RAISE_ON.store(false, Ordering::Relaxed);
+    ASSISTANT_IDENT.store(0, Ordering::Relaxed);
+}
+
+/// The `threading.get_ident()` of loopguard's assistant thread (the one loopguard thread that
+/// takes the GIL, to name a blocked loop's task), or None when it does not run (or off Unix,
+/// where it is not recorded).
+#[pyfunction]
+fn assistant_ident() -> Option<u64> {
+    match ASSISTANT_IDENT.load(Ordering::Relaxed) {
+        0 => None,
+        ident => Some(ident),
+    }
 }
 
 /// In a forked child: leaks the parent's assistant (its thread does not exist here).
 pub(super) fn leak_after_fork() {
+    ASSISTANT_IDENT.store(0, Ordering::Relaxed);
     if let Some(old) = INJECTOR.lock().take() {
         std::mem::forget(old);
     }
@@ -130,5 +152,6 @@ pub(super) fn leak_after_fork() {
 pub(super) fn add_to_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(enable_raise, m)?)?;
     m.add_function(wrap_pyfunction!(disable_raise, m)?)?;
+    m.add_function(wrap_pyfunction!(assistant_ident, m)?)?;
     Ok(())
 }

@@ -119,6 +119,11 @@ async def test_run():
     )
     inner.assert_blocked_at(result, "# the run", "test_run")
     ev = longest(pytester)
+    if ev["syscall"] in ("vfork", "clone", "clone3"):
+        # A loaded machine can take longer than the threshold to start the child: the block
+        # was first sampled in the call that waits for its exec, and says so by name.
+        result.stdout.fnmatch_lines([f"*in the system call {ev['syscall']},*"])
+        return
     assert ev["syscall"] == "wait4", ev
     assert ev["syscall_object"].startswith("pid ") and ev["syscall_object"].endswith(
         " (sleep 0.4)"

@@ -72,8 +72,10 @@ def test_one_callback_that_blocks_among_short_ones_fails_at_its_line(report, inn
     [ev] = events_of(data, "test_one_long_among_them")
     assert ev["outcome"] == "failed"
     assert ev["site"]["line"] == inner.line("# long")
+    # The long callback is the one that surely lasted longest (two samples or more in it): how
+    # long surely depends on how often a loaded machine let the watchdog sample it.
     longest = max(ev["callbacks"], key=lambda c: c["min_ms"])
-    assert longest["min_ms"] > 60 and longest["max_ms"] >= 100, ev["callbacks"]
+    assert longest["min_ms"] > 0 and longest["max_ms"] >= 100, ev["callbacks"]
     assert longest["site"]["line"] == inner.line("# long")
     result.stdout.fnmatch_lines(
         [

@@ -152,13 +152,20 @@ N = hold_the_gil_for(1.0)  # sized outside the loop
 async def test_other_thread():
     n = N
 
+    go = threading.Event()
+
     def work():
+        go.wait()
         Hog(n)
         gc.collect(0)  # the young objects only: the collector's own work is short
 
     await asyncio.sleep(0)
     t = threading.Thread(target=work)
     t.start()
+    # Started first: a loaded machine can be slow to start a thread, and Thread.start() waits
+    # for that on the loop (a lock wait, not this test's starvation).
+    await asyncio.sleep(0.05)
+    go.set()
     while t.is_alive():
         await asyncio.sleep(0.001)
 """,

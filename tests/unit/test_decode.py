@@ -165,6 +165,36 @@ def test_an_early_sample_on_its_way_to_the_call_shows_the_call_it_then_waits_in(
     assert (ev.syscall, ev.running) == (None, True)
     (ev,) = decode(raw_event([{**early, "offset_ns": 100_000_000}, waiting]))
     assert ev.syscall is None
+    # Nor is a wait for the GIL another thread held: the thread was running, then starved.
+    gil_wait = {**waiting, "syscall": "futex", "gil": "other", "holder": {"thread_ident": 5}}
+    (ev,) = decode(raw_event([early, gil_wait]))
+    assert (ev.syscall, ev.running, ev.starved) == (None, True, False)
+
+
+def test_samples_that_find_loopguards_own_thread_holding_the_gil_are_left_out(monkeypatch):
+    # loopguard's assistant takes the GIL to name the blocked loop's task; a loaded machine
+    # can take it off its CPU meanwhile, and a loop running Python code then waits for it.
+    from loopguard import _native
+
+    monkeypatch.setattr(_native, "assistant_ident", lambda: 0xA55)
+    spinning = {**raw_sample(RUNNER, HANDLER), "offset_ns": 30_000_000}
+    waiting = {
+        **raw_sample(RUNNER, HANDLER, gil="other", holder={"thread_ident": 0xA55, "frames": []}),
+        "syscall": "futex",
+        "running": False,
+        "count": 3,
+    }
+    (ev,) = decode(raw_event([spinning, waiting]))
+    assert (ev.gil, ev.syscall, ev.running, ev.starved) == ("loop", None, True, False)
+    assert ev.site == Frame(**HANDLER)
+    # Another thread holding the GIL is starvation, as before.
+    other = {**waiting, "holder": {"thread_ident": 0xB0B, "frames": [LIBRARY]}}
+    (ev,) = decode(raw_event([{**other, "offset_ns": 100_000_000}]))
+    assert ev.starved and ev.gil == "other"
+    # When every sample found loopguard's thread holding it, they are what there is; it is
+    # named for what it is.
+    (ev,) = decode(raw_event([waiting]))
+    assert ev.starved and ev.gil_holder_thread == "loopguard-assistant"
 
 
 def test_the_blocking_native_function_is_a_librarys_own_not_the_c_runtimes():
