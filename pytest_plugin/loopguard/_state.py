@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import pytest
 
     from ._fixture import ExpectBlock
+    from ._parse import AllowPattern
 
 __all__ = ["PHASES_PLUGIN", "XDIST_PLUGIN", "State", "TestState", "is_worker", "xdist_needed"]
 
@@ -45,21 +46,17 @@ class TestState:
     __test__ = False  # not a test class, whoever imports it
 
     __slots__ = (
-        "allow",
         "enabled",
         "expects",
         "item",
         "judged",
         "max_lag",
-        "mode",
-        "native",
         "nodeid",
         "phase",
         "phase_start_ns",
         "settings",
         "state",
         "test_start_ns",
-        "threshold",
         "verdicts",
     )
 
@@ -69,12 +66,9 @@ class TestState:
         self.item = item
         self.nodeid = item.nodeid
         """``item.nodeid``, read once (a call of pytest's each time)."""
-        self.threshold = settings.threshold
+        # The settings read at every test (the others, only when a block is judged).
         self.enabled = settings.enabled
-        self.mode = settings.mode
-        self.allow = settings.allow
         self.max_lag = settings.max_lag
-        self.native = settings.native
         self.settings = settings
         self.verdicts: dict[str, Sequence[Verdict]] = {}
         """The verdicts of each phase judged so far (an empty tuple for a phase without any)."""
@@ -86,6 +80,22 @@ class TestState:
         self.expects: tuple[tuple[str, ExpectBlock], ...] = ()
         """``expect_block()`` contexts of the test, with the phase that opened them (a tuple:
         nothing allocated for the many tests without one)."""
+
+    @property
+    def threshold(self) -> float:
+        return self.settings.threshold
+
+    @property
+    def mode(self) -> str:
+        return self.settings.mode
+
+    @property
+    def allow(self) -> tuple[AllowPattern, ...]:
+        return self.settings.allow
+
+    @property
+    def native(self) -> str:
+        return self.settings.native
 
     def floor(self, settings: Settings) -> float:
         """The shortest block worth keeping for this test."""

@@ -65,6 +65,9 @@ _inactive_key = pytest.StashKey[float]()
 # lookups are calls of pytest's, at every phase). A session's state is in ``config.stash`` all
 # the same: an in-process session inside a test has its own.
 _last: Optional[TestState] = None
+# How many modules were imported when the last test started (``runtime.check_imports`` looks
+# again only when there are more or fewer).
+_modules_seen = 0
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -153,8 +156,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     marked_above: dict[int, bool] = {}
     for item in items:
-        if not _has_marker(item, marked_above):
-            continue  # the common case: the session's settings, nothing to read or keep
+        # The common case, inline (a call per item is a call per test): no marker on the item,
+        # none above it (each node above looked at once for all the items under it).
+        for mark in item.own_markers:
+            if getattr(mark, "name", None) == "loopguard":
+                break
+        else:
+            parent = item.parent
+            if parent is None:
+                continue
+            above = marked_above.get(id(parent))
+            if above is None:
+                above = _marked_above(parent, marked_above)
+            if not above:
+                continue  # the session's settings, nothing to read or keep
         try:
             ts = marker_settings(item, state.default)
         except SettingError as e:
@@ -165,26 +180,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     state.collected.update(map(id, items))
 
 
-def _has_marker(item: pytest.Item, marked_above: dict[int, bool]) -> bool:
-    """Whether ``item`` or a node above it carries a loopguard marker: where ``iter_markers``
-    looks, each node above looked at once for all the items under it (``marked_above``, by
-    ``id()`` of the node)."""
-    if _carries_marker(item):
-        return True
-    parent = item.parent
-    if parent is None:
-        return False
-    found = marked_above.get(id(parent))
-    if found is None:
-        chain = []
-        node: Optional[Any] = parent
-        while node is not None and id(node) not in marked_above:
-            chain.append(node)
-            node = node.parent
-        found = marked_above[id(node)] if node is not None else False
-        for node in reversed(chain):
-            found = found or _carries_marker(node)
-            marked_above[id(node)] = found
+def _marked_above(node: Any, marked_above: dict[int, bool]) -> bool:
+    """Whether ``node`` or a node above it carries a loopguard marker (where ``iter_markers``
+    looks), remembered in ``marked_above`` by ``id()`` of each node looked at."""
+    chain = []
+    while node is not None and id(node) not in marked_above:
+        chain.append(node)
+        node = node.parent
+    found = marked_above[id(node)] if node is not None else False
+    for node in reversed(chain):
+        found = found or _carries_marker(node)
+        marked_above[id(node)] = found
     return found
 
 
@@ -217,7 +223,7 @@ def _test_state(item: pytest.Item) -> Optional[TestState]:
 
 
 def _new_test(state: State, item: pytest.Item) -> TestState:
-    """The state of ``item``, which starts (again) now."""
+    """The state of ``item``, which starts (again) now (as ``pytest_runtest_setup`` makes it)."""
     global _last
     ts = state.current
     if ts is not None and ts.judged:
@@ -225,12 +231,18 @@ def _new_test(state: State, item: pytest.Item) -> TestState:
     if not state.marked and id(item) in state.collected:
         settings = state.default  # the common case: no test has a marker
     else:
-        try:
-            settings = state.settings_of(item)
-        except SettingError as e:
-            raise pytest.UsageError(f"loopguard: {e}") from None
+        settings = _settings_of(state, item)
     ts = state.current = _last = TestState(state, item, settings)
     return ts
+
+
+def _settings_of(state: State, item: pytest.Item) -> TestSettings:
+    """The settings of ``item`` when some test has a marker, or ``item`` was added after
+    collection."""
+    try:
+        return state.settings_of(item)
+    except SettingError as e:
+        raise pytest.UsageError(f"loopguard: {e}") from None
 
 
 def _forget_samples(ts: TestState) -> None:
@@ -381,25 +393,37 @@ def _warn(item: pytest.Item, ev: BlockEvent) -> bool:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    global _last, _modules_seen
     last = _last
     if last is not None and last.item.config is item.config:
-        ts = _new_test(last.state, item)  # the next test of the same session: the common case
+        state = last.state  # the next test of the same session: the common case
     else:
         state = item.config.stash.get(_state_key, None)
         if state is None:
             return
-        ts = _new_test(state, item)
-    state = ts.state
+    # What _new_test does, inline: a call less at every test.
+    ts = state.current
+    if ts is not None and ts.judged:
+        _forget_samples(ts)
+    if not state.marked and id(item) in state.collected:
+        settings = state.default  # the common case: no test has a marker
+    else:
+        settings = _settings_of(state, item)
+    ts = state.current = _last = TestState(state, item, settings)
     ts.phase_start_ns = ts.test_start_ns = _native.now_ns()
     runtime.lag_probing = ts.enabled and ts.max_lag is not None
-    if state.applied is not ts.settings:
+    if state.applied is not settings:
         # Other settings than the last test's (or the last test's fixture changed the
         # watchdog's threshold: it forgot what was applied).
-        state.applied = ts.settings
-        runtime.update(state.token, state.settings.floor(ts.threshold))
-        runtime.set_raise(state.token, ts.enabled and ts.mode == "raise")
-    _native.set_native_stacks(ts.enabled and ts.native == "on")
-    runtime.check_imports()
+        state.applied = settings
+        runtime.update(state.token, state.settings.floor(settings.threshold))
+        runtime.set_raise(state.token, ts.enabled and settings.mode == "raise")
+    _native.set_native_stacks(ts.enabled and settings.native == "on")
+    if len(sys.modules) != _modules_seen:
+        # Something was imported since the last test: uvloop or trio, perhaps, in a way the
+        # import hook missed.
+        _modules_seen = len(sys.modules)
+        runtime.check_imports()
     try:
         _native.set_context(f"setup{CONTEXT_SEP}{ts.nodeid}")
     except RuntimeError:
@@ -425,7 +449,7 @@ def pytest_runtest_call(item: pytest.Item) -> None:
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_runtest_teardown(item: pytest.Item, nextitem: Optional[pytest.Item]) -> None:
+def pytest_runtest_teardown(item: pytest.Item) -> None:
     ts = _last
     if ts is None or ts.item is not item:
         ts = _test_state(item)
@@ -449,11 +473,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         ts = state.current if state is not None else None
         if ts is not None and ts.item is not item:
             ts = None  # not a test that ran here
+    quiet = ts is None  # nothing to do once the report is made
     if ts is not None and when not in ts.verdicts:
         # The phase has just run: judge its blocks (what the watchdog finished, the log's).
         raw = _native.take(FLUSH_TIMEOUT)
-        if raw is None and not runtime.has_events and not ts.expects and ts.max_lag is None:
+        # (``runtime._events``: what ``runtime.has_events`` reads, without a call.)
+        if raw is None and not runtime._events and not ts.expects and ts.max_lag is None:
             ts.verdicts[when] = ()  # the common case: nothing blocked, nothing to check
+            quiet = True
         else:
             _leave_phase(ts, item, call, raw)
     if when == "teardown" and _interpreter.INACTIVE is None:
@@ -464,7 +491,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             pass
         runtime.lag_probing = False
     report = yield
-    if ts is None:
+    if quiet or ts is None:
         return report
     verdicts = ts.verdicts.get(when)
     if not verdicts:

@@ -93,3 +93,36 @@ async def test_spins():
         ]
     )
     result.stdout.fnmatch_lines(["FAILED test_it.py::test_spins - LoopBlockedError*"])
+
+
+def test_trio_imported_past_the_import_hook_is_watched_from_the_next_test(inner):
+    # The first test imports trio with loopguard's import hook out of the way (as a finder put
+    # ahead of it might): the next test's start sees trio imported and instruments it. (Without
+    # pytest-trio, which would import trio before the session starts.)
+    result = inner.using(header="", plugins=()).run(
+        """
+import sys, time
+from loopguard._imports import PostImportFinder
+
+def test_import_past_the_hook():
+    hooks = [f for f in sys.meta_path if isinstance(f, PostImportFinder)]
+    for f in hooks:
+        sys.meta_path.remove(f)
+    try:
+        import trio
+    finally:
+        sys.meta_path[0:0] = hooks
+
+def test_runs_trio():
+    import trio
+
+    async def main():
+        await trio.sleep(0.01)
+        time.sleep(0.4)  # the blocking line
+
+    trio.run(main)
+""",
+    )
+    inner.assert_blocked_at(
+        result, "# the blocking line", "test_runs_trio.<locals>.main", failed=1, passed=1
+    )
