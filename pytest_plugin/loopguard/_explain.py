@@ -94,9 +94,12 @@ def _collections() -> list[Collection]:
     """The log of long collections, every trigger a :class:`~loopguard._events.Frame`."""
     from ._events import frame
 
+    # A copy first (in one C call, which allocates nothing the collector tracks): the loop
+    # below allocates, which can start a collection whose callback appends to the log, in
+    # this thread or, at a switch, in another.
     return [
         c._replace(trigger=frame(*c.trigger)) if isinstance(c.trigger, tuple) else c
-        for c in _gc_log
+        for c in list(_gc_log)
     ]
 
 

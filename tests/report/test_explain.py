@@ -327,6 +327,44 @@ def test_explain_sets_the_collector_s_cpu_time_of_a_real_collection():
     assert ev.gc_cpu_time <= ev.gc_time
 
 
+def test_reading_the_log_survives_a_collection_that_appends_to_it_meanwhile():
+    # Reading the log allocates (an event model frame per trigger), which can start a
+    # collection, whose callback appends to the log: the read never sees it change under it.
+    import gc
+
+    from loopguard._explain import Collection, _collections, _gc_log
+
+    saved = list(_gc_log)
+    threshold = gc.get_threshold()
+
+    import loopguard._events  # noqa: F401  (imported by the read otherwise)
+
+    appended = []
+    armed = [False]
+
+    def append(phase, info):
+        if armed[0] and phase == "stop" and len(appended) < 100:  # fewer than the log keeps
+            appended.append(1)
+            _gc_log.append(Collection(1, 2, 3, ("x.py", 1, "f"), 0))
+
+    _gc_log.clear()
+    _gc_log.extend(Collection(i, i + 1, 1, ("x.py", i, "f"), 0) for i in range(50))
+    gc.callbacks.append(append)
+    gc.set_threshold(1)  # a collection at (almost) every allocation
+    try:
+        armed[0] = True
+        got = _collections()
+    finally:
+        armed[0] = False
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(append)
+        _gc_log.clear()
+        _gc_log.extend(saved)
+    assert appended  # collections did run meanwhile
+    assert [c.start_ns for c in got[:50]] == list(range(50))
+    assert all(not isinstance(c.trigger, tuple) for c in got)
+
+
 def test_the_same_function_at_another_line_is_not_where_the_collection_began():
     other_line = sample(25, 14, at=(OUTER, ("/proj/app/jobs.py", 31, "run")))
     assert share_ms(block(300, other_line), collection(0, 300)) == (25, 275, 0)
