@@ -24,7 +24,7 @@ linux_full = pytest.mark.skipif(
 )
 
 
-def blocks(seconds, line="first-instant-block"):
+def blocks(seconds):
     """A coroutine that blocks at once, before it ever awaits."""
 
     async def main():
@@ -280,3 +280,23 @@ def test_a_run_keeps_no_reference_to_its_loop():
             loop.run_until_complete(asyncio.sleep(0))
     assert sys.getrefcount(loop) == before
     loop.close()
+
+
+def test_a_subclass_that_overrides_run_forever_reaches_the_patch_through_super():
+    calls = []
+
+    class CountingLoop(asyncio.SelectorEventLoop):
+        def run_forever(self):
+            calls.append(_native.registered_loops())
+            return super().run_forever()
+
+    loop = CountingLoop()
+    try:
+        with pytest.raises(loopguard.LoopBlockedError) as exc:
+            with loopguard.guard(threshold="100ms"):
+                loop.run_until_complete(blocks(0.4))
+    finally:
+        loop.close()
+    assert calls == [0]
+    (ev,) = exc.value.events
+    assert "first-instant-block" in ev.site.source
