@@ -7,6 +7,10 @@ runtime is active and makes its selector report to the loop's slot: idle just be
 ``EpollSelector``'s epoll object is wrapped by a native ``EpollProxy``; any other selector gets a
 subclass whose ``select`` reports, or, failing that, a native ``SelectorProxy`` in its place.
 
+The wrapper is native (``_native.RunForever``), so that no frame of loopguard's stays under the
+loop's callbacks. It does the common case (a loop on an ``EpollSelector``) itself; any other
+run goes through :func:`patch_run_forever`'s ``enter`` and ``leave``, before and after it.
+
 A loop that started running before the runtime was wanted is attached from inside a callback
 (see :meth:`AsyncioAdapter.attach`) and let go when ``loop.stop()`` is called.
 """
@@ -61,6 +65,7 @@ class AsyncioAdapter:
                 _watch_selector,
                 self._watched,
                 self._thread_slots,
+                native=True,
             )
         return True
 
@@ -93,51 +98,80 @@ def patch_run_forever(
     watch: Callable[[Any, Slot], Callable[[], None]],
     watched: set[int],
     thread_slots: Optional[dict[int, Slot]] = None,
+    run: Optional[Callable[[Any], Any]] = None,
+    native: bool = False,
 ) -> None:
     """Give the loop class ``cls`` a ``run_forever`` (named ``qualname``) that, while ``host``
     is active and the watchdog runs, registers the loop as a loop of ``kind`` for as long as
     it runs: ``watch(loop, slot)`` starts its heartbeat and returns the function that stops
     it. ``watched`` holds the ``id()`` of the loops running registered; ``thread_slots``, if
     given, the slot of the loop each thread runs (by thread ident; an outer loop's slot comes
-    back when an inner loop stops). Shared by asyncio's adapter and uvloop's."""
+    back when an inner loop stops). ``run``, if given, is called with the loop in place of the
+    original ``run_forever`` (uvloop's adapter gives a Python function of its own, to mark
+    where the loop calls back from C). ``native``: ``watch`` is :func:`_watch_selector`, and a
+    loop on an ``EpollSelector`` may be watched natively, without calling it (see
+    ``_native.RunForever``). Shared by asyncio's adapter and uvloop's.
+
+    Whether a run is watched at all follows ``_native.set_run_mode``, which ``host`` sets
+    (see ``Runtime``); the functions below run only when the native side cannot do it alone
+    (another selector, a lag probe)."""
     original = cls.run_forever
 
-    # One frame, the loop's whole run long: asyncio's debug mode (unittest's
-    # IsolatedAsyncioTestCase runs in it) walks the stack down to the test runner at every
-    # future, task and callback it creates, so each frame more here costs at each of them.
-    def run_forever(self):  # type: ignore[no-untyped-def]
-        if not host.active or self.is_running() or not _native.is_running():
-            return original(self)
+    # The wrapper itself is native (see _native.RunForever): no loopguard frame stays on the
+    # stack while the loop runs. Asyncio's debug mode (unittest's IsolatedAsyncioTestCase runs
+    # in it) walks the stack down to the test runner at every future, task and callback it
+    # creates, and a traceback through the loop shows every frame under its callbacks. The two
+    # functions below run before the loop starts and after it stops.
+    def enter(loop):  # type: ignore[no-untyped-def]
+        if not host.active or loop.is_running() or not _native.is_running():
+            return None
         thread = threading.get_ident()
         try:
-            slot = _native.register(kind, threading.current_thread().name, thread, self)
+            slot = _native.register(kind, threading.current_thread().name, thread, loop)
         except RuntimeError:
-            return original(self)
-        stop = watch(self, slot)
-        probe = host.start_lag_probe(self, kind)
-        watched.add(id(self))
+            return None
+        try:
+            stop = watch(loop, slot)
+            probe = host.start_lag_probe(loop, kind)
+        except BaseException:
+            slot.unregister()
+            raise
+        watched.add(id(loop))
         outer = None
         if thread_slots is not None:
             outer = thread_slots.get(thread)
             thread_slots[thread] = slot
+        return loop, slot, stop, probe, thread, outer
+
+    def leave(token):  # type: ignore[no-untyped-def]
+        loop, slot, stop, probe, thread, outer = token
         try:
-            return original(self)
-        finally:
             if thread_slots is not None:
                 if outer is None:
                     thread_slots.pop(thread, None)
                 else:
                     thread_slots[thread] = outer
-            watched.discard(id(self))
+            watched.discard(id(loop))
             if probe is not None:
                 probe.stop()
             stop()
+        finally:
             slot.unregister()
 
-    run_forever.__wrapped__ = original  # type: ignore[attr-defined]
-    run_forever.__doc__ = original.__doc__
-    run_forever.__qualname__ = qualname
-    run_forever._loopguard = True  # type: ignore[attr-defined]
+    fast = None
+    if native and _EPOLL and thread_slots is not None:
+        fast = (kind, watched, thread_slots, _EPOLL_SELECTOR, _EPOLL)
+    run_forever = _native.RunForever(original if run is None else run, enter, leave, fast)
+    # What functools.wraps would give a function, and loopguard's mark.
+    for name, value in {
+        "__wrapped__": original,
+        "__doc__": original.__doc__,
+        "__name__": original.__name__,
+        "__qualname__": qualname,
+        "__module__": original.__module__,
+        "_loopguard": True,
+    }.items():
+        setattr(run_forever, name, value)
     cls.run_forever = run_forever
 
 

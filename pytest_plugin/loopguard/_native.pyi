@@ -9,6 +9,7 @@ from typing import Any, Optional, final
 __all__ = [
     "EpollProxy",
     "OffloadSampler",
+    "RunForever",
     "SelectorProxy",
     "Slot",
     "_gil_reader_info",
@@ -46,6 +47,7 @@ __all__ = [
     "sampler_name",
     "set_context",
     "set_native_stacks",
+    "set_run_mode",
     "set_task_reader",
     "set_threshold",
     "start",
@@ -110,6 +112,10 @@ class Slot:
     def beat(self) -> float: ...
     def unregister(self) -> None: ...
 
+def set_run_mode(mode: int) -> None:
+    """What every ``RunForever`` does from now on: 0, run the original alone; 1, watch the
+    loop, natively where it can; 2, watch it through ``enter`` and ``leave``."""
+
 def register(
     kind: str, thread_name: str, thread_ident: int, loop_obj: Optional[object] = None
 ) -> Slot: ...
@@ -118,6 +124,25 @@ def set_task_reader(
 ) -> None:
     """The function that describes a blocked loop's running task (name and await chain),
     called on loopguard's assistant thread with the GIL held; None removes it."""
+
+@final
+class RunForever:
+    """A loop class's ``run_forever``, native so that no Python frame stays under the loop's
+    callbacks. Following :func:`set_run_mode`: the original alone; or the common case
+    (``fast``: ``(kind, watched, thread_slots, EpollSelector, epoll)``) watched natively; or
+    ``enter(loop)`` (a token; None: not watched), ``original(loop)``, ``leave(token)``,
+    however the original left. A method descriptor (bound to a loop, a
+    ``types.MethodType``); instances have a ``__dict__``."""
+
+    def __new__(
+        cls,
+        original: Callable[..., Any],
+        enter: Callable[[Any], Any],
+        leave: Callable[[Any], object],
+        fast: Optional[tuple[str, set[int], dict[int, Slot], Any, Any]] = None,
+    ) -> RunForever: ...
+    def __get__(self, obj: Any, owner: Any = None, /) -> Any: ...
+    def __call__(self, loop_obj: Any, *args: Any) -> Any: ...
 
 @final
 class EpollProxy:

@@ -70,9 +70,7 @@ class Runtime:
         self._events: list[BlockEvent] = []
         self._sampler: Optional[str] = None
         self._raisers: set[int] = set()
-        self.lag_probing = False
-        """Measure loop lag (see :data:`LAG_PROBE_INTERVAL`) on loops that start running from now
-        on."""
+        self._lag_probing = False
         self.lag_log: collections.deque[tuple[int, float]] = collections.deque(maxlen=100_000)
         """``(when_ns, lag_seconds)`` measured by the lag probes, on the watchdog's clock."""
         self.lag_listener: Optional[Callable[[str, Any], Optional[Callable[[float], None]]]] = None
@@ -159,15 +157,35 @@ class Runtime:
         except OSError:
             return False
 
+    @property
+    def lag_probing(self) -> bool:
+        """Measure loop lag (see :data:`LAG_PROBE_INTERVAL`) on loops that start running from now
+        on."""
+        return self._lag_probing
+
+    @lag_probing.setter
+    def lag_probing(self, on: bool) -> None:
+        if on != self._lag_probing:  # set at every test: mostly unchanged
+            self._lag_probing = on
+            self._set_run_mode()
+
     def shutdown(self) -> None:
         """Stop the watchdog (at exit, or when the last pytest session ends)."""
         with self._lock:
             self._needs.clear()
+            self._set_run_mode()
             _native.stop()
 
     def _apply(self) -> None:
+        self._set_run_mode()
         if self._needs and _native.is_running():
             _native.set_threshold(min(self._needs.values()))
+
+    def _set_run_mode(self) -> None:
+        """Tell the patched ``run_forever`` methods what a run does now (see
+        ``_native.set_run_mode``): nothing while nobody wants loops watched; the common case
+        natively, unless a lag probe must start at each run."""
+        _native.set_run_mode(0 if not self._needs else 2 if self._lag_probing else 1)
 
     # --- events ----------------------------------------------------------------------------
 

@@ -51,7 +51,13 @@ class UvloopAdapter:
             return False
         if not getattr(cls.run_forever, "_loopguard", False):
             patch_run_forever(
-                cls, f"{cls.__qualname__}.run_forever", host, self.kind, _beat, self._watched
+                cls,
+                f"{cls.__qualname__}.run_forever",
+                host,
+                self.kind,
+                _beat,
+                self._watched,
+                run=_guarded_run(cls.run_forever),
             )
         return True
 
@@ -70,6 +76,20 @@ class UvloopAdapter:
 
 
 adapter = UvloopAdapter()
+
+
+def _guarded_run(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """What the patched ``run_forever`` runs: the original, under a Python frame of loopguard's.
+    uvloop calls back from C, with no Python frame of its own between the code that runs the
+    loop and a callback's: this one (``_run_guarded``) marks the spot, for the stack a failure
+    report shows (the frames outside it are the test runner's) and for telling one callback's
+    samples from the next's (see the native ``callbacks`` module). Stdlib asyncio's loops have
+    ``Handle._run`` for that, and no such frame."""
+
+    def _run_guarded(loop: Any) -> Any:
+        return original(loop)
+
+    return _run_guarded
 
 
 def _beat(loop: Any, slot: Any) -> Any:

@@ -111,6 +111,18 @@ fn register(
     loop_obj: Option<Py<PyAny>>,
 ) -> PyResult<Slot> {
     let wd = require()?;
+    register_loop(py, &wd, kind, thread_name, thread_ident, loop_obj)
+}
+
+/// Registers with `wd` the running loop `loop_obj` of the calling thread (see [`register`]).
+pub(super) fn register_loop(
+    py: Python<'_>,
+    wd: &crate::watchdog::Watchdog,
+    kind: &str,
+    thread_name: &str,
+    thread_ident: u64,
+    loop_obj: Option<Py<PyAny>>,
+) -> PyResult<Slot> {
     let (tstate, native_tid) = thread_identity(py);
     let slot = wd.register(
         kind,
@@ -145,7 +157,7 @@ fn thread_identity(py: Python<'_>) -> (usize, i64) {
 /// A registered loop. The loop thread calls `busy`/`idle` (or uses a `SelectorProxy`) and
 /// `unregister` when the loop stops.
 #[pyclass(module = "loopguard._native", frozen)]
-struct Slot {
+pub(super) struct Slot {
     slot: Arc<LoopSlot>,
 }
 
@@ -188,7 +200,7 @@ impl Slot {
         interval as f64 / 1e9
     }
 
-    fn unregister(&self, py: Python<'_>) {
+    pub(super) fn unregister(&self, py: Python<'_>) {
         self.slot.unregister();
         if let Some(map) = LOOP_OBJECTS.lock().as_mut() {
             if let Some(obj) = map.remove(&self.slot.id) {
@@ -262,7 +274,7 @@ impl SelectorProxy {
 /// build, where `EpollSelector` gets the selector subclass instead).
 #[cfg(linux_full)]
 #[pyclass(module = "loopguard._native", frozen)]
-struct EpollProxy {
+pub(super) struct EpollProxy {
     inner: Py<PyAny>,
     fd: i32,
     closed: std::sync::atomic::AtomicBool,
@@ -273,7 +285,7 @@ struct EpollProxy {
 #[pymethods]
 impl EpollProxy {
     #[new]
-    fn new(py: Python<'_>, inner: Py<PyAny>, slot: &Slot) -> PyResult<Self> {
+    pub(super) fn new(py: Python<'_>, inner: Py<PyAny>, slot: &Slot) -> PyResult<Self> {
         let fd = inner.bind(py).call_method0("fileno")?.extract::<i32>()?;
         Ok(EpollProxy {
             inner,

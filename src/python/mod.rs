@@ -5,6 +5,8 @@
 //!   events out as JSON), and the facts about the interpreter the readers need;
 //! * [`hooks`]: the loop hooks (`Slot`, `SelectorProxy`, `EpollProxy`) and the loops'
 //!   Python objects;
+//! * [`run_forever`]: `RunForever`, the `run_forever` loopguard gives a loop class, a native
+//!   callable so that no Python frame of loopguard's stays under a running loop's callbacks;
 //! * [`assistant`]: the one loopguard thread that takes the GIL (names the running task,
 //!   raise mode);
 //! * [`gil_sampler`]: the fallback sampler, which takes the GIL;
@@ -31,6 +33,7 @@ mod gil_sampler;
 mod hooks;
 mod native_stack;
 mod offload;
+mod run_forever;
 
 /// The process's watchdog, with the pid that started it (a forked child starts afresh).
 static WATCHDOG: Mutex<Option<(u32, Arc<Watchdog>)>> = Mutex::new(None);
@@ -275,6 +278,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(registered_loops, m)?)?;
     m.add_function(wrap_pyfunction!(remember_native_id, m)?)?;
     hooks::add_to_module(m)?;
+    run_forever::add_to_module(m)?;
     assistant::add_to_module(m)?;
     offload::add_to_module(m)?;
     native_stack::add_to_module(m)?;

@@ -1,0 +1,302 @@
+"""The ``run_forever`` loopguard gives asyncio's loops: a native callable, so that no frame of
+loopguard's stays under a running loop's callbacks; the common case (a loop on an
+``EpollSelector``) watched natively, any other through the Python layer, each run undone
+whatever way it ends. Used without the plugin, through ``guard()``."""
+
+import asyncio
+import inspect
+import os
+import select
+import selectors
+import sys
+import threading
+import time
+import traceback
+
+import loopguard
+import pytest
+from loopguard import _native
+from loopguard._asyncio import adapter
+from loopguard._runtime import runtime
+
+linux_full = pytest.mark.skipif(
+    _native.portable() is not None, reason="the epoll hook is Linux-only"
+)
+
+
+def blocks(seconds):
+    """A coroutine that blocks at once, before it ever awaits."""
+
+    async def main():
+        time.sleep(seconds)  # first-instant-block
+
+    return main()
+
+
+def test_the_patch_looks_like_the_method_it_wraps():
+    with loopguard.guard(threshold="5s"):
+        pass
+    patched = asyncio.BaseEventLoop.run_forever
+    original = patched.__wrapped__
+    assert patched._loopguard is True
+    assert isinstance(patched, _native.RunForever)
+    assert inspect.isfunction(original)
+    assert patched.__doc__ == original.__doc__
+    assert patched.__qualname__ == "BaseEventLoop.run_forever"
+    assert patched.__name__ == "run_forever"
+    assert str(inspect.signature(patched)) == "(self)"
+    loop = asyncio.new_event_loop()
+    try:
+        bound = loop.run_forever
+        assert bound.__self__ is loop
+        assert bound.__func__ is patched
+        assert str(inspect.signature(bound)) == "()"
+    finally:
+        loop.close()
+
+
+def test_no_loopguard_frame_under_a_running_loops_callbacks():
+    """Asyncio's debug mode records where each handle was created: nothing of loopguard's in
+    it, nor in a traceback through the loop."""
+    seen = {}
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        handle = loop.call_soon(lambda: None)
+        seen["source"] = [f.filename for f in handle._source_traceback]
+        seen["stack"] = traceback.format_stack()
+
+    loop = asyncio.new_event_loop()
+    loop.set_debug(True)
+    try:
+        with loopguard.guard(threshold="5s"):
+            loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert seen["source"], "debug mode records the handle's creation"
+    assert any(f.endswith("base_events.py") for f in seen["source"])
+    package = os.path.dirname(loopguard.__file__)
+    assert not [f for f in seen["source"] if f.startswith(package)]
+    assert not [line for line in seen["stack"] if package in line]
+    assert not [line for line in seen["stack"] if "_asyncio.py" in line]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(selectors.DefaultSelector, id="epoll-native"),
+        pytest.param(selectors.PollSelector, id="poll-python"),
+    ],
+)
+def test_a_block_in_the_first_instant_of_a_run_is_caught(make):
+    loop = asyncio.SelectorEventLoop(make())
+    try:
+        with pytest.raises(loopguard.LoopBlockedError) as exc:
+            with loopguard.guard(threshold="100ms"):
+                loop.run_until_complete(blocks(0.4))
+    finally:
+        loop.close()
+    (ev,) = exc.value.events
+    assert ev.duration >= 0.35
+    assert "first-instant-block" in ev.site.source
+
+
+def test_a_block_at_the_end_of_a_run_is_caught():
+    async def main():
+        await asyncio.sleep(0.01)
+        asyncio.get_running_loop().call_soon(time.sleep, 0.4)  # ends with the run
+
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(loopguard.LoopBlockedError) as exc:
+            with loopguard.guard(threshold="100ms"):
+                loop.run_until_complete(main())
+                loop.run_until_complete(asyncio.sleep(0))  # the blocking callback runs here
+    finally:
+        loop.close()
+    (ev,) = exc.value.events
+    assert ev.duration >= 0.35
+
+
+@linux_full
+def test_each_run_is_undone_however_it_ends():
+    epoll_type = select.epoll
+    loop = asyncio.new_event_loop()
+    selector = loop._selector
+    epoll = selector._selector
+    assert isinstance(epoll, epoll_type)
+
+    def during():
+        during.seen = (
+            type(selector._selector).__name__,
+            _native.registered_loops(),
+            adapter.is_watched(loop),
+            adapter.thread_slot() is not None,
+        )
+
+    def interrupt():
+        during()
+        raise KeyboardInterrupt
+
+    try:
+        with loopguard.guard(threshold="5s"):
+            loop.call_soon(during)
+            loop.call_soon(loop.stop)
+            loop.run_forever()
+            assert during.seen == ("EpollProxy", 1, True, True)
+            loop.call_soon(interrupt)
+            with pytest.raises(KeyboardInterrupt):
+                loop.run_forever()
+            assert during.seen == ("EpollProxy", 1, True, True)
+            assert selector._selector is epoll
+            assert _native.registered_loops() == 0
+            assert not adapter.is_watched(loop)
+            assert adapter.thread_slot() is None
+            # Runs again, watched again.
+            loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        loop.close()
+    assert _native.registered_loops() == 0
+
+
+def test_a_loop_already_running_is_refused_as_asyncio_refuses_it():
+    async def main():
+        with pytest.raises(RuntimeError, match="already running"):
+            asyncio.get_running_loop().run_forever()
+        return _native.registered_loops()
+
+    with loopguard.guard(threshold="5s"):
+        assert asyncio.run(main()) == 1
+    assert _native.registered_loops() == 0
+
+
+def test_an_inner_loop_hands_the_thread_back_to_the_outer_one():
+    seen = []
+
+    async def inner():
+        seen.append(("inner", adapter.thread_slot().id))
+        time.sleep(0.4)  # inner-loop-block
+
+    def run_inner():
+        # Asyncio refuses a loop inside another's callback unless the outer one is hidden, as
+        # libraries that nest loops do.
+        outer_loop = asyncio.get_running_loop()
+        asyncio.events._set_running_loop(None)
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(inner())
+        finally:
+            loop.close()
+            asyncio.events._set_running_loop(outer_loop)
+
+    async def outer():
+        seen.append(("outer", adapter.thread_slot().id))
+        # A callback that runs a loop of its own (as a sync library's bridge does).
+        await asyncio.get_running_loop().run_in_executor(None, lambda: None)
+        run_inner()
+        seen.append(("outer again", adapter.thread_slot().id))
+
+    with pytest.raises(loopguard.LoopBlockedError) as exc:
+        with loopguard.guard(threshold="100ms"):
+            asyncio.run(outer())
+    assert [s[0] for s in seen] == ["outer", "inner", "outer again"]
+    assert seen[0][1] == seen[2][1] != seen[1][1]
+    assert adapter.thread_slot() is None
+    assert _native.registered_loops() == 0
+    sites = [ev.site.source for ev in exc.value.events]
+    assert any("inner-loop-block" in s for s in sites), sites
+
+
+def test_one_loop_run_from_two_threads_in_turn():
+    loop = asyncio.new_event_loop()
+    names = []
+
+    async def main():
+        names.append(threading.current_thread().name)
+        time.sleep(0.4)  # two-threads-block
+
+    def run():
+        loop.run_until_complete(main())
+
+    try:
+        with pytest.raises(loopguard.LoopBlockedError) as exc:
+            with loopguard.guard(threshold="100ms"):
+                run()
+                t = threading.Thread(target=run, name="second-runner")
+                t.start()
+                t.join()
+    finally:
+        loop.close()
+    assert names == [threading.current_thread().name, "second-runner"]
+    threads = sorted(ev.thread_name for ev in exc.value.events)
+    assert threads == sorted(names), threads
+    assert _native.registered_loops() == 0
+
+
+def test_a_loop_run_after_the_runtime_was_released_is_not_watched():
+    with loopguard.guard(threshold="100ms"):
+        pass
+    assert not runtime.active
+    seen = []
+
+    async def main():
+        seen.append((_native.registered_loops(), type(loop._selector._selector).__name__))
+        time.sleep(0.3)  # nobody watches
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(main())
+        assert seen == [(0, type(loop._selector._selector).__name__)]
+        assert seen[0][1] != "EpollProxy"
+        # And watched again once wanted.
+        with pytest.raises(loopguard.LoopBlockedError):
+            with loopguard.guard(threshold="100ms"):
+                loop.run_until_complete(blocks(0.4))
+    finally:
+        loop.close()
+
+
+def test_a_lag_probe_runs_through_the_python_layer():
+    loop = asyncio.new_event_loop()
+    try:
+        with loopguard.guard(threshold="5s"):
+            runtime.lag_probing = True
+            try:
+                loop.run_until_complete(asyncio.sleep(0.1))
+            finally:
+                runtime.lag_probing = False
+    finally:
+        loop.close()
+    assert runtime.lag_log, "the probe measured the loop's lag"
+    runtime.lag_log.clear()
+
+
+@pytest.mark.skipif(not hasattr(sys, "getrefcount"), reason="CPython only")
+def test_a_run_keeps_no_reference_to_its_loop():
+    loop = asyncio.new_event_loop()
+    before = sys.getrefcount(loop)
+    with loopguard.guard(threshold="5s"):
+        for _ in range(20):
+            loop.run_until_complete(asyncio.sleep(0))
+    assert sys.getrefcount(loop) == before
+    loop.close()
+
+
+def test_a_subclass_that_overrides_run_forever_reaches_the_patch_through_super():
+    calls = []
+
+    class CountingLoop(asyncio.SelectorEventLoop):
+        def run_forever(self):
+            calls.append(_native.registered_loops())
+            return super().run_forever()
+
+    loop = CountingLoop()
+    try:
+        with pytest.raises(loopguard.LoopBlockedError) as exc:
+            with loopguard.guard(threshold="100ms"):
+                loop.run_until_complete(blocks(0.4))
+    finally:
+        loop.close()
+    assert calls == [0]
+    (ev,) = exc.value.events
+    assert "first-instant-block" in ev.site.source
