@@ -170,7 +170,7 @@ def run_inprocess(pytester, *args):
         assert not held, "the in-process session did not release loopguard's runtime"
         assert not raising, "the in-process session left raise mode on"
         assert not probing, "the in-process session left the lag probe on"
-        assert not runtime.has_events, "the in-process session left events in the log"
+        assert not runtime.events, "the in-process session left events in the log"
 
 
 @pytest.fixture

@@ -427,7 +427,7 @@ class Session:
         session is its only user; left there (and forgotten after :data:`_KEEP_FOR_GUARDS`)
         while the program has a ``loopguard.guard()`` of its own open, which judges them at
         its exit."""
-        if not runtime.has_events:
+        if not runtime.events:
             return []
         if runtime.users <= 1:
             taken = runtime.take_events(lambda e: True)

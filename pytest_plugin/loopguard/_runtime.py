@@ -67,7 +67,10 @@ class Runtime:
         self._pending: dict[str, Optional[LoopAdapter]] = dict.fromkeys(_LATER)
         """The adapters to install once their library is imported, by the library's name,
         until they are; each is imported (None until then) with its library."""
-        self._events: list[BlockEvent] = []
+        self.events: list[BlockEvent] = []
+        """The event log: finished events nobody has taken yet. Read it anywhere (an empty log
+        is the common case, checked at every test phase: a list, not a call); change it only
+        through the methods below."""
         self._sampler: Optional[str] = None
         self._raisers: set[int] = set()
         self._lag_probing = False
@@ -130,7 +133,7 @@ class Runtime:
                 self.set_raise(token, False)
             self._needs.pop(token, None)
             if not self._needs:
-                self._events.clear()
+                self.events.clear()
             self._apply()
 
     @property
@@ -222,17 +225,12 @@ class Runtime:
         returns them."""
         new = decode_events(raw)
         with self._lock:
-            self._events.extend(new)
+            self.events.extend(new)
         return new
-
-    @property
-    def has_events(self) -> bool:
-        """True when the log holds events nobody has taken."""
-        return bool(self._events)
 
     def events_between(self, start_ns: int, end_ns: int) -> list[BlockEvent]:
         with self._lock:
-            return [e for e in self._events if start_ns <= e.start_ns < end_ns]
+            return [e for e in self.events if start_ns <= e.start_ns < end_ns]
 
     def events_inside(self, start_ns: int, end_ns: int, threshold: float) -> list[BlockEvent]:
         """The events of a stretch of code that ran from ``start_ns`` to ``end_ns`` (a guard, a
@@ -244,7 +242,7 @@ class Runtime:
         with self._lock:
             return [
                 e
-                for e in self._events
+                for e in self.events
                 if start_ns <= e.start_ns < end_ns
                 or (e.start_ns < start_ns and min(e.end_ns, end_ns) - start_ns >= least)
             ]
@@ -252,16 +250,16 @@ class Runtime:
     def take_events(self, predicate) -> list[BlockEvent]:
         """Remove and return logged events matching ``predicate``."""
         with self._lock:
-            taken = [e for e in self._events if predicate(e)]
+            taken = [e for e in self.events if predicate(e)]
             if taken:
                 ids = {e.id for e in taken}
-                self._events = [e for e in self._events if e.id not in ids]
+                self.events = [e for e in self.events if e.id not in ids]
             return taken
 
     def trim(self, keep_after_ns: int) -> None:
         """Forget events that began before ``keep_after_ns`` (nobody can still claim them)."""
         with self._lock:
-            self._events = [e for e in self._events if e.start_ns >= keep_after_ns]
+            self.events = [e for e in self.events if e.start_ns >= keep_after_ns]
 
     # --- instrumentation -------------------------------------------------------------------
 

@@ -265,7 +265,7 @@ def _leave_phase(
     state = ts.state
     if raw is not None:
         runtime.add(raw)
-    if not runtime.has_events and not ts.expects and ts.max_lag is None:
+    if not runtime.events and not ts.expects and ts.max_lag is None:
         ts.verdicts[phase] = ()  # nothing blocked, nothing to check
         return
     ts.judged = True
@@ -309,7 +309,7 @@ def _record_strays(state: State, current: Optional[str]) -> None:
     (a loop in another thread was still blocked when its last phase was reported) and those
     that began outside any test (during collection, between tests), as the judge decides
     (:meth:`Judge.judge_stray`), for the summary and the JSON report."""
-    if not runtime.has_events:
+    if not runtime.events:
         return
     for ev in runtime.take_events(lambda e: e.test != current):
         ts = state.settings_of_test(ev.test)
@@ -477,8 +477,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if ts is not None and when not in ts.verdicts:
         # The phase has just run: judge its blocks (what the watchdog finished, the log's).
         raw = _native.take(FLUSH_TIMEOUT)
-        # (``runtime._events``: what ``runtime.has_events`` reads, without a call.)
-        if raw is None and not runtime._events and not ts.expects and ts.max_lag is None:
+        if raw is None and not runtime.events and not ts.expects and ts.max_lag is None:
             ts.verdicts[when] = ()  # the common case: nothing blocked, nothing to check
             quiet = True
         else:

@@ -55,4 +55,4 @@ def test_an_inprocess_session_leaves_nothing_behind(inner):
 
     asyncio.run(blocks())
     runtime.collect()
-    assert not runtime.has_events
+    assert not runtime.events
