@@ -25,11 +25,48 @@ def pytest_configure(config):
     )
 
 
-def pytest_collection_modifyitems(items):
-    """Tests marked ``slow`` first (a stable sort: the order is otherwise kept, or
-    pytest-randomly's): the parallel workers (``-n``) then start on them and finish together,
-    instead of one worker ending the run alone on a long test handed out last."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` first (the order is otherwise kept, or pytest-randomly's): the
+    parallel workers (``-n``) then start on them and finish together, instead of one worker
+    ending the run alone on a long test handed out last.
+
+    Under ``--dist worksteal`` each worker first gets a contiguous share of the items, in
+    order (later, an idle worker takes tests from the back of a busy one's queue): the slow
+    tests are dealt out in turn to the front of each share, not all put in the first one,
+    whose worker would run them one after another."""
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    rest = [item for item in items if item.get_closest_marker("slow") is None]
+    shares = _worksteal_shares(config, len(items))
+    if len(shares) < 2:
+        items[:] = slow + rest
+        return
+    dealt = [slow[i :: len(shares)] for i in range(len(shares))]
+    items.clear()
+    for share, first in zip(shares, dealt, strict=True):
+        take = max(0, share - len(first))
+        items.extend(first + rest[:take])
+        del rest[:take]
+    items.extend(rest)  # none left, unless a share is smaller than its slow tests
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """Tells each xdist worker how the tests are distributed (a worker's own ``dist`` option
+    is "no")."""
+    node.workerinput["suite_dist"] = node.config.getoption("dist")
+
+
+def _worksteal_shares(config, count):
+    """How many of ``count`` items each xdist worker is first given, in order, under
+    ``--dist worksteal`` (as its scheduler splits them: the remaining items evenly among the
+    workers still to serve); ``[]`` in a run without workers or with another distribution."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None or workerinput.get("suite_dist") != "worksteal":
+        return []
+    shares = []
+    for left in range(workerinput["workercount"], 0, -1):
+        shares.append((count - sum(shares)) // left)
+    return shares
 
 
 def pytest_runtest_setup(item):

@@ -4,6 +4,7 @@ garbage collection that the wait stretched, by the collector's CPU time."""
 
 import json
 
+import pytest
 from cpu_share import CPU_SHARE_FILES, MARKS
 from garbage import GARBAGE_FILES
 
@@ -179,6 +180,7 @@ def test_a_collection_stretched_by_a_busy_machine_is_judged_by_its_cpu_time(inne
     assert ev["gil_holder"]["thread"] == "cruncher", ev
 
 
+@pytest.mark.slow
 def test_a_collection_does_not_excuse_the_work_around_it_on_a_busy_machine(inner):
     # 300 ms of work beside the collection: over the threshold whatever the load.
     result, starved = measure_gc(inner, 0.3, 0.15)

@@ -113,6 +113,7 @@ def fixes_by_test(pytester):
     return {ev["test"].split("::")[-1]: ev for ev in report["events"]}
 
 
+@pytest.mark.slow
 def test_each_kind_of_block_gets_its_fix(pytester, inner):
     result = inner.run(
         HEADER + KINDS,

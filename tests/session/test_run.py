@@ -442,6 +442,7 @@ def test_a_uvicorn_server_names_the_endpoint_and_the_request(tmp_path, signum, c
     assert status == expected_status, err
 
 
+@pytest.mark.slow
 def test_uvicorn_workers_are_watched_and_their_reports_merged(tmp_path):
     _, err, data = serve(tmp_path, "--workers", "2", signum=signal.SIGINT, requests=4)
     line = line_of(tmp_path / "app.py", "# BLOCKING ENDPOINT")
