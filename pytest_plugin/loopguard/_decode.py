@@ -290,16 +290,19 @@ def _analyse(ev: BlockEvent, own: Optional[int] = None) -> None:
     if s.syscall is None and s.offset < ev.threshold:
         # An early sample (taken before the block reached the threshold, to tell its callbacks
         # apart) may show the thread on its way to the call it then waits in (a socket read
-        # before its poll): the first later sample of the same stack in a named system call,
-        # not a wait for the GIL (another thread's doing, told apart by the GIL attribution).
+        # before its poll): the first later sample of the same stack in a named system call.
+        # Not a futex wait: that is how a thread waits for the GIL, and code that holds it
+        # (a sort, a regex) is made to let go of it when another thread asks (loopguard's
+        # assistant does, once per block): a sample in that hand-over shows the running code
+        # in a futex, with nobody holding the GIL for an instant.
         s = next(
             (
                 x
                 for x in judged
                 if x.stack == s.stack
                 and x.syscall
+                and x.syscall != "futex"
                 and not x.syscall.startswith("system call")
-                and x.gil != "other"
             ),
             s,
         )

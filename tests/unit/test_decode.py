@@ -165,10 +165,14 @@ def test_an_early_sample_on_its_way_to_the_call_shows_the_call_it_then_waits_in(
     assert (ev.syscall, ev.running) == (None, True)
     (ev,) = decode(raw_event([{**early, "offset_ns": 100_000_000}, waiting]))
     assert ev.syscall is None
-    # Nor is a wait for the GIL another thread held: the thread was running, then starved.
+    # Nor is a wait for the GIL: another thread held it, or it was being handed over (nobody
+    # held it for an instant: code that holds the GIL, made to let go of it).
     gil_wait = {**waiting, "syscall": "futex", "gil": "other", "holder": {"thread_ident": 5}}
     (ev,) = decode(raw_event([early, gil_wait]))
     assert (ev.syscall, ev.running, ev.starved) == (None, True, False)
+    hand_over = {**waiting, "syscall": "futex", "gil": "released"}
+    (ev,) = decode(raw_event([early, hand_over]))
+    assert (ev.syscall, ev.running, ev.gil) == (None, True, "loop")
 
 
 def test_samples_that_find_loopguards_own_thread_holding_the_gil_are_left_out(monkeypatch):
