@@ -223,7 +223,7 @@ def _test_state(item: pytest.Item) -> Optional[TestState]:
 
 
 def _new_test(state: State, item: pytest.Item) -> TestState:
-    """The state of ``item``, which starts (again) now (as ``pytest_runtest_setup`` makes it)."""
+    """The state of ``item``, which starts (again) now."""
     global _last
     ts = state.current
     if ts is not None and ts.judged:
@@ -393,7 +393,7 @@ def _warn(item: pytest.Item, ev: BlockEvent) -> bool:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    global _last, _modules_seen
+    global _modules_seen
     last = _last
     if last is not None and last.item.config is item.config:
         state = last.state  # the next test of the same session: the common case
@@ -401,15 +401,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         state = item.config.stash.get(_state_key, None)
         if state is None:
             return
-    # What _new_test does, inline: a call less at every test.
-    ts = state.current
-    if ts is not None and ts.judged:
-        _forget_samples(ts)
-    if not state.marked and id(item) in state.collected:
-        settings = state.default  # the common case: no test has a marker
-    else:
-        settings = _settings_of(state, item)
-    ts = state.current = _last = TestState(state, item, settings)
+    ts = _new_test(state, item)
+    settings = ts.settings
     ts.phase_start_ns = ts.test_start_ns = _native.now_ns()
     runtime.lag_probing = ts.enabled and ts.max_lag is not None
     if state.applied is not settings:

@@ -81,6 +81,17 @@ def test_no_loopguard_frame_under_a_running_loops_callbacks():
     assert not [line for line in seen["stack"] if "_asyncio.py" in line]
 
 
+def _blocked_run(loop):
+    """The events of ``loop`` running ``blocks(0.4)`` under a 100 ms guard (closed after)."""
+    try:
+        with pytest.raises(loopguard.LoopBlockedError) as exc:
+            with loopguard.guard(threshold="100ms"):
+                loop.run_until_complete(blocks(0.4))
+    finally:
+        loop.close()
+    return exc.value.events
+
+
 @pytest.mark.parametrize(
     "make",
     [
@@ -89,14 +100,7 @@ def test_no_loopguard_frame_under_a_running_loops_callbacks():
     ],
 )
 def test_a_block_in_the_first_instant_of_a_run_is_caught(make):
-    loop = asyncio.SelectorEventLoop(make())
-    try:
-        with pytest.raises(loopguard.LoopBlockedError) as exc:
-            with loopguard.guard(threshold="100ms"):
-                loop.run_until_complete(blocks(0.4))
-    finally:
-        loop.close()
-    (ev,) = exc.value.events
+    (ev,) = _blocked_run(asyncio.SelectorEventLoop(make()))
     assert ev.duration >= 0.35
     assert "first-instant-block" in ev.site.source
 
@@ -290,13 +294,6 @@ def test_a_subclass_that_overrides_run_forever_reaches_the_patch_through_super()
             calls.append(_native.registered_loops())
             return super().run_forever()
 
-    loop = CountingLoop()
-    try:
-        with pytest.raises(loopguard.LoopBlockedError) as exc:
-            with loopguard.guard(threshold="100ms"):
-                loop.run_until_complete(blocks(0.4))
-    finally:
-        loop.close()
+    (ev,) = _blocked_run(CountingLoop())
     assert calls == [0]
-    (ev,) = exc.value.events
     assert "first-instant-block" in ev.site.source
