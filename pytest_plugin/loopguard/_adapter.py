@@ -46,9 +46,9 @@ class LoopAdapter(Protocol):
     """The kind the watchdog records for the loops it registers (``"asyncio"``, ``"uvloop"``,
     ``"trio"``): a block event's ``loop_kind``."""
 
-    module: Optional[str]
-    """The module whose import makes this kind of loop possible: the adapter is installed once
-    it is imported (None: installed with the runtime)."""
+    module: str
+    """The module whose import makes this kind of loop possible: the adapter is imported and
+    installed once it is (see ``_runtime._LATER``)."""
 
     def install(self, host: Host) -> bool:
         """Instrument the library, if it is imported, so that each loop that starts running

@@ -45,7 +45,7 @@ class AsyncioAdapter:
     """The :class:`~loopguard._adapter.LoopAdapter` of stdlib asyncio's loops."""
 
     kind = "asyncio"
-    module: Optional[str] = None
+    module = "asyncio"
 
     def __init__(self) -> None:
         self._watched: set[int] = set()

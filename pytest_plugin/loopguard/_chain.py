@@ -24,7 +24,6 @@ Nothing here runs on the loop thread or per loop iteration.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import os
 import sys
@@ -54,6 +53,9 @@ def describe(loop: Any, thread_ident: int) -> Optional[tuple[str, list[Entry]]]:
     """``(name, chain)`` of the task running on ``loop`` (whose thread is ``thread_ident``), or
     None when no task runs. ``chain``: :func:`await_chain`, as ``(filename, lineno, function)``.
     Never raises (a chain that cannot be read is empty)."""
+    asyncio = sys.modules.get("asyncio")  # never imported here (the GIL is held for a block)
+    if asyncio is None:
+        return None  # no asyncio loop, so no task
     try:
         task = asyncio.current_task(loop)
     except Exception:  # a loop asyncio does not know (trio's has no object here)

@@ -1,5 +1,6 @@
-"""Code to run right after a module is imported: uvloop's and trio's instrumentation, the
-ASGI servers' and frameworks' request notes (``python -m loopguard run``)."""
+"""Code to run right after a module is imported: asyncio's, uvloop's and trio's
+instrumentation, the ASGI servers' and frameworks' request notes (``python -m loopguard
+run``)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Any, Optional
 
-from . import _asyncio, _chain, _native
+from . import _chain, _native
 from ._decode import decode_events, remember_thread
 from ._errors import LoopBlockedError
 from ._explain import install_gc_log
@@ -40,9 +40,16 @@ FLUSH_TIMEOUT = 5.0
 """Seconds :meth:`Runtime.collect` waits at most for the watchdog to finish the events it was
 told of."""
 
-_LATER = {"uvloop": "loopguard._uvloop", "trio": "loopguard._trio"}
-"""The loop adapters imported only once their library is (by the library's name): a run that
-uses neither loads neither."""
+_LATER = {
+    "asyncio": "loopguard._asyncio",
+    "uvloop": "loopguard._uvloop",
+    "trio": "loopguard._trio",
+}
+"""The loop adapters, each imported and installed only once its library is (by the library's
+name): a run that uses none of them loads none. asyncio too: a suite of sync tests that never
+imports it does not get it from loopguard (54 modules; and three more loggers, which every
+test then pays for: pytest sets the root logger's level around each phase, and each setting
+clears every logger's cache)."""
 
 LAG_PROBE_INTERVAL = 0.01
 """Seconds between the lag probe's timers: how late they run is the loop's lag (measured only
@@ -61,7 +68,7 @@ class Runtime:
         self._needs: dict[int, int] = {}
         self._tokens = itertools.count(1)
         self._patched = False
-        self._adapters: tuple[LoopAdapter, ...] = (_asyncio.adapter,)
+        self._adapters: tuple[LoopAdapter, ...] = ()
         """Every kind of loop whose library is imported, in the order :meth:`attach` asks which
         one runs the code (uvloop's loops are asyncio's too: uvloop first)."""
         self._pending: dict[str, Optional[LoopAdapter]] = dict.fromkeys(_LATER)
@@ -200,8 +207,8 @@ class Runtime:
             pass  # the watchdog is not running
 
     def check_imports(self) -> None:
-        """Instrument uvloop and trio if they were imported in a way the import hook missed
-        (called at the start of every test: cheap)."""
+        """Instrument asyncio, uvloop and trio if they were imported in a way the import hook
+        missed (called at the start of every test: cheap)."""
         for name in self._pending:
             if name in sys.modules:
                 self._install_pending()
@@ -264,7 +271,8 @@ class Runtime:
     # --- instrumentation -------------------------------------------------------------------
 
     def _install_pending(self) -> None:
-        """Instrument uvloop and trio once they are imported (checked at every phase: cheap)."""
+        """Instrument asyncio, uvloop and trio once they are imported (checked at every phase:
+        cheap)."""
         with self._lock:
             for name in list(self._pending):
                 if name in sys.modules and self._adapter(name).install(self):
@@ -284,7 +292,7 @@ class Runtime:
         return adapter
 
     def _after_import(self, name: str) -> Optional[Callable[[object], None]]:
-        """For the import hook: instrument uvloop or trio once its import finishes."""
+        """For the import hook: instrument asyncio, uvloop or trio once its import finishes."""
         if name not in self._pending:
             return None
         return lambda module: self._install_pending()
@@ -295,14 +303,11 @@ class Runtime:
             return
         self._install_thread_names()
         if self._pending:
-            # uvloop and trio imported later (inside a guard(), in a test) are instrumented as
-            # soon as their import finishes.
+            # asyncio, uvloop and trio imported later (inside a guard(), in a test) are
+            # instrumented as soon as their import finishes.
             sys.meta_path.insert(0, PostImportFinder(self._after_import))
         install_gc_log()
         _chain.install()
-        for adapter in self._adapters:
-            if adapter.module is None:
-                adapter.install(self)
         self._patched = True
 
     @staticmethod
@@ -411,7 +416,8 @@ class Runtime:
         asyncio loop this thread runs, if any, is marked idle, so that a busy machine's delay in
         loopguard's threads is never counted as the loop's block. A block of the code before it
         ends where the wait begins."""
-        slot = _asyncio.adapter.thread_slot()
+        asyncio_adapter = sys.modules.get("loopguard._asyncio")  # none before asyncio is
+        slot = None if asyncio_adapter is None else asyncio_adapter.adapter.thread_slot()
         if slot is None:
             yield
             return

@@ -26,7 +26,6 @@ A run that started before the runtime was wanted is attached from inside one of 
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import sys
 import threading
@@ -48,7 +47,7 @@ class TrioAdapter:
     """The :class:`~loopguard._adapter.LoopAdapter` of trio's runs."""
 
     kind = "trio"
-    module: Optional[str] = "trio"
+    module = "trio"
 
     def install(self, host: Host) -> bool:
         """Wrap ``trio.run`` and ``trio.lowlevel.start_guest_run`` if trio is imported."""
@@ -68,7 +67,7 @@ class TrioAdapter:
     def running(self) -> Optional[tuple[Hashable, Any]]:
         """The trio run of the current thread, unless an asyncio loop (of any kind) runs the
         thread's code: that loop is then the one to attach to, if any (a guest run's host)."""
-        if asyncio._get_running_loop() is not None:
+        if _asyncio_loop_runs():
             return None
         key = _current_run()
         if key is None:
@@ -109,6 +108,13 @@ def _wrap(host: Host, original: Any, *, guest: bool) -> Any:
 
 # How many watched trio runs the thread drives (0 or 1 but for guest runs).
 _watched = threading.local()
+
+
+def _asyncio_loop_runs() -> bool:
+    """Whether an asyncio loop (of any kind) runs the current thread's code: none can before
+    asyncio is imported (trio does not import it)."""
+    asyncio = sys.modules.get("asyncio")
+    return asyncio is not None and asyncio._get_running_loop() is not None
 
 
 def _current_run() -> Optional[object]:
@@ -192,7 +198,7 @@ def _make_instrument_class(trio: Any) -> type:
         def before_run(self) -> None:
             if self._slot is not None:
                 return
-            if self._guest and asyncio._get_running_loop() is not None:
+            if self._guest and _asyncio_loop_runs():
                 return  # hosted by an asyncio loop, which loopguard already watches
             try:
                 slot = _native.register(

@@ -37,7 +37,7 @@ class UvloopAdapter:
     """The :class:`~loopguard._adapter.LoopAdapter` of uvloop's loops."""
 
     kind = "uvloop"
-    module: Optional[str] = "uvloop"
+    module = "uvloop"
 
     def __init__(self) -> None:
         self._watched: set[int] = set()

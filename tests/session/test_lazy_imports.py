@@ -118,27 +118,32 @@ def test_a_run_without_blocks_loads_none_of_the_later_modules(pytester):
     assert loaded & LATER == set()
 
 
-# The loop adapters of trio and uvloop: imported with their library.
-ADAPTERS = {"loopguard._trio", "loopguard._uvloop"}
+# The loop adapters: each imported with its library (asyncio's too).
+ADAPTERS = {"loopguard._asyncio", "loopguard._trio", "loopguard._uvloop"}
 
 
 def test_the_plugin_loads_no_adapter_of_a_library_not_imported():
-    loaded = _loaded(_python("import loopguard.plugin\n" + PRINT_LOADED))
-    assert "loopguard._asyncio" in loaded
-    assert loaded & (LATER | ADAPTERS) == set()
+    out = _python(
+        "import sys, loopguard.plugin\nprint('ASYNCIO', 'asyncio' in sys.modules)\n" + PRINT_LOADED
+    )
+    assert "ASYNCIO False" in out
+    assert _loaded(out) & (LATER | ADAPTERS) == set()
 
 
 @pytest.mark.parametrize(
     ("library", "run", "kind"),
     [
+        ("asyncio", "asyncio.run(main())", "asyncio loop"),
         ("trio", "trio.run(main)", "trio run"),
         ("uvloop", "uvloop.run(main())", "uvloop loop"),
     ],
 )
-def test_a_library_first_imported_by_a_test_is_watched(pytester, library, run, kind):
+def test_a_library_first_imported_by_a_test_is_watched(pytester, monkeypatch, library, run, kind):
     """The library, and with it loopguard's adapter, is imported inside the test, after the
-    session has started (no plugin of the inner session imports it)."""
+    session has started (no plugin of the inner session imports it: none is loaded but
+    loopguard, so that a sync suite's session, which never imports asyncio, is what runs)."""
     pytest.importorskip(library)
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     pytester.makeconftest(
         f"""
         import sys
@@ -160,9 +165,7 @@ def test_a_library_first_imported_by_a_test_is_watched(pytester, library, run, k
             {run}
         """
     )
-    result = pytester.runpytest_subprocess(
-        "-p", "loopguard", "-s", "-p", "no:randomly", "-p", "no:trio", "-p", "no:anyio"
-    )
+    result = pytester.runpytest_subprocess("-p", "loopguard", "-s")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
