@@ -37,6 +37,12 @@ the whole heap, both sides' alike, once the young generations have been collecte
 enough): ``--gc-off`` also counts both sides with the collector disabled from the start, which
 leaves the cost of the calls alone (the headline figures are those with the collector on).
 
+Counted instructions are not the same from one run to the next: string hashes are salted per
+process (``PYTHONHASHSEED``), which moves every dict's and set's collisions, and with them the
+count of a 2-million-instruction test by 10-15 thousand, as much as loopguard's whole cost.
+Each count is therefore made under ``--seeds`` fixed salts (the same on both sides), and the
+cost per test is given as the median over them, with the lowest and highest.
+
 ``--startup`` measures what loading the plugin costs a one-test run: instructions (callgrind)
 with and without ``-p loopguard``, with bytecode caching on and off (``PYTHONDONTWRITEBYTECODE``,
 common in CI images: pytest's own cache of rewritten modules is not written then), and the
@@ -44,7 +50,7 @@ common in CI images: pytest's own cache of rewritten modules is not written then
 self time over the runs; a loaded machine moves these, not the instructions).
 
     python benchmarks/per_test_cost.py [--tests 2000] [--rounds 5] [--load 3] [--kinds sync,async]
-    python benchmarks/per_test_cost.py --callgrind [--tests 200,2000] [--gc-off]
+    python benchmarks/per_test_cost.py --callgrind [--tests 200,2000] [--gc-off] [--seeds 3]
     python benchmarks/per_test_cost.py --startup [--rounds 5]
 """
 
@@ -184,16 +190,20 @@ def _report(label: str, kind: str, n: int, res: dict[str, list[float]]) -> dict[
     return row
 
 
-def _instructions(suite: Path, root: Path, plugin: bool, gc_on: bool = True) -> int:
-    """Instructions executed by one pytest process under callgrind, all threads."""
-    env = dict(_env(root), LOOPGUARD_THRESHOLD="60s")
+def _instructions(suite: Path, root: Path, plugin: bool, gc_on: bool, seed: int) -> int:
+    """Instructions executed by one pytest process under callgrind, all threads, with string
+    hashes salted by ``seed``."""
+    env = dict(_env(root), LOOPGUARD_THRESHOLD="60s", PYTHONHASHSEED=str(seed))
     if not gc_on:
         env["PER_TEST_COST_GC"] = "off"
     return instructions(_pytest(plugin), cwd=str(suite), env=env)
 
 
-def _callgrind(sizes: list[int], kinds: list[str], gc_off: bool) -> None:
-    print(f"python {sys.version.split()[0]}, instructions counted by callgrind, tests {sizes}")
+def _callgrind(sizes: list[int], kinds: list[str], gc_off: bool, seeds: int) -> None:
+    print(
+        f"python {sys.version.split()[0]}, instructions counted by callgrind, tests {sizes}, "
+        f"hash seeds 1-{seeds} (per test: median over the seeds [lowest, highest])"
+    )
     with tempfile.TemporaryDirectory(prefix="loopguard-per-test-") as tmp:
         root = Path(tmp)
         suites = {n: _write_suites(root / f"n{n}", n) for n in sorted({1, *sizes})}
@@ -204,17 +214,29 @@ def _callgrind(sizes: list[int], kinds: list[str], gc_off: bool) -> None:
                     suite = by_kind[kind]
                     for plugin in (False, True):
                         _run(suite, suite.parent, plugin)  # compile and cache the bytecode first
-                        counts[n, plugin] = _instructions(suite, suite.parent, plugin, gc_on)
+                        for seed in range(1, seeds + 1):
+                            counts[n, plugin, seed] = _instructions(
+                                suite, suite.parent, plugin, gc_on, seed
+                            )
                 label = kind if gc_on else f"{kind}, gc off"
-                fixed = counts[1, True] - counts[1, False]
+                fixed = statistics.median(
+                    counts[1, True, seed] - counts[1, False, seed] for seed in range(1, seeds + 1)
+                )
                 print(f"{label:<6} fixed {fixed / 1e6:+.1f} M", flush=True)
                 sizes_seen = sorted(suites)
                 for lo, hi in itertools.pairwise(sizes_seen):
-                    off = (counts[hi, False] - counts[lo, False]) / (hi - lo)
-                    on = (counts[hi, True] - counts[lo, True]) / (hi - lo)
+                    off, on = [], []
+                    for seed in range(1, seeds + 1):
+                        off.append((counts[hi, False, seed] - counts[lo, False, seed]) / (hi - lo))
+                        on.append((counts[hi, True, seed] - counts[lo, True, seed]) / (hi - lo))
+                    extra = sorted(b - a for a, b in zip(off, on, strict=True))
+                    ratios = sorted(b / a for a, b in zip(off, on, strict=True))
                     print(
-                        f"{label:<6} tests {lo:>5} -> {hi:<5} per test {off:10.0f} -> {on:10.0f} "
-                        f"instructions ({on / off:.3f}x, {on - off:+.0f})",
+                        f"{label:<6} tests {lo:>5} -> {hi:<5} per test "
+                        f"{statistics.median(off):10.0f} -> {statistics.median(on):10.0f} "
+                        f"instructions ({statistics.median(ratios):.3f}x "
+                        f"[{ratios[0]:.3f}, {ratios[-1]:.3f}], "
+                        f"{statistics.median(extra):+.0f} [{extra[0]:+.0f}, {extra[-1]:+.0f}])",
                         flush=True,
                     )
 
@@ -302,6 +324,12 @@ def main() -> None:
         action="store_true",
         help="--callgrind: also count with the garbage collector off on both sides",
     )
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="--callgrind: count each run under this many string-hash salts (default 3)",
+    )
     ap.add_argument("--startup", action="store_true", help="what loading the plugin costs")
     args = ap.parse_args()
     kinds = [k for k in args.kinds.split(",") if k]
@@ -310,7 +338,9 @@ def main() -> None:
         _startup(args.rounds)
         return
     if args.callgrind:
-        _callgrind(sizes, kinds, args.gc_off)
+        if args.seeds < 1:
+            ap.error(f"--seeds must be 1 or more, got {args.seeds}")
+        _callgrind(sizes, kinds, args.gc_off, args.seeds)
         return
     args.tests = sizes[0]
     print(

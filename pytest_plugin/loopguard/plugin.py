@@ -34,6 +34,8 @@ from ._settings import (
 from ._state import PHASES_PLUGIN, XDIST_PLUGIN, State, TestState, is_worker, xdist_needed
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from ._events import BlockEvent
     from ._fixture import ExpectBlock, LagStats, LoopguardFixture
     from ._judge import Verdict
@@ -47,10 +49,8 @@ __all__ = [
     "pytest_collection_modifyitems",
     "pytest_configure",
     "pytest_report_header",
-    "pytest_runtest_call",
     "pytest_runtest_makereport",
     "pytest_runtest_setup",
-    "pytest_runtest_teardown",
     "pytest_sessionfinish",
     "pytest_terminal_summary",
     "pytest_unconfigure",
@@ -386,9 +386,11 @@ def _warn(item: pytest.Item, ev: BlockEvent) -> bool:
     return True
 
 
-# Each phase of a test starts in a plain hook, and its blocks are judged by the report hook
-# once it has run, before the report is made: a hook wrapper per phase would cost every test
-# three more generators (pytest calls a wrapper at several times the cost of a plain hook).
+# A test starts in a plain hook (setup); each phase's blocks are judged by the report hook once
+# the phase has run, before its report is made, and the same hook, once the report is made,
+# starts the phase pytest runs next (call if setup passed, else teardown). pytest calls a hook
+# implementation at a few thousand instructions, a wrapper at several times that: a hook of
+# its own per phase would cost every test more than all the rest of loopguard's work on it.
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -423,40 +425,6 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pass  # the watchdog is not running (as in every ``set_context`` below)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_call(item: pytest.Item) -> None:
-    ts = _last
-    if ts is None or ts.item is not item:
-        ts = _test_state(item)
-        if ts is None:
-            return
-    ts.phase = "call"
-    if ts.max_lag is not None:
-        ts.phase_start_ns = _native.now_ns()  # read only by the lag check
-    if ts.enabled:
-        ts.state.guarded += 1
-    try:
-        _native.set_context(f"call{CONTEXT_SEP}{ts.nodeid}")
-    except RuntimeError:
-        pass
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_teardown(item: pytest.Item) -> None:
-    ts = _last
-    if ts is None or ts.item is not item:
-        ts = _test_state(item)
-        if ts is None:
-            return
-    ts.phase = "teardown"
-    if ts.max_lag is not None:
-        ts.phase_start_ns = _native.now_ns()
-    try:
-        _native.set_context(f"teardown{CONTEXT_SEP}{ts.nodeid}")
-    except RuntimeError:
-        pass
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     when = call.when
@@ -483,17 +451,45 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             pass
         runtime.lag_probing = False
     report = yield
-    if quiet or ts is None:
+    if ts is None:
         return report
-    verdicts = ts.verdicts.get(when)
-    if not verdicts:
-        return report  # no verdict: the common case
-    if not any(v.outcome == "failed" for v in verdicts):
+    if not quiet:
+        verdicts = ts.verdicts.get(when)
+        if verdicts and any(v.outcome == "failed" for v in verdicts):
+            _fail(ts, item, when, report, verdicts)
+    if when == "teardown":
         return report
+    # The next phase starts now, as runtestprotocol decides: the call runs after a setup that
+    # passed (unless only the fixtures are set up), the teardown after either.
+    if when == "setup" and report.passed and not getattr(item.config.option, "setuponly", False):
+        ts.phase = next_phase = "call"
+        if ts.enabled:
+            ts.state.guarded += 1
+    else:
+        ts.phase = next_phase = "teardown"
+    if ts.max_lag is not None:
+        ts.phase_start_ns = _native.now_ns()  # read only by the lag check
+    try:
+        _native.set_context(f"{next_phase}{CONTEXT_SEP}{ts.nodeid}")
+    except RuntimeError:
+        pass
+    return report
+
+
+def _fail(
+    ts: TestState,
+    item: pytest.Item,
+    when: str,
+    report: pytest.TestReport,
+    verdicts: Sequence[Verdict],
+) -> None:
+    """Apply the failing verdicts of phase ``when`` to its report: the test fails (or a failing
+    phase shows them in a section of its report); a phase pytest reported as skipped or
+    xfailed records them instead."""
     state = ts.state
     if report.skipped or hasattr(report, "wasxfail"):
         _not_failing(state, verdicts)  # type: ignore[arg-type]
-        return report
+        return
     from ._failure import FailureRepr, format_events
     from ._html import attach_to_pytest_html
 
@@ -518,7 +514,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         title = f"loopguard: blocked event loop ({when})"
         report.sections.append((title, text))
     attach_to_pytest_html(report, text)
-    return report
 
 
 def _not_failing(state: State, verdicts: list[Verdict]) -> None:

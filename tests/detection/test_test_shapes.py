@@ -269,3 +269,75 @@ class TestClassLoop:
             "PASSED test_it.py::TestClassLoop::test_fine_in_class",
         ]
     )
+
+
+PHASES = """
+def run_blocking():
+    async def main():
+        time.sleep(0.3)  # the blocking line
+    asyncio.run(main())
+
+@pytest.fixture
+def blocks_in_setup():
+    run_blocking()
+
+@pytest.fixture
+def fails_then_blocks_in_teardown(request):
+    request.addfinalizer(run_blocking)
+    raise RuntimeError("the fixture's setup fails")
+
+@pytest.fixture
+def blocks_in_teardown():
+    yield
+    run_blocking()
+
+def test_setup_blocks(blocks_in_setup):
+    pass
+
+def test_setup_fails(fails_then_blocks_in_teardown):
+    pass
+
+def test_teardown_blocks(blocks_in_teardown):
+    pass
+"""
+
+
+def _phases_and_guarded(pytester, name):
+    import json
+
+    data = json.loads((pytester.path / name).read_text())
+    blocks = sorted((e["test"].split("::")[-1], e["began_in"]) for e in data["events"])
+    return blocks, data["totals"]["guarded"]
+
+
+def test_each_phase_is_judged_whatever_the_phase_before_it_did(inner, pytester):
+    """A phase starts when pytest runs it: the call only after a setup that passed (a setup
+    loopguard failed included), the teardown after either; only a test whose call ran is
+    counted as guarded. Under --setup-only no call runs and no test is guarded."""
+    result = inner.run(PHASES, "--loopguard-json=report.json")
+    result.assert_outcomes(passed=1, errors=4)
+    result.stdout.fnmatch_lines_random(
+        [
+            "ERROR test_it.py::test_setup_blocks - loopguard: *",
+            "ERROR test_it.py::test_setup_fails - RuntimeError: the fixture's setup fails",
+            "ERROR test_it.py::test_setup_fails - loopguard: *",
+            "ERROR test_it.py::test_teardown_blocks - loopguard: *",
+        ]
+    )
+    assert _phases_and_guarded(pytester, "report.json") == (
+        [
+            ("test_setup_blocks", "setup"),
+            ("test_setup_fails", "teardown"),
+            ("test_teardown_blocks", "teardown"),
+        ],
+        1,  # test_teardown_blocks: the other two never ran their call
+    )
+    result = inner.run(PHASES, "--setup-only", "--loopguard-json=setup-only.json")
+    assert _phases_and_guarded(pytester, "setup-only.json") == (
+        [
+            ("test_setup_blocks", "setup"),
+            ("test_setup_fails", "teardown"),
+            ("test_teardown_blocks", "teardown"),
+        ],
+        0,
+    )
