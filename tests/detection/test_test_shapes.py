@@ -4,6 +4,8 @@
 ``*name`` because 3.11+ report qualified names, ``TestService.test_blocks``.)
 """
 
+import json
+
 HEADER = """
 import asyncio, time, unittest
 import pytest
@@ -303,8 +305,6 @@ def test_teardown_blocks(blocks_in_teardown):
 
 
 def _phases_and_guarded(pytester, name):
-    import json
-
     data = json.loads((pytester.path / name).read_text())
     blocks = sorted((e["test"].split("::")[-1], e["began_in"]) for e in data["events"])
     return blocks, data["totals"]["guarded"]
