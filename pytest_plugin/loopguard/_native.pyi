@@ -31,8 +31,10 @@ __all__ = [
     "_reader_stack",
     "_reader_stress",
     "_waited_describe",
+    "advance",
     "after_fork_child",
     "assistant_ident",
+    "begin_test",
     "disable_raise",
     "enable_raise",
     "flush",
@@ -47,6 +49,7 @@ __all__ = [
     "sampler_name",
     "set_context",
     "set_native_stacks",
+    "set_phase",
     "set_run_mode",
     "set_task_reader",
     "set_threshold",
@@ -75,6 +78,18 @@ def portable() -> Optional[str]:
 def set_threshold(ns: int) -> None: ...
 def threshold() -> int: ...
 def set_context(context: str) -> None: ...
+def begin_test(nodeid: str, native_stacks: bool) -> int:
+    """Test ``nodeid`` begins (its setup is the context from now on), its blocks' samples read
+    native frames when ``native_stacks``; the watchdog clock's time."""
+
+def set_phase(phase: int) -> None:
+    """Phase ``phase`` (0 none, 1 setup, 2 call, 3 teardown) of the test begun last is the
+    context from now on."""
+
+def advance(phase: int, timeout_s: float) -> Optional[str]:
+    """The finished block events as for :func:`take`, the context unchanged; when there are
+    none, None, and phase ``phase`` (as for :func:`set_phase`) is the context from now on."""
+
 def flush(timeout_s: float) -> str:
     """Waits for the watchdog to handle everything sent so far; the finished block events as a
     JSON array."""

@@ -381,7 +381,7 @@ class Session:
         _native.set_native_stacks(self.settings.native == "on")
         runtime.set_context("")
         runtime.lag_listener = self._new_loop
-        runtime.lag_probing = True
+        runtime.probe_lag(True)
         _asgi.install(bool(self.settings.context_vars))
         self._reporter = threading.Thread(
             target=self._report_loop, name="loopguard-reporter", daemon=True
@@ -471,7 +471,7 @@ class Session:
         self._stop.set()
         if self._reporter is not None and self._reporter is not threading.current_thread():
             self._reporter.join(timeout=5.0)
-        runtime.lag_probing = False
+        runtime.probe_lag(False)
         try:
             self.poll(everything=True)
         except Exception as e:

@@ -80,7 +80,10 @@ class Runtime:
         through the methods below."""
         self._sampler: Optional[str] = None
         self._raisers: set[int] = set()
-        self._lag_probing = False
+        self.lag_probing = False
+        """Loops that start running from now on measure their lag (see
+        :data:`LAG_PROBE_INTERVAL`). Read it anywhere (checked at every test: an attribute, not
+        a call); set it with :meth:`probe_lag`."""
         self.lag_log: collections.deque[tuple[int, float]] = collections.deque(maxlen=100_000)
         """``(when_ns, lag_seconds)`` measured by the lag probes, on the watchdog's clock."""
         self.lag_listener: Optional[Callable[[str, Any], Optional[Callable[[float], None]]]] = None
@@ -167,16 +170,11 @@ class Runtime:
         except OSError:
             return False
 
-    @property
-    def lag_probing(self) -> bool:
-        """Measure loop lag (see :data:`LAG_PROBE_INTERVAL`) on loops that start running from now
-        on."""
-        return self._lag_probing
-
-    @lag_probing.setter
-    def lag_probing(self, on: bool) -> None:
-        if on != self._lag_probing:  # set at every test: mostly unchanged
-            self._lag_probing = on
+    def probe_lag(self, on: bool) -> None:
+        """Measure loop lag (see :data:`LAG_PROBE_INTERVAL`) on loops that start running from
+        now on, or stop."""
+        if on != self.lag_probing:
+            self.lag_probing = on
             self._set_run_mode()
 
     def shutdown(self) -> None:
@@ -195,7 +193,7 @@ class Runtime:
         """Tell the patched ``run_forever`` methods what a run does now (see
         ``_native.set_run_mode``): nothing while nobody wants loops watched; the common case
         natively, unless a lag probe must start at each run."""
-        _native.set_run_mode(0 if not self._needs else 2 if self._lag_probing else 1)
+        _native.set_run_mode(0 if not self._needs else 2 if self.lag_probing else 1)
 
     # --- events ----------------------------------------------------------------------------
 

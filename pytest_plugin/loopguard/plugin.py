@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, Optional
 import pytest
 
 from . import _interpreter, _native
-from ._decode import CONTEXT_SEP
 from ._errors import LoopBlockedWarning, SettingError
 from ._runtime import FLUSH_TIMEOUT, runtime
 from ._settings import (
@@ -360,7 +359,7 @@ def loopguard(request: pytest.FixtureRequest) -> LoopguardFixture:
 
     from ._fixture import LoopguardFixture
 
-    runtime.lag_probing = True
+    runtime.probe_lag(True)
     return LoopguardFixture(nodeid, ts.threshold, events, register, lambda: _lag(ts.test_start_ns))
 
 
@@ -386,11 +385,15 @@ def _warn(item: pytest.Item, ev: BlockEvent) -> bool:
     return True
 
 
-# A test starts in a plain hook (setup); each phase's blocks are judged by the report hook once
-# the phase has run, before its report is made, and the same hook, once the report is made,
-# starts the phase pytest runs next (call if setup passed, else teardown). pytest calls a hook
-# implementation at a few thousand instructions, a wrapper at several times that: a hook of
-# its own per phase would cost every test more than all the rest of loopguard's work on it.
+# A test starts in a plain hook (setup); each phase's blocks are judged by the report hook,
+# which, once the report is made, starts the phase pytest runs next (call if setup passed,
+# else teardown). pytest calls a hook implementation at a few thousand instructions, a wrapper
+# at several times that: a hook of its own per phase would cost every test more than all the
+# rest of loopguard's work on it. For the same reason a test's start is one native call, and
+# a phase's end, when nothing blocked, one more (``_native.advance``).
+
+_NO_TEST, _CALL, _TEARDOWN = 0, 2, 3
+"""What runs next, as ``_native.set_phase`` and ``_native.advance`` number it (1 is setup)."""
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -405,24 +408,23 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             return
     ts = _new_test(state, item)
     settings = ts.settings
-    ts.phase_start_ns = ts.test_start_ns = _native.now_ns()
-    runtime.lag_probing = ts.enabled and ts.max_lag is not None
     if state.applied is not settings:
         # Other settings than the last test's (or the last test's fixture changed the
         # watchdog's threshold: it forgot what was applied).
         state.applied = settings
         runtime.update(state.token, state.settings.floor(settings.threshold))
         runtime.set_raise(state.token, ts.enabled and settings.mode == "raise")
-    _native.set_native_stacks(ts.enabled and settings.native == "on")
+    probe = ts.enabled and ts.max_lag is not None
+    if probe is not runtime.lag_probing:
+        runtime.probe_lag(probe)
     if len(sys.modules) != _modules_seen:
         # Something was imported since the last test: uvloop or trio, perhaps, in a way the
         # import hook missed.
         _modules_seen = len(sys.modules)
         runtime.check_imports()
-    try:
-        _native.set_context(f"setup{CONTEXT_SEP}{ts.nodeid}")
-    except RuntimeError:
-        pass  # the watchdog is not running (as in every ``set_context`` below)
+    ts.phase_start_ns = ts.test_start_ns = _native.begin_test(
+        ts.nodeid, ts.enabled and settings.native == "on"
+    )
 
 
 @pytest.hookimpl(wrapper=True)
@@ -432,48 +434,58 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if ts is None or ts.item is not item:
         state = item.config.stash.get(_state_key, None)
         ts = state.current if state is not None else None
-        if ts is not None and ts.item is not item:
-            ts = None  # not a test that ran here
-    quiet = ts is None  # nothing to do once the report is made
-    if ts is not None and when not in ts.verdicts:
-        # The phase has just run: judge its blocks (what the watchdog finished, the log's).
-        raw = _native.take(FLUSH_TIMEOUT)
-        if raw is None and not runtime.events and not ts.expects and ts.max_lag is None:
-            ts.verdicts[when] = ()  # the common case: nothing blocked, nothing to check
-            quiet = True
-        else:
-            _leave_phase(ts, item, call, raw)
-    if when == "teardown" and _interpreter.INACTIVE is None:
-        # Outside any test until the next one starts.
-        try:
-            _native.set_context("")
-        except RuntimeError:
-            pass
-        runtime.lag_probing = False
-    report = yield
-    if ts is None:
-        return report
-    if not quiet:
-        verdicts = ts.verdicts.get(when)
-        if verdicts and any(v.outcome == "failed" for v in verdicts):
-            _fail(ts, item, when, report, verdicts)
+        if ts is None or ts.item is not item:
+            return (yield)  # not a test that ran here
+    if when not in ts.verdicts and (runtime.events or ts.expects or ts.max_lag is not None):
+        # Something to check that may fail the phase as if it had raised (``call.excinfo``,
+        # which every report hook reads): judged before the report is made.
+        _leave_phase(ts, item, call, _native.take(FLUSH_TIMEOUT))
+    report: pytest.TestReport = yield
+    if when not in ts.verdicts:
+        # The common case: nothing was logged before the phase ended. It ends here, with the
+        # blocks the watchdog has finished since, if any (none: the next phase has begun).
+        phase = _next_phase(item, when, report)
+        raw = _native.advance(phase, FLUSH_TIMEOUT)
+        if raw is None:
+            ts.verdicts[when] = ()
+            _started(ts, phase)
+            return report
+        _leave_phase(ts, item, call, raw)
+    verdicts = ts.verdicts.get(when)
+    if verdicts and any(v.outcome == "failed" for v in verdicts):
+        _fail(ts, item, when, report, verdicts)
+    phase = _next_phase(item, when, report)
+    _native.set_phase(phase)
+    _started(ts, phase)
+    return report
+
+
+def _next_phase(item: pytest.Item, when: str, report: pytest.TestReport) -> int:
+    """What pytest runs after phase ``when``, as runtestprotocol decides: the call after a setup
+    that passed (unless only the fixtures are set up), the teardown after either, then no
+    test."""
     if when == "teardown":
-        return report
-    # The next phase starts now, as runtestprotocol decides: the call runs after a setup that
-    # passed (unless only the fixtures are set up), the teardown after either.
+        return _NO_TEST
     if when == "setup" and report.passed and not getattr(item.config.option, "setuponly", False):
-        ts.phase = next_phase = "call"
+        return _CALL
+    return _TEARDOWN
+
+
+def _started(ts: TestState, phase: int) -> None:
+    """Phase ``phase`` (see :func:`_next_phase`) of ``ts`` has started, or no test runs until the
+    next one starts."""
+    if phase == _NO_TEST:
+        if runtime.lag_probing:
+            runtime.probe_lag(False)
+        return
+    if phase == _CALL:
+        ts.phase = "call"
         if ts.enabled:
             ts.state.guarded += 1
     else:
-        ts.phase = next_phase = "teardown"
+        ts.phase = "teardown"
     if ts.max_lag is not None:
         ts.phase_start_ns = _native.now_ns()  # read only by the lag check
-    try:
-        _native.set_context(f"{next_phase}{CONTEXT_SEP}{ts.nodeid}")
-    except RuntimeError:
-        pass
-    return report
 
 
 def _fail(

@@ -19,10 +19,12 @@
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::clock::now_ns;
+use crate::context::Phase;
+use crate::event::BlockEvent;
 use crate::reader::PyInfo;
 use crate::sampler::Sampler;
 use crate::watchdog::Watchdog;
@@ -201,6 +203,49 @@ fn set_context(context: &str) -> PyResult<()> {
     Ok(())
 }
 
+/// Test `nodeid` begins: its setup is the context from now on (when the watchdog runs), and
+/// its blocks' samples read native frames when `native_stacks`. Returns the watchdog clock's
+/// time, when the test began. One call, where a test's start would otherwise make three.
+#[pyfunction]
+fn begin_test(nodeid: &str, native_stacks: bool) -> u64 {
+    crate::native_stack::set_enabled(native_stacks);
+    let at = now_ns();
+    if let Some(wd) = current() {
+        wd.begin_test(at, nodeid);
+    }
+    at
+}
+
+/// Phase `phase` (0 none, 1 setup, 2 call, 3 teardown) of the test begun last is the context
+/// from now on. Does nothing when the watchdog is not running.
+#[pyfunction]
+fn set_phase(phase: u8) -> PyResult<()> {
+    let phase = Phase::from_code(phase).map_err(PyValueError::new_err)?;
+    if let Some(wd) = current() {
+        wd.set_phase(phase);
+    }
+    Ok(())
+}
+
+/// The events that finished, as [`take`] gives them, when there are any: the context stays as
+/// it is (the caller judges them, then calls `set_phase`). Otherwise None, and phase `phase`
+/// (as for `set_phase`) is the context from now on: the end of a test phase in one call.
+#[pyfunction]
+fn advance(py: Python<'_>, phase: u8, timeout_s: f64) -> PyResult<Option<String>> {
+    let phase = Phase::from_code(phase).map_err(PyValueError::new_err)?;
+    let Some(wd) = current() else {
+        return Ok(None);
+    };
+    let events = take_events(py, &wd, timeout_s);
+    if events.is_empty() {
+        wd.set_phase(phase);
+        return Ok(None);
+    }
+    let json =
+        serde_json::to_string(&events).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    Ok(Some(json))
+}
+
 /// Waits for the watchdog to handle everything sent so far, then returns the finished events
 /// as a JSON array.
 #[pyfunction]
@@ -221,19 +266,25 @@ fn take(py: Python<'_>, timeout_s: f64) -> PyResult<Option<String>> {
     let Some(wd) = current() else {
         return Ok(None);
     };
-    let events = match wd.take_now() {
-        Some(events) => events,
-        None => {
-            let timeout = (timeout_s.max(0.0) * 1e9) as u64;
-            py.detach(|| wd.take(timeout))
-        }
-    };
+    let events = take_events(py, &wd, timeout_s);
     if events.is_empty() {
         return Ok(None);
     }
     let json =
         serde_json::to_string(&events).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
     Ok(Some(json))
+}
+
+/// The finished events; waits (up to `timeout_s`, without the GIL) only when the end of a
+/// block has been reported and the watchdog has not handled it yet.
+fn take_events(py: Python<'_>, wd: &Watchdog, timeout_s: f64) -> Vec<BlockEvent> {
+    match wd.take_now() {
+        Some(events) => events,
+        None => {
+            let timeout = (timeout_s.max(0.0) * 1e9) as u64;
+            py.detach(|| wd.take(timeout))
+        }
+    }
 }
 
 /// How many loops are registered now (0 when the watchdog is not running).
@@ -272,6 +323,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_threshold, m)?)?;
     m.add_function(wrap_pyfunction!(threshold, m)?)?;
     m.add_function(wrap_pyfunction!(set_context, m)?)?;
+    m.add_function(wrap_pyfunction!(begin_test, m)?)?;
+    m.add_function(wrap_pyfunction!(set_phase, m)?)?;
+    m.add_function(wrap_pyfunction!(advance, m)?)?;
     m.add_function(wrap_pyfunction!(flush, m)?)?;
     m.add_function(wrap_pyfunction!(take, m)?)?;
     m.add_function(wrap_pyfunction!(py_now_ns, m)?)?;

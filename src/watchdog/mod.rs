@@ -59,7 +59,7 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
 use crate::clock::now_ns;
-use crate::context::ContextLog;
+use crate::context::{ContextLog, Phase};
 use crate::event::{BlockEvent, Frame};
 use crate::sampler::Target;
 
@@ -315,6 +315,18 @@ impl Watchdog {
     /// (see [`ContextLog`]).
     pub fn set_context(&self, context: &str) {
         self.shared.contexts.set(now_ns(), context);
+    }
+
+    /// Records that test `test` begins at `at` (its setup is current from then on). Never
+    /// waits for the watchdog thread.
+    pub fn begin_test(&self, at: u64, test: &str) {
+        self.shared.contexts.begin_test(at, test);
+    }
+
+    /// Records that phase `phase` of the test begun last is current from now on (`None`: no
+    /// test is). Never waits for the watchdog thread.
+    pub fn set_phase(&self, phase: Option<Phase>) {
+        self.shared.contexts.set_phase(now_ns(), phase);
     }
 
     /// Takes the finished events, the blocks whose end was reported before this call included:

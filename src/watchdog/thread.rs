@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use super::{BlockNotice, LoopSlot, Mailbox, Msg, Shared, Watchdog};
 use crate::callbacks::{spans, Timeline};
 use crate::clock::now_ns;
-use crate::context::ContextLog;
+use crate::context::{Context, ContextLog};
 use crate::event::{BlockEvent, Frame, Sample};
 use crate::holder_wait::HolderWait;
 use crate::policy::{
@@ -40,7 +40,7 @@ struct Block {
     threshold: u64,
     /// True once the stretch has lasted its threshold; until then it may still be forgotten.
     confirmed: bool,
-    context: Arc<str>,
+    context: Context,
     samples: Vec<Sample>,
     /// The callbacks the samples were taken in.
     timeline: Timeline,
@@ -273,7 +273,7 @@ impl Runner {
         self.shared.running.load(Ordering::Relaxed)
     }
 
-    fn context_at(&self, t: u64) -> Arc<str> {
+    fn context_at(&self, t: u64) -> Context {
         self.shared.contexts.at(t)
     }
 
@@ -1063,7 +1063,7 @@ mod tests {
                 .contexts
                 .set(since + i * ms(60_000), &format!("call\u{1f}test_{i}"));
         }
-        assert_eq!(&*wd.shared.contexts.at(since), "call\u{1f}test_0");
+        assert_eq!(wd.shared.contexts.at(since).to_string(), "call\u{1f}test_0");
         slot.unregister();
         wd.stop();
     }

@@ -264,11 +264,11 @@ def test_a_lag_probe_runs_through_the_python_layer():
     loop = asyncio.new_event_loop()
     try:
         with loopguard.guard(threshold="5s"):
-            runtime.lag_probing = True
+            runtime.probe_lag(True)
             try:
                 loop.run_until_complete(asyncio.sleep(0.1))
             finally:
-                runtime.lag_probing = False
+                runtime.probe_lag(False)
     finally:
         loop.close()
     assert runtime.lag_log, "the probe measured the loop's lag"
