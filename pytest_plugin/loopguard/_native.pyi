@@ -41,6 +41,7 @@ __all__ = [
     "is_running",
     "native_stacks",
     "now_ns",
+    "parked_loops",
     "portable",
     "reader_unavailable",
     "register",
@@ -98,7 +99,13 @@ def take(timeout_s: float) -> Optional[str]:
     """The finished block events as a JSON array, or None when there are none; waits only while
     the end of a block is on its way to the watchdog."""
 
-def registered_loops() -> int: ...
+def registered_loops() -> int:
+    """How many loops are registered now, those parked between two runs left out."""
+
+def parked_loops() -> int:
+    """How many registered loops are parked between two runs (until closed, freed or run
+    again)."""
+
 def remember_native_id(ident: int, native_id: int) -> None:
     """Before 3.11: that the Python thread ``ident`` is the kernel thread ``native_id``."""
 

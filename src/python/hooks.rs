@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use pyo3::intern;
 use pyo3::prelude::*;
 
 use super::{current_thread_state, require};
@@ -135,12 +136,29 @@ pub(super) fn register_loop(
         },
     );
     if let Some(obj) = loop_obj {
-        LOOP_OBJECTS
-            .lock()
-            .get_or_insert_with(HashMap::new)
-            .insert(slot.id, obj);
+        remember_loop(slot.id, obj);
     }
     Ok(Slot { slot })
+}
+
+fn remember_loop(id: u64, loop_obj: Py<PyAny>) {
+    LOOP_OBJECTS
+        .lock()
+        .get_or_insert_with(HashMap::new)
+        .insert(id, loop_obj);
+}
+
+fn forget_loop(py: Python<'_>, id: u64) {
+    let removed = LOOP_OBJECTS.lock().as_mut().and_then(|map| map.remove(&id));
+    // Dropped once the lock is released: the loop's last reference may run code.
+    drop(removed.map(|obj| obj.into_bound(py)));
+}
+
+/// True when the calling thread is the one `target` names, the very same thread: its ident,
+/// thread state and kernel thread id all match (a thread that ended and a new one may share
+/// the first two).
+pub(super) fn is_current_thread(py: Python<'_>, target: &Target, thread_ident: u64) -> bool {
+    target.thread_ident == thread_ident && thread_identity(py) == (target.tstate, target.native_tid)
 }
 
 /// The calling thread's `PyThreadState*` and kernel thread id (0 where nothing reads it: off
@@ -202,11 +220,26 @@ impl Slot {
 
     pub(super) fn unregister(&self, py: Python<'_>) {
         self.slot.unregister();
-        if let Some(map) = LOOP_OBJECTS.lock().as_mut() {
-            if let Some(obj) = map.remove(&self.slot.id) {
-                drop(obj.into_bound(py));
-            }
-        }
+        forget_loop(py, self.slot.id);
+    }
+}
+
+impl Slot {
+    /// The loop stopped and stays registered, parked (see `LoopSlot::park`); its object is
+    /// let go meanwhile, so that a loop nobody closes can still be freed.
+    pub(super) fn park(&self, py: Python<'_>) {
+        self.slot.park();
+        forget_loop(py, self.slot.id);
+    }
+
+    /// The parked loop `loop_obj` runs again.
+    pub(super) fn resume(&self, loop_obj: Py<PyAny>) {
+        remember_loop(self.slot.id, loop_obj);
+        self.slot.resume();
+    }
+
+    pub(super) fn loop_slot(&self) -> &LoopSlot {
+        &self.slot
     }
 }
 
@@ -279,24 +312,27 @@ pub(super) struct EpollProxy {
     fd: i32,
     closed: std::sync::atomic::AtomicBool,
     slot: Arc<LoopSlot>,
+    slot_obj: Py<Slot>,
 }
 
 #[cfg(linux_full)]
 #[pymethods]
 impl EpollProxy {
     #[new]
-    pub(super) fn new(py: Python<'_>, inner: Py<PyAny>, slot: &Slot) -> PyResult<Self> {
+    pub(super) fn new(py: Python<'_>, inner: Py<PyAny>, slot: Bound<'_, Slot>) -> PyResult<Self> {
         let fd = inner.bind(py).call_method0("fileno")?.extract::<i32>()?;
         Ok(EpollProxy {
             inner,
             fd,
             closed: std::sync::atomic::AtomicBool::new(false),
-            slot: Arc::clone(&slot.slot),
+            slot: Arc::clone(&slot.get().slot),
+            slot_obj: slot.unbind(),
         })
     }
 
     /// `epoll.poll(timeout=None, maxevents=-1)`: a negative or missing timeout waits forever
-    /// (here: at most [`selector_cap`], see `Slot::idle`).
+    /// (here: at most [`selector_cap`], see `Slot::idle`; as asked while the loop is parked,
+    /// between two runs: it is not watched then).
     #[pyo3(signature = (timeout=None, maxevents=-1))]
     fn poll(&self, py: Python<'_>, timeout: Option<f64>, maxevents: i32) -> PyResult<Py<PyAny>> {
         use std::sync::atomic::Ordering;
@@ -304,6 +340,12 @@ impl EpollProxy {
             return Err(pyo3::exceptions::PyValueError::new_err(
                 "I/O operation on closed epoll object",
             ));
+        }
+        if self.slot.is_parked() {
+            // Between two runs: the loop is not watched.
+            return self
+                .inner
+                .call_method1(py, intern!(py, "poll"), (timeout, maxevents));
         }
         let max = match maxevents {
             -1 => crate::epoll::DEFAULT_MAX_EVENTS,
@@ -314,7 +356,8 @@ impl EpollProxy {
                 )))
             }
         };
-        let wait = capped_wait(&self.slot, timeout.filter(|t| *t >= 0.0));
+        let timeout = timeout.filter(|t| *t >= 0.0);
+        let wait = capped_wait(&self.slot, timeout);
         let wait_ns = secs_to_ns(wait);
         // Small waits use a stack buffer: this runs once per loop iteration.
         let mut stack_buf = [libc::epoll_event { events: 0, u64: 0 }; 64];
@@ -370,9 +413,14 @@ impl EpollProxy {
         self.inner.call_method0(py, "fileno")
     }
 
+    /// Closes the epoll object; a parked loop (see `LoopSlot::park`) is unregistered: it
+    /// cannot run again.
     fn close(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.closed
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        if self.slot.is_parked() {
+            self.slot_obj.get().unregister(py);
+        }
         self.inner.call_method0(py, "close")
     }
 
@@ -395,6 +443,30 @@ impl EpollProxy {
 
     fn unregister(&self, py: Python<'_>, fd: Py<PyAny>) -> PyResult<Py<PyAny>> {
         self.inner.call_method1(py, "unregister", (fd,))
+    }
+}
+
+#[cfg(linux_full)]
+impl EpollProxy {
+    /// The slot of the loop parked on this proxy (see `LoopSlot::park`); `None` while the
+    /// proxy serves a run.
+    pub(super) fn parked_slot(&self) -> Option<&Py<Slot>> {
+        self.slot.is_parked().then_some(&self.slot_obj)
+    }
+
+    /// The epoll object this proxy wraps.
+    pub(super) fn epoll<'py>(&self, py: Python<'py>) -> &Bound<'py, PyAny> {
+        self.inner.bind(py)
+    }
+}
+
+#[cfg(linux_full)]
+impl Drop for EpollProxy {
+    /// A parked loop that nobody closed is unregistered once its selector is freed.
+    fn drop(&mut self) {
+        if self.slot.is_parked() {
+            self.slot.unregister();
+        }
     }
 }
 

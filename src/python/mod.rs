@@ -287,10 +287,18 @@ fn take_events(py: Python<'_>, wd: &Watchdog, timeout_s: f64) -> Vec<BlockEvent>
     }
 }
 
-/// How many loops are registered now (0 when the watchdog is not running).
+/// How many loops are registered now, parked ones (between two runs) left out; 0 when the
+/// watchdog is not running.
 #[pyfunction]
 fn registered_loops() -> u64 {
     current().map_or(0, |wd| wd.registered())
+}
+
+/// How many registered loops are parked between two runs (0 when the watchdog is not
+/// running).
+#[pyfunction]
+fn parked_loops() -> u64 {
+    current().map_or(0, |wd| wd.parked())
 }
 
 /// Tells the watchdog that the Python thread `ident` is the kernel thread `native_id`, for
@@ -328,6 +336,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(advance, m)?)?;
     m.add_function(wrap_pyfunction!(flush, m)?)?;
     m.add_function(wrap_pyfunction!(take, m)?)?;
+    m.add_function(wrap_pyfunction!(parked_loops, m)?)?;
     m.add_function(wrap_pyfunction!(py_now_ns, m)?)?;
     m.add_function(wrap_pyfunction!(registered_loops, m)?)?;
     m.add_function(wrap_pyfunction!(remember_native_id, m)?)?;

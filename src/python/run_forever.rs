@@ -171,7 +171,7 @@ impl RunForever {
             Entry::Native(entered) => {
                 let fast = self.fast.as_ref().expect("entered natively");
                 let result = call();
-                finish(py, result, fast.leave(py, entered))
+                finish(py, result, fast.leave(py, entered, true))
             }
             #[cfg(not(linux_full))]
             Entry::Native(_) => unreachable!("no native path in this build"),
@@ -289,15 +289,46 @@ impl Fast {
         if !selector.is_instance(self.epoll_selector.bind(py))? {
             return Ok(Entry::Python);
         }
-        let Ok(inner) = selector.getattr(intern!(py, "_selector")) else {
+        let Ok(mut inner) = selector.getattr(intern!(py, "_selector")) else {
             return Ok(Entry::Python);
         };
-        if !inner.is_instance(self.epoll.bind(py))? {
-            return Ok(Entry::Python);
-        }
         // SAFETY: `PyThread_get_thread_ident` has no preconditions (it is what
         // `threading.get_ident` returns).
         let thread = unsafe { pyo3::ffi::PyThread_get_thread_ident() } as u64;
+        let parked = match inner.cast::<super::hooks::EpollProxy>() {
+            Ok(proxy) => match proxy.get().parked_slot() {
+                Some(slot) => Some((proxy.clone(), slot.clone_ref(py))),
+                None => return Ok(Entry::Python), // a proxy of the Python layer's
+            },
+            Err(_) => None,
+        };
+        if let Some((proxy, slot)) = parked {
+            // This loop ran before and stayed registered (see `Fast::leave`): it runs again
+            // where it ran, watched by the same watchdog, or it is watched as a new one.
+            let same = {
+                let s = slot.get().loop_slot();
+                s.is_registered_with(&wd) && super::hooks::is_current_thread(py, &s.target, thread)
+            };
+            if same {
+                slot.get().resume(loop_obj.clone().unbind());
+                let epoll = proxy.get().epoll(py).clone().unbind();
+                return self.track(
+                    py,
+                    loop_obj,
+                    &selector,
+                    epoll,
+                    proxy.into_any().unbind(),
+                    slot,
+                    thread,
+                );
+            }
+            slot.get().unregister(py);
+            inner = proxy.get().epoll(py).clone();
+            selector.setattr(intern!(py, "_selector"), &inner)?;
+        }
+        if !inner.is_instance(self.epoll.bind(py))? {
+            return Ok(Entry::Python);
+        }
         let name = self.thread_name(py, thread)?;
         let slot = super::hooks::register_loop(
             py,
@@ -308,39 +339,58 @@ impl Fast {
             Some(loop_obj.clone().unbind()),
         )?;
         let slot = Py::new(py, slot)?;
-        let wrap = || -> PyResult<Entered> {
-            let proxy = super::hooks::EpollProxy::new(py, inner.clone().unbind(), slot.get())?;
-            let proxy = Py::new(py, proxy)?.into_any();
-            selector.setattr(intern!(py, "_selector"), &proxy)?;
-            let loop_id = loop_obj.as_ptr() as usize;
+        let proxy =
+            super::hooks::EpollProxy::new(py, inner.clone().unbind(), slot.bind(py).clone())
+                .and_then(|proxy| Py::new(py, proxy));
+        let proxy = match proxy {
+            Ok(proxy) => proxy.into_any(),
+            Err(e) => {
+                slot.get().unregister(py);
+                return Err(e);
+            }
+        };
+        if let Err(e) = selector.setattr(intern!(py, "_selector"), &proxy) {
+            slot.get().unregister(py);
+            return Err(e);
+        }
+        self.track(py, loop_obj, &selector, inner.unbind(), proxy, slot, thread)
+    }
+
+    /// The run of `loop_obj`, its `proxy` in place of `epoll` in `selector` and its `slot`
+    /// registered (or resumed), begins: the loop is watched, and the thread's loop.
+    #[cfg(linux_full)]
+    #[allow(clippy::too_many_arguments)]
+    fn track(
+        &self,
+        py: Python<'_>,
+        loop_obj: &Bound<'_, PyAny>,
+        selector: &Bound<'_, PyAny>,
+        epoll: Py<PyAny>,
+        proxy: Py<PyAny>,
+        slot: Py<super::hooks::Slot>,
+        thread: u64,
+    ) -> PyResult<Entry> {
+        let loop_id = loop_obj.as_ptr() as usize;
+        let mut entered = Entered {
+            selector: selector.clone().unbind(),
+            inner: epoll,
+            proxy,
+            slot,
+            thread,
+            outer: None,
+            loop_id,
+        };
+        let track = |entered: &mut Entered| -> PyResult<()> {
             self.watched.bind(py).add(loop_id)?;
             let slots = self.thread_slots.bind(py);
-            let outer = slots.get_item(thread)?.map(Bound::unbind);
-            slots.set_item(thread, &slot)?;
-            Ok(Entered {
-                selector: selector.clone().unbind(),
-                inner: inner.clone().unbind(),
-                proxy,
-                slot: slot.clone_ref(py),
-                thread,
-                outer,
-                loop_id,
-            })
+            entered.outer = slots.get_item(thread)?.map(Bound::unbind);
+            slots.set_item(thread, &entered.slot)
         };
-        match wrap() {
-            Ok(entered) => Ok(Entry::Native(entered)),
+        match track(&mut entered) {
+            Ok(()) => Ok(Entry::Native(entered)),
             Err(e) => {
-                // Nothing half done stays: the same undoing as at the end of a run.
-                let half = Entered {
-                    selector: selector.clone().unbind(),
-                    inner: inner.clone().unbind(),
-                    proxy: py.None(),
-                    slot,
-                    thread,
-                    outer: None,
-                    loop_id: loop_obj.as_ptr() as usize,
-                };
-                let _ = self.leave(py, half);
+                // Nothing half done stays: undone as at the end of a run, and not parked.
+                let _ = self.leave(py, entered, false);
                 Err(e)
             }
         }
@@ -374,10 +424,16 @@ impl Fast {
             .extract()
     }
 
-    /// Ends a run begun natively: what [`Fast::enter`] did, undone in reverse; the loop is
-    /// unregistered whatever else fails (the first failure is returned).
+    /// Ends a run begun natively: what [`Fast::enter`] did, undone in reverse. With `park`, the
+    /// loop stays registered, parked, its proxy in place for its next run (a test's loop runs
+    /// once for each async fixture and once for the test: registering it and wrapping its
+    /// epoll object each time cost more than the rest of the run's watching); it is
+    /// unregistered when its epoll object is closed (`loop.close()`) or freed, or when it runs
+    /// again on another thread or under another watchdog. Without `park`, or when something
+    /// else has taken the proxy's place, or when anything fails (the first failure is
+    /// returned), the epoll object is put back and the loop unregistered.
     #[cfg(linux_full)]
-    fn leave(&self, py: Python<'_>, e: Entered) -> PyResult<()> {
+    fn leave(&self, py: Python<'_>, e: Entered, park: bool) -> PyResult<()> {
         use pyo3::intern;
         let undo = || -> PyResult<()> {
             let slots = self.thread_slots.bind(py);
@@ -390,17 +446,30 @@ impl Fast {
                 Some(outer) => slots.set_item(e.thread, outer)?,
             }
             self.watched.bind(py).discard(e.loop_id)?;
-            let selector = e.selector.bind(py);
-            // Unless something else has taken the proxy's place since.
-            if selector
-                .getattr(intern!(py, "_selector"))?
-                .is(e.proxy.bind(py))
-            {
-                selector.setattr(intern!(py, "_selector"), &e.inner)?;
-            }
             Ok(())
         };
         let undone = undo();
+        let selector = e.selector.bind(py);
+        let in_place = selector
+            .getattr(intern!(py, "_selector"))
+            .map(|s| s.is(e.proxy.bind(py)));
+        match in_place {
+            Ok(true) if park && undone.is_ok() => {
+                e.slot.get().park(py);
+                return Ok(());
+            }
+            Ok(true) => {
+                if let Err(err) = selector.setattr(intern!(py, "_selector"), &e.inner) {
+                    e.slot.get().unregister(py);
+                    return undone.and(Err(err));
+                }
+            }
+            Ok(false) => {}
+            Err(err) => {
+                e.slot.get().unregister(py);
+                return undone.and(Err(err));
+            }
+        }
         e.slot.get().unregister(py);
         undone
     }

@@ -55,12 +55,52 @@ impl LoopSlot {
         self.idle(Some(interval_ns));
     }
 
-    /// Called by the loop thread when the loop stops running; closes any block in progress.
+    /// Called by the loop thread when the loop stops running but is likely to run again (a
+    /// test's loop runs once for each fixture and for the test): the loop stays registered,
+    /// idle with no limit on its wait (so never late), and is not counted as registered until
+    /// [`LoopSlot::resume`]. Closes any block in progress, as [`LoopSlot::unregister`] does.
+    /// Only while the loop thread lives: its thread state must stay valid for a resume.
+    pub fn park(&self) {
+        if self.unregistered.load(Ordering::Acquire) || self.parked.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.shared.registered.fetch_sub(1, Ordering::Relaxed);
+        self.shared.parked.fetch_add(1, Ordering::Relaxed);
+        self.idle(None);
+    }
+
+    /// Called by the loop thread when a parked loop runs again: busy from now on.
+    pub fn resume(&self) {
+        if self.parked.swap(false, Ordering::AcqRel) {
+            self.shared.parked.fetch_sub(1, Ordering::Relaxed);
+            self.shared.registered.fetch_add(1, Ordering::Relaxed);
+        }
+        self.busy();
+    }
+
+    /// True between [`LoopSlot::park`] and [`LoopSlot::resume`] or [`LoopSlot::unregister`].
+    #[inline]
+    pub fn is_parked(&self) -> bool {
+        self.parked.load(Ordering::Relaxed)
+    }
+
+    /// True while this slot is registered with `wd` (not with a watchdog stopped since, or a
+    /// forked parent's).
+    pub fn is_registered_with(&self, wd: &Watchdog) -> bool {
+        Arc::ptr_eq(&self.shared, &wd.shared) && !self.unregistered.load(Ordering::Acquire)
+    }
+
+    /// Called by the loop thread when the loop stops running (or, parked, when it is closed or
+    /// freed); closes any block in progress.
     pub fn unregister(&self) {
         if self.unregistered.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.shared.registered.fetch_sub(1, Ordering::Relaxed);
+        if self.parked.swap(false, Ordering::AcqRel) {
+            self.shared.parked.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            self.shared.registered.fetch_sub(1, Ordering::Relaxed);
+        }
         let now = now_ns();
         let prev = self.state.swap(now << 1, Ordering::AcqRel);
         self.wake_by.store(0, Ordering::Relaxed);
@@ -146,6 +186,7 @@ impl Watchdog {
             beating: AtomicBool::new(false),
             beat_interval: AtomicU64::new(0),
             unregistered: AtomicBool::new(false),
+            parked: AtomicBool::new(false),
             open_block: AtomicU64::new(0),
             shared: Arc::clone(&self.shared),
             mailbox: Arc::clone(&self.mailbox),
@@ -239,6 +280,43 @@ mod tests {
         );
         assert!(e.captured_after_ns.is_some());
         slot.unregister();
+    }
+
+    #[test]
+    fn parking_closes_a_block_in_progress_and_a_parked_loop_never_blocks() {
+        let wd = start(ms(50));
+        let slot = wd.register("asyncio", "main", target());
+        slot.busy();
+        sleep(ms_d(150));
+        slot.park();
+        slot.park(); // a second call does nothing
+        assert_eq!((wd.registered(), wd.parked()), (0, 1));
+        assert!(slot.is_parked() && slot.is_registered_with(&wd));
+        // Parked far longer than the threshold: not a block, not a starved loop.
+        sleep(ms_d(200));
+        let events = wd.flush(ms(2000));
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert!(events[0].duration_ns >= ms(150) && events[0].duration_ns < ms(340));
+        // Resumed, it is watched again.
+        slot.resume();
+        assert_eq!((wd.registered(), wd.parked()), (1, 0));
+        sleep(ms_d(150));
+        slot.idle(None);
+        let events = wd.flush(ms(2000));
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert!(events[0].duration_ns >= ms(150) && events[0].duration_ns < ms(340));
+        // Unregistered while parked: counted once.
+        slot.park();
+        slot.unregister();
+        slot.unregister();
+        slot.park();
+        assert_eq!((wd.registered(), wd.parked()), (0, 0));
+        assert!(!slot.is_parked() && !slot.is_registered_with(&wd));
+        let other = start(ms(50));
+        let slot = other.register("asyncio", "main", target());
+        assert!(slot.is_registered_with(&other) && !slot.is_registered_with(&wd));
+        wd.stop();
+        other.stop();
     }
 
     #[test]

@@ -76,8 +76,11 @@ pub struct Shared {
     /// When set, each detected block (not starvation) is also announced on the notice channel,
     /// for the Python layer to raise an exception in the loop thread ("raise mode").
     notify_blocks: AtomicBool,
-    /// How many loops are registered and not yet unregistered.
+    /// How many loops are registered and not yet unregistered, parked ones left out (see
+    /// [`LoopSlot::park`]).
     registered: AtomicU64,
+    /// How many registered loops are parked.
+    parked: AtomicU64,
     /// Messages sent to the watchdog that will each finish a block (an end report, or the
     /// unregistration of a loop with a block open) and that it has not handled yet. Raised by
     /// the sender before it sends, lowered by the watchdog once the event is in `events`.
@@ -122,6 +125,8 @@ pub struct LoopSlot {
     beat_interval: AtomicU64,
     /// Set by the first [`LoopSlot::unregister`]; later calls do nothing.
     unregistered: AtomicBool,
+    /// See [`LoopSlot::park`].
+    parked: AtomicBool,
     /// The start of the block the watchdog is watching on this loop, 0 when none: such a
     /// block's end is always reported, whatever the threshold is by then.
     open_block: AtomicU64,
@@ -291,9 +296,14 @@ impl Watchdog {
         self.mailbox.post(msg, true);
     }
 
-    /// How many loops are registered now (for tests and diagnostics).
+    /// How many loops are registered now, parked ones left out (for tests and diagnostics).
     pub fn registered(&self) -> u64 {
         self.shared.registered.load(Ordering::Relaxed)
+    }
+
+    /// How many registered loops are parked now (for tests and diagnostics).
+    pub fn parked(&self) -> u64 {
+        self.shared.parked.load(Ordering::Relaxed)
     }
 
     /// How many times the watchdog thread has woken up so far (for tests and diagnostics).

@@ -90,6 +90,7 @@ impl Watchdog {
             running: AtomicBool::new(true),
             notify_blocks: AtomicBool::new(false),
             registered: AtomicU64::new(0),
+            parked: AtomicU64::new(0),
             pending: AtomicU64::new(0),
             ready: AtomicU64::new(0),
             contexts: ContextLog::new(),

@@ -152,15 +152,115 @@ def test_each_run_is_undone_however_it_ends():
             with pytest.raises(KeyboardInterrupt):
                 loop.run_forever()
             assert during.seen == ("EpollProxy", 1, True, True)
-            assert selector._selector is epoll
-            assert _native.registered_loops() == 0
+            # Parked until its next run: its proxy stays, nothing else does.
+            assert type(selector._selector).__name__ == "EpollProxy"
+            assert selector._selector.inner is epoll
+            assert (_native.registered_loops(), _native.parked_loops()) == (0, 1)
             assert not adapter.is_watched(loop)
             assert adapter.thread_slot() is None
             # Runs again, watched again.
             loop.run_until_complete(asyncio.sleep(0))
+            assert (_native.registered_loops(), _native.parked_loops()) == (0, 1)
+            loop.close()
+            assert (_native.registered_loops(), _native.parked_loops()) == (0, 0)
     finally:
         loop.close()
     assert _native.registered_loops() == 0
+
+
+@linux_full
+def test_a_parked_loop_is_not_watched_between_its_runs_and_is_in_its_next():
+    loop = asyncio.new_event_loop()
+    selector = loop._selector
+    slots = []
+
+    async def note_slot():
+        slots.append(adapter.thread_slot().id)
+
+    try:
+        with pytest.raises(loopguard.LoopBlockedError) as exc:
+            with loopguard.guard(threshold="100ms"):
+                loop.run_until_complete(note_slot())
+                proxy = selector._selector
+                time.sleep(0.4)  # between two runs: the loop is not running
+                loop.run_until_complete(asyncio.sleep(0.15))  # waits in the parked proxy's poll
+                loop.run_until_complete(note_slot())
+                assert selector._selector is proxy, "the same proxy, parked and resumed"
+                loop.run_until_complete(blocks(0.4))
+    finally:
+        loop.close()
+    assert slots[0] == slots[1], "the same registration, resumed"
+    (ev,) = exc.value.events
+    assert "first-instant-block" in ev.site.source
+    assert ev.duration >= 0.35
+
+
+@linux_full
+def test_a_parked_loop_waits_as_asked_when_nobody_watches_it():
+    loop = asyncio.new_event_loop()
+    try:
+        with loopguard.guard(threshold="100ms"):
+            loop.run_until_complete(asyncio.sleep(0))
+        proxy = loop._selector._selector
+        assert type(proxy).__name__ == "EpollProxy"
+        # The runtime is released: runs go to the original, through the parked proxy's poll,
+        # which waits as long as asked (no cap) and sees the loop's I/O.
+        r, w = os.pipe()
+        try:
+            loop.call_later(0.05, os.write, w, b"x")
+            got = loop.create_future()
+            loop.add_reader(r, lambda: got.set_result(os.read(r, 1)))
+            assert loop.run_until_complete(got) == b"x"
+            loop.remove_reader(r)
+        finally:
+            os.close(r)
+            os.close(w)
+        started = time.monotonic()
+        loop.run_until_complete(asyncio.sleep(0.3))
+        assert time.monotonic() - started >= 0.29
+    finally:
+        loop.close()
+    with pytest.raises(ValueError, match="closed epoll"):
+        proxy.poll(0)
+
+
+@linux_full
+def test_a_parked_loop_nobody_closes_is_let_go_with_its_registration():
+    import gc
+    import warnings
+    import weakref
+
+    with loopguard.guard(threshold="5s"):
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(asyncio.sleep(0))
+        assert _native.parked_loops() == 1
+        gone = weakref.ref(loop)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)  # "unclosed event loop"
+            del loop
+            gc.collect()
+        assert gone() is None
+        assert (_native.registered_loops(), _native.parked_loops()) == (0, 0)
+
+
+@linux_full
+def test_a_loop_parked_under_one_watchdog_is_watched_anew_under_the_next():
+    loop = asyncio.new_event_loop()
+    try:
+        with loopguard.guard(threshold="5s"):
+            loop.run_until_complete(asyncio.sleep(0))
+            first = loop._selector._selector
+        runtime.shutdown()  # the watchdog stops; the next guard starts another
+        with pytest.raises(loopguard.LoopBlockedError) as exc:
+            with loopguard.guard(threshold="100ms"):
+                loop.run_until_complete(blocks(0.4))
+                second = loop._selector._selector
+                assert (_native.registered_loops(), _native.parked_loops()) == (0, 1)
+    finally:
+        loop.close()
+    assert second is not first and second.inner is first.inner
+    (ev,) = exc.value.events
+    assert "first-instant-block" in ev.site.source
 
 
 def test_a_loop_already_running_is_refused_as_asyncio_refuses_it():
