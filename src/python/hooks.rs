@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use pyo3::intern;
 use pyo3::prelude::*;
 
 use super::{current_thread_state, require};
@@ -157,6 +156,7 @@ fn forget_loop(py: Python<'_>, id: u64) {
 /// True when the calling thread is the one `target` names, the very same thread: its ident,
 /// thread state and kernel thread id all match (a thread that ended and a new one may share
 /// the first two).
+#[cfg_attr(not(linux_full), allow(dead_code))]
 pub(super) fn is_current_thread(py: Python<'_>, target: &Target, thread_ident: u64) -> bool {
     target.thread_ident == thread_ident && thread_identity(py) == (target.tstate, target.native_tid)
 }
@@ -224,6 +224,7 @@ impl Slot {
     }
 }
 
+#[cfg_attr(not(linux_full), allow(dead_code))]
 impl Slot {
     /// The loop stopped and stays registered, parked (see `LoopSlot::park`); its object is
     /// let go meanwhile, so that a loop nobody closes can still be freed.
@@ -345,7 +346,7 @@ impl EpollProxy {
             // Between two runs: the loop is not watched.
             return self
                 .inner
-                .call_method1(py, intern!(py, "poll"), (timeout, maxevents));
+                .call_method1(py, pyo3::intern!(py, "poll"), (timeout, maxevents));
         }
         let max = match maxevents {
             -1 => crate::epoll::DEFAULT_MAX_EVENTS,
@@ -406,11 +407,15 @@ impl EpollProxy {
 
     #[getter]
     fn closed(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        Ok(self.inner.bind(py).getattr("closed")?.unbind())
+        Ok(self
+            .inner
+            .bind(py)
+            .getattr(pyo3::intern!(py, "closed"))?
+            .unbind())
     }
 
     fn fileno(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.inner.call_method0(py, "fileno")
+        self.inner.call_method0(py, pyo3::intern!(py, "fileno"))
     }
 
     /// Closes the epoll object; a parked loop (see `LoopSlot::park`) is unregistered: it
@@ -421,7 +426,7 @@ impl EpollProxy {
         if self.slot.is_parked() {
             self.slot_obj.get().unregister(py);
         }
-        self.inner.call_method0(py, "close")
+        self.inner.call_method0(py, pyo3::intern!(py, "close"))
     }
 
     #[pyo3(signature = (fd, eventmask=None))]
@@ -432,17 +437,23 @@ impl EpollProxy {
         eventmask: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
         match eventmask {
-            Some(m) => self.inner.call_method1(py, "register", (fd, m)),
-            None => self.inner.call_method1(py, "register", (fd,)),
+            Some(m) => self
+                .inner
+                .call_method1(py, pyo3::intern!(py, "register"), (fd, m)),
+            None => self
+                .inner
+                .call_method1(py, pyo3::intern!(py, "register"), (fd,)),
         }
     }
 
     fn modify(&self, py: Python<'_>, fd: Py<PyAny>, eventmask: Py<PyAny>) -> PyResult<Py<PyAny>> {
-        self.inner.call_method1(py, "modify", (fd, eventmask))
+        self.inner
+            .call_method1(py, pyo3::intern!(py, "modify"), (fd, eventmask))
     }
 
     fn unregister(&self, py: Python<'_>, fd: Py<PyAny>) -> PyResult<Py<PyAny>> {
-        self.inner.call_method1(py, "unregister", (fd,))
+        self.inner
+            .call_method1(py, pyo3::intern!(py, "unregister"), (fd,))
     }
 }
 

@@ -383,8 +383,9 @@ impl Fast {
         let track = |entered: &mut Entered| -> PyResult<()> {
             self.watched.bind(py).add(loop_id)?;
             let slots = self.thread_slots.bind(py);
-            entered.outer = slots.get_item(thread)?.map(Bound::unbind);
-            slots.set_item(thread, &entered.slot)
+            let key = thread.into_pyobject(py)?;
+            entered.outer = slots.get_item(&key)?.map(Bound::unbind);
+            slots.set_item(key, &entered.slot)
         };
         match track(&mut entered) {
             Ok(()) => Ok(Entry::Native(entered)),
@@ -438,11 +439,12 @@ impl Fast {
         let undo = || -> PyResult<()> {
             let slots = self.thread_slots.bind(py);
             match e.outer {
-                None => {
-                    if slots.contains(e.thread)? {
-                        slots.del_item(e.thread)?;
+                None => match slots.del_item(e.thread) {
+                    Err(err) if !err.is_instance_of::<pyo3::exceptions::PyKeyError>(py) => {
+                        return Err(err)
                     }
-                }
+                    _ => {}
+                },
                 Some(outer) => slots.set_item(e.thread, outer)?,
             }
             self.watched.bind(py).discard(e.loop_id)?;
