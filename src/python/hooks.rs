@@ -304,8 +304,11 @@ impl SelectorProxy {
 /// Wraps the `select.epoll` object inside an `EpollSelector`: marks the loop idle around each
 /// `poll`, which it performs itself (the same `epoll_wait`, GIL released, signals checked and
 /// the wait resumed on `EINTR`, as CPython's `epoll.poll` does). This is the cheapest hook there
-/// is on stdlib asyncio: one native call replaces another. Linux only (not in the portable
-/// build, where `EpollSelector` gets the selector subclass instead).
+/// is on stdlib asyncio: one native call replaces another. Between two runs of a loop watched
+/// natively it stays in place, its slot parked (see `LoopSlot::park`): `poll` is then
+/// `epoll.poll` itself, and closing the proxy (`loop.close()`) or freeing it unregisters the
+/// loop. Linux only (not in the portable build, where `EpollSelector` gets the selector
+/// subclass instead).
 #[cfg(linux_full)]
 #[pyclass(module = "loopguard._native", frozen)]
 pub(super) struct EpollProxy {

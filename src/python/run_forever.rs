@@ -60,8 +60,9 @@ pub(super) struct RunForever {
 /// What the native path needs: the watched loops and each thread's slot, as the Python layer
 /// keeps them, and what a stdlib loop on an `EpollSelector` looks like. That common case is
 /// registered and its epoll object wrapped by an `EpollProxy` here, as the Python layer's
-/// `enter` would (and put back as its `leave` would), without a Python call. Linux only (the
-/// portable build has no `EpollProxy`: every watched run goes through `enter` and `leave`).
+/// `enter` would, without a Python call; at the end of the run it is parked rather than
+/// undone (see [`Fast::leave`]). Linux only (the portable build has no `EpollProxy`: every
+/// watched run goes through `enter` and `leave`).
 #[cfg_attr(not(linux_full), allow(dead_code))]
 struct Fast {
     kind: String,

@@ -244,6 +244,28 @@ def test_a_parked_loop_nobody_closes_is_let_go_with_its_registration():
 
 
 @linux_full
+def test_a_parked_proxy_let_go_unregisters_its_loop_and_the_next_run_wraps_anew():
+    loop = asyncio.new_event_loop()
+    selector = loop._selector
+    try:
+        with loopguard.guard(threshold="5s"):
+            loop.run_until_complete(asyncio.sleep(0))
+            proxy = selector._selector
+            assert _native.parked_loops() == 1
+            # Something puts the epoll object back between two runs: the proxy is freed.
+            selector._selector = proxy.inner
+            del proxy
+            assert (_native.registered_loops(), _native.parked_loops()) == (0, 0)
+            loop.run_until_complete(asyncio.sleep(0))
+            assert type(selector._selector).__name__ == "EpollProxy"
+            assert _native.parked_loops() == 1
+            loop.close()
+            assert _native.parked_loops() == 0
+    finally:
+        loop.close()
+
+
+@linux_full
 def test_a_loop_parked_under_one_watchdog_is_watched_anew_under_the_next():
     loop = asyncio.new_event_loop()
     try:
