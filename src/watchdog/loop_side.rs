@@ -59,7 +59,8 @@ impl LoopSlot {
     /// test's loop runs once for each fixture and for the test): the loop stays registered,
     /// idle with no limit on its wait (so never late), and is not counted as registered until
     /// [`LoopSlot::resume`]. Closes any block in progress, as [`LoopSlot::unregister`] does.
-    /// Only while the loop thread lives: its thread state must stay valid for a resume.
+    /// The loop's thread may end meanwhile: nothing reads a parked loop's thread, and the
+    /// caller resumes a loop only on the very thread it was registered on.
     pub fn park(&self) {
         if self.unregistered.load(Ordering::Acquire) || self.parked.swap(true, Ordering::AcqRel) {
             return;
