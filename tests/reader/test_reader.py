@@ -295,11 +295,23 @@ def read_deep(depth):
     try:
         t.start()
         t.ready.wait()
-        for _ in range(500):
-            frames = native._reader_stack(t.tstate, t.ident)
-            if frames[-1][2].endswith("sleeper_leaf"):
-                break
+        # Read once the thread is at the bottom (a loaded machine can take seconds to get it
+        # there); a read that meets the stack still moving says so, and is tried again.
+        frames: list = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if counted:
+                try:
+                    frames = native._reader_stack(t.tstate, t.ident)
+                except RuntimeError as e:
+                    if "changed while it was read" not in str(e):
+                        raise
+                else:
+                    if frames[-1][2].endswith("sleeper_leaf"):
+                        break
             time.sleep(0.01)
+        else:
+            pytest.fail(f"the thread never blocked at the bottom of {depth} frames")
         return frames, counted[0]
     finally:
         stop.set()
