@@ -270,3 +270,105 @@ def test_python_m_loopguard_commands_work_from_a_fresh_process(pytester):
     assert [e["test"] for e in merged["events"]] == ["test_it.py::test_blocks"]
     assert run("html", "m.json", "-o", "m.html").returncode == 0
     assert "test_blocks" in (pytester.path / "m.html").read_text()
+
+
+# Counts the collector's runs that start while one of loopguard's own submodules is being
+# loaded (its module code on the stack; the package's ``__init__``, loaded by Python's own
+# loader, is not one), with the young generation's threshold at 10 objects: a module load that
+# let the collector run would be seen in several.
+COUNT_COLLECTIONS_IN_LOADS = """
+import gc, os, sys
+
+in_loads = []
+total = [0]
+
+def watch(phase, info):
+    if phase != "start":
+        return
+    total[0] += 1
+    f = sys._getframe(1)
+    while f is not None:
+        code = f.f_code
+        name = code.co_filename
+        if code.co_name == "<module>" and os.sep + "loopguard" + os.sep + "_" in name:
+            if name.endswith("__init__.py"):
+                return
+            in_loads.append(os.path.basename(code.co_filename))
+            return
+        f = f.f_back
+
+gc.set_threshold(10)
+gc.callbacks.append(watch)
+"""
+
+
+def test_loopguard_loads_its_modules_with_the_collector_paused():
+    out = _python(
+        COUNT_COLLECTIONS_IN_LOADS
+        + """
+import loopguard.plugin, loopguard._guard
+gc.callbacks.remove(watch)
+print("IN LOADS", in_loads, "TOTAL", total[0], "ENABLED", gc.isenabled())
+"""
+        + PRINT_LOADED
+    )
+    assert len(_loaded(out)) > 10  # many modules were loaded...
+    line = next(ln for ln in out.splitlines() if ln.startswith("IN LOADS"))
+    assert line.startswith("IN LOADS [] TOTAL "), line  # ...none with the collector running
+    assert int(line.split()[-3]) > 0  # the collector ran around them (the test can see it)
+    assert line.endswith("ENABLED True")
+
+
+def test_a_collector_the_program_turned_off_stays_off():
+    out = _python(
+        """
+        import gc
+        gc.disable()
+        import loopguard.plugin, loopguard._guard
+        print("ENABLED", gc.isenabled())
+        """
+    )
+    assert "ENABLED False" in out
+
+
+def test_the_plugin_registers_with_the_collector_paused_and_leaves_it_running(pytester):
+    """Loading the plugin and registering it with pytest (``-p loopguard``) lets no collection
+    run, with the young generation's threshold at 10 objects (one more plugin, loaded first,
+    watches); the collector is on for the tests, and collects there."""
+    pytester.syspathinsert()
+    pytester.makepyfile(
+        watchgc="""
+        import gc, sys
+
+        during = []
+
+        def watch(phase, info):
+            f = sys._getframe(1)
+            while f is not None:
+                if f.f_code.co_name == "pytest_addhooks" and "loopguard" in f.f_code.co_filename:
+                    during.append(info["generation"])
+                    return
+                f = f.f_back
+
+        gc.set_threshold(10)
+        gc.callbacks.append(watch)
+
+        def pytest_configure(config):
+            print("DURING REGISTRATION", len(during))
+        """,
+        test_it="""
+        import gc
+
+        def test_collector():
+            assert gc.isenabled()
+            class Cycle:
+                pass
+            c = Cycle()
+            c.me = c
+            del c
+            assert gc.collect() >= 1
+        """,
+    )
+    result = pytester.runpytest_subprocess("-p", "watchgc", "-p", "loopguard", "-s")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["DURING REGISTRATION 0"])
