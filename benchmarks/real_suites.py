@@ -16,7 +16,11 @@ loaded machine's stalls are not judged as blocks: what is measured is what loopg
 suite in which nothing blocks, not the cost of reporting blocks.
 
 A shared machine's load moves wall time by more than the 2 % to be seen: the load average is
-printed with the figures. ``--callgrind`` also counts the instructions (valgrind's callgrind)
+printed with the figures. So can the garbage collector: a suite that ends a few hundred objects
+short of a full collection gets one (over ten milliseconds, the GIL held) from any plugin that
+keeps a few hundred objects more; the collector's runs in one run per side are printed too.
+
+``--callgrind`` also counts the instructions (valgrind's callgrind)
 of a part of each suite (a few of its files: a whole suite under valgrind takes too long) on
 each side, once: the main thread's (pytest, the tests, their loops), a ratio that the
 machine's load cannot move, and the other threads' apart (the suite's own, loopguard's
@@ -189,6 +193,28 @@ def _thread_instructions(cmd: list[str], cwd: Path, env: dict[str, str]) -> list
         return counts
 
 
+COUNT_COLLECTIONS = """\
+import gc, os
+
+def pytest_unconfigure(config):
+    with open(os.environ["REAL_SUITES_GC"], "w") as f:
+        f.write(" ".join(str(g["collections"]) for g in gc.get_stats()))
+"""
+
+
+def _collections(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
+    """The garbage collector's runs in one run of ``cmd``, young/middle/full (``gc.get_stats()``
+    at the session's end, through a plugin of a few lines loaded first, on both sides)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "real_suites_gc.py").write_text(COUNT_COLLECTIONS)
+        out = Path(tmp, "collections")
+        run_env = {**env, "PYTHONPATH": tmp, "REAL_SUITES_GC": str(out)}
+        subprocess.run(
+            [*cmd[:3], "-p", "real_suites_gc", *cmd[3:]], cwd=cwd, env=run_env, capture_output=True
+        )
+        return "/".join(out.read_text().split()) if out.exists() else "?"
+
+
 def _load() -> str:
     return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
 
@@ -214,6 +240,8 @@ def main() -> None:
         for plugin in (False, True):  # warm-up: bytecode caches written, outcome shown
             outcome[plugin] = _run(_cmd(python, s.args, plugin), cwd, env)[2]
         print(f"{s.name} {s.version}: {outcome[False]}  |  with loopguard: {outcome[True]}")
+        gcs = {plugin: _collections(_cmd(python, s.args, plugin), cwd, env) for plugin in (0, 1)}
+        print(f"  collector runs (young/middle/full, one run): {gcs[0]} -> {gcs[1]}")
         walls: dict[bool, list[float]] = {False: [], True: []}
         cpus: dict[bool, list[float]] = {False: [], True: []}
         for i in range(args.rounds):
