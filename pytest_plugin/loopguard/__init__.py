@@ -70,7 +70,7 @@ class _CollectorPaused:
     plugin's registration with pytest. Both make almost nothing but objects that live as long
     as the process (functions, classes, the tuples of their code, pytest's records of the
     hooks), so a collection in the middle of them has nothing to free; but each of those
-    objects counts towards the next collection, and they are some 1,800: two or three young
+    objects counts towards the next collection, and they are some 1,600: two or three young
     collections, by which the collector's schedule for the code under test would move (in a
     small suite, enough to bring a full collection, over ten milliseconds with the GIL held,
     into one of its tests). Paused, they cost one young collection at most, when the collector
