@@ -39,9 +39,9 @@ class _OwnModules:
     rewriter (``-p loopguard`` marks the package for it): the rewriter compiles a module from
     source again at every run wherever its own bytecode cache cannot be written (read-only
     site-packages, PYTHONDONTWRITEBYTECODE), and loopguard's modules have no test assertions
-    for it to rewrite. Only pure-Python submodules: the native module is found as before (and
-    loaded while the module that imports it runs), with the garbage collector paused.
-    """
+    for it to rewrite. Only pure-Python submodules, each run with the garbage collector paused
+    (:class:`_OwnModuleLoader`); the native module is found as before, and loaded while the
+    module that imports it runs."""
 
     loopguard_own_modules = True
 
