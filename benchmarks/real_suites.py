@@ -19,6 +19,8 @@ A shared machine's load moves wall time by more than the 2 % to be seen: the loa
 printed with the figures. So can the garbage collector: a suite that ends a few hundred objects
 short of a full collection gets one (over ten milliseconds, the GIL held) from any plugin that
 keeps a few hundred objects more; the collector's runs in one run per side are printed too.
+``--control`` runs plain pytest as a third side, interleaved with the other two: its ratio to
+the first is what the machine alone moves between two sides that run the same thing.
 
 ``--callgrind`` also counts the instructions (valgrind's callgrind)
 of a part of each suite (a few of its files: a whole suite under valgrind takes too long) on
@@ -28,7 +30,7 @@ watchdog: how often a thread wakes depends on how long the run takes, and a run 
 valgrind takes 50 times as long).
 
     python benchmarks/real_suites.py [--suites aiosqlite,httpx,starlette] [--rounds 5]
-        [--callgrind] [--workdir /tmp/loopguard-real-suites] [--threshold 5s]
+        [--control] [--callgrind] [--workdir /tmp/loopguard-real-suites] [--threshold 5s]
 """
 
 from __future__ import annotations
@@ -226,6 +228,11 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/loopguard-real-suites")
     ap.add_argument("--threshold", default="5s", help="LOOPGUARD_THRESHOLD (default 5s)")
     ap.add_argument("--callgrind", action="store_true", help="also count instructions")
+    ap.add_argument(
+        "--control",
+        action="store_true",
+        help="also run plain pytest as a third side: the noise between two identical sides",
+    )
     args = ap.parse_args()
     suites = [SUITES[n] for n in args.suites.split(",") if n]
     work = Path(args.workdir)
@@ -242,22 +249,29 @@ def main() -> None:
         print(f"{s.name} {s.version}: {outcome[False]}  |  with loopguard: {outcome[True]}")
         gcs = {plugin: _collections(_cmd(python, s.args, plugin), cwd, env) for plugin in (0, 1)}
         print(f"  collector runs (young/middle/full, one run): {gcs[0]} -> {gcs[1]}")
-        walls: dict[bool, list[float]] = {False: [], True: []}
-        cpus: dict[bool, list[float]] = {False: [], True: []}
+        # Sides: plain pytest, loopguard and, with --control, plain pytest once more (what the
+        # machine alone moves between two sides that run the same thing); each round rotates
+        # which goes first.
+        sides = [("off", False), ("on", True)] + ([("again", False)] if args.control else [])
+        walls: dict[str, list[float]] = {name: [] for name, _ in sides}
+        cpus: dict[str, list[float]] = {name: [] for name, _ in sides}
         for i in range(args.rounds):
-            for plugin in (False, True) if i % 2 == 0 else (True, False):
+            for name, plugin in sides[i % len(sides) :] + sides[: i % len(sides)]:
                 wall, cpu, _ = _run(_cmd(python, s.args, plugin), cwd, env)
-                walls[plugin].append(wall)
-                cpus[plugin].append(cpu)
-        w0, w1 = statistics.median(walls[False]), statistics.median(walls[True])
-        c0, c1 = statistics.median(cpus[False]), statistics.median(cpus[True])
-        print(
-            f"  wall {w0:.3f} s -> {w1:.3f} s ({w1 / w0:.3f}x)   "
-            f"cpu {c0:.3f} s -> {c1:.3f} s ({c1 / c0:.3f}x)   {_load()}",
-            flush=True,
-        )
-        print(f"  wall runs off {sorted(round(w, 2) for w in walls[False])}")
-        print(f"  wall runs on  {sorted(round(w, 2) for w in walls[True])}")
+                walls[name].append(wall)
+                cpus[name].append(cpu)
+        w0, c0 = statistics.median(walls["off"]), statistics.median(cpus["off"])
+        for name, label in (("on", "loopguard"), ("again", "plain again (control)")):
+            if name not in walls:
+                continue
+            w1, c1 = statistics.median(walls[name]), statistics.median(cpus[name])
+            print(
+                f"  {label}: wall {w0:.3f} s -> {w1:.3f} s ({w1 / w0:.3f}x)   "
+                f"cpu {c0:.3f} s -> {c1:.3f} s ({c1 / c0:.3f}x)   {_load()}",
+                flush=True,
+            )
+        for name, _ in sides:
+            print(f"  wall runs {name:5} {sorted(round(w, 2) for w in walls[name])}")
         if args.callgrind:
             counts = {
                 plugin: _thread_instructions(_cmd(python, s.part, plugin), cwd, env)
