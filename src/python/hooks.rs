@@ -320,6 +320,46 @@ pub(super) struct EpollProxy {
 }
 
 #[cfg(linux_full)]
+impl EpollProxy {
+    /// `epoll_wait` into `buf` for at most `wait_ns`, the loop idle meanwhile (resumed on
+    /// `EINTR` once signals are checked, as CPython's `epoll.poll` does); the events as
+    /// `epoll.poll` returns them, a list of `(fd, mask)`.
+    fn wait_for_events(
+        &self,
+        py: Python<'_>,
+        buf: &mut [libc::epoll_event],
+        wait_ns: u64,
+    ) -> PyResult<Py<PyAny>> {
+        let deadline = self.slot.idle(Some(wait_ns)).saturating_add(wait_ns);
+        let mut left_ns = wait_ns;
+        let result = loop {
+            // Round up to whole milliseconds, as CPython does.
+            let ms = i32::try_from(left_ns.div_ceil(1_000_000)).unwrap_or(i32::MAX);
+            let fd = self.fd;
+            let r = py.detach(|| crate::epoll::wait(fd, buf, ms));
+            match r {
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {
+                    if let Err(sig) = py.check_signals() {
+                        break Err(sig);
+                    }
+                    left_ns = deadline.saturating_sub(crate::clock::now_ns());
+                }
+                Err(e) => break Err(PyErr::from(e)),
+                Ok(n) => break Ok(n),
+            }
+        };
+        self.slot.busy();
+        let n = result?;
+        let list = pyo3::types::PyList::empty(py);
+        for ev in &buf[..n] {
+            let (fd, mask) = (ev.u64 as i32, ev.events);
+            list.append((fd, mask))?;
+        }
+        Ok(list.into_any().unbind())
+    }
+}
+
+#[cfg(linux_full)]
 #[pymethods]
 impl EpollProxy {
     #[new]
@@ -363,41 +403,17 @@ impl EpollProxy {
         let timeout = timeout.filter(|t| *t >= 0.0);
         let wait = capped_wait(&self.slot, timeout);
         let wait_ns = secs_to_ns(wait);
-        // Small waits use a stack buffer: this runs once per loop iteration.
-        let mut stack_buf = [libc::epoll_event { events: 0, u64: 0 }; 64];
-        let mut heap_buf = Vec::new();
-        let buf: &mut [libc::epoll_event] = if max <= stack_buf.len() {
-            &mut stack_buf[..max]
+        // This runs once per loop iteration: the events' buffer is the smallest of these that
+        // the call allows, made (and zeroed) on the stack. asyncio asks for as many events as
+        // it has file descriptors registered, often one or two.
+        const NONE: libc::epoll_event = libc::epoll_event { events: 0, u64: 0 };
+        if max <= 8 {
+            self.wait_for_events(py, &mut [NONE; 8][..max], wait_ns)
+        } else if max <= 64 {
+            self.wait_for_events(py, &mut [NONE; 64][..max], wait_ns)
         } else {
-            heap_buf.resize(max, libc::epoll_event { events: 0, u64: 0 });
-            &mut heap_buf
-        };
-        let deadline = self.slot.idle(Some(wait_ns)).saturating_add(wait_ns);
-        let mut left_ns = wait_ns;
-        let result = loop {
-            // Round up to whole milliseconds, as CPython does.
-            let ms = i32::try_from(left_ns.div_ceil(1_000_000)).unwrap_or(i32::MAX);
-            let fd = self.fd;
-            let r = py.detach(|| crate::epoll::wait(fd, buf, ms));
-            match r {
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {
-                    if let Err(sig) = py.check_signals() {
-                        break Err(sig);
-                    }
-                    left_ns = deadline.saturating_sub(crate::clock::now_ns());
-                }
-                Err(e) => break Err(PyErr::from(e)),
-                Ok(n) => break Ok(n),
-            }
-        };
-        self.slot.busy();
-        let n = result?;
-        let list = pyo3::types::PyList::empty(py);
-        for ev in &buf[..n] {
-            let (fd, mask) = (ev.u64 as i32, ev.events);
-            list.append((fd, mask))?;
+            self.wait_for_events(py, &mut vec![NONE; max], wait_ns)
         }
-        Ok(list.into_any().unbind())
     }
 
     #[getter]

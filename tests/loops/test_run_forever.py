@@ -225,6 +225,44 @@ def test_a_parked_loop_waits_as_asked_when_nobody_watches_it():
 
 
 @linux_full
+def test_the_proxy_returns_as_many_events_as_asked_whatever_its_buffer():
+    """While the loop runs (not parked), ``poll`` is the proxy's own ``epoll_wait``, into a
+    buffer of 8 or 64 events on the stack or one on the heap: each size, at and past its
+    edges, returns what ``epoll.poll`` would, and bad ``maxevents`` are refused as it does."""
+    pipes = [os.pipe() for _ in range(70)]
+    seen = {}
+
+    async def main():
+        proxy = asyncio.get_running_loop()._selector._selector
+        assert type(proxy).__name__ == "EpollProxy"
+        for _, w in pipes:  # a pipe's write end is ready at once
+            proxy.register(w, select.EPOLLOUT)
+        try:
+            for n in (1, 7, 8, 9, 63, 64, 65, 70, 100, -1):
+                events = proxy.poll(0, n)
+                seen[n] = (len(events), {fd for fd, _ in events} <= {w for _, w in pipes})
+            seen["masks"] = {mask for _, mask in proxy.poll(0)}
+            for bad in (0, -2):
+                with pytest.raises(ValueError, match="maxevents"):
+                    proxy.poll(0, bad)
+        finally:
+            for _, w in pipes:
+                proxy.unregister(w)
+
+    try:
+        with loopguard.guard(threshold="5s"):
+            asyncio.run(main())
+    finally:
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
+    expected = {n: (min(n, 70) if n > 0 else 70, True) for n in (1, 7, 8, 9, 63, 64, 65, 70, 100)}
+    expected[-1] = (70, True)
+    assert {n: seen[n] for n in expected} == expected
+    assert seen["masks"] == {select.EPOLLOUT}
+
+
+@linux_full
 def test_a_parked_loop_nobody_closes_is_let_go_with_its_registration():
     import gc
     import warnings
