@@ -9,6 +9,7 @@
 //! |-----------------------------------------------|----------------|--------------------------|
 //! | longest watchdog sleep                        | `T`            | `watchdog`               |
 //! | first look at a busy stretch                  | `T/8`          | `watchdog`, `schedstat`  |
+//! | longest watchdog sleep after a registration   | `T/8`, for `8T`| `watchdog`               |
 //! | early sampling (callback tagging)             | `T/4`          | `watchdog`, `callbacks`  |
 //! | sampling interval of a block                  | `T/5`, 2–50 ms | `watchdog`               |
 //! | GIL holder looks while starved                | `T/20`, 1–10 ms| `watchdog`, `holder_wait`|
@@ -38,6 +39,22 @@ pub fn longest_sleep(threshold_ns: u64) -> u64 {
 #[inline]
 pub fn first_look(threshold_ns: u64) -> u64 {
     threshold_ns / 8
+}
+
+/// For how long after it learns of a new loop the watchdog sleeps no longer than a
+/// [`first_look`]: eight thresholds (64 looks at most).
+///
+/// A loop is known to the watchdog only once it has read the loop's registration, and it must
+/// be known before the first look at its first stretch. Ringing the watchdog at every
+/// registration puts a futex wake on the loop thread's path, and on two CPUs often a switch
+/// to the watchdog thread and back (tens of microseconds, measured: more than the rest of a
+/// new loop's run); suites that start a loop per test or per request (a test client's
+/// portal) pay it each time. A loop thread rings only when the watchdog plans to sleep past
+/// its loop's first look (see `Mailbox::post_looked_at`): after one registration the watchdog
+/// looks at least every `T/8` for a while, so the next ones in a run of them need no ring.
+#[inline]
+pub fn after_registration(threshold_ns: u64) -> u64 {
+    threshold_ns.saturating_mul(8)
 }
 
 /// When the watchdog starts sampling a busy stretch, with a sampler that tags callbacks: a

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use super::{LoopSlot, Msg, Watchdog};
 use crate::clock::now_ns;
+use crate::policy::first_look;
 use crate::sampler::Target;
 
 impl LoopSlot {
@@ -191,12 +192,20 @@ impl Watchdog {
             open_block: AtomicU64::new(0),
             shared: Arc::clone(&self.shared),
             mailbox: Arc::clone(&self.mailbox),
+            #[cfg(test)]
+            known_at: AtomicU64::new(0),
         });
         self.shared.registered.fetch_add(1, Ordering::Relaxed);
         if self.shared.running.load(Ordering::Relaxed) {
-            // Rung (see `Mailbox`): the watchdog must know the loop before its first look at a
-            // stretch, an eighth of a threshold after it begins.
-            self.mailbox.post(Msg::Register(Arc::clone(&slot)), true);
+            // The watchdog must know the loop before its first look at a stretch, an eighth of
+            // a threshold after it begins: rung only if it would sleep past that (see
+            // `policy::after_registration`).
+            let by = now_ns().saturating_add(first_look(self.shared.threshold_ns()));
+            self.mailbox.post_looked_at(
+                Msg::Register(Arc::clone(&slot)),
+                by,
+                &self.shared.asleep_until,
+            );
         }
         slot
     }

@@ -18,7 +18,8 @@ use crate::context::{Context, ContextLog};
 use crate::event::{BlockEvent, Frame, Sample};
 use crate::holder_wait::HolderWait;
 use crate::policy::{
-    early_sampling, first_look, holder_look_interval, longest_sleep, sample_interval, END_GRACE_NS,
+    after_registration, early_sampling, first_look, holder_look_interval, longest_sleep,
+    sample_interval, END_GRACE_NS,
 };
 use crate::sampler::{Sampler, Target};
 use crate::schedstat::KnownSleep;
@@ -95,12 +96,15 @@ impl Watchdog {
             ready: AtomicU64::new(0),
             contexts: ContextLog::new(),
             wakeups: AtomicU64::new(0),
+            asleep_until: AtomicU64::new(0),
         });
         let (queue_tx, queue) = crossbeam_channel::unbounded();
         let bell = Arc::new(OnceLock::new());
         let mailbox = Arc::new(Mailbox {
             queue: queue_tx,
             bell: Arc::clone(&bell),
+            #[cfg(test)]
+            rings: AtomicU64::new(0),
         });
         // Bounded: if nobody consumes notices, the watchdog drops them rather than queue.
         let (notice_tx, notice_rx) = crossbeam_channel::bounded(64);
@@ -165,6 +169,9 @@ struct Runner {
     /// Names what a blocked system call waits on.
     waited: Waited,
     loops: HashMap<u64, Watched>,
+    /// When the last loop's registration was read: for a while after it the watchdog looks
+    /// at least every first look (see `policy::after_registration`).
+    registered_at: Option<u64>,
     next_event: u64,
     notices: Sender<BlockNotice>,
 }
@@ -184,6 +191,7 @@ impl Runner {
             sampler,
             waited: Waited::new(),
             loops: HashMap::new(),
+            registered_at: None,
             next_event: 1,
             notices,
         }
@@ -204,7 +212,21 @@ impl Runner {
                 }
             }
             let now = now_ns();
-            let wake_at = self.check(now);
+            let mut wake_at = self.check(now);
+            let threshold = self.shared.threshold_ns();
+            match self.registered_at {
+                Some(at) if now < at.saturating_add(after_registration(threshold)) => {
+                    wake_at = wake_at.min(now + first_look(threshold));
+                }
+                _ => self.registered_at = None,
+            }
+            // The plan first, then one more look at the queue (see `Mailbox::post_looked_at`):
+            // a loop registered since was told the plan, or its message is seen here.
+            self.shared.asleep_until.store(wake_at, Ordering::Relaxed);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if !self.queue.is_empty() {
+                continue;
+            }
             let timeout = std::time::Duration::from_nanos(wake_at.saturating_sub(now_ns()));
             // Woken by a ring (or spuriously, which costs one more look), or on time.
             std::thread::park_timeout(timeout);
@@ -216,6 +238,9 @@ impl Runner {
     fn handle(&mut self, msg: Msg) -> bool {
         match msg {
             Msg::Register(slot) => {
+                self.registered_at = Some(now_ns());
+                #[cfg(test)]
+                slot.known_at.store(now_ns(), Ordering::Relaxed);
                 self.loops.insert(
                     slot.id,
                     Watched {
