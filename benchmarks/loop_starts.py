@@ -126,10 +126,11 @@ def main() -> None:
             f"context switches {m['switches']:.2f}  (per run)"
         )
     off, on = med["off"], med["on"]
+    wall, cpu = on["wall"] - off["wall"], on["cpu"] - off["cpu"]
     print(
-        f"on/off: wall {on['wall'] / off['wall']:.3f} (+{(on['wall'] - off['wall']) * 1e6:.1f} us), "
-        f"cpu {on['cpu'] / off['cpu']:.3f} (+{(on['cpu'] - off['cpu']) * 1e6:.1f} us), "
-        f"context switches +{on['switches'] - off['switches']:.2f} per run"
+        f"on/off: wall {on['wall'] / off['wall']:.3f} ({wall * 1e6:+.1f} us), "
+        f"cpu {on['cpu'] / off['cpu']:.3f} ({cpu * 1e6:+.1f} us), "
+        f"context switches {on['switches'] - off['switches']:+.2f} per run"
     )
 
 
