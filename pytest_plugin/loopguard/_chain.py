@@ -14,10 +14,16 @@ block's. It names the running task, and, when the loop thread's stack does not r
 coroutine, walks the task's coroutines from the outermost one down: what each awaits
 (``cr_await``) when suspended, the coroutine it is running when it runs one (found on its value
 stack: through the collector on 3.12+, which sees a running frame's value stack; on 3.10 and
-3.11, read through ``/proc/self/mem`` and checked against the callee's link to its caller
-before it is used: :class:`_RunningCallee`), with each coroutine frame's current line. Where
-``/proc/self/mem`` cannot be read (off Linux), a 3.10 or 3.11 chain ends at the outermost
-running coroutine.
+3.11, found in memory and checked against the callee's link to its caller before it is used:
+:class:`_RunningCallee`), with each coroutine frame's current line. Where this process's memory
+cannot be read (off Linux, the portable build, a sandbox that denies it), a 3.10 or 3.11 chain
+ends at the outermost running coroutine.
+
+The GIL is held while the chain is read, but not throughout: Python code lets it go at a thread
+switch, a read through a file at each read. Everything here follows references, which keep
+what they point at alive, but for the one step that turns a word of memory into an object: that
+step, its reads and its checks are native (``_native.running_callee``), with the GIL held
+from the first read to the new reference.
 
 Nothing here runs on the loop thread or per loop iteration.
 """
@@ -137,13 +143,16 @@ def _called_from(inner: Any, frame: types.FrameType) -> bool:
 
 
 class _RunningCallee:
-    """A running coroutine's callee, read from memory where the collector does not show a
+    """A running coroutine's callee, found in memory where the collector does not show a
     running frame's value stack (before 3.12): the coroutine it runs sits on that value
-    stack, whose depth a running frame does not record. Each word of it is checked through
-    ``/proc/self/mem`` (a stale pointer reads as garbage, never crashes): a coroutine or
-    generator object, running, whose frame's caller is this frame; only then is it used. The
-    layout is checked once, on first use, against real coroutines (one running another);
-    any mismatch turns the reader off."""
+    stack, whose depth a running frame does not record. Each word of it is checked (a stale
+    pointer reads as garbage, never crashes): a coroutine or generator object, alive,
+    running, whose frame's caller is this frame; only then is it used. The search and its
+    checks are native (``_native.running_callee``, the GIL held throughout: here, a read
+    through ``/proc/self/mem`` lets the GIL go, and the loop thread could free the coroutine
+    between its checks and its use). The layout is found here, once, on first use, reading
+    real coroutines (one running another) through ``/proc/self/mem``, and checked by a search
+    for the one; any mismatch turns the reader off."""
 
     _EXECUTING = 0  # FRAME_EXECUTING
     _CREATED = 0xFE  # FRAME_CREATED (-2)
@@ -184,25 +193,13 @@ class _RunningCallee:
         return int.from_bytes(self._read(addr, 8), sys.byteorder)
 
     def _callee(self, obj: Any) -> Any:
+        find = getattr(_native, "running_callee", None)
+        if find is None:
+            return None
         caller = self._frame_address(obj)
-        kinds = {id(types.CoroutineType), id(types.GeneratorType)}
-        stack = self._slots(obj, caller)
-        for i in range(len(stack) // 8 - 1, -1, -1):
-            addr = int.from_bytes(stack[8 * i : 8 * i + 8], sys.byteorder)
-            if not addr or addr % 8 or addr == id(obj):
-                continue
-            try:
-                if self._word(addr + 8) not in kinds:
-                    continue
-                if not self._runs_from(addr, caller):
-                    continue
-            except (OSError, ValueError):
-                continue
-            # A live coroutine that this frame is running (the interpreter holds it).
-            import ctypes  # here: only 3.10 and 3.11 read a running frame's value stack
-
-            return ctypes.cast(addr, ctypes.py_object).value
-        return None
+        slots, count = self._slots(obj, caller)
+        kinds = [id(types.CoroutineType), id(types.GeneratorType)]
+        return find(slots, count, caller, id(obj), kinds, self._layout())
 
     def _open(self) -> None:
         if sys.maxsize != 2**63 - 1:  # 64-bit pointers only
@@ -246,8 +243,15 @@ class _RunningCallee:
         """The address of ``coro``'s frame, as a callee's link to its caller holds it."""
         raise NotImplementedError
 
-    def _slots(self, coro: Any, frame: int) -> bytes:
-        """The words that may hold what the frame at ``frame`` (``coro``'s) runs."""
+    def _slots(self, coro: Any, frame: int) -> tuple[int, int]:
+        """Where the words that may hold what the frame at ``frame`` (``coro``'s) runs are,
+        and how many there are."""
+        raise NotImplementedError
+
+    def _layout(self) -> tuple[int, bool, int, int, int]:
+        """Where a coroutine keeps its frame, and its frame its state and its caller (see
+        ``src/python/callee.rs``): ``(frame_at, frame_is_pointer, state_at, caller_at,
+        executing)``."""
         raise NotImplementedError
 
     def _runs_from(self, coro: int, caller: int) -> bool:
@@ -284,13 +288,16 @@ class _RunningCallee311(_RunningCallee):
     def _frame_address(self, coro: Any) -> int:
         return id(coro) + self._frame_at
 
-    def _slots(self, coro: Any, frame: int) -> bytes:
+    def _slots(self, coro: Any, frame: int) -> tuple[int, int]:
         # Locals, cells and free variables, then the value stack. An argument held in a cell
         # is counted twice here, so the value stack may start earlier: every slot is looked
         # at (only the coroutine this frame runs passes the checks, wherever it is held).
         code = coro.cr_code if hasattr(coro, "cr_code") else coro.gi_code
         slots = len(code.co_varnames) + len(code.co_cellvars) + len(code.co_freevars)
-        return self._read(frame + self._LOCALSPLUS, 8 * (slots + code.co_stacksize))
+        return frame + self._LOCALSPLUS, slots + code.co_stacksize
+
+    def _layout(self) -> tuple[int, bool, int, int, int]:
+        return self._frame_at, False, self._STATE, self._PREVIOUS, self._EXECUTING
 
     def _runs_from(self, coro: int, caller: int) -> bool:
         if self._read(coro + self._frame_at + self._STATE, 1)[0] != self._EXECUTING:
@@ -320,9 +327,12 @@ class _RunningCallee310(_RunningCallee):
     def _frame_address(self, coro: Any) -> int:
         return id(coro.cr_frame if hasattr(coro, "cr_frame") else coro.gi_frame)
 
-    def _slots(self, coro: Any, frame: int) -> bytes:
+    def _slots(self, coro: Any, frame: int) -> tuple[int, int]:
         code = coro.cr_code if hasattr(coro, "cr_code") else coro.gi_code
-        return self._read(self._word(frame + self._F_VALUESTACK), 8 * code.co_stacksize)
+        return self._word(frame + self._F_VALUESTACK), code.co_stacksize
+
+    def _layout(self) -> tuple[int, bool, int, int, int]:
+        return self._GI_FRAME, True, self._F_STATE, self._F_BACK, self._EXECUTING
 
     def _runs_from(self, coro: int, caller: int) -> bool:
         frame = self._word(coro + self._GI_FRAME)

@@ -147,6 +147,19 @@ def set_task_reader(
     """The function that describes a blocked loop's running task (name and await chain),
     called on loopguard's assistant thread with the GIL held; None removes it."""
 
+def running_callee(
+    slots: int,
+    count: int,
+    caller: int,
+    exclude: int,
+    types: list[int],
+    layout: tuple[int, bool, int, int, int],
+) -> Optional[Any]:
+    """The coroutine or generator that the frame at ``caller`` runs, found among the ``count``
+    words at ``slots`` and checked (alive, of one of ``types``, executing, called by that
+    frame) with the GIL held throughout; None when none is, or memory cannot be read.
+    ``layout``: ``(frame_at, frame_is_pointer, state_at, caller_at, executing)``."""
+
 @final
 class RunForever:
     """A loop class's ``run_forever``, native so that no Python frame stays under the loop's

@@ -30,6 +30,7 @@ use crate::sampler::Sampler;
 use crate::watchdog::Watchdog;
 
 mod assistant;
+mod callee;
 mod debug;
 mod gil_sampler;
 mod hooks;
@@ -343,6 +344,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     hooks::add_to_module(m)?;
     run_forever::add_to_module(m)?;
     assistant::add_to_module(m)?;
+    callee::add_to_module(m)?;
     offload::add_to_module(m)?;
     native_stack::add_to_module(m)?;
     debug::add_to_module(m)?;

@@ -3,6 +3,7 @@
 
 import asyncio
 import os
+import subprocess
 import sys
 import threading
 
@@ -107,3 +108,68 @@ def test_a_forked_child_reads_its_own_memory():
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+CHURN = r"""
+import asyncio, sys, threading, time
+import greenlet
+from loopguard import _chain
+
+def work():
+    return sum(range(50))
+
+async def bridge():
+    return greenlet.greenlet(work).switch()
+
+async def endpoint():
+    return await bridge()
+
+async def main():
+    loop = asyncio.get_running_loop()
+    ident = threading.get_ident()
+    stop, reads, chains, odd = [], [0], [0], []
+
+    def reader():
+        while not stop:
+            got = _chain.describe(loop, ident)
+            reads[0] += 1
+            if got and got[1]:
+                chains[0] += 1
+                names = [function for _, _, function in got[1]]
+                if names != ["main", "endpoint", "bridge"][: len(names)]:
+                    odd.append(names)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    end = time.monotonic() + float(sys.argv[1])
+    while time.monotonic() < end:
+        await endpoint()
+        # The coroutines just finished are freed; their memory is reused for raw bytes: a
+        # stale pointer to one of them now points at 0x41s.
+        junk = [bytearray(b"A" * n) for n in range(48, 560, 16)]
+        del junk
+    stop.append(True)
+    t.join()
+    print(reads[0], chains[0], odd)
+
+asyncio.run(main())
+"""
+
+
+def test_chains_read_while_coroutines_come_and_go_never_use_a_freed_one(tmp_path):
+    # Another thread reads the chain over and over while the loop thread runs coroutines
+    # through a greenlet and frees them at once, reusing their memory. A chain's reader that
+    # checked a coroutine in memory, let the GIL go (a read through a file, a thread switch)
+    # and then used it crashed this process within seconds.
+    script = tmp_path / "churn.py"
+    script.write_text(CHURN)
+    done = subprocess.run(
+        [sys.executable, "-X", "faulthandler", str(script), "4"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    reads, chains, odd = done.stdout.split(" ", 2)
+    assert int(reads) > 0 and int(chains) > 0, done.stdout  # chains were read meanwhile
+    assert odd.strip() == "[]", odd
