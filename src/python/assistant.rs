@@ -83,7 +83,8 @@ fn assist(rx: crossbeam_channel::Receiver<BlockNotice>, wd: std::sync::Weak<Watc
         }
         Python::attach(|py| {
             // Holding the GIL, the loop thread cannot move on: if it is still in the same busy
-            // stretch now, what we see is the block, and an exception lands in its callback.
+            // stretch now, what we see is the block, and an exception lands in its callback
+            // (but Python code run here can let the GIL go: checked again before a raise).
             // A beating loop (uvloop) late since `start` is still blocked too, but in which
             // callback is not known: its task is named, nothing is raised in it.
             let late_beat = slot.is_late_since(start);
@@ -101,6 +102,13 @@ fn assist(rx: crossbeam_channel::Receiver<BlockNotice>, wd: std::sync::Weak<Watc
             let Some(cls) = RAISE_CLASS.lock().as_ref().map(|c| c.clone_ref(py)) else {
                 return;
             };
+            // Naming the task ran Python code, which lets the GIL go at a thread switch (or a
+            // read through a file): the loop thread may have finished the block meanwhile, and
+            // the exception would land in whatever it runs next. Checked again here, with no
+            // Python code between this check and the call that sends the exception.
+            if !slot.is_busy_since(start) {
+                return;
+            }
             // `threading.get_ident()` is an unsigned long; pyo3 declares the parameter a long.
             let ident = slot.target.thread_ident as std::os::raw::c_long;
             // SAFETY: we hold the GIL (`py`), `cls` is a live exception class (checked in

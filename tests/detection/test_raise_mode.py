@@ -122,3 +122,38 @@ def test_guard_raise_mode_raises_inside_the_block():
 def test_guard_rejects_an_unknown_mode():
     with pytest.raises(ValueError, match=r"invalid value for mode: 'loud' \(from loopguard"):
         loopguard.guard(mode="loud")
+
+
+def test_a_block_that_ended_before_the_raise_is_not_raised_elsewhere(inner):
+    # Before it raises, loopguard's assistant names the blocked task by calling a Python
+    # function, which can let the GIL go (a thread switch, a read through a file): the loop
+    # thread may finish its block meanwhile. An exception sent after that would land in
+    # whatever the loop thread ran next (here: the loop's own code, once the sleep is over).
+    result = inner.run(
+        """
+import asyncio, time
+import pytest
+from loopguard import _chain, _native
+
+@pytest.fixture
+def slow_reader():
+    def reader(loop, thread_ident):
+        time.sleep(0.8)  # lets the GIL go for longer than the block lasts
+        return None
+    _native.set_task_reader(reader)
+    yield
+    _chain.install()
+
+@pytest.mark.asyncio
+async def test_block_then_wait(slow_reader):
+    time.sleep(0.4)  # the block
+    await asyncio.sleep(1.5)  # the raise would come meanwhile, landing after it
+""",
+        "--loopguard-mode=raise",
+    )
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    # The block is judged as any other...
+    result.stdout.fnmatch_lines(["FAILED test_it.py::test_block_then_wait - loopguard: * at *"])
+    # ...and nothing was raised: the block was over.
+    assert "LoopBlockedError" not in out, out
