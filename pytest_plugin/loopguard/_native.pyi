@@ -47,6 +47,7 @@ __all__ = [
     "register",
     "registered_loops",
     "remember_native_id",
+    "running_callee",
     "sampler_name",
     "set_context",
     "set_native_stacks",
