@@ -21,7 +21,7 @@ import sys
 import time
 
 import loopguard
-from _callgrind import instructions
+from _callgrind import per_unit
 
 
 async def _spin(n: int) -> None:
@@ -45,20 +45,12 @@ def _run_guarded(n: int) -> float:
         return _run(n)
 
 
-def _instructions(side: str, n: int) -> int:
-    """Instructions callgrind counts for one ``--only side`` run of ``n`` iterations."""
-    return instructions([sys.executable, __file__, "--only", side, "--iterations", str(n)])
-
-
 def _callgrind(n: int) -> None:
-    per = {}
-    for side in ("off", "on"):
-        per[side] = (_instructions(side, n) - _instructions(side, 0)) / n
-    print(f"python {sys.version.split()[0]}, {n} iterations, instructions per iteration")
-    print(
-        f"off {per['off']:.0f} -> on {per['on']:.0f} (+{per['on'] - per['off']:.0f}), "
-        f"ratio {per['on'] / per['off']:.3f}"
-    )
+    def command(side: str, iterations: int) -> list[str]:
+        return [sys.executable, __file__, "--only", side, "--iterations", str(iterations)]
+
+    version = sys.version.split()[0]
+    per_unit(command, n, f"python {version}, {n} iterations, instructions per iteration")
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 
-from _callgrind import instructions
+from _callgrind import per_unit
 
 
 async def _nothing() -> None:
@@ -84,15 +84,11 @@ def _side(side: str, n: int, mode: str) -> dict[str, float]:
 
 
 def _callgrind(n: int, mode: str) -> None:
-    per = {}
-    for side in ("off", "on"):
-        cmd = [sys.executable, __file__, "--only", side, "--mode", mode, "--runs"]
-        per[side] = (instructions([*cmd, str(n)]) - instructions([*cmd, "0"])) / n
-    print(f"python {sys.version.split()[0]}, mode {mode}, {n} runs, instructions per run")
-    print(
-        f"off {per['off']:,.0f} -> on {per['on']:,.0f} (+{per['on'] - per['off']:,.0f}), "
-        f"ratio {per['on'] / per['off']:.3f}"
-    )
+    def command(side: str, runs: int) -> list[str]:
+        return [sys.executable, __file__, "--only", side, "--mode", mode, "--runs", str(runs)]
+
+    version = sys.version.split()[0]
+    per_unit(command, n, f"python {version}, mode {mode}, {n} runs, instructions per run")
 
 
 def main() -> None:
