@@ -22,6 +22,14 @@ keeps a few hundred objects more; the collector's runs in one run per side are p
 ``--control`` runs plain pytest as a third side, interleaved with the other two: its ratio to
 the first is what the machine alone moves between two sides that run the same thing.
 
+Where the machine moves single runs by more than that, more rounds tell it apart: each round's
+runs follow one another, so the ratio of one side to plain pytest *within a round* cancels the
+machine's slower and faster stretches. The median of those paired ratios is printed with its 95 %
+interval (a bootstrap over the rounds, seeded: the same runs give the same interval), and
+"within 1.02x" only when the whole interval is below 1.02. Run ``--control`` with it: the
+control's interval should hold 1.0; when it does not, the rounds were not enough to even out the
+machine, and neither interval is to be trusted.
+
 ``--callgrind`` also counts the instructions (valgrind's callgrind)
 of a part of each suite (a few of its files: a whole suite under valgrind takes too long) on
 each side, once: the main thread's (pytest, the tests, their loops), a ratio that the
@@ -37,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import resource
 import shutil
 import statistics
@@ -217,6 +226,25 @@ def _collections(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
         return "/".join(out.read_text().split()) if out.exists() else "?"
 
 
+def _paired(off: list[float], on: list[float], goal: float = 1.02) -> str:
+    """The median of the rounds' paired ratios ``on / off`` (runs of one round follow one
+    another), with a bootstrap 95 % interval of that median."""
+    ratios = [b / a for a, b in zip(off, on, strict=True)]
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(2000))
+    low, high = medians[len(medians) * 25 // 1000], medians[len(medians) * 975 // 1000]
+    if high < goal:
+        verdict = f"within {goal:.2f}x"
+    elif low > goal:
+        verdict = f"over {goal:.2f}x"
+    else:
+        verdict = f"{goal:.2f}x inside the interval: more rounds, or a quieter machine"
+    return (
+        f"paired {statistics.median(ratios):.3f}x, 95 % interval {low:.3f}-{high:.3f}x "
+        f"over {len(ratios)} rounds: {verdict}"
+    )
+
+
 def _load() -> str:
     return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
 
@@ -270,6 +298,7 @@ def main() -> None:
                 f"cpu {c0:.3f} s -> {c1:.3f} s ({c1 / c0:.3f}x)   {_load()}",
                 flush=True,
             )
+            print(f"    wall {_paired(walls['off'], walls[name])}")
         for name, _ in sides:
             print(f"  wall runs {name:5} {sorted(round(w, 2) for w in walls[name])}")
         if args.callgrind:
